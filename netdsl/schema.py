@@ -1,0 +1,509 @@
+"""What every layer type and train setting accepts, and the readers that check it.
+
+A layer's arguments are runs of evaluated items (netdsl/values.py). Each run is read
+left to right: `KEY VALUE` (`stride 2`), `KEY=VALUE`, a flag word (`relu`, `ceil`),
+`VALUE KEY` for counted things (`6 filters`, `2 pieces`), or a bare value that fills
+the layer's positional slot (`5x5` is the kernel, `120` an fc's outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import Location, NetError
+from .values import Item, did_you_mean
+
+REQUIRED = object()
+
+ACTIVATIONS = ("relu", "leaky", "tanh", "sigmoid", "linear")
+INIT_KINDS = ("gaussian", "uniform", "xavier", "he", "constant")
+LOSS_KINDS = ("cross_entropy", "mse")
+POOL_MODES = ("max", "avg", "sum")
+
+# Argument lists of the calls the language knows: name -> [(param, default)], in positional order.
+INIT_CALLS: dict[str, list[tuple[str, Any]]] = {
+    "gaussian": [("std", 0.01), ("mean", 0.0)],
+    "uniform": [("scale", 0.05)],  # U(-scale, scale)
+    "xavier": [],
+    "he": [],
+    "constant": [("value", 0.0)],
+}
+OPTIMIZER_CALLS: dict[str, list[tuple[str, Any]]] = {
+    "sgd": [("lr", 0.01), ("momentum", 0.0), ("weight_decay", 0.0), ("nesterov", False)],
+    "adam": [("lr", 0.001), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.0)],
+}
+SCHEDULE_CALLS: dict[str, list[tuple[str, Any]]] = {
+    "constant": [],
+    "step": [("step_size", REQUIRED), ("gamma", 0.1)],
+    "multistep": [("milestones", REQUIRED), ("gamma", 0.1)],
+    "exponential": [("gamma", REQUIRED)],
+    "poly": [("power", 1.0)],
+    "cosine": [("min_lr", 0.0)],
+    # AlexNet: divide the learning rate by 10 when the validation error stops improving
+    "plateau": [("factor", 0.1), ("patience", 1), ("threshold", 0.0), ("min_lr", 0.0)],
+}
+AUGMENT_CALLS: dict[str, list[tuple[str, Any]]] = {
+    "crop": [("size", REQUIRED), ("pad", 0)],
+    "flip": [("p", 0.5)],
+    "lighting": [("std", 0.1)],  # AlexNet's PCA colour noise
+}
+
+
+# ---------------------------------------------------------------- value readers
+# A reader takes the items after the key and returns (value, number of items used).
+
+
+def _need(items: list[Item], key: str, at: Location, what: str) -> Item:
+    if not items:
+        raise NetError(f"'{key}' needs {what}", at)
+    return items[0]
+
+
+def read_int(lo: int = 1) -> Callable:
+    def reader(items, key, at):
+        it = _need(items, key, at, "a whole number")
+        if it.kind != "num" or not isinstance(it.value, int):
+            raise NetError(f"'{key}' expects a whole number, found {it.describe()}", it.loc)
+        if it.value < lo:
+            raise NetError(f"'{key}' must be at least {lo}, got {it.value}", it.loc)
+        return it.value, 1
+
+    return reader
+
+
+def read_float(lo: float | None = None, hi: float | None = None, open_hi: bool = False) -> Callable:
+    def reader(items, key, at):
+        it = _need(items, key, at, "a number")
+        if it.kind != "num":
+            raise NetError(f"'{key}' expects a number, found {it.describe()}", it.loc)
+        v = float(it.value)
+        if lo is not None and v < lo:
+            raise NetError(f"'{key}' must be at least {lo:g}, got {v:g}", it.loc)
+        if hi is not None and (v >= hi if open_hi else v > hi):
+            bound = f"below {hi:g}" if open_hi else f"at most {hi:g}"
+            raise NetError(f"'{key}' must be {bound}, got {v:g}", it.loc)
+        return v, 1
+
+    return reader
+
+
+def read_pair(lo: int = 1) -> Callable:
+    """An int (used for both axes) or an HxW size."""
+
+    def reader(items, key, at):
+        it = _need(items, key, at, "a number or a size like 2x2")
+        if it.kind == "num" and isinstance(it.value, int):
+            vals = (it.value, it.value)
+        elif it.kind == "dims" and len(it.value) == 2:
+            vals = tuple(it.value)
+        else:
+            raise NetError(
+                f"'{key}' expects a whole number or a size like 3x3, found {it.describe()}", it.loc
+            )
+        for v in vals:
+            if v < lo:
+                raise NetError(f"'{key}' must be at least {lo}, got {v}", it.loc)
+        return vals, 1
+
+    return reader
+
+
+def read_pad(items, key, at):
+    it = _need(items, key, at, "a number, a size like 1x2, 'same' or 'valid'")
+    if it.kind == "word" and it.value in ("same", "valid"):
+        return it.value, 1
+    if it.kind == "word":
+        raise NetError(
+            f"'{key}' expects a number, a size, 'same' or 'valid', found {it.describe()}",
+            it.loc,
+            did_you_mean(it.value, ("same", "valid")),
+        )
+    return read_pair(lo=0)(items, key, at)
+
+
+def read_bool(items, key, at):
+    if items and items[0].kind == "word" and items[0].value in ("on", "off", "true", "false"):
+        return items[0].value in ("on", "true"), 1
+    if items and items[0].kind == "num" and items[0].value in (0, 1):
+        return bool(items[0].value), 1
+    if items:
+        raise NetError(f"'{key}' expects on or off, found {items[0].describe()}", items[0].loc)
+    return True, 0
+
+
+def read_call(table: dict[str, list[tuple[str, Any]]], what: str) -> Callable:
+    """A word (`he`) or call (`gaussian(std=0.01)`) from `table`, as {'kind': name, **params}."""
+
+    def reader(items, key, at):
+        it = _need(items, key, at, what)
+        return call_value(it, table, what), 1
+
+    return reader
+
+
+def call_value(it: Item, table: dict[str, list[tuple[str, Any]]], what: str) -> dict[str, Any]:
+    if it.kind == "word":
+        name, args = it.value, []
+    elif it.kind == "call":
+        name, args = it.value
+    else:
+        raise NetError(f"expected {what}, found {it.describe()}", it.loc)
+    if name not in table:
+        raise NetError(
+            f"unknown {what} '{name}'",
+            it.loc,
+            did_you_mean(name, table) or "known: " + ", ".join(table),
+        )
+    spec = table[name]
+    out: dict[str, Any] = {"kind": name}
+    pos = 0
+    for a in args:
+        if a.kind == "kv":
+            k, v = a.value
+            if k not in dict(spec):
+                names = [p for p, _ in spec]
+                raise NetError(
+                    f"{name}() has no parameter '{k}'"
+                    + (f"; it takes {', '.join(names)}" if names else "; it takes none"),
+                    a.loc,
+                    did_you_mean(k, names),
+                )
+        else:
+            if pos >= len(spec):
+                raise NetError(f"{name}() takes at most {len(spec)} values", a.loc)
+            k, v = spec[pos][0], a
+            pos += 1
+        if k in out:
+            raise NetError(f"{name}() gets '{k}' twice", a.loc)
+        out[k] = plain(v)
+    for k, default in spec:
+        if k not in out:
+            if default is REQUIRED:
+                raise NetError(f"{name}() needs '{k}'", it.loc, f"write {name}({k}=...)")
+            out[k] = default
+    return out
+
+
+def plain(it: Item) -> Any:
+    """An item's Python value: numbers, words (true/false as bools), lists."""
+    if it.kind == "list":
+        return [plain(x) for x in it.value]
+    if it.kind == "word" and it.value in ("true", "false", "on", "off"):
+        return it.value in ("true", "on")
+    if it.kind in ("num", "word", "str", "dims"):
+        return it.value
+    raise NetError(f"unexpected {it.describe()}", it.loc)
+
+
+def read_table(items, key, at):
+    """A connection table: for each output map, the list of input maps it sees."""
+    it = _need(items, key, at, "a table like [[0,1,2], [1,2,3], ...] or 'lenet5'")
+    if it.kind == "word" and it.value == "lenet5":
+        return [list(r) for r in LENET5_C3_TABLE], 1
+    if it.kind != "list" or not all(r.kind == "list" for r in it.value):
+        raise NetError(
+            f"'{key}' expects a list of lists of input maps, found {it.describe()}",
+            it.loc,
+            "write connect [[0,1,2], [1,2,3], ...]: one list per output map, or connect lenet5",
+        )
+    rows = []
+    for r in it.value:
+        row = []
+        for x in r.value:
+            if x.kind != "num" or not isinstance(x.value, int) or x.value < 0:
+                raise NetError("input map numbers must be whole numbers >= 0", x.loc)
+            row.append(x.value)
+        if not row:
+            raise NetError("every output map needs at least one input map", r.loc)
+        if len(set(row)) != len(row):
+            raise NetError("an input map is listed twice for one output map", r.loc)
+        rows.append(row)
+    return rows, 1
+
+
+# LeCun et al. 1998, Table I: which S2 maps each C3 map combines.
+LENET5_C3_TABLE = (
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (4, 5, 0), (5, 0, 1),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 0), (4, 5, 0, 1), (5, 0, 1, 2),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+)  # fmt: skip
+
+
+def read_leaky(items, key, at):
+    """`leaky` alone (slope 0.01), `leaky 0.1` or the call `leaky(0.1)`."""
+    if items and items[0].kind == "num":
+        return ("leaky", float(items[0].value)), 1
+    return ("leaky", 0.01), 0
+
+
+# ---------------------------------------------------------------- layer schemas
+
+
+@dataclass(frozen=True)
+class Opt:
+    reader: Callable
+    default: Any = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Schema:
+    opts: dict[str, Opt]
+    flags: dict[str, tuple[str, Any]] = field(default_factory=dict)  # word -> (key, value)
+    postfix: tuple[str, ...] = ()  # keys written after their value: `6 filters`
+    positional_num: str | None = None  # key a bare number fills
+    positional_dims: str | None = None  # key a bare size fills
+    min_inputs: int = 1
+    max_inputs: int | None = 1
+    doc: str = ""
+
+
+_ACT_FLAGS = {a: ("activation", (a, 0.0)) for a in ACTIVATIONS if a != "leaky"}
+def read_activation(items, key, at):
+    it = _need(items, key, at, "an activation: " + ", ".join(ACTIVATIONS))
+    if it.kind == "word" and it.value in ACTIVATIONS:
+        return (it.value, 0.01 if it.value == "leaky" else 0.0), 1
+    if it.kind == "call" and it.value[0] == "leaky" and len(it.value[1]) == 1:
+        return ("leaky", float(plain(it.value[1][0]))), 1
+    raise NetError(
+        f"unknown activation {it.describe()}",
+        it.loc,
+        did_you_mean(str(it.value), ACTIVATIONS) or "known: " + ", ".join(ACTIVATIONS),
+    )
+
+
+_ACT_OPTS = {
+    "activation": Opt(read_activation, ("linear", 0.0)),
+    "leaky": Opt(read_leaky),
+}
+_LEARN_OPTS = {
+    "init": Opt(read_call(INIT_CALLS, "initialiser"), None, "weight initialiser"),
+    "bias_init": Opt(read_call(INIT_CALLS, "initialiser"), None, "bias initialiser"),
+    "lr_mult": Opt(read_float(lo=0.0), 1.0),
+    "bias_lr_mult": Opt(read_float(lo=0.0), 1.0),
+    "decay_mult": Opt(read_float(lo=0.0), 1.0),
+    "bias_decay_mult": Opt(read_float(lo=0.0), 1.0),
+}
+
+LAYERS: dict[str, Schema] = {
+    "input": Schema(
+        {"shape": Opt(None, REQUIRED)}, positional_dims="shape", min_inputs=0, max_inputs=0
+    ),
+    "conv": Schema(
+        {
+            "filters": Opt(read_int(), REQUIRED),
+            "kernel": Opt(read_pair(), REQUIRED),
+            "stride": Opt(read_pair(), (1, 1)),
+            "pad": Opt(read_pad, (0, 0)),
+            "dilation": Opt(read_pair(), (1, 1)),
+            "groups": Opt(read_int(), 1),
+            "bias": Opt(read_bool, True),
+            "connect": Opt(read_table, None),
+            **_ACT_OPTS,
+            **_LEARN_OPTS,
+        },
+        flags=_ACT_FLAGS,
+        postfix=("filters",),
+        positional_dims="kernel",
+    ),
+    "pool": Schema(
+        {
+            "mode": Opt(None, REQUIRED),
+            "kernel": Opt(read_pair(), None),
+            "stride": Opt(read_pair(), None),
+            "pad": Opt(read_pair(lo=0), (0, 0)),
+            "round": Opt(None, None),
+            "global": Opt(read_bool, False),
+        },
+        flags={
+            **{m: ("mode", m) for m in POOL_MODES},
+            "ceil": ("round", "ceil"),
+            "floor": ("round", "floor"),
+        },
+        positional_dims="kernel",
+    ),
+    "subsample": Schema(
+        {
+            "kernel": Opt(read_pair(), REQUIRED),
+            "stride": Opt(read_pair(), None),
+            **_ACT_OPTS,
+            **_LEARN_OPTS,
+        },
+        flags=_ACT_FLAGS,
+        positional_dims="kernel",
+    ),
+    "fc": Schema(
+        {"outputs": Opt(read_int(), REQUIRED), "bias": Opt(read_bool, True), **_ACT_OPTS,
+         **_LEARN_OPTS},
+        flags=_ACT_FLAGS,
+        postfix=("outputs",),
+        positional_num="outputs",
+    ),
+    "act": Schema({**_ACT_OPTS}, flags=_ACT_FLAGS),
+    "maxout": Schema({"pieces": Opt(read_int(lo=2), REQUIRED)}, postfix=("pieces",),
+                     positional_num="pieces"),
+    "lrn": Schema(
+        {
+            "size": Opt(read_int(), 5),
+            "k": Opt(read_float(), 2.0),
+            "alpha": Opt(read_float(lo=0.0), 1e-4),
+            "beta": Opt(read_float(lo=0.0), 0.75),
+        }
+    ),
+    "dropout": Schema({"p": Opt(read_float(lo=0.0, hi=1.0, open_hi=True), 0.5)},
+                      positional_num="p"),
+    "bn": Schema(
+        {
+            "eps": Opt(read_float(lo=0.0), 1e-5),
+            "momentum": Opt(read_float(lo=0.0, hi=1.0), 0.1),
+            **_ACT_OPTS,
+            "lr_mult": _LEARN_OPTS["lr_mult"],
+            "decay_mult": Opt(read_float(lo=0.0), 0.0),
+        },
+        flags=_ACT_FLAGS,
+    ),
+    "softmax": Schema({}),
+    "flatten": Schema({}),
+    "add": Schema({**_ACT_OPTS}, flags=_ACT_FLAGS, min_inputs=2, max_inputs=None),
+    "concat": Schema({}, min_inputs=2, max_inputs=None),
+    "loss": Schema({"kind": Opt(None, REQUIRED)}, flags={k: ("kind", k) for k in LOSS_KINDS}),
+}
+
+# Standalone activation layers: `relu r1`, `leaky l1: 0.1`
+for _a in ACTIVATIONS:
+    LAYERS[_a] = Schema(
+        {"slope": Opt(read_float(), 0.01)} if _a == "leaky" else {},
+        positional_num="slope" if _a == "leaky" else None,
+    )
+ALIASES = {"batchnorm": "bn", "dense": "fc", "convolution": "conv", "pooling": "pool",
+           "norm": "lrn", "linear_layer": "fc"}  # fmt: skip
+
+
+def read_layer_args(
+    ltype: str, runs: list[list[Item]], where: Location, schema: Schema
+) -> tuple[dict[str, Any], dict[str, Location]]:
+    """Read a layer's argument runs into attributes (defaults filled) and their locations."""
+    attrs: dict[str, Any] = {}
+    locs: dict[str, Location] = {}
+
+    def put(key: str, value: Any, loc: Location) -> None:
+        if key in attrs:
+            raise NetError(
+                f"'{key}' is given twice", loc, notes=((f"'{key}' was first given here", locs[key]),)
+            )
+        attrs[key] = value
+        locs[key] = loc
+
+    known = sorted(set(schema.opts) | set(schema.flags))
+    for items in runs:
+        i = 0
+        while i < len(items):
+            it = items[i]
+            if it.name and (it.name in schema.opts or it.name in schema.flags):
+                it = it.as_word()
+            rest = items[i + 1 :]
+            if it.kind == "kv":
+                key, val = it.value
+                opt = _opt(ltype, schema, key, it.loc, known)
+                value, used = opt.reader([val], key, it.loc)
+                put("activation" if key == "leaky" else key, value, it.loc)
+                i += 1
+            elif it.kind == "word" and it.value in schema.flags:
+                key, value = schema.flags[it.value]
+                put(key, value, it.loc)
+                i += 1
+            elif it.kind == "word":
+                opt = _opt(ltype, schema, it.value, it.loc, known)
+                if opt.reader is None:
+                    raise NetError(f"'{it.value}' is not an option of {ltype}", it.loc)
+                value, used = opt.reader(rest, it.value, it.loc)
+                put("activation" if it.value == "leaky" else it.value, value, it.loc)
+                i += 1 + used
+            elif it.kind == "call" and it.value[0] == "leaky" and "leaky" in schema.opts:
+                args = it.value[1]
+                slope = float(args[0].value) if args and args[0].kind == "num" else 0.01
+                put("activation", ("leaky", slope), it.loc)
+                i += 1
+            elif (
+                it.kind == "num"
+                and rest
+                and rest[0].kind == "word"
+                and rest[0].value in schema.postfix
+            ):
+                key = rest[0].value
+                value, _ = schema.opts[key].reader([it], key, rest[0].loc)
+                put(key, value, it.loc)
+                i += 2
+            elif it.kind == "num" and schema.positional_num:
+                key = schema.positional_num
+                value, _ = schema.opts[key].reader([it], key, it.loc)
+                put(key, value, it.loc)
+                i += 1
+            elif it.kind == "dims" and schema.positional_dims:
+                key = schema.positional_dims
+                value = it.value if key == "shape" else read_pair()([it], key, it.loc)[0]
+                put(key, value, it.loc)
+                i += 1
+            else:
+                raise NetError(
+                    f"unexpected {it.describe()} in {ltype}",
+                    it.loc,
+                    _positional_hint(ltype, schema, it),
+                )
+    for key, opt in schema.opts.items():
+        if key in attrs or key == "leaky":
+            continue
+        if opt.default is REQUIRED:
+            raise NetError(f"{ltype} needs {_describe_required(ltype, key)}", where,
+                           _required_hint(ltype, key))  # fmt: skip
+        attrs[key] = opt.default
+    return attrs, locs
+
+
+def _opt(ltype: str, schema: Schema, key: str, loc: Location, known: list[str]) -> Opt:
+    if key not in schema.opts:
+        raise NetError(
+            f"unknown option '{key}' for {ltype}",
+            loc,
+            did_you_mean(key, known) or ("known: " + ", ".join(known) if known else
+                                         f"{ltype} takes no options"),
+        )  # fmt: skip
+    return schema.opts[key]
+
+
+def _positional_hint(ltype: str, schema: Schema, it: Item) -> str | None:
+    if it.kind == "num" and "filters" in schema.postfix:
+        return "write the number of filters as `N filters`"
+    if it.kind == "dims" and not schema.positional_dims:
+        return f"{ltype} takes no size"
+    return None
+
+
+_REQUIRED_TEXT = {
+    ("conv", "filters"): "a number of filters",
+    ("conv", "kernel"): "a kernel size",
+    ("pool", "mode"): "a mode: max, avg or sum",
+    ("subsample", "kernel"): "a kernel size",
+    ("fc", "outputs"): "a number of outputs",
+    ("maxout", "pieces"): "a number of pieces",
+    ("input", "shape"): "a shape CxHxW",
+    ("loss", "kind"): "a kind: cross_entropy or mse",
+}
+_REQUIRED_HINT = {
+    ("conv", "filters"): "e.g. conv c1: 6 filters 5x5",
+    ("conv", "kernel"): "e.g. conv c1: 6 filters 5x5",
+    ("pool", "mode"): "e.g. pool p1: max 2x2, stride 2",
+    ("fc", "outputs"): "e.g. fc f1: 120, relu",
+    ("input", "shape"): "e.g. input image: 1x28x28",
+    ("loss", "kind"): "e.g. loss: cross_entropy",
+}
+
+
+def _describe_required(ltype: str, key: str) -> str:
+    return _REQUIRED_TEXT.get((ltype, key), f"'{key}'")
+
+
+def _required_hint(ltype: str, key: str) -> str | None:
+    return _REQUIRED_HINT.get((ltype, key))
