@@ -149,6 +149,8 @@ def _layer(st, s: ast.LayerStmt, scope: _Scope, env, base: Path, depth: int) -> 
         name_is_kind = True
     attrs, locs = read_layer_args(ltype, runs, s.loc, schema)
     written = s.name if s.name and not name_is_kind else None
+    if name_is_kind and scope.prefix + "loss" not in st.by_name:
+        written = "loss"
     name = _name(st, scope, written, ltype, s)
     inputs = _inputs(st, s, scope, schema, ltype)
     if ltype in ACTIVATIONS:  # `relu r1` is an act layer

@@ -143,6 +143,8 @@ def read_call(table: dict[str, list[tuple[str, Any]]], what: str) -> Callable:
 
 
 def call_value(it: Item, table: dict[str, list[tuple[str, Any]]], what: str) -> dict[str, Any]:
+    if it.kind == "num" and table is INIT_CALLS:  # `bias_init 1` is constant(1)
+        return {"kind": "constant", "value": float(it.value)}
     if it.kind == "word":
         name, args = it.value, []
     elif it.kind == "call":
