@@ -1,0 +1,285 @@
+"""Lower a checked Network to an execution plan and run it: forward, backward, update.
+
+The plan, in order:
+  1. lay out every trainable tensor in ONE flat float32 buffer (and its gradient in
+     another), so the optimizer update is one kernel over one array;
+  2. allocate every layer's output and output-gradient buffer once, for a fixed batch;
+  3. decide where each backward writes its input gradient: straight into the
+     producer's gradient buffer when the producer has one consumer, else into a
+     scratch buffer that is then added (residual fan-out);
+  4. bind a backend runner per layer (netdsl/backends/cpu.py).
+`NETDSL_DEBUG=1` prints the plan.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import NetError
+from .init import init_params
+from .ir import Network
+
+
+@dataclass
+class Slot:
+    """Where one parameter tensor lives in the flat buffers."""
+
+    key: str  # "<layer>.weight"
+    layer: str
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+    lr_mult: float
+    decay_mult: float
+
+
+class CompiledNet:
+    """A network compiled for a device and a batch size.
+
+    >>> net = netdsl.compile("nets/lenet5.net", device="cpu", batch=64, seed=0)
+    >>> y = net.forward(x)                           # (N, 10) scores, eval mode
+    >>> loss, grads = net.loss_and_grads(x, labels)  # train mode
+    """
+
+    def __init__(self, net: Network, device: str = "cpu", batch: int | None = None,
+                 seed: int = 0) -> None:  # fmt: skip
+        self.net = net
+        self.device = resolve_device(device)
+        self.batch = int(batch or net.train["batch"])
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)  # dropout masks
+        self.labels = np.zeros(self.batch, np.int64)
+        self._layout()
+        self.masks = _table_masks(net)
+        init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
+        self._allocate()
+        self._bind()
+        if os.environ.get("NETDSL_DEBUG"):
+            print(self.describe(), file=sys.stderr)
+
+    # ---- planning
+    def _layout(self) -> None:
+        slots, offset = [], 0
+        for layer in self.net.layers:
+            for pname, shape in layer.params.items():
+                size = int(np.prod(shape))
+                bias = pname == "bias"
+                a = layer.attrs
+                lr = a.get("bias_lr_mult" if bias else "lr_mult", 1.0)
+                decay = a.get("bias_decay_mult" if bias else "decay_mult", 1.0)
+                if layer.type == "bn" and bias:
+                    lr, decay = a.get("lr_mult", 1.0), a.get("decay_mult", 0.0)
+                slots.append(Slot(f"{layer.name}.{pname}", layer.name, shape, offset, size,
+                                  float(lr), float(decay)))  # fmt: skip
+                offset += size
+        self.slots = slots
+        self.theta = np.zeros(offset, np.float32)  # (P,) every trainable parameter
+        self.grad = np.zeros(offset, np.float32)  # (P,) their gradients
+        self.state = {}
+        for layer in self.net.layers:
+            for sname, shape in layer.state.items():
+                init = 1.0 if sname == "running_var" else 0.0
+                self.state[f"{layer.name}.{sname}"] = np.full(shape, init, np.float32)
+
+    def _allocate(self) -> None:
+        n = self.batch
+        self.out = {lyr.name: np.zeros((n, *lyr.out_shape), np.float32) for lyr in self.net.layers}
+        consumers: dict[str, list[str]] = {lyr.name: [] for lyr in self.net.layers}
+        for lyr in self.net.layers:
+            for src in lyr.inputs:
+                consumers[src].append(lyr.name)
+        self.consumers = consumers
+        # gradient of each layer's output; the input layer needs none
+        self.dout = {lyr.name: np.zeros((n, *lyr.out_shape), np.float32)
+                     for lyr in self.net.layers if lyr.type not in ("input",)}  # fmt: skip
+
+    def _bind(self) -> None:
+        from .backends.cpu import RUNNERS
+
+        self.runners = []
+        pending = {name: len(c) for name, c in self.consumers.items()}
+        self.accumulate: list[tuple[int, np.ndarray, np.ndarray]] = []  # (runner, scratch, dst)
+        # backward runs in reverse: the LAST consumer of a producer writes first, directly
+        written: dict[str, bool] = {}
+        order = list(self.net.layers)
+        plans: dict[str, list[Any]] = {}
+        for lyr in reversed(order):
+            dxs, adds = [], []
+            for src in lyr.inputs:
+                producer = self.net.layer(src)
+                if producer.type == "input":
+                    dxs.append(None)
+                elif not written.get(src):
+                    dxs.append(self.dout[src])
+                    written[src] = True
+                else:
+                    scratch = np.zeros_like(self.dout[src])
+                    dxs.append(scratch)
+                    adds.append((scratch, self.dout[src]))
+            plans[lyr.name] = [dxs, adds]
+        del pending
+        for lyr in order:
+            if lyr.type not in RUNNERS:
+                raise NetError(f"layer type {lyr.type} has no CPU kernel", lyr.loc)
+            r = RUNNERS[lyr.type](lyr, self)
+            r.dx, r.adds = plans[lyr.name]
+            r.dy = self.dout.get(lyr.name)
+            self.runners.append(r)
+        self.loss_runner = self.runners[-1] if order[-1].type == "loss" else None
+
+    # ---- views
+    def layer_params(self, layer: str) -> dict[str, np.ndarray]:
+        return {s.key.split(".")[-1]: self.param_view(s, self.theta)
+                for s in self.slots if s.layer == layer}  # fmt: skip
+
+    def layer_grads(self, layer: str) -> dict[str, np.ndarray]:
+        return {s.key.split(".")[-1]: self.param_view(s, self.grad)
+                for s in self.slots if s.layer == layer}  # fmt: skip
+
+    @staticmethod
+    def param_view(s: Slot, flat: np.ndarray) -> np.ndarray:
+        return flat[s.offset : s.offset + s.size].reshape(s.shape)
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """name -> a copy of the parameter (PyTorch layouts: conv (O, C/g, kh, kw), fc (O, F))."""
+        return {s.key: self.param_view(s, self.theta).copy() for s in self.slots}
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Non-trainable state (batch-norm running statistics), copies."""
+        return {k: v.copy() for k, v in self.state.items()}
+
+    def set_params(self, params: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Load parameters (and optionally BN running stats) by name, checking shapes."""
+        known = {s.key: s for s in self.slots}
+        for key, value in params.items():
+            value = np.asarray(value)
+            if key in known:
+                s = known[key]
+                if tuple(value.shape) != s.shape:
+                    raise ValueError(f"{key}: expected shape {s.shape}, got {value.shape}")
+                self.param_view(s, self.theta)[...] = value
+                if s.layer in self.masks and key.endswith(".weight"):
+                    self.param_view(s, self.theta)[...] *= self.masks[s.layer]
+            elif key in self.state:
+                self.state[key][...] = value
+            elif strict:
+                raise KeyError(f"unknown parameter {key!r}")
+        if strict:
+            missing = set(known) - set(params)
+            if missing:
+                raise KeyError(f"missing parameters: {sorted(missing)}")
+
+    # ---- running
+    def _load_input(self, x: np.ndarray) -> int:
+        x = np.asarray(x, np.float32)
+        shape = self.net.input.out_shape
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"input must be (N, {', '.join(map(str, shape))}), got {x.shape}")
+        n = x.shape[0]
+        if n > self.batch:
+            raise ValueError(f"batch of {n} is larger than the compiled batch {self.batch}")
+        buf = self.out[self.net.input.name]
+        buf[:n] = x
+        if n < self.batch:
+            buf[n:] = 0.0
+        return n
+
+    def _forward(self, train: bool) -> None:
+        for r in self.runners:
+            if r.layer.type == "loss" and not train:
+                break
+            r.forward(train)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode output of the last layer before the loss: (N, K) for vectors."""
+        n = self._load_input(x)
+        self._forward(train=False)
+        last = self._output_layer()
+        y = self.out[last.name][:n]
+        return y.reshape(n, -1).copy() if last.out_shape[1:] == (1, 1) else y.copy()
+
+    def _output_layer(self):
+        layers = self.net.layers
+        return layers[-2] if layers[-1].type == "loss" else layers[-1]
+
+    def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
+        """Forward and backward in train mode on a full batch; gradients land in self.grad."""
+        if self.loss_runner is None:
+            raise NetError("the network has no loss layer, so it cannot be trained",
+                           self.net.layers[-1].loc, "end the network with: loss cross_entropy")
+        n = self._load_input(x)
+        if n != self.batch:
+            raise ValueError(f"training needs full batches of {self.batch}, got {n}")
+        self.labels[:] = labels
+        self._forward(train=True)
+        for r in reversed(self.runners):
+            r.backward()
+            for scratch, dst in r.adds:
+                dst += scratch
+        return float(self.loss_runner.value)
+
+    def loss_and_grads(self, x: np.ndarray, labels: np.ndarray):
+        """(loss, {name: gradient}) on one batch in train mode (dropout on, BN batch stats)."""
+        value = self.step_grads(x, labels)
+        grads = {s.key: self.param_view(s, self.grad).copy() for s in self.slots}
+        return value, grads
+
+    def scores(self) -> np.ndarray:
+        """The class scores of the last forward pass, (N, K)."""
+        return self.out[self._output_layer().name].reshape(self.batch, -1)
+
+    def describe(self) -> str:
+        """The plan as text (NETDSL_DEBUG prints it)."""
+        lines = [f"plan for {self.net.name}: device {self.device}, batch {self.batch}, "
+                 f"{self.theta.size:,} parameters in one flat buffer"]  # fmt: skip
+        for r in self.runners:
+            lyr = r.layer
+            dx = ["-" if d is None else ("acc" if any(d is s for s, _ in r.adds) else "direct")
+                  for d in r.dx]  # fmt: skip
+            lines.append(f"  {lyr.name:18} {type(r).__name__:16} out {tuple(r.y.shape)} "
+                         f"dx {dx}")  # fmt: skip
+        nbytes = sum(b.nbytes for b in self.out.values()) + sum(b.nbytes for b in self.dout.values())
+        lines.append(f"  activation + gradient buffers: {nbytes / 2**20:.2f} MiB")
+        return "\n".join(lines)
+
+
+def _table_masks(net: Network) -> dict[str, np.ndarray]:
+    """(O, C, 1, 1) 0/1 masks for conv layers with a connection table."""
+    masks = {}
+    for lyr in net.layers:
+        if lyr.type == "conv" and lyr.attrs.get("connect") is not None:
+            o, c = lyr.out_shape[0], lyr.in_shapes[0][0]
+            m = np.zeros((o, c, 1, 1), np.float32)
+            for i, row in enumerate(lyr.attrs["connect"]):
+                m[i, row] = 1.0
+            masks[lyr.name] = m
+    return masks
+
+
+def resolve_device(device: str) -> str:
+    """'cpu', 'cuda' or 'auto' (CUDA when a GPU is present, else the CPU)."""
+    if device == "auto":
+        try:
+            from numba import cuda
+
+            return "cuda" if cuda.is_available() else "cpu"
+        except Exception:  # numba-cuda missing or no driver: the CPU it is
+            return "cpu"
+    if device == "cuda":
+        raise NetError("the CUDA backend is not available in this build; use --device cpu")
+    if device != "cpu":
+        raise NetError(f"unknown device '{device}'; use cpu, cuda or auto")
+    return device
+
+
+def compile_network(net: Network, device: str = "cpu", batch: int | None = None,
+                    seed: int = 0) -> CompiledNet:  # fmt: skip
+    """Compile a checked Network (see netdsl.compile)."""
+    return CompiledNet(net, device=device, batch=batch, seed=seed)
