@@ -1,0 +1,140 @@
+"""Elementwise activations: relu, leaky relu, tanh, sigmoid, linear.
+
+The kind is a string in the language (``activation leaky 0.1``) and a small int in
+the kernels (``ACT_CODE[kind]``) so one compiled kernel serves every kind: the
+branch on the code is loop-invariant, and LLVM hoists it out of the loop.
+
+Backward is written in terms of the forward OUTPUT ``y`` (never the input), so the
+forward may run in place (``x is y``) and the input buffer need not be kept:
+relu' = [y > 0], leaky' = 1 or slope by the sign of y (slope > 0), tanh' = 1 - y^2,
+sigmoid' = y (1 - y), linear' = 1.
+
+Kernels work on C-contiguous float32 arrays of any shape (they flatten internally;
+every ndim is one more compilation, so prefer passing ``a.reshape(-1)``).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+
+from netdsl.ops.jit import kernel
+
+ACTIVATIONS: tuple[str, ...] = ("relu", "leaky", "tanh", "sigmoid", "linear")
+
+# Read-only: the codes are baked into compiled kernels and must never change at run time.
+ACT_CODE = MappingProxyType({name: code for code, name in enumerate(ACTIVATIONS)})
+
+RELU, LEAKY, TANH, SIGMOID, LINEAR = (ACT_CODE[name] for name in ACTIVATIONS)
+
+DEFAULT_SLOPE = 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# float64 NumPy references
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_forward(x: np.ndarray, kind: str, slope: float = DEFAULT_SLOPE) -> np.ndarray:
+    """Reference activation in float64. x: any shape -> y: same shape."""
+    x = np.asarray(x, dtype=np.float64)
+    if kind == "relu":
+        return np.maximum(x, 0.0)
+    if kind == "leaky":
+        return np.where(x > 0, x, slope * x)
+    if kind == "tanh":
+        return np.tanh(x)
+    if kind == "sigmoid":
+        # exp(-x) may overflow to inf for x << 0, giving exactly 0: silence the warning only.
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-x))
+    if kind == "linear":
+        return x.copy()
+    raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+
+
+def ref_backward(
+    dy: np.ndarray, y: np.ndarray, kind: str, slope: float = DEFAULT_SLOPE
+) -> np.ndarray:
+    """Reference gradient from the forward output. dy, y: same shape -> dx: same shape."""
+    dy = np.asarray(dy, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if kind == "relu":
+        return dy * (y > 0)
+    if kind == "leaky":
+        return dy * np.where(y > 0, 1.0, slope)
+    if kind == "tanh":
+        return dy * (1.0 - y * y)
+    if kind == "sigmoid":
+        return dy * y * (1.0 - y)
+    if kind == "linear":
+        return dy.copy()
+    raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Element math, shared by the CPU kernels below and (later) the CUDA backend.
+# Arguments are float32 scalars and an int code; all arithmetic stays in float32.
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def act_scalar(v, code, slope):  # v: float32, code: int, slope: float32 -> float32
+    """Activation of one float32 value."""
+    if code == 0:  # relu
+        return v if v > 0 else v * np.float32(0.0)
+    if code == 1:  # leaky
+        return v if v > 0 else slope * v
+    if code == 2:  # tanh
+        return np.tanh(v)
+    if code == 3:  # sigmoid: exp(-v) overflows to inf for v << 0 and 1/inf = 0, so no branch
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+    return v  # linear
+
+
+@kernel
+def act_grad_from_output(y, code, slope):  # y: float32, code: int, slope: float32 -> float32
+    """Derivative of the activation, expressed through its output y."""
+    one = np.float32(1.0)
+    if code == 0:  # relu
+        return one if y > 0 else np.float32(0.0)
+    if code == 1:  # leaky (slope > 0 keeps the sign of y equal to that of x)
+        return one if y > 0 else slope
+    if code == 2:  # tanh
+        return one - y * y
+    if code == 3:  # sigmoid
+        return y * (one - y)
+    return one  # linear
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 CPU kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def act_forward(x, y, code, slope):
+    """y = act(x). x, y: same shape, float32 C-contiguous; x may be y (in place).
+
+    code: ACT_CODE[kind]; slope: leaky slope (ignored by other kinds).
+    """
+    xf = x.reshape(-1)  # (size,) view
+    yf = y.reshape(-1)  # (size,) view
+    s = np.float32(slope)
+    for i in range(xf.size):
+        yf[i] = act_scalar(xf[i], code, s)
+
+
+@kernel
+def act_backward(dy, y, dx, code, slope):
+    """dx = dy * act'(from y). dy, y, dx: same shape, float32 C-contiguous; dx may be dy."""
+    dyf = dy.reshape(-1)  # (size,)
+    yf = y.reshape(-1)  # (size,)
+    dxf = dx.reshape(-1)  # (size,)
+    s = np.float32(slope)
+    for i in range(dyf.size):
+        dxf[i] = dyf[i] * act_grad_from_output(yf[i], code, s)
+
+
+# CUDA kernels: see the CUDA backend issue

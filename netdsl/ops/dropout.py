@@ -1,0 +1,66 @@
+"""Inverted dropout (Srivastava et al. 2014, scaled at training time).
+
+Training: ``y = x * mask * scale`` with ``mask ~ Bernoulli(1 - p)`` and ``scale = 1 / (1 - p)``,
+so the expected activation is unchanged and evaluation is the identity (no kernel at all).
+
+The mask is drawn by the CALLER with NumPy (:func:`make_mask`) rather than inside a kernel,
+so the random stream lives in one ``np.random.Generator`` whose state can be checkpointed
+and restored bit for bit. Backward is the same product: ``dx = dy * mask * scale``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.ops.jit import kernel
+
+
+def keep_scale(p: float) -> float:
+    """The factor 1 / (1 - p) applied to kept units; p in [0, 1)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return 1.0 / (1.0 - p)
+
+
+def make_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> np.ndarray:
+    """Keep-mask of `shape`, uint8 (1 = keep with probability 1 - p, 0 = drop)."""
+    keep_scale(p)  # validates p
+    # float32 uniforms: half the random bits of float64, and 2^-24 resolution is ample for p.
+    return (rng.random(shape, dtype=np.float32) >= np.float32(p)).view(np.uint8)
+
+
+def ref_forward(x: np.ndarray, mask: np.ndarray, p: float, train: bool = True) -> np.ndarray:
+    """x: any shape, mask: same shape -> y: same shape, float64. Eval mode is the identity."""
+    x = np.asarray(x, dtype=np.float64)
+    if not train:
+        return x.copy()
+    return np.where(np.asarray(mask) != 0, x * keep_scale(p), 0.0)
+
+
+def ref_backward(dy: np.ndarray, mask: np.ndarray, p: float, train: bool = True) -> np.ndarray:
+    """dy: any shape, mask: same shape -> dx: same shape, float64."""
+    return ref_forward(dy, mask, p, train)
+
+
+@kernel
+def dropout_forward(x, mask, y, scale):
+    """y = x * mask * scale. x, y: f32, mask: uint8, all the same shape, C-contiguous.
+
+    y may be x (in place). scale = keep_scale(p). Any shape works (flattened inside).
+    """
+    xf = x.reshape(-1)  # (size,) views
+    mf = mask.reshape(-1)
+    yf = y.reshape(-1)
+    s = np.float32(scale)
+    zero = np.float32(0.0)
+    for i in range(xf.size):
+        # A select, not x * 0, so a dropped inf/NaN does not turn into NaN.
+        yf[i] = xf[i] * s if mf[i] else zero
+
+
+# Backward is the same masked product: dropout_backward(dy, mask, dx, scale); dx may be dy.
+# One compiled function serves both directions.
+dropout_backward = dropout_forward
+
+
+# CUDA kernels: see the CUDA backend issue

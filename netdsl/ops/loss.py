@@ -1,0 +1,123 @@
+"""Losses on (N, K) class scores with integer labels, and top-k error counting.
+
+* Cross-entropy with the softmax fused in: ``loss = mean_n -log softmax(z_n)[label_n]`` computed
+  as ``logsumexp(z_n) - z_n[label_n]`` (never log of a rounded probability), with gradient
+  ``dz = (softmax(z) - onehot) / N``.
+* MSE LeNet style against one-hot targets t: ``loss = (1/N) sum_n 1/2 sum_k (t_nk - o_nk)^2``,
+  gradient ``do = (o - t) / N``.
+
+Both kernels compute loss and gradient in one pass (the loss is always the last layer, so
+its backward immediately follows its forward) and return the loss as a Python float.
+Labels are validated in the kernels: an out-of-range label raises ValueError instead of
+reading out of bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.ops.jit import kernel
+
+
+def _onehot(labels: np.ndarray, classes: int) -> np.ndarray:
+    """labels: (N,) int -> (N, K) float64 one-hot."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got {labels.min()}..{labels.max()}")
+    t = np.zeros((labels.shape[0], classes))
+    t[np.arange(labels.shape[0]), labels] = 1.0
+    return t
+
+
+def ref_xent(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """z: (N, K) scores, labels: (N,) int -> (mean loss, dz (N, K)), float64."""
+    z = np.asarray(z, dtype=np.float64)
+    t = _onehot(labels, z.shape[1])
+    shifted = z - z.max(axis=1, keepdims=True)
+    logsum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logp = shifted - logsum  # (N, K) log-probabilities
+    n = z.shape[0]
+    return float(-(logp * t).sum() / n), (np.exp(logp) - t) / n
+
+
+def ref_mse(o: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """o: (N, K) outputs, labels: (N,) int -> (loss, do (N, K)), float64, one-hot targets."""
+    o = np.asarray(o, dtype=np.float64)
+    t = _onehot(labels, o.shape[1])
+    n = o.shape[0]
+    return float(0.5 * ((t - o) ** 2).sum() / n), (o - t) / n
+
+
+@kernel
+def xent_forward_backward(z, labels, dz, probs):
+    """Fused softmax cross-entropy. Returns the mean loss (float).
+
+    z: (N, K) f32 scores; labels: (N,) int (int64 avoids a second compilation);
+    dz: (N, K) f32 out, the gradient (may be z); probs: (N, K) f32 out, softmax(z)
+    (may be z, but not dz).
+    """
+    n_batch, classes = z.shape
+    inv_n = np.float32(1.0 / n_batch)
+    total_loss = 0.0  # float64 accumulator
+    for n in range(n_batch):
+        label = labels[n]
+        if label < 0 or label >= classes:
+            raise ValueError("xent_forward_backward: label out of range")
+        z_label = z[n, label]  # read before probs/dz may overwrite z
+        top = z[n, 0]
+        for j in range(1, classes):
+            top = max(top, z[n, j])
+        total = 0.0  # float64 accumulator
+        for j in range(classes):
+            e = np.exp(z[n, j] - top)
+            probs[n, j] = e
+            total += e
+        total_loss += np.log(total) + top - z_label
+        inv = np.float32(1.0 / total)
+        for j in range(classes):
+            p = probs[n, j] * inv
+            probs[n, j] = p
+            dz[n, j] = p * inv_n
+        dz[n, label] -= inv_n
+    return total_loss / n_batch
+
+
+@kernel
+def mse_forward_backward(o, labels, do):
+    """MSE against one-hot targets. Returns the loss (float).
+
+    o: (N, K) f32 outputs; labels: (N,) int; do: (N, K) f32 out, the gradient (may be o).
+    """
+    n_batch, classes = o.shape
+    inv_n = np.float32(1.0 / n_batch)
+    total = 0.0  # float64 accumulator
+    for n in range(n_batch):
+        label = labels[n]
+        if label < 0 or label >= classes:
+            raise ValueError("mse_forward_backward: label out of range")
+        for j in range(classes):
+            diff = o[n, j] - (np.float32(1.0) if j == label else np.float32(0.0))
+            total += np.float64(diff) * diff
+            do[n, j] = diff * inv_n
+    return 0.5 * total / n_batch
+
+
+def topk_errors(z: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """Number of samples whose label is not among the k largest scores.
+
+    z: (N, K) scores, labels: (N,) int. Ties are broken by class index like np.argmax
+    (an equal score at a lower index ranks first), so a network with constant outputs is
+    not credited with zero error, and k = 1 counts exactly ``argmax(z) != label``.
+    A NaN score for the label counts as an error.
+    """
+    z = np.asarray(z)
+    labels = np.asarray(labels)
+    rows = np.arange(z.shape[0])
+    z_label = z[rows, labels][:, None]  # (N, 1)
+    lower_index = np.arange(z.shape[1])[None, :] < labels[:, None]  # (N, K)
+    rank = (z > z_label).sum(axis=1) + ((z == z_label) & lower_index).sum(axis=1)  # (N,)
+    wrong = (rank >= k) | np.isnan(z_label[:, 0])
+    return int(wrong.sum())
+
+
+# CUDA kernels: see the CUDA backend issue

@@ -1,0 +1,126 @@
+"""Local response normalisation across channels, exactly as in AlexNet (Krizhevsky et al. 2012).
+
+    b[c] = a[c] / (k + alpha * sum_{c'=max(0, c-n//2)}^{min(C-1, c+n//2)} a[c']^2) ** beta
+
+at every (batch, row, column). NOTE: alpha is NOT divided by n here. Caffe and PyTorch
+(``torch.nn.functional.local_response_norm``) divide alpha by the window size, so the
+same layer in PyTorch is ``local_response_norm(x, size=n, alpha=alpha * n, beta=beta, k=k)``.
+The window c - n//2 .. c + n//2 is n channels wide for odd n (AlexNet uses n = 5);
+even n gives n + 1 channels, which is why the language should ask for odd n.
+
+Backward, with S[c] = k + alpha * sum(...) (the "scale" the forward kernel saves):
+
+    dx[i] = dy[i] * S[i]^-beta - 2 alpha beta x[i] * sum_{c in window(i)} dy[c] y[c] / S[c]
+
+(the window relation is symmetric, so "c whose window contains i" is window(i)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.ops.jit import kernel
+
+# ---------------------------------------------------------------------------------------------
+# float64 NumPy references
+# ---------------------------------------------------------------------------------------------
+
+
+def _window_sum(v: np.ndarray, n: int) -> np.ndarray:
+    """v: (N, C, H, W) -> (N, C, H, W): sum over channels c - n//2 .. c + n//2 (clipped)."""
+    half = n // 2
+    channels = v.shape[1]
+    out = np.zeros_like(v)
+    for c in range(channels):
+        out[:, c] = v[:, max(0, c - half) : min(channels, c + half + 1)].sum(axis=1)
+    return out
+
+
+def ref_scale(x: np.ndarray, n: int, k: float, alpha: float) -> np.ndarray:
+    """S = k + alpha * window sum of x^2. x: (N, C, H, W) -> (N, C, H, W), float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return k + alpha * _window_sum(x * x, n)
+
+
+def ref_forward(x: np.ndarray, n: int, k: float, alpha: float, beta: float) -> np.ndarray:
+    """x: (N, C, H, W) -> y: (N, C, H, W), float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x * ref_scale(x, n, k, alpha) ** -beta
+
+
+def ref_backward(
+    dy: np.ndarray, x: np.ndarray, y: np.ndarray, n: int, k: float, alpha: float, beta: float
+) -> np.ndarray:
+    """dy, x, y: (N, C, H, W) -> dx: (N, C, H, W), float64."""
+    dy = np.asarray(dy, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    s = ref_scale(x, n, k, alpha)
+    return dy * s**-beta - 2.0 * alpha * beta * x * _window_sum(dy * y / s, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 CPU kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def lrn_forward(x, y, scale, n, k, alpha, beta):
+    """x: (N, C, H, W) f32; y: (N, C, H, W) f32 out; scale: (N, C, H, W) f32 out (S, for backward).
+
+    y must not alias x (the backward pass needs x).
+    """
+    n_batch, channels = x.shape[0], x.shape[1]
+    plane = x.shape[2] * x.shape[3]
+    x3 = x.reshape(n_batch, channels, plane)  # (N, C, H*W) views
+    y3 = y.reshape(n_batch, channels, plane)
+    s3 = scale.reshape(n_batch, channels, plane)
+    half = n // 2
+    k32, a32, nb32 = np.float32(k), np.float32(alpha), np.float32(-beta)
+    for b in range(n_batch):
+        for c in range(channels):
+            # Whole planes at a time: every inner loop runs over contiguous memory.
+            for p in range(plane):
+                s3[b, c, p] = 0.0
+            for c2 in range(max(0, c - half), min(channels, c + half + 1)):
+                for p in range(plane):
+                    v = x3[b, c2, p]
+                    s3[b, c, p] += v * v
+            for p in range(plane):
+                s = k32 + a32 * s3[b, c, p]
+                s3[b, c, p] = s
+                y3[b, c, p] = x3[b, c, p] * s**nb32
+
+
+@kernel
+def lrn_backward(dy, x, y, scale, dx, n, k, alpha, beta):
+    """dy, x, y, scale: (N, C, H, W) f32 (scale from lrn_forward); dx: (N, C, H, W) f32 out.
+
+    dx must not alias dy, x, y or scale: neighbouring channels are read after dx[c] is written.
+    `k` is unused (it is already folded into scale) but kept so both kernels take the same
+    hyper-parameters.
+    """
+    n_batch, channels = x.shape[0], x.shape[1]
+    plane = x.shape[2] * x.shape[3]
+    d3 = dy.reshape(n_batch, channels, plane)  # (N, C, H*W) views
+    x3 = x.reshape(n_batch, channels, plane)
+    y3 = y.reshape(n_batch, channels, plane)
+    s3 = scale.reshape(n_batch, channels, plane)
+    g3 = dx.reshape(n_batch, channels, plane)
+    half = n // 2
+    nb32 = np.float32(-beta)
+    coef = np.float32(2.0 * alpha * beta)
+    for b in range(n_batch):
+        for c in range(channels):
+            # Accumulate sum_{c2 in window} dy y / S in dx[c] itself (no scratch buffer);
+            # recomputing the ratio per window member costs n divisions but no allocation.
+            for p in range(plane):
+                g3[b, c, p] = 0.0
+            for c2 in range(max(0, c - half), min(channels, c + half + 1)):
+                for p in range(plane):
+                    g3[b, c, p] += d3[b, c2, p] * y3[b, c2, p] / s3[b, c2, p]
+            for p in range(plane):
+                g3[b, c, p] = d3[b, c, p] * s3[b, c, p] ** nb32 - coef * x3[b, c, p] * g3[b, c, p]
+
+
+# CUDA kernels: see the CUDA backend issue

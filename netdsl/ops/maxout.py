@@ -1,0 +1,92 @@
+"""Maxout across channels (Goodfellow et al. 2013).
+
+Groups of ``k`` CONSECUTIVE input channels are reduced by max:
+``y[n, c, h, w] = max_j x[n, c*k + j, h, w]``, so (N, C*k, H, W) -> (N, C, H, W).
+Fully connected outputs use the same code as (N, C*k, 1, 1).
+
+The forward kernel records the winning ``j`` per output (int32, shape of y) so the
+backward pass is a scatter without re-reading x. Ties go to the first (lowest j)
+candidate, as in the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.ops.jit import kernel
+
+
+def _check(x: np.ndarray, k: int) -> None:
+    if x.ndim != 4 or k < 1 or x.shape[1] % k:
+        raise ValueError(f"maxout needs (N, C, H, W) with C divisible by k={k}, got {x.shape}")
+
+
+# ---------------------------------------------------------------------------------------------
+# float64 NumPy references
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_forward(x: np.ndarray, k: int) -> np.ndarray:
+    """x: (N, C*k, H, W) -> y: (N, C, H, W), float64."""
+    _check(x, k)
+    n, ck, h, w = x.shape
+    return np.asarray(x, dtype=np.float64).reshape(n, ck // k, k, h, w).max(axis=2)
+
+
+def ref_backward(dy: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """dy: (N, C, H, W), x: (N, C*k, H, W) -> dx: (N, C*k, H, W); dy goes to the first max."""
+    _check(x, k)
+    n, ck, h, w = x.shape
+    groups = np.asarray(x, dtype=np.float64).reshape(n, ck // k, k, h, w)
+    win = groups.argmax(axis=2)  # (N, C, H, W); argmax picks the first of equal maxima
+    dx = np.zeros_like(groups)
+    np.put_along_axis(dx, win[:, :, None], np.asarray(dy, dtype=np.float64)[:, :, None], axis=2)
+    return dx.reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 CPU kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def maxout_forward(x, y, idx, k):
+    """x: (N, C*k, H, W) f32; y: (N, C, H, W) f32 out; idx: (N, C, H, W) int32 out (winning j)."""
+    n_batch, c_out = y.shape[0], y.shape[1]
+    plane = y.shape[2] * y.shape[3]
+    x3 = x.reshape(n_batch, c_out * k, plane)  # (N, C*k, H*W) view
+    y3 = y.reshape(n_batch, c_out, plane)  # (N, C, H*W) view
+    i3 = idx.reshape(n_batch, c_out, plane)  # (N, C, H*W) view
+    for n in range(n_batch):
+        for c in range(c_out):
+            # Sweep whole planes so the inner loop is contiguous; strict > keeps the first max.
+            for p in range(plane):
+                y3[n, c, p] = x3[n, c * k, p]
+                i3[n, c, p] = 0
+            for j in range(1, k):
+                for p in range(plane):
+                    v = x3[n, c * k + j, p]
+                    if v > y3[n, c, p]:
+                        y3[n, c, p] = v
+                        i3[n, c, p] = j
+
+
+@kernel
+def maxout_backward(dy, idx, dx, k):
+    """dy: (N, C, H, W) f32; idx: (N, C, H, W) int32 from forward; dx: (N, C*k, H, W) f32 out.
+
+    dx is overwritten (zero except at each group's winner).
+    """
+    n_batch, c_out = dy.shape[0], dy.shape[1]
+    plane = dy.shape[2] * dy.shape[3]
+    d3 = dy.reshape(n_batch, c_out, plane)  # (N, C, H*W) view
+    i3 = idx.reshape(n_batch, c_out, plane)  # (N, C, H*W) view
+    dx3 = dx.reshape(n_batch, c_out * k, plane)  # (N, C*k, H*W) view
+    for n in range(n_batch):
+        for c in range(c_out):
+            for j in range(k):
+                for p in range(plane):
+                    dx3[n, c * k + j, p] = d3[n, c, p] if i3[n, c, p] == j else np.float32(0.0)
+
+
+# CUDA kernels: see the CUDA backend issue
