@@ -46,6 +46,7 @@ class _State:
 
 
 MAX_BLOCK_DEPTH = 32
+MAX_LAYERS = 10_000  # a guard against `repeat 1000000`, not a design limit of real nets
 
 
 def elaborate(program: ast.Program) -> Network:
@@ -95,6 +96,9 @@ def _stmts(st, stmts, scope: _Scope, env: dict[str, Any], base: Path, depth: int
             n = evaluate(s.count, env)
             if n.kind != "num" or not isinstance(n.value, int) or n.value < 1:
                 raise NetError("repeat needs a whole number of times, at least 1", s.loc)
+            if n.value > MAX_LAYERS:
+                raise NetError(f"repeat {n.value:,} is too many (at most {MAX_LAYERS:,})",
+                               s.loc)  # fmt: skip
             for i in range(1, n.value + 1):
                 inner = _Scope(scope.prefix, scope.input, scope.local, scope.suffix + f"_{i}")
                 _stmts(st, s.body, inner, env, base, depth)
@@ -158,6 +162,9 @@ def _layer(st, s: ast.LayerStmt, scope: _Scope, env, base: Path, depth: int) -> 
         locs["activation"] = s.loc
         attrs = {"activation": (ltype, slope if ltype == "leaky" else 0.0)}
         ltype = "act"
+    if len(st.layers) >= MAX_LAYERS:
+        raise NetError(f"the network expands to more than {MAX_LAYERS:,} layers", s.loc,
+                       "is a repeat count or a recursive block too large?")  # fmt: skip
     layer = Layer(name, ltype, inputs, attrs, s.loc, locs)
     if s.name_loc is not None and not name_is_kind:
         layer.arg_locs["__name__"] = s.name_loc

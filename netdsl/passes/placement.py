@@ -15,33 +15,36 @@ from ..ir import Layer, Network
 BYTES = 4  # float32
 
 
-def _owner(channel: int, c: int, g: int) -> int:
-    return channel * g // c  # contiguous blocks of C/G channels
+def _own(g: int, c: int, gpus: int) -> tuple[int, int]:
+    """The channels [lo, hi) of a C-channel tensor that GPU g owns: contiguous blocks."""
+    return -(-g * c // gpus), -(-(g + 1) * c // gpus)
 
 
-def _needed(layer: Layer, gpu: int, g: int) -> set[int]:
-    """Input channels GPU `gpu` reads (of the concatenated inputs) to make its outputs."""
+def _needed(layer: Layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
+    """Input channels (of the concatenated inputs) GPU `gpu` reads, as disjoint intervals."""
     cin = sum(s[0] for s in layer.in_shapes)
     cout = layer.out_shape[0]
-    mine = [ch for ch in range(cout) if _owner(ch, cout, g) == gpu]
+    lo, hi = _own(gpu, cout, gpus)
+    if lo >= hi:
+        return []
     t = layer.type
     if t in ("fc", "softmax", "loss"):
-        return set(range(cin))
+        return [(0, cin)]
     if t == "conv":
         a = layer.attrs
         if a["connect"] is not None:
-            return {i for o in mine for i in a["connect"][o]}
-        per = cin // a["groups"]  # input channels each group sees
-        return {(o * a["groups"] // cout) * per + i for o in mine for i in range(per)}
+            chans = sorted({i for o in range(lo, hi) for i in a["connect"][o]})
+            return [(i, i + 1) for i in chans]
+        g = a["groups"]
+        per = cin // g  # input channels each group sees
+        return [((lo * g // cout) * per, ((hi - 1) * g // cout + 1) * per)]
     if t == "lrn":
         half = layer.attrs["size"] // 2
-        return {i for o in mine for i in range(max(0, o - half), min(cin, o + half + 1))}
+        return [(max(0, lo - half), min(cin, hi + half))]
     if t == "maxout":
         k = layer.attrs["pieces"]
-        return {o * k + j for o in mine for j in range(k)}
-    if t == "concat":
-        return set(mine)  # output channel i is input channel i of the joined inputs
-    return set(mine)  # channel-wise layers: act, pool, subsample, dropout, bn, add, flatten
+        return [(lo * k, hi * k)]
+    return [(lo, hi)]  # channel-wise layers and concat: output channel i is input channel i
 
 
 def place(net: Network) -> Network:
@@ -66,18 +69,24 @@ def place(net: Network) -> Network:
     return net
 
 
-def _exchange(layer: Layer, g: int, gathered: bool, owners: dict[str, str]) -> int:
+def _exchange(layer: Layer, gpus: int, gathered: bool, owners: dict[str, str]) -> int:
     """Elements per image that cross between GPUs to compute this layer's forward pass."""
     spatial = layer.in_shapes[0][1] * layer.in_shapes[0][2]
-    # ownership of the input channels, concatenated over the inputs
-    src: list[int] = []
-    for name, shape in zip(layer.inputs, layer.in_shapes):
-        c = shape[0]
-        src += [0 if owners[name] == "gpu0" else _owner(ch, c, g) for ch in range(c)]
     received = 0
-    gpus = (0,) if gathered else range(g)
-    for gpu in gpus:
-        received += sum(1 for ch in _needed(layer, gpu, g) if src[ch] != gpu)
+    for gpu in (0,) if gathered else range(gpus):
+        # the input channels this GPU already holds, as intervals of the concatenation
+        held, offset = [], 0
+        for name, shape in zip(layer.inputs, layer.in_shapes):
+            c = shape[0]
+            if owners[name] == "gpu0":
+                lo, hi = (0, c) if gpu == 0 else (0, 0)
+            else:
+                lo, hi = _own(gpu, c, gpus)
+            held.append((offset + lo, offset + hi))
+            offset += c
+        for a, b in _needed(layer, gpu, gpus):
+            overlap = sum(max(0, min(b, hi) - max(a, lo)) for lo, hi in held)
+            received += (b - a) - overlap
     return received * spatial
 
 

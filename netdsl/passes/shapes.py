@@ -14,6 +14,9 @@ from ..errors import NetError
 from ..ir import Layer, Network, Shape
 
 
+MAX_ELEMENTS = 2**31 - 1  # per image; float32 kernels index with 32-bit-safe arithmetic
+
+
 def infer_shapes(net: Network) -> Network:
     """Fill in_shapes, out_shape, params, n_params and macs of every layer, in order."""
     shapes: dict[str, Shape] = {}
@@ -29,6 +32,10 @@ def infer_shapes(net: Network) -> Network:
         out = RULES[layer.type](layer)
         if any(d < 1 for d in out):
             raise layer.error(f"{layer.name}: output shape {fmt(out)} is empty")
+        if out[0] * out[1] * out[2] > MAX_ELEMENTS or layer.n_params > MAX_ELEMENTS:
+            raise layer.error(f"{layer.name}: output {fmt(out)} or its {layer.n_params:,} "
+                              f"parameters exceed {MAX_ELEMENTS:,} elements per image",
+                              None, "is a size or a number of filters mistyped?")
         layer.out_shape = out
         shapes[layer.name] = out
     return net
