@@ -20,7 +20,7 @@ from .schema import (
 from .values import Item, did_you_mean, evaluate_arg
 
 DEFAULTS: dict[str, Any] = {
-    "data": "mnist",
+    "data": None,  # no dataset: training needs `data` or --data
     "batch": 64,
     "epochs": 1,
     "seed": 0,

@@ -288,6 +288,8 @@ def data_check(net: Network) -> Network:
     """Check the input shape and the number of classes against a known dataset."""
     known = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
     data = net.train["data"]
+    if data is None:
+        return net
     key = "cifar10" if str(data).startswith("cifar10") else data
     if key not in known:
         return net

@@ -57,6 +57,9 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
     """Load the dataset named in the train section (or `spec`), normalised and fitted to the input."""
     t = net.train
     base = Path(net.file).parent
+    if not (spec or t["data"]):
+        raise DataError(f"{net.file}: no dataset: add `data mnist` (or a path) to the train "
+                        "section, or pass --data")  # fmt: skip
     ds: Dataset = load_dataset(spec or t["data"], base_dir=base)
     norm = t["normalize"] or {"mean": [0.0], "std": [1.0]}
     c = net.input.out_shape[0]
@@ -207,6 +210,12 @@ class Trainer:
     # ---- the loop
     def fit(self) -> dict[str, Any]:
         """Train until `epochs` are done; returns the last epoch's metrics."""
+        # overflow shows up as a NaN/Inf loss, which _diverged reports; numpy's warnings
+        # about it on the way would only be noise
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         c, t = self.cnet, self.net.train
         self.out.mkdir(parents=True, exist_ok=True)
         train = self.data.train
