@@ -61,7 +61,7 @@ def elaborate(program: ast.Program) -> Network:
         raise first.error(
             f"the first layer must be an input, not {first.type}", None, "e.g. input image: 1x28x28"
         )
-    train = read_train(st.train)
+    train = read_train(st.train, st.consts)
     name = st.network or Path(program.file).stem
     return Network(name, program.file, st.layers, train, st.gpus, st.gpus_loc)
 
@@ -103,12 +103,16 @@ def _stmts(st, stmts, scope: _Scope, env: dict[str, Any], base: Path, depth: int
                 inner = _Scope(scope.prefix, scope.input, scope.local, scope.suffix + f"_{i}")
                 _stmts(st, s.body, inner, env, base, depth)
         elif isinstance(s, ast.NetworkStmt):
-            if depth == 0 and st.network is None:
-                st.network = s.name
+            if st.network is not None:
+                raise NetError("a second `network` line", s.loc, "a file names one network")
+            st.network = s.name
         elif isinstance(s, ast.GpusStmt):
             v = evaluate(s.count, env)
             if v.kind != "num" or not isinstance(v.value, int) or v.value < 1:
                 raise NetError("gpus needs a whole number, at least 1", s.loc)
+            if st.gpus_loc is not None:
+                raise NetError("`gpus` is given twice", s.loc,
+                               notes=(("first given here", st.gpus_loc),))  # fmt: skip
             st.gpus, st.gpus_loc = v.value, s.loc
         elif isinstance(s, ast.TrainStmt):
             if st.train is not None:
@@ -129,7 +133,8 @@ def _include(st, s: ast.IncludeStmt, scope, env, base: Path, depth: int) -> None
         raise NetError(f'cannot include "{s.path}": no such file', s.loc)
     st.included.append(str(path))
     prog = parse_file(path)
-    _stmts(st, prog.stmts, scope, env, path.parent, depth)
+    stmts = [s for s in prog.stmts if not isinstance(s, ast.NetworkStmt)]
+    _stmts(st, stmts, scope, env, path.parent, depth)
 
 
 def _layer(st, s: ast.LayerStmt, scope: _Scope, env, base: Path, depth: int) -> None:
@@ -260,12 +265,15 @@ def _use_block(st, s: ast.LayerStmt, blk: ast.BlockDef, scope, env, base, depth:
         raise NetError(f"block '{blk.name}' has no input: nothing comes before it", s.loc)
     bound = _bind_params(blk, s, env)
     inner = _Scope(scope.prefix + s.name + scope.suffix + ".", inp)
+    first = len(st.layers)
     try:
         _stmts(st, blk.body, inner, {**env, **bound}, base, depth + 1)
     except NetError as e:
         if not any(n[0].startswith("in block") for n in e.notes):
             e.notes = e.notes + ((f"in block '{blk.name}' used here", s.loc),)
         raise
+    for lyr in st.layers[first:]:
+        lyr.notes = lyr.notes + ((f"in block '{blk.name}' used here", s.loc),)
     last = st.layers[-1].name
     if not last.startswith(inner.prefix):
         raise NetError(f"block '{blk.name}' defines no layers", blk.loc)
@@ -286,7 +294,8 @@ def _bind_params(blk: ast.BlockDef, s: ast.LayerStmt, env) -> dict[str, Any]:
             else:
                 if pos >= len(names):
                     raise NetError(
-                        f"block '{blk.name}' takes {len(names)} parameters", it.loc,
+                        f"block '{blk.name}' takes {len(names)} "
+                        f"parameter{'s' if len(names) != 1 else ''}", it.loc,
                         f"its parameters: {', '.join(names) or 'none'}",
                     )  # fmt: skip
                 key, val = names[pos], it

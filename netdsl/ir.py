@@ -24,6 +24,7 @@ class Layer:
     attrs: dict[str, Any]
     loc: Location  # the statement (its type word)
     arg_locs: dict[str, Location] = field(default_factory=dict)  # option -> where it was written
+    notes: tuple[tuple[str, Location], ...] = ()  # e.g. the block use that made this layer
     # filled by passes/shapes.py
     in_shapes: list[Shape] = field(default_factory=list)
     out_shape: Shape | None = None
@@ -41,7 +42,7 @@ class Layer:
         return self.arg_locs.get(key, self.loc) if key else self.loc
 
     def error(self, message: str, key: str | None = None, hint: str | None = None) -> NetError:
-        return NetError(message, self.where(key), hint)
+        return NetError(message, self.where(key), hint, self.notes)
 
 
 @dataclass

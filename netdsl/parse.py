@@ -132,25 +132,43 @@ def _syntax_error(src: Source, e: UnexpectedInput) -> NetError:
         )
     assert isinstance(e, UnexpectedToken)
     tok = e.token
+    # `accepts` is what the parser state takes; `expected` adds the post-lexer's _NL everywhere
+    expected = set(getattr(e, "accepts", None) or e.expected)
     if tok.type == "$END":
-        last = len(src.lines) - (1 if src.lines[-1] == "" else 0)
+        last = max(1, len(src.lines) - (1 if src.lines[-1] == "" else 0))
+        at = src.loc(last, len(src.lines[last - 1]) + 1)
+        for closer, opener in (("RPAR", "("), ("RSQB", "[")):
+            if closer in expected:
+                return NetError(f"unexpected end of file; a '{opener}' is not closed", at)
+        if "RBRACE" not in expected:  # a trailing ',' joined the end of the file to its line
+            return NetError(
+                f"unexpected end of file; expected {_expected_words(expected)}",
+                at,
+                "a line that ends with ',' continues on the next line",
+            )
         return NetError(
             "unexpected end of file; a '{' is not closed",
-            src.loc(last, len(src.lines[last - 1]) + 1),
+            at,
             "every block, repeat and train section ends with '}' on its own line",
         )
-    expected = set(e.expected) | set(getattr(e, "accepts", ()) or ())
     width = len(str(tok)) if tok.type != "_NL" else 1
     if tok.type == "_NL":
         line, col = tok.line, tok.column
     msg = f"unexpected {_describe(tok)}; expected {_expected_words(expected)}"
     hint = None
+    before = src.lines[line - 1][: col - 1].rstrip() if line <= len(src.lines) else ""
     if tok.type == "COLON":
         hint = "a layer reads `TYPE NAME: args`; only one name before ':'"
     elif tok.type == "RBRACE" and "_NL" in expected:
         hint = "'}' goes on its own line"
-    elif tok.type == "LBRACE":
+    elif tok.type == "RBRACE":
+        hint = "no block, repeat or train section is open here"
+    elif tok.type == "LBRACE" or before.endswith("{"):
         hint = "'{' must end the line it is on"
+    elif before.endswith("}"):
+        hint = "'}' goes on its own line"
+    elif tok.type in ("NUMBER", "DIMS") and "COLON" in expected:
+        hint = "a layer reads `TYPE NAME: args`, or `TYPE: args` without a name"
     return NetError(msg, src.loc(line, col, width), hint)
 
 
@@ -166,6 +184,13 @@ class _Builder:
         m = node.meta
         width = m.end_column - m.column if m.line == m.end_line else 1
         return self.src.loc(m.line, m.column, width)
+
+    def brace_alone(self, t: Tree) -> None:
+        """The grammar lets `}` follow the last statement on its line; the language does not."""
+        last = t.children[-1] if t.children else None
+        if isinstance(last, Tree) and last.meta.end_line == t.meta.end_line:
+            at = self.src.loc(t.meta.end_line, t.meta.end_column - 1)
+            raise NetError("'}' goes on its own line", at, "end the line before the '}'")
 
     def stmts(self, children) -> list[ast.Stmt]:
         return [self.stmt(c) for c in children]
@@ -184,6 +209,7 @@ class _Builder:
         if rule == "block":
             name, *rest = ch
             body = rest[-1]
+            self.brace_alone(body)
             params = tuple(
                 ast.Param(
                     str(p.children[0]),
@@ -194,10 +220,12 @@ class _Builder:
             )
             return ast.BlockDef(str(name), params, tuple(self.stmts(body.children)), self.loc(name))
         if rule == "repeat":
+            self.brace_alone(ch[1])
             return ast.RepeatStmt(
                 self.value(ch[0]), tuple(self.stmts(ch[1].children)), self.loc(t)
             )
         if rule == "train":
+            self.brace_alone(t)
             settings = tuple(
                 ast.Setting(
                     str(s.children[0]),

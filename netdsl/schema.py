@@ -267,8 +267,9 @@ def read_activation(items, key, at):
     it = _need(items, key, at, "an activation: " + ", ".join(ACTIVATIONS))
     if it.kind == "word" and it.value in ACTIVATIONS:
         return (it.value, 0.01 if it.value == "leaky" else 0.0), 1
-    if it.kind == "call" and it.value[0] == "leaky" and len(it.value[1]) == 1:
-        return ("leaky", float(plain(it.value[1][0]))), 1
+    if it.kind == "call" and it.value[0] == "leaky":
+        slope = call_value(it, {"leaky": [("slope", 0.01)]}, "activation")["slope"]
+        return ("leaky", float(slope)), 1
     raise NetError(
         f"unknown activation {it.describe()}",
         it.loc,
@@ -409,7 +410,10 @@ def read_layer_args(
             if it.kind == "kv":
                 key, val = it.value
                 opt = _opt(ltype, schema, key, it.loc, known)
-                value, used = opt.reader([val], key, it.loc)
+                if opt.reader is None:
+                    value = _slot_value(schema, key, val)
+                else:
+                    value, _ = opt.reader([val], key, it.loc)
                 put("activation" if key == "leaky" else key, value, it.loc)
                 i += 1
             elif it.kind == "word" and it.value in schema.flags:
@@ -424,9 +428,10 @@ def read_layer_args(
                 put("activation" if it.value == "leaky" else it.value, value, it.loc)
                 i += 1 + used
             elif it.kind == "call" and it.value[0] == "leaky" and "leaky" in schema.opts:
-                args = it.value[1]
-                slope = float(args[0].value) if args and args[0].kind == "num" else 0.01
-                put("activation", ("leaky", slope), it.loc)
+                slope = call_value(it, {"leaky": [("slope", 0.01)]}, "activation")["slope"]
+                if not isinstance(slope, (int, float)):
+                    raise NetError("leaky's slope must be a number", it.loc)
+                put("activation", ("leaky", float(slope)), it.loc)
                 i += 1
             elif (
                 it.kind == "num"
@@ -462,6 +467,17 @@ def read_layer_args(
                            _required_hint(ltype, key))  # fmt: skip
         attrs[key] = opt.default
     return attrs, locs
+
+
+def _slot_value(schema: Schema, key: str, val: Item) -> Any:
+    """`mode=max`, `round=ceil`, `kind=mse`, `shape=1x28x28`: options otherwise written bare."""
+    if key == schema.positional_dims and val.kind == "dims":
+        return val.value
+    words = [w for w, (k, _) in schema.flags.items() if k == key]
+    if val.kind == "word" and val.value in words:
+        return schema.flags[val.value][1]
+    raise NetError(f"'{key}' expects one of: {', '.join(words) or 'a size'}; found "
+                   f"{val.describe()}", val.loc, did_you_mean(str(val.value), words))
 
 
 def _opt(ltype: str, schema: Schema, key: str, loc: Location, known: list[str]) -> Opt:

@@ -44,6 +44,12 @@ def _single(items: list[Item], key: str, at: Location) -> Item:
 
 def _data(items, key, at):
     it = _single(items, key, at)
+    if it.kind == "word" and it.value == "cifar10":
+        raise NetError("CIFAR-10 is not shipped; say where its binary batches are", it.loc,
+                       'write data cifar10("cifar-10-batches-bin")')
+    if it.kind == "word" and it.value != "mnist":
+        raise NetError(f"unknown dataset '{it.value}'", it.loc,
+                       'use mnist, cifar10("DIR") or a "path" in quotes')
     if it.kind in ("word", "str"):
         return it.value
     if it.kind == "call" and it.value[0] == "cifar10" and len(it.value[1]) == 1:
@@ -131,7 +137,47 @@ SETTINGS: dict[str, Callable] = {
 ALIASES = {"batch_size": "batch", "lr_schedule": "schedule", "optim": "optimizer"}
 
 
-def read_train(stmt: ast.TrainStmt | None) -> TrainConfig:
+# (setting, parameter) -> (lowest, highest, whether the lowest itself is allowed)
+_RANGES = {
+    ("optimizer", "lr"): (0.0, None, False),
+    ("optimizer", "momentum"): (0.0, 1.0, True),
+    ("optimizer", "weight_decay"): (0.0, None, True),
+    ("optimizer", "beta1"): (0.0, 1.0, True),
+    ("optimizer", "beta2"): (0.0, 1.0, True),
+    ("optimizer", "eps"): (0.0, None, False),
+    ("schedule", "step_size"): (1, None, True),
+    ("schedule", "gamma"): (0.0, None, False),
+    ("schedule", "power"): (0.0, None, True),
+    ("schedule", "min_lr"): (0.0, None, True),
+    ("schedule", "factor"): (0.0, 1.0, False),
+    ("schedule", "patience"): (1, None, True),
+    ("schedule", "threshold"): (0.0, None, True),
+}
+_AUG_RANGES = {"p": (0.0, 1.0, True), "std": (0.0, None, True), "size": (1, None, True),
+               "pad": (0, None, True)}  # fmt: skip
+
+
+def _in_range(v: Any, lo, hi, lo_ok: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return (v >= lo if lo_ok else v > lo) and (hi is None or v <= hi)
+
+
+def _check_ranges(values: dict[str, Any], locs: dict[str, Location]) -> None:
+    for (setting, param), (lo, hi, lo_ok) in _RANGES.items():
+        spec = values[setting]
+        if param in spec and not _in_range(spec[param], lo, hi, lo_ok):
+            bound = f"{'at least' if lo_ok else 'above'} {lo}" + (f" and at most {hi}" if hi else "")
+            raise NetError(f"{spec['kind']}() {param} must be a number {bound}, got "
+                           f"{spec[param]!r}", locs.get(setting))  # fmt: skip
+    for a in values["augment"]:
+        for param, (lo, hi, lo_ok) in _AUG_RANGES.items():
+            if param in a and not _in_range(a[param], lo, hi, lo_ok):
+                raise NetError(f"{a['kind']}() {param} is out of range: {a[param]!r}",
+                               locs.get("augment"))  # fmt: skip
+
+
+def read_train(stmt: ast.TrainStmt | None, env: dict[str, Any] | None = None) -> TrainConfig:
     """Validate the train section; unknown keys get a did-you-mean."""
     values = {k: v for k, v in DEFAULTS.items()}
     locs: dict[str, Location] = {}
@@ -147,9 +193,10 @@ def read_train(stmt: ast.TrainStmt | None) -> TrainConfig:
                            notes=(("first given here", locs[key]),))  # fmt: skip
         if not s.args:
             raise NetError(f"train setting '{key}' needs a value", s.loc)
-        items = [it for a in s.args for it in evaluate_arg(a, {})]
+        items = [it for a in s.args for it in evaluate_arg(a, env or {})]
         values[key] = SETTINGS[key](items, key, s.loc)
         locs[key] = s.loc
+    _check_ranges(values, locs)
     sched = values["schedule"]
     if sched["kind"] == "multistep":
         ms = sched["milestones"]

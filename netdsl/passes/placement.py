@@ -41,6 +41,9 @@ def _needed(layer: Layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
     if t == "lrn":
         half = layer.attrs["size"] // 2
         return [(max(0, lo - half), min(cin, hi + half))]
+    if t == "flatten":  # output element i*H*W + j comes from input channel i
+        hw = layer.in_shapes[0][1] * layer.in_shapes[0][2]
+        return [(lo // hw, (hi - 1) // hw + 1)]
     if t == "maxout":
         k = layer.attrs["pieces"]
         return [(lo * k, hi * k)]
@@ -78,7 +81,9 @@ def _exchange(layer: Layer, gpus: int, gathered: bool, owners: dict[str, str]) -
         held, offset = [], 0
         for name, shape in zip(layer.inputs, layer.in_shapes):
             c = shape[0]
-            if owners[name] == "gpu0":
+            if owners[name] == "all":
+                lo, hi = 0, c
+            elif owners[name] == "gpu0":
                 lo, hi = (0, c) if gpu == 0 else (0, 0)
             else:
                 lo, hi = _own(gpu, c, gpus)
@@ -104,6 +109,8 @@ def per_gpu(net: Network) -> list[dict[str, int]]:
     out = [{"params": 0, "activations": 0} for _ in range(g)]
     for layer in net.layers:
         elems = layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2]
+        if layer.type == "loss":
+            continue
         if layer.type == "input" or len(layer.gpus) == g:
             for d in range(g):
                 share = elems if layer.type == "input" else elems // g

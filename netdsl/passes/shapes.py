@@ -284,13 +284,32 @@ def receptive_fields(net: Network) -> Network:
     return net
 
 
+def _check_train_vs_input(net: Network) -> None:
+    c, h, w = net.input.out_shape
+    t = net.train
+    for a in t["augment"]:
+        if a["kind"] == "crop":
+            size = a["size"] if isinstance(a["size"], (list, tuple)) else (a["size"], a["size"])
+            if tuple(size) != (h, w):
+                raise NetError(f"crop({fmt(size)}) must give the input size {h}x{w}",
+                               t.locs.get("augment"), f"write crop({h})" if h == w else None)
+    norm = t["normalize"]
+    if norm:
+        for k in ("mean", "std"):
+            if len(norm[k]) not in (1, c):
+                raise NetError(f"normalize {k} has {len(norm[k])} values but the input has "
+                               f"{c} channels", t.locs.get("normalize"),
+                               f"give 1 or {c} values")  # fmt: skip
+
+
 def data_check(net: Network) -> Network:
     """Check the input shape and the number of classes against a known dataset."""
     known = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+    _check_train_vs_input(net)
     data = net.train["data"]
     if data is None:
         return net
-    key = "cifar10" if str(data).startswith("cifar10") else data
+    key = "cifar10" if data == "cifar10" or str(data).startswith("cifar10:") else data
     if key not in known:
         return net
     shape, classes = known[key]

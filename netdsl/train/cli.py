@@ -31,6 +31,12 @@ def add_commands(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--limit", type=int, help="use only the first N training images")
     t.add_argument("--quiet", action="store_true", help="one line per epoch, no live bar")
+    t.add_argument("--distributed", choices=["none", "mpi"],
+                   help="data-parallel over MPI ranks (mpiexec -n N netdsl train FILE); default: "
+                        "mpi when launched as more than one rank, else none")  # fmt: skip
+    t.add_argument("--cuda-aware-mpi", action="store_true",
+                   help="with a GPU: give device buffers to MPI directly instead of staging "
+                        "them in pinned host memory")  # fmt: skip
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
@@ -82,13 +88,17 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .distributed import abort_on_error, setup
     from .trainer import fit_file
 
-    r = fit_file(args.file, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                 device=args.device, data=args.data, out=args.out, seed=args.seed,
-                 resume=args.resume, quiet=args.quiet, limit=args.limit)  # fmt: skip
+    comm = setup(args.distributed, cuda_aware=args.cuda_aware_mpi)
+    with abort_on_error(comm, debug=getattr(args, "debug", False)):  # no rank left hanging
+        r = fit_file(args.file, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                     device=args.device, data=args.data, out=args.out, seed=args.seed,
+                     resume=args.resume, quiet=args.quiet, limit=args.limit,
+                     comm=comm)  # fmt: skip
     err = r.get("test_err", r.get("val_err"))
-    if err is not None:
+    if err is not None and comm.is_root:
         print(f"done: test accuracy {100 * (1 - err):.2f}% after {r['epoch']} epochs, "
               f"{r['wall_seconds']:.1f}s; checkpoint {r['out']}/checkpoint.npz")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..ops.loss import topk_errors
 from . import augment
 from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from .data import Dataset, load_dataset, to_float
+from .distributed import Communicator, NullStream, local_batch, shard_bounds
 from .metrics import MetricsWriter
 from .optimizer import Optimizer
 from .progress import ProgressBar, format_count
@@ -124,13 +126,18 @@ def augment_batch(x: np.ndarray, specs, shape, rng: np.random.Generator, pca) ->
     return x
 
 
-def evaluate(cnet, split: Split, crops: int = 1) -> dict[str, float]:
-    """Loss, top-1 and top-5 error over a split (eval mode; ten views with crops=10)."""
+def evaluate(cnet, split: Split, crops: int = 1, comm=None) -> dict[str, float]:
+    """Loss, top-1 and top-5 error over a split (eval mode; ten views with crops=10).
+
+    With a communicator each rank takes a contiguous share of the split and the sums
+    are added over the ranks.
+    """
     shape = cnet.net.input.out_shape
     n, b = len(split.y), cnet.batch
+    lo, hi = (0, n) if comm is None else shard_bounds(comm.rank, comm.size, n)
     loss_sum, err1, err5 = 0.0, 0, 0
-    for i in range(0, n, b):
-        xb, yb = split.x[i : i + b], split.y[i : i + b]
+    for i in range(lo, hi, b):
+        xb, yb = split.x[i : min(i + b, hi)], split.y[i : min(i + b, hi)]
         if crops == 10 and xb.shape[2:] != shape[1:]:
             views = augment.ten_crop(xb, shape[1:])
             probs = np.mean([_softmax(cnet.forward(v)) for v in views], axis=0)
@@ -143,6 +150,8 @@ def evaluate(cnet, split: Split, crops: int = 1) -> dict[str, float]:
         loss_sum += float(-logp[np.arange(len(yb)), yb].sum())
         err1 += topk_errors(scores, yb, 1)
         err5 += topk_errors(scores, yb, min(5, scores.shape[1]))
+    if comm is not None:
+        loss_sum, err1, err5 = comm.reduce_sums([loss_sum, err1, err5])
     return {"loss": loss_sum / n, "top1_error": err1 / n, "top5_error": err5 / n}
 
 
@@ -160,8 +169,15 @@ class Trainer:
     """Trains a compiled net on prepared data, writing metrics and checkpoints to `out`."""
 
     def __init__(self, cnet, data: Data, out: str | Path, epochs: int, lr: float | None = None,
-                 quiet: bool = False, stream=None) -> None:  # fmt: skip
+                 quiet: bool = False, stream=None,
+                 comm: Communicator | None = None) -> None:  # fmt: skip
         self.cnet, self.data = cnet, data
+        # data-parallel ranks (distributed.py): cnet.batch is this rank's share of the batch
+        self.comm = comm or Communicator()
+        self.global_batch = cnet.batch * self.comm.size
+        self.shard = shard_bounds(self.comm.rank, self.comm.size, self.global_batch)
+        if self.comm.size > 1:  # a dropout stream per rank
+            cnet.rng = np.random.default_rng([cnet.seed, self.comm.rank])
         self.net: Network = cnet.net
         self.out = Path(out)
         self.epochs = epochs
@@ -177,15 +193,20 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ---- checkpoints
-    def save(self) -> Path:
+    def save(self) -> Path | None:
         c = self.cnet
+        dropout_rngs = self.comm.gather_obj(rng_state(c.rng))
+        if not self.comm.is_root:
+            return None
         arrays = {f"param.{k}": v for k, v in c.params.items()}
         arrays.update({f"state.{k}": v for k, v in c.state.items()})
         arrays.update(self.optimizer.state_arrays())
         meta = {"network": self.net.name, "epoch": self.epoch, "optim_t": self.optimizer.t,
-                "rng": rng_state(self.rng), "dropout_rng": rng_state(c.rng),
-                "schedule": self.schedule.state, "batch": c.batch, "seed": c.seed,
+                "rng": rng_state(self.rng), "dropout_rng": dropout_rngs[0],
+                "schedule": self.schedule.state, "batch": self.global_batch, "seed": c.seed,
                 "history": self.history}  # fmt: skip
+        if self.comm.size > 1:
+            meta["dropout_rngs"] = dropout_rngs  # one per rank
         path = self.out / CHECKPOINT
         save_checkpoint(path, arrays, meta)
         return path
@@ -196,13 +217,19 @@ class Trainer:
         if meta.get("network") != self.net.name:
             raise DataError(f"{path}: checkpoint is of network '{meta.get('network')}', "
                             f"not '{self.net.name}'")  # fmt: skip
-        if meta.get("batch") != self.cnet.batch:
+        if meta.get("batch") != self.global_batch:
             raise DataError(f"{path}: checkpoint was trained with batch {meta.get('batch')}; "
                             f"resume with --batch {meta.get('batch')}")  # fmt: skip
         load_weights(self.cnet, arrays, path)
         self.optimizer.load_state(arrays, int(meta["optim_t"]))
         self.rng = restore_rng(meta["rng"], path)
         self.cnet.rng = restore_rng(meta["dropout_rng"], path)
+        if self.comm.size > 1:
+            rank, states = self.comm.rank, meta.get("dropout_rngs") or []
+            if len(states) == self.comm.size:
+                self.cnet.rng = restore_rng(states[rank], path)
+            else:  # saved with another number of ranks: a fresh stream per rank
+                self.cnet.rng = np.random.default_rng([self.cnet.seed, rank, int(meta["epoch"])])
         self.schedule.state.update(meta["schedule"])
         self.epoch = int(meta["epoch"])
         self.history = list(meta.get("history", []))
@@ -216,15 +243,19 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
-        c, t = self.cnet, self.net.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        train = self.data.train
-        steps = len(train.y) // c.batch
+        c, t, comm = self.cnet, self.net.train, self.comm
+        if comm.is_root:
+            self.out.mkdir(parents=True, exist_ok=True)
+        train, gb = self.data.train, self.global_batch
+        steps = len(train.y) // gb
         if steps == 0:
-            raise DataError(f"{len(train.y)} training images make no full batch of {c.batch}")
+            raise DataError(f"{len(train.y)} training images make no full batch of {gb}")
         shape = self.net.input.out_shape
         last: dict[str, Any] = self.history[-1] if self.history else {}
-        with MetricsWriter(self.out) as metrics:
+        # every rank starts from rank 0's weights, batch-norm statistics and optimizer state
+        comm.broadcast_(c.theta, *c.state.values(), self.optimizer.v, self.optimizer.m)
+        writer = MetricsWriter(self.out) if comm.is_root else nullcontext(_NoMetrics())
+        with writer as metrics:
             while self.epoch < self.epochs:
                 e = self.epoch
                 bar = ProgressBar(steps, e + 1, self.epochs, stream=self.stream,
@@ -232,23 +263,29 @@ class Trainer:
                 order = self.rng.permutation(len(train.y))
                 t0 = time.perf_counter()
                 loss_sum, wrong, seen = 0.0, 0, 0
+                comm_before = comm.comm_seconds
                 for s in range(steps):
-                    idx = order[s * c.batch : (s + 1) * c.batch]
-                    xb = augment_batch(train.x[idx], t["augment"], shape, self.rng, self.data.pca)
-                    yb = train.y[idx]
+                    xb, yb = self._rank_batch(order[s * gb : (s + 1) * gb], shape)
                     lr = self.schedule.lr(e, s / steps)
                     loss = c.step_grads(xb, yb)
                     if not math.isfinite(loss):
                         self._diverged(loss, e, s, lr)
+                    comm.average_(c.grad)  # one Allreduce: the mean gradient over the ranks
                     self.optimizer.step(c.theta, c.grad, lr)
                     wrong += topk_errors(c.scores(), yb, 1)
                     loss_sum += loss
                     seen += len(yb)
                     if not self.quiet:
                         elapsed = time.perf_counter() - t0
-                        bar.update(s, loss_sum / (s + 1), 1 - wrong / seen, seen / elapsed, lr)
+                        bar.update(s, loss_sum / (s + 1), 1 - wrong / seen,
+                                   seen * comm.size / elapsed, lr)  # fmt: skip
                 train_time = time.perf_counter() - t0
-                ev = evaluate(c, self.data.test, crops=t["test_crops"])
+                if comm.size > 1:  # the epoch's sums over every rank's share of the batches
+                    comm.average_state_(c.state)  # batch-norm running statistics
+                    loss_sum, wrong, seen = comm.reduce_sums([loss_sum / comm.size, wrong, seen])
+                    wrong, seen = int(wrong), int(seen)
+                ev = evaluate(c, self.data.test, crops=t["test_crops"],
+                              comm=comm if comm.size > 1 else None)  # fmt: skip
                 cut = self.schedule.observe(ev["top1_error"])
                 self.epoch += 1
                 last = {"epoch": self.epoch, "train_loss": loss_sum / steps,
@@ -256,6 +293,9 @@ class Trainer:
                         f"{self.data.test_name}_err": ev["top1_error"],
                         f"{self.data.test_name}_top5_err": ev["top5_error"], "lr": lr,
                         "images_per_s": seen / train_time, "seconds": train_time}  # fmt: skip
+                if comm.size > 1:
+                    last.update(ranks=comm.size, allreduce_s_per_step=(
+                        comm.comm_seconds - comm_before) / steps)  # fmt: skip
                 self.history.append(last)
                 self.save()  # before the metrics line: a resumed run never repeats a line
                 metrics.write(last)
@@ -270,6 +310,22 @@ class Trainer:
                           f"{t['schedule']['factor']:g}", file=self.stream)  # fmt: skip
         return last
 
+    def _rank_batch(self, idx: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's slice [r*b/W, (r+1)*b/W) of the global batch idx, augmented.
+
+        Random augmentation runs over the whole global batch on every rank (then sliced),
+        so every rank's generator draws the same numbers and W ranks see exactly the
+        images one process would; without it only this rank's images are read.
+        """
+        t, train = self.net.train, self.data.train
+        lo, hi = self.shard
+        if t["augment"]:
+            xb = augment_batch(train.x[idx], t["augment"], shape, self.rng, self.data.pca)
+            return xb[lo:hi], train.y[idx[lo:hi]]
+        idx = idx[lo:hi]
+        xb = augment_batch(train.x[idx], t["augment"], shape, self.rng, self.data.pca)
+        return xb, train.y[idx]
+
     def _diverged(self, loss: float, epoch: int, step: int, lr: float) -> None:
         ck = self.out / CHECKPOINT
         where = (f"the last good checkpoint is {ck} (epoch {self.epoch})" if ck.exists()
@@ -277,6 +333,13 @@ class Trainer:
         raise TrainingDiverged(
             f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} (learning rate "
             f"{lr:g}); training stopped. {where}. Try a smaller learning rate (--lr).")
+
+
+class _NoMetrics:
+    """The metrics log of ranks other than 0: only rank 0 writes."""
+
+    def write(self, record) -> None:
+        pass
 
 
 def load_weights(cnet, arrays: dict[str, np.ndarray], path) -> None:
@@ -292,8 +355,12 @@ def load_weights(cnet, arrays: dict[str, np.ndarray], path) -> None:
 def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None = None,
              lr: float | None = None, device: str = "cpu", data: str | None = None,
              out: str | Path | None = None, seed: int | None = None, resume: bool = False,
-             quiet: bool = False, limit: int | None = None, stream=None) -> dict[str, Any]:
+             quiet: bool = False, limit: int | None = None, stream=None,
+             comm: Communicator | None = None) -> dict[str, Any]:  # fmt: skip
     """Train a .net file as `netdsl train` does; flags override the train section.
+
+    With an MPI communicator (distributed.py) the batch is the global batch, split
+    evenly over the ranks; only rank 0 prints and writes.
 
     >>> fit_file("nets/lenet5.net", epochs=1, out="runs/lenet5")  # doctest: +SKIP
     """
@@ -303,10 +370,16 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     net = load(path)
     t = net.train
     seed = t["seed"] if seed is None else seed
-    cnet = compile_network(net, device=device, batch=batch or t["batch"], seed=seed)
+    comm = comm or Communicator()
+    if not comm.is_root:
+        quiet, stream = True, NullStream()
+    global_batch = batch or t["batch"]
+    cnet = compile_network(net, device=device, batch=local_batch(global_batch, comm.size),
+                           seed=seed)  # fmt: skip
     ds = prepare_data(net, data, limit=limit)
     out = Path(out or Path("runs") / net.name)
-    trainer = Trainer(cnet, ds, out, epochs or t["epochs"], lr=lr, quiet=quiet, stream=stream)
+    trainer = Trainer(cnet, ds, out, epochs or t["epochs"], lr=lr, quiet=quiet, stream=stream,
+                      comm=comm)  # fmt: skip
     if resume:
         if not (out / CHECKPOINT).exists():
             raise DataError(f"{out / CHECKPOINT}: no checkpoint to resume from")
@@ -315,10 +388,13 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
             print(f"resuming {net.name} after epoch {trainer.epoch} from {out / CHECKPOINT}",
                   file=stream)  # fmt: skip
     elif not quiet:
-        print(f"training {net.name}: {format_count(len(ds.train.y))} images, batch {cnet.batch}, "
-              f"{trainer.epochs} epochs, {cnet.device}, output {out}/", file=stream)
+        ranks = f" ({cnet.batch} on each of {comm.size} MPI ranks)" if comm.size > 1 else ""
+        print(f"training {net.name}: {format_count(len(ds.train.y))} images, batch "
+              f"{global_batch}{ranks}, {trainer.epochs} epochs, {cnet.device}, output {out}/",
+              file=stream)  # fmt: skip
     t0 = time.perf_counter()
     result = trainer.fit()
     result = dict(result, wall_seconds=time.perf_counter() - t0, out=str(out))
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    if comm.is_root:
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
