@@ -7,7 +7,7 @@ use's name (`res2a.conv1`), and inside `repeat N` each name gets `_1` .. `_N`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class _State:
     train: ast.TrainStmt | None = None
     included: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    expanding: list[str] = field(default_factory=list)  # the blocks being expanded, outermost first
 
 
 MAX_BLOCK_DEPTH = 32
@@ -110,6 +111,8 @@ def _stmts(st, stmts, scope: _Scope, env: dict[str, Any], base: Path, depth: int
             v = evaluate(s.count, env)
             if v.kind != "num" or not isinstance(v.value, int) or v.value < 1:
                 raise NetError("gpus needs a whole number, at least 1", s.loc)
+            if v.value > 1024:  # placement walks every GPU of every layer
+                raise NetError(f"gpus {v.value:,} is too many (at most 1,024)", s.loc)
             if st.gpus_loc is not None:
                 raise NetError("`gpus` is given twice", s.loc,
                                notes=(("first given here", st.gpus_loc),))  # fmt: skip
@@ -150,7 +153,7 @@ def _layer(st, s: ast.LayerStmt, scope: _Scope, env, base: Path, depth: int) -> 
             or "layer types: " + ", ".join(sorted(LAYERS)),
         )
     schema = LAYERS[ltype]
-    runs = [evaluate_arg(a, env) for a in s.args]
+    runs = [evaluate_arg(_key_then_negative(a, env), env) for a in s.args]
     name_is_kind = False
     if ltype == "loss" and s.name in ("cross_entropy", "mse") and not runs:
         # `loss cross_entropy`: the short form names the kind, not the layer
@@ -252,8 +255,34 @@ def _previous(st, scope: _Scope) -> str | None:
     return st.layers[-1].name if st.layers else None
 
 
+def _key_then_negative(arg: ast.Arg, env) -> ast.Arg:
+    """`stride -1` parses as the subtraction `stride - 1`: read it as a key and a negative value,
+    so the option's own check reports it, when the key is not a constant."""
+    items: list[ast.Value] = []
+    for v in arg.items:
+        key, rest = _peel_key(v, env)
+        items += [v] if key is None else [key, rest]
+    return ast.Arg(tuple(items), arg.loc) if len(items) != len(arg.items) else arg
+
+
+def _peel_key(v: ast.Value, env) -> tuple[ast.Name | None, ast.Value | None]:
+    if not (isinstance(v, ast.BinOp) and v.op in "+-"):
+        return None, None
+    if v.op == "-" and isinstance(v.left, ast.Name) and v.left.id not in env:
+        line = v.loc.source_line
+        minus = line.find("-", v.left.loc.col - 1 + v.left.loc.width) + 1
+        end = v.loc.col + v.loc.width if v.loc.width > 1 else minus + 1
+        at = replace(v.loc, col=minus, width=end - minus) if minus > 0 else v.right.loc
+        return v.left, ast.Neg(v.right, at)
+    key, rest = _peel_key(v.left, env)
+    if key is None or rest is None:
+        return None, None
+    at = replace(v.loc, col=rest.loc.col, width=v.loc.col + v.loc.width - rest.loc.col)
+    return key, ast.BinOp(v.op, rest, v.right, at)
+
+
 def _use_block(st, s: ast.LayerStmt, blk: ast.BlockDef, scope, env, base, depth: int) -> None:
-    if depth >= MAX_BLOCK_DEPTH:
+    if depth >= MAX_BLOCK_DEPTH or blk.name in st.expanding:
         raise NetError(f"block '{blk.name}' uses itself (recursion)", s.loc)
     if not s.name:
         raise NetError(f"a use of block '{blk.name}' needs a name", s.loc,
@@ -266,12 +295,15 @@ def _use_block(st, s: ast.LayerStmt, blk: ast.BlockDef, scope, env, base, depth:
     bound = _bind_params(blk, s, env)
     inner = _Scope(scope.prefix + s.name + scope.suffix + ".", inp)
     first = len(st.layers)
+    st.expanding.append(blk.name)
     try:
         _stmts(st, blk.body, inner, {**env, **bound}, base, depth + 1)
     except NetError as e:
         if not any(n[0].startswith("in block") for n in e.notes):
             e.notes = e.notes + ((f"in block '{blk.name}' used here", s.loc),)
         raise
+    finally:
+        st.expanding.pop()
     for lyr in st.layers[first:]:
         lyr.notes = lyr.notes + ((f"in block '{blk.name}' used here", s.loc),)
     last = st.layers[-1].name
@@ -290,7 +322,8 @@ def _bind_params(blk: ast.BlockDef, s: ast.LayerStmt, env) -> dict[str, Any]:
                 key, val = it.value
                 if key not in names:
                     raise NetError(f"block '{blk.name}' has no parameter '{key}'", it.loc,
-                                   did_you_mean(key, names))  # fmt: skip
+                                   did_you_mean(key, names)
+                                   or f"its parameters: {', '.join(names) or 'none'}")  # fmt: skip
             else:
                 if pos >= len(names):
                     raise NetError(

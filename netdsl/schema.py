@@ -173,7 +173,8 @@ def call_value(it: Item, table: dict[str, list[tuple[str, Any]]], what: str) -> 
                 )
         else:
             if pos >= len(spec):
-                raise NetError(f"{name}() takes at most {len(spec)} values", a.loc)
+                raise NetError(f"{name}() takes at most {len(spec)} "
+                               f"value{'s' if len(spec) != 1 else ''}", a.loc)  # fmt: skip
             k, v = spec[pos][0], a
             pos += 1
         if k in out:
