@@ -100,6 +100,10 @@ def _stmts(st, stmts, scope: _Scope, env: dict[str, Any], base: Path, depth: int
             if n.value > MAX_LAYERS:
                 raise NetError(f"repeat {n.value:,} is too many (at most {MAX_LAYERS:,})",
                                s.loc)  # fmt: skip
+            st.counters["__repeat__"] = st.counters.get("__repeat__", 0) + n.value
+            if st.counters["__repeat__"] > MAX_LAYERS * 10:  # nested empty repeats
+                raise NetError("repeats expand too far", s.loc,
+                               "is a repeat count too large?")  # fmt: skip
             for i in range(1, n.value + 1):
                 inner = _Scope(scope.prefix, scope.input, scope.local, scope.suffix + f"_{i}")
                 _stmts(st, s.body, inner, env, base, depth)

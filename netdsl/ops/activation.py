@@ -15,6 +15,9 @@ every ndim is one more compilation, so prefer passing ``a.reshape(-1)``).
 
 from __future__ import annotations
 
+import functools
+import math
+import types
 from types import MappingProxyType
 
 import numpy as np
@@ -74,7 +77,8 @@ def ref_backward(
 
 
 # ---------------------------------------------------------------------------------------------
-# Element math, shared by the CPU kernels below and (later) the CUDA backend.
+# Element math, shared by the CPU kernels below and the CUDA kernels at the end of this file
+# (compiled there as CUDA device functions from the same Python source).
 # Arguments are float32 scalars and an int code; all arithmetic stays in float32.
 # ---------------------------------------------------------------------------------------------
 
@@ -89,7 +93,8 @@ def act_scalar(v, code, slope):  # v: float32, code: int, slope: float32 -> floa
     if code == 2:  # tanh
         return np.tanh(v)
     if code == 3:  # sigmoid: exp(-v) overflows to inf for v << 0 and 1/inf = 0, so no branch
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+        # math.exp, not np.exp: the same float32 expf on the CPU, and numba-cuda has no np.exp
+        return np.float32(1.0) / (np.float32(1.0) + math.exp(-v))
     return v  # linear
 
 
@@ -137,4 +142,60 @@ def act_backward(dy, y, dx, code, slope):
         dxf[i] = dyf[i] * act_grad_from_output(yf[i], code, s)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
+# The element math above is compiled a second time, as CUDA device functions, from the very
+# same Python source (`py_func`), so CPU and GPU compute the same float32 expressions.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def cuda_element_math():
+    """(act, act_grad) as CUDA device functions: act(v, code, slope), act_grad(y, code, slope)."""
+    global cuda
+    from numba import cuda
+
+    return (cuda.jit(device=True)(act_scalar.py_func),
+            cuda.jit(device=True)(act_grad_from_output.py_func))  # fmt: skip
+
+
+@functools.cache
+def _cuda_kernels():
+    """The activation kernels (grid-stride loops over flat float32 arrays)."""
+    global cuda
+    from numba import cuda
+
+    act, act_grad = cuda_element_math()
+
+    @cuda.jit
+    def act_forward(x, y, code, slope):  # x, y: (size,) f32; y may be x
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            y[i] = act(x[i], code, slope)
+
+    @cuda.jit
+    def act_backward(dy, y, dx, code, slope):  # dy, y, dx: (size,) f32; dx may be dy
+        for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
+            dx[i] = dy[i] * act_grad(y[i], code, slope)
+
+    return types.SimpleNamespace(act_forward=act_forward, act_backward=act_backward)
+
+
+class ActCUDA:
+    """Elementwise activation of one kind on flat device arrays of `size` float32 values."""
+
+    def __init__(self, size: int, kind: str, slope: float = DEFAULT_SLOPE) -> None:
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        self.code, self.slope = ACT_CODE[kind], np.float32(slope)
+        grid, block = grid_1d(size)
+        self._fwd = Launch(_cuda_kernels, "act_forward", grid, block)
+        self._bwd = Launch(_cuda_kernels, "act_backward", grid, block)
+
+    def forward(self, x, y) -> None:
+        """y = act(x); x, y: (size,) float32 device arrays, y may be x."""
+        self._fwd(x, y, self.code, self.slope)
+
+    def backward(self, dy, y, dx) -> None:
+        """dx = dy * act'(y); dy, y, dx: (size,) float32 device arrays, dx may be dy."""
+        self._bwd(dy, y, dx, self.code, self.slope)

@@ -11,6 +11,9 @@ it). The same kernel also accumulates gradients where one tensor feeds several l
 
 from __future__ import annotations
 
+import functools
+import types
+
 import numpy as np
 
 from netdsl.ops.jit import kernel
@@ -43,4 +46,57 @@ def add_forward(a, b, y):
         yf[i] = af[i] + bf[i]
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    """Elementwise add (with an optional fused activation), accumulate and copy."""
+    global cuda
+    from numba import cuda
+
+    from netdsl.ops.activation import cuda_element_math
+
+    act, _ = cuda_element_math()
+
+    @cuda.jit
+    def add_act(a, b, y, code, slope):  # a, b, y: (size,) f32; y may alias a or b
+        for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+            y[i] = act(a[i] + b[i], code, slope)
+
+    @cuda.jit
+    def copy(x, y):  # x, y: (size,) f32
+        for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+            y[i] = x[i]
+
+    return types.SimpleNamespace(add_act=add_act, copy=copy)
+
+
+class AddCUDA:
+    """y = x_1 + ... + x_m (then an optional activation) on flat device arrays of `size` f32."""
+
+    def __init__(self, size: int, act_code: int = 4, act_slope: float = 0.0) -> None:
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        grid, block = grid_1d(size)
+        self.code, self.slope = act_code, np.float32(act_slope)
+        self._add = Launch(_cuda_kernels, "add_act", grid, block)
+        self._copy = Launch(_cuda_kernels, "copy", grid, block)
+
+    def forward(self, xs, y) -> None:
+        """y = act(sum of xs); xs: two or more (size,) device arrays, y: (size,) (may be xs[0])."""
+        linear = np.int64(4)  # ACT_CODE["linear"]: the activation goes on the last sum only
+        for j in range(1, len(xs)):
+            code = self.code if j == len(xs) - 1 else linear
+            self._add(xs[0] if j == 1 else y, xs[j], y, code, self.slope)
+
+    def accumulate(self, dst, src) -> None:
+        """dst += src (fan-out gradient accumulation); (size,) device arrays."""
+        self._add(dst, src, dst, np.int64(4), self.slope)
+
+    def copy(self, src, dst) -> None:
+        """dst = src; (size,) device arrays."""
+        self._copy(src, dst)

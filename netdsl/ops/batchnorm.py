@@ -17,6 +17,10 @@ vectorise the float64 sums, ~3x faster, and only changes the summation order.
 
 from __future__ import annotations
 
+import functools
+import math
+import types
+
 import numpy as np
 
 from netdsl.ops.jit import kernel
@@ -197,4 +201,161 @@ def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
                 g3[n, c, p] = a32 * (d3[n, c, p] - mean_dy - (x3[n, c, p] - mu) * k32)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
+# Statistics: one block per channel, float64 partial sums per thread, then a tree in shared
+# memory (a fixed order, so the result is deterministic; no atomics). The elementwise passes
+# apply the saved per-channel coefficients and the layer's fused activation.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels(threads: int):
+    """BN kernels; `threads` per block of the per-channel reductions (a power of two)."""
+    global cuda
+    from numba import cuda, float64
+
+    from netdsl.ops.activation import cuda_element_math
+
+    act, act_grad = cuda_element_math()
+
+    @cuda.jit(device=True)
+    def block_sum(buf, t):  # buf: (threads,) f64 shared; returns the sum to every thread
+        cuda.syncthreads()
+        s = threads // 2
+        while s > 0:
+            if t < s:
+                buf[t] += buf[t + s]
+            cuda.syncthreads()
+            s //= 2
+        total = buf[0]
+        cuda.syncthreads()  # everyone has read buf[0] before the buffer is reused
+        return total
+
+    @cuda.jit
+    def bn_stats(x, gamma, mean, invstd, coef, rm, rv, channels, plane, eps, momentum):
+        # grid = C blocks. x: (N*C*P,) f32; gamma, rm, rv: (C,) f32 (rm, rv updated);
+        # mean, invstd, coef = gamma*invstd: (C,) f32 out
+        c, t = cuda.blockIdx.x, cuda.threadIdx.x
+        buf = cuda.shared.array(threads, float64)
+        count = x.size // channels  # N*P values per channel
+        total = 0.0
+        for q in range(t, count, threads):
+            total += x[((q // plane) * channels + c) * plane + q % plane]
+        buf[t] = total
+        mu = block_sum(buf, t) / count
+        sq = 0.0  # second pass around the mean: no cancellation
+        for q in range(t, count, threads):
+            d = x[((q // plane) * channels + c) * plane + q % plane] - mu
+            sq += d * d
+        buf[t] = sq
+        var = block_sum(buf, t) / count
+        if t == 0:
+            inv = 1.0 / math.sqrt(var + eps)
+            mean[c] = mu
+            invstd[c] = inv
+            coef[c] = gamma[c] * inv
+            unbiased = var * count / (count - 1) if count > 1 else var
+            rm[c] = (1.0 - momentum) * rm[c] + momentum * mu
+            rv[c] = (1.0 - momentum) * rv[c] + momentum * unbiased
+
+    @cuda.jit
+    def bn_eval_coef(gamma, rv, coef, eps):  # (C,) f32 each; coef = gamma / sqrt(rv + eps)
+        for c in range(cuda.grid(1), coef.size, cuda.gridsize(1)):
+            coef[c] = gamma[c] / math.sqrt(float64(rv[c]) + eps)
+
+    @cuda.jit
+    def bn_apply(x, y, mean, coef, beta, channels, plane, code, slope):
+        # x, y: (N*C*P,) f32 (y may be x); mean, coef, beta: (C,) f32
+        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            c = (e // plane) % channels
+            y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, slope)
+
+    @cuda.jit
+    def bn_grad_stats(dy, y, x, mean, invstd, gamma, dgamma, dbeta, ws, channels, plane, code,
+                      slope):  # fmt: skip
+        # grid = C blocks. dy, y, x: (N*C*P,) f32; dz = dy * act'(y) (the fused activation);
+        # dgamma, dbeta: (C,) f32 out; ws: (3, C) f32 out, the coefficients of bn_grad_apply
+        c, t = cuda.blockIdx.x, cuda.threadIdx.x
+        buf = cuda.shared.array(threads, float64)
+        count = x.size // channels
+        mu = mean[c]
+        s_dy = 0.0
+        s_xc = 0.0
+        for q in range(t, count, threads):
+            e = ((q // plane) * channels + c) * plane + q % plane
+            d = dy[e] * act_grad(y[e], code, slope)
+            s_dy += d
+            s_xc += d * (x[e] - mu)
+        buf[t] = s_dy
+        sum_dy = block_sum(buf, t)
+        buf[t] = s_xc
+        sum_xc = block_sum(buf, t)
+        if t == 0:
+            inv = float64(invstd[c])
+            sum_dy_xhat = sum_xc * inv
+            dbeta[c] = sum_dy
+            dgamma[c] = sum_dy_xhat
+            ws[0, c] = gamma[c] * inv
+            ws[1, c] = sum_dy / count
+            ws[2, c] = sum_dy_xhat * inv / count
+
+    @cuda.jit
+    def bn_grad_apply(dy, y, x, mean, ws, dx, channels, plane, code, slope):
+        # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
+        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            c = (e // plane) % channels
+            d = dy[e] * act_grad(y[e], code, slope)
+            dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
+
+    return types.SimpleNamespace(
+        bn_stats=bn_stats,
+        bn_eval_coef=bn_eval_coef,
+        bn_apply=bn_apply,
+        bn_grad_stats=bn_grad_stats,
+        bn_grad_apply=bn_grad_apply,
+    )
+
+
+class BnCUDA:
+    """Batch norm with a fused activation on flat (N*C*H*W,) float32 device arrays."""
+
+    def __init__(self, n: int, channels: int, plane: int, eps: float, momentum: float,
+                 act_code: int = 4, act_slope: float = 0.0) -> None:  # fmt: skip
+        from numba import cuda as _cuda
+
+        from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
+
+        threads = SIM_THREADS if simulator() else THREADS
+        cfg = (threads,)
+        size = n * channels * plane
+        self.dims = (np.int64(channels), np.int64(plane))
+        self.eps, self.momentum = np.float32(eps), np.float32(momentum)
+        self.act = (np.int64(act_code), np.float32(act_slope))
+        self.mean = _cuda.device_array(channels, np.float32)  # (C,) batch mean, for backward
+        self.invstd = _cuda.device_array(channels, np.float32)  # (C,) for backward
+        self.coef = _cuda.device_array(channels, np.float32)  # (C,) gamma * invstd
+        self.ws = _cuda.device_array((3, channels), np.float32)  # (3, C) backward coefficients
+        self._stats = Launch(_cuda_kernels, "bn_stats", channels, threads, cfg)
+        self._eval = Launch(_cuda_kernels, "bn_eval_coef", *grid_1d(channels), cfg)
+        self._apply = Launch(_cuda_kernels, "bn_apply", *grid_1d(size), cfg)
+        self._gstats = Launch(_cuda_kernels, "bn_grad_stats", channels, threads, cfg)
+        self._gapply = Launch(_cuda_kernels, "bn_grad_apply", *grid_1d(size), cfg)
+
+    def forward_train(self, x, gamma, beta, y, rm, rv) -> None:
+        """y = act(BN(x)) with batch statistics; rm, rv (C,) updated; y must not alias x."""
+        self._stats(x, gamma, self.mean, self.invstd, self.coef, rm, rv, *self.dims, self.eps,
+                    self.momentum)  # fmt: skip
+        self._apply(x, y, self.mean, self.coef, beta, *self.dims, *self.act)
+
+    def forward_eval(self, x, gamma, beta, rm, rv, y) -> None:
+        """y = act(BN(x)) with the running statistics rm, rv (C,)."""
+        self._eval(gamma, rv, self.coef, self.eps)
+        self._apply(x, y, rm, self.coef, beta, *self.dims, *self.act)
+
+    def backward(self, dy, y, x, gamma, dx, dgamma, dbeta) -> None:
+        """Training gradients through the fused activation (from y) and BN; dx may be dy."""
+        self._gstats(dy, y, x, self.mean, self.invstd, gamma, dgamma, dbeta, self.ws, *self.dims,
+                     *self.act)  # fmt: skip
+        self._gapply(dy, y, x, self.mean, self.ws, dx, *self.dims, *self.act)

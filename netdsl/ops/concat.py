@@ -6,6 +6,8 @@ as a kernel and needs no compilation. Backward slices dy back into one gradient 
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,4 +49,52 @@ def concat_backward(dy: np.ndarray, dxs: Sequence[np.ndarray]) -> None:
         dx[...] = dy[:, s:e]
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Channel slices of NCHW are strided on the device too, so each piece is one copy kernel.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    from numba import cuda
+
+    @cuda.jit
+    def copy_in(src, dst, piece, total, c0):
+        # src: (N*Ci*P,) f32; dst: (N*C*P,) f32; piece = Ci*P, total = C*P, c0 = offset*P
+        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+            dst[(i // piece) * total + c0 + i % piece] = src[i]
+
+    @cuda.jit
+    def copy_out(src, dst, piece, total, c0):
+        # src: (N*C*P,) f32; dst: (N*Ci*P,) f32 (overwritten)
+        for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+            dst[i] = src[(i // piece) * total + c0 + i % piece]
+
+    return types.SimpleNamespace(copy_in=copy_in, copy_out=copy_out)
+
+
+class ConcatCUDA:
+    """Channel concat of (N, C_i, H, W) pieces on flat float32 device arrays."""
+
+    def __init__(self, n: int, channels: Sequence[int], plane: int) -> None:
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        total = sum(channels)
+        starts = _offsets(channels, total)
+        self.args = [(np.int64(c * plane), np.int64(total * plane), np.int64(s * plane))
+                     for c, s in zip(channels, starts[:-1], strict=True)]  # fmt: skip
+        self._in = [Launch(_cuda_kernels, "copy_in", *grid_1d(n * c * plane)) for c in channels]
+        self._out = [Launch(_cuda_kernels, "copy_out", *grid_1d(n * c * plane)) for c in channels]
+
+    def forward(self, xs, y) -> None:
+        """xs: the pieces, flat; y: (N*C*P,) flat."""
+        for launch, x, a in zip(self._in, xs, self.args, strict=True):
+            launch(x, y, *a)
+
+    def backward(self, dy, dxs) -> None:
+        """dxs[i] = channel slice i of dy; a None entry is skipped."""
+        for launch, dx, a in zip(self._out, dxs, self.args, strict=True):
+            if dx is not None:
+                launch(dy, dx, *a)

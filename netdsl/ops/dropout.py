@@ -10,6 +10,9 @@ and restored bit for bit. Backward is the same product: ``dx = dy * mask * scale
 
 from __future__ import annotations
 
+import functools
+import types
+
 import numpy as np
 
 from netdsl.ops.jit import kernel
@@ -63,4 +66,40 @@ def dropout_forward(x, mask, y, scale):
 dropout_backward = dropout_forward
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# The keep-mask is still drawn on the host (make_mask, from the run's generator) and uploaded:
+# one byte per unit per step, and the random stream stays the CPU's, checkpointable bit for bit.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    from numba import cuda
+
+    @cuda.jit
+    def masked_scale(x, mask, y, scale):  # x, y: (size,) f32 (y may be x); mask: (size,) u8
+        zero = np.float32(0.0)
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            y[i] = x[i] * scale if mask[i] else zero  # a select: a dropped inf stays out
+
+    return types.SimpleNamespace(masked_scale=masked_scale)
+
+
+class DropoutCUDA:
+    """Inverted dropout on flat (size,) float32 device arrays with a uint8 device mask."""
+
+    def __init__(self, size: int, p: float) -> None:
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        self.scale = np.float32(keep_scale(p))
+        self._run = Launch(_cuda_kernels, "masked_scale", *grid_1d(size))
+
+    def forward(self, x, mask, y) -> None:
+        """y = x * mask * scale."""
+        self._run(x, mask, y, self.scale)
+
+    def backward(self, dy, mask, dx) -> None:
+        """dx = dy * mask * scale (the same product)."""
+        self._run(dy, mask, dx, self.scale)

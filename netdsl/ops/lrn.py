@@ -17,6 +17,9 @@ Backward, with S[c] = k + alpha * sum(...) (the "scale" the forward kernel saves
 
 from __future__ import annotations
 
+import functools
+import types
+
 import numpy as np
 
 from netdsl.ops.jit import kernel
@@ -123,4 +126,68 @@ def lrn_backward(dy, x, y, scale, dx, n, k, alpha, beta):
                 g3[b, c, p] = d3[b, c, p] * s3[b, c, p] ** nb32 - coef * x3[b, c, p] * g3[b, c, p]
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
+# One thread per element; each sums its own window of n channels (n is 5 in AlexNet), so no
+# thread writes what another reads and the result does not depend on the launch shape.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    from numba import cuda
+
+    @cuda.jit
+    def lrn_forward(x, y, scale, channels, plane, n, k, alpha, nbeta):
+        # x, y, scale: (N*C*P,) f32 (y, scale out); k, alpha, nbeta = -beta: float32
+        half = n // 2
+        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            c = (e // plane) % channels
+            base = e - c * plane  # element (b, 0, p)
+            s = np.float32(0.0)
+            for c2 in range(max(0, c - half), min(channels, c + half + 1)):
+                v = x[base + c2 * plane]
+                s += v * v
+            s = k + alpha * s
+            scale[e] = s
+            y[e] = x[e] * s**nbeta
+
+    @cuda.jit
+    def lrn_backward(dy, x, y, scale, dx, channels, plane, n, nbeta, coef):
+        # dy, x, y, scale: (N*C*P,) f32; dx: (N*C*P,) f32 out; coef = 2 alpha beta
+        half = n // 2
+        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            c = (e // plane) % channels
+            base = e - c * plane
+            acc = np.float32(0.0)
+            for c2 in range(max(0, c - half), min(channels, c + half + 1)):
+                f = base + c2 * plane
+                acc += dy[f] * y[f] / scale[f]
+            dx[e] = dy[e] * scale[e] ** nbeta - coef * x[e] * acc
+
+    return types.SimpleNamespace(lrn_forward=lrn_forward, lrn_backward=lrn_backward)
+
+
+class LrnCUDA:
+    """AlexNet LRN on flat (N*C*H*W,) float32 device arrays (alpha not divided by n)."""
+
+    def __init__(self, n_batch: int, channels: int, h: int, w: int, n: int, k: float,
+                 alpha: float, beta: float) -> None:  # fmt: skip
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        grid, block = grid_1d(n_batch * channels * h * w)
+        self.dims = (np.int64(channels), np.int64(h * w), np.int64(n))
+        self.k, self.alpha = np.float32(k), np.float32(alpha)
+        self.nbeta, self.coef = np.float32(-beta), np.float32(2.0 * alpha * beta)
+        self._fwd = Launch(_cuda_kernels, "lrn_forward", grid, block)
+        self._bwd = Launch(_cuda_kernels, "lrn_backward", grid, block)
+
+    def forward(self, x, y, scale) -> None:
+        """y = lrn(x), scale = k + alpha * window sum of x^2 (kept for backward)."""
+        self._fwd(x, y, scale, *self.dims, self.k, self.alpha, self.nbeta)
+
+    def backward(self, dy, x, y, scale, dx) -> None:
+        """dx from dy and the forward's x, y, scale; dx must not alias the others."""
+        self._bwd(dy, x, y, scale, dx, *self.dims, self.nbeta, self.coef)

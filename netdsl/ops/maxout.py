@@ -11,6 +11,9 @@ candidate, as in the reference.
 
 from __future__ import annotations
 
+import functools
+import types
+
 import numpy as np
 
 from netdsl.ops.jit import kernel
@@ -89,4 +92,57 @@ def maxout_backward(dy, idx, dx, k):
                     dx3[n, c * k + j, p] = d3[n, c, p] if i3[n, c, p] == j else np.float32(0.0)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    """Maxout forward (one thread per output) and backward (one thread per input)."""
+    global cuda
+    from numba import cuda
+
+    @cuda.jit
+    def maxout_forward(x, y, idx, k, plane):
+        # x: (N*C*k*P,) f32; y: (N*C*P,) f32 out; idx: (N*C*P,) int32 out; plane = H*W
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+            nc, p = e // plane, e % plane  # nc = n*C + c, so group j starts at (nc*k + j)*P
+            base = nc * k * plane + p
+            best, at = x[base], 0
+            for j in range(1, k):  # strict > keeps the first maximum, as on the CPU
+                v = x[base + j * plane]
+                if v > best:
+                    best, at = v, j
+            y[e] = best
+            idx[e] = at
+
+    @cuda.jit
+    def maxout_backward(dy, idx, dx, k, plane):
+        # dy: (N*C*P,) f32; idx: (N*C*P,) int32; dx: (N*C*k*P,) f32 out (overwritten)
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+            q, p = e // plane, e % plane  # q = (n*C + c)*k + j
+            o = (q // k) * plane + p
+            dx[e] = dy[o] if idx[o] == q % k else np.float32(0.0)
+
+    return types.SimpleNamespace(maxout_forward=maxout_forward, maxout_backward=maxout_backward)
+
+
+class MaxoutCUDA:
+    """Maxout of k pieces, (N, C*k, H, W) -> (N, C, H, W), on flat device arrays."""
+
+    def __init__(self, n: int, c_out: int, h: int, w: int, k: int) -> None:
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        self.k, self.plane = np.int64(k), np.int64(h * w)
+        self._fwd = Launch(_cuda_kernels, "maxout_forward", *grid_1d(n * c_out * h * w))
+        self._bwd = Launch(_cuda_kernels, "maxout_backward", *grid_1d(n * c_out * k * h * w))
+
+    def forward(self, x, y, idx) -> None:
+        """x: (N*C*k*H*W,) f32; y: (N*C*H*W,) f32 out; idx: (N*C*H*W,) int32 out."""
+        self._fwd(x, y, idx, self.k, self.plane)
+
+    def backward(self, dy, idx, dx) -> None:
+        """dy, idx: (N*C*H*W,); dx: (N*C*k*H*W,) f32 out."""
+        self._bwd(dy, idx, dx, self.k, self.plane)

@@ -25,6 +25,9 @@ Adam (Kingma & Ba 2015) with L2 weight decay added to the gradient (torch.optim.
 
 from __future__ import annotations
 
+import functools
+import math
+import types
 from collections.abc import Sequence
 
 import numpy as np
@@ -201,4 +204,100 @@ def adam_update(
             w[i] -= step * mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps32)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# ONE launch updates every parameter: a thread finds its element's segment by binary search in
+# the (few) segment starts, so no per-element multiplier arrays are needed. The per-segment
+# float32 coefficients are computed exactly as in the CPU kernels above.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    from numba import cuda
+
+    @cuda.jit(device=True)
+    def segment(i, seg_start, seg_end):  # the segment holding element i, or -1
+        lo, hi = 0, seg_start.size
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if seg_start[mid] <= i:
+                lo = mid
+            else:
+                hi = mid
+        if seg_start.size == 0 or i < seg_start[lo] or i >= seg_end[lo]:
+            return -1
+        return lo
+
+    @cuda.jit
+    def sgd_update(w, g, v, seg_start, seg_end, seg_lr_mult, seg_decay_mult, lr, momentum,
+                   weight_decay, nesterov):  # fmt: skip
+        # w, g, v: (P,) f32 (w, v updated); seg_*: (S,); lr, momentum, weight_decay: f64
+        mom = np.float32(momentum)
+        mom1 = np.float32(1.0 + momentum)
+        for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+            s = segment(i, seg_start, seg_end)
+            if s < 0:
+                continue
+            rate = np.float32(lr * seg_lr_mult[s])
+            decay = np.float32(weight_decay * seg_decay_mult[s])
+            v_old = v[i]
+            v_new = mom * v_old - rate * (g[i] + decay * w[i])
+            v[i] = v_new
+            if nesterov:
+                w[i] += mom1 * v_new - mom * v_old
+            else:
+                w[i] += v_new
+
+    @cuda.jit
+    def adam_update(w, g, m, v, seg_start, seg_end, seg_lr_mult, seg_decay_mult, lr, beta1,
+                    beta2, eps, weight_decay, bc1, inv_sqrt_bc2):  # fmt: skip
+        # w, g, m, v: (P,) f32 (w, m, v updated); bc1 = 1 - beta1^t, inv_sqrt_bc2: f64
+        b1, b2 = np.float32(beta1), np.float32(beta2)
+        c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
+        isb2, eps32 = np.float32(inv_sqrt_bc2), np.float32(eps)
+        for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+            s = segment(i, seg_start, seg_end)
+            if s < 0:
+                continue
+            step = np.float32(lr * seg_lr_mult[s] / bc1)
+            decay = np.float32(weight_decay * seg_decay_mult[s])
+            gg = g[i] + decay * w[i]
+            mi = b1 * m[i] + c1 * gg
+            vi = b2 * v[i] + c2 * gg * gg
+            m[i] = mi
+            v[i] = vi
+            w[i] -= step * mi / (math.sqrt(vi) * isb2 + eps32)
+
+    return types.SimpleNamespace(sgd_update=sgd_update, adam_update=adam_update)
+
+
+class OptimCUDA:
+    """SGD / Adam over one flat device parameter buffer of `size` floats, one launch per step."""
+
+    def __init__(self, size: int, segments: Segments) -> None:
+        from numba import cuda as _cuda
+
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        start, end = segments[0], segments[1]
+        if np.any(start < 0) or np.any(end > size) or np.any(start > end):
+            raise ValueError("segment outside the parameter buffer")
+        self.segments = tuple(_cuda.to_device(np.ascontiguousarray(s)) for s in segments)
+        grid, block = grid_1d(size)
+        self._sgd = Launch(_cuda_kernels, "sgd_update", grid, block)
+        self._adam = Launch(_cuda_kernels, "adam_update", grid, block)
+
+    def sgd(self, w, g, v, lr: float, momentum: float, weight_decay: float, nesterov: bool):
+        """Caffe-form momentum SGD (see sgd_update); w, g, v: (P,) float32 device arrays."""
+        self._sgd(w, g, v, *self.segments, float(lr), float(momentum), float(weight_decay),
+                  bool(nesterov))  # fmt: skip
+
+    def adam(self, w, g, m, v, lr: float, beta1: float, beta2: float, eps: float,
+             weight_decay: float, t: int) -> None:  # fmt: skip
+        """Adam at step t >= 1 (see adam_update); w, g, m, v: (P,) float32 device arrays."""
+        bc1 = 1.0 - beta1**t
+        inv_sqrt_bc2 = 1.0 / np.sqrt(1.0 - beta2**t)
+        self._adam(w, g, m, v, *self.segments, float(lr), float(beta1), float(beta2), float(eps),
+                   float(weight_decay), float(bc1), float(inv_sqrt_bc2))  # fmt: skip

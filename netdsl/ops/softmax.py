@@ -9,6 +9,10 @@ its gradient ``softmax - onehot`` is exact where chaining these two would cancel
 
 from __future__ import annotations
 
+import functools
+import math
+import types
+
 import numpy as np
 
 from netdsl.ops.jit import kernel
@@ -59,4 +63,56 @@ def softmax_backward(dy, y, dx):
             dx[n, j] = y[n, j] * (dy[n, j] - d32)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# One thread per row: K is at most a few thousand, and a row's sum then has one fixed order.
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    from numba import cuda
+
+    @cuda.jit
+    def softmax_forward(x, y):  # x, y: (N, K) f32; y may be x
+        for n in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            top = x[n, 0]
+            for j in range(1, x.shape[1]):
+                top = max(top, x[n, j])
+            total = 0.0  # float64
+            for j in range(x.shape[1]):
+                e = math.exp(x[n, j] - top)
+                y[n, j] = e
+                total += e
+            inv = np.float32(1.0 / total)
+            for j in range(x.shape[1]):
+                y[n, j] *= inv
+
+    @cuda.jit
+    def softmax_backward(dy, y, dx):  # dy, y, dx: (N, K) f32; dx may be dy
+        for n in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+            dot = 0.0  # float64
+            for j in range(y.shape[1]):
+                dot += dy[n, j] * y[n, j]
+            d32 = np.float32(dot)
+            for j in range(y.shape[1]):
+                dx[n, j] = y[n, j] * (dy[n, j] - d32)
+
+    return types.SimpleNamespace(softmax_forward=softmax_forward, softmax_backward=softmax_backward)
+
+
+class SoftmaxCUDA:
+    """Row softmax of (N, K) float32 device arrays."""
+
+    def __init__(self, n: int) -> None:
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        self._fwd = Launch(_cuda_kernels, "softmax_forward", *grid_1d(n))
+        self._bwd = Launch(_cuda_kernels, "softmax_backward", *grid_1d(n))
+
+    def forward(self, x, y) -> None:
+        self._fwd(x, y)
+
+    def backward(self, dy, y, dx) -> None:
+        self._bwd(dy, y, dx)
