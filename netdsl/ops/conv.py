@@ -1,0 +1,437 @@
+"""2-D convolution (cross-correlation, PyTorch semantics): groups, stride, padding, dilation.
+
+Shapes: x (N, C, H, W), w (O, C//groups, kh, kw) (PyTorch layout), b (O,), y (N, O, Ho, Wo).
+The output size (Ho, Wo) is always given (the shape checker computes it), and ``pad`` is
+the top/left padding only: output (i, j) reads input rows ``i*sh - ph + ky*dh`` and columns
+``j*sw - pw + kx*dw``; taps outside the input are zero. That covers symmetric, 'same',
+asymmetric and ceil-mode sizes with one rule.
+
+CPU: im2col + one float32 BLAS GEMM (Numba's np.dot) per (image, group). The batch is split
+into T contiguous slices, one per worker thread, each with private workspaces allocated in
+__init__ (nothing is allocated per call) small enough to stay in L2. Workers are plain
+threads running ``nogil`` kernels (``Workers`` below) rather than ``parallel=True`` kernels:
+Numba re-optimises every callee of a prange body, which tripled compile time. Weight
+gradients are summed per worker and then over workers in a fixed order: results are
+deterministic for a fixed thread count.
+
+BLAS threads: the per-image GEMMs of small layers (LeNet) stay under OpenBLAS's threading
+threshold; those of big layers (AlexNet) do not, and then every worker's GEMM also starts
+OpenBLAS threads (oversubscription). Training processes should limit BLAS to one thread
+(``OPENBLAS_NUM_THREADS=1`` or threadpoolctl): these layers bring their own threads.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from netdsl.ops.jit import kernel
+
+Pair = tuple[int, int]
+
+# A layer splits its work over several threads only when its per-call work exceeds this many
+# multiply-adds; below it, the ~50 us hand-off costs more than it saves.
+PARALLEL_MIN_WORK = 1 << 18
+
+
+def num_threads() -> int:
+    """Threads a layer may use: Numba's setting (NUMBA_NUM_THREADS / numba.set_num_threads)."""
+    import numba  # only when a layer is built, never on import
+
+    return int(numba.get_num_threads())
+
+
+class Workers:
+    """A team of T threads for ``nogil`` kernels; the calling thread is worker 0.
+
+    Owned by one layer object (no module-level state); its threads end with the object.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = max(1, n)
+        self._pool = None
+        if self.n > 1:
+            self._pool = ThreadPoolExecutor(self.n - 1, thread_name_prefix="netdsl-op")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+
+    def run(self, fn: Callable[..., Any], jobs: Sequence[tuple]) -> None:
+        """Call fn(*job) for every job (at most n), in parallel; return when all are done."""
+        if isinstance(fn, kernel):
+            fn = fn.dispatcher  # create the Numba dispatcher once, on this thread
+        if self._pool is None or len(jobs) == 1:
+            for job in jobs:
+                fn(*job)
+            return
+        futures = [self._pool.submit(fn, *job) for job in jobs[1:]]
+        try:
+            fn(*jobs[0])
+        finally:
+            for f in futures:
+                f.result()  # re-raises a worker's exception
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges cutting range(n) into `parts` contiguous, nearly equal pieces."""
+    return [(t * n // parts, (t + 1) * n // parts) for t in range(parts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# float64 NumPy references
+# ---------------------------------------------------------------------------------------------
+
+
+def _padded(x: np.ndarray, kh: int, kw: int, stride: Pair, pad: Pair, dilation: Pair, out_hw: Pair):
+    """Zero-padded copy of x (N, C, Hp, Wp) big enough for every tap of every output."""
+    n, c, h, w = x.shape
+    need_h = (out_hw[0] - 1) * stride[0] + (kh - 1) * dilation[0] + 1  # rows the taps span
+    need_w = (out_hw[1] - 1) * stride[1] + (kw - 1) * dilation[1] + 1  # columns the taps span
+    xp = np.zeros((n, c, max(need_h, pad[0] + h), max(need_w, pad[1] + w)))  # (N, C, Hp, Wp)
+    xp[:, :, pad[0] : pad[0] + h, pad[1] : pad[1] + w] = x
+    return xp
+
+
+def _tap(ky: int, kx: int, stride: Pair, dilation: Pair, out_hw: Pair) -> tuple[slice, slice]:
+    """Slices of the padded input read by tap (ky, kx) for all outputs (Ho rows, Wo columns)."""
+    y0, x0 = ky * dilation[0], kx * dilation[1]  # padded coordinates of output (0, 0)'s tap
+    rows = slice(y0, y0 + (out_hw[0] - 1) * stride[0] + 1, stride[0])
+    cols = slice(x0, x0 + (out_hw[1] - 1) * stride[1] + 1, stride[1])
+    return rows, cols
+
+
+def ref_forward(
+    x: np.ndarray,  # (N, C, H, W)
+    w: np.ndarray,  # (O, C // groups, kh, kw)
+    b: np.ndarray | None,  # (O,) or None
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+    groups: int,
+    out_hw: Pair,
+) -> np.ndarray:
+    """Reference convolution in float64 -> y (N, O, Ho, Wo)."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    xp = _padded(x, kh, kw, stride, pad, dilation, out_hw)  # (N, C, Hp, Wp)
+    y = np.zeros((n, o) + tuple(out_hw))  # (N, O, Ho, Wo)
+    for g in range(groups):
+        ci, oi = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)  # group's channels
+        for ky in range(kh):
+            for kx in range(kw):
+                rows, cols = _tap(ky, kx, stride, dilation, out_hw)
+                patch = xp[:, ci, rows, cols]  # (N, Cg, Ho, Wo)
+                y[:, oi] += np.einsum("nchw,oc->nohw", patch, w[oi, :, ky, kx])
+    if b is not None:
+        y += np.asarray(b, dtype=np.float64)[None, :, None, None]
+    return y
+
+
+def ref_backward(
+    dy: np.ndarray,  # (N, O, Ho, Wo)
+    x: np.ndarray,  # (N, C, H, W)
+    w: np.ndarray,  # (O, C // groups, kh, kw)
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+    groups: int,
+    out_hw: Pair,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference gradients in float64 -> (dx (N, C, H, W), dw (O, Cg, kh, kw), db (O,))."""
+    dy = np.asarray(dy, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    xp = _padded(x, kh, kw, stride, pad, dilation, out_hw)  # (N, C, Hp, Wp)
+    dxp = np.zeros_like(xp)  # (N, C, Hp, Wp)
+    dw = np.zeros_like(w)  # (O, Cg, kh, kw)
+    for g in range(groups):
+        ci, oi = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+        for ky in range(kh):
+            for kx in range(kw):
+                rows, cols = _tap(ky, kx, stride, dilation, out_hw)
+                patch = xp[:, ci, rows, cols]  # (N, Cg, Ho, Wo)
+                dw[oi, :, ky, kx] = np.einsum("nohw,nchw->oc", dy[:, oi], patch)
+                dxp[:, ci, rows, cols] += np.einsum("nohw,oc->nchw", dy[:, oi], w[oi, :, ky, kx])
+    dx = dxp[:, :, pad[0] : pad[0] + h, pad[1] : pad[1] + wd].copy()  # drop the padding
+    return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 CPU kernels
+#
+# geo = (sh, sw, ph, pw, dh, dw, kh, kw, ho, wo, wide, hp, wp): stride, top/left padding,
+# dilation, kernel size, output size, and the layout of the column matrix, one int tuple so
+# that every kernel has a single signature.
+#
+# The column matrix col (K, Ho*Wv) of one (image, group) has row r = (c*kh + ky)*kw + kx (the
+# flat index of w[o], so y = w @ col) and column i*Wv + j for output pixel (i, j):
+# - "wide" (stride 1): the image is copied into a zero-bordered buffer xpad (Cg, Hp, Wp) and
+#   Wv = Wp, so row r of col is ONE contiguous run of xpad starting at tap (c, ky*dh, kx*dw);
+#   columns j >= Wo are garbage that is computed and dropped (the GEMM is Wp/Wo wider).
+# - otherwise Wv = Wo and col is gathered element by element, zero outside the input.
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def _col_range(ox, sw, w_in, wo):  # ints -> (j0, j1)
+    """Output columns j in [j0, j1) whose input column ox + j*sw lies in [0, w_in)."""
+    j0 = 0 if ox >= 0 else min(wo, (sw - 1 - ox) // sw)  # first j with ox + j*sw >= 0
+    j1 = min(wo, (w_in - ox + sw - 1) // sw) if w_in > ox else 0  # first j with ox+j*sw >= w_in
+    return j0, max(j0, j1)
+
+
+# Inner loops index flat views with np.uint64: Numba tests every signed index for a negative
+# value to wrap around, and that test stops LLVM from vectorising short copy loops.
+
+
+@kernel(fastmath=True)
+def _fill_col(x, n, c0, xpad, col, geo):
+    """col (K, Ho*Wv) <- taps of x[n, c0 : c0+Cg] (x: (N, C, H, W)); xpad (Cg*Hp*Wp + slack,)."""
+    sh, sw, ph, pw, dh, dw, kh, kw, ho, wo, wide, hp, wp = geo
+    c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
+    cg = col.shape[0] // (kh * kw)
+    npix = col.shape[1]  # Ho*Wv
+    xf, cf = x.reshape(-1), col.reshape(-1)  # flat views
+    for c in range(cg):
+        xc = ((n * c_all + c0 + c) * h) * w_in  # flat offset of x[n, c0 + c, 0, 0]
+        if wide:
+            for iy in range(h):
+                d = (c * hp + ph + iy) * wp + pw  # xpad offset of x[n, c0 + c, iy, 0]
+                for ix in range(w_in):
+                    xpad[np.uint64(d + ix)] = xf[np.uint64(xc + iy * w_in + ix)]
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (c * kh + ky) * kw + kx  # row of col
+                if wide:
+                    s = (c * hp + ky * dh) * wp + kx * dw  # xpad offset of output (0,0)'s tap
+                    for q in range(npix):
+                        cf[np.uint64(r * npix + q)] = xpad[np.uint64(s + q)]
+                    continue
+                ox = kx * dw - pw  # input column read by output column 0
+                j0, j1 = _col_range(ox, sw, w_in, wo)
+                for i in range(ho):
+                    iy = i * sh + ky * dh - ph  # input row read by output row i
+                    p = r * npix + i * wo  # flat col index of output (i, 0)
+                    if iy < 0 or iy >= h:
+                        for j in range(wo):
+                            cf[np.uint64(p + j)] = 0.0
+                        continue
+                    for j in range(j0):
+                        cf[np.uint64(p + j)] = 0.0
+                    s = xc + iy * w_in + ox  # flat x index of (iy, ox): j*sw added below
+                    for j in range(j0, j1):
+                        cf[np.uint64(p + j)] = xf[np.uint64(s + j * sw)]
+                    for j in range(j1, wo):
+                        cf[np.uint64(p + j)] = 0.0
+
+
+@kernel(fastmath=True)
+def _add_col(col, dx, n, c0, dxpad, geo):
+    """dx[n, c0 : c0+Cg] = the adjoint of _fill_col applied to col (K, Ho*Wv) (overwrites)."""
+    sh, sw, ph, pw, dh, dw, kh, kw, ho, wo, wide, hp, wp = geo
+    c_all, h, w_in = dx.shape[1], dx.shape[2], dx.shape[3]
+    cg = col.shape[0] // (kh * kw)
+    npix = col.shape[1]  # Ho*Wv
+    df, cf = dx.reshape(-1), col.reshape(-1)  # flat views
+    for c in range(cg):
+        xc = ((n * c_all + c0 + c) * h) * w_in  # flat offset of dx[n, c0 + c, 0, 0]
+        if wide:
+            dxpad[:] = 0.0
+        else:
+            for q in range(h * w_in):
+                df[np.uint64(xc + q)] = 0.0
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (c * kh + ky) * kw + kx  # row of col
+                if wide:
+                    s = ky * dh * wp + kx * dw  # dxpad offset of output (0,0)'s tap
+                    for q in range(npix):
+                        dxpad[np.uint64(s + q)] += cf[np.uint64(r * npix + q)]
+                    continue
+                ox = kx * dw - pw  # input column of output column 0
+                j0, j1 = _col_range(ox, sw, w_in, wo)
+                for i in range(ho):
+                    iy = i * sh + ky * dh - ph  # input row of output row i
+                    if iy >= 0 and iy < h:
+                        p = r * npix + i * wo  # flat col index of output (i, 0)
+                        s = xc + iy * w_in + ox  # flat dx index of (iy, ox)
+                        for j in range(j0, j1):
+                            df[np.uint64(s + j * sw)] += cf[np.uint64(p + j)]
+        if wide:
+            for iy in range(h):
+                d = (ph + iy) * wp + pw  # dxpad offset of dx[n, c0 + c, iy, 0]
+                for ix in range(w_in):
+                    df[np.uint64(xc + iy * w_in + ix)] = dxpad[np.uint64(d + ix)]
+
+
+@kernel(nogil=True, fastmath=True)
+def _forward_images(n0, n1, x, w3, b, y, ct, yt, xp, geo):
+    """Worker: y[n0:n1] = conv(x[n0:n1]) + b, with its own workspaces.
+
+    x (N, C, H, W); w3 (G, Og, K); b (O,) (zeros: no bias); y (N, O, Ho, Wo);
+    ct (K, Ho*Wv) column matrix, yt (Og, Ho*Wv) GEMM output, xp (Cg*Hp*Wp + slack,).
+    """
+    ng, og = w3.shape[0], w3.shape[1]
+    ho, wo = y.shape[2], y.shape[3]
+    wv = yt.shape[1] // ho  # column pitch of an output row in ct / yt
+    cg = x.shape[1] // ng
+    yf, ytf = y.reshape(-1), yt.reshape(-1)  # flat views
+    for n in range(n0, n1):
+        for g in range(ng):
+            _fill_col(x, n, g * cg, xp, ct, geo)
+            np.dot(w3[g], ct, yt)
+            for o in range(og):
+                bo = b[g * og + o]
+                for i in range(ho):
+                    d = ((n * ng + g) * og + o) * ho * wo + i * wo  # flat y index of (i, 0)
+                    s = (o * ho + i) * wv  # flat yt index of (i, 0)
+                    for j in range(wo):
+                        yf[np.uint64(d + j)] = ytf[np.uint64(s + j)] + bo
+
+
+@kernel(nogil=True, fastmath=True)
+def _backward_images(n0, n1, dy, x, w3, dx, want_dx, ct, dyt, dytt, tt, xp, dxp, dwt, dbt, geo):
+    """Worker: dwt (G, Og, K) and dbt (O,) = gradient sums over images n0..n1; dx[n0:n1].
+
+    dy (N, O, Ho, Wo); x, dx (N, C, H, W); ct (K, Ho*Wv); dyt (Og, Ho*Wv) and its transpose
+    dytt (Ho*Wv, Og): dy of one image and group, zero in garbage columns; tt (K, Og) one
+    image's dw.T; xp, dxp pad buffers. With K >= 64, dw.T = ct @ dytt, ~1.4x faster in
+    OpenBLAS than ct @ dyt.T, pays for the transposed copy; for small K it does not.
+    """
+    ng, og = w3.shape[0], w3.shape[1]
+    ho, wo = dy.shape[2], dy.shape[3]
+    wv = dyt.shape[1] // ho  # column pitch of an output row in ct / dyt
+    cg = x.shape[1] // ng
+    kk = ct.shape[0]
+    dyf, dytf, dyttf = dy.reshape(-1), dyt.reshape(-1), dytt.reshape(-1)  # flat views
+    tr = kk >= 64  # dw.T through the transposed copy dytt
+    dwt[:] = 0.0
+    dbt[:] = 0.0
+    dyt[:] = 0.0  # columns j >= Wo stay zero, so garbage columns of ct add nothing
+    dytt[:] = 0.0
+    for n in range(n0, n1):
+        for g in range(ng):
+            for o in range(og):
+                acc = np.float32(0.0)
+                for i in range(ho):
+                    s = ((n * ng + g) * og + o) * ho * wo + i * wo  # flat dy index of (i, 0)
+                    d = (o * ho + i) * wv  # flat dyt index of (i, 0)
+                    for j in range(wo):
+                        v = dyf[np.uint64(s + j)]
+                        dytf[np.uint64(d + j)] = v
+                        if tr:
+                            dyttf[np.uint64((i * wv + j) * og + o)] = v
+                        acc += v
+                dbt[g * og + o] += acc
+            _fill_col(x, n, g * cg, xp, ct, geo)
+            if tr:
+                np.dot(ct, dytt, tt)  # (K, Ho*Wv) @ (Ho*Wv, Og)
+            else:
+                np.dot(ct, dyt.T, tt)
+            for k in range(kk):
+                for o in range(og):
+                    dwt[g, o, k] += tt[k, o]
+            if want_dx:
+                np.dot(w3[g].T, dyt, ct)  # (K, Og) @ (Og, Ho*Wv)
+                _add_col(ct, dx, n, g * cg, dxp, geo)
+
+
+class ConvCPU:
+    """float32 convolution on the CPU for fixed shapes; all workspaces allocated here."""
+
+    def __init__(
+        self,
+        n: int,
+        c: int,
+        h: int,
+        w: int,
+        o: int,
+        kh: int,
+        kw: int,
+        stride: Pair,
+        pad: Pair,
+        dilation: Pair,
+        groups: int,
+        out_hw: Pair,
+        bias: bool,
+    ) -> None:
+        if c % groups or o % groups:
+            raise ValueError(f"channels {c} -> {o} do not divide into {groups} groups")
+        ho, wo = out_hw
+        cg, og = c // groups, o // groups
+        self.groups, self.og, self.bias = groups, og, bias
+        self.k = cg * kh * kw  # rows of the column matrix
+        hp = max(pad[0] + h, ho + (kh - 1) * dilation[0])  # padded height (wide layout)
+        wp = max(pad[1] + w, wo + (kw - 1) * dilation[1])  # padded width = row pitch Wv
+        wide = stride == (1, 1) and wp <= 2 * wo  # contiguous column rows pay off
+        wv = wp if wide else wo
+        self.geo = (*stride, *pad, *dilation, kh, kw, ho, wo, int(wide), hp, wp)
+        work = n * groups * og * self.k * ho * wv  # multiply-adds of the forward GEMMs
+        self.workers = Workers(1 if work < PARALLEL_MIN_WORK else min(n, num_threads()))
+        self.jobs = split(n, self.workers.n)  # each worker's [first, last) image
+        nt = self.workers.n
+        npad = hp * wp + (kw - 1) * dilation[1] if wide else 1  # slack: last row's taps
+        self.col = np.zeros((nt, self.k, ho * wv), np.float32)  # (T, K, Ho*Wv)
+        self.yw = np.zeros((nt, og, ho * wv), np.float32)  # (T, Og, Ho*Wv)
+        self.ywt = np.zeros((nt, ho * wv, og), np.float32)  # (T, Ho*Wv, Og)
+        self.xpad = np.zeros((nt, cg * npad), np.float32)  # (T, Cg*Hp*Wp + slack), 0 borders
+        self.dxpad = np.zeros((nt, npad), np.float32)  # (T, Hp*Wp + slack) one channel
+        self.dwt = np.zeros((nt, groups, og, self.k), np.float32)  # (T, G, Og, K)
+        self.dbt = np.zeros((nt, o), np.float32)  # (T, O)
+        self.tmp = np.zeros((nt, self.k, og), np.float32)  # (T, K, Og)
+        self.no_b = np.zeros(o, np.float32)  # (O,) stands in for b / db without bias
+        self.no_dx = np.zeros((1, 1, 1, 1), np.float32)  # stands in for dx when not wanted
+        # Each worker's slice of the batch and its workspace views, in kernel argument order.
+        self.fwd_ws = [
+            (n0, n1, self.col[t], self.yw[t], self.xpad[t]) for t, (n0, n1) in enumerate(self.jobs)
+        ]
+        self.bwd_ws = [
+            (n0, n1, self.col[t], self.yw[t], self.ywt[t], self.tmp[t])
+            + (self.xpad[t], self.dxpad[t], self.dwt[t], self.dbt[t])
+            for t, (n0, n1) in enumerate(self.jobs)
+        ]
+
+    def forward(
+        self,
+        x: np.ndarray,  # (N, C, H, W) float32
+        w: np.ndarray,  # (O, Cg, kh, kw) float32
+        b: np.ndarray | None,  # (O,) float32 or None
+        y: np.ndarray,  # (N, O, Ho, Wo) float32, written
+    ) -> None:
+        """y = conv(x, w) + b. All arrays C-contiguous."""
+        w3 = w.reshape(self.groups, self.og, self.k)  # (G, Og, K) view
+        bb = b if self.bias and b is not None else self.no_b
+        jobs = [(n0, n1, x, w3, bb, y, ct, yt, xp, self.geo) for n0, n1, ct, yt, xp in self.fwd_ws]
+        self.workers.run(_forward_images, jobs)
+
+    def backward(
+        self,
+        dy: np.ndarray,  # (N, O, Ho, Wo) float32
+        x: np.ndarray,  # (N, C, H, W) float32, the forward input
+        w: np.ndarray,  # (O, Cg, kh, kw) float32
+        dx: np.ndarray | None,  # (N, C, H, W) float32 overwritten, or None to skip
+        dw: np.ndarray,  # (O, Cg, kh, kw) float32, overwritten
+        db: np.ndarray | None,  # (O,) float32 overwritten, or None without bias
+    ) -> None:
+        """Overwrite dx (unless None), dw and db (unless None) with the gradients.
+
+        All arrays C-contiguous. Nothing from the forward is reused: any x may be passed.
+        """
+        w3 = w.reshape(self.groups, self.og, self.k)  # (G, Og, K) view
+        args = (dy, x, w3, self.no_dx if dx is None else dx, dx is not None)
+        jobs = [ws[:2] + args + ws[2:] + (self.geo,) for ws in self.bwd_ws]
+        self.workers.run(_backward_images, jobs)
+        np.sum(self.dwt, axis=0, out=dw.reshape(self.dwt.shape[1:]))  # fixed order over workers
+        if db is not None:
+            np.sum(self.dbt, axis=0, out=db)
+
+
+# CUDA kernels: see the CUDA backend issue

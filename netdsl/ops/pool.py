@@ -1,0 +1,261 @@
+"""2-D pooling: max, average and sum over kh x kw windows, with stride and padding.
+
+Shapes: x (N, C, H, W) -> y (N, C, Ho, Wo). The output size is given (the shape checker
+computes it, floor or ceil mode) and ``pad`` is the top/left padding: output (i, j) pools
+input rows [i*sh - ph, i*sh - ph + kh) and columns [j*sw - pw, j*sw - pw + kw), clipped to
+the input. Taps outside the input are ignored, never treated as zeros: "avg" divides by the
+number of taps inside the input (PyTorch's count_include_pad=False, which also excludes the
+ceil-mode overhang) and "max" takes the maximum of the taps inside. A window with no tap
+inside gives 0. Global pooling is kernel = (H, W).
+
+Max pooling routes the gradient to the first maximum of each window (row-major order), as
+PyTorch does; the CPU kernel saves that argmax in the forward for the backward.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+
+from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
+from netdsl.ops.jit import kernel
+
+Pair = tuple[int, int]
+
+MODES: tuple[str, ...] = ("max", "avg", "sum")
+
+# Read-only: the codes are baked into compiled kernels.
+MODE_CODE = MappingProxyType({name: code for code, name in enumerate(MODES)})
+
+# ---------------------------------------------------------------------------------------------
+# float64 NumPy references
+# ---------------------------------------------------------------------------------------------
+
+
+def windows(size: int, k: int, s: int, p: int, out: int) -> list[slice]:
+    """Input index range of each output position along one axis, clipped to [0, size)."""
+    return [slice(max(0, i * s - p), min(size, i * s - p + k)) for i in range(out)]
+
+
+def ref_forward(
+    x: np.ndarray,  # (N, C, H, W)
+    mode: str,
+    kernel: Pair,
+    stride: Pair,
+    pad: Pair,
+    out_hw: Pair,
+) -> np.ndarray:
+    """Reference pooling in float64 -> y (N, C, Ho, Wo)."""
+    if mode not in MODE_CODE:
+        raise ValueError(f"unknown pooling mode {mode!r}; expected one of {MODES}")
+    x = np.asarray(x, dtype=np.float64)
+    n, c, h, w = x.shape
+    y = np.zeros((n, c) + tuple(out_hw))  # (N, C, Ho, Wo)
+    for i, rows in enumerate(windows(h, kernel[0], stride[0], pad[0], out_hw[0])):
+        for j, cols in enumerate(windows(w, kernel[1], stride[1], pad[1], out_hw[1])):
+            win = x[:, :, rows, cols]  # (N, C, wr, wc) taps inside the input
+            if win.size == 0:
+                continue
+            if mode == "max":
+                y[:, :, i, j] = win.max(axis=(2, 3))
+            elif mode == "avg":
+                y[:, :, i, j] = win.mean(axis=(2, 3))
+            else:
+                y[:, :, i, j] = win.sum(axis=(2, 3))
+    return y
+
+
+def ref_backward(
+    dy: np.ndarray,  # (N, C, Ho, Wo)
+    x: np.ndarray,  # (N, C, H, W)
+    mode: str,
+    kernel: Pair,
+    stride: Pair,
+    pad: Pair,
+    out_hw: Pair,
+) -> np.ndarray:
+    """Reference input gradient in float64 -> dx (N, C, H, W)."""
+    dy = np.asarray(dy, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    n, c, h, w = x.shape
+    dx = np.zeros_like(x)  # (N, C, H, W)
+    nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")  # (N, C) index grids
+    for i, rows in enumerate(windows(h, kernel[0], stride[0], pad[0], out_hw[0])):
+        for j, cols in enumerate(windows(w, kernel[1], stride[1], pad[1], out_hw[1])):
+            win = x[:, :, rows, cols]  # (N, C, wr, wc)
+            if win.size == 0:
+                continue
+            g = dy[:, :, i, j]  # (N, C)
+            if mode == "max":
+                first = win.reshape(n, c, -1).argmax(axis=2)  # (N, C) flat index in window
+                wi, wj = np.divmod(first, win.shape[3])  # window row and column of the max
+                dx[nn, cc, rows.start + wi, cols.start + wj] += g
+            elif mode == "avg":
+                dx[:, :, rows, cols] += g[:, :, None, None] / (win.shape[2] * win.shape[3])
+            else:
+                dx[:, :, rows, cols] += g[:, :, None, None]
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 CPU kernels: plane-range workers (x viewed as (N*C, H, W)) run by conv.Workers.
+# geo = (kh, kw, sh, sw, ph, pw). 2x2 windows at stride 2 without padding (LeNet, VGG) take a
+# fast path with fixed-size window code for every output whose window is whole; LLVM cannot
+# unroll the generic loops over runtime window sizes, which made them ~6x slower.
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def window_range(i, k, s, p, size):  # ints -> (lo, hi)
+    """Input index range [lo, hi) of output position i along one axis, clipped to [0, size)."""
+    lo = i * s - p  # first tap, possibly in the padding
+    return max(lo, 0), max(min(lo + k, size), 0)
+
+
+@kernel
+def fast_extent(geo, h, w, ho, wo):  # -> (hf, wf)
+    """Output rows i < hf and columns j < wf have whole 2x2/stride-2 windows (else (0, 0))."""
+    if geo[0] == 2 and geo[1] == 2 and geo[2] == 2 and geo[3] == 2 and geo[4] == 0 and geo[5] == 0:
+        return min(ho, h // 2), min(wo, w // 2)
+    return 0, 0
+
+
+@kernel(nogil=True, fastmath=True)
+def _pool_forward_planes(p0, p1, x, y, arg, mode, geo):
+    """y[p0:p1] = pool(x[p0:p1]); for max also arg = flat in-plane index of the first maximum.
+
+    x (P, H, W), y (P, Ho, Wo), arg (P, Ho, Wo) int32 (max only); mode: MODE_CODE.
+    """
+    kh, kw, sh, sw, ph, pw = geo
+    h, w = x.shape[1], x.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
+    hf, wf = fast_extent(geo, h, w, ho, wo)
+    for pl in range(p0, p1):
+        xp, yp, ap = x[pl], y[pl], arg[pl if mode == 0 else 0]  # (H, W), (Ho, Wo), (Ho, Wo)
+        for i in range(hf):
+            for j in range(wf):
+                a, b = xp[2 * i, 2 * j], xp[2 * i, 2 * j + 1]  # top row of the window
+                c, d = xp[2 * i + 1, 2 * j], xp[2 * i + 1, 2 * j + 1]  # bottom row
+                if mode == 0:
+                    top, bot = max(a, b), max(c, d)
+                    yp[i, j] = max(top, bot)
+                    at_top = 2 * i * w + 2 * j + (1 if b > a else 0)  # first max of top row
+                    at_bot = (2 * i + 1) * w + 2 * j + (1 if d > c else 0)
+                    ap[i, j] = at_bot if bot > top else at_top
+                else:
+                    s = (a + b) + (c + d)
+                    yp[i, j] = s * np.float32(0.25) if mode == 1 else s
+        for i in range(ho):
+            r0, r1 = window_range(i, kh, sh, ph, h)
+            for j in range(wf if i < hf else 0, wo):  # outputs the fast path did not cover
+                c0, c1 = window_range(j, kw, sw, pw, w)
+                if mode == 0:
+                    best, at = np.float32(0.0), -1  # stays (0, -1) for an empty window
+                    for r in range(r0, r1):
+                        for c in range(c0, c1):
+                            if at < 0 or xp[r, c] > best:
+                                best, at = xp[r, c], r * w + c
+                    yp[i, j] = best
+                    ap[i, j] = at
+                else:
+                    s = np.float32(0.0)
+                    for r in range(r0, r1):
+                        for c in range(c0, c1):
+                            s += xp[r, c]
+                    cnt = (r1 - r0) * (c1 - c0)  # taps inside the input
+                    yp[i, j] = s / np.float32(cnt) if mode == 1 and cnt > 0 else s
+
+
+@kernel(nogil=True, fastmath=True)
+def _pool_backward_planes(p0, p1, dy, arg, dx, mode, geo):
+    """dx[p0:p1] = gradient of _pool_forward_planes (overwritten).
+
+    dy (P, Ho, Wo), arg (P, Ho, Wo) int32 from the forward (max only), dx (P, H, W).
+    """
+    kh, kw, sh, sw, ph, pw = geo
+    h, w = dx.shape[1], dx.shape[2]
+    ho, wo = dy.shape[1], dy.shape[2]
+    hf, wf = fast_extent(geo, h, w, ho, wo)
+    for pl in range(p0, p1):
+        gp, dp = dy[pl], dx[pl]  # (Ho, Wo), (H, W)
+        dp[:] = 0.0
+        if mode == 0:
+            ap, df = arg[pl], dp.reshape(-1)  # (Ho, Wo), (H*W,) flat view of the plane
+            for i in range(ho):
+                for j in range(wo):
+                    if ap[i, j] >= 0:
+                        df[ap[i, j]] += gp[i, j]
+            continue
+        for i in range(hf):
+            for j in range(wf):
+                g = gp[i, j] * np.float32(0.25) if mode == 1 else gp[i, j]
+                dp[2 * i, 2 * j] += g
+                dp[2 * i, 2 * j + 1] += g
+                dp[2 * i + 1, 2 * j] += g
+                dp[2 * i + 1, 2 * j + 1] += g
+        for i in range(ho):
+            r0, r1 = window_range(i, kh, sh, ph, h)
+            for j in range(wf if i < hf else 0, wo):
+                c0, c1 = window_range(j, kw, sw, pw, w)
+                g = gp[i, j]
+                if mode == 1 and r1 > r0 and c1 > c0:
+                    g = g / np.float32((r1 - r0) * (c1 - c0))  # spread over taps inside
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        dp[r, c] += g
+
+
+class PoolCPU:
+    """float32 pooling on the CPU for fixed shapes. Max keeps the argmax of the last forward."""
+
+    def __init__(
+        self,
+        n: int,
+        c: int,
+        h: int,
+        w: int,
+        mode: str,
+        kernel: Pair,
+        stride: Pair,
+        pad: Pair,
+        out_hw: Pair,
+    ) -> None:
+        if mode not in MODE_CODE:
+            raise ValueError(f"unknown pooling mode {mode!r}; expected one of {MODES}")
+        self.mode = MODE_CODE[mode]
+        self.geo = (*kernel, *stride, *pad)
+        self.planes = n * c
+        work = n * c * max(h * w, out_hw[0] * out_hw[1] * kernel[0] * kernel[1])
+        nt = 1 if work < PARALLEL_MIN_WORK else min(num_threads(), self.planes)
+        self.workers = Workers(nt)
+        self.jobs = split(self.planes, self.workers.n)  # each worker's [first, last) plane
+        shape = (self.planes, *out_hw) if mode == "max" else (1, 1, 1)  # unused unless max
+        self.arg = np.full(shape, -1, np.int32)  # (N*C, Ho, Wo) argmax, flat in-plane index
+
+    def forward(
+        self,
+        x: np.ndarray,  # (N, C, H, W) float32
+        y: np.ndarray,  # (N, C, Ho, Wo) float32, written
+    ) -> None:
+        """y = pool(x); max pooling also records its argmax for the next backward."""
+        x3 = x.reshape(self.planes, x.shape[2], x.shape[3])  # (N*C, H, W) view
+        y3 = y.reshape(self.planes, y.shape[2], y.shape[3])  # (N*C, Ho, Wo) view
+        jobs = [(p0, p1, x3, y3, self.arg, self.mode, self.geo) for p0, p1 in self.jobs]
+        self.workers.run(_pool_forward_planes, jobs)
+
+    def backward(
+        self,
+        dy: np.ndarray,  # (N, C, Ho, Wo) float32
+        dx: np.ndarray | None,  # (N, C, H, W) float32 overwritten; None: nothing to do
+    ) -> None:
+        """Overwrite dx with the gradient for dy (max uses the argmax of the last forward)."""
+        if dx is None:
+            return
+        dy3 = dy.reshape(self.planes, dy.shape[2], dy.shape[3])  # (N*C, Ho, Wo) view
+        dx3 = dx.reshape(self.planes, dx.shape[2], dx.shape[3])  # (N*C, H, W) view
+        jobs = [(p0, p1, dy3, self.arg, dx3, self.mode, self.geo) for p0, p1 in self.jobs]
+        self.workers.run(_pool_backward_planes, jobs)
+
+
+# CUDA kernels: see the CUDA backend issue

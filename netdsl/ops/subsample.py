@@ -1,0 +1,192 @@
+"""LeNet-1998 trainable subsampling: a per-channel scaled window sum plus a per-channel bias.
+
+    y[n, c, i, j] = coef[c] * sum of x[n, c] over window (i, j) + bias[c]
+
+Shapes: x (N, C, H, W), coef (C,), bias (C,), y (N, C, Ho, Wo). Windows follow pooling's
+rule (netdsl.ops.pool): output (i, j) covers input rows [i*sh - ph, i*sh - ph + kh) and
+columns [j*sw - pw, j*sw - pw + kw); taps outside the input are ignored. LeNet-5 uses a
+2x2 window at stride 2 (followed by a sigmoid-like activation, a separate op).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.ops import pool
+from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
+from netdsl.ops.jit import kernel
+from netdsl.ops.pool import fast_extent, window_range
+
+Pair = tuple[int, int]
+
+# ---------------------------------------------------------------------------------------------
+# float64 NumPy references
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_forward(
+    x: np.ndarray,  # (N, C, H, W)
+    coef: np.ndarray,  # (C,)
+    bias: np.ndarray,  # (C,)
+    kernel: Pair,
+    stride: Pair,
+    pad: Pair,
+    out_hw: Pair,
+) -> np.ndarray:
+    """Reference subsampling in float64 -> y (N, C, Ho, Wo)."""
+    s = pool.ref_forward(x, "sum", kernel, stride, pad, out_hw)  # (N, C, Ho, Wo) window sums
+    coef = np.asarray(coef, dtype=np.float64)[None, :, None, None]
+    return coef * s + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+
+
+def ref_backward(
+    dy: np.ndarray,  # (N, C, Ho, Wo)
+    x: np.ndarray,  # (N, C, H, W)
+    coef: np.ndarray,  # (C,)
+    kernel: Pair,
+    stride: Pair,
+    pad: Pair,
+    out_hw: Pair,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference gradients in float64 -> (dx (N, C, H, W), dcoef (C,), dbias (C,))."""
+    dy = np.asarray(dy, dtype=np.float64)
+    s = pool.ref_forward(x, "sum", kernel, stride, pad, out_hw)  # (N, C, Ho, Wo)
+    ds = dy * np.asarray(coef, dtype=np.float64)[None, :, None, None]  # d loss / d window sum
+    dx = pool.ref_backward(ds, x, "sum", kernel, stride, pad, out_hw)
+    return dx, (dy * s).sum(axis=(0, 2, 3)), dy.sum(axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 CPU kernels: plane-range workers (x viewed as (N*C, H, W), plane pl has channel
+# pl % C) run by conv.Workers; the parameter gradients are summed per plane and then over
+# planes in a fixed order. geo = (kh, kw, sh, sw, ph, pw); 2x2 windows at stride 2 take the
+# fixed-size fast path described in netdsl.ops.pool.
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel(nogil=True, fastmath=True)
+def _sub_forward_planes(p0, p1, x, coef, bias, y, geo):
+    """y[p0:p1] = coef * window sum + bias. x (P, H, W), coef (C,), bias (C,), y (P, Ho, Wo)."""
+    kh, kw, sh, sw, ph, pw = geo
+    h, w = x.shape[1], x.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
+    hf, wf = fast_extent(geo, h, w, ho, wo)
+    nc = coef.shape[0]
+    for pl in range(p0, p1):
+        xp, yp = x[pl], y[pl]  # (H, W), (Ho, Wo)
+        a, b = coef[pl % nc], bias[pl % nc]  # this plane's channel parameters
+        for i in range(hf):
+            for j in range(wf):
+                s = (xp[2 * i, 2 * j] + xp[2 * i, 2 * j + 1]) + (
+                    xp[2 * i + 1, 2 * j] + xp[2 * i + 1, 2 * j + 1]
+                )
+                yp[i, j] = a * s + b
+        for i in range(ho):
+            r0, r1 = window_range(i, kh, sh, ph, h)
+            for j in range(wf if i < hf else 0, wo):  # outputs the fast path did not cover
+                c0, c1 = window_range(j, kw, sw, pw, w)
+                s = np.float32(0.0)
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        s += xp[r, c]
+                yp[i, j] = a * s + b
+
+
+@kernel(nogil=True, fastmath=True)
+def _sub_backward_planes(p0, p1, dy, x, coef, dx, want_dx, part, geo):
+    """dx[p0:p1] (if want_dx) and part[p0:p1] = (sum dy * window sum, sum dy) per plane.
+
+    dy (P, Ho, Wo), x (P, H, W), coef (C,), dx (P, H, W) (or a dummy), part (P, 2).
+    """
+    kh, kw, sh, sw, ph, pw = geo
+    h, w = x.shape[1], x.shape[2]
+    ho, wo = dy.shape[1], dy.shape[2]
+    hf, wf = fast_extent(geo, h, w, ho, wo)
+    nc = coef.shape[0]
+    for pl in range(p0, p1):
+        xp, gp, dp = x[pl], dy[pl], dx[pl if want_dx else 0]  # (H, W), (Ho, Wo), (H, W)
+        a = coef[pl % nc]
+        if want_dx:
+            dp[:] = 0.0
+        sc, sb = np.float32(0.0), np.float32(0.0)  # plane sums for dcoef and dbias
+        for i in range(hf):
+            for j in range(wf):
+                g = gp[i, j]
+                s = (xp[2 * i, 2 * j] + xp[2 * i, 2 * j + 1]) + (
+                    xp[2 * i + 1, 2 * j] + xp[2 * i + 1, 2 * j + 1]
+                )
+                sc += g * s
+                sb += g
+                if want_dx:
+                    dp[2 * i, 2 * j] += a * g
+                    dp[2 * i, 2 * j + 1] += a * g
+                    dp[2 * i + 1, 2 * j] += a * g
+                    dp[2 * i + 1, 2 * j + 1] += a * g
+        for i in range(ho):
+            r0, r1 = window_range(i, kh, sh, ph, h)
+            for j in range(wf if i < hf else 0, wo):
+                c0, c1 = window_range(j, kw, sw, pw, w)
+                g = gp[i, j]
+                s = np.float32(0.0)
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        s += xp[r, c]
+                        if want_dx:
+                            dp[r, c] += a * g
+                sc += g * s
+                sb += g
+        part[pl, 0] = sc
+        part[pl, 1] = sb
+
+
+class SubsampleCPU:
+    """float32 trainable subsampling on the CPU for fixed shapes."""
+
+    def __init__(
+        self, n: int, c: int, h: int, w: int, kernel: Pair, stride: Pair, pad: Pair, out_hw: Pair
+    ) -> None:
+        self.c, self.planes = c, n * c
+        self.geo = (*kernel, *stride, *pad)
+        work = n * c * max(h * w, out_hw[0] * out_hw[1] * kernel[0] * kernel[1])
+        nt = 1 if work < PARALLEL_MIN_WORK else min(num_threads(), self.planes)
+        self.workers = Workers(nt)
+        self.jobs = split(self.planes, self.workers.n)  # each worker's [first, last) plane
+        self.part = np.zeros((n, c, 2), np.float32)  # (N, C, 2) per-plane gradient sums
+        self.no_dx = np.zeros((1, h, w), np.float32)  # stands in for dx when not wanted
+
+    def forward(
+        self,
+        x: np.ndarray,  # (N, C, H, W) float32
+        coef: np.ndarray,  # (C,) float32
+        bias: np.ndarray,  # (C,) float32
+        y: np.ndarray,  # (N, C, Ho, Wo) float32, written
+    ) -> None:
+        """y = coef * window sum of x + bias."""
+        x3 = x.reshape(self.planes, x.shape[2], x.shape[3])  # (N*C, H, W) view
+        y3 = y.reshape(self.planes, y.shape[2], y.shape[3])  # (N*C, Ho, Wo) view
+        jobs = [(p0, p1, x3, coef, bias, y3, self.geo) for p0, p1 in self.jobs]
+        self.workers.run(_sub_forward_planes, jobs)
+
+    def backward(
+        self,
+        dy: np.ndarray,  # (N, C, Ho, Wo) float32
+        x: np.ndarray,  # (N, C, H, W) float32, the forward input
+        coef: np.ndarray,  # (C,) float32
+        dx: np.ndarray | None,  # (N, C, H, W) float32 overwritten, or None to skip
+        dcoef: np.ndarray,  # (C,) float32, overwritten
+        dbias: np.ndarray,  # (C,) float32, overwritten
+    ) -> None:
+        """Overwrite dx (unless None), dcoef and dbias with the gradients."""
+        dy3 = dy.reshape(self.planes, dy.shape[2], dy.shape[3])  # (N*C, Ho, Wo) view
+        x3 = x.reshape(self.planes, x.shape[2], x.shape[3])  # (N*C, H, W) view
+        dx3 = self.no_dx if dx is None else dx.reshape(x3.shape)  # (N*C, H, W) view
+        part = self.part.reshape(self.planes, 2)  # (N*C, 2) view
+        jobs = [
+            (p0, p1, dy3, x3, coef, dx3, dx is not None, part, self.geo) for p0, p1 in self.jobs
+        ]
+        self.workers.run(_sub_backward_planes, jobs)
+        np.sum(self.part[:, :, 0], axis=0, out=dcoef)  # fixed order over the batch
+        np.sum(self.part[:, :, 1], axis=0, out=dbias)
+
+
+# CUDA kernels: see the CUDA backend issue
