@@ -80,9 +80,11 @@ def worker(engine: str, net_path: str, batch: int, steps: int, threads: int) -> 
 
 
 def run_worker(engine, net, batch, steps, threads, cache_dir) -> dict:
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               NUMBA_CACHE_DIR=cache_dir)
+    # netdsl's conv layers bring their own threads and run BLAS on one (as `netdsl train`
+    # does); PyTorch gets the same number of threads through torch.set_num_threads
+    blas = "1" if engine == "netdsl" else str(threads)
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=blas,
+               OPENBLAS_NUM_THREADS=blas, MKL_NUM_THREADS=blas, NUMBA_CACHE_DIR=cache_dir)
     cmd = [sys.executable, __file__, "--worker", engine, "--net", net, "--batch", str(batch),
            "--steps", str(steps), "--threads", str(threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)

@@ -156,8 +156,9 @@ def cuda_element_math():
     global cuda
     from numba import cuda
 
-    return (cuda.jit(device=True)(act_scalar.py_func),
-            cuda.jit(device=True)(act_grad_from_output.py_func))  # fmt: skip
+    # inlined: a call left in a GEMM epilogue kept the accumulator tile out of registers
+    inline = {"device": True, "inline": "always"}
+    return cuda.jit(**inline)(act_scalar.py_func), cuda.jit(**inline)(act_grad_from_output.py_func)
 
 
 @functools.cache
