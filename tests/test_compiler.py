@@ -150,17 +150,15 @@ def test_same_seed_same_init_other_seed_differs():
 
 
 def test_alexnet_init_follows_the_file():
-    net = netdsl.load("nets/alexnet.net")
-    from netdsl.compiler import CompiledNet as C
+    from types import SimpleNamespace
 
-    cn = C.__new__(C)  # lay out parameters only: AlexNet's activations are large
-    cn.net = net
-    cn._layout()
-    cn.masks = {}
     from netdsl.init import init_params
 
+    net = netdsl.load("nets/alexnet.net")
+    cn = SimpleNamespace(net=net)  # lay out parameters only: AlexNet's activations are large
+    CompiledNet._layout(cn)
     init_params(net, cn.slots, cn.theta, np.random.default_rng(0), {})
-    p = {s.key: cn.param_view(s, cn.theta) for s in cn.slots}
+    p = {s.key: CompiledNet.param_view(s, cn.theta) for s in cn.slots}
     assert np.all(p["conv2.bias"] == 1) and np.all(p["fc6.bias"] == 1)
     assert np.all(p["conv1.bias"] == 0) and np.all(p["conv3.bias"] == 0)
     assert abs(float(p["fc6.weight"].std()) - 0.01) < 1e-3

@@ -124,5 +124,6 @@ def test_missing_dataset_is_a_clear_error(tiny, capsys):
 
 @pytest.mark.slow
 def test_lenet5_learns_mnist_quickly(tmp_path):
-    r = fit_file("nets/lenet5.net", epochs=1, limit=4096, out=tmp_path / "run", quiet=True)
-    assert r["test_err"] < 0.15  # 4,096 images, one epoch: well past chance (90% error)
+    r = fit_file("nets/lenet5.net", epochs=1, limit=12800, out=tmp_path / "run", quiet=True)
+    # 100 steps on 12,800 images: measured 5.7% test error; chance is 90%
+    assert r["test_err"] < 0.10
