@@ -9,8 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 from .ir import Network
-from .ops import activation, batchnorm, concat, conv, dropout, fc, loss, lrn, maxout, pool
-from .ops import softmax, subsample
+from .ops import (
+    activation,
+    batchnorm,
+    concat,
+    conv,
+    dropout,
+    fc,
+    loss,
+    lrn,
+    maxout,
+    pool,
+    softmax,
+    subsample,
+)
 
 
 def _act_fwd(y, a):

@@ -106,7 +106,8 @@ def totals(net: Network, batch: int | None = None) -> dict[str, Any]:
     if net.gpus > 1:
         out["gpus"] = net.gpus
         out["per_gpu"] = [
-            {"gpu": i, "params": d["params"], "activation_bytes_per_image": d["activations"] * BYTES}
+            {"gpu": i, "params": d["params"],
+             "activation_bytes_per_image": d["activations"] * BYTES}  # fmt: skip
             for i, d in enumerate(per_gpu(net))
         ]
         out["exchange_bytes_per_step"] = exchange_bytes(net, batch)

@@ -8,8 +8,9 @@ the layer's positional slot (`5x5` is the kernel, `120` an fc's outputs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import Location, NetError
 from .values import Item, did_you_mean
@@ -395,7 +396,9 @@ def read_layer_args(
     def put(key: str, value: Any, loc: Location) -> None:
         if key in attrs:
             raise NetError(
-                f"'{key}' is given twice", loc, notes=((f"'{key}' was first given here", locs[key]),)
+                f"'{key}' is given twice",
+                loc,
+                notes=((f"'{key}' was first given here", locs[key]),),
             )
         attrs[key] = value
         locs[key] = loc

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import ast
 from .errors import Location, NetError
@@ -14,7 +15,6 @@ from .schema import (
     SCHEDULE_CALLS,
     call_value,
     plain,
-    read_float,
     read_int,
 )
 from .values import Item, did_you_mean, evaluate_arg
@@ -167,7 +167,8 @@ def _check_ranges(values: dict[str, Any], locs: dict[str, Location]) -> None:
     for (setting, param), (lo, hi, lo_ok) in _RANGES.items():
         spec = values[setting]
         if param in spec and not _in_range(spec[param], lo, hi, lo_ok):
-            bound = f"{'at least' if lo_ok else 'above'} {lo}" + (f" and at most {hi}" if hi else "")
+            bound = f"{'at least' if lo_ok else 'above'} {lo}"
+            bound += f" and at most {hi}" if hi else ""
             raise NetError(f"{spec['kind']}() {param} must be a number {bound}, got "
                            f"{spec[param]!r}", locs.get(setting))  # fmt: skip
     for a in values["augment"]:

@@ -11,7 +11,8 @@ math) as in plain Numba code.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _JIT_OPTIONS = {"cache": True, "fastmath": False, "error_model": "numpy"}
 

@@ -8,11 +8,10 @@ caused them, with expected and actual values.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import NetError
 from ..ir import Layer, Network, Shape
-
 
 MAX_ELEMENTS = 2**31 - 1  # per image; float32 kernels index with 32-bit-safe arithmetic
 
