@@ -73,12 +73,15 @@ def read_int(lo: int = 1) -> Callable:
     return reader
 
 
-def read_float(lo: float | None = None, hi: float | None = None, open_hi: bool = False) -> Callable:
+def read_float(lo: float | None = None, hi: float | None = None, open_hi: bool = False,
+               positive: bool = False) -> Callable:  # fmt: skip
     def reader(items, key, at):
         it = _need(items, key, at, "a number")
         if it.kind != "num":
             raise NetError(f"'{key}' expects a number, found {it.describe()}", it.loc)
         v = float(it.value)
+        if positive and v <= 0:
+            raise NetError(f"'{key}' must be positive, got {v:g}", it.loc)
         if lo is not None and v < lo:
             raise NetError(f"'{key}' must be at least {lo:g}, got {v:g}", it.loc)
         if hi is not None and (v >= hi if open_hi else v > hi):
@@ -352,7 +355,7 @@ LAYERS: dict[str, Schema] = {
     "lrn": Schema(
         {
             "size": Opt(read_int(), 5),
-            "k": Opt(read_float(), 2.0),
+            "k": Opt(read_float(positive=True), 2.0),  # k > 0 keeps the denominator positive
             "alpha": Opt(read_float(lo=0.0), 1e-4),
             "beta": Opt(read_float(lo=0.0), 0.75),
         }

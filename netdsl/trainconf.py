@@ -201,8 +201,9 @@ def read_train(stmt: ast.TrainStmt | None, env: dict[str, Any] | None = None) ->
     sched = values["schedule"]
     if sched["kind"] == "multistep":
         ms = sched["milestones"]
-        if not isinstance(ms, list) or not all(isinstance(m, int) and m > 0 for m in ms):
-            raise NetError("multistep milestones must be a list of epochs, e.g. [30, 60]",
+        if (not isinstance(ms, list) or not all(isinstance(m, int) and m > 0 for m in ms)
+                or ms != sorted(set(ms))):  # fmt: skip
+            raise NetError("multistep milestones must be increasing epochs, e.g. [30, 60]",
                            locs["schedule"])  # fmt: skip
     opt = values["optimizer"]
     if not (isinstance(opt["lr"], (int, float)) and opt["lr"] > 0):

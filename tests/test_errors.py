@@ -521,7 +521,7 @@ train {
 }
 """,
         """\
-bad.net:4:3: error: multistep milestones must be a list of epochs, e.g. [30, 60]
+bad.net:4:3: error: multistep milestones must be increasing epochs, e.g. [30, 60]
       schedule multistep(milestones=[10, -2])
       ^~~~~~~~
 """,
