@@ -7,7 +7,8 @@ The plan, in order:
   3. decide where each backward writes its input gradient: straight into the
      producer's gradient buffer when the producer has one consumer, else into a
      scratch buffer that is then added (residual fan-out);
-  4. bind a backend runner per layer (netdsl/backends/cpu.py).
+  4. bind a backend runner per layer (netdsl/backends/cpu.py, or netdsl/backends/cuda.py for
+     device="cuda", whose CudaNet subclass keeps every buffer on the GPU).
 `NETDSL_DEBUG=1` prints the plan.
 """
 
@@ -44,7 +45,20 @@ class CompiledNet:
     >>> net = netdsl.compile("nets/lenet5.net", device="cpu", batch=64, seed=0)
     >>> y = net.forward(x)                           # (N, 10) scores, eval mode
     >>> loss, grads = net.loss_and_grads(x, labels)  # train mode
+
+    ``CompiledNet(net, device="cuda")`` (or "auto" with a GPU present) builds the CUDA
+    subclass, netdsl.backends.cuda.CudaNet, with the same API.
     """
+
+    runner_table: dict[str, Any] | None = None  # the backend's runners; None: the CPU's
+    backend_name = "CPU"
+
+    def __new__(cls, net: Network | None = None, device: str = "cpu", *args: Any, **kwargs: Any):
+        if cls is CompiledNet and resolve_device(device) == "cuda":
+            from .backends.cuda import cuda_class
+
+            return super().__new__(cuda_class(net))
+        return super().__new__(cls)
 
     def __init__(self, net: Network, device: str = "cpu", batch: int | None = None,
                  seed: int = 0) -> None:  # fmt: skip
@@ -98,9 +112,15 @@ class CompiledNet:
         self.dout = {lyr.name: np.zeros((n, *lyr.out_shape), np.float32)
                      for lyr in self.net.layers if lyr.type not in ("input",)}  # fmt: skip
 
-    def _bind(self) -> None:
-        from .backends.cpu import RUNNERS
+    def _scratch_like(self, buf):
+        """A zeroed buffer like `buf` for fan-out accumulation (device arrays on CUDA)."""
+        return np.zeros_like(buf)
 
+    def _bind(self) -> None:
+        if self.runner_table is None:
+            from .backends.cpu import RUNNERS
+        else:
+            RUNNERS = self.runner_table  # noqa: N806 - the same table, another backend
         self.runners = []
         pending = {name: len(c) for name, c in self.consumers.items()}
         self.accumulate: list[tuple[int, np.ndarray, np.ndarray]] = []  # (runner, scratch, dst)
@@ -118,14 +138,14 @@ class CompiledNet:
                     dxs.append(self.dout[src])
                     written[src] = True
                 else:
-                    scratch = np.zeros_like(self.dout[src])
+                    scratch = self._scratch_like(self.dout[src])
                     dxs.append(scratch)
                     adds.append((scratch, self.dout[src]))
             plans[lyr.name] = [dxs, adds]
         del pending
         for lyr in order:
             if lyr.type not in RUNNERS:
-                raise NetError(f"layer type {lyr.type} has no CPU kernel", lyr.loc)
+                raise NetError(f"layer type {lyr.type} has no {self.backend_name} kernel", lyr.loc)
             r = RUNNERS[lyr.type](lyr, self)
             r.dx, r.adds = plans[lyr.name]
             r.dy = self.dout.get(lyr.name)
@@ -235,6 +255,19 @@ class CompiledNet:
         """The class scores of the last forward pass, (N, K)."""
         return self.out[self._output_layer().name].reshape(self.batch, -1)
 
+    def top1_errors(self, labels: np.ndarray) -> int:
+        """Top-1 errors of the last training step's scores against its labels (N,)."""
+        from .ops.loss import topk_errors
+
+        return topk_errors(self.scores(), labels, 1)
+
+    def sync(self) -> None:
+        """Wait until the device has finished queued work (the CPU runs synchronously)."""
+
+    def accumulate_into(self, dst: np.ndarray, scratch: np.ndarray) -> None:
+        """dst += scratch: one fan-out gradient into the producer's (step_grads does this)."""
+        dst += scratch
+
     def describe(self) -> str:
         """The plan as text (NETDSL_DEBUG prints it)."""
         lines = [f"plan for {self.net.name}: device {self.device}, batch {self.batch}, "
@@ -263,17 +296,30 @@ def _table_masks(net: Network) -> dict[str, np.ndarray]:
     return masks
 
 
-def resolve_device(device: str) -> str:
-    """'cpu', 'cuda' or 'auto' (CUDA when a GPU is present, else the CPU)."""
-    if device == "auto":
-        try:
-            from numba import cuda
+def _cuda_available() -> tuple[bool, bool]:
+    """(a CUDA device can be used, it is Numba's simulator)."""
+    try:
+        from numba import config, cuda
 
-            return "cuda" if cuda.is_available() else "cpu"
-        except Exception:  # numba-cuda missing or no driver: the CPU it is
-            return "cpu"
+        return bool(cuda.is_available()), bool(config.ENABLE_CUDASIM)
+    except Exception:  # numba-cuda missing or no driver
+        return False, False
+
+
+def resolve_device(device: str) -> str:
+    """'cpu', 'cuda' or 'auto' (CUDA when a real GPU is present, else the CPU).
+
+    'cuda' also accepts Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which the tests
+    use; 'auto' does not pick the simulator, which is thousands of times slower than the CPU.
+    """
+    if device == "auto":
+        ok, sim = _cuda_available()
+        return "cuda" if ok and not sim else "cpu"
     if device == "cuda":
-        raise NetError("the CUDA backend is not available in this build; use --device cpu")
+        if not _cuda_available()[0]:
+            raise NetError("no CUDA GPU is available (numba.cuda.is_available() is False: no "
+                           "NVIDIA driver or device); use --device cpu")  # fmt: skip
+        return device
     if device != "cpu":
         raise NetError(f"unknown device '{device}'; use cpu, cuda or auto")
     return device

@@ -72,7 +72,56 @@ def _cuda_kernels():
         for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
             dst[i] = src[(i // piece) * total + c0 + i % piece]
 
-    return types.SimpleNamespace(copy_in=copy_in, copy_out=copy_out)
+    @cuda.jit
+    def move_channels(src, dst, c_src, s0, c_dst, d0, nch, plane, accumulate):
+        # dst[:, d0:d0+nch] (+)= src[:, s0:s0+nch] for flat (N*C*P,) f32 buffers; the channel
+        # moves of GPU groups (gathering maps, scattering their gradients back)
+        piece = nch * plane
+        total = (dst.size // (c_dst * plane)) * piece
+        for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+            n, r = i // piece, i % piece
+            v = src[(n * c_src + s0) * plane + r]
+            j = (n * c_dst + d0) * plane + r
+            if accumulate:
+                dst[j] += v
+            else:
+                dst[j] = v
+
+    @cuda.jit
+    def fill(dst, value):  # dst: (size,) f32
+        for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+            dst[i] = value
+
+    return types.SimpleNamespace(copy_in=copy_in, copy_out=copy_out, move_channels=move_channels,
+                                 fill=fill)  # fmt: skip
+
+
+class ChannelMoveCUDA:
+    """Copy or add channels [s0, s0+nch) of a (N, c_src, H, W) buffer to channels [d0, d0+nch)
+    of a (N, c_dst, H, W) buffer (float32 device arrays)."""
+
+    def __init__(self, n: int, c_src: int, s0: int, c_dst: int, d0: int, nch: int,
+                 plane: int) -> None:  # fmt: skip
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        self.args = tuple(np.int64(v) for v in (c_src, s0, c_dst, d0, nch, plane))
+        self.nbytes = n * nch * plane * 4  # float32 moved per call
+        self._run = Launch(_cuda_kernels, "move_channels", *grid_1d(n * nch * plane))
+
+    def copy(self, src, dst) -> None:
+        """dst channels = src channels (device arrays of any shape, C-contiguous)."""
+        self._run(src.reshape(-1), dst.reshape(-1), *self.args, False)
+
+    def add(self, src, dst) -> None:
+        """dst channels += src channels."""
+        self._run(src.reshape(-1), dst.reshape(-1), *self.args, True)
+
+
+def fill_cuda(dst, value: float = 0.0) -> None:
+    """Set every element of a flat float32 device array to `value`."""
+    from netdsl.ops.cudakit import Launch, grid_1d
+
+    Launch(_cuda_kernels, "fill", *grid_1d(dst.size))(dst, np.float32(value))
 
 
 class ConcatCUDA:

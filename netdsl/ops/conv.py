@@ -22,6 +22,8 @@ OpenBLAS threads (oversubscription). Training processes should limit BLAS to one
 
 from __future__ import annotations
 
+import functools
+import types
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -434,4 +436,333 @@ class ConvCPU:
             np.sum(self.dbt, axis=0, out=db)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Implicit GEMM: no im2col matrix is ever stored. Per group g (grid z), with K = Cg*kh*kw and
+# the batch's output pixels as columns:
+#   forward    y[o, (n,p)]  = sum_k w[o, k] * col[k, (n,p)]        + bias, activation fused
+#   data grad  dx[c, (n,q)] = sum_(o,ky,kx) w[o, c, ky, kx] * dy[o, (n, tap)]
+#   weight grad dw[o, k]    = sum_(n,p) dy[o, (n,p)] * col[k, (n,p)]  split over S slices of
+#                             (n,p) into a workspace, then summed in a fixed order (no atomics)
+# where col[k, (n,p)] is the input tap of filter element k for output pixel p of image n,
+# gathered straight from x into shared memory (zero in the padding). Tiles and the register
+# step are netdsl.ops.cudakit's. Geometry is passed at run time (one compilation per tile
+# config serves every layer).
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_forward(bm: int, bn: int, bk: int, tm: int, tn: int, code: int):
+    """The forward kernel for one tile config and one fused activation.
+
+    The activation code is a compile-time constant: with a run-time code, the five-way branch
+    copied into every cell of the unrolled epilogue made NVVM give up unrolling it, and the
+    accumulator tile went to local memory.
+    """
+    global cuda
+    from numba import cuda, float32
+
+    from netdsl.ops.activation import cuda_element_math
+    from netdsl.ops.cudakit import gemm_tile
+
+    act, _ = cuda_element_math()
+    fma_tile = gemm_tile(bm, bn, bk, tm, tn)
+    tx_n, ty_n = bn // tn, bm // tm
+    nt = tx_n * ty_n  # threads per block
+
+    @cuda.jit
+    def conv_forward(x, w, b, y, sh, sw, ph, pw, dh, dw, has_bias, slope):
+        # x (N, C, H, W), w (O, Cg, kh, kw), b (O,), y (N, O, Ho, Wo), all f32.
+        # grid (cdiv(N*Ho*Wo, BN), cdiv(Og, BM), G), block (BN/TN, BM/TM)
+        tx, ty, g = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
+        tid = ty * tx_n + tx
+        cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+        h, wi = x.shape[2], x.shape[3]
+        ho, wo = y.shape[2], y.shape[3]
+        og = y.shape[1] // (x.shape[1] // cg)  # output channels per group
+        taps = kh * kw
+        kk_all = cg * taps  # K
+        cols = x.shape[0] * ho * wo
+        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
+        As = cuda.shared.array((bk, bm), float32)
+        Bs = cuda.shared.array((bk, bn), float32)
+        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = 0.0
+        for k0 in range(0, kk_all, bk):
+            for e in range(tid, bm * bk, nt):  # weights: consecutive threads, consecutive k
+                r, kq = e // bk, e % bk
+                o, k = m0 + r, k0 + kq
+                v = float32(0.0)
+                if o < og and k < kk_all:
+                    v = w[g * og + o, k // taps, (k % taps) // kw, k % kw]
+                As[kq, r] = v
+            for e in range(tid, bk * bn, nt):  # input taps: consecutive threads, pixels
+                kq, q = e // bn, e % bn
+                col, k = n0 + q, k0 + kq
+                v = float32(0.0)
+                if col < cols and k < kk_all:
+                    n, p = col // (ho * wo), col % (ho * wo)
+                    c, t = k // taps, k % taps
+                    iy = (p // wo) * sh - ph + (t // kw) * dh
+                    ix = (p % wo) * sw - pw + (t % kw) * dw
+                    if iy >= 0 and iy < h and ix >= 0 and ix < wi:
+                        v = x[n, g * cg + c, iy, ix]
+                Bs[kq, q] = v
+            cuda.syncthreads()
+            fma_tile(As, Bs, acc, tx, ty)
+            cuda.syncthreads()
+        for i in range(tm):
+            o = m0 + ty + i * ty_n
+            if o < og:
+                bias = b[g * og + o] if has_bias else float32(0.0)
+                for j in range(tn):
+                    col = n0 + tx + j * tx_n
+                    if col < cols:
+                        n, p = col // (ho * wo), col % (ho * wo)
+                        y[n, g * og + o, p // wo, p % wo] = act(acc[i, j] + bias, code, slope)
+
+    return types.SimpleNamespace(conv_forward=conv_forward)
+
+
+@functools.cache
+def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int):
+    """The backward kernels for one tile config."""
+    global cuda
+    from numba import cuda, float32, float64
+
+    from netdsl.ops.cudakit import gemm_tile
+
+    fma_tile = gemm_tile(bm, bn, bk, tm, tn)
+    tx_n, ty_n = bn // tn, bm // tm
+    nt = tx_n * ty_n  # threads per block
+
+    @cuda.jit
+    def conv_backward_data(dy, w, dx, sh, sw, ph, pw, dh, dw):
+        # dy (N, O, Ho, Wo), w (O, Cg, kh, kw), dx (N, C, H, W) overwritten.
+        # grid (cdiv(N*H*W, BN), cdiv(Cg, BM), G); rows are input channels of group g,
+        # K runs over (o, ky, kx), and a tap that no output reads contributes zero.
+        tx, ty, g = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
+        tid = ty * tx_n + tx
+        cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+        h, wi = dx.shape[2], dx.shape[3]
+        ho, wo = dy.shape[2], dy.shape[3]
+        og = dy.shape[1] // (dx.shape[1] // cg)
+        taps = kh * kw
+        kk_all = og * taps
+        cols = dx.shape[0] * h * wi
+        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
+        As = cuda.shared.array((bk, bm), float32)
+        Bs = cuda.shared.array((bk, bn), float32)
+        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = 0.0
+        for k0 in range(0, kk_all, bk):
+            for e in range(tid, bm * bk, nt):
+                r, kq = e // bk, e % bk
+                c, k = m0 + r, k0 + kq
+                v = float32(0.0)
+                if c < cg and k < kk_all:
+                    t = k % taps
+                    v = w[g * og + k // taps, c, t // kw, t % kw]
+                As[kq, r] = v
+            for e in range(tid, bk * bn, nt):
+                kq, q = e // bn, e % bn
+                col, k = n0 + q, k0 + kq
+                v = float32(0.0)
+                if col < cols and k < kk_all:
+                    n, p = col // (h * wi), col % (h * wi)
+                    o, t = k // taps, k % taps
+                    oy = p // wi + ph - (t // kw) * dh  # = i * sh for the output row i
+                    ox = p % wi + pw - (t % kw) * dw
+                    if oy >= 0 and ox >= 0 and oy % sh == 0 and ox % sw == 0:
+                        oy //= sh
+                        ox //= sw
+                        if oy < ho and ox < wo:
+                            v = dy[n, g * og + o, oy, ox]
+                Bs[kq, q] = v
+            cuda.syncthreads()
+            fma_tile(As, Bs, acc, tx, ty)
+            cuda.syncthreads()
+        for i in range(tm):
+            c = m0 + ty + i * ty_n
+            if c < cg:
+                for j in range(tn):
+                    col = n0 + tx + j * tx_n
+                    if col < cols:
+                        n, p = col // (h * wi), col % (h * wi)
+                        dx[n, g * cg + c, p // wi, p % wi] = acc[i, j]
+
+    @cuda.jit
+    def conv_backward_weights(dy, x, ws, sh, sw, ph, pw, dh, dw, kh, kw, chunk):
+        # dy (N, O, Ho, Wo), x (N, C, H, W), ws (S, O, Cg*kh*kw) partial sums out.
+        # grid (cdiv(Cg*kh*kw, BN), cdiv(Og, BM), G*S): block z = g*S + s sums the output
+        # pixels [s*chunk, (s+1)*chunk) of the batch (chunk is a multiple of BK).
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        tid = ty * tx_n + tx
+        splits = ws.shape[0]
+        g, s = cuda.blockIdx.z // splits, cuda.blockIdx.z % splits
+        kcols = ws.shape[2]  # Cg*kh*kw
+        cg = kcols // (kh * kw)
+        taps = kh * kw
+        h, wi = x.shape[2], x.shape[3]
+        ho, wo = dy.shape[2], dy.shape[3]
+        og = dy.shape[1] // (x.shape[1] // cg)
+        npix = dy.shape[0] * ho * wo
+        r_lo = s * chunk
+        r_hi = min(npix, r_lo + chunk)
+        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
+        As = cuda.shared.array((bk, bm), float32)
+        Bs = cuda.shared.array((bk, bn), float32)
+        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = 0.0
+        for k0 in range(r_lo, r_hi, bk):
+            for e in range(tid, bm * bk, nt):  # dy: consecutive threads, consecutive pixels
+                r, kq = e // bk, e % bk
+                o, rr = m0 + r, k0 + kq
+                v = float32(0.0)
+                if o < og and rr < r_hi:
+                    n, p = rr // (ho * wo), rr % (ho * wo)
+                    v = dy[n, g * og + o, p // wo, p % wo]
+                As[kq, r] = v
+            for e in range(tid, bk * bn, nt):
+                q, kq = e // bk, e % bk  # pixel fastest: neighbouring threads, neighbouring x
+                k, rr = n0 + q, k0 + kq
+                v = float32(0.0)
+                if k < kcols and rr < r_hi:
+                    n, p = rr // (ho * wo), rr % (ho * wo)
+                    c, t = k // taps, k % taps
+                    iy = (p // wo) * sh - ph + (t // kw) * dh
+                    ix = (p % wo) * sw - pw + (t % kw) * dw
+                    if iy >= 0 and iy < h and ix >= 0 and ix < wi:
+                        v = x[n, g * cg + c, iy, ix]
+                Bs[kq, q] = v
+            cuda.syncthreads()
+            fma_tile(As, Bs, acc, tx, ty)
+            cuda.syncthreads()
+        for i in range(tm):
+            o = m0 + ty + i * ty_n
+            if o < og:
+                for j in range(tn):
+                    k = n0 + tx + j * tx_n
+                    if k < kcols:
+                        ws[s, g * og + o, k] = acc[i, j]
+
+    @cuda.jit
+    def sum_splits(ws, dw, mask, has_mask):
+        # ws (S, O, K) -> dw (O*K,) = sum over S in order, times mask (O*K,) for a table
+        size = ws.shape[1] * ws.shape[2]
+        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+            o, k = e // ws.shape[2], e % ws.shape[2]
+            v = ws[0, o, k]
+            for s in range(1, ws.shape[0]):
+                v += ws[s, o, k]
+            dw[e] = v * mask[e] if has_mask else v
+
+    @cuda.jit
+    def bias_grad(dy, db, threads):
+        # grid = O blocks of `threads`: db[o] = sum of dy[:, o] (float64 partial sums)
+        o, t = cuda.blockIdx.x, cuda.threadIdx.x
+        buf = cuda.shared.array(256, float64)
+        plane = dy.shape[2] * dy.shape[3]
+        count = dy.shape[0] * plane
+        total = 0.0
+        for q in range(t, count, threads):
+            p = q % plane
+            total += dy[q // plane, o, p // dy.shape[3], p % dy.shape[3]]
+        buf[t] = total
+        cuda.syncthreads()
+        s = threads // 2
+        while s > 0:
+            if t < s:
+                buf[t] += buf[t + s]
+            cuda.syncthreads()
+            s //= 2
+        if t == 0:
+            db[o] = buf[0]
+
+    return types.SimpleNamespace(conv_backward_data=conv_backward_data,
+                                 conv_backward_weights=conv_backward_weights,
+                                 sum_splits=sum_splits, bias_grad=bias_grad)  # fmt: skip
+
+
+class ConvCUDA:
+    """float32 convolution on the GPU for fixed shapes, with the activation fused in forward.
+
+    Same arguments as ConvCPU plus the fused activation and an optional connection-table mask
+    (O, Cg, 1, 1) applied to the weight gradient. Launch configurations and the split-K
+    workspace are fixed here, once.
+    """
+
+    def __init__(self, n: int, c: int, h: int, w: int, o: int, kh: int, kw: int, stride: Pair,
+                 pad: Pair, dilation: Pair, groups: int, out_hw: Pair, bias: bool,
+                 act_code: int = 4, act_slope: float = 0.0,
+                 mask: np.ndarray | None = None) -> None:  # fmt: skip
+        from numba import cuda as _cuda
+
+        from netdsl.ops.cudakit import (
+            SIM_THREADS,
+            THREADS,
+            Launch,
+            cdiv,
+            grid_1d,
+            pick_tile,
+            simulator,
+        )
+
+        if c % groups or o % groups:
+            raise ValueError(f"channels {c} -> {o} do not divide into {groups} groups")
+        ho, wo = out_hw
+        cg, og = c // groups, o // groups
+        kcols = cg * kh * kw
+        self.bias = bias
+        self.geo = tuple(np.int64(v) for v in (*stride, *pad, *dilation))
+        self.slope = np.float32(act_slope)
+        t_f, t_d, t_w = pick_tile(og), pick_tile(cg), pick_tile(og)
+        self._fwd = Launch(_cuda_forward, "conv_forward", (cdiv(n * ho * wo, t_f[1]),
+                           cdiv(og, t_f[0]), groups), (t_f[1] // t_f[4], t_f[0] // t_f[3]),
+                           (*t_f, int(act_code)))  # fmt: skip
+        self._bwd_data = Launch(_cuda_kernels, "conv_backward_data", (cdiv(n * h * w, t_d[1]),
+                                cdiv(cg, t_d[0]), groups), (t_d[1] // t_d[4], t_d[0] // t_d[3]),
+                                t_d)  # fmt: skip
+        # split-K for the weight gradient: enough blocks to fill the GPU, each summing at least
+        # 8 BK-deep slices of the N*Ho*Wo pixels
+        npix, bk = n * ho * wo, t_w[2]
+        tiles = cdiv(kcols, t_w[1]) * cdiv(og, t_w[0]) * groups
+        splits = max(1, min(cdiv(264, tiles), cdiv(npix, 8 * bk)))
+        chunk = cdiv(cdiv(npix, splits), bk) * bk
+        splits = cdiv(npix, chunk)
+        self.chunk, self.kh, self.kw = np.int64(chunk), np.int64(kh), np.int64(kw)
+        self._bwd_w = Launch(_cuda_kernels, "conv_backward_weights", (cdiv(kcols, t_w[1]),
+                             cdiv(og, t_w[0]), groups * splits),
+                             (t_w[1] // t_w[4], t_w[0] // t_w[3]), t_w)  # fmt: skip
+        self.ws = _cuda.device_array((splits, o, kcols), np.float32)  # (S, O, Cg*kh*kw)
+        self._sum = Launch(_cuda_kernels, "sum_splits", *grid_1d(o * kcols), t_w)
+        threads = SIM_THREADS if simulator() else THREADS
+        self.threads = np.int64(threads)
+        self._db = Launch(_cuda_kernels, "bias_grad", o, threads, t_w)
+        full = np.ones((o, cg, kh, kw), np.float32) if mask is None else np.broadcast_to(
+            np.asarray(mask, np.float32), (o, cg, kh, kw))  # fmt: skip
+        self.mask = _cuda.to_device(np.ascontiguousarray(full).reshape(-1))  # (O*Cg*kh*kw,)
+        self.has_mask = mask is not None
+        self.no_b = _cuda.to_device(np.zeros(o, np.float32))  # (O,) stands in without bias
+
+    def forward(self, x, w, b, y) -> None:
+        """y = act(conv(x, w) + b). x (N, C, H, W), w (O, Cg, kh, kw), b (O,) or None,
+        y (N, O, Ho, Wo): float32 device arrays."""
+        bb = b if self.bias and b is not None else self.no_b
+        self._fwd(x, w, bb, y, *self.geo, self.bias and b is not None, self.slope)
+
+    def backward(self, dy, x, w, dx, dw, db) -> None:
+        """Overwrite dx (unless None), dw and db (unless None). dy (N, O, Ho, Wo) is the
+        gradient BEFORE the fused activation's output, i.e. already through act'."""
+        if dx is not None:
+            self._bwd_data(dy, w, dx, *self.geo)
+        self._bwd_w(dy, x, self.ws, *self.geo, self.kh, self.kw, self.chunk)
+        self._sum(self.ws, dw.reshape(-1), self.mask, self.has_mask)
+        if db is not None:
+            self._db(dy, db, self.threads)

@@ -9,6 +9,9 @@ instead of copying), so it needs no Numba kernel and nothing is allocated per ca
 
 from __future__ import annotations
 
+import functools
+import types
+
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------
@@ -81,4 +84,146 @@ class FcCPU:
             np.sum(dy, axis=0, out=db)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# One tiled SGEMM (shared-memory tiles and the register step of netdsl.ops.cudakit) serves all
+# three products, reading the operands in place through their layouts (no transposed copies):
+#   forward  y (N, O)  = x (N, F) @ w.T       A = x, k fastest;  B[k, o] = w[o, k], k fastest
+#   dx       dx (N, F) = dy (N, O) @ w (O, F)  A = dy, k fastest; B = w, columns fastest
+#   dw       dw (O, F) = dy.T @ x              A[o, n] = dy[n, o], rows fastest; B = x
+# The layout flags and the fused activation are compile-time constants of the kernel, so the
+# tile loaders' branches fold away and the epilogue unrolls (see conv's _cuda_forward).
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int, a_kfast: bool, b_nfast: bool,
+                  code: int):  # fmt: skip
+    """gemm(a, b, c, bias, m, n, k, lda, ldb, ldc, has_bias, slope) for one layout and activation:
+    C[i, j] = act(sum_k A[i, k] B[k, j] + bias[j]) over flat float32 operands, where A[i, k] is
+    a[i*lda + k] (a_kfast) or a[k*lda + i], and B[k, j] is b[k*ldb + j] (b_nfast) or b[j*ldb + k].
+    """
+    global cuda
+    from numba import cuda, float32
+
+    from netdsl.ops.activation import cuda_element_math
+    from netdsl.ops.cudakit import gemm_tile
+
+    act, _ = cuda_element_math()
+    fma_tile = gemm_tile(bm, bn, bk, tm, tn)
+    tx_n, ty_n = bn // tn, bm // tm
+    nt = tx_n * ty_n
+
+    @cuda.jit
+    def gemm(a, b, c, bias, m, n, k, lda, ldb, ldc, has_bias, slope):
+        # a, b, c, bias: flat f32; grid (cdiv(n, BN), cdiv(m, BM)), block (BN/TN, BM/TM)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        tid = ty * tx_n + tx
+        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
+        As = cuda.shared.array((bk, bm), float32)
+        Bs = cuda.shared.array((bk, bn), float32)
+        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = 0.0
+        for k0 in range(0, k, bk):
+            for e in range(tid, bm * bk, nt):  # neighbouring threads read neighbouring words
+                if a_kfast:
+                    r, kq = e // bk, e % bk
+                else:
+                    kq, r = e // bm, e % bm
+                v = float32(0.0)
+                if m0 + r < m and k0 + kq < k:
+                    if a_kfast:
+                        v = a[(m0 + r) * lda + k0 + kq]
+                    else:
+                        v = a[(k0 + kq) * lda + m0 + r]
+                As[kq, r] = v
+            for e in range(tid, bk * bn, nt):
+                if b_nfast:
+                    kq, q = e // bn, e % bn
+                else:
+                    q, kq = e // bk, e % bk
+                v = float32(0.0)
+                if n0 + q < n and k0 + kq < k:
+                    if b_nfast:
+                        v = b[(k0 + kq) * ldb + n0 + q]
+                    else:
+                        v = b[(n0 + q) * ldb + k0 + kq]
+                Bs[kq, q] = v
+            cuda.syncthreads()
+            fma_tile(As, Bs, acc, tx, ty)
+            cuda.syncthreads()
+        for i in range(tm):
+            row = m0 + ty + i * ty_n
+            if row < m:
+                for j in range(tn):
+                    col = n0 + tx + j * tx_n
+                    if col < n:
+                        v = acc[i, j]
+                        if has_bias:
+                            v += bias[col]
+                        c[row * ldc + col] = act(v, code, slope)
+
+    @cuda.jit
+    def column_sums(dy, db):  # dy (N, O) f32, db (O,) f32 out: sums over the batch (float64)
+        for o in range(cuda.grid(1), dy.shape[1], cuda.gridsize(1)):
+            total = 0.0
+            for r in range(dy.shape[0]):
+                total += dy[r, o]
+            db[o] = total
+
+    return types.SimpleNamespace(gemm=gemm, column_sums=column_sums)
+
+
+class FcCUDA:
+    """float32 linear layer on the GPU with the activation fused into the forward GEMM."""
+
+    def __init__(self, n: int, f: int, o: int, bias: bool, act_code: int = 4,
+                 act_slope: float = 0.0) -> None:  # fmt: skip
+        from numba import cuda as _cuda
+
+        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
+
+        self.shape, self.bias = (n, f, o), bias
+        self.slope = np.float32(act_slope)
+        linear = 4  # ACT_CODE["linear"]
+
+        def gemm(m, cols, a_kfast, b_nfast, code):
+            t = pick_tile(m)
+            return Launch(
+                _cuda_kernels,
+                "gemm",
+                (cdiv(cols, t[1]), cdiv(m, t[0])),
+                (t[1] // t[4], t[0] // t[3]),
+                (*t, a_kfast, b_nfast, int(code)),
+            )
+
+        self._fwd = gemm(n, o, True, False, act_code)  # (N, O) = x (N, F) @ w.T
+        self._dx = gemm(n, f, True, True, linear)  # (N, F) = dy (N, O) @ w (O, F)
+        self._dw = gemm(o, f, False, True, linear)  # (O, F) = dy.T @ x (N, F)
+        self._db = Launch(_cuda_kernels, "column_sums", *grid_1d(o), (*pick_tile(n), True,
+                          False, linear))  # fmt: skip
+        self.dims = tuple(np.int64(v) for v in (n, f, o))
+        self.n, self.o = n, o
+        self.no_b = _cuda.to_device(np.zeros(1, np.float32))  # stands in without bias
+
+    def forward(self, x, w, b, y) -> None:
+        """y = act(x @ w.T + b). x (N, F), w (O, F), b (O,) or None, y (N, O): device arrays."""
+        n, f, o = self.dims
+        has_b = self.bias and b is not None
+        self._fwd(x.reshape(-1), w.reshape(-1), y.reshape(-1), b if has_b else self.no_b, n, o,
+                  f, f, f, o, has_b, self.slope)  # fmt: skip
+
+    def backward(self, dy, x, w, dx, dw, db) -> None:
+        """Overwrite dx (unless None), dw and db (unless None); dy (N, O) is already through
+        the fused activation's derivative."""
+        n, f, o = self.dims
+        one = np.float32(0.0)
+        if dx is not None:
+            self._dx(dy.reshape(-1), w.reshape(-1), dx.reshape(-1), self.no_b, n, f, o, o, f, f,
+                     False, one)  # fmt: skip
+        self._dw(dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, o, f, n, o, f, f,
+                 False, one)  # fmt: skip
+        if db is not None:
+            self._db(dy.reshape(self.n, self.o), db)

@@ -14,6 +14,8 @@ PyTorch does; the CPU kernel saves that argmax in the forward for the backward.
 
 from __future__ import annotations
 
+import functools
+import types
 from types import MappingProxyType
 
 import numpy as np
@@ -258,4 +260,114 @@ class PoolCPU:
         self.workers.run(_pool_backward_planes, jobs)
 
 
-# CUDA kernels: see the CUDA backend issue
+# ---- CUDA kernels
+# Forward: one thread per output (max also records the flat in-plane index of the first
+# maximum, as the CPU kernel does). Backward gathers: one thread per INPUT element sums the
+# outputs whose windows hold it (at most ceil(k/s)^2 of them), so overlapping windows need no
+# atomics and the result is deterministic. Planes are x viewed as (N*C, H, W).
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    from numba import cuda, float32
+
+    @cuda.jit(device=True, inline="always")
+    def span(i, k, s, p, size):  # input range [lo, hi) of output i along one axis, clipped
+        lo = i * s - p
+        return max(lo, 0), max(min(lo + k, size), 0)
+
+    @cuda.jit(device=True, inline="always")
+    def outputs_over(r, k, s, p, out):  # outputs [lo, hi) whose window holds input r
+        lo = -((-(r + p - k + 1)) // s)  # ceil((r + p - k + 1) / s)
+        return max(lo, 0), min((r + p) // s + 1, out)
+
+    @cuda.jit
+    def pool_forward(x, y, arg, mode, kh, kw, sh, sw, ph, pw):
+        # x (P, H, W), y (P, Ho, Wo) f32; arg (P, Ho, Wo) int32 out (max only; else unused)
+        h, w = x.shape[1], x.shape[2]
+        ho, wo = y.shape[1], y.shape[2]
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+            pl, q = e // (ho * wo), e % (ho * wo)
+            i, j = q // wo, q % wo
+            r0, r1 = span(i, kh, sh, ph, h)
+            c0, c1 = span(j, kw, sw, pw, w)
+            if mode == 0:
+                best, at = float32(0.0), -1  # stays (0, -1) for an empty window
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        if at < 0 or x[pl, r, c] > best:
+                            best, at = x[pl, r, c], r * w + c
+                y[pl, i, j] = best
+                arg[pl, i, j] = at
+            else:
+                s = float32(0.0)
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        s += x[pl, r, c]
+                cnt = (r1 - r0) * (c1 - c0)
+                y[pl, i, j] = s / float32(cnt) if mode == 1 and cnt > 0 else s
+
+    @cuda.jit
+    def pool_backward(dy, arg, dx, mode, kh, kw, sh, sw, ph, pw):
+        # dy (P, Ho, Wo), arg (P, Ho, Wo) int32 (max), dx (P, H, W) f32 out (overwritten)
+        h, w = dx.shape[1], dx.shape[2]
+        ho, wo = dy.shape[1], dy.shape[2]
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+            pl, q = e // (h * w), e % (h * w)
+            r, c = q // w, q % w
+            i0, i1 = outputs_over(r, kh, sh, ph, ho)
+            j0, j1 = outputs_over(c, kw, sw, pw, wo)
+            g = float32(0.0)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    if mode == 0:
+                        if arg[pl, i, j] == q:
+                            g += dy[pl, i, j]
+                    elif mode == 1:
+                        a0, a1 = span(i, kh, sh, ph, h)
+                        b0, b1 = span(j, kw, sw, pw, w)
+                        g += dy[pl, i, j] / float32((a1 - a0) * (b1 - b0))
+                    else:
+                        g += dy[pl, i, j]
+            dx[pl, r, c] = g
+
+    return types.SimpleNamespace(pool_forward=pool_forward, pool_backward=pool_backward,
+                                 span=span, outputs_over=outputs_over)  # fmt: skip
+
+
+class PoolCUDA:
+    """float32 pooling on the GPU for fixed shapes; max keeps the argmax of the last forward."""
+
+    def __init__(self, n: int, c: int, h: int, w: int, mode: str, kernel: Pair, stride: Pair,
+                 pad: Pair, out_hw: Pair) -> None:  # fmt: skip
+        from numba import cuda as _cuda
+
+        from netdsl.ops.cudakit import Launch, grid_1d
+
+        if mode not in MODE_CODE:
+            raise ValueError(f"unknown pooling mode {mode!r}; expected one of {MODES}")
+        self.planes = n * c
+        self.args = (np.int64(MODE_CODE[mode]),) + tuple(np.int64(v) for v in
+                                                           (*kernel, *stride, *pad))  # fmt: skip
+        shape = (self.planes, *out_hw) if mode == "max" else (1, 1, 1)  # unused unless max
+        self.arg = _cuda.device_array(shape, np.int32)  # (N*C, Ho, Wo) argmax, in-plane index
+        self._fwd = Launch(_cuda_kernels, "pool_forward", *grid_1d(self.planes * out_hw[0] *
+                                                                   out_hw[1]))  # fmt: skip
+        self._bwd = Launch(_cuda_kernels, "pool_backward", *grid_1d(self.planes * h * w))
+
+    def forward(self, x, y) -> None:
+        """y = pool(x); x (N, C, H, W), y (N, C, Ho, Wo) float32 device arrays."""
+        x3 = x.reshape(self.planes, x.shape[2], x.shape[3])  # (N*C, H, W) view
+        y3 = y.reshape(self.planes, y.shape[2], y.shape[3])  # (N*C, Ho, Wo) view
+        self._fwd(x3, y3, self.arg, *self.args)
+
+    def backward(self, dy, dx) -> None:
+        """Overwrite dx (N, C, H, W) with the gradient for dy (N, C, Ho, Wo); None: skip."""
+        if dx is None:
+            return
+        dy3 = dy.reshape(self.planes, dy.shape[2], dy.shape[3])  # (N*C, Ho, Wo) view
+        dx3 = dx.reshape(self.planes, dx.shape[2], dx.shape[3])  # (N*C, H, W) view
+        self._bwd(dy3, self.arg, dx3, *self.args)

@@ -13,6 +13,13 @@ def bench_file(path: str, batch: int | None = None, iters: int = 20, device: str
     from ..compiler import compile_network
 
     net = load(path)
+    note = ""
+    if net.gpus > 1:  # per-layer times of the whole layers: time the net on one device
+        from ..passes.placement import place
+
+        net.gpus = 1
+        place(net)
+        note = " (gpus N ignored: every layer whole, on one device)"
     cnet = compile_network(net, device=device, batch=batch)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((cnet.batch, *net.input.out_shape)).astype(np.float32)
@@ -27,21 +34,26 @@ def bench_file(path: str, batch: int | None = None, iters: int = 20, device: str
     for _ in range(iters):
         cnet._load_input(x)
         cnet.labels[:] = y
+        if cnet.device != "cpu":  # the loss kernel reads the labels on the device
+            cnet.labels_d.copy_to_device(np.ascontiguousarray(y, np.int64))
+        cnet.sync()  # kernels are asynchronous on a GPU: wait before and after each layer
         s0 = time.perf_counter()
         for r in cnet.runners:
             t = time.perf_counter()
             r.forward(True)
+            cnet.sync()
             fwd[r.layer.name].append(time.perf_counter() - t)
         for r in reversed(cnet.runners):
             t = time.perf_counter()
             r.backward()
             for scratch, dst in r.adds:
-                dst += scratch
+                cnet.accumulate_into(dst, scratch)
+            cnet.sync()
             bwd[r.layer.name].append(time.perf_counter() - t)
         steps.append(time.perf_counter() - s0)
     med = np.median
     lines = [f"{net.name}: batch {cnet.batch}, {iters} iterations, device {cnet.device} "
-             f"(first step incl. compilation: {warm:.2f}s)",
+             f"(first step incl. compilation: {warm:.2f}s){note}",
              f"{'layer':20} {'type':10} {'forward ms':>11} {'backward ms':>12}"]  # fmt: skip
     for r in cnet.runners:
         n = r.layer.name

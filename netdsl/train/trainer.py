@@ -185,7 +185,7 @@ class Trainer:
         opt = dict(t["optimizer"])
         if lr is not None:
             opt["lr"] = lr
-        self.optimizer = Optimizer(opt, cnet.slots, cnet.theta.size)
+        self.optimizer = Optimizer(opt, cnet.slots, cnet.theta.size, device=cnet.device)
         self.schedule = Schedule(t["schedule"], opt["lr"], epochs)
         self.rng = np.random.default_rng(cnet.seed)  # shuffling and augmentation
         self.epoch = 0  # epochs completed
@@ -199,7 +199,7 @@ class Trainer:
         if not self.comm.is_root:
             return None
         arrays = {f"param.{k}": v for k, v in c.params.items()}
-        arrays.update({f"state.{k}": v for k, v in c.state.items()})
+        arrays.update({f"state.{k}": v for k, v in c.buffers.items()})  # host copies
         arrays.update(self.optimizer.state_arrays())
         meta = {"network": self.net.name, "epoch": self.epoch, "optim_t": self.optimizer.t,
                 "rng": rng_state(self.rng), "dropout_rng": dropout_rngs[0],
@@ -272,7 +272,7 @@ class Trainer:
                         self._diverged(loss, e, s, lr)
                     comm.average_(c.grad)  # one Allreduce: the mean gradient over the ranks
                     self.optimizer.step(c.theta, c.grad, lr)
-                    wrong += topk_errors(c.scores(), yb, 1)
+                    wrong += c.top1_errors(yb)  # on CUDA: counted on the device
                     loss_sum += loss
                     seen += len(yb)
                     if not self.quiet:

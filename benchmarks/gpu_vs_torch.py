@@ -1,0 +1,294 @@
+"""Training-step time of netdsl on CUDA versus PyTorch eager (cuDNN) on the same GPU.
+
+Each measurement runs in its own process on random data of the net's input shape; a step is
+forward + backward + SGD update. Every step is timed alone (the device synchronised before
+and after) and the median over the steps after a warm-up is reported. PyTorch runs twice,
+with TF32 off (IEEE float32, what netdsl computes) and on (cuDNN / cuBLAS may use TF32
+tensor cores), with cudnn.benchmark on. Reported per net: the medians, the ratios netdsl /
+PyTorch, and the achieved FLOP/s of netdsl's largest conv layers (forward, and backward
+data + weights) against the H100's 67 TFLOP/s float32 (non-tensor-core) peak.
+
+A net that declares `gpus 2` (AlexNet) is benchmarked on ONE GPU by default, as PyTorch
+runs it; --split runs netdsl's model-parallel plan (logical GPUs sharing the device).
+
+    python benchmarks/gpu_vs_torch.py                       # lenet5 and alexnet, batch 128
+    python benchmarks/gpu_vs_torch.py --nets lenet5 --steps 50
+    python benchmarks/gpu_vs_torch.py --dry-run             # no GPU: the logic, simulated
+
+Without a GPU it says so and exits 0. --dry-run runs every code path on a tiny net instead:
+netdsl in Numba's CUDA simulator, PyTorch on the CPU (timings meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+H100_FP32_PEAK = 67e12  # FLOP/s, float32 without tensor cores (H100 SXM)
+TOP_CONVS = 3  # conv layers (by MACs) whose FLOP/s is reported
+
+TINY = """
+network tiny_lenet
+input image: 1x12x12
+conv c1: 4 filters 5x5, pad 2, relu
+pool s2: max 2x2, stride 2
+conv c3: 6 filters 3x3, relu
+pool s4: max 2x2, stride 2
+fc   f5: 16, relu
+dropout d5: 0.5
+fc   out: 10
+loss cross_entropy
+"""
+
+
+def _sync_torch(torch, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_step(step, sync, warmup: int, steps: int) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def conv_flops(cnet, warmup: int, reps: int) -> list[dict]:
+    """Achieved FLOP/s of the largest conv layers, forward and backward, on netdsl."""
+    convs = sorted((r for r in cnet.runners if r.layer.type == "conv"),
+                   key=lambda r: -r.layer.macs)[:TOP_CONVS]  # fmt: skip
+    out = []
+    for r in convs:
+        flops = 2.0 * r.layer.macs * cnet.batch  # one GEMM pass over the batch
+
+        def fwd(r=r):
+            r.forward(True)
+
+        def bwd(r=r):
+            r.backward()
+
+        tf, _ = _median_step(fwd, cnet.sync, warmup, reps)
+        tb, _ = _median_step(bwd, cnet.sync, warmup, reps)
+        passes = 2 if r.dx[0] is not None else 1  # data gradient (unless the input's) + weights
+        out.append({"layer": r.layer.name, "gflop_fwd": flops / 1e9,
+                    "fwd_tflops": flops / tf / 1e12, "bwd_tflops": passes * flops / tb / 1e12,
+                    "fwd_ms": 1e3 * tf, "bwd_ms": 1e3 * tb})  # fmt: skip
+    return out
+
+
+def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split: bool,
+           dry: bool) -> dict:  # fmt: skip
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    import netdsl
+
+    net = netdsl.load(net_path)
+    if not split:
+        net.gpus = 1  # one device, like PyTorch (the layers' `groups` are unchanged)
+        from netdsl.passes.placement import place
+
+        place(net)
+    rng = np.random.default_rng(0)
+    k = net.loss.in_shapes[0][0]
+    x = rng.standard_normal((batch, *net.input.out_shape)).astype(np.float32)
+    y = rng.integers(0, k, batch)
+    warmup = 1 if dry else 5
+    if dry:
+        from netdsl.ops.cudakit import fast_simulator_barrier
+
+        fast_simulator_barrier()
+    t_start = time.perf_counter()
+    if engine == "netdsl":
+        from netdsl.compiler import compile_network
+        from netdsl.train.optimizer import Optimizer
+
+        cnet = compile_network(net, device="cuda", batch=batch, seed=0)
+        opt = Optimizer(dict(net.train["optimizer"]), cnet.slots, cnet.theta.size, "cuda")
+
+        def step():
+            cnet.step_grads(x, y)
+            opt.step(cnet.theta, cnet.grad, 0.01)
+
+        step()
+        first = time.perf_counter() - t_start
+        med, times = _median_step(step, cnet.sync, warmup, steps)
+        extra = {"convs": conv_flops(cnet, warmup, max(2, steps // 2))}
+    else:
+        import torch
+
+        device = "cpu" if dry else "cuda"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+        from netdsl.torch_ref import build
+
+        model = build(net).to(device)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, 0.0, 0.01)
+        o = net.train["optimizer"]
+        sgd = torch.optim.SGD(model.parameters(), lr=0.01, momentum=o.get("momentum", 0.9),
+                              weight_decay=o.get("weight_decay", 0.0))  # fmt: skip
+        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        model.train()
+
+        def step():
+            sgd.zero_grad(set_to_none=True)
+            model.loss(model(xt), yt).backward()
+            sgd.step()
+
+        def sync():
+            _sync_torch(torch, device)
+
+        step()
+        first = time.perf_counter() - t_start
+        med, times = _median_step(step, sync, warmup, steps)
+        extra = {"tf32": tf32}
+    return {
+        "engine": engine,
+        "step_ms": 1e3 * med,
+        "images_per_s": batch / med,
+        "first_step_s": first,
+        "steps": len(times),
+        **extra,
+    }
+
+
+def run_worker(engine, net, batch, steps, tf32, split, dry) -> dict:
+    env = dict(os.environ)
+    if dry:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            engine,
+            "--net",
+            net,
+            "--batch",
+            str(batch),
+            "--steps",
+            str(steps),
+        ]
+        + (["--tf32"] if tf32 else [])
+        + (["--split"] if split else [])
+    )
+    cmd += ["--dry-run"] if dry else []
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{engine} worker failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gpu_present() -> str | None:
+    """The GPU's name, or None (no driver, no device, or the simulator)."""
+    try:
+        from numba import config, cuda
+
+        if config.ENABLE_CUDASIM or not cuda.is_available():
+            return None
+        name = cuda.get_current_device().name
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return None
+
+
+def have_torch(cuda_needed: bool) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available()) or not cuda_needed
+
+
+def report(name: str, nd: dict, torch_runs: dict[bool, dict | None]) -> list[str]:
+    lines = [f"{name}: netdsl {nd['step_ms']:8.2f} ms/step ({nd['images_per_s']:,.0f} img/s, "
+             f"first step incl. compilation {nd['first_step_s']:.1f}s)"]  # fmt: skip
+    for tf32, r in torch_runs.items():
+        if r is None:
+            continue
+        lines.append(f"  torch TF32 {'on ' if tf32 else 'off'}  {r['step_ms']:8.2f} ms/step   "
+                     f"netdsl / torch time ratio {nd['step_ms'] / r['step_ms']:6.2f}")  # fmt: skip
+    for c in nd["convs"]:
+        lines.append(f"  {c['layer']:8} {c['gflop_fwd']:7.2f} GFLOP fwd: {c['fwd_tflops']:6.2f} "
+                     f"TFLOP/s ({100 * c['fwd_tflops'] * 1e12 / H100_FP32_PEAK:4.1f}% of 67), "
+                     f"bwd {c['bwd_tflops']:6.2f} TFLOP/s "
+                     f"({100 * c['bwd_tflops'] * 1e12 / H100_FP32_PEAK:4.1f}%)")  # fmt: skip
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--nets", nargs="+", default=["lenet5", "alexnet"])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=1, help="processes per engine (medians of medians)")
+    ap.add_argument("--split", action="store_true", help="run `gpus N` nets model-parallel")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU needed: a tiny net, netdsl simulated, torch on the CPU",
+    )
+    ap.add_argument("--worker", choices=["netdsl", "torch"])
+    ap.add_argument("--net")
+    ap.add_argument("--tf32", action="store_true")
+    a = ap.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.net, a.batch, a.steps, a.tf32, a.split, a.dry_run)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.dry_run:
+            path = Path(tmp) / "tiny_lenet.net"
+            path.write_text(TINY)
+            nets, batch, steps = {"tiny_lenet": str(path)}, 2, 2
+            print("dry run: netdsl in the CUDA simulator, PyTorch on the CPU; timings mean "
+                  "nothing, every code path runs")  # fmt: skip
+        else:
+            name = gpu_present()
+            if name is None:
+                print(
+                    "no CUDA GPU here (numba.cuda.is_available() is False): nothing to "
+                    "measure; --dry-run checks the benchmark's logic in the simulator"
+                )
+                return 0
+            nets = {n: str(ROOT / "nets" / f"{n}.net") for n in a.nets}
+            batch, steps = a.batch, a.steps
+            print(f"{name}: batch {batch}, {steps} timed steps after warm-up, "
+                  f"{a.runs} process(es) per engine")  # fmt: skip
+        torch_ok = have_torch(cuda_needed=not a.dry_run)
+        if not torch_ok:
+            print("PyTorch (with CUDA) not installed: netdsl timings only")
+        for name, path in nets.items():
+            nd_runs = [run_worker("netdsl", path, batch, steps, False, a.split, a.dry_run)
+                       for _ in range(a.runs)]  # fmt: skip
+            nd = min(nd_runs, key=lambda r: r["step_ms"]) if a.runs > 1 else nd_runs[0]
+            nd = dict(nd, step_ms=statistics.median(r["step_ms"] for r in nd_runs))
+            nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
+            torch_runs: dict[bool, dict | None] = {False: None, True: None}
+            if torch_ok:
+                for tf32 in (False, True):
+                    rs = [run_worker("torch", path, batch, steps, tf32, a.split, a.dry_run)
+                          for _ in range(a.runs)]  # fmt: skip
+                    torch_runs[tf32] = dict(rs[0], step_ms=statistics.median(
+                        r["step_ms"] for r in rs))  # fmt: skip
+            print("\n".join(report(name, nd, torch_runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,521 @@
+"""CUDA backend: the plan of netdsl/compiler.py on one GPU, every layer a numba-cuda kernel.
+
+Everything a training run touches lives on the device from compilation to the end: the flat
+parameter and gradient buffers (theta, grad), the optimizer state, batch-norm statistics,
+every layer's output and output-gradient buffer and every kernel workspace, all allocated
+once here. A training step uploads the batch (images, labels, and the dropout keep-masks,
+which are drawn on the host so the random stream is the CPU's) and downloads three numbers:
+the loss, the top-1 error count and the count of out-of-range labels.
+
+Runners mirror netdsl/backends/cpu.py one for one: `x`/`y` are the input/output device
+buffers, `dx`/`dy` their gradients, `p`/`g` device views into theta/grad. Each runner builds
+its op's CUDA launcher (the `*CUDA` class at the end of each op's module) at compile time,
+so launch configurations are fixed once. Activations are fused into the producing kernel's
+epilogue (conv, fc, subsample, bn, add); their backward is one elementwise kernel into a
+scratch buffer, as on the CPU.
+
+Kernels queue on the default stream; a copy to the host waits for them. `sync()` waits
+explicitly (for timing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compiler import CompiledNet
+from ..errors import NetError
+from ..ir import Layer
+from ..ops import add, batchnorm, concat, dropout, loss, lrn, maxout, softmax
+from ..ops.activation import ACT_CODE, ActCUDA
+
+
+def _cuda():
+    from numba import cuda
+
+    return cuda
+
+
+def _simulator_speedup() -> None:
+    """Under Numba's CUDA simulator, swap its polling barrier for a real one (same semantics,
+    several times faster; netdsl.ops.cudakit.fast_simulator_barrier)."""
+    from ..ops.cudakit import fast_simulator_barrier, simulator
+
+    if simulator():
+        fast_simulator_barrier()
+
+
+def device_zeros(shape, dtype=np.float32):
+    """A zero-filled device array (device_array leaves memory uninitialised)."""
+    return _cuda().to_device(np.zeros(shape, dtype))
+
+
+class Runner:
+    """Base runner: device buffers and views, the fused activation's backward."""
+
+    def __init__(self, layer: Layer, plan: CudaNet) -> None:
+        self.layer = layer
+        self.plan = plan
+        self.x = [plan.out[n] for n in layer.inputs]  # (N, C, H, W) device arrays
+        self.y = plan.out[layer.name]  # (N, C, H, W) device array
+        self.p = plan.layer_params(layer.name)  # name -> device view into theta
+        self.g = plan.layer_grads(layer.name)  # name -> device view into grad
+        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
+        self.act_code = ACT_CODE[kind]
+        self.act_slope = float(slope)
+        self.fused_act = kind != "linear"
+        self.act_op = ActCUDA(self.y.size, kind, slope) if self.fused_act else None
+        self.dz = device_zeros(self.y.shape) if self.fused_act and self.has_dz else None
+
+    has_dz = False  # runners whose backward needs dz = dy * act'(y) in a buffer of its own
+    dx: list
+    dy: object
+
+    def forward(self, train: bool) -> None:
+        raise NotImplementedError
+
+    def backward(self) -> None:
+        raise NotImplementedError
+
+    def _act_backward(self):
+        """The gradient before the fused activation (into self.dz), or dy itself."""
+        if not self.fused_act:
+            return self.dy
+        self.act_op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.dz.reshape(-1))
+        return self.dz
+
+
+class InputRunner(Runner):
+    def forward(self, train):
+        pass
+
+    def backward(self):
+        pass
+
+
+class ConvRunner(Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        from ..ops.conv import ConvCUDA
+
+        a = layer.attrs
+        n, (c, h, w), o = plan.batch, layer.in_shapes[0], layer.out_shape[0]
+        self.op = ConvCUDA(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
+                           a["groups"], a["out_hw"], a["bias"], self.act_code, self.act_slope,
+                           plan.masks.get(layer.name))  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g.get("bias"))  # fmt: skip
+
+
+class FcRunner(Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        from ..ops.fc import FcCUDA
+
+        c, h, w = layer.in_shapes[0]
+        self.op = FcCUDA(plan.batch, c * h * w, layer.out_shape[0], layer.attrs["bias"],
+                         self.act_code, self.act_slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g.get("bias"))  # fmt: skip
+
+
+class PoolRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        from ..ops.pool import PoolCUDA
+
+        a = layer.attrs
+        c, h, w = layer.in_shapes[0]
+        self.op = PoolCUDA(plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"], a["pad_tl"],
+                           a["out_hw"])  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.y)
+
+    def backward(self):
+        self.op.backward(self.dy, self.dx[0])
+
+
+class SubsampleRunner(Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        from ..ops.subsample import SubsampleCUDA
+
+        a = layer.attrs
+        c, h, w = layer.in_shapes[0]
+        self.op = SubsampleCUDA(plan.batch, c, h, w, a["kernel"], a["stride"], a["pad_tl"],
+                                a["out_hw"], self.act_code, self.act_slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p["bias"], self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g["bias"])  # fmt: skip
+
+
+class ActRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
+        self.op = ActCUDA(self.y.size, kind, slope)
+        self.fused_act = False  # the layer IS the activation
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.dx[0].reshape(-1))
+
+
+class MaxoutRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c, h, w = layer.out_shape
+        self.op = maxout.MaxoutCUDA(plan.batch, c, h, w, layer.attrs["pieces"])
+        self.idx = device_zeros(self.y.size, np.int32)  # (N*C*H*W,) winning piece
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1), self.idx)
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.idx, self.dx[0].reshape(-1))
+
+
+class LrnRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        c, h, w = layer.out_shape
+        self.op = lrn.LrnCUDA(plan.batch, c, h, w, a["size"], a["k"], a["alpha"], a["beta"])
+        self.scale = device_zeros(self.y.size)  # (N*C*H*W,) k + alpha * window sum
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1), self.scale)
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.x[0].reshape(-1), self.y.reshape(-1),
+                             self.scale, self.dx[0].reshape(-1))  # fmt: skip
+
+
+class DropoutRunner(Runner):
+    """The keep-mask is drawn on the host from the plan's generator (as on the CPU) and sent."""
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.p_drop = layer.attrs["p"]
+        self.op = dropout.DropoutCUDA(self.y.size, self.p_drop)
+        self.copy = add.AddCUDA(self.y.size)
+        self.mask = np.ones(self.y.shape, np.uint8)  # (N, C, H, W) host copy, 1 = kept
+        self.mask_d = device_zeros(self.y.size, np.uint8)  # (N*C*H*W,) on the device
+
+    def forward(self, train):
+        if train and self.p_drop > 0:
+            self.mask = dropout.make_mask(self.plan.rng, self.y.shape, self.p_drop)
+            self.mask_d.copy_to_device(self.mask.reshape(-1))
+            self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
+        else:
+            self.mask = np.ones(self.y.shape, np.uint8)
+            self.mask_d.copy_to_device(self.mask.reshape(-1))
+            self.copy.copy(self.x[0].reshape(-1), self.y.reshape(-1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.mask_d, self.dx[0].reshape(-1))
+
+
+class BnRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c, h, w = layer.out_shape
+        self.op = batchnorm.BnCUDA(plan.batch, c, h * w, layer.attrs["eps"],
+                                   layer.attrs["momentum"], self.act_code,
+                                   self.act_slope)  # fmt: skip
+        self.rm = plan.state[f"{layer.name}.running_mean"]  # (C,) device
+        self.rv = plan.state[f"{layer.name}.running_var"]  # (C,) device
+        self.no_dx = None  # (N*C*H*W,) allocated on first need
+
+    def forward(self, train):
+        x, y = self.x[0].reshape(-1), self.y.reshape(-1)
+        if train:
+            self.op.forward_train(x, self.p["weight"], self.p["bias"], y, self.rm, self.rv)
+        else:
+            self.op.forward_eval(x, self.p["weight"], self.p["bias"], self.rm, self.rv, y)
+
+    def backward(self):
+        dx = self.dx[0]
+        if dx is None:
+            if self.no_dx is None:
+                self.no_dx = device_zeros(self.y.size)
+            dx = self.no_dx
+        self.op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.x[0].reshape(-1),
+                         self.p["weight"], dx.reshape(-1), self.g["weight"],
+                         self.g["bias"])  # fmt: skip
+
+
+class SoftmaxRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.op = softmax.SoftmaxCUDA(plan.batch)
+
+    def forward(self, train):
+        n = self.plan.batch
+        self.op.forward(self.x[0].reshape(n, -1), self.y.reshape(n, -1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            n = self.plan.batch
+            self.op.backward(self.dy.reshape(n, -1), self.y.reshape(n, -1),
+                             self.dx[0].reshape(n, -1))  # fmt: skip
+
+
+class FlattenRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.op = add.AddCUDA(self.y.size)
+
+    def forward(self, train):
+        self.op.copy(self.x[0].reshape(-1), self.y.reshape(-1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.copy(self.dy.reshape(-1), self.dx[0].reshape(-1))
+
+
+class AddRunner(Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.op = add.AddCUDA(self.y.size, self.act_code, self.act_slope)
+
+    def forward(self, train):
+        self.op.forward([x.reshape(-1) for x in self.x], self.y.reshape(-1))
+
+    def backward(self):
+        dz = self._act_backward()
+        for dx in self.dx:  # d(a + b)/da = 1: every input gets dz
+            if dx is not None:
+                self.op.copy(dz.reshape(-1), dx.reshape(-1))
+
+
+class ConcatRunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        _, h, w = layer.out_shape
+        self.op = concat.ConcatCUDA(plan.batch, [s[0] for s in layer.in_shapes], h * w)
+
+    def forward(self, train):
+        self.op.forward([x.reshape(-1) for x in self.x], self.y.reshape(-1))
+
+    def backward(self):
+        self.op.backward(self.dy.reshape(-1), [None if d is None else d.reshape(-1)
+                                               for d in self.dx])  # fmt: skip
+
+
+class LossRunner(Runner):
+    """Loss and its gradient in one pass; the plan uploads `labels` and reads `op.stats`."""
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        n = plan.batch
+        k = int(np.prod(layer.in_shapes[0]))
+        self.op = loss.LossCUDA(layer.attrs["kind"], n, k)
+        self.dz_own = device_zeros((n, k))  # (N, K) used when dx is not bound
+
+    def forward(self, train):
+        n = self.plan.batch
+        dz = self.dz_own if self.dx[0] is None else self.dx[0].reshape(n, -1)
+        self.op.forward_backward(self.x[0].reshape(n, -1), self.plan.labels_d, dz)
+
+    def backward(self):
+        pass  # the gradient was written by forward
+
+
+RUNNERS = {
+    "input": InputRunner,
+    "conv": ConvRunner,
+    "fc": FcRunner,
+    "pool": PoolRunner,
+    "subsample": SubsampleRunner,
+    "act": ActRunner,
+    "maxout": MaxoutRunner,
+    "lrn": LrnRunner,
+    "dropout": DropoutRunner,
+    "bn": BnRunner,
+    "softmax": SoftmaxRunner,
+    "flatten": FlattenRunner,
+    "add": AddRunner,
+    "concat": ConcatRunner,
+    "loss": LossRunner,
+}
+
+
+def cuda_class(net) -> type:
+    """CudaNet, or GroupedCudaNet for a net declaring `gpus N` (N > 1) that can be split."""
+    if net.gpus <= 1:
+        return CudaNet
+    from .cuda_groups import GroupedCudaNet, say_once, unsupported
+
+    reason = unsupported(net)
+    if reason is None:
+        return GroupedCudaNet
+    say_once(f"gpus {net.gpus}: running on one GPU, unsplit ({reason})")
+    return CudaNet
+
+
+class CudaNet(CompiledNet):
+    """A CompiledNet whose buffers and kernels are on a CUDA device (see the module doc).
+
+    The public API is the CPU one: params, buffers, set_params, forward, step_grads,
+    loss_and_grads and scores take and return NumPy arrays (copied to or from the device).
+    theta, grad and state hold DEVICE arrays; netdsl.train.optimizer.Optimizer updates them
+    on the device (one kernel), and checkpoints go through params / buffers.
+    """
+
+    runner_table = RUNNERS
+    backend_name = "CUDA"
+
+    def _allocate(self) -> None:
+        cuda = _cuda()
+        _simulator_speedup()
+        n = self.batch
+        self.theta = cuda.to_device(self.theta)  # (P,) initialised on the host, now on device
+        self.grad = device_zeros(self.theta.size)  # (P,)
+        self.state = {k: cuda.to_device(v) for k, v in self.state.items()}
+        self.out = {lyr.name: device_zeros((n, *lyr.out_shape)) for lyr in self.net.layers}
+        consumers: dict[str, list[str]] = {lyr.name: [] for lyr in self.net.layers}
+        for lyr in self.net.layers:
+            for src in lyr.inputs:
+                consumers[src].append(lyr.name)
+        self.consumers = consumers
+        self.dout = {lyr.name: device_zeros((n, *lyr.out_shape))
+                     for lyr in self.net.layers if lyr.type != "input"}  # fmt: skip
+        self.labels_d = device_zeros(n, np.int64)  # (N,)
+        self._x_host = cuda.pinned_array((n, *self.net.input.out_shape), np.float32)
+        self._accumulators: dict[int, add.AddCUDA] = {}
+        self._wrong = 0  # top-1 errors of the last training step
+
+    def _scratch_like(self, buf):
+        return device_zeros(buf.shape)
+
+    def _bind(self) -> None:
+        super()._bind()
+        for r in self.runners:  # one accumulate launcher per fan-out size, built now
+            for _, dst in r.adds:
+                if dst.size not in self._accumulators:
+                    self._accumulators[dst.size] = add.AddCUDA(dst.size)
+
+    # ---- host <-> device
+    def _load_input(self, x: np.ndarray) -> int:
+        x = np.asarray(x, np.float32)
+        shape = self.net.input.out_shape
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"input must be (N, {', '.join(map(str, shape))}), got {x.shape}")
+        n = x.shape[0]
+        if n > self.batch:
+            raise ValueError(f"batch of {n} is larger than the compiled batch {self.batch}")
+        self._x_host[:n] = x
+        self._x_host[n:] = 0.0
+        self.out[self.net.input.name].copy_to_device(self._x_host)
+        return n
+
+    def _forward(self, train: bool) -> None:
+        if train:
+            self.labels_d.copy_to_device(np.ascontiguousarray(self.labels, np.int64))
+        super()._forward(train)
+
+    def accumulate_into(self, dst, scratch) -> None:
+        """dst += scratch on the device (fan-out gradients)."""
+        self._accumulators[dst.size].accumulate(dst.reshape(-1), scratch.reshape(-1))
+
+    def sync(self) -> None:
+        """Wait for every queued kernel (for timing)."""
+        _cuda().synchronize()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        n = self._load_input(x)
+        self._forward(train=False)
+        last = self._output_layer()
+        y = self.out[last.name].copy_to_host()[:n]
+        return y.reshape(n, -1) if last.out_shape[1:] == (1, 1) else y
+
+    def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
+        if self.loss_runner is None:
+            raise NetError(
+                "the network has no loss layer, so it cannot be trained",
+                self.net.layers[-1].loc,
+                "end the network with: loss cross_entropy",
+            )
+        n = self._load_input(x)
+        if n != self.batch:
+            raise ValueError(f"training needs full batches of {self.batch}, got {n}")
+        self.labels[:] = labels
+        self._forward(train=True)
+        for r in reversed(self.runners):
+            r.backward()
+            for scratch, dst in r.adds:
+                self.accumulate_into(dst, scratch)
+        value, wrong, bad = self.loss_runner.op.stats.copy_to_host()  # the step's one download
+        if bad:
+            k = int(np.prod(self.loss_runner.layer.in_shapes[0]))
+            raise ValueError(f"labels must lie in [0, {k}), got "
+                             f"{np.min(labels)}..{np.max(labels)}")  # fmt: skip
+        self._wrong = int(wrong)
+        return float(value)
+
+    def top1_errors(self, labels: np.ndarray) -> int:
+        """Top-1 errors of the last training step (counted on the device by the loss kernel)."""
+        return self._wrong
+
+    def loss_and_grads(self, x: np.ndarray, labels: np.ndarray):
+        value = self.step_grads(x, labels)
+        flat = self.grad.copy_to_host()
+        return value, {s.key: self.param_view(s, flat).copy() for s in self.slots}
+
+    def scores(self) -> np.ndarray:
+        return self.out[self._output_layer().name].copy_to_host().reshape(self.batch, -1)
+
+    # ---- parameters
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        flat = self.theta.copy_to_host()
+        return {s.key: self.param_view(s, flat).copy() for s in self.slots}
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {k: v.copy_to_host() for k, v in self.state.items()}
+
+    def set_params(self, params: dict[str, np.ndarray], strict: bool = True) -> None:
+        # the CPU logic (checks, table masks) on host copies, then one upload of each buffer
+        theta_d, state_d = self.theta, self.state
+        self.theta = theta_d.copy_to_host()
+        self.state = {k: v.copy_to_host() for k, v in state_d.items()}
+        try:
+            super().set_params(params, strict)
+            theta_d.copy_to_device(self.theta)
+            for k, v in state_d.items():
+                v.copy_to_device(self.state[k])
+        finally:
+            self.theta, self.state = theta_d, state_d

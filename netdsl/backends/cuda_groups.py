@@ -1,0 +1,462 @@
+"""GPU groups on CUDA: `gpus G` runs every layer split by channels over G logical GPUs.
+
+This executes the placement model of netdsl/passes/placement.py (AlexNet's two columns):
+
+* logical GPU g owns output channels [ceil(g*C/G), ceil((g+1)*C/G)) of every split layer and
+  keeps only those maps (and their gradients) in buffers of its own, (N, C_g, H, W);
+* the input is loaded on every logical GPU; the loss and a softmax run on GPU 0, whole;
+* each layer's share on GPU g is an ordinary single-device runner (netdsl/backends/cuda.py)
+  on a sliced layer: a conv or fc keeps filter rows [lo, hi) (a contiguous view of theta and
+  grad), a grouped conv whose groups are a multiple of G keeps groups/G groups and reads only
+  its own maps, bn / subsample keep their channels' parameters and statistics;
+* where a layer reads channels another GPU owns (an ungrouped conv, fc, a connection table,
+  LRN's halo, maxout or concat across a boundary, the loss), exactly the channel intervals
+  placement._needed names are gathered into a buffer on the reading GPU, and in the backward
+  pass their gradients are added back into the owners' gradient buffers. Every such move from
+  another GPU's buffer is counted: `bytes_moved` after a training step equals
+  placement.exchange_bytes(net, batch) (maps forward + their gradients backward).
+
+What is NOT split (the plan falls back to one device, with a message): `flatten`, and a conv
+whose groups are neither 1 nor a multiple of G. Physical placement: this build runs all
+logical GPUs on ONE physical device (the current one), and says so; their buffers, kernels
+and exchanges are nonetheless separate, so giving each logical GPU its own device (a context,
+a shard of theta/grad, and peer copies for the counted moves) is the remaining step. The
+parameters stay one flat buffer, so the optimizer is still one kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+
+from ..ir import Layer, Network
+from ..ops import add, concat
+from ..passes.placement import _needed, _own
+from . import cuda as single
+from .cuda import CudaNet, device_zeros
+
+_SAID: set[str] = set()
+
+
+def unsupported(net: Network) -> str | None:
+    """Why `net` cannot run split over its GPUs here, or None."""
+    g = net.gpus
+    for lyr in net.layers:
+        if lyr.type == "flatten":
+            return f"layer {lyr.name}: flatten is not split over GPUs"
+        if lyr.type == "conv" and lyr.attrs["groups"] > 1 and lyr.attrs["groups"] % g:
+            return (f"layer {lyr.name}: groups {lyr.attrs['groups']} is not a multiple of "
+                    f"gpus {g}")  # fmt: skip
+    return None
+
+
+def say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        print(f"netdsl: {message}", file=sys.stderr)
+
+
+class _SubPlan:
+    """The slice of a plan one share's runner reads (see single.Runner.__init__)."""
+
+    def __init__(self, parent: GroupedCudaNet) -> None:
+        self.batch = parent.batch
+        self.rng = parent.rng
+        self.labels_d = parent.labels_d
+        self.out: dict[str, object] = {}
+        self.masks: dict[str, np.ndarray] = {}
+        self.state: dict[str, object] = {}
+        self.params: dict[str, dict] = {}
+        self.grads: dict[str, dict] = {}
+        self.parent = parent
+
+    def layer_params(self, name: str) -> dict:
+        return self.params.get(name, {})
+
+    def layer_grads(self, name: str) -> dict:
+        return self.grads.get(name, {})
+
+
+class _SliceDropout(single.DropoutRunner):
+    """Dropout on channels [lo, hi): the slice of ONE mask drawn for the whole layer, so G
+    logical GPUs drop exactly the units one GPU would."""
+
+    full: str  # the whole layer's name
+    lo: int
+    hi: int
+
+    def forward(self, train):
+        if train and self.p_drop > 0:
+            whole = self.plan.parent.dropout_mask(self.full, self.p_drop)
+            self.mask = np.ascontiguousarray(whole[:, self.lo : self.hi])
+            self.mask_d.copy_to_device(self.mask.reshape(-1))
+            self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
+        else:
+            super().forward(train)
+
+
+class Move:
+    """One channel interval moved between two buffers (a gather forward, its scatter backward)."""
+
+    def __init__(self, n, plane, src, c_src, s0, dst, c_dst, d0, nch, remote):
+        self.fwd = concat.ChannelMoveCUDA(n, c_src, s0, c_dst, d0, nch, plane)
+        self.bwd = concat.ChannelMoveCUDA(n, c_dst, d0, c_src, s0, nch, plane)
+        self.src, self.dst = src, dst  # (layer name, gpu): whose out / dout buffer
+        self.remote = remote  # crosses GPUs: counted
+        self.nbytes = self.fwd.nbytes
+
+
+class Share:
+    """Layer `layer` on logical GPU g: its runner, input gathers and gradient scatters."""
+
+    def __init__(self, layer: Layer, g: int, lo: int, hi: int) -> None:
+        self.layer, self.g, self.lo, self.hi = layer, g, lo, hi
+        self.runner = None  # single-device runner of the sliced layer (None: concat)
+        self.moves: list[Move] = []  # into the gather buffer `gin`
+        self.gin = None  # (N, hull, H, W) gathered input, or None (aliased)
+        self.dgin = None  # its gradient
+        self.alias: tuple[str, int] | None = None  # the producer buffer read in place
+        self.dscratch = None  # dx of an aliased input before it is added to the producer's
+        self.hull = (0, 0)
+        self.own_y = None  # LRN: the own channels of the hull output are copied out
+        self.dxs: list = []  # add: each input's gradient buffer (scratch or gather gradient)
+        self.aliases: list = []  # add: (producer, scratch) of inputs read in place
+
+
+class GroupedCudaNet(CudaNet):
+    """A CudaNet whose layers run split over `net.gpus` logical GPUs (see the module doc)."""
+
+    def _allocate(self) -> None:
+        from numba import cuda
+
+        g, n = self.net.gpus, self.batch
+        self.gpus = g
+        single._simulator_speedup()
+        self.physical = len(cuda.gpus)
+        say_once(f"gpus {g}: the {g} logical GPUs share physical GPU 0 ({self.physical} "
+                 "present); maps and gradients still move between them only where the "
+                 "placement model says, and are counted")  # fmt: skip
+        self.theta = cuda.to_device(self.theta)  # (P,) one flat buffer: one optimizer kernel
+        self.grad = device_zeros(self.theta.size)
+        self.state = {k: cuda.to_device(v) for k, v in self.state.items()}
+        self.labels_d = device_zeros(n, np.int64)
+        self._x_host = cuda.pinned_array((n, *self.net.input.out_shape), np.float32)
+        self._accumulators = {}
+        self._wrong = 0
+        self.bytes_moved = 0  # between logical GPUs since the last step began (or reset)
+        self._masks: dict[str, np.ndarray] = {}
+        # per (layer, gpu): output and output-gradient buffers of the channels it owns
+        self.own: dict[tuple[str, int], tuple[int, int]] = {}
+        self.outs: dict[tuple[str, int], object] = {}
+        self.douts: dict[tuple[str, int], object] = {}
+        for lyr in self.net.layers:
+            c = lyr.out_shape[0]
+            for gpu in range(g):
+                if lyr.type == "input":
+                    lo, hi = 0, c  # replicated
+                elif lyr.type in ("loss", "softmax"):
+                    lo, hi = (0, c) if gpu == 0 else (0, 0)  # gathered on GPU 0
+                else:
+                    lo, hi = _own(gpu, c, g)
+                self.own[lyr.name, gpu] = (lo, hi)
+                if hi > lo:
+                    shape = (n, hi - lo, *lyr.out_shape[1:])
+                    self.outs[lyr.name, gpu] = device_zeros(shape)
+                    if lyr.type != "input":
+                        self.douts[lyr.name, gpu] = device_zeros(shape)
+        self.out = {self.net.input.name: self.outs[self.net.input.name, 0]}
+        self.dout = {}
+
+    # ---- building the shares
+    def _holder(self, src: str, c: int, gpu: int) -> tuple[int, int, int]:
+        """(gpu, first channel, channels) of the buffer that holds channel c of `src`, seen
+        from `gpu`: its own copy for the replicated input, else the owner's."""
+        prod = self.net.layer(src)
+        if prod.type == "input":
+            return gpu, 0, prod.out_shape[0]
+        for h in range(self.gpus):
+            lo, hi = self.own[src, h]
+            if lo <= c < hi:
+                return h, lo, hi - lo
+        raise AssertionError((src, c))
+
+    def _intervals(self, lyr: Layer, gpu: int, lo: int, hi: int) -> list[list[tuple[int, int]]]:
+        """Per input, the channel intervals (in that input's channels) the share reads."""
+        if lyr.type == "add":
+            return [[(lo, hi)] for _ in lyr.inputs]
+        if lyr.type in ("loss", "softmax"):
+            return [[(0, s[0])] for s in lyr.in_shapes]
+        need = _needed(lyr, gpu, self.gpus)
+        per: list[list[tuple[int, int]]] = []
+        off = 0
+        for shape in lyr.in_shapes:
+            c = shape[0]
+            per.append([(max(a, off) - off, min(b, off + c) - off)
+                        for a, b in need if min(b, off + c) > max(a, off)])  # fmt: skip
+            off += c
+        return per
+
+    def _bind(self) -> None:
+        n, g = self.batch, self.gpus
+        self.shares: list[list[Share]] = []
+        for lyr in self.net.layers:
+            shares = []
+            if lyr.type != "input":
+                for gpu in range(g):
+                    lo, hi = self.own[lyr.name, gpu]
+                    if hi > lo:
+                        shares.append(self._share(lyr, gpu, lo, hi, n))
+            self.shares.append(shares)
+        self.runners = [s.runner for shares in self.shares for s in shares if s.runner]
+        last = self.net.layers[-1]
+        self.loss_runner = self.shares[-1][0].runner if last.type == "loss" else None
+
+    def _share(self, lyr: Layer, gpu: int, lo: int, hi: int, n: int) -> Share:
+        sh = Share(lyr, gpu, lo, hi)
+        sub = _SubPlan(self)
+        per_input = self._intervals(lyr, gpu, lo, hi)
+        cin = lyr.in_shapes[0][0]
+        plane = lyr.in_shapes[0][1] * lyr.in_shapes[0][2]
+        t = lyr.type
+        # the hull of input channels the sliced layer takes
+        if t == "concat":
+            hull = (lo, hi)  # over the concatenated inputs
+        elif t in ("conv", "fc") and (t == "fc" or lyr.attrs["groups"] == 1):
+            hull = (0, cin)  # every input channel (a connection table fills only its own)
+        elif t in ("loss", "softmax"):
+            hull = (0, cin)
+        elif t == "add":
+            hull = (lo, hi)
+        else:
+            ivs = per_input[0]
+            hull = (min(a for a, _ in ivs), max(b for _, b in ivs))
+        sh.hull = hull
+        x_names = []
+        if t in ("add",):
+            for j, src in enumerate(lyr.inputs):  # each input's own channels, in place
+                x_names.append(self._alias_or_gather(sh, sub, j, src, [(lo, hi)], hull, n, plane))
+        elif t == "concat":
+            sh.gin = self.outs[lyr.name, gpu]  # gathered straight into the output
+            sh.dgin = self.douts[lyr.name, gpu]
+            off = 0
+            for src, shape, ivs in zip(lyr.inputs, lyr.in_shapes, per_input, strict=True):
+                for a, b in ivs:
+                    self._add_moves(sh, src, a, b, off + a - hull[0], hull[1] - hull[0], n, plane)
+                off += shape[0]
+            return sh
+        else:
+            x_names.append(self._alias_or_gather(sh, sub, 0, lyr.inputs[0], per_input[0], hull,
+                                                 n, plane))  # fmt: skip
+        # the sliced layer
+        attrs = dict(lyr.attrs)
+        in_shape = (hull[1] - hull[0], *lyr.in_shapes[0][1:])
+        out_c = hi - lo
+        if t == "conv" and attrs["groups"] > 1:
+            attrs["groups"] = attrs["groups"] // self.gpus  # a multiple of G: whole groups
+        if t == "lrn":
+            out_c = hull[1] - hull[0]  # computed over the hull, own channels copied out
+        name = f"{lyr.name}@{gpu}"
+        sub_layer = dataclasses.replace(lyr, name=name, inputs=x_names,
+                                        in_shapes=[in_shape] * len(x_names),
+                                        out_shape=(out_c, *lyr.out_shape[1:]))  # fmt: skip
+        sub_layer.attrs = attrs
+        if t == "lrn":
+            sub.out[name] = device_zeros((n, out_c, *lyr.out_shape[1:]))
+            sh.own_y = concat.ChannelMoveCUDA(n, out_c, lo - hull[0], hi - lo, 0, hi - lo,
+                                              plane)  # fmt: skip
+            sh.hull_dy = device_zeros((n, out_c, *lyr.out_shape[1:]))
+            sh.own_dy = concat.ChannelMoveCUDA(n, hi - lo, 0, out_c, lo - hull[0], hi - lo, plane)
+        else:
+            sub.out[name] = self.outs[lyr.name, gpu]
+        self._slice_params(lyr, sub, name, lo, hi)
+        cls = _SliceDropout if t == "dropout" else single.RUNNERS[t]
+        r = cls(sub_layer, sub)
+        if t == "dropout":
+            r.full, r.lo, r.hi = lyr.name, lo, hi
+        r.adds = []
+        if t == "lrn":
+            r.dy = sh.hull_dy
+        else:
+            r.dy = self.douts[lyr.name, gpu]
+        if t == "add":
+            r.dx = list(sh.dxs)
+        else:
+            r.dx = [sh.dgin if sh.gin is not None else sh.dscratch]
+        if all(self.net.layer(s).type == "input" for s in lyr.inputs):
+            r.dx = [None for _ in x_names]
+        sh.runner = r
+        return sh
+
+    def _alias_or_gather(self, sh, sub, j, src, ivs, hull, n, plane) -> str:
+        """Bind input j of the share: the producer's own buffer in place when it holds exactly
+        the hull, else a gather buffer filled by moves. Returns the sub-plan's input name."""
+        name = f"{src}->{sh.layer.name}@{sh.g}.{j}"
+        lo, hi = self.own.get((src, sh.g), (0, 0))
+        prod = self.net.layer(src)
+        if prod.type not in ("input", "loss", "softmax") and (lo, hi) == hull and len(ivs) == 1:
+            sub.out[name] = self.outs[src, sh.g]
+            scratch = device_zeros(sub.out[name].shape)
+            if sh.layer.type == "add":
+                sh.dxs.append(scratch)
+                sh.aliases.append((src, scratch))
+            else:
+                sh.alias = (src, sh.g)
+                sh.dscratch = scratch
+            return name
+        shape = (n, hull[1] - hull[0], *prod.out_shape[1:])
+        gin, dgin = device_zeros(shape), device_zeros(shape)
+        sub.out[name] = gin
+        for a, b in ivs:
+            self._add_moves(sh, src, a, b, a - hull[0], hull[1] - hull[0], n, plane,
+                            into=(gin, dgin))  # fmt: skip
+        if sh.layer.type == "add":
+            sh.dxs.append(dgin)
+        else:
+            sh.gin, sh.dgin = gin, dgin
+        return name
+
+    def _add_moves(self, sh, src, a, b, d0, c_dst, n, plane, into=None) -> None:
+        """Moves of channels [a, b) of `src` into channel d0.. of the gather buffer."""
+        c = a
+        while c < b:
+            h, h_lo, h_c = self._holder(src, c, sh.g)
+            end = min(b, h_lo + h_c)
+            m = Move(n, plane, (src, h), h_c, c - h_lo, None, c_dst, d0 + (c - a), end - c,
+                     remote=h != sh.g)  # fmt: skip
+            m.into = into  # None: the share's gin
+            sh.moves.append(m)
+            c = end
+
+    def _slice_params(self, lyr: Layer, sub: _SubPlan, name: str, lo: int, hi: int) -> None:
+        """Views of rows [lo, hi) of every per-output-channel parameter, state and mask."""
+        params, grads = {}, {}
+        for s in self.slots:
+            if s.layer != lyr.name:
+                continue
+            row = s.size // s.shape[0]
+            pname = s.key.split(".")[-1]
+            a, b = s.offset + lo * row, s.offset + hi * row
+            shape = (hi - lo, *s.shape[1:])
+            params[pname] = self.theta[a:b].reshape(shape)
+            grads[pname] = self.grad[a:b].reshape(shape)
+        sub.params[name], sub.grads[name] = params, grads
+        for k, v in self.state.items():
+            if k.startswith(f"{lyr.name}."):
+                sub.state[f"{name}.{k.split('.')[-1]}"] = v[lo:hi]
+        if lyr.name in self.masks:
+            sub.masks[name] = self.masks[lyr.name][lo:hi]
+
+    # ---- running
+    def dropout_mask(self, layer: str, p: float) -> np.ndarray:
+        """The keep-mask of a whole dropout layer for this forward pass (drawn once)."""
+        if layer not in self._masks:
+            from ..ops import dropout
+
+            shape = (self.batch, *self.net.layer(layer).out_shape)
+            self._masks[layer] = dropout.make_mask(self.rng, shape, p)
+        return self._masks[layer]
+
+    def _load_input(self, x: np.ndarray) -> int:
+        n = super()._load_input(x)  # into GPU 0's copy of the input
+        for gpu in range(1, self.gpus):  # "the input is loaded on every GPU"
+            self.outs[self.net.input.name, gpu].copy_to_device(self._x_host)
+        return n
+
+    def _move(self, m: Move, sh: Share, backward: bool) -> None:
+        gin, dgin = m.into if m.into is not None else (sh.gin, sh.dgin)
+        if backward:
+            if self.net.layer(m.src[0]).type == "input":
+                return  # the input needs no gradient
+            m.bwd.add(dgin, self.douts[m.src])
+        else:
+            m.fwd.copy(self.outs[m.src], gin)
+        if m.remote:
+            self.bytes_moved += m.nbytes
+
+    def _forward(self, train: bool) -> None:
+        if train:
+            self.labels_d.copy_to_device(np.ascontiguousarray(self.labels, np.int64))
+        self._masks = {}
+        for lyr, shares in zip(self.net.layers, self.shares, strict=True):
+            if lyr.type == "loss" and not train:
+                break
+            for sh in shares:
+                for m in sh.moves:
+                    self._move(m, sh, backward=False)
+                if sh.runner is not None:
+                    sh.runner.forward(train)
+                if sh.own_y is not None:
+                    sh.own_y.copy(sh.runner.y, self.outs[lyr.name, sh.g])
+
+    def _backward(self) -> None:
+        for buf in self.douts.values():  # every consumer adds its share of the gradient
+            concat.fill_cuda(buf.reshape(-1), 0.0)
+        for lyr, shares in zip(reversed(self.net.layers), reversed(self.shares), strict=True):
+            for sh in shares:
+                r = sh.runner
+                if r is not None:
+                    if sh.own_y is not None:  # LRN: dy of the own channels, zero in the halo
+                        concat.fill_cuda(sh.hull_dy.reshape(-1), 0.0)
+                        sh.own_dy.copy(self.douts[lyr.name, sh.g], sh.hull_dy)
+                    r.backward()
+                    if r.dx and r.dx[0] is None:
+                        continue
+                if sh.alias is not None:
+                    self._accumulate(self.douts[sh.alias], sh.dscratch)
+                for src, scratch in sh.aliases:
+                    self._accumulate(self.douts[src, sh.g], scratch)
+                for m in sh.moves:
+                    self._move(m, sh, backward=True)
+
+    def _accumulate(self, dst, src) -> None:
+        if dst.size not in self._accumulators:
+            self._accumulators[dst.size] = add.AddCUDA(dst.size)
+        self._accumulators[dst.size].accumulate(dst.reshape(-1), src.reshape(-1))
+
+    def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
+        if self.loss_runner is None:
+            return super().step_grads(x, labels)  # raises the no-loss error
+        n = self._load_input(x)
+        if n != self.batch:
+            raise ValueError(f"training needs full batches of {self.batch}, got {n}")
+        self.labels[:] = labels
+        self.bytes_moved = 0
+        self._forward(train=True)
+        self._backward()
+        value, wrong, bad = self.loss_runner.op.stats.copy_to_host()
+        if bad:
+            k = int(np.prod(self.net.layers[-1].in_shapes[0]))
+            raise ValueError(f"labels must lie in [0, {k}), got "
+                             f"{np.min(labels)}..{np.max(labels)}")  # fmt: skip
+        self._wrong = int(wrong)
+        return float(value)
+
+    def _gather_output(self) -> np.ndarray:
+        """The last layer before the loss, whole, on the host: (N, C, H, W)."""
+        last = self._output_layer()
+        parts = [self.outs[last.name, gpu].copy_to_host() for gpu in range(self.gpus)
+                 if (last.name, gpu) in self.outs]  # fmt: skip
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        n = self._load_input(x)
+        self._forward(train=False)
+        y = self._gather_output()[:n]
+        return y.reshape(n, -1) if self._output_layer().out_shape[1:] == (1, 1) else y
+
+    def scores(self) -> np.ndarray:
+        return self._gather_output().reshape(self.batch, -1)
+
+    def describe(self) -> str:
+        lines = [f"plan for {self.net.name}: device cuda, {self.gpus} logical GPUs on "
+                 f"{min(self.physical, 1)} physical, batch {self.batch}, "
+                 f"{self.theta.size:,} parameters in one flat buffer"]  # fmt: skip
+        for lyr, shares in zip(self.net.layers, self.shares, strict=True):
+            for sh in shares:
+                moved = sum(m.nbytes for m in sh.moves if m.remote)
+                how = "in place" if sh.gin is None else f"gathers {sh.hull[1] - sh.hull[0]} ch"
+                lines.append(f"  {lyr.name:12} gpu {sh.g}  channels [{sh.lo}, {sh.hi})  {how}"
+                             + (f", {moved:,} B from other GPUs" if moved else ""))  # fmt: skip
+        return "\n".join(lines)

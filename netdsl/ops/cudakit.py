@@ -1,0 +1,221 @@
+"""Shared pieces of the CUDA kernels: launch configurations, the launch wrapper, the simulator.
+
+Every op module keeps its CUDA kernels in a section at its end, built by a cached factory
+``_cuda_kernels()`` on first use, so importing an op never imports numba (``netdsl check``
+stays numba-free). The factories bind the module global ``cuda`` (``global cuda; from numba
+import cuda``) rather than a local name: Numba's CUDA simulator swaps the ``cuda`` module in
+a kernel's *globals* for its per-launch fake, and a closure variable would escape the swap.
+
+:class:`Launch` is a kernel with its launch configuration fixed when a runner is built
+(nothing is computed per call). It can also record the argument types of every launch
+(:func:`recording`), which lets ``netdsl.backends.cuda_check`` compile every kernel the
+simulator ran to PTX for a real GPU, on a machine without one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+THREADS = 256  # threads per block of the 1-D (elementwise) kernels
+MAX_BLOCKS = 4096  # 1-D kernels loop grid-stride beyond this many blocks
+# The simulator runs every CUDA thread as a Python thread (~50 us each to start), so the
+# elementwise kernels use few threads there; their grid-stride loops make the result the same.
+SIM_THREADS, SIM_MAX_BLOCKS = 32, 2
+
+_RECORD: list[tuple] | None = None  # launches recorded by `recording()`
+
+
+def simulator() -> bool:
+    """True when numba.cuda is the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)."""
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+def grid_1d(n: int) -> tuple[int, int]:
+    """(blocks, threads) for a grid-stride loop over n elements."""
+    threads, cap = (SIM_THREADS, SIM_MAX_BLOCKS) if simulator() else (THREADS, MAX_BLOCKS)
+    return max(1, min(cap, -(-n // threads))), threads
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Launch:
+    """A kernel of a cached factory with its launch configuration: call it with the arguments.
+
+    factory(*cfg) returns a namespace of kernels; `name` picks one. Keeping the factory, its
+    configuration and the name (not just the kernel) is what lets a recorded launch be
+    rebuilt and compiled in another process.
+    """
+
+    def __init__(self, factory: Callable[..., Any], name: str, grid, block, cfg: tuple = ()):
+        self.factory, self.name, self.cfg = factory, name, tuple(cfg)
+        self.grid, self.block = grid, block
+        self.kernel = getattr(factory(*cfg), name)
+        # The simulator's kernel[grid, block] configures the kernel object itself (and returns
+        # it), so a configuration kept there would be overwritten by the next runner's.
+        self.configured = None if simulator() else self.kernel[grid, block]
+
+    def __call__(self, *args: Any) -> None:
+        if _RECORD is not None:
+            _RECORD.append((self.factory.__module__, self.factory.__name__, self.cfg, self.name,
+                            tuple(_describe(a) for a in args)))  # fmt: skip
+        if self.configured is None:
+            self.kernel[self.grid, self.block](*args)
+        else:
+            self.configured(*args)
+
+
+def _describe(arg: Any) -> tuple:
+    """A picklable description of a kernel argument's Numba type."""
+    import numba
+    import numpy as np
+
+    ary = getattr(arg, "_ary", arg)  # the simulator's FakeCUDAArray wraps a NumPy array
+    if hasattr(ary, "__cuda_array_interface__") and not isinstance(ary, np.ndarray):
+        ty = numba.typeof(arg)  # a real device array
+        return ("array", np.dtype(ary.dtype).str, ty.ndim, ty.layout)
+    if isinstance(ary, np.ndarray):
+        ty = numba.typeof(ary)
+        return ("array", ary.dtype.str, ty.ndim, ty.layout)
+    return ("scalar", str(numba.typeof(arg)))
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[tuple]]:
+    """Record (module, factory, cfg, kernel, argument types) of every launch in the block."""
+    global _RECORD
+    old, _RECORD = _RECORD, []
+    try:
+        yield _RECORD
+    finally:
+        _RECORD = old
+
+
+def real_gpu_requested() -> bool:
+    """NETDSL_REAL_GPU=1: tests run on a real GPU instead of the simulator."""
+    return os.environ.get("NETDSL_REAL_GPU", "") not in ("", "0")
+
+
+def fast_simulator_barrier() -> bool:
+    """Give Numba's CUDA simulator a real barrier (see below); False if it can't (no change).
+
+    The simulator runs each CUDA thread of a block as a Python thread, and its BlockManager
+    busy-polls every thread until all reach syncthreads(); under the GIL the polling takes
+    most of the time (~70% in a tiled GEMM with a barrier per K-slice). This swaps in one
+    threading.Barrier per block (the same semantics) and joins the threads at the end: the
+    CUDA tests and `gpu_vs_torch.py --dry-run` run 2-3x faster. It patches only the
+    simulator's classes in this process, and only if they still look as expected.
+    """
+    try:
+        from numba.cuda.simulator import kernel as sim
+    except ImportError:  # not the simulator
+        return False
+    if getattr(sim.BlockManager, "_netdsl_barrier", False):
+        return True
+    if not (hasattr(sim, "BlockThread") and hasattr(sim.BlockManager, "run")):
+        return False
+
+    def syncthreads(self):
+        if self.abort:
+            raise RuntimeError("abort flag set on syncthreads call")
+        try:
+            self._manager.barrier.wait()
+        except threading.BrokenBarrierError:  # another thread of the block raised
+            raise RuntimeError("abort flag set on syncthreads clear") from None
+
+    def run(self, grid_point, *args):
+        count = 1
+        for d in self._block_dim:
+            count *= d
+        self.barrier = threading.Barrier(count)
+
+        def target():
+            try:
+                self._f(*args)
+            except BaseException:
+                self.barrier.abort()  # release the threads waiting at a barrier
+                raise
+
+        threads = [sim.BlockThread(target, self, grid_point, p, self._debug)
+                   for p in sim.np.ndindex(*self._block_dim)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for t in threads:
+            if t.exception:
+                raise t.exception[0].with_traceback(t.exception[1])
+
+    sim.BlockThread.syncthreads = syncthreads
+    sim.BlockManager.run = run
+    sim.BlockManager._netdsl_barrier = True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared register-tile step of the GEMM-style kernels (conv and fc).
+#
+# A block of (BN/TN) x (BM/TM) threads owns a BM x BN tile of the output; the operands come
+# through shared memory in BK-deep slices, As (BK, BM) and Bs (BK, BN), and each thread keeps
+# TM x TN accumulators in registers. Thread (tx, ty) owns rows ty + i*(BM/TM) and columns
+# tx + j*(BN/TN): strided, so a warp's reads of Bs hit consecutive words and its stores of
+# the output are coalesced along the column (pixel) axis.
+# ---------------------------------------------------------------------------------------------
+
+cuda = None  # numba.cuda, bound by gemm_tile()
+
+# (BM, BN, BK, TM, TN): every config has 256 threads; the smaller ones waste less on thin
+# layers (LeNet's 6 filters would fill a tenth of a 64-row tile).
+TILES = {16: (16, 64, 8, 1, 4), 32: (32, 64, 8, 2, 4), 64: (64, 64, 8, 4, 4)}
+
+
+# The simulator pays per thread, per barrier and per padded multiply-add (each is Python): it
+# gets 4 x 4 threads and row tiles of 4, 8 or 16, so a batch of 2 is not padded to 64 rows.
+# The kernels are the same code; tests/test_cuda.py also runs the GPU's configs in it.
+SIM_TILES = {4: (4, 16, 8, 1, 4), 8: (8, 16, 8, 2, 4), 16: (16, 16, 8, 4, 4)}
+
+
+def pick_tile(rows: int) -> tuple[int, int, int, int, int]:
+    """The tile config for a GEMM whose output has `rows` rows (the M dimension)."""
+    if simulator():
+        return SIM_TILES[4 if rows <= 4 else 8 if rows <= 8 else 16]
+    for bm in (16, 32):
+        if rows <= bm:
+            return TILES[bm]
+    return TILES[64]
+
+
+@functools.cache
+def gemm_tile(bm: int, bn: int, bk: int, tm: int, tn: int):
+    """Device function fma_tile(As, Bs, acc, tx, ty): acc += As.T @ Bs for this thread's cells.
+
+    Kernels must declare acc as a 2-D local array (TM, TN) and zero it with nested loops over
+    TM and TN: NVVM then keeps it in registers (a flat acc[i*TN + j] stayed in local memory).
+    """
+    global cuda
+    from numba import cuda, float32
+
+    tx_n, ty_n = bn // tn, bm // tm
+
+    @cuda.jit(device=True, inline="always")
+    def fma_tile(As, Bs, acc, tx, ty):  # As (BK, BM), Bs (BK, BN) shared; acc (TM, TN) local
+        a = cuda.local.array(tm, float32)
+        b = cuda.local.array(tn, float32)
+        for kk in range(bk):
+            for i in range(tm):
+                a[i] = As[kk, ty + i * ty_n]
+            for j in range(tn):
+                b[j] = Bs[kk, tx + j * tx_n]
+            for i in range(tm):
+                for j in range(tn):
+                    acc[i, j] += a[i] * b[j]
+
+    return fma_tile
