@@ -154,10 +154,14 @@ def _pool_forward_planes(p0, p1, x, y, arg, mode, geo):
                 c0, c1 = window_range(j, kw, sw, pw, w)
                 if mode == 0:
                     best, at = np.float32(0.0), -1  # stays (0, -1) for an empty window
-                    for r in range(r0, r1):
-                        for c in range(c0, c1):
-                            if at < 0 or xp[r, c] > best:
-                                best, at = xp[r, c], r * w + c
+                    if r0 < r1 and c0 < c1:
+                        # start from the first tap so the inner loop has one compare
+                        best, at = xp[r0, c0], r0 * w + c0
+                        for r in range(r0, r1):
+                            for c in range(c0, c1):
+                                v = xp[r, c]
+                                if v > best:
+                                    best, at = v, r * w + c
                     yp[i, j] = best
                     ap[i, j] = at
                 else:
