@@ -12,7 +12,7 @@ import numpy as np
 
 from ..ir import Layer
 from ..ops import activation, add, batchnorm, concat, dropout, loss, lrn, maxout, softmax
-from ..ops.conv import ConvCPU
+from ..ops.conv import PARALLEL_MIN_WORK, ConvCPU, Workers, num_threads, split
 from ..ops.fc import FcCPU
 from ..ops.pool import PoolCPU
 from ..ops.subsample import SubsampleCPU
@@ -170,18 +170,26 @@ class MaxoutRunner(Runner):
 
 
 class LrnRunner(Runner):
+    """Images are independent, so the batch is split over the layer's worker threads."""
+
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
         a = layer.attrs
         self.args = (a["size"], np.float32(a["k"]), np.float32(a["alpha"]), np.float32(a["beta"]))
         self.scale = np.zeros_like(self.y)  # (N, C, H, W) k + alpha*sum(a^2), for backward
+        work = self.y.size * a["size"]
+        self.workers = Workers(num_threads() if work >= PARALLEL_MIN_WORK else 1)
+        self.slices = [slice(lo, hi) for lo, hi in split(plan.batch, self.workers.n) if hi > lo]
 
     def forward(self, train):
-        lrn.lrn_forward(self.x[0], self.y, self.scale, *self.args)
+        x, y, s = self.x[0], self.y, self.scale
+        self.workers.run(lrn.lrn_forward, [(x[b], y[b], s[b], *self.args) for b in self.slices])
 
     def backward(self):
         if self.dx[0] is not None:
-            lrn.lrn_backward(self.dy, self.x[0], self.y, self.scale, self.dx[0], *self.args)
+            x, y, s, dy, dx = self.x[0], self.y, self.scale, self.dy, self.dx[0]
+            jobs = [(dy[b], x[b], y[b], s[b], dx[b], *self.args) for b in self.slices]
+            self.workers.run(lrn.lrn_backward, jobs)
 
 
 class DropoutRunner(Runner):

@@ -67,7 +67,7 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(nogil=True)
 def lrn_forward(x, y, scale, n, k, alpha, beta):
     """x: (N, C, H, W) f32; y: (N, C, H, W) f32 out; scale: (N, C, H, W) f32 out (S, for backward).
 
@@ -95,7 +95,7 @@ def lrn_forward(x, y, scale, n, k, alpha, beta):
                 y3[b, c, p] = x3[b, c, p] * s**nb32
 
 
-@kernel
+@kernel(nogil=True)
 def lrn_backward(dy, x, y, scale, dx, n, k, alpha, beta):
     """dy, x, y, scale: (N, C, H, W) f32 (scale from lrn_forward); dx: (N, C, H, W) f32 out.
 
