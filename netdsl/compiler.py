@@ -108,9 +108,9 @@ class CompiledNet:
             for src in lyr.inputs:
                 consumers[src].append(lyr.name)
         self.consumers = consumers
-        # gradient of each layer's output; the input layer needs none
-        self.dout = {lyr.name: np.zeros((n, *lyr.out_shape), np.float32)
-                     for lyr in self.net.layers if lyr.type not in ("input",)}  # fmt: skip
+        # gradient of each layer's output (the input layer needs none), sharing memory
+        # between gradients whose lifetimes in the backward pass do not overlap
+        self.dout = gradient_buffers(self.net, consumers, n)
 
     def _scratch_like(self, buf):
         """A zeroed buffer like `buf` for fan-out accumulation (device arrays on CUDA)."""
@@ -278,9 +278,48 @@ class CompiledNet:
                   for d in r.dx]  # fmt: skip
             lines.append(f"  {lyr.name:18} {type(r).__name__:16} out {tuple(r.y.shape)} "
                          f"dx {dx}")  # fmt: skip
-        nbytes = sum(b.nbytes for b in self.out.values()) + sum(b.nbytes for b in self.dout.values())
+        bases = {id(b.base if b.base is not None else b): (b.base if b.base is not None else b)
+                 for b in self.dout.values()}  # fmt: skip
+        nbytes = sum(b.nbytes for b in self.out.values()) + sum(b.nbytes for b in bases.values())
         lines.append(f"  activation + gradient buffers: {nbytes / 2**20:.2f} MiB")
         return "\n".join(lines)
+
+
+def gradient_buffers(net: Network, consumers: dict[str, list[str]],
+                     batch: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """Output-gradient buffers, (N, C, H, W) views into as few flat arrays as lifetimes allow.
+
+    The backward pass visits layers in reverse. dout[L] is first written when the first of
+    L's consumers (in that reverse order) runs its backward, and last read by L's own
+    backward; two gradients whose intervals do not overlap can share memory. Every backward
+    kernel overwrites its outputs, so a reused buffer needs no clearing. A layer nobody
+    consumes (a dead end) keeps a private zero buffer: its backward must see dy = 0.
+    """
+    free: list[np.ndarray] = []  # flat float32 arrays not in use at this point
+    dout: dict[str, np.ndarray] = {}
+    arena: dict[str, np.ndarray] = {}  # layer -> the flat array its view lives in
+
+    def take(name: str) -> None:
+        shape = (batch, *net.layer(name).out_shape)
+        size = int(np.prod(shape))
+        fits = [b for b in free if b.size >= size]
+        flat = min(fits, key=lambda b: b.size) if fits else np.zeros(size, np.float32)
+        if fits:
+            del free[next(i for i, b in enumerate(free) if b is flat)]
+        arena[name] = flat
+        dout[name] = flat[:size].reshape(shape)
+
+    for lyr in reversed(net.layers):
+        if lyr.type == "input":
+            continue
+        if lyr.name not in dout:  # nothing writes it: a dead end, or the loss itself
+            dout[lyr.name] = np.zeros((batch, *lyr.out_shape), np.float32)
+        for src in lyr.inputs:  # this backward writes them: their lifetimes start here
+            if src not in dout and net.layer(src).type != "input":
+                take(src)
+        if lyr.name in arena:  # this backward was the last reader of dout[lyr]
+            free.append(arena.pop(lyr.name))
+    return dout
 
 
 def _table_masks(net: Network) -> dict[str, np.ndarray]:

@@ -183,3 +183,52 @@ def test_whole_net_matches_pytorch(path):
     assert abs(loss - t_loss.item()) < 1e-4 * max(1.0, abs(t_loss.item()))
     for k in grads:
         assert_close(grads[k], tg[k], 1e-4, k)
+
+
+def _base(a: np.ndarray) -> np.ndarray:
+    return a.base if a.base is not None else a
+
+
+def test_gradient_buffers_share_memory_only_between_disjoint_lifetimes():
+    from netdsl.compiler import gradient_buffers
+
+    net = netdsl.load("nets/resnet18.net")
+    consumers = {lyr.name: [] for lyr in net.layers}
+    for lyr in net.layers:
+        for src in lyr.inputs:
+            consumers[src].append(lyr.name)
+    dout = gradient_buffers(net, consumers, 1)
+    rev = {lyr.name: i for i, lyr in enumerate(reversed(net.layers))}
+    # live from the first consumer's backward (reverse order) to the layer's own backward
+    life = {n: (min(rev[c] for c in cs), rev[n])
+            for n, cs in consumers.items() if cs and n != net.input.name}  # fmt: skip
+    names = list(life)
+    shared = 0
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if _base(dout[a]) is _base(dout[b]):
+                shared += 1
+                (a0, a1), (b0, b1) = life[a], life[b]
+                assert a1 < b0 or b1 < a0, (a, life[a], b, life[b])
+    assert shared > 0
+    total = sum(v.nbytes for v in dout.values())
+    unique = sum({id(_base(v)): _base(v).nbytes for v in dout.values()}.values())
+    assert unique < 0.6 * total  # measured 10.4 of 22.6 MiB per image
+
+
+def test_a_dead_end_branch_gets_zero_gradient():
+    src = """
+        input image: 2x6x6
+        conv c1: 3 filters 3x3, relu
+        conv unused(c1): 4 filters 1x1
+        fc   out(c1): 3
+        loss cross_entropy
+    """
+    cn = CompiledNet(netdsl.loads(src, "dead.net"), batch=3)
+    x, y = data(cn)
+    cn.loss_and_grads(x, y)  # once, so a reused buffer would hold old values
+    loss, grads = cn.loss_and_grads(x, y)
+    ref_loss, ref = reference.loss_and_grads(cn.net, cn.params, x.astype(np.float64), y)
+    assert np.all(grads["unused.weight"] == 0)
+    for k in grads:
+        assert_close(grads[k], ref[k], 1e-4, k)
