@@ -197,7 +197,8 @@ class CompiledNet:
                 raise KeyError(f"missing parameters: {sorted(missing)}")
 
     # ---- running
-    def _load_input(self, x: np.ndarray) -> int:
+    def _checked_input(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """x as float32 (N, C, H, W) with N <= the compiled batch, and N."""
         x = np.asarray(x, np.float32)
         shape = self.net.input.out_shape
         if x.ndim != 4 or tuple(x.shape[1:]) != shape:
@@ -205,6 +206,10 @@ class CompiledNet:
         n = x.shape[0]
         if n > self.batch:
             raise ValueError(f"batch of {n} is larger than the compiled batch {self.batch}")
+        return x, n
+
+    def _load_input(self, x: np.ndarray) -> int:
+        x, n = self._checked_input(x)
         buf = self.out[self.net.input.name]
         buf[:n] = x
         if n < self.batch:

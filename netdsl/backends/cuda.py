@@ -429,13 +429,7 @@ class CudaNet(CompiledNet):
 
     # ---- host <-> device
     def _load_input(self, x: np.ndarray) -> int:
-        x = np.asarray(x, np.float32)
-        shape = self.net.input.out_shape
-        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
-            raise ValueError(f"input must be (N, {', '.join(map(str, shape))}), got {x.shape}")
-        n = x.shape[0]
-        if n > self.batch:
-            raise ValueError(f"batch of {n} is larger than the compiled batch {self.batch}")
+        x, n = self._checked_input(x)
         self._x_host[:n] = x
         self._x_host[n:] = 0.0
         self.out[self.net.input.name].copy_to_device(self._x_host)
