@@ -57,7 +57,8 @@ def bench_file(path: str, batch: int | None = None, iters: int = 20, device: str
              f"{'layer':20} {'type':10} {'forward ms':>11} {'backward ms':>12}"]  # fmt: skip
     for r in cnet.runners:
         n = r.layer.name
-        lines.append(f"{n:20} {r.layer.type:10} {1e3 * med(fwd[n]):11.3f} {1e3 * med(bwd[n]):12.3f}")
+        f_ms, b_ms = 1e3 * med(fwd[n]), 1e3 * med(bwd[n])
+        lines.append(f"{n:20} {r.layer.type:10} {f_ms:11.3f} {b_ms:12.3f}")
     total_f = sum(med(v) for v in fwd.values())
     total_b = sum(med(v) for v in bwd.values())
     step = med(steps)

@@ -56,7 +56,7 @@ class Data:
 
 
 def prepare_data(net: Network, spec: str | None = None, limit: int | None = None) -> Data:
-    """Load the dataset named in the train section (or `spec`), normalised and fitted to the input."""
+    """Load the dataset of the train section (or `spec`), normalised and fitted to the input."""
     t = net.train
     base = Path(net.file).parent
     if not (spec or t["data"]):
