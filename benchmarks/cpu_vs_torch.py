@@ -57,8 +57,12 @@ def worker(engine: str, net_path: str, batch: int, steps: int, threads: int) -> 
         for p in model.parameters():
             torch.nn.init.normal_(p, 0.0, 0.05)
         o = net.train["optimizer"]
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=o.get("momentum", 0.9),
-                              weight_decay=o.get("weight_decay", 0.0))
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=0.01,
+            momentum=o.get("momentum", 0.9),
+            weight_decay=o.get("weight_decay", 0.0),
+        )
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         model.train()
 
@@ -83,10 +87,28 @@ def run_worker(engine, net, batch, steps, threads, cache_dir) -> dict:
     # netdsl's conv layers bring their own threads and run BLAS on one (as `netdsl train`
     # does); PyTorch gets the same number of threads through torch.set_num_threads
     blas = "1" if engine == "netdsl" else str(threads)
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=blas,
-               OPENBLAS_NUM_THREADS=blas, MKL_NUM_THREADS=blas, NUMBA_CACHE_DIR=cache_dir)
-    cmd = [sys.executable, __file__, "--worker", engine, "--net", net, "--batch", str(batch),
-           "--steps", str(steps), "--threads", str(threads)]
+    env = dict(
+        os.environ,
+        NUMBA_NUM_THREADS=str(threads),
+        OMP_NUM_THREADS=blas,
+        OPENBLAS_NUM_THREADS=blas,
+        MKL_NUM_THREADS=blas,
+        NUMBA_CACHE_DIR=cache_dir,
+    )
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        engine,
+        "--net",
+        net,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{engine} worker failed:\n{out.stderr}")
@@ -120,11 +142,15 @@ def main() -> None:
                     if eng == "netdsl":
                         firsts.append(r["first_batch_s"])
         nd, pt = statistics.median(res["netdsl"]), statistics.median(res["torch"])
-        print(f"{name:8} netdsl {nd:10,.0f} img/s   torch {pt:10,.0f} img/s   "
-              f"ratio {nd / pt:5.2f}   netdsl first batch: cold {cold:.1f}s, "
-              f"warm {statistics.median(firsts):.2f}s")
-        print(f"         runs netdsl {[round(v) for v in res['netdsl']]}  "
-              f"torch {[round(v) for v in res['torch']]}")
+        print(
+            f"{name:8} netdsl {nd:10,.0f} img/s   torch {pt:10,.0f} img/s   "
+            f"ratio {nd / pt:5.2f}   netdsl first batch: cold {cold:.1f}s, "
+            f"warm {statistics.median(firsts):.2f}s"
+        )
+        print(
+            f"         runs netdsl {[round(v) for v in res['netdsl']]}  "
+            f"torch {[round(v) for v in res['torch']]}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def loads(text: str, name: str = "<string>") -> Network:
     return run_passes(elaborate(parse_source(Source(name, text))))
 
 
-def compile(path: str | Path, device: str = "cpu", batch: int | None = None, seed: int = 0,
-            **kwargs):  # noqa: A001 - the public name the issue asks for
+def compile(
+    path: str | Path, device: str = "cpu", batch: int | None = None, seed: int = 0, **kwargs
+):  # noqa: A001 - the public name the issue asks for
     """Compile a `.net` file into a runnable network (see netdsl.compiler.CompiledNet)."""
     from .compiler import compile_network
 

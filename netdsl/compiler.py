@@ -237,8 +237,11 @@ class CompiledNet:
     def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
         """Forward and backward in train mode on a full batch; gradients land in self.grad."""
         if self.loss_runner is None:
-            raise NetError("the network has no loss layer, so it cannot be trained",
-                           self.net.layers[-1].loc, "end the network with: loss cross_entropy")
+            raise NetError(
+                "the network has no loss layer, so it cannot be trained",
+                self.net.layers[-1].loc,
+                "end the network with: loss cross_entropy",
+            )
         n = self._load_input(x)
         if n != self.batch:
             raise ValueError(f"training needs full batches of {self.batch}, got {n}")

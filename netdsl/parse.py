@@ -221,9 +221,7 @@ class _Builder:
             return ast.BlockDef(str(name), params, tuple(self.stmts(body.children)), self.loc(name))
         if rule == "repeat":
             self.brace_alone(ch[1])
-            return ast.RepeatStmt(
-                self.value(ch[0]), tuple(self.stmts(ch[1].children)), self.loc(t)
-            )
+            return ast.RepeatStmt(self.value(ch[0]), tuple(self.stmts(ch[1].children)), self.loc(t))
         if rule == "train":
             self.brace_alone(t)
             settings = tuple(

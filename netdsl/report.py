@@ -106,8 +106,11 @@ def totals(net: Network, batch: int | None = None) -> dict[str, Any]:
     if net.gpus > 1:
         out["gpus"] = net.gpus
         out["per_gpu"] = [
-            {"gpu": i, "params": d["params"],
-             "activation_bytes_per_image": d["activations"] * BYTES}  # fmt: skip
+            {
+                "gpu": i,
+                "params": d["params"],
+                "activation_bytes_per_image": d["activations"] * BYTES,
+            }  # fmt: skip
             for i, d in enumerate(per_gpu(net))
         ]
         out["exchange_bytes_per_step"] = exchange_bytes(net, batch)
@@ -193,8 +196,10 @@ def summary_text(net: Network, batch: int | None = None) -> str:
     if multi:
         out.append(f"GPUs                       {net.gpus:>16}")
         for d in t["per_gpu"]:
-            out.append(f"  gpu {d['gpu']}: {d['params']:>14,} params, "
-                       f"{human_bytes(d['activation_bytes_per_image'])} activations per image")
+            out.append(
+                f"  gpu {d['gpu']}: {d['params']:>14,} params, "
+                f"{human_bytes(d['activation_bytes_per_image'])} activations per image"
+            )
         out.append(f"exchanged between GPUs     {human_bytes(t['exchange_bytes_per_step']):>16}"
                    f"   per training step ({t['exchange_bytes_per_step']:,} bytes; "
                    f"⇄ marks the layers)")  # fmt: skip
@@ -203,6 +208,7 @@ def summary_text(net: Network, batch: int | None = None) -> str:
 
 def graph_dot(net: Network) -> str:
     """Graphviz DOT: one node per layer with its shape; GPU groups as clusters."""
+
     def q(s: str) -> str:
         return '"' + s.replace('"', '\\"') + '"'
 

@@ -268,6 +268,8 @@ class Schema:
 
 
 _ACT_FLAGS = {a: ("activation", (a, 0.0)) for a in ACTIVATIONS if a != "leaky"}
+
+
 def read_activation(items, key, at):
     it = _need(items, key, at, "an activation: " + ", ".join(ACTIVATIONS))
     if it.kind == "word" and it.value in ACTIVATIONS:
@@ -343,15 +345,20 @@ LAYERS: dict[str, Schema] = {
         positional_dims="kernel",
     ),
     "fc": Schema(
-        {"outputs": Opt(read_int(), REQUIRED), "bias": Opt(read_bool, True), **_ACT_OPTS,
-         **_LEARN_OPTS},
+        {
+            "outputs": Opt(read_int(), REQUIRED),
+            "bias": Opt(read_bool, True),
+            **_ACT_OPTS,
+            **_LEARN_OPTS,
+        },
         flags=_ACT_FLAGS,
         postfix=("outputs",),
         positional_num="outputs",
     ),
     "act": Schema({**_ACT_OPTS}, flags=_ACT_FLAGS),
-    "maxout": Schema({"pieces": Opt(read_int(lo=2), REQUIRED)}, postfix=("pieces",),
-                     positional_num="pieces"),
+    "maxout": Schema(
+        {"pieces": Opt(read_int(lo=2), REQUIRED)}, postfix=("pieces",), positional_num="pieces"
+    ),
     "lrn": Schema(
         {
             "size": Opt(read_int(), 5),
@@ -360,8 +367,9 @@ LAYERS: dict[str, Schema] = {
             "beta": Opt(read_float(lo=0.0), 0.75),
         }
     ),
-    "dropout": Schema({"p": Opt(read_float(lo=0.0, hi=1.0, open_hi=True), 0.5)},
-                      positional_num="p"),
+    "dropout": Schema(
+        {"p": Opt(read_float(lo=0.0, hi=1.0, open_hi=True), 0.5)}, positional_num="p"
+    ),
     "bn": Schema(
         {
             "eps": Opt(read_float(lo=0.0), 1e-5),
@@ -483,8 +491,11 @@ def _slot_value(schema: Schema, key: str, val: Item) -> Any:
     words = [w for w, (k, _) in schema.flags.items() if k == key]
     if val.kind == "word" and val.value in words:
         return schema.flags[val.value][1]
-    raise NetError(f"'{key}' expects one of: {', '.join(words) or 'a size'}; found "
-                   f"{val.describe()}", val.loc, did_you_mean(str(val.value), words))
+    raise NetError(
+        f"'{key}' expects one of: {', '.join(words) or 'a size'}; found {val.describe()}",
+        val.loc,
+        did_you_mean(str(val.value), words),
+    )
 
 
 def _opt(ltype: str, schema: Schema, key: str, loc: Location, known: list[str]) -> Opt:

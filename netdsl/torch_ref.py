@@ -59,8 +59,14 @@ def build(net: Network):
                     w_ = self.param(lyr.name, "weight")
                     if lyr.name in self.masks:
                         w_ = w_ * self.masks[lyr.name]
-                    y = F.conv2d(F.pad(ins[0], (pl, pr, pt, pb)), w_, self.param(lyr.name, "bias"),
-                                 stride=a["stride"], dilation=a["dilation"], groups=a["groups"])
+                    y = F.conv2d(
+                        F.pad(ins[0], (pl, pr, pt, pb)),
+                        w_,
+                        self.param(lyr.name, "bias"),
+                        stride=a["stride"],
+                        dilation=a["dilation"],
+                        groups=a["groups"],
+                    )
                     y = y[:, :, :ho, :wo]
                 elif t == "pool":
                     y = _pool(ins[0], a, F, torch)
@@ -70,8 +76,11 @@ def build(net: Network):
                     wt, b = self.param(lyr.name, "weight"), self.param(lyr.name, "bias")
                     y = ssum * wt.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
                 elif t == "fc":
-                    y = F.linear(ins[0].flatten(1), self.param(lyr.name, "weight"),
-                                 self.param(lyr.name, "bias")).view(x.shape[0], -1, 1, 1)
+                    y = F.linear(
+                        ins[0].flatten(1),
+                        self.param(lyr.name, "weight"),
+                        self.param(lyr.name, "bias"),
+                    ).view(x.shape[0], -1, 1, 1)
                 elif t == "act":
                     y = ins[0]
                 elif t == "maxout":
@@ -79,16 +88,24 @@ def build(net: Network):
                     n, c, h, w = ins[0].shape
                     y = ins[0].view(n, c // k, k, h, w).max(dim=2).values
                 elif t == "lrn":  # ours: alpha not divided by n; torch divides by size
-                    y = F.local_response_norm(ins[0], a["size"], alpha=a["alpha"] * a["size"],
-                                              beta=a["beta"], k=a["k"])
+                    y = F.local_response_norm(
+                        ins[0], a["size"], alpha=a["alpha"] * a["size"], beta=a["beta"], k=a["k"]
+                    )
                 elif t == "dropout":
                     y = F.dropout(ins[0], a["p"], self.training)
                 elif t == "bn":
                     rm = getattr(self, f"{lyr.name}__rm".replace(".", "_"))
                     rv = getattr(self, f"{lyr.name}__rv".replace(".", "_"))
-                    y = F.batch_norm(ins[0], rm, rv, self.param(lyr.name, "weight"),
-                                     self.param(lyr.name, "bias"), self.training, a["momentum"],
-                                     a["eps"])
+                    y = F.batch_norm(
+                        ins[0],
+                        rm,
+                        rv,
+                        self.param(lyr.name, "weight"),
+                        self.param(lyr.name, "bias"),
+                        self.training,
+                        a["momentum"],
+                        a["eps"],
+                    )
                 elif t == "softmax":
                     y = F.softmax(ins[0], dim=1)
                 elif t == "flatten":
@@ -115,7 +132,8 @@ def build(net: Network):
                     if pname in ("running_mean", "running_var"):
                         suffix = "rm" if pname == "running_mean" else "rv"
                         getattr(self, f"{layer}__{suffix}".replace(".", "_")).copy_(
-                            torch.from_numpy(np.asarray(v)))
+                            torch.from_numpy(np.asarray(v))
+                        )
                     else:
                         self.param(layer, pname).copy_(torch.from_numpy(np.asarray(v)))
 
@@ -127,8 +145,11 @@ def build(net: Network):
             return 0.5 * ((scores - onehot) ** 2).sum(dim=1).mean()
 
         def grads_numpy(self) -> dict[str, np.ndarray]:
-            return {k.replace("__", "."): p.grad.detach().numpy().copy()
-                    for k, p in self.p.items() if p.grad is not None}
+            return {
+                k.replace("__", "."): p.grad.detach().numpy().copy()
+                for k, p in self.p.items()
+                if p.grad is not None
+            }
 
     return Model()
 

@@ -24,8 +24,13 @@ DEFAULTS: dict[str, Any] = {
     "batch": 64,
     "epochs": 1,
     "seed": 0,
-    "optimizer": {"kind": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
-                  "nesterov": False},  # fmt: skip
+    "optimizer": {
+        "kind": "sgd",
+        "lr": 0.01,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+    },  # fmt: skip
     "schedule": {"kind": "constant"},
     "init": {"weight": {"kind": "he"}, "bias": {"kind": "constant", "value": 0.0}},
     "normalize": None,  # {"mean": [...], "std": [...]} or None for x/255
@@ -45,11 +50,17 @@ def _single(items: list[Item], key: str, at: Location) -> Item:
 def _data(items, key, at):
     it = _single(items, key, at)
     if it.kind == "word" and it.value == "cifar10":
-        raise NetError("CIFAR-10 is not shipped; say where its binary batches are", it.loc,
-                       'write data cifar10("cifar-10-batches-bin")')
+        raise NetError(
+            "CIFAR-10 is not shipped; say where its binary batches are",
+            it.loc,
+            'write data cifar10("cifar-10-batches-bin")',
+        )
     if it.kind == "word" and it.value != "mnist":
-        raise NetError(f"unknown dataset '{it.value}'", it.loc,
-                       'use mnist, cifar10("DIR") or a "path" in quotes')
+        raise NetError(
+            f"unknown dataset '{it.value}'",
+            it.loc,
+            'use mnist, cifar10("DIR") or a "path" in quotes',
+        )
     if it.kind in ("word", "str"):
         return it.value
     if it.kind == "call" and it.value[0] == "cifar10" and len(it.value[1]) == 1:
@@ -187,8 +198,11 @@ def read_train(stmt: ast.TrainStmt | None, env: dict[str, Any] | None = None) ->
     for s in stmt.settings:
         key = ALIASES.get(s.key, s.key)
         if key not in SETTINGS:
-            raise NetError(f"unknown train setting '{s.key}'", s.loc,
-                           did_you_mean(s.key, SETTINGS) or "settings: " + ", ".join(SETTINGS))
+            raise NetError(
+                f"unknown train setting '{s.key}'",
+                s.loc,
+                did_you_mean(s.key, SETTINGS) or "settings: " + ", ".join(SETTINGS),
+            )
         if key in locs:
             raise NetError(f"train setting '{key}' is given twice", s.loc,
                            notes=(("first given here", locs[key]),))  # fmt: skip

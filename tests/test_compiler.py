@@ -102,8 +102,9 @@ def test_compiled_matches_reference(name):
     cn = compiled(name)
     x, y = data(cn)
     loss, grads = cn.loss_and_grads(x, y)
-    ref_loss, ref_grads = reference.loss_and_grads(cn.net, cn.params, x.astype(np.float64), y,
-                                                   dropout_masks(cn), cn.masks)
+    ref_loss, ref_grads = reference.loss_and_grads(
+        cn.net, cn.params, x.astype(np.float64), y, dropout_masks(cn), cn.masks
+    )
     assert abs(loss - ref_loss) <= 1e-4 * max(1.0, abs(ref_loss))
     assert set(grads) == set(ref_grads)
     for k in grads:

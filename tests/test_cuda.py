@@ -579,9 +579,7 @@ def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
     without the simulator (netdsl/backends/cuda_ptx.py). Needs the nvidia-nvvm and
     nvidia-cuda-nvrtc wheels (the `ptx` extra), not a GPU."""
     if not _nvvm_available():
-        pytest.skip(
-            "NVVM / NVRTC libraries not installed (pip install '.[ptx]')"
-        )
+        pytest.skip("NVVM / NVRTC libraries not installed (pip install '.[ptx]')")
     with cudakit.recording() as rec:
         sources = [NETS[name] for name in ("grouped", "lenet_table", "dag", "dropout")]
         for src in [*sources, GROUPED.replace("GPUS", "2")]:  # the last one split over 2 GPUs

@@ -151,8 +151,13 @@ class ActRunner(Runner):
 
     def backward(self):
         if self.dx[0] is not None:
-            activation.act_backward(self.dy.reshape(-1), self.y.reshape(-1),
-                                    self.dx[0].reshape(-1), self.act_code, self.act_slope)
+            activation.act_backward(
+                self.dy.reshape(-1),
+                self.y.reshape(-1),
+                self.dx[0].reshape(-1),
+                self.act_code,
+                self.act_slope,
+            )
 
 
 class MaxoutRunner(Runner):

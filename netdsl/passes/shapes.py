@@ -32,9 +32,12 @@ def infer_shapes(net: Network) -> Network:
         if any(d < 1 for d in out):
             raise layer.error(f"{layer.name}: output shape {fmt(out)} is empty")
         if out[0] * out[1] * out[2] > MAX_ELEMENTS or layer.n_params > MAX_ELEMENTS:
-            raise layer.error(f"{layer.name}: output {fmt(out)} or its {layer.n_params:,} "
-                              f"parameters exceed {MAX_ELEMENTS:,} elements per image",
-                              None, "is a size or a number of filters mistyped?")
+            raise layer.error(
+                f"{layer.name}: output {fmt(out)} or its {layer.n_params:,} "
+                f"parameters exceed {MAX_ELEMENTS:,} elements per image",
+                None,
+                "is a size or a number of filters mistyped?",
+            )
         layer.out_shape = out
         shapes[layer.name] = out
     return net
@@ -148,8 +151,10 @@ def _pool(layer: Layer) -> Shape:
         if floor_hw != ceil_hw:
             raise layer.error(
                 f"{layer.name}: output is {fmt(floor_hw)} with floor rounding and "
-                f"{fmt(ceil_hw)} with ceil rounding; say which", None,
-                "add `ceil` (Caffe, cuda-convnet) or `floor` (Darknet, PyTorch's default)")
+                f"{fmt(ceil_hw)} with ceil rounding; say which",
+                None,
+                "add `ceil` (Caffe, cuda-convnet) or `floor` (Darknet, PyTorch's default)",
+            )
         a["round"] = "floor"
     ho, wo = floor_hw if a["round"] == "floor" else ceil_hw
     a["pad_tl"], a["out_hw"] = (ph, pw), (ho, wo)
@@ -290,8 +295,11 @@ def _check_train_vs_input(net: Network) -> None:
         if a["kind"] == "crop":
             size = a["size"] if isinstance(a["size"], (list, tuple)) else (a["size"], a["size"])
             if tuple(size) != (h, w):
-                raise NetError(f"crop({fmt(size)}) must give the input size {h}x{w}",
-                               t.locs.get("augment"), f"write crop({h})" if h == w else None)
+                raise NetError(
+                    f"crop({fmt(size)}) must give the input size {h}x{w}",
+                    t.locs.get("augment"),
+                    f"write crop({h})" if h == w else None,
+                )
     norm = t["normalize"]
     if norm:
         for k in ("mean", "std"):

@@ -99,8 +99,10 @@ def cmd_train(args) -> int:
                      comm=comm)  # fmt: skip
     err = r.get("test_err", r.get("val_err"))
     if err is not None and comm.is_root:
-        print(f"done: test accuracy {100 * (1 - err):.2f}% after {r['epoch']} epochs, "
-              f"{r['wall_seconds']:.1f}s; checkpoint {r['out']}/checkpoint.npz")
+        print(
+            f"done: test accuracy {100 * (1 - err):.2f}% after {r['epoch']} epochs, "
+            f"{r['wall_seconds']:.1f}s; checkpoint {r['out']}/checkpoint.npz"
+        )
     return 0
 
 

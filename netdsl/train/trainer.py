@@ -299,9 +299,14 @@ class Trainer:
                 self.history.append(last)
                 self.save()  # before the metrics line: a resumed run never repeats a line
                 metrics.write(last)
-                summary = {"loss": last["train_loss"], "train_err": last["train_err"],
-                           "test_err": ev["top1_error"], "lr": lr,
-                           "images_per_s": last["images_per_s"], "seconds": train_time}
+                summary = {
+                    "loss": last["train_loss"],
+                    "train_err": last["train_err"],
+                    "test_err": ev["top1_error"],
+                    "lr": lr,
+                    "images_per_s": last["images_per_s"],
+                    "seconds": train_time,
+                }
                 if self.data.test_name == "val":
                     summary["val_err"] = summary.pop("test_err")
                 bar.close(summary)
@@ -332,7 +337,8 @@ class Trainer:
                  else "no checkpoint was written yet")  # fmt: skip
         raise TrainingDiverged(
             f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} (learning rate "
-            f"{lr:g}); training stopped. {where}. Try a smaller learning rate (--lr).")
+            f"{lr:g}); training stopped. {where}. Try a smaller learning rate (--lr)."
+        )
 
 
 class _NoMetrics:
