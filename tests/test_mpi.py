@@ -283,3 +283,38 @@ def test_a_foreign_launcher_is_reported_not_run_as_independent_ranks(tiny):
     assert p.returncode == 2, p.stdout + p.stderr
     assert "launched as one of 2 ranks, but MPI's COMM_WORLD has 1" in p.stderr
     assert not (tiny / "foreign").exists()
+
+
+BN_NET = """
+network tiny_bn
+input image: 1x8x8
+conv c1: 4 filters 3x3, pad 1
+bn   b1: relu
+pool p1: max 2x2, stride 2
+fc   out: 3
+loss cross_entropy
+
+train {
+  data "train.npz,test.npz"
+  batch 16
+  epochs 1
+  optimizer sgd(lr=0.1, momentum=0.9)
+}
+"""
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_two_ranks_on_the_cuda_backend_match_two_ranks_on_the_cpu(tiny):
+    """Gradients and batch-norm statistics held on the device go through the host copy
+    path (the simulator's device arrays included) and give the CPU's weights."""
+    (tiny / "tiny.net").write_text(BN_NET)
+    cpu, _ = train(tiny, "cpu", 2)
+    assert cpu.returncode == 0, cpu.stdout + cpu.stderr
+    gpu, _ = train(tiny, "gpu", 2, "--device", "cuda", NUMBA_ENABLE_CUDASIM="1")
+    assert gpu.returncode == 0, gpu.stdout + gpu.stderr
+    a, _ = load_checkpoint(tiny / "cpu" / "checkpoint.npz")
+    b, _ = load_checkpoint(tiny / "gpu" / "checkpoint.npz")
+    for k in a:
+        if k.startswith(("param.", "state.")):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)

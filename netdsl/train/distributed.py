@@ -33,7 +33,7 @@ stops every rank. Test hook: with ``NETDSL_TEST_FAIL_RANK=R`` in the environment
 rank ``R`` of a multi-rank run raises an error at its first gradient exchange (the
 tests use it to check that a failure stops all ranks promptly); it is read only here.
 
-GPU hook (the CUDA backend is not in this build): a device array (one with
+On the CUDA backend, a device array (one with
 ``__cuda_array_interface__``) goes through a pinned host buffer (copy to host,
 collective, copy back) unless ``--cuda-aware-mpi`` says the MPI library takes device
 pointers, in which case the device buffer is handed to MPI directly.
@@ -195,9 +195,36 @@ class Communicator:
     def describe(self) -> str:
         return "single process"
 
+    @property
+    def local_rank(self) -> int:
+        """This rank's index among the ranks on the same machine (0 in one process)."""
+        return 0
+
+    def select_gpu(self) -> int | None:
+        """One rank per GPU: use GPU ``local_rank % GPUs`` of this machine (CUDA runs)."""
+        from numba import cuda
+
+        gpus = len(cuda.gpus)
+        if gpus == 0:
+            return None
+        index = self.local_rank % gpus
+        cuda.select_device(index)
+        return index
+
 
 class MPICommunicator(Communicator):
     """``mpi4py``'s COMM_WORLD (or ``comm``); ``cuda_aware``: hand device buffers to MPI."""
+
+    @property
+    def local_rank(self) -> int:
+        from mpi4py import MPI
+
+        # the ranks sharing this machine's memory, in rank order
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, self.rank)
+        try:
+            return local.Get_rank()
+        finally:
+            local.Free()
 
     kind = "mpi"
 
@@ -248,12 +275,17 @@ class MPICommunicator(Communicator):
     def average_state_(self, state: dict[str, np.ndarray]) -> None:
         if self.size == 1 or not state:
             return
-        flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in state.values()])
+        host = [v.copy_to_host() if _is_device_array(v) else v for v in state.values()]
+        flat = np.concatenate([np.asarray(h, np.float64).ravel() for h in host])
         self._sum(flat)
         flat /= self.size
         i = 0
         for v in state.values():
-            v[...] = flat[i : i + v.size].reshape(v.shape)
+            mean = flat[i : i + v.size].reshape(v.shape).astype(np.float32)
+            if _is_device_array(v):
+                v.copy_to_device(mean)
+            else:
+                v[...] = mean
             i += v.size
 
     def reduce_sums(self, values: Sequence[float]) -> np.ndarray:
@@ -317,7 +349,11 @@ class MPICommunicator(Communicator):
 
 
 def _is_device_array(buf: Any) -> bool:
-    return hasattr(buf, "__cuda_array_interface__") and not isinstance(buf, np.ndarray)
+    """A numba-cuda device array; the simulator's stand-ins have copy_to_host but no
+    __cuda_array_interface__, and must take the same (host-copy) path."""
+    if isinstance(buf, np.ndarray):
+        return False
+    return hasattr(buf, "__cuda_array_interface__") or hasattr(buf, "copy_to_host")
 
 
 @functools.cache

@@ -371,7 +371,7 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     >>> fit_file("nets/lenet5.net", epochs=1, out="runs/lenet5")  # doctest: +SKIP
     """
     from .. import load
-    from ..compiler import compile_network
+    from ..compiler import compile_network, resolve_device
 
     net = load(path)
     t = net.train
@@ -380,6 +380,8 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     if not comm.is_root:
         quiet, stream = True, NullStream()
     global_batch = batch or t["batch"]
+    if comm.size > 1 and resolve_device(device) == "cuda":
+        comm.select_gpu()  # one rank per GPU, before any device memory is allocated
     cnet = compile_network(net, device=device, batch=local_batch(global_batch, comm.size),
                            seed=seed)  # fmt: skip
     ds = prepare_data(net, data, limit=limit)
