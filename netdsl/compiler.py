@@ -250,7 +250,11 @@ class CompiledNet:
         for r in reversed(self.runners):
             r.backward()
             for scratch, dst in r.adds:
-                dst += scratch
+                self.accumulate_into(dst, scratch)
+        return self._step_loss(labels)
+
+    def _step_loss(self, labels: np.ndarray) -> float:
+        """The loss of the step just run (a backend may fetch it from its device)."""
         return float(self.loss_runner.value)
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..compiler import CompiledNet
-from ..errors import NetError
 from ..ir import Layer
 from ..ops import add, batchnorm, concat, dropout, loss, lrn, maxout, softmax
 from ..ops.activation import ACT_CODE, ActCUDA
@@ -455,22 +454,7 @@ class CudaNet(CompiledNet):
         y = self.out[last.name].copy_to_host()[:n]
         return y.reshape(n, -1) if last.out_shape[1:] == (1, 1) else y
 
-    def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
-        if self.loss_runner is None:
-            raise NetError(
-                "the network has no loss layer, so it cannot be trained",
-                self.net.layers[-1].loc,
-                "end the network with: loss cross_entropy",
-            )
-        n = self._load_input(x)
-        if n != self.batch:
-            raise ValueError(f"training needs full batches of {self.batch}, got {n}")
-        self.labels[:] = labels
-        self._forward(train=True)
-        for r in reversed(self.runners):
-            r.backward()
-            for scratch, dst in r.adds:
-                self.accumulate_into(dst, scratch)
+    def _step_loss(self, labels: np.ndarray) -> float:
         value, wrong, bad = self.loss_runner.op.stats.copy_to_host()  # the step's one download
         if bad:
             k = int(np.prod(self.loss_runner.layer.in_shapes[0]))
