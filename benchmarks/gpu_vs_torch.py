@@ -1,10 +1,11 @@
 """Training-step time of netdsl on CUDA versus PyTorch eager (cuDNN) on the same GPU.
 
 Each measurement runs in its own process on random data of the net's input shape; a step is
-forward + backward + SGD update. Every step is timed alone (the device synchronised before
-and after) and the median over the steps after a warm-up is reported. PyTorch runs twice,
-with TF32 off (IEEE float32, what netdsl computes) and on (cuDNN / cuBLAS may use TF32
-tensor cores), with cudnn.benchmark on. Reported per net: the medians, the ratios netdsl /
+forward + backward + SGD update; netdsl runs with its training step replayed as a CUDA graph
+(the default) and once more launching kernels one by one. Every step is timed alone (the
+device synchronised before and after) and the median over the steps after a warm-up is
+reported. PyTorch runs twice, with TF32 off (IEEE float32, what netdsl computes) and on
+(cuDNN / cuBLAS may use TF32 tensor cores), with cudnn.benchmark on. Reported per net: the medians, the ratios netdsl /
 PyTorch, and the achieved FLOP/s of netdsl's largest conv layers (forward, and backward
 data + weights) against the H100's 67 TFLOP/s float32 (non-tensor-core) peak.
 
@@ -127,7 +128,8 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
         step()
         first = time.perf_counter() - t_start
         med, times = _median_step(step, cnet.sync, warmup, steps)
-        extra = {"convs": conv_flops(cnet, warmup, max(2, steps // 2))}
+        extra = {"convs": conv_flops(cnet, warmup, max(2, steps // 2)),
+                 "graph_replays": cnet.step_graph.replays}  # fmt: skip
     else:
         import torch
 
@@ -168,10 +170,11 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
     }
 
 
-def run_worker(engine, net, batch, steps, tf32, split, dry) -> dict:
+def run_worker(engine, net, batch, steps, tf32, split, dry, graphs=True) -> dict:
     env = dict(os.environ)
     if dry:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
+    env["NETDSL_CUDA_GRAPHS"] = "1" if graphs else "0"  # the simulator replays a stand-in
     cmd = (
         [
             sys.executable,
@@ -216,9 +219,12 @@ def have_torch(cuda_needed: bool) -> bool:
     return bool(torch.cuda.is_available()) or not cuda_needed
 
 
-def report(name: str, nd: dict, torch_runs: dict[bool, dict | None]) -> list[str]:
+def report(name: str, nd: dict, eager: dict, torch_runs: dict[bool, dict | None]) -> list[str]:
     lines = [f"{name}: netdsl {nd['step_ms']:8.2f} ms/step ({nd['images_per_s']:,.0f} img/s, "
-             f"first step incl. compilation {nd['first_step_s']:.1f}s)"]  # fmt: skip
+             f"first step incl. compilation {nd['first_step_s']:.1f}s; CUDA graph replayed "
+             f"{nd['graph_replays']} steps)",
+             f"  netdsl without the graph {eager['step_ms']:8.2f} ms/step (kernels launched one "
+             f"by one; graph speed-up {eager['step_ms'] / nd['step_ms']:.2f}x)"]  # fmt: skip
     for tf32, r in torch_runs.items():
         if r is None:
             continue
@@ -279,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             nd = min(nd_runs, key=lambda r: r["step_ms"]) if a.runs > 1 else nd_runs[0]
             nd = dict(nd, step_ms=statistics.median(r["step_ms"] for r in nd_runs))
             nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
+            eager = run_worker("netdsl", path, batch, steps, False, a.split, a.dry_run, False)
             torch_runs: dict[bool, dict | None] = {False: None, True: None}
             if torch_ok:
                 for tf32 in (False, True):
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                           for _ in range(a.runs)]  # fmt: skip
                     torch_runs[tf32] = dict(rs[0], step_ms=statistics.median(
                         r["step_ms"] for r in rs))  # fmt: skip
-            print("\n".join(report(name, nd, torch_runs)))
+            print("\n".join(report(name, nd, eager, torch_runs)))
     return 0
 
 

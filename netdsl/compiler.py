@@ -246,12 +246,19 @@ class CompiledNet:
         if n != self.batch:
             raise ValueError(f"training needs full batches of {self.batch}, got {n}")
         self.labels[:] = labels
+        self._train_step()
+        return self._step_loss(labels)
+
+    def _train_step(self) -> None:
+        """Forward in train mode and backward over the loaded batch (a backend may replay it)."""
         self._forward(train=True)
+        self._backward()
+
+    def _backward(self) -> None:
         for r in reversed(self.runners):
             r.backward()
             for scratch, dst in r.adds:
                 self.accumulate_into(dst, scratch)
-        return self._step_loss(labels)
 
     def _step_loss(self, labels: np.ndarray) -> float:
         """The loss of the step just run (a backend may fetch it from its device)."""

@@ -15,7 +15,9 @@ epilogue (conv, fc, subsample, bn, add); their backward is one elementwise kerne
 scratch buffer, as on the CPU.
 
 Kernels queue on the default stream; a copy to the host waits for them. `sync()` waits
-explicitly (for timing).
+explicitly (for timing). Runners do their host work (uploads) in `prepare`, and only launch
+kernels in `forward` / `backward`, so from the second step on the training step's launches
+replay as one CUDA graph (netdsl/backends/cuda_graph.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..compiler import CompiledNet
 from ..ir import Layer
 from ..ops import add, batchnorm, concat, dropout, loss, lrn, maxout, softmax
 from ..ops.activation import ACT_CODE, ActCUDA
+from .cuda_graph import StepGraph
 
 
 def _cuda():
@@ -68,6 +71,10 @@ class Runner:
     has_dz = False  # runners whose backward needs dz = dy * act'(y) in a buffer of its own
     dx: list
     dy: object
+
+    def prepare(self, train: bool) -> None:
+        """Host work before the step's launches (uploads); forward and backward only launch,
+        so that a step can be captured as a CUDA graph (netdsl/backends/cuda_graph.py)."""
 
     def forward(self, train: bool) -> None:
         raise NotImplementedError
@@ -229,14 +236,17 @@ class DropoutRunner(Runner):
         self.mask = np.ones(self.y.shape, np.uint8)  # (N, C, H, W) host copy, 1 = kept
         self.mask_d = device_zeros(self.y.size, np.uint8)  # (N*C*H*W,) on the device
 
-    def forward(self, train):
+    def prepare(self, train):
         if train and self.p_drop > 0:
             self.mask = dropout.make_mask(self.plan.rng, self.y.shape, self.p_drop)
-            self.mask_d.copy_to_device(self.mask.reshape(-1))
-            self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
         else:
             self.mask = np.ones(self.y.shape, np.uint8)
-            self.mask_d.copy_to_device(self.mask.reshape(-1))
+        self.mask_d.copy_to_device(self.mask.reshape(-1))
+
+    def forward(self, train):
+        if train and self.p_drop > 0:
+            self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
+        else:
             self.copy.copy(self.x[0].reshape(-1), self.y.reshape(-1))
 
     def backward(self):
@@ -396,13 +406,24 @@ class CudaNet(CompiledNet):
     runner_table = RUNNERS
     backend_name = "CUDA"
 
-    def _allocate(self) -> None:
+    def _allocate_common(self) -> None:
+        """What every CUDA plan keeps on the device besides its layers' buffers."""
         cuda = _cuda()
         _simulator_speedup()
         n = self.batch
         self.theta = cuda.to_device(self.theta)  # (P,) initialised on the host, now on device
         self.grad = device_zeros(self.theta.size)  # (P,)
         self.state = {k: cuda.to_device(v) for k, v in self.state.items()}
+        self.labels_d = device_zeros(n, np.int64)  # (N,)
+        self._x_host = cuda.pinned_array((n, *self.net.input.out_shape), np.float32)
+        self._accumulators: dict[int, add.AddCUDA] = {}
+        self._wrong = 0  # top-1 errors of the last training step
+        self.step_graph = StepGraph()  # the train step's launches, replayed as a CUDA graph
+        self._replayed = False  # the last step was a graph replay
+
+    def _allocate(self) -> None:
+        self._allocate_common()
+        n = self.batch
         self.out = {lyr.name: device_zeros((n, *lyr.out_shape)) for lyr in self.net.layers}
         consumers: dict[str, list[str]] = {lyr.name: [] for lyr in self.net.layers}
         for lyr in self.net.layers:
@@ -411,10 +432,6 @@ class CudaNet(CompiledNet):
         self.consumers = consumers
         self.dout = {lyr.name: device_zeros((n, *lyr.out_shape))
                      for lyr in self.net.layers if lyr.type != "input"}  # fmt: skip
-        self.labels_d = device_zeros(n, np.int64)  # (N,)
-        self._x_host = cuda.pinned_array((n, *self.net.input.out_shape), np.float32)
-        self._accumulators: dict[int, add.AddCUDA] = {}
-        self._wrong = 0  # top-1 errors of the last training step
 
     def _scratch_like(self, buf):
         return device_zeros(buf.shape)
@@ -434,10 +451,28 @@ class CudaNet(CompiledNet):
         self.out[self.net.input.name].copy_to_device(self._x_host)
         return n
 
-    def _forward(self, train: bool) -> None:
+    def _prepare(self, train: bool) -> None:
+        """The step's uploads besides the batch: labels, dropout masks."""
         if train:
             self.labels_d.copy_to_device(np.ascontiguousarray(self.labels, np.int64))
+        for r in self.runners:
+            r.prepare(train)
+
+    def _launch_forward(self, train: bool) -> None:
         super()._forward(train)
+
+    def _forward(self, train: bool) -> None:
+        self._prepare(train)
+        self._launch_forward(train)
+
+    def _launch_train(self) -> None:
+        """Every launch of a training step, and nothing else (what a CUDA graph captures)."""
+        self._launch_forward(True)
+        self._backward()
+
+    def _train_step(self) -> None:
+        self._prepare(True)
+        self._replayed = self.step_graph.run(self._launch_train)
 
     def accumulate_into(self, dst, scratch) -> None:
         """dst += scratch on the device (fan-out gradients)."""

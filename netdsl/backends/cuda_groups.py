@@ -87,14 +87,13 @@ class _SliceDropout(single.DropoutRunner):
     lo: int
     hi: int
 
-    def forward(self, train):
+    def prepare(self, train):
         if train and self.p_drop > 0:
             whole = self.plan.parent.dropout_mask(self.full, self.p_drop)
             self.mask = np.ascontiguousarray(whole[:, self.lo : self.hi])
             self.mask_d.copy_to_device(self.mask.reshape(-1))
-            self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
         else:
-            super().forward(train)
+            super().prepare(train)
 
 
 class Move:
@@ -133,18 +132,11 @@ class GroupedCudaNet(CudaNet):
 
         g, n = self.net.gpus, self.batch
         self.gpus = g
-        single._simulator_speedup()
+        self._allocate_common()
         self.physical = len(cuda.gpus)
         say_once(f"gpus {g}: the {g} logical GPUs share physical GPU 0 ({self.physical} "
                  "present); maps and gradients still move between them only where the "
                  "placement model says, and are counted")  # fmt: skip
-        self.theta = cuda.to_device(self.theta)  # (P,) one flat buffer: one optimizer kernel
-        self.grad = device_zeros(self.theta.size)
-        self.state = {k: cuda.to_device(v) for k, v in self.state.items()}
-        self.labels_d = device_zeros(n, np.int64)
-        self._x_host = cuda.pinned_array((n, *self.net.input.out_shape), np.float32)
-        self._accumulators = {}
-        self._wrong = 0
         self.bytes_moved = 0  # between logical GPUs since the last step began (or reset)
         self._masks: dict[str, np.ndarray] = {}
         # per (layer, gpu): output and output-gradient buffers of the channels it owns
@@ -375,10 +367,11 @@ class GroupedCudaNet(CudaNet):
         if m.remote:
             self.bytes_moved += m.nbytes
 
-    def _forward(self, train: bool) -> None:
-        if train:
-            self.labels_d.copy_to_device(np.ascontiguousarray(self.labels, np.int64))
-        self._masks = {}
+    def _prepare(self, train: bool) -> None:
+        self._masks = {}  # each dropout layer's mask is drawn anew (once for all its shares)
+        super()._prepare(train)
+
+    def _launch_forward(self, train: bool) -> None:
         for lyr, shares in zip(self.net.layers, self.shares, strict=True):
             if lyr.type == "loss" and not train:
                 break
@@ -415,23 +408,13 @@ class GroupedCudaNet(CudaNet):
             self._accumulators[dst.size] = add.AddCUDA(dst.size)
         self._accumulators[dst.size].accumulate(dst.reshape(-1), src.reshape(-1))
 
-    def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
-        if self.loss_runner is None:
-            return super().step_grads(x, labels)  # raises the no-loss error
-        n = self._load_input(x)
-        if n != self.batch:
-            raise ValueError(f"training needs full batches of {self.batch}, got {n}")
-        self.labels[:] = labels
+    def _train_step(self) -> None:
         self.bytes_moved = 0
-        self._forward(train=True)
-        self._backward()
-        value, wrong, bad = self.loss_runner.op.stats.copy_to_host()
-        if bad:
-            k = int(np.prod(self.net.layers[-1].in_shapes[0]))
-            raise ValueError(f"labels must lie in [0, {k}), got "
-                             f"{np.min(labels)}..{np.max(labels)}")  # fmt: skip
-        self._wrong = int(wrong)
-        return float(value)
+        super()._train_step()
+        if self._replayed:  # a graph replay calls no _move: the count is the eager step's
+            self.bytes_moved = self._step_bytes
+        else:
+            self._step_bytes = self.bytes_moved
 
     def _gather_output(self) -> np.ndarray:
         """The last layer before the loss, whole, on the host: (N, C, H, W)."""

@@ -28,6 +28,7 @@ MAX_BLOCKS = 4096  # 1-D kernels loop grid-stride beyond this many blocks
 SIM_THREADS, SIM_MAX_BLOCKS = 32, 2
 
 _RECORD: list[tuple] | None = None  # launches recorded by `recording()`
+_CAPTURE: Callable[[Launch, tuple], None] | None = None  # receives launches in `capturing()`
 
 
 def simulator() -> bool:
@@ -67,6 +68,13 @@ class Launch:
         if _RECORD is not None:
             _RECORD.append((self.factory.__module__, self.factory.__name__, self.cfg, self.name,
                             tuple(_describe(a) for a in args)))  # fmt: skip
+        if _CAPTURE is not None:  # a step being captured: the launch goes into the graph
+            _CAPTURE(self, args)
+            return
+        self.run(*args)
+
+    def run(self, *args: Any) -> None:
+        """Launch now on the default stream (what a call does outside a capture)."""
         if self.configured is None:
             self.kernel[self.grid, self.block](*args)
         else:
@@ -97,6 +105,22 @@ def recording() -> Iterator[list[tuple]]:
         yield _RECORD
     finally:
         _RECORD = old
+
+
+@contextlib.contextmanager
+def capturing(sink: Callable[[Launch, tuple], None]) -> Iterator[None]:
+    """Within the block, every Launch call goes to sink(launch, args) instead of running.
+
+    netdsl.backends.cuda_graph uses this to put a training step's kernels into a CUDA graph
+    (or, under the simulator, into a list it replays). Anything else the block does on the
+    device (a copy, an allocation) is NOT captured: the code captured must be launches only.
+    """
+    global _CAPTURE
+    old, _CAPTURE = _CAPTURE, sink
+    try:
+        yield
+    finally:
+        _CAPTURE = old
 
 
 def real_gpu_requested() -> bool:
