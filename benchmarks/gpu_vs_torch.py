@@ -5,9 +5,10 @@ forward + backward + SGD update; netdsl runs with its training step replayed as 
 (the default) and once more launching kernels one by one. Every step is timed alone (the
 device synchronised before and after) and the median over the steps after a warm-up is
 reported. PyTorch runs twice, with TF32 off (IEEE float32, what netdsl computes) and on
-(cuDNN / cuBLAS may use TF32 tensor cores), with cudnn.benchmark on. Reported per net: the medians, the ratios netdsl /
-PyTorch, and the achieved FLOP/s of netdsl's largest conv layers (forward, and backward
-data + weights) against the H100's 67 TFLOP/s float32 (non-tensor-core) peak.
+(cuDNN / cuBLAS may use TF32 tensor cores), with cudnn.benchmark on. Reported per net: the
+medians, the ratios netdsl / PyTorch, and the achieved FLOP/s of netdsl's largest conv
+layers (forward, and backward data + weights) against the H100's 67 TFLOP/s float32
+(non-tensor-core) peak.
 
 A net that declares `gpus 2` (AlexNet) is benchmarked on ONE GPU by default, as PyTorch
 runs it; --split runs netdsl's model-parallel plan (logical GPUs sharing the device).
