@@ -7,6 +7,7 @@ runs each CUDA thread as a Python thread, so every shape here is tiny.
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import re
@@ -173,7 +174,7 @@ def test_batchnorm(shape, act_kind):
 
 def test_softmax():
     x, dy = f32((4, 6), 3.0), f32((4, 6))
-    op = softmax.SoftmaxCUDA(4)
+    op = softmax.SoftmaxCUDA(4, 6)
     y, dx = empty(x.shape), empty(x.shape)
     op.forward(dev(x), y)
     assert_close(host(y), softmax.ref_forward(x), TOL, "forward")
@@ -663,9 +664,10 @@ def _nvvm_available() -> bool:
 @pytest.mark.skipif(not simulator(), reason="records launches in the simulator")
 def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
     """The simulator runs kernels as Python; this compiles every kernel the whole-net runs
-    launched (all layer types, both tile families) to PTX for sm_90 with NVVM, in a process
-    without the simulator (netdsl/backends/cuda_ptx.py). Needs the nvidia-nvvm and
-    nvidia-cuda-nvrtc wheels (the `ptx` extra), not a GPU."""
+    launched (all layer types, both tile families; one layer geometry per kernel, tile config,
+    layout and activation) to PTX for sm_90 with NVVM, in a process without the simulator
+    (netdsl/backends/cuda_ptx.py). Needs the nvidia-nvvm and nvidia-cuda-nvrtc wheels (the
+    `ptx` extra), not a GPU."""
     if not _nvvm_available():
         pytest.skip("NVVM / NVRTC libraries not installed (pip install '.[ptx]')")
     with cudakit.recording() as rec:
@@ -696,9 +698,19 @@ def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
     out = subprocess.run([sys.executable, "-m", "netdsl.backends.cuda_ptx", str(path)], env=env,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
+    *lines, summary = out.stdout.splitlines()
     assert lines and all(line.startswith("ok") for line in lines), out.stdout
-    print(f"{len(lines)} kernels compiled to PTX in {time.perf_counter() - t0:.1f}s")
+    # Kernels specialised on a layer's geometry are compiled for a few geometries of each
+    # family only (cuda_ptx.compile_records), but every kernel at least once, and conv and fc
+    # in each of the GPU's tile configs.
+    labels = [line.split(None, 1)[1].partition("[") for line in lines]  # "module.kernel[cfg]"
+    assert {name for name, _, _ in labels} == {f"{r[0].rsplit('.', 1)[-1]}.{r[3]}" for r in rec}
+    for op in (conv, fc):
+        geo, short = op._cuda_kernels.geometry_args, op.__name__.rsplit(".", 1)[-1] + "."
+        cfgs = [ast.literal_eval(a + b) for name, a, b in labels if name.startswith(short)]
+        tiles = {tuple(cfg[geo : geo + 5]) for cfg in cfgs}
+        assert all(cudakit.TILES[rows] in tiles for rows in (16, 32, 64)), (short, tiles)
+    print(f"{summary}; PTX in {time.perf_counter() - t0:.1f}s")
 
 
 # -------------------------------------------------------------------------------- real GPU only

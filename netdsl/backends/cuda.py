@@ -286,7 +286,7 @@ class BnRunner(Runner):
 class SoftmaxRunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
-        self.op = softmax.SoftmaxCUDA(plan.batch)
+        self.op = softmax.SoftmaxCUDA(plan.batch, self.y.size // plan.batch)
 
     def forward(self, train):
         n = self.plan.batch

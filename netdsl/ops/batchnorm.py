@@ -206,19 +206,28 @@ def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
 # Statistics: one block per channel, float64 partial sums per thread, then a tree in shared
 # memory (a fixed order, so the result is deterministic; no atomics). The elementwise passes
 # apply the saved per-channel coefficients and the layer's fused activation.
+# The kernels are specialised on the layer: batch, channels, plane, eps, momentum and the
+# activation are compile-time constants (constant index divisions and loop bounds, the other
+# activations' code gone), at the price of one compilation per distinct layer on a GPU.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels(threads: int):
-    """BN kernels; `threads` per block of the per-channel reductions (a power of two)."""
+def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: float,
+                  slope: float, threads: int, code: int):  # fmt: skip
+    """BN kernels for one layer on flat (batch*channels*plane,) arrays; code, slope: the fused
+    activation; `threads` per block of the per-channel reductions (a power of two)."""
     global cuda
     from numba import cuda, float64
 
     from netdsl.ops.activation import cuda_element_math
 
     act, act_grad = cuda_element_math()
+    # float32 constants: the values (and the mixed float32/float64 arithmetic) the kernels had
+    # when these came as float32 arguments
+    eps32, mom32, slope32 = np.float32(eps), np.float32(momentum), np.float32(slope)
+    size, count = batch * channels * plane, batch * plane  # count: values per channel
 
     @cuda.jit(device=True)
     def block_sum(buf, t):  # buf: (threads,) f64 shared; returns the sum to every thread
@@ -234,12 +243,11 @@ def _cuda_kernels(threads: int):
         return total
 
     @cuda.jit
-    def bn_stats(x, gamma, mean, invstd, coef, rm, rv, channels, plane, eps, momentum):
+    def bn_stats(x, gamma, mean, invstd, coef, rm, rv):
         # grid = C blocks. x: (N*C*P,) f32; gamma, rm, rv: (C,) f32 (rm, rv updated);
         # mean, invstd, coef = gamma*invstd: (C,) f32 out
         c, t = cuda.blockIdx.x, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
-        count = x.size // channels  # N*P values per channel
         total = 0.0
         for q in range(t, count, threads):
             total += x[((q // plane) * channels + c) * plane + q % plane]
@@ -252,40 +260,38 @@ def _cuda_kernels(threads: int):
         buf[t] = sq
         var = block_sum(buf, t) / count
         if t == 0:
-            inv = 1.0 / math.sqrt(var + eps)
+            inv = 1.0 / math.sqrt(var + eps32)
             mean[c] = mu
             invstd[c] = inv
             coef[c] = gamma[c] * inv
             unbiased = var * count / (count - 1) if count > 1 else var
-            rm[c] = (1.0 - momentum) * rm[c] + momentum * mu
-            rv[c] = (1.0 - momentum) * rv[c] + momentum * unbiased
+            rm[c] = (1.0 - mom32) * rm[c] + mom32 * mu
+            rv[c] = (1.0 - mom32) * rv[c] + mom32 * unbiased
 
     @cuda.jit
-    def bn_eval_coef(gamma, rv, coef, eps):  # (C,) f32 each; coef = gamma / sqrt(rv + eps)
-        for c in range(cuda.grid(1), coef.size, cuda.gridsize(1)):
-            coef[c] = gamma[c] / math.sqrt(float64(rv[c]) + eps)
+    def bn_eval_coef(gamma, rv, coef):  # (C,) f32 each; coef = gamma / sqrt(rv + eps)
+        for c in range(cuda.grid(1), channels, cuda.gridsize(1)):
+            coef[c] = gamma[c] / math.sqrt(float64(rv[c]) + eps32)
 
     @cuda.jit
-    def bn_apply(x, y, mean, coef, beta, channels, plane, code, slope):
+    def bn_apply(x, y, mean, coef, beta):
         # x, y: (N*C*P,) f32 (y may be x); mean, coef, beta: (C,) f32
-        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
             c = (e // plane) % channels
-            y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, slope)
+            y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, slope32)
 
     @cuda.jit
-    def bn_grad_stats(dy, y, x, mean, invstd, gamma, dgamma, dbeta, ws, channels, plane, code,
-                      slope):  # fmt: skip
+    def bn_grad_stats(dy, y, x, mean, invstd, gamma, dgamma, dbeta, ws):
         # grid = C blocks. dy, y, x: (N*C*P,) f32; dz = dy * act'(y) (the fused activation);
         # dgamma, dbeta: (C,) f32 out; ws: (3, C) f32 out, the coefficients of bn_grad_apply
         c, t = cuda.blockIdx.x, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
-        count = x.size // channels
         mu = mean[c]
         s_dy = 0.0
         s_xc = 0.0
         for q in range(t, count, threads):
             e = ((q // plane) * channels + c) * plane + q % plane
-            d = dy[e] * act_grad(y[e], code, slope)
+            d = dy[e] * act_grad(y[e], code, slope32)
             s_dy += d
             s_xc += d * (x[e] - mu)
         buf[t] = s_dy
@@ -302,11 +308,11 @@ def _cuda_kernels(threads: int):
             ws[2, c] = sum_dy_xhat * inv / count
 
     @cuda.jit
-    def bn_grad_apply(dy, y, x, mean, ws, dx, channels, plane, code, slope):
+    def bn_grad_apply(dy, y, x, mean, ws, dx):
         # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
-        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
             c = (e // plane) % channels
-            d = dy[e] * act_grad(y[e], code, slope)
+            d = dy[e] * act_grad(y[e], code, slope32)
             dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
 
     return types.SimpleNamespace(
@@ -316,6 +322,11 @@ def _cuda_kernels(threads: int):
         bn_grad_stats=bn_grad_stats,
         bn_grad_apply=bn_grad_apply,
     )
+
+
+# cuda_ptx.compile_records: the first 6 arguments are the layer's geometry and hyperparameters,
+# the constants folded into the code (see there)
+_cuda_kernels.geometry_args = 6
 
 
 class BnCUDA:
@@ -328,11 +339,9 @@ class BnCUDA:
         from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
 
         threads = SIM_THREADS if simulator() else THREADS
-        cfg = (threads,)
+        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum), float(act_slope),
+               threads, int(act_code))  # fmt: skip
         size = n * channels * plane
-        self.dims = (np.int64(channels), np.int64(plane))
-        self.eps, self.momentum = np.float32(eps), np.float32(momentum)
-        self.act = (np.int64(act_code), np.float32(act_slope))
         self.mean = _cuda.device_array(channels, np.float32)  # (C,) batch mean, for backward
         self.invstd = _cuda.device_array(channels, np.float32)  # (C,) for backward
         self.coef = _cuda.device_array(channels, np.float32)  # (C,) gamma * invstd
@@ -345,17 +354,15 @@ class BnCUDA:
 
     def forward_train(self, x, gamma, beta, y, rm, rv) -> None:
         """y = act(BN(x)) with batch statistics; rm, rv (C,) updated; y must not alias x."""
-        self._stats(x, gamma, self.mean, self.invstd, self.coef, rm, rv, *self.dims, self.eps,
-                    self.momentum)  # fmt: skip
-        self._apply(x, y, self.mean, self.coef, beta, *self.dims, *self.act)
+        self._stats(x, gamma, self.mean, self.invstd, self.coef, rm, rv)
+        self._apply(x, y, self.mean, self.coef, beta)
 
     def forward_eval(self, x, gamma, beta, rm, rv, y) -> None:
         """y = act(BN(x)) with the running statistics rm, rv (C,)."""
-        self._eval(gamma, rv, self.coef, self.eps)
-        self._apply(x, y, rm, self.coef, beta, *self.dims, *self.act)
+        self._eval(gamma, rv, self.coef)
+        self._apply(x, y, rm, self.coef, beta)
 
     def backward(self, dy, y, x, gamma, dx, dgamma, dbeta) -> None:
         """Training gradients through the fused activation (from y) and BN; dx may be dy."""
-        self._gstats(dy, y, x, self.mean, self.invstd, gamma, dgamma, dbeta, self.ws, *self.dims,
-                     *self.act)  # fmt: skip
-        self._gapply(dy, y, x, self.mean, self.ws, dx, *self.dims, *self.act)
+        self._gstats(dy, y, x, self.mean, self.invstd, gamma, dgamma, dbeta, self.ws)
+        self._gapply(dy, y, x, self.mean, self.ws, dx)

@@ -50,100 +50,106 @@ def concat_backward(dy: np.ndarray, dxs: Sequence[np.ndarray]) -> None:
 
 
 # ---- CUDA kernels
-# Channel slices of NCHW are strided on the device too, so each piece is one copy kernel.
+# Channel slices of NCHW are strided on the device too, so each piece is one channel move: a
+# kernel specialised on the move (batch, channel counts and offsets, plane size and whether it
+# adds are compile-time constants, so its index divisions are by constants). That costs one
+# compilation per distinct move on first use on a GPU; concat pieces and group exchanges
+# repeat few shapes.
 
-cuda = None  # numba.cuda, bound by _cuda_kernels()
+cuda = None  # numba.cuda, bound by _cuda_kernels() and _cuda_fill()
 
 
 @functools.cache
-def _cuda_kernels():
+def _cuda_kernels(n: int, c_src: int, s0: int, c_dst: int, d0: int, nch: int, plane: int,
+                  accumulate: bool):  # fmt: skip
+    """move_channels: dst[:, d0:d0+nch] (+)= src[:, s0:s0+nch] for flat (N*C*P,) f32 buffers
+    of c_src and c_dst channels."""
     global cuda
     from numba import cuda
 
-    @cuda.jit
-    def copy_in(src, dst, piece, total, c0):
-        # src: (N*Ci*P,) f32; dst: (N*C*P,) f32; piece = Ci*P, total = C*P, c0 = offset*P
-        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
-            dst[(i // piece) * total + c0 + i % piece] = src[i]
+    piece = nch * plane
 
     @cuda.jit
-    def copy_out(src, dst, piece, total, c0):
-        # src: (N*C*P,) f32; dst: (N*Ci*P,) f32 (overwritten)
-        for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
-            dst[i] = src[(i // piece) * total + c0 + i % piece]
-
-    @cuda.jit
-    def move_channels(src, dst, c_src, s0, c_dst, d0, nch, plane, accumulate):
-        # dst[:, d0:d0+nch] (+)= src[:, s0:s0+nch] for flat (N*C*P,) f32 buffers; the channel
-        # moves of GPU groups (gathering maps, scattering their gradients back)
-        piece = nch * plane
-        total = (dst.size // (c_dst * plane)) * piece
-        for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-            n, r = i // piece, i % piece
-            v = src[(n * c_src + s0) * plane + r]
-            j = (n * c_dst + d0) * plane + r
+    def move_channels(src, dst):
+        for i in range(cuda.grid(1), n * piece, cuda.gridsize(1)):
+            b, r = i // piece, i % piece
+            v = src[(b * c_src + s0) * plane + r]
+            j = (b * c_dst + d0) * plane + r
             if accumulate:
                 dst[j] += v
             else:
                 dst[j] = v
+
+    return types.SimpleNamespace(move_channels=move_channels)
+
+
+# cuda_ptx.compile_records: the first 7 arguments are the move's geometry (see there)
+_cuda_kernels.geometry_args = 7
+
+
+@functools.cache
+def _cuda_fill():
+    """fill(dst, value): a plain grid-stride loop, deliberately generic over the length (a
+    constant length would buy nothing here and cost a compilation per buffer size)."""
+    global cuda
+    from numba import cuda
 
     @cuda.jit
     def fill(dst, value):  # dst: (size,) f32
         for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
             dst[i] = value
 
-    return types.SimpleNamespace(copy_in=copy_in, copy_out=copy_out, move_channels=move_channels,
-                                 fill=fill)  # fmt: skip
+    return types.SimpleNamespace(fill=fill)
 
 
 class ChannelMoveCUDA:
     """Copy or add channels [s0, s0+nch) of a (N, c_src, H, W) buffer to channels [d0, d0+nch)
-    of a (N, c_dst, H, W) buffer (float32 device arrays)."""
+    of a (N, c_dst, H, W) buffer (float32 device arrays): the channel moves of GPU groups
+    (gathering maps, scattering their gradients back) and of concat."""
 
     def __init__(self, n: int, c_src: int, s0: int, c_dst: int, d0: int, nch: int,
                  plane: int) -> None:  # fmt: skip
         from netdsl.ops.cudakit import Launch, grid_1d
 
-        self.args = tuple(np.int64(v) for v in (c_src, s0, c_dst, d0, nch, plane))
+        geo = tuple(int(v) for v in (n, c_src, s0, c_dst, d0, nch, plane))
         self.nbytes = n * nch * plane * 4  # float32 moved per call
-        self._run = Launch(_cuda_kernels, "move_channels", *grid_1d(n * nch * plane))
+        grid = grid_1d(n * nch * plane)
+        self._copy = Launch(_cuda_kernels, "move_channels", *grid, (*geo, False))
+        self._add = Launch(_cuda_kernels, "move_channels", *grid, (*geo, True))
 
     def copy(self, src, dst) -> None:
         """dst channels = src channels (device arrays of any shape, C-contiguous)."""
-        self._run(src.reshape(-1), dst.reshape(-1), *self.args, False)
+        self._copy(src.reshape(-1), dst.reshape(-1))
 
     def add(self, src, dst) -> None:
         """dst channels += src channels."""
-        self._run(src.reshape(-1), dst.reshape(-1), *self.args, True)
+        self._add(src.reshape(-1), dst.reshape(-1))
 
 
 def fill_cuda(dst, value: float = 0.0) -> None:
     """Set every element of a flat float32 device array to `value`."""
     from netdsl.ops.cudakit import Launch, grid_1d
 
-    Launch(_cuda_kernels, "fill", *grid_1d(dst.size))(dst, np.float32(value))
+    Launch(_cuda_fill, "fill", *grid_1d(dst.size))(dst, np.float32(value))
 
 
 class ConcatCUDA:
     """Channel concat of (N, C_i, H, W) pieces on flat float32 device arrays."""
 
     def __init__(self, n: int, channels: Sequence[int], plane: int) -> None:
-        from netdsl.ops.cudakit import Launch, grid_1d
-
         total = sum(channels)
         starts = _offsets(channels, total)
-        self.args = [(np.int64(c * plane), np.int64(total * plane), np.int64(s * plane))
-                     for c, s in zip(channels, starts[:-1], strict=True)]  # fmt: skip
-        self._in = [Launch(_cuda_kernels, "copy_in", *grid_1d(n * c * plane)) for c in channels]
-        self._out = [Launch(_cuda_kernels, "copy_out", *grid_1d(n * c * plane)) for c in channels]
+        pieces = list(zip(channels, starts[:-1], strict=True))
+        self._in = [ChannelMoveCUDA(n, c, 0, total, s, c, plane) for c, s in pieces]
+        self._out = [ChannelMoveCUDA(n, total, s, c, 0, c, plane) for c, s in pieces]
 
     def forward(self, xs, y) -> None:
         """xs: the pieces, flat; y: (N*C*P,) flat."""
-        for launch, x, a in zip(self._in, xs, self.args, strict=True):
-            launch(x, y, *a)
+        for move, x in zip(self._in, xs, strict=True):
+            move.copy(x, y)
 
     def backward(self, dy, dxs) -> None:
         """dxs[i] = channel slice i of dy; a None entry is skipped."""
-        for launch, dx, a in zip(self._out, dxs, self.args, strict=True):
+        for move, dx in zip(self._out, dxs, strict=True):
             if dx is not None:
-                launch(dy, dx, *a)
+                move.copy(dy, dx)

@@ -445,44 +445,86 @@ class ConvCPU:
 #                             (n,p) into a workspace, then summed in a fixed order (no atomics)
 # where col[k, (n,p)] is the input tap of filter element k for output pixel p of image n,
 # gathered straight from x into shared memory (zero in the padding). Tiles and the register
-# step are netdsl.ops.cudakit's. Geometry is passed at run time (one compilation per tile
-# config serves every layer).
+# step are netdsl.ops.cudakit's.
+#
+# Every kernel is compiled for one layer: its whole geometry (batch, channels, sizes, kernel,
+# stride, padding, dilation, groups, the weight-gradient split), the tile config and the fused
+# activation are arguments of the cached factory, and the kernels close over them. Numba
+# freezes closure ints into the code, so the index arithmetic's divisions and modulos by
+# Ho*Wo, Wo, kh*kw and kw become multiply-shift sequences (or vanish, for a stride of 1), loop
+# bounds and bounds checks are constants, and no geometry is passed or read at run time. The
+# price: one compilation per distinct layer geometry, on the layer's first use (five kernels
+# per convolution, less than a second each), where one per tile config served every layer.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_forward(bm: int, bn: int, bk: int, tm: int, tn: int, code: int):
-    """The forward kernel for one tile config and one fused activation.
+def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
+                  sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, ho: int, wo: int,
+                  chunk: int, bm: int, bn: int, bk: int, tm: int, tn: int, code: int,
+                  threads: int):  # fmt: skip
+    """The kernels of one layer: x (n, c, h, wi) -> y (n, o, ho, wo) with a (kh, kw) kernel,
+    stride (sh, sw), top/left padding (ph, pw), dilation (dh, dw) and `groups`; the weight
+    gradient sums `chunk` output pixels per split; tile (bm, bn, bk, tm, tn); activation `code`;
+    `threads` (a power of two) per block of bias_grad.
 
-    The activation code is a compile-time constant: with a run-time code, the five-way branch
-    copied into every cell of the unrolled epilogue made NVVM give up unrolling it, and the
+    The activation code is a constant too: with a run-time code, the five-way branch copied
+    into every cell of the unrolled epilogue made NVVM give up unrolling it, and the
     accumulator tile went to local memory.
     """
     global cuda
-    from numba import cuda, float32
+    from numba import cuda, float32, float64, int64, uint32
 
     from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.cudakit import gemm_tile
+    from netdsl.ops.cudakit import gemm_tile, simulator
 
     act, _ = cuda_element_math()
     fma_tile = gemm_tile(bm, bn, bk, tm, tn)
     tx_n, ty_n = bn // tn, bm // tm
     nt = tx_n * ty_n  # threads per block
+    cg, og = c // groups, o // groups  # input and output channels per group
+    kcols = cg * kh * kw  # K
+    npix = n * ho * wo  # output pixels of the batch: the forward GEMM's columns
+    splits = -(-npix // chunk)  # weight-gradient slices of the pixels, chunk a multiple of BK
+
+    if simulator():
+        # The simulator runs kernels as Python, where calling a device function swaps the
+        # cuda module in and out of its globals and a Numba integer cast builds a NumPy
+        # scalar (microseconds each): the helpers below made the conv tests 2-3x slower. They
+        # use no cuda and their casts change no value (see unravel): plain functions there.
+        device, u32, i64 = (lambda f: f), int, int
+    else:
+        device, u32, i64 = cuda.jit(device=True, inline="always"), uint32, int64
+
+    @device
+    def unravel(i, rows, cols):
+        # flat index i of an (*, rows, cols) array -> its 3 indices; rows and cols are the
+        # factory's constants. i is a pixel or filter index, never negative and far below
+        # 2**32: in unsigned 32 bits a division by a constant is a multiply-high and a shift,
+        # in int64 a 64-bit multiply-high (several instructions) with floor corrections. The
+        # results are int64 again, so taps that fall in the padding go negative, not wrap.
+        u, plane, row = u32(i), u32(rows * cols), u32(cols)
+        return i64(u // plane), i64((u % plane) // row), i64(u % row)
+
+    @device
+    def input_tap(x, g, k, col):
+        # col[k, col] of group g: x at filter element k = (c, ky, kx) for output pixel `col`
+        # = (n, oy, ox) of the batch, zero in the padding (forward and weight grad read it)
+        ci, ky, kx = unravel(k, kh, kw)
+        im, oy, ox = unravel(col, ho, wo)
+        iy = oy * sh - ph + ky * dh
+        ix = ox * sw - pw + kx * dw
+        if iy >= 0 and iy < h and ix >= 0 and ix < wi:
+            return x[im, g * cg + ci, iy, ix]
+        return float32(0.0)
 
     @cuda.jit
-    def conv_forward(x, w, b, y, sh, sw, ph, pw, dh, dw, has_bias, slope):
+    def conv_forward(x, w, b, y, has_bias, slope):
         # x (N, C, H, W), w (O, Cg, kh, kw), b (O,), y (N, O, Ho, Wo), all f32.
         # grid (cdiv(N*Ho*Wo, BN), cdiv(Og, BM), G), block (BN/TN, BM/TM)
         tx, ty, g = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
         tid = ty * tx_n + tx
-        cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-        h, wi = x.shape[2], x.shape[3]
-        ho, wo = y.shape[2], y.shape[3]
-        og = y.shape[1] // (x.shape[1] // cg)  # output channels per group
-        taps = kh * kw
-        kk_all = cg * taps  # K
-        cols = x.shape[0] * ho * wo
         m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
         As = cuda.shared.array((bk, bm), float32)
         Bs = cuda.shared.array((bk, bn), float32)
@@ -490,68 +532,42 @@ def _cuda_forward(bm: int, bn: int, bk: int, tm: int, tn: int, code: int):
         for i in range(tm):
             for j in range(tn):
                 acc[i, j] = 0.0
-        for k0 in range(0, kk_all, bk):
+        for k0 in range(0, kcols, bk):
             for e in range(tid, bm * bk, nt):  # weights: consecutive threads, consecutive k
                 r, kq = e // bk, e % bk
-                o, k = m0 + r, k0 + kq
+                oc, k = m0 + r, k0 + kq
                 v = float32(0.0)
-                if o < og and k < kk_all:
-                    v = w[g * og + o, k // taps, (k % taps) // kw, k % kw]
+                if oc < og and k < kcols:
+                    ci, ky, kx = unravel(k, kh, kw)
+                    v = w[g * og + oc, ci, ky, kx]
                 As[kq, r] = v
             for e in range(tid, bk * bn, nt):  # input taps: consecutive threads, pixels
                 kq, q = e // bn, e % bn
                 col, k = n0 + q, k0 + kq
                 v = float32(0.0)
-                if col < cols and k < kk_all:
-                    n, p = col // (ho * wo), col % (ho * wo)
-                    c, t = k // taps, k % taps
-                    iy = (p // wo) * sh - ph + (t // kw) * dh
-                    ix = (p % wo) * sw - pw + (t % kw) * dw
-                    if iy >= 0 and iy < h and ix >= 0 and ix < wi:
-                        v = x[n, g * cg + c, iy, ix]
+                if col < npix and k < kcols:
+                    v = input_tap(x, g, k, col)
                 Bs[kq, q] = v
             cuda.syncthreads()
             fma_tile(As, Bs, acc, tx, ty)
             cuda.syncthreads()
         for i in range(tm):
-            o = m0 + ty + i * ty_n
-            if o < og:
-                bias = b[g * og + o] if has_bias else float32(0.0)
+            oc = m0 + ty + i * ty_n
+            if oc < og:
+                bias = b[g * og + oc] if has_bias else float32(0.0)
                 for j in range(tn):
                     col = n0 + tx + j * tx_n
-                    if col < cols:
-                        n, p = col // (ho * wo), col % (ho * wo)
-                        y[n, g * og + o, p // wo, p % wo] = act(acc[i, j] + bias, code, slope)
-
-    return types.SimpleNamespace(conv_forward=conv_forward)
-
-
-@functools.cache
-def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int):
-    """The backward kernels for one tile config."""
-    global cuda
-    from numba import cuda, float32, float64
-
-    from netdsl.ops.cudakit import gemm_tile
-
-    fma_tile = gemm_tile(bm, bn, bk, tm, tn)
-    tx_n, ty_n = bn // tn, bm // tm
-    nt = tx_n * ty_n  # threads per block
+                    if col < npix:
+                        im, oy, ox = unravel(col, ho, wo)
+                        y[im, g * og + oc, oy, ox] = act(acc[i, j] + bias, code, slope)
 
     @cuda.jit
-    def conv_backward_data(dy, w, dx, sh, sw, ph, pw, dh, dw):
+    def conv_backward_data(dy, w, dx):
         # dy (N, O, Ho, Wo), w (O, Cg, kh, kw), dx (N, C, H, W) overwritten.
         # grid (cdiv(N*H*W, BN), cdiv(Cg, BM), G); rows are input channels of group g,
         # K runs over (o, ky, kx), and a tap that no output reads contributes zero.
         tx, ty, g = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
         tid = ty * tx_n + tx
-        cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-        h, wi = dx.shape[2], dx.shape[3]
-        ho, wo = dy.shape[2], dy.shape[3]
-        og = dy.shape[1] // (dx.shape[1] // cg)
-        taps = kh * kw
-        kk_all = og * taps
-        cols = dx.shape[0] * h * wi
         m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
         As = cuda.shared.array((bk, bm), float32)
         Bs = cuda.shared.array((bk, bn), float32)
@@ -559,58 +575,50 @@ def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int):
         for i in range(tm):
             for j in range(tn):
                 acc[i, j] = 0.0
-        for k0 in range(0, kk_all, bk):
+        for k0 in range(0, og * kh * kw, bk):
             for e in range(tid, bm * bk, nt):
                 r, kq = e // bk, e % bk
-                c, k = m0 + r, k0 + kq
+                ci, k = m0 + r, k0 + kq
                 v = float32(0.0)
-                if c < cg and k < kk_all:
-                    t = k % taps
-                    v = w[g * og + k // taps, c, t // kw, t % kw]
+                if ci < cg and k < og * kh * kw:
+                    oc, ky, kx = unravel(k, kh, kw)
+                    v = w[g * og + oc, ci, ky, kx]
                 As[kq, r] = v
             for e in range(tid, bk * bn, nt):
                 kq, q = e // bn, e % bn
                 col, k = n0 + q, k0 + kq
                 v = float32(0.0)
-                if col < cols and k < kk_all:
-                    n, p = col // (h * wi), col % (h * wi)
-                    o, t = k // taps, k % taps
-                    oy = p // wi + ph - (t // kw) * dh  # = i * sh for the output row i
-                    ox = p % wi + pw - (t % kw) * dw
+                if col < n * h * wi and k < og * kh * kw:
+                    im, iy, ix = unravel(col, h, wi)
+                    oc, ky, kx = unravel(k, kh, kw)
+                    oy = iy + ph - ky * dh  # = i * sh for the output row i
+                    ox = ix + pw - kx * dw
                     if oy >= 0 and ox >= 0 and oy % sh == 0 and ox % sw == 0:
                         oy //= sh
                         ox //= sw
                         if oy < ho and ox < wo:
-                            v = dy[n, g * og + o, oy, ox]
+                            v = dy[im, g * og + oc, oy, ox]
                 Bs[kq, q] = v
             cuda.syncthreads()
             fma_tile(As, Bs, acc, tx, ty)
             cuda.syncthreads()
         for i in range(tm):
-            c = m0 + ty + i * ty_n
-            if c < cg:
+            ci = m0 + ty + i * ty_n
+            if ci < cg:
                 for j in range(tn):
                     col = n0 + tx + j * tx_n
-                    if col < cols:
-                        n, p = col // (h * wi), col % (h * wi)
-                        dx[n, g * cg + c, p // wi, p % wi] = acc[i, j]
+                    if col < n * h * wi:
+                        im, iy, ix = unravel(col, h, wi)
+                        dx[im, g * cg + ci, iy, ix] = acc[i, j]
 
     @cuda.jit
-    def conv_backward_weights(dy, x, ws, sh, sw, ph, pw, dh, dw, kh, kw, chunk):
+    def conv_backward_weights(dy, x, ws):
         # dy (N, O, Ho, Wo), x (N, C, H, W), ws (S, O, Cg*kh*kw) partial sums out.
         # grid (cdiv(Cg*kh*kw, BN), cdiv(Og, BM), G*S): block z = g*S + s sums the output
-        # pixels [s*chunk, (s+1)*chunk) of the batch (chunk is a multiple of BK).
+        # pixels [s*chunk, (s+1)*chunk) of the batch.
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * tx_n + tx
-        splits = ws.shape[0]
         g, s = cuda.blockIdx.z // splits, cuda.blockIdx.z % splits
-        kcols = ws.shape[2]  # Cg*kh*kw
-        cg = kcols // (kh * kw)
-        taps = kh * kw
-        h, wi = x.shape[2], x.shape[3]
-        ho, wo = dy.shape[2], dy.shape[3]
-        og = dy.shape[1] // (x.shape[1] // cg)
-        npix = dy.shape[0] * ho * wo
         r_lo = s * chunk
         r_hi = min(npix, r_lo + chunk)
         m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
@@ -623,57 +631,49 @@ def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int):
         for k0 in range(r_lo, r_hi, bk):
             for e in range(tid, bm * bk, nt):  # dy: consecutive threads, consecutive pixels
                 r, kq = e // bk, e % bk
-                o, rr = m0 + r, k0 + kq
+                oc, col = m0 + r, k0 + kq
                 v = float32(0.0)
-                if o < og and rr < r_hi:
-                    n, p = rr // (ho * wo), rr % (ho * wo)
-                    v = dy[n, g * og + o, p // wo, p % wo]
+                if oc < og and col < r_hi:
+                    im, oy, ox = unravel(col, ho, wo)
+                    v = dy[im, g * og + oc, oy, ox]
                 As[kq, r] = v
             for e in range(tid, bk * bn, nt):
                 q, kq = e // bk, e % bk  # pixel fastest: neighbouring threads, neighbouring x
-                k, rr = n0 + q, k0 + kq
+                k, col = n0 + q, k0 + kq
                 v = float32(0.0)
-                if k < kcols and rr < r_hi:
-                    n, p = rr // (ho * wo), rr % (ho * wo)
-                    c, t = k // taps, k % taps
-                    iy = (p // wo) * sh - ph + (t // kw) * dh
-                    ix = (p % wo) * sw - pw + (t % kw) * dw
-                    if iy >= 0 and iy < h and ix >= 0 and ix < wi:
-                        v = x[n, g * cg + c, iy, ix]
+                if k < kcols and col < r_hi:
+                    v = input_tap(x, g, k, col)
                 Bs[kq, q] = v
             cuda.syncthreads()
             fma_tile(As, Bs, acc, tx, ty)
             cuda.syncthreads()
         for i in range(tm):
-            o = m0 + ty + i * ty_n
-            if o < og:
+            oc = m0 + ty + i * ty_n
+            if oc < og:
                 for j in range(tn):
                     k = n0 + tx + j * tx_n
                     if k < kcols:
-                        ws[s, g * og + o, k] = acc[i, j]
+                        ws[s, g * og + oc, k] = acc[i, j]
 
     @cuda.jit
-    def sum_splits(ws, dw, mask, has_mask):
-        # ws (S, O, K) -> dw (O*K,) = sum over S in order, times mask (O*K,) for a table
-        size = ws.shape[1] * ws.shape[2]
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
-            o, k = e // ws.shape[2], e % ws.shape[2]
-            v = ws[0, o, k]
-            for s in range(1, ws.shape[0]):
-                v += ws[s, o, k]
-            dw[e] = v * mask[e] if has_mask else v
+    def sum_splits(ws, out, mask, has_mask):
+        # ws (S, O, K) -> out (O*K,) = sum over S in order, times mask (O*K,) for a table
+        for e in range(cuda.grid(1), o * kcols, cuda.gridsize(1)):
+            oc, k = e // kcols, e % kcols
+            v = ws[0, oc, k]
+            for s in range(1, splits):
+                v += ws[s, oc, k]
+            out[e] = v * mask[e] if has_mask else v
 
     @cuda.jit
-    def bias_grad(dy, db, threads):
+    def bias_grad(dy, db):
         # grid = O blocks of `threads`: db[o] = sum of dy[:, o] (float64 partial sums)
-        o, t = cuda.blockIdx.x, cuda.threadIdx.x
-        buf = cuda.shared.array(256, float64)
-        plane = dy.shape[2] * dy.shape[3]
-        count = dy.shape[0] * plane
+        oc, t = cuda.blockIdx.x, cuda.threadIdx.x
+        buf = cuda.shared.array(threads, float64)
         total = 0.0
-        for q in range(t, count, threads):
-            p = q % plane
-            total += dy[q // plane, o, p // dy.shape[3], p % dy.shape[3]]
+        for col in range(t, npix, threads):
+            im, oy, ox = unravel(col, ho, wo)
+            total += dy[im, oc, oy, ox]
         buf[t] = total
         cuda.syncthreads()
         s = threads // 2
@@ -683,19 +683,25 @@ def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int):
             cuda.syncthreads()
             s //= 2
         if t == 0:
-            db[o] = buf[0]
+            db[oc] = buf[0]
 
-    return types.SimpleNamespace(conv_backward_data=conv_backward_data,
+    return types.SimpleNamespace(conv_forward=conv_forward, conv_backward_data=conv_backward_data,
                                  conv_backward_weights=conv_backward_weights,
                                  sum_splits=sum_splits, bias_grad=bias_grad)  # fmt: skip
+
+
+# netdsl.backends.cuda_ptx compiles only a few geometries of each kernel (per tile config,
+# layout and activation): the first 17 arguments are sizes, which decide no branch alone
+_cuda_kernels.geometry_args = 17
 
 
 class ConvCUDA:
     """float32 convolution on the GPU for fixed shapes, with the activation fused in forward.
 
     Same arguments as ConvCPU plus the fused activation and an optional connection-table mask
-    (O, Cg, 1, 1) applied to the weight gradient. Launch configurations and the split-K
-    workspace are fixed here, once.
+    (O, Cg, 1, 1) applied to the weight gradient. Launch configurations, the kernels' geometry
+    and the split-K workspace are fixed here, once: the arrays passed later must have exactly
+    the shapes given here.
     """
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, kh: int, kw: int, stride: Pair,
@@ -704,6 +710,7 @@ class ConvCUDA:
                  mask: np.ndarray | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
+        from netdsl.ops.activation import LINEAR
         from netdsl.ops.cudakit import (
             SIM_THREADS,
             THREADS,
@@ -720,15 +727,8 @@ class ConvCUDA:
         cg, og = c // groups, o // groups
         kcols = cg * kh * kw
         self.bias = bias
-        self.geo = tuple(np.int64(v) for v in (*stride, *pad, *dilation))
         self.slope = np.float32(act_slope)
         t_f, t_d, t_w = pick_tile(og), pick_tile(cg), pick_tile(og)
-        self._fwd = Launch(_cuda_forward, "conv_forward", (cdiv(n * ho * wo, t_f[1]),
-                           cdiv(og, t_f[0]), groups), (t_f[1] // t_f[4], t_f[0] // t_f[3]),
-                           (*t_f, int(act_code)))  # fmt: skip
-        self._bwd_data = Launch(_cuda_kernels, "conv_backward_data", (cdiv(n * h * w, t_d[1]),
-                                cdiv(cg, t_d[0]), groups), (t_d[1] // t_d[4], t_d[0] // t_d[3]),
-                                t_d)  # fmt: skip
         # split-K for the weight gradient: enough blocks to fill the GPU, each summing at least
         # 8 BK-deep slices of the N*Ho*Wo pixels
         npix, bk = n * ho * wo, t_w[2]
@@ -736,15 +736,27 @@ class ConvCUDA:
         splits = max(1, min(cdiv(264, tiles), cdiv(npix, 8 * bk)))
         chunk = cdiv(cdiv(npix, splits), bk) * bk
         splits = cdiv(npix, chunk)
-        self.chunk, self.kh, self.kw = np.int64(chunk), np.int64(kh), np.int64(kw)
-        self._bwd_w = Launch(_cuda_kernels, "conv_backward_weights", (cdiv(kcols, t_w[1]),
-                             cdiv(og, t_w[0]), groups * splits),
-                             (t_w[1] // t_w[4], t_w[0] // t_w[3]), t_w)  # fmt: skip
+        geo = tuple(int(v) for v in (n, c, h, w, o, groups, kh, kw, *stride, *pad, *dilation,
+                                     ho, wo, chunk))  # fmt: skip
+
+        threads = SIM_THREADS if simulator() else THREADS  # per block of bias_grad
+
+        def launch(name, grid, t, block=None, code=LINEAR):  # t: the tile config
+            # only the forward kernel has the activation: the others are built with the linear
+            # code, so that layers differing only in activation share them
+            block = (t[1] // t[4], t[0] // t[3]) if block is None else block
+            return Launch(_cuda_kernels, name, grid, block, (*geo, *t, int(code), threads))
+
+        grid_f = (cdiv(npix, t_f[1]), cdiv(og, t_f[0]), groups)
+        self._fwd = launch("conv_forward", grid_f, t_f, code=act_code)
+        grid_d = (cdiv(n * h * w, t_d[1]), cdiv(cg, t_d[0]), groups)
+        self._bwd_data = launch("conv_backward_data", grid_d, t_d)
+        grid_w = (cdiv(kcols, t_w[1]), cdiv(og, t_w[0]), groups * splits)
+        self._bwd_w = launch("conv_backward_weights", grid_w, t_w)
         self.ws = _cuda.device_array((splits, o, kcols), np.float32)  # (S, O, Cg*kh*kw)
-        self._sum = Launch(_cuda_kernels, "sum_splits", *grid_1d(o * kcols), t_w)
-        threads = SIM_THREADS if simulator() else THREADS
-        self.threads = np.int64(threads)
-        self._db = Launch(_cuda_kernels, "bias_grad", o, threads, t_w)
+        blocks, block = grid_1d(o * kcols)
+        self._sum = launch("sum_splits", blocks, t_w, block)
+        self._db = launch("bias_grad", o, t_w, threads)
         full = np.ones((o, cg, kh, kw), np.float32) if mask is None else np.broadcast_to(
             np.asarray(mask, np.float32), (o, cg, kh, kw))  # fmt: skip
         self.mask = _cuda.to_device(np.ascontiguousarray(full).reshape(-1))  # (O*Cg*kh*kw,)
@@ -755,14 +767,14 @@ class ConvCUDA:
         """y = act(conv(x, w) + b). x (N, C, H, W), w (O, Cg, kh, kw), b (O,) or None,
         y (N, O, Ho, Wo): float32 device arrays."""
         bb = b if self.bias and b is not None else self.no_b
-        self._fwd(x, w, bb, y, *self.geo, self.bias and b is not None, self.slope)
+        self._fwd(x, w, bb, y, self.bias and b is not None, self.slope)
 
     def backward(self, dy, x, w, dx, dw, db) -> None:
         """Overwrite dx (unless None), dw and db (unless None). dy (N, O, Ho, Wo) is the
         gradient BEFORE the fused activation's output, i.e. already through act'."""
         if dx is not None:
-            self._bwd_data(dy, w, dx, *self.geo)
-        self._bwd_w(dy, x, self.ws, *self.geo, self.kh, self.kw, self.chunk)
+            self._bwd_data(dy, w, dx)
+        self._bwd_w(dy, x, self.ws)
         self._sum(self.ws, dw.reshape(-1), self.mask, self.has_mask)
         if db is not None:
-            self._db(dy, db, self.threads)
+            self._db(dy, db)

@@ -90,18 +90,21 @@ class FcCPU:
 #   forward  y (N, O)  = x (N, F) @ w.T       A = x, k fastest;  B[k, o] = w[o, k], k fastest
 #   dx       dx (N, F) = dy (N, O) @ w (O, F)  A = dy, k fastest; B = w, columns fastest
 #   dw       dw (O, F) = dy.T @ x              A[o, n] = dy[n, o], rows fastest; B = x
-# The layout flags and the fused activation are compile-time constants of the kernel, so the
-# tile loaders' branches fold away and the epilogue unrolls (see conv's _cuda_forward).
+# The sizes, the layout flags and the fused activation are compile-time constants of the kernel
+# (arguments of the cached factory, frozen into the code by Numba): the tile loaders' branches
+# fold away, the bounds and row strides are constants and the epilogue unrolls (see conv's
+# _cuda_kernels). Each layer compiles its own three GEMMs on first use.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int, a_kfast: bool, b_nfast: bool,
-                  code: int):  # fmt: skip
-    """gemm(a, b, c, bias, m, n, k, lda, ldb, ldc, has_bias, slope) for one layout and activation:
-    C[i, j] = act(sum_k A[i, k] B[k, j] + bias[j]) over flat float32 operands, where A[i, k] is
-    a[i*lda + k] (a_kfast) or a[k*lda + i], and B[k, j] is b[k*ldb + j] (b_nfast) or b[j*ldb + k].
+def _cuda_kernels(m: int, n: int, k: int, bm: int, bn: int, bk: int, tm: int, tn: int,
+                  a_kfast: bool, b_nfast: bool, code: int):  # fmt: skip
+    """gemm(a, b, c, bias, has_bias, slope) for one (m, n, k) product, layout and activation:
+    C[i, j] = act(sum_l A[i, l] B[l, j] + bias[j]) over flat float32 operands, where A[i, l] is
+    a[i*k + l] (a_kfast) or a[l*m + i], B[l, j] is b[l*n + j] (b_nfast) or b[j*k + l], and
+    C[i, j] is c[i*n + j]. Also column_sums(c, out): out[j] = sum_i C[i, j] (a bias gradient).
     """
     global cuda
     from numba import cuda, float32
@@ -113,9 +116,11 @@ def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int, a_kfast: bool, b_
     fma_tile = gemm_tile(bm, bn, bk, tm, tn)
     tx_n, ty_n = bn // tn, bm // tm
     nt = tx_n * ty_n
+    lda = k if a_kfast else m  # row strides of the flat operands
+    ldb = n if b_nfast else k
 
     @cuda.jit
-    def gemm(a, b, c, bias, m, n, k, lda, ldb, ldc, has_bias, slope):
+    def gemm(a, b, c, bias, has_bias, slope):
         # a, b, c, bias: flat f32; grid (cdiv(n, BN), cdiv(m, BM)), block (BN/TN, BM/TM)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * tx_n + tx
@@ -163,67 +168,67 @@ def _cuda_kernels(bm: int, bn: int, bk: int, tm: int, tn: int, a_kfast: bool, b_
                         v = acc[i, j]
                         if has_bias:
                             v += bias[col]
-                        c[row * ldc + col] = act(v, code, slope)
+                        c[row * n + col] = act(v, code, slope)
 
     @cuda.jit
-    def column_sums(dy, db):  # dy (N, O) f32, db (O,) f32 out: sums over the batch (float64)
-        for o in range(cuda.grid(1), dy.shape[1], cuda.gridsize(1)):
+    def column_sums(c, out):  # c (m*n,) f32, out (n,) f32: sums over the m rows (float64)
+        for j in range(cuda.grid(1), n, cuda.gridsize(1)):
             total = 0.0
-            for r in range(dy.shape[0]):
-                total += dy[r, o]
-            db[o] = total
+            for i in range(m):
+                total += c[i * n + j]
+            out[j] = total
 
     return types.SimpleNamespace(gemm=gemm, column_sums=column_sums)
 
 
+# netdsl.backends.cuda_ptx compiles only a few geometries of each kernel (per tile config,
+# layout and activation): the first 3 arguments are sizes, which decide no branch alone
+_cuda_kernels.geometry_args = 3
+
+
 class FcCUDA:
-    """float32 linear layer on the GPU with the activation fused into the forward GEMM."""
+    """float32 linear layer on the GPU with the activation fused into the forward GEMM.
+
+    The kernels are compiled for the shapes given here; the arrays passed later must have them.
+    """
 
     def __init__(self, n: int, f: int, o: int, bias: bool, act_code: int = 4,
                  act_slope: float = 0.0) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
+        from netdsl.ops.activation import LINEAR
         from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
 
         self.shape, self.bias = (n, f, o), bias
         self.slope = np.float32(act_slope)
-        linear = 4  # ACT_CODE["linear"]
+        n, f, o = int(n), int(f), int(o)
 
-        def gemm(m, cols, a_kfast, b_nfast, code):
+        def gemm(m, cols, k, a_kfast, b_nfast, code=LINEAR):
             t = pick_tile(m)
-            return Launch(
-                _cuda_kernels,
-                "gemm",
-                (cdiv(cols, t[1]), cdiv(m, t[0])),
-                (t[1] // t[4], t[0] // t[3]),
-                (*t, a_kfast, b_nfast, int(code)),
-            )
+            grid, block = (cdiv(cols, t[1]), cdiv(m, t[0])), (t[1] // t[4], t[0] // t[3])
+            return Launch(_cuda_kernels, "gemm", grid, block, (m, cols, k, *t, a_kfast, b_nfast,
+                          int(code)))  # fmt: skip
 
-        self._fwd = gemm(n, o, True, False, act_code)  # (N, O) = x (N, F) @ w.T
-        self._dx = gemm(n, f, True, True, linear)  # (N, F) = dy (N, O) @ w (O, F)
-        self._dw = gemm(o, f, False, True, linear)  # (O, F) = dy.T @ x (N, F)
-        self._db = Launch(_cuda_kernels, "column_sums", *grid_1d(o), (*pick_tile(n), True,
-                          False, linear))  # fmt: skip
-        self.dims = tuple(np.int64(v) for v in (n, f, o))
-        self.n, self.o = n, o
+        self._fwd = gemm(n, o, f, True, False, act_code)  # (N, O) = x (N, F) @ w.T
+        self._dx = gemm(n, f, o, True, True)  # (N, F) = dy (N, O) @ w (O, F)
+        self._dw = gemm(o, f, n, False, True)  # (O, F) = dy.T @ x (N, F)
+        # db sums dy (N, O) over the batch: the column sums of an (N, O) product, as in forward
+        self._db = Launch(_cuda_kernels, "column_sums", *grid_1d(o), (n, o, f, *pick_tile(n), True,
+                          False, LINEAR))  # fmt: skip
         self.no_b = _cuda.to_device(np.zeros(1, np.float32))  # stands in without bias
 
     def forward(self, x, w, b, y) -> None:
         """y = act(x @ w.T + b). x (N, F), w (O, F), b (O,) or None, y (N, O): device arrays."""
-        n, f, o = self.dims
         has_b = self.bias and b is not None
-        self._fwd(x.reshape(-1), w.reshape(-1), y.reshape(-1), b if has_b else self.no_b, n, o,
-                  f, f, f, o, has_b, self.slope)  # fmt: skip
+        self._fwd(x.reshape(-1), w.reshape(-1), y.reshape(-1), b if has_b else self.no_b, has_b,
+                  self.slope)  # fmt: skip
 
     def backward(self, dy, x, w, dx, dw, db) -> None:
         """Overwrite dx (unless None), dw and db (unless None); dy (N, O) is already through
         the fused activation's derivative."""
-        n, f, o = self.dims
-        one = np.float32(0.0)
+        zero = np.float32(0.0)
         if dx is not None:
-            self._dx(dy.reshape(-1), w.reshape(-1), dx.reshape(-1), self.no_b, n, f, o, o, f, f,
-                     False, one)  # fmt: skip
-        self._dw(dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, o, f, n, o, f, f,
-                 False, one)  # fmt: skip
+            self._dx(dy.reshape(-1), w.reshape(-1), dx.reshape(-1), self.no_b, False, zero)
+        self._dw(dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, False, zero)
         if db is not None:
-            self._db(dy.reshape(self.n, self.o), db)
+            self._db(dy.reshape(-1), db)

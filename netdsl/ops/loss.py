@@ -129,75 +129,77 @@ def topk_errors(z: np.ndarray, labels: np.ndarray, k: int) -> int:
 # (the tie rule of topk_errors); one thread then sums the rows in order, so the loss is
 # deterministic. stats = (mean loss, top-1 errors, labels out of range) is all that comes
 # back to the host per step. A bad label cannot raise in a kernel: it is counted and the
-# host raises ValueError.
+# host raises ValueError. Specialised on (rows, classes), compile-time constants (constant
+# loop bounds, row offsets and 1/N): one compilation per distinct shape on a GPU.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels():
+def _cuda_kernels(rows: int, classes: int):
+    """Loss kernels for flat (rows*classes,) float32 scores."""
     global cuda
     from numba import cuda
 
+    inv_n = np.float32(1.0 / rows)
+
     @cuda.jit(device=True)
-    def top1_wrong(z, n, label):  # z: (N, K); 1 when the label is not the first argmax
-        zl = z[n, label]
+    def top1_wrong(z, row, label):  # z: (N*K,); 1 when the label is not the first argmax
+        zl = z[row + label]
         if zl != zl:  # NaN
             return 1
-        for j in range(z.shape[1]):
-            if z[n, j] > zl or (z[n, j] == zl and j < label):
+        for j in range(classes):
+            if z[row + j] > zl or (z[row + j] == zl and j < label):
                 return 1
         return 0
 
     @cuda.jit
     def xent_rows(z, labels, dz, probs, row_loss, row_flags):
-        # z: (N, K) f32; labels: (N,) int64; dz, probs: (N, K) f32 out (dz must not alias z);
-        # row_loss: (N,) f64 out; row_flags: (N, 2) int32 out (top-1 wrong, bad label)
-        classes = z.shape[1]
-        inv_n = np.float32(1.0 / z.shape[0])
-        for n in range(cuda.grid(1), z.shape[0], cuda.gridsize(1)):
+        # z: (N*K,) f32; labels: (N,) int64; dz, probs: (N*K,) f32 out (dz must not alias z);
+        # row_loss: (N,) f64 out; row_flags: (N*2,) int32 out (top-1 wrong, bad label)
+        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
+            row = n * classes
             label = labels[n]
             if label < 0 or label >= classes:
-                row_flags[n, 0] = 1
-                row_flags[n, 1] = 1
+                row_flags[2 * n] = 1
+                row_flags[2 * n + 1] = 1
                 row_loss[n] = 0.0
                 for j in range(classes):
-                    dz[n, j] = 0.0
+                    dz[row + j] = 0.0
                 continue
-            row_flags[n, 0] = top1_wrong(z, n, label)
-            row_flags[n, 1] = 0
-            z_label = z[n, label]
-            top = z[n, 0]
+            row_flags[2 * n] = top1_wrong(z, row, label)
+            row_flags[2 * n + 1] = 0
+            z_label = z[row + label]
+            top = z[row]
             for j in range(1, classes):
-                top = max(top, z[n, j])
+                top = max(top, z[row + j])
             total = 0.0  # float64
             for j in range(classes):
-                e = math.exp(z[n, j] - top)
-                probs[n, j] = e
+                e = math.exp(z[row + j] - top)
+                probs[row + j] = e
                 total += e
             row_loss[n] = math.log(total) + top - z_label
             inv = np.float32(1.0 / total)
             for j in range(classes):
-                p = probs[n, j] * inv
-                probs[n, j] = p
-                dz[n, j] = p * inv_n
-            dz[n, label] -= inv_n
+                p = probs[row + j] * inv
+                probs[row + j] = p
+                dz[row + j] = p * inv_n
+            dz[row + label] -= inv_n
 
     @cuda.jit
     def mse_rows(o, labels, do, row_loss, row_flags):
-        # o: (N, K) f32; labels: (N,) int64; do: (N, K) f32 out (must not alias o)
-        classes = o.shape[1]
-        inv_n = np.float32(1.0 / o.shape[0])
-        for n in range(cuda.grid(1), o.shape[0], cuda.gridsize(1)):
+        # o: (N*K,) f32; labels: (N,) int64; do: (N*K,) f32 out (must not alias o)
+        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
+            row = n * classes
             label = labels[n]
             bad = label < 0 or label >= classes
-            row_flags[n, 0] = 1 if bad else top1_wrong(o, n, label)
-            row_flags[n, 1] = 1 if bad else 0
+            row_flags[2 * n] = 1 if bad else top1_wrong(o, row, label)
+            row_flags[2 * n + 1] = 1 if bad else 0
             total = 0.0  # float64
             for j in range(classes):
-                diff = o[n, j] - (np.float32(1.0) if j == label else np.float32(0.0))
+                diff = o[row + j] - (np.float32(1.0) if j == label else np.float32(0.0))
                 total += np.float64(diff) * diff
-                do[n, j] = diff * inv_n
+                do[row + j] = diff * inv_n
             row_loss[n] = 0.5 * total
 
     @cuda.jit
@@ -206,15 +208,19 @@ def _cuda_kernels():
             total = 0.0
             wrong = 0
             bad = 0
-            for n in range(row_loss.size):
+            for n in range(rows):
                 total += row_loss[n]
-                wrong += row_flags[n, 0]
-                bad += row_flags[n, 1]
-            stats[0] = total / row_loss.size
+                wrong += row_flags[2 * n]
+                bad += row_flags[2 * n + 1]
+            stats[0] = total / rows
             stats[1] = wrong
             stats[2] = bad
 
     return types.SimpleNamespace(xent_rows=xent_rows, mse_rows=mse_rows, finish=finish)
+
+
+# cuda_ptx.compile_records: both arguments are geometry (see there)
+_cuda_kernels.geometry_args = 2
 
 
 class LossCUDA:
@@ -227,15 +233,17 @@ class LossCUDA:
 
         self.kind = kind
         self.row_loss = _cuda.device_array(n, np.float64)  # (N,)
-        self.row_flags = _cuda.device_array((n, 2), np.int32)  # (N, 2) wrong, bad label
+        self.row_flags = _cuda.device_array(2 * n, np.int32)  # (N*2,) wrong, bad label
         self.stats = _cuda.device_array(3, np.float64)  # (3,) loss, top-1 errors, bad labels
-        self.probs = _cuda.device_array((n, classes), np.float32)  # (N, K) softmax
+        self.probs = _cuda.device_array(n * classes, np.float32)  # (N*K,) softmax
         name = "xent_rows" if kind == "cross_entropy" else "mse_rows"
-        self._rows = Launch(_cuda_kernels, name, *grid_1d(n))
-        self._finish = Launch(_cuda_kernels, "finish", 1, 1)
+        cfg = (int(n), int(classes))
+        self._rows = Launch(_cuda_kernels, name, *grid_1d(n), cfg)
+        self._finish = Launch(_cuda_kernels, "finish", 1, 1, cfg)
 
     def forward_backward(self, z, labels, dz) -> None:
         """Loss of z (N, K) against labels (N,) int64 into `stats`; dz (N, K) = its gradient."""
+        z, dz = z.reshape(-1), dz.reshape(-1)
         if self.kind == "cross_entropy":
             self._rows(z, labels, dz, self.probs, self.row_loss, self.row_flags)
         else:

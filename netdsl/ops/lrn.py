@@ -130,35 +130,42 @@ def lrn_backward(dy, x, y, scale, dx, n, k, alpha, beta):
 # Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
 # One thread per element; each sums its own window of n channels (n is 5 in AlexNet), so no
 # thread writes what another reads and the result does not depend on the launch shape.
+# The kernels are specialised on the layer: sizes, n and the float32 hyperparameters k, alpha,
+# beta are compile-time constants (constant index divisions, a constant window), at the price
+# of one compilation per distinct layer on first use on a GPU.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels():
+def _cuda_kernels(batch: int, channels: int, plane: int, n: int, k: float, alpha: float,
+                  beta: float):  # fmt: skip
+    """LRN kernels for one layer: flat (batch*channels*plane,) float32 arrays."""
     global cuda
     from numba import cuda
 
+    size, half = batch * channels * plane, n // 2
+    # float32 constants, the same values (and float32 arithmetic) as the CPU kernels'
+    k32, alpha32, nbeta, coef = (np.float32(v) for v in (k, alpha, -beta, 2.0 * alpha * beta))
+
     @cuda.jit
-    def lrn_forward(x, y, scale, channels, plane, n, k, alpha, nbeta):
-        # x, y, scale: (N*C*P,) f32 (y, scale out); k, alpha, nbeta = -beta: float32
-        half = n // 2
-        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+    def lrn_forward(x, y, scale):
+        # x, y, scale: (N*C*P,) f32 (y, scale out)
+        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
             c = (e // plane) % channels
             base = e - c * plane  # element (b, 0, p)
             s = np.float32(0.0)
             for c2 in range(max(0, c - half), min(channels, c + half + 1)):
                 v = x[base + c2 * plane]
                 s += v * v
-            s = k + alpha * s
+            s = k32 + alpha32 * s
             scale[e] = s
             y[e] = x[e] * s**nbeta
 
     @cuda.jit
-    def lrn_backward(dy, x, y, scale, dx, channels, plane, n, nbeta, coef):
+    def lrn_backward(dy, x, y, scale, dx):
         # dy, x, y, scale: (N*C*P,) f32; dx: (N*C*P,) f32 out; coef = 2 alpha beta
-        half = n // 2
-        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
             c = (e // plane) % channels
             base = e - c * plane
             acc = np.float32(0.0)
@@ -170,6 +177,11 @@ def _cuda_kernels():
     return types.SimpleNamespace(lrn_forward=lrn_forward, lrn_backward=lrn_backward)
 
 
+# cuda_ptx.compile_records: all 7 arguments are the layer's geometry and hyperparameters, the
+# constants folded into the code (see there)
+_cuda_kernels.geometry_args = 7
+
+
 class LrnCUDA:
     """AlexNet LRN on flat (N*C*H*W,) float32 device arrays (alpha not divided by n)."""
 
@@ -178,16 +190,15 @@ class LrnCUDA:
         from netdsl.ops.cudakit import Launch, grid_1d
 
         grid, block = grid_1d(n_batch * channels * h * w)
-        self.dims = (np.int64(channels), np.int64(h * w), np.int64(n))
-        self.k, self.alpha = np.float32(k), np.float32(alpha)
-        self.nbeta, self.coef = np.float32(-beta), np.float32(2.0 * alpha * beta)
-        self._fwd = Launch(_cuda_kernels, "lrn_forward", grid, block)
-        self._bwd = Launch(_cuda_kernels, "lrn_backward", grid, block)
+        cfg = (int(n_batch), int(channels), int(h * w), int(n), float(k), float(alpha),
+               float(beta))  # fmt: skip
+        self._fwd = Launch(_cuda_kernels, "lrn_forward", grid, block, cfg)
+        self._bwd = Launch(_cuda_kernels, "lrn_backward", grid, block, cfg)
 
     def forward(self, x, y, scale) -> None:
         """y = lrn(x), scale = k + alpha * window sum of x^2 (kept for backward)."""
-        self._fwd(x, y, scale, *self.dims, self.k, self.alpha, self.nbeta)
+        self._fwd(x, y, scale)
 
     def backward(self, dy, x, y, scale, dx) -> None:
         """dx from dy and the forward's x, y, scale; dx must not alias the others."""
-        self._bwd(dy, x, y, scale, dx, *self.dims, self.nbeta, self.coef)
+        self._bwd(dy, x, y, scale, dx)

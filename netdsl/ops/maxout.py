@@ -94,20 +94,24 @@ def maxout_backward(dy, idx, dx, k):
 
 # ---- CUDA kernels
 # Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
+# Specialised on the layer: the group count, k and the plane size are compile-time constants
+# (constant index divisions, an unrollable loop over the pieces); one compilation per
+# distinct layer on first use on a GPU.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels():
-    """Maxout forward (one thread per output) and backward (one thread per input)."""
+def _cuda_kernels(groups: int, k: int, plane: int):
+    """Maxout forward (one thread per output) and backward (one thread per input) for
+    x (groups*k*plane,) -> y (groups*plane,), groups = N*C."""
     global cuda
     from numba import cuda
 
     @cuda.jit
-    def maxout_forward(x, y, idx, k, plane):
+    def maxout_forward(x, y, idx):
         # x: (N*C*k*P,) f32; y: (N*C*P,) f32 out; idx: (N*C*P,) int32 out; plane = H*W
-        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), groups * plane, cuda.gridsize(1)):
             nc, p = e // plane, e % plane  # nc = n*C + c, so group j starts at (nc*k + j)*P
             base = nc * k * plane + p
             best, at = x[base], 0
@@ -119,14 +123,18 @@ def _cuda_kernels():
             idx[e] = at
 
     @cuda.jit
-    def maxout_backward(dy, idx, dx, k, plane):
+    def maxout_backward(dy, idx, dx):
         # dy: (N*C*P,) f32; idx: (N*C*P,) int32; dx: (N*C*k*P,) f32 out (overwritten)
-        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), groups * k * plane, cuda.gridsize(1)):
             q, p = e // plane, e % plane  # q = (n*C + c)*k + j
             o = (q // k) * plane + p
             dx[e] = dy[o] if idx[o] == q % k else np.float32(0.0)
 
     return types.SimpleNamespace(maxout_forward=maxout_forward, maxout_backward=maxout_backward)
+
+
+# cuda_ptx.compile_records: all 3 arguments are the layer's geometry (see there)
+_cuda_kernels.geometry_args = 3
 
 
 class MaxoutCUDA:
@@ -135,14 +143,15 @@ class MaxoutCUDA:
     def __init__(self, n: int, c_out: int, h: int, w: int, k: int) -> None:
         from netdsl.ops.cudakit import Launch, grid_1d
 
-        self.k, self.plane = np.int64(k), np.int64(h * w)
-        self._fwd = Launch(_cuda_kernels, "maxout_forward", *grid_1d(n * c_out * h * w))
-        self._bwd = Launch(_cuda_kernels, "maxout_backward", *grid_1d(n * c_out * k * h * w))
+        cfg = (int(n * c_out), int(k), int(h * w))
+        self._fwd = Launch(_cuda_kernels, "maxout_forward", *grid_1d(n * c_out * h * w), cfg)
+        self._bwd = Launch(_cuda_kernels, "maxout_backward", *grid_1d(n * c_out * k * h * w),
+                           cfg)  # fmt: skip
 
     def forward(self, x, y, idx) -> None:
         """x: (N*C*k*H*W,) f32; y: (N*C*H*W,) f32 out; idx: (N*C*H*W,) int32 out."""
-        self._fwd(x, y, idx, self.k, self.plane)
+        self._fwd(x, y, idx)
 
     def backward(self, dy, idx, dx) -> None:
         """dy, idx: (N*C*H*W,); dx: (N*C*k*H*W,) f32 out."""
-        self._bwd(dy, idx, dx, self.k, self.plane)
+        self._bwd(dy, idx, dx)

@@ -268,15 +268,22 @@ class PoolCPU:
 # Forward: one thread per output (max also records the flat in-plane index of the first
 # maximum, as the CPU kernel does). Backward gathers: one thread per INPUT element sums the
 # outputs whose windows hold it (at most ceil(k/s)^2 of them), so overlapping windows need no
-# atomics and the result is deterministic. Planes are x viewed as (N*C, H, W).
+# atomics and the result is deterministic. Arrays are flat; plane pl of x starts at pl*H*W.
+#
+# The kernels are specialised on the layer: mode, planes (N*C), sizes and window geometry are
+# closure constants (compile-time constants to Numba), so the index divisions are by constants,
+# the loop bounds are known and the other modes' code is gone. The price is one compilation
+# per distinct layer geometry, on first use on a GPU.
 
-cuda = None  # numba.cuda, bound by _cuda_kernels()
+cuda = None  # numba.cuda, bound by _cuda_window_math() and _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels():
+def _cuda_window_math():
+    """Device functions span and outputs_over (pooling and subsampling); inlined, so constant
+    arguments fold."""
     global cuda
-    from numba import cuda, float32
+    from numba import cuda
 
     @cuda.jit(device=True, inline="always")
     def span(i, k, s, p, size):  # input range [lo, hi) of output i along one axis, clipped
@@ -288,58 +295,78 @@ def _cuda_kernels():
         lo = -((-(r + p - k + 1)) // s)  # ceil((r + p - k + 1) / s)
         return max(lo, 0), min((r + p) // s + 1, out)
 
+    return span, outputs_over
+
+
+@functools.cache
+def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int,
+                  sw: int, ph: int, pw: int, mode: str):  # fmt: skip
+    """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat."""
+    global cuda
+    from numba import cuda, float32
+
+    span, outputs_over = _cuda_window_math()
+    code = MODE_CODE[mode]
+    hw, howo = h * w, ho * wo
+
     @cuda.jit
-    def pool_forward(x, y, arg, mode, kh, kw, sh, sw, ph, pw):
-        # x (P, H, W), y (P, Ho, Wo) f32; arg (P, Ho, Wo) int32 out (max only; else unused)
-        h, w = x.shape[1], x.shape[2]
-        ho, wo = y.shape[1], y.shape[2]
-        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            pl, q = e // (ho * wo), e % (ho * wo)
+    def pool_forward(x, y, arg):
+        # x (P*H*W,), y (P*Ho*Wo,) f32; arg (P*Ho*Wo,) int32 out (max only; else unused)
+        for e in range(cuda.grid(1), planes * howo, cuda.gridsize(1)):
+            pl, q = e // howo, e % howo
             i, j = q // wo, q % wo
             r0, r1 = span(i, kh, sh, ph, h)
             c0, c1 = span(j, kw, sw, pw, w)
-            if mode == 0:
+            xp = pl * hw  # plane pl of x
+            if code == 0:
                 best, at = float32(0.0), -1  # stays (0, -1) for an empty window
-                for r in range(r0, r1):
-                    for c in range(c0, c1):
-                        if at < 0 or x[pl, r, c] > best:
-                            best, at = x[pl, r, c], r * w + c
-                y[pl, i, j] = best
-                arg[pl, i, j] = at
+                if r0 < r1 and c0 < c1:
+                    # start from the first tap so the inner loop has one compare (as on the CPU)
+                    best, at = x[xp + r0 * w + c0], r0 * w + c0
+                    for r in range(r0, r1):
+                        for c in range(c0, c1):
+                            v = x[xp + r * w + c]
+                            if v > best:
+                                best, at = v, r * w + c
+                y[e] = best
+                arg[e] = at
             else:
                 s = float32(0.0)
                 for r in range(r0, r1):
                     for c in range(c0, c1):
-                        s += x[pl, r, c]
+                        s += x[xp + r * w + c]
                 cnt = (r1 - r0) * (c1 - c0)
-                y[pl, i, j] = s / float32(cnt) if mode == 1 and cnt > 0 else s
+                y[e] = s / float32(cnt) if code == 1 and cnt > 0 else s
 
     @cuda.jit
-    def pool_backward(dy, arg, dx, mode, kh, kw, sh, sw, ph, pw):
-        # dy (P, Ho, Wo), arg (P, Ho, Wo) int32 (max), dx (P, H, W) f32 out (overwritten)
-        h, w = dx.shape[1], dx.shape[2]
-        ho, wo = dy.shape[1], dy.shape[2]
-        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-            pl, q = e // (h * w), e % (h * w)
+    def pool_backward(dy, arg, dx):
+        # dy (P*Ho*Wo,), arg (P*Ho*Wo,) int32 (max), dx (P*H*W,) f32 out (overwritten)
+        for e in range(cuda.grid(1), planes * hw, cuda.gridsize(1)):
+            pl, q = e // hw, e % hw
             r, c = q // w, q % w
             i0, i1 = outputs_over(r, kh, sh, ph, ho)
             j0, j1 = outputs_over(c, kw, sw, pw, wo)
+            yp = pl * howo  # plane pl of dy and arg
             g = float32(0.0)
             for i in range(i0, i1):
                 for j in range(j0, j1):
-                    if mode == 0:
-                        if arg[pl, i, j] == q:
-                            g += dy[pl, i, j]
-                    elif mode == 1:
+                    o = yp + i * wo + j
+                    if code == 0:
+                        if arg[o] == q:
+                            g += dy[o]
+                    elif code == 1:
                         a0, a1 = span(i, kh, sh, ph, h)
                         b0, b1 = span(j, kw, sw, pw, w)
-                        g += dy[pl, i, j] / float32((a1 - a0) * (b1 - b0))
+                        g += dy[o] / float32((a1 - a0) * (b1 - b0))
                     else:
-                        g += dy[pl, i, j]
-            dx[pl, r, c] = g
+                        g += dy[o]
+            dx[e] = g
 
-    return types.SimpleNamespace(pool_forward=pool_forward, pool_backward=pool_backward,
-                                 span=span, outputs_over=outputs_over)  # fmt: skip
+    return types.SimpleNamespace(pool_forward=pool_forward, pool_backward=pool_backward)
+
+
+# cuda_ptx.compile_records: the first 11 arguments are the layer's geometry (see there)
+_cuda_kernels.geometry_args = 11
 
 
 class PoolCUDA:
@@ -353,25 +380,19 @@ class PoolCUDA:
 
         if mode not in MODE_CODE:
             raise ValueError(f"unknown pooling mode {mode!r}; expected one of {MODES}")
-        self.planes = n * c
-        self.args = (np.int64(MODE_CODE[mode]),) + tuple(np.int64(v) for v in
-                                                           (*kernel, *stride, *pad))  # fmt: skip
-        shape = (self.planes, *out_hw) if mode == "max" else (1, 1, 1)  # unused unless max
-        self.arg = _cuda.device_array(shape, np.int32)  # (N*C, Ho, Wo) argmax, in-plane index
-        self._fwd = Launch(_cuda_kernels, "pool_forward", *grid_1d(self.planes * out_hw[0] *
-                                                                   out_hw[1]))  # fmt: skip
-        self._bwd = Launch(_cuda_kernels, "pool_backward", *grid_1d(self.planes * h * w))
+        planes, (ho, wo) = n * c, out_hw
+        cfg = (*(int(v) for v in (planes, h, w, ho, wo, *kernel, *stride, *pad)), mode)
+        size = planes * ho * wo if mode == "max" else 1  # unused unless max
+        self.arg = _cuda.device_array(size, np.int32)  # (N*C*Ho*Wo,) argmax, in-plane index
+        self._fwd = Launch(_cuda_kernels, "pool_forward", *grid_1d(planes * ho * wo), cfg)
+        self._bwd = Launch(_cuda_kernels, "pool_backward", *grid_1d(planes * h * w), cfg)
 
     def forward(self, x, y) -> None:
         """y = pool(x); x (N, C, H, W), y (N, C, Ho, Wo) float32 device arrays."""
-        x3 = x.reshape(self.planes, x.shape[2], x.shape[3])  # (N*C, H, W) view
-        y3 = y.reshape(self.planes, y.shape[2], y.shape[3])  # (N*C, Ho, Wo) view
-        self._fwd(x3, y3, self.arg, *self.args)
+        self._fwd(x.reshape(-1), y.reshape(-1), self.arg)
 
     def backward(self, dy, dx) -> None:
         """Overwrite dx (N, C, H, W) with the gradient for dy (N, C, Ho, Wo); None: skip."""
         if dx is None:
             return
-        dy3 = dy.reshape(self.planes, dy.shape[2], dy.shape[3])  # (N*C, Ho, Wo) view
-        dx3 = dx.reshape(self.planes, dx.shape[2], dx.shape[3])  # (N*C, H, W) view
-        self._bwd(dy3, self.arg, dx3, *self.args)
+        self._bwd(dy.reshape(-1), self.arg, dx.reshape(-1))

@@ -65,54 +65,66 @@ def softmax_backward(dy, y, dx):
 
 # ---- CUDA kernels
 # One thread per row: K is at most a few thousand, and a row's sum then has one fixed order.
+# Specialised on (rows, classes), compile-time constants (constant loop bounds and row
+# offsets): one compilation per distinct shape on first use on a GPU.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels():
+def _cuda_kernels(rows: int, classes: int):
+    """Softmax kernels for flat (rows*classes,) float32 arrays."""
     global cuda
     from numba import cuda
 
     @cuda.jit
-    def softmax_forward(x, y):  # x, y: (N, K) f32; y may be x
-        for n in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-            top = x[n, 0]
-            for j in range(1, x.shape[1]):
-                top = max(top, x[n, j])
+    def softmax_forward(x, y):  # x, y: (N*K,) f32; y may be x
+        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
+            row = n * classes
+            top = x[row]
+            for j in range(1, classes):
+                top = max(top, x[row + j])
             total = 0.0  # float64
-            for j in range(x.shape[1]):
-                e = math.exp(x[n, j] - top)
-                y[n, j] = e
+            for j in range(classes):
+                e = math.exp(x[row + j] - top)
+                y[row + j] = e
                 total += e
             inv = np.float32(1.0 / total)
-            for j in range(x.shape[1]):
-                y[n, j] *= inv
+            for j in range(classes):
+                y[row + j] *= inv
 
     @cuda.jit
-    def softmax_backward(dy, y, dx):  # dy, y, dx: (N, K) f32; dx may be dy
-        for n in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+    def softmax_backward(dy, y, dx):  # dy, y, dx: (N*K,) f32; dx may be dy
+        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
+            row = n * classes
             dot = 0.0  # float64
-            for j in range(y.shape[1]):
-                dot += dy[n, j] * y[n, j]
+            for j in range(classes):
+                dot += dy[row + j] * y[row + j]
             d32 = np.float32(dot)
-            for j in range(y.shape[1]):
-                dx[n, j] = y[n, j] * (dy[n, j] - d32)
+            for j in range(classes):
+                dx[row + j] = y[row + j] * (dy[row + j] - d32)
 
     return types.SimpleNamespace(softmax_forward=softmax_forward, softmax_backward=softmax_backward)
 
 
-class SoftmaxCUDA:
-    """Row softmax of (N, K) float32 device arrays."""
+# cuda_ptx.compile_records: both arguments are geometry (see there)
+_cuda_kernels.geometry_args = 2
 
-    def __init__(self, n: int) -> None:
+
+class SoftmaxCUDA:
+    """Row softmax of (N, K) float32 device arrays, kernels specialised on N and K."""
+
+    def __init__(self, n: int, classes: int) -> None:
         from netdsl.ops.cudakit import Launch, grid_1d
 
-        self._fwd = Launch(_cuda_kernels, "softmax_forward", *grid_1d(n))
-        self._bwd = Launch(_cuda_kernels, "softmax_backward", *grid_1d(n))
+        cfg = (int(n), int(classes))
+        self._fwd = Launch(_cuda_kernels, "softmax_forward", *grid_1d(n), cfg)
+        self._bwd = Launch(_cuda_kernels, "softmax_backward", *grid_1d(n), cfg)
 
     def forward(self, x, y) -> None:
-        self._fwd(x, y)
+        """y = softmax of the rows of x; x, y (N, K), y may be x."""
+        self._fwd(x.reshape(-1), y.reshape(-1))
 
     def backward(self, dy, y, dx) -> None:
-        self._bwd(dy, y, dx)
+        """dx from dy and the forward's y, all (N, K); dx may be dy."""
+        self._bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))

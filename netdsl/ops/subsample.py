@@ -195,76 +195,77 @@ class SubsampleCPU:
 # ---- CUDA kernels
 # Forward: one thread per output, the activation fused. Backward: dx gathers like sum pooling
 # (one thread per input); dcoef and dbias are per-channel sums, one block per channel with
-# float64 partial sums and a tree in shared memory (fixed order, no atomics).
+# float64 partial sums and a tree in shared memory (fixed order, no atomics). Arrays are flat.
+# As for pooling, the kernels are specialised on the layer (sizes, window geometry and the
+# fused activation are compile-time constants): one compilation per distinct layer on a GPU.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @functools.cache
-def _cuda_kernels(threads: int):
-    """Subsampling kernels; `threads` per block of the per-channel reduction (a power of two)."""
+def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, kh: int,
+                  kw: int, sh: int, sw: int, ph: int, pw: int, slope: float, threads: int,
+                  code: int):  # fmt: skip
+    """Subsampling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat; plane
+    pl has channel pl % channels. code, slope: the fused activation; `threads` per block of
+    the per-channel reduction (a power of two)."""
     global cuda
     from numba import cuda, float32, float64
 
     from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.pool import _cuda_kernels as pool_kernels
 
     act, _ = cuda_element_math()
-    span, outputs_over = pool_kernels().span, pool_kernels().outputs_over
+    span, outputs_over = pool._cuda_window_math()
+    slope32 = np.float32(slope)  # a float32 constant, as the CPU kernels' argument
+    hw, howo = h * w, ho * wo
+    count = (planes // channels) * howo  # outputs per channel
 
     @cuda.jit(device=True, inline="always")
-    def window_sum(x, pl, i, j, kh, kw, sh, sw, ph, pw):  # x (P, H, W): sum of window (i, j)
-        r0, r1 = span(i, kh, sh, ph, x.shape[1])
-        c0, c1 = span(j, kw, sw, pw, x.shape[2])
+    def window_sum(x, pl, i, j):  # x (P*H*W,): sum of window (i, j) of plane pl
+        r0, r1 = span(i, kh, sh, ph, h)
+        c0, c1 = span(j, kw, sw, pw, w)
         s = float32(0.0)
         for r in range(r0, r1):
             for c in range(c0, c1):
-                s += x[pl, r, c]
+                s += x[pl * hw + r * w + c]
         return s
 
     @cuda.jit
-    def sub_forward(x, coef, bias, y, kh, kw, sh, sw, ph, pw, code, slope):
-        # x (P, H, W), coef, bias (C,), y (P, Ho, Wo) f32; plane pl has channel pl % C
-        ho, wo = y.shape[1], y.shape[2]
-        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            pl, q = e // (ho * wo), e % (ho * wo)
-            i, j = q // wo, q % wo
-            ch = pl % coef.size
-            s = window_sum(x, pl, i, j, kh, kw, sh, sw, ph, pw)
-            y[pl, i, j] = act(coef[ch] * s + bias[ch], code, slope)
+    def sub_forward(x, coef, bias, y):
+        # x (P*H*W,), coef, bias (C,), y (P*Ho*Wo,) f32
+        for e in range(cuda.grid(1), planes * howo, cuda.gridsize(1)):
+            pl, q = e // howo, e % howo
+            ch = pl % channels
+            s = window_sum(x, pl, q // wo, q % wo)
+            y[e] = act(coef[ch] * s + bias[ch], code, slope32)
 
     @cuda.jit
-    def sub_backward_data(dy, coef, dx, kh, kw, sh, sw, ph, pw):
-        # dy (P, Ho, Wo), coef (C,), dx (P, H, W) f32 out (overwritten)
-        h, w = dx.shape[1], dx.shape[2]
-        ho, wo = dy.shape[1], dy.shape[2]
-        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-            pl, q = e // (h * w), e % (h * w)
+    def sub_backward_data(dy, coef, dx):
+        # dy (P*Ho*Wo,), coef (C,), dx (P*H*W,) f32 out (overwritten)
+        for e in range(cuda.grid(1), planes * hw, cuda.gridsize(1)):
+            pl, q = e // hw, e % hw
             r, c = q // w, q % w
             i0, i1 = outputs_over(r, kh, sh, ph, ho)
             j0, j1 = outputs_over(c, kw, sw, pw, wo)
             g = float32(0.0)
             for i in range(i0, i1):
                 for j in range(j0, j1):
-                    g += dy[pl, i, j]
-            dx[pl, r, c] = coef[pl % coef.size] * g
+                    g += dy[pl * howo + i * wo + j]
+            dx[e] = coef[pl % channels] * g
 
     @cuda.jit
-    def sub_backward_params(dy, x, dcoef, dbias, kh, kw, sh, sw, ph, pw):
+    def sub_backward_params(dy, x, dcoef, dbias):
         # grid = C blocks: dcoef[c] = sum dy * window sum, dbias[c] = sum dy over (n, i, j)
         ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-        channels = dcoef.size
-        ho, wo = dy.shape[1], dy.shape[2]
-        count = (dy.shape[0] // channels) * ho * wo
         buf_c = cuda.shared.array(threads, float64)
         buf_b = cuda.shared.array(threads, float64)
         sc = 0.0
         sb = 0.0
         for q in range(t, count, threads):
-            pl = (q // (ho * wo)) * channels + ch
-            i, j = (q % (ho * wo)) // wo, q % wo
-            g = dy[pl, i, j]
-            sc += g * window_sum(x, pl, i, j, kh, kw, sh, sw, ph, pw)
+            pl = (q // howo) * channels + ch
+            i, j = (q % howo) // wo, q % wo
+            g = dy[pl * howo + i * wo + j]
+            sc += g * window_sum(x, pl, i, j)
             sb += g
         buf_c[t] = sc
         buf_b[t] = sb
@@ -284,6 +285,11 @@ def _cuda_kernels(threads: int):
                                  sub_backward_params=sub_backward_params)  # fmt: skip
 
 
+# cuda_ptx.compile_records: the first 13 arguments are the layer's geometry and leaky slope, the
+# constants folded into the code (see there)
+_cuda_kernels.geometry_args = 13
+
+
 class SubsampleCUDA:
     """float32 trainable subsampling on the GPU, the activation fused into the forward."""
 
@@ -292,25 +298,19 @@ class SubsampleCUDA:
         from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
 
         threads = SIM_THREADS if simulator() else THREADS
-        self.planes = n * c
-        self.geo = tuple(np.int64(v) for v in (*kernel, *stride, *pad))
-        self.act = (np.int64(act_code), np.float32(act_slope))
-        cfg = (threads,)
-        self._fwd = Launch(_cuda_kernels, "sub_forward",
-                           *grid_1d(self.planes * out_hw[0] * out_hw[1]), cfg)  # fmt: skip
-        self._bwd_x = Launch(_cuda_kernels, "sub_backward_data", *grid_1d(self.planes * h * w),
-                             cfg)  # fmt: skip
+        planes, (ho, wo) = n * c, out_hw
+        cfg = (*(int(v) for v in (planes, c, h, w, ho, wo, *kernel, *stride, *pad)),
+               float(act_slope), threads, int(act_code))  # fmt: skip
+        self._fwd = Launch(_cuda_kernels, "sub_forward", *grid_1d(planes * ho * wo), cfg)
+        self._bwd_x = Launch(_cuda_kernels, "sub_backward_data", *grid_1d(planes * h * w), cfg)
         self._bwd_p = Launch(_cuda_kernels, "sub_backward_params", c, threads, cfg)
-
-    def _planes(self, a):
-        return a.reshape(self.planes, a.shape[2], a.shape[3])  # (N*C, h, w) view
 
     def forward(self, x, coef, bias, y) -> None:
         """y = act(coef * window sum of x + bias); x (N, C, H, W), y (N, C, Ho, Wo)."""
-        self._fwd(self._planes(x), coef, bias, self._planes(y), *self.geo, *self.act)
+        self._fwd(x.reshape(-1), coef, bias, y.reshape(-1))
 
     def backward(self, dy, x, coef, dx, dcoef, dbias) -> None:
         """Overwrite dx (unless None), dcoef and dbias; dy is already through act'."""
         if dx is not None:
-            self._bwd_x(self._planes(dy), coef, self._planes(dx), *self.geo)
-        self._bwd_p(self._planes(dy), self._planes(x), dcoef, dbias, *self.geo)
+            self._bwd_x(dy.reshape(-1), coef, dx.reshape(-1))
+        self._bwd_p(dy.reshape(-1), x.reshape(-1), dcoef, dbias)
