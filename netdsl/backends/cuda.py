@@ -453,10 +453,13 @@ class CudaNet(CompiledNet):
 
     def _prepare(self, train: bool) -> None:
         """The step's uploads besides the batch: labels, dropout masks."""
-        if train:
-            self.labels_d.copy_to_device(np.ascontiguousarray(self.labels, np.int64))
+        self._upload_labels(train)
         for r in self.runners:
             r.prepare(train)
+
+    def _upload_labels(self, train: bool) -> None:
+        if train:
+            self.labels_d.copy_to_device(np.ascontiguousarray(self.labels, np.int64))
 
     def _launch_forward(self, train: bool) -> None:
         super()._forward(train)

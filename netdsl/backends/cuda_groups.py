@@ -17,11 +17,15 @@ This executes the placement model of netdsl/passes/placement.py (AlexNet's two c
   placement.exchange_bytes(net, batch) (maps forward + their gradients backward).
 
 What is NOT split (the plan falls back to one device, with a message): `flatten`, and a conv
-whose groups are neither 1 nor a multiple of G. Physical placement: this build runs all
-logical GPUs on ONE physical device (the current one), and says so; their buffers, kernels
-and exchanges are nonetheless separate, so giving each logical GPU its own device (a context,
-a shard of theta/grad, and peer copies for the counted moves) is the remaining step. The
-parameters stay one flat buffer, so the optimizer is still one kernel.
+whose groups are neither 1 nor a multiple of G.
+
+Physical placement (netdsl/backends/cuda_devices.py): logical GPU g runs on physical device
+g % D, D = min(G, GPUs present), and says so once. With D > 1 every share's buffers and
+kernels live on its own device, theta / grad / the optimizer state / batch-norm statistics
+are sharded by owner (one flat shard and one optimizer kernel per device), moves between
+devices are staged through a peer copy, and the step is not captured as a CUDA graph (one
+graph cannot span devices). With one device the parameters stay one flat buffer and the
+optimizer one kernel.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from ..ops import add, concat
 from ..passes.placement import _needed, _own
 from . import cuda as single
 from .cuda import CudaNet, device_zeros
+from .cuda_devices import Devices, ShardedBuffer, StagedMove, rows
+from .cuda_graph import StepGraph
 
 _SAID: set[str] = set()
 
@@ -99,12 +105,14 @@ class _SliceDropout(single.DropoutRunner):
 class Move:
     """One channel interval moved between two buffers (a gather forward, its scatter backward)."""
 
-    def __init__(self, n, plane, src, c_src, s0, dst, c_dst, d0, nch, remote):
-        self.fwd = concat.ChannelMoveCUDA(n, c_src, s0, c_dst, d0, nch, plane)
-        self.bwd = concat.ChannelMoveCUDA(n, c_dst, d0, c_src, s0, nch, plane)
+    def __init__(self, n, plane, src, c_src, s0, dst, c_dst, d0, nch, remote, staged=None):
+        self.staged = staged  # a StagedMove between devices, or None: a kernel on one device
+        if staged is None:
+            self.fwd = concat.ChannelMoveCUDA(n, c_src, s0, c_dst, d0, nch, plane)
+            self.bwd = concat.ChannelMoveCUDA(n, c_dst, d0, c_src, s0, nch, plane)
         self.src, self.dst = src, dst  # (layer name, gpu): whose out / dout buffer
         self.remote = remote  # crosses GPUs: counted
-        self.nbytes = self.fwd.nbytes
+        self.nbytes = n * nch * plane * 4
 
 
 class Share:
@@ -127,16 +135,28 @@ class Share:
 class GroupedCudaNet(CudaNet):
     """A CudaNet whose layers run split over `net.gpus` logical GPUs (see the module doc)."""
 
+    separate_domains = False  # tests: every logical GPU a device domain of its own
+
     def _allocate(self) -> None:
         from numba import cuda
 
         g, n = self.net.gpus, self.batch
         self.gpus = g
-        self._allocate_common()
         self.physical = len(cuda.gpus)
-        say_once(f"gpus {g}: the {g} logical GPUs share physical GPU 0 ({self.physical} "
-                 "present); maps and gradients still move between them only where the "
-                 "placement model says, and are counted")  # fmt: skip
+        self.devices = dev = Devices(g, self.physical, separate=self.separate_domains)
+        with dev.on(0):
+            self._allocate_common()
+        if dev.count == 1:
+            say_once(f"gpus {g}: the {g} logical GPUs share physical GPU 0 ({self.physical} "
+                     "present); maps and gradients still move between them only where the "
+                     "placement model says, and are counted")  # fmt: skip
+        else:
+            share = "" if dev.count == g else f" ({g} logical GPUs share {dev.count} devices)"
+            say_once(
+                f"gpus {g}: {dev.describe()}{share}; maps move between devices only "
+                "where the placement model says; the step is not a CUDA graph"
+            )
+            self.step_graph = StepGraph(mode="off")  # one graph cannot span devices
         self.bytes_moved = 0  # between logical GPUs since the last step began (or reset)
         self._masks: dict[str, np.ndarray] = {}
         # per (layer, gpu): output and output-gradient buffers of the channels it owns
@@ -155,11 +175,35 @@ class GroupedCudaNet(CudaNet):
                 self.own[lyr.name, gpu] = (lo, hi)
                 if hi > lo:
                     shape = (n, hi - lo, *lyr.out_shape[1:])
-                    self.outs[lyr.name, gpu] = device_zeros(shape)
-                    if lyr.type != "input":
-                        self.douts[lyr.name, gpu] = device_zeros(shape)
+                    with dev.on(dev.of_gpu(gpu)):
+                        self.outs[lyr.name, gpu] = device_zeros(shape)
+                        if lyr.type != "input":
+                            self.douts[lyr.name, gpu] = device_zeros(shape)
         self.out = {self.net.input.name: self.outs[self.net.input.name, 0]}
         self.dout = {}
+        if dev.count > 1:
+            self._shard()
+
+    def _shard(self) -> None:
+        """Split theta, grad and the batch-norm statistics by owner over the devices."""
+        dev = self.devices
+        ranges: list[list[tuple[int, int]]] = [[] for _ in range(dev.count)]
+        for s in self.slots:
+            row = s.size // s.shape[0]
+            for gpu in range(self.gpus):
+                lo, hi = self.own[s.layer, gpu]
+                ranges[dev.of_gpu(gpu)].append((s.offset + lo * row, s.offset + hi * row))
+        ranges = [sorted(r) for r in ranges]
+        self.theta = ShardedBuffer(self.theta.copy_to_host(), ranges, dev)
+        self.grad = ShardedBuffer(np.zeros(self.theta.size, np.float32), ranges, dev)
+        for lyr in self.net.layers:
+            for k, v in self.state.items():
+                if k.startswith(f"{lyr.name}."):
+                    per = [[] for _ in range(dev.count)]
+                    for gpu in range(self.gpus):
+                        per[dev.of_gpu(gpu)].append(self.own[lyr.name, gpu])
+                    self.state[k] = ShardedBuffer(v.copy_to_host(), [sorted(r) for r in per],
+                                                  dev)  # fmt: skip
 
     # ---- building the shares
     def _holder(self, src: str, c: int, gpu: int) -> tuple[int, int, int]:
@@ -199,7 +243,8 @@ class GroupedCudaNet(CudaNet):
                 for gpu in range(g):
                     lo, hi = self.own[lyr.name, gpu]
                     if hi > lo:
-                        shares.append(self._share(lyr, gpu, lo, hi, n))
+                        with self.devices.on(self.devices.of_gpu(gpu)):
+                            shares.append(self._share(lyr, gpu, lo, hi, n))
             self.shares.append(shares)
         self.runners = [s.runner for shares in self.shares for s in shares if s.runner]
         last = self.net.layers[-1]
@@ -315,8 +360,13 @@ class GroupedCudaNet(CudaNet):
         while c < b:
             h, h_lo, h_c = self._holder(src, c, sh.g)
             end = min(b, h_lo + h_c)
+            dom, own_dom = self.devices.of_gpu(h), self.devices.of_gpu(sh.g)
+            staged = None
+            if dom != own_dom:  # another device: pack, peer copy, unpack
+                staged = StagedMove(self.devices, n, plane, dom, h_c, c - h_lo, own_dom, c_dst,
+                                    d0 + (c - a), end - c)  # fmt: skip
             m = Move(n, plane, (src, h), h_c, c - h_lo, None, c_dst, d0 + (c - a), end - c,
-                     remote=h != sh.g)  # fmt: skip
+                     remote=h != sh.g, staged=staged)  # fmt: skip
             m.into = into  # None: the share's gin
             sh.moves.append(m)
             c = end
@@ -331,12 +381,12 @@ class GroupedCudaNet(CudaNet):
             pname = s.key.split(".")[-1]
             a, b = s.offset + lo * row, s.offset + hi * row
             shape = (hi - lo, *s.shape[1:])
-            params[pname] = self.theta[a:b].reshape(shape)
-            grads[pname] = self.grad[a:b].reshape(shape)
+            params[pname] = rows(self.theta, a, b).reshape(shape)
+            grads[pname] = rows(self.grad, a, b).reshape(shape)
         sub.params[name], sub.grads[name] = params, grads
         for k, v in self.state.items():
             if k.startswith(f"{lyr.name}."):
-                sub.state[f"{name}.{k.split('.')[-1]}"] = v[lo:hi]
+                sub.state[f"{name}.{k.split('.')[-1]}"] = rows(v, lo, hi)
         if lyr.name in self.masks:
             sub.masks[name] = self.masks[lyr.name][lo:hi]
 
@@ -350,10 +400,15 @@ class GroupedCudaNet(CudaNet):
             self._masks[layer] = dropout.make_mask(self.rng, shape, p)
         return self._masks[layer]
 
+    def _on(self, gpu: int):
+        """The device context of logical GPU `gpu` (nothing to switch on one device)."""
+        return self.devices.on(self.devices.of_gpu(gpu))
+
     def _load_input(self, x: np.ndarray) -> int:
         n = super()._load_input(x)  # into GPU 0's copy of the input
         for gpu in range(1, self.gpus):  # "the input is loaded on every GPU"
-            self.outs[self.net.input.name, gpu].copy_to_device(self._x_host)
+            with self._on(gpu):
+                self.outs[self.net.input.name, gpu].copy_to_device(self._x_host)
         return n
 
     def _move(self, m: Move, sh: Share, backward: bool) -> None:
@@ -361,7 +416,12 @@ class GroupedCudaNet(CudaNet):
         if backward:
             if self.net.layer(m.src[0]).type == "input":
                 return  # the input needs no gradient
-            m.bwd.add(dgin, self.douts[m.src])
+            if m.staged is not None:
+                m.staged.backward(dgin, self.douts[m.src])
+            else:
+                m.bwd.add(dgin, self.douts[m.src])
+        elif m.staged is not None:
+            m.staged.forward(self.outs[m.src], gin)
         else:
             m.fwd.copy(self.outs[m.src], gin)
         if m.remote:
@@ -369,39 +429,50 @@ class GroupedCudaNet(CudaNet):
 
     def _prepare(self, train: bool) -> None:
         self._masks = {}  # each dropout layer's mask is drawn anew (once for all its shares)
-        super()._prepare(train)
+        self._upload_labels(train)  # GPU 0 computes the loss
+        for shares in self.shares:
+            for sh in shares:
+                if sh.runner is not None:
+                    with self._on(sh.g):
+                        sh.runner.prepare(train)
 
     def _launch_forward(self, train: bool) -> None:
         for lyr, shares in zip(self.net.layers, self.shares, strict=True):
             if lyr.type == "loss" and not train:
                 break
             for sh in shares:
-                for m in sh.moves:
-                    self._move(m, sh, backward=False)
-                if sh.runner is not None:
-                    sh.runner.forward(train)
-                if sh.own_y is not None:
-                    sh.own_y.copy(sh.runner.y, self.outs[lyr.name, sh.g])
+                with self._on(sh.g):
+                    for m in sh.moves:
+                        self._move(m, sh, backward=False)
+                    if sh.runner is not None:
+                        sh.runner.forward(train)
+                    if sh.own_y is not None:
+                        sh.own_y.copy(sh.runner.y, self.outs[lyr.name, sh.g])
 
     def _backward(self) -> None:
-        for buf in self.douts.values():  # every consumer adds its share of the gradient
-            concat.fill_cuda(buf.reshape(-1), 0.0)
+        for (_, gpu), buf in self.douts.items():  # every consumer adds its share of the gradient
+            with self._on(gpu):
+                concat.fill_cuda(buf.reshape(-1), 0.0)
         for lyr, shares in zip(reversed(self.net.layers), reversed(self.shares), strict=True):
             for sh in shares:
-                r = sh.runner
-                if r is not None:
-                    if sh.own_y is not None:  # LRN: dy of the own channels, zero in the halo
-                        concat.fill_cuda(sh.hull_dy.reshape(-1), 0.0)
-                        sh.own_dy.copy(self.douts[lyr.name, sh.g], sh.hull_dy)
-                    r.backward()
-                    if r.dx and r.dx[0] is None:
-                        continue
-                if sh.alias is not None:
-                    self._accumulate(self.douts[sh.alias], sh.dscratch)
-                for src, scratch in sh.aliases:
-                    self._accumulate(self.douts[src, sh.g], scratch)
-                for m in sh.moves:
-                    self._move(m, sh, backward=True)
+                with self._on(sh.g):
+                    self._backward_share(lyr, sh)
+
+    def _backward_share(self, lyr: Layer, sh: Share) -> None:
+        r = sh.runner
+        if r is not None:
+            if sh.own_y is not None:  # LRN: dy of the own channels, zero in the halo
+                concat.fill_cuda(sh.hull_dy.reshape(-1), 0.0)
+                sh.own_dy.copy(self.douts[lyr.name, sh.g], sh.hull_dy)
+            r.backward()
+            if r.dx and r.dx[0] is None:
+                return
+        if sh.alias is not None:
+            self._accumulate(self.douts[sh.alias], sh.dscratch)
+        for src, scratch in sh.aliases:
+            self._accumulate(self.douts[src, sh.g], scratch)
+        for m in sh.moves:
+            self._move(m, sh, backward=True)
 
     def _accumulate(self, dst, src) -> None:
         if dst.size not in self._accumulators:
@@ -419,9 +490,15 @@ class GroupedCudaNet(CudaNet):
     def _gather_output(self) -> np.ndarray:
         """The last layer before the loss, whole, on the host: (N, C, H, W)."""
         last = self._output_layer()
-        parts = [self.outs[last.name, gpu].copy_to_host() for gpu in range(self.gpus)
-                 if (last.name, gpu) in self.outs]  # fmt: skip
+        parts = []
+        for gpu in range(self.gpus):
+            if (last.name, gpu) in self.outs:
+                with self._on(gpu):
+                    parts.append(self.outs[last.name, gpu].copy_to_host())
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def sync(self) -> None:
+        self.devices.sync()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         n = self._load_input(x)
@@ -434,8 +511,10 @@ class GroupedCudaNet(CudaNet):
 
     def describe(self) -> str:
         lines = [f"plan for {self.net.name}: device cuda, {self.gpus} logical GPUs on "
-                 f"{min(self.physical, 1)} physical, batch {self.batch}, "
-                 f"{self.theta.size:,} parameters in one flat buffer"]  # fmt: skip
+                 f"{self.devices.count} device(s) ({self.devices.describe()}), batch "
+                 f"{self.batch}, {self.theta.size:,} parameters in "
+                 + ("one flat buffer" if self.devices.count == 1 else
+                    f"{self.devices.count} flat shards, one per device")]  # fmt: skip
         for lyr, shares in zip(self.net.layers, self.shares, strict=True):
             for sh in shares:
                 moved = sum(m.nbytes for m in sh.moves if m.remote)

@@ -307,7 +307,12 @@ class MPICommunicator(Communicator):
     def describe(self) -> str:
         return f"MPI rank {self.rank} of {self.size}"
 
-    # ---- the GPU hook (no CUDA backend in this build yet)
+    # ---- device buffers (CUDA backend)
+    def _direct(self, buf: Any) -> bool:
+        """MPI takes this buffer's device pointer: --cuda-aware-mpi, and one device array (a
+        grouped net's buffer sharded over several GPUs goes through the host)."""
+        return self.cuda_aware and hasattr(buf, "__cuda_array_interface__")
+
     def _through_host(self, buf: Any, op) -> None:
         """Run the collective ``op`` on ``buf``; device arrays go through pinned memory."""
         if not _is_device_array(buf):
@@ -315,7 +320,7 @@ class MPICommunicator(Communicator):
             return
         from numba import cuda
 
-        if self.cuda_aware:
+        if self._direct(buf):
             cuda.synchronize()  # the kernels that wrote buf must finish before MPI reads it
             op(buf)
             return
@@ -326,7 +331,7 @@ class MPICommunicator(Communicator):
 
     def _average_device(self, grad: Any) -> Any:
         t0 = time.perf_counter()
-        if self.cuda_aware:
+        if self._direct(grad):
             self._through_host(grad, self._sum)
             _scale_device(grad, 1.0 / self.size)
         else:

@@ -1,11 +1,15 @@
 """The optimizer over the compiled net's flat parameter and gradient buffers.
 
 On a CUDA net (device="cuda") theta and grad are device arrays: the optimizer state lives on
-the device too and a step is one kernel launch (netdsl.ops.optim.OptimCUDA).
+the device too and a step is one kernel launch (netdsl.ops.optim.OptimCUDA). A grouped net
+spread over several devices shards theta and grad by owner
+(netdsl.backends.cuda_devices.ShardedBuffer): pass it as `like` and the state is sharded the
+same way, one kernel per device. SGD and Adam are elementwise, so the result is the same.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import numpy as np
@@ -16,7 +20,9 @@ from ..ops import optim
 class Optimizer:
     """SGD (momentum, weight decay, Nesterov; Caffe's form) or Adam, with per-layer multipliers."""
 
-    def __init__(self, spec: dict[str, Any], slots, size: int, device: str = "cpu") -> None:
+    def __init__(self, spec: dict[str, Any], slots, size: int, device: str = "cpu",
+                 like: Any = None) -> None:  # fmt: skip
+        """`like`: the net's theta; when it is sharded over devices, so is the state."""
         self.spec = spec
         self.kind = spec["kind"]
         self.device = device
@@ -27,7 +33,20 @@ class Optimizer:
         self.m = np.zeros(size if self.kind == "adam" else 0, np.float32)  # (P,) Adam's first
         self.t = 0  # steps taken
         self._gpu = None
-        if device == "cuda":
+        self._shards = None  # per device: (domain, OptimCUDA over that device's shard)
+        if device == "cuda" and hasattr(like, "shards"):
+            self.v = like.zeros_like()
+            if self.kind == "adam":
+                self.m = like.zeros_like()
+            self._shards = []
+            for d, ranges in enumerate(like.ranges):
+                if ranges:
+                    with like.devices.on(d):
+                        op = optim.OptimCUDA(like.shards[d].size,
+                                             _shard_segments(slots, ranges))  # fmt: skip
+                    self._shards.append((d, op))
+            self._devices = like.devices
+        elif device == "cuda":
             from numba import cuda
 
             self._gpu = optim.OptimCUDA(size, self.segments)
@@ -35,15 +54,17 @@ class Optimizer:
 
     def step(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
         """One update of w (P,) from g (P,) at learning rate lr."""
-        s = self.spec
         self.t += 1
-        if self._gpu is not None:  # w, g: device arrays
-            if self.kind == "sgd":
-                self._gpu.sgd(w, g, self.v, lr, s["momentum"], s["weight_decay"], s["nesterov"])
-            else:
-                self._gpu.adam(w, g, self.m, self.v, lr, s["beta1"], s["beta2"], s["eps"],
-                               s["weight_decay"], self.t)  # fmt: skip
+        if self._shards is not None:  # w, g: ShardedBuffers, one kernel per device
+            for d, op in self._shards:
+                with self._devices.on(d):
+                    m = self.m.shards[d] if self.kind == "adam" else None
+                    self._gpu_step(op, w.shards[d], g.shards[d], m, self.v.shards[d], lr)
             return
+        if self._gpu is not None:  # w, g: device arrays
+            self._gpu_step(self._gpu, w, g, self.m, self.v, lr)
+            return
+        s = self.spec
         if self.kind == "sgd":
             optim.sgd_update(w, g, self.v, *self.segments, float(lr), float(s["momentum"]),
                              float(s["weight_decay"]), bool(s["nesterov"]))  # fmt: skip
@@ -52,15 +73,22 @@ class Optimizer:
                               float(s["beta2"]), float(s["eps"]), float(s["weight_decay"]),
                               self.t)  # fmt: skip
 
+    def _gpu_step(self, op: optim.OptimCUDA, w, g, m, v, lr: float) -> None:
+        s = self.spec
+        if self.kind == "sgd":
+            op.sgd(w, g, v, lr, s["momentum"], s["weight_decay"], s["nesterov"])
+        else:
+            op.adam(w, g, m, v, lr, s["beta1"], s["beta2"], s["eps"], s["weight_decay"], self.t)
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The state as host arrays (copies from the device on CUDA)."""
-        if self._gpu is not None:
+        if self._gpu is not None or self._shards is not None:
             m = self.m.copy_to_host() if self.m.size else np.zeros(0, np.float32)
             return {"optim.v": self.v.copy_to_host(), "optim.m": m}
         return {"optim.v": self.v, "optim.m": self.m}
 
     def load_state(self, arrays: dict[str, np.ndarray], t: int) -> None:
-        if self._gpu is not None:
+        if self._gpu is not None or self._shards is not None:
             self.v.copy_to_device(np.ascontiguousarray(arrays["optim.v"], np.float32))
             if self.m.size:
                 self.m.copy_to_device(np.ascontiguousarray(arrays["optim.m"], np.float32))
@@ -69,3 +97,20 @@ class Optimizer:
             if self.m.size:
                 self.m[...] = arrays["optim.m"]
         self.t = t
+
+
+def _shard_segments(slots, ranges) -> optim.Segments:
+    """Segments of a shard made of the canonical `ranges`, back to back: one per piece of a
+    range inside one slot, with that slot's multipliers."""
+    starts = [s.offset for s in slots]
+    sizes, lr, decay = [], [], []
+    for a, b in ranges:
+        i = bisect.bisect_right(starts, a) - 1
+        while a < b:
+            s = slots[i]
+            end = min(b, s.offset + s.size)
+            sizes.append(end - a)
+            lr.append(s.lr_mult)
+            decay.append(s.decay_mult)
+            a, i = end, i + 1
+    return optim.make_segments(sizes, lr, decay)

@@ -185,7 +185,9 @@ class Trainer:
         opt = dict(t["optimizer"])
         if lr is not None:
             opt["lr"] = lr
-        self.optimizer = Optimizer(opt, cnet.slots, cnet.theta.size, device=cnet.device)
+        self.optimizer = Optimizer(
+            opt, cnet.slots, cnet.theta.size, device=cnet.device, like=cnet.theta
+        )
         self.schedule = Schedule(t["schedule"], opt["lr"], epochs)
         self.rng = np.random.default_rng(cnet.seed)  # shuffling and augmentation
         self.epoch = 0  # epochs completed
