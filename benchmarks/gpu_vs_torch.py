@@ -10,6 +10,12 @@ medians, the ratios netdsl / PyTorch, and the achieved FLOP/s of netdsl's larges
 layers (forward, and backward data + weights) against the H100's 67 TFLOP/s float32
 (non-tensor-core) peak.
 
+A second measurement times a training loop: steps back to back, each uploading its batch
+from the host and reading its loss, one synchronisation at the end. netdsl runs it as its
+trainer does (start_step / finish_step: a step's loss is read one step late, so the host
+prepares the next batch while the GPU computes); PyTorch runs the usual loop (`.to(device)`,
+forward, backward, step, `loss.item()`).
+
 A net that declares `gpus 2` (AlexNet) is benchmarked on ONE GPU by default, as PyTorch
 runs it; --split runs netdsl's model-parallel plan (logical GPUs sharing the device).
 
@@ -67,6 +73,15 @@ def _median_step(step, sync, warmup: int, steps: int) -> tuple[float, list[float
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
+
+
+def _loop_ms(step, finish, steps: int) -> float:
+    """ms per step of `steps` steps run back to back, as a training loop runs them."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    finish()
+    return 1e3 * (time.perf_counter() - t0) / steps
 
 
 def conv_flops(cnet, warmup: int, reps: int) -> list[dict]:
@@ -129,8 +144,24 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
         step()
         first = time.perf_counter() - t_start
         med, times = _median_step(step, cnet.sync, warmup, steps)
+        pending: list[int] = []
+
+        def loop_step():  # the trainer's loop: a step's loss is read one step late
+            cnet.start_step(x, y)
+            opt.step(cnet.theta, cnet.grad, 0.01)
+            if pending:
+                cnet.finish_step()
+            pending[:] = [1]
+
+        def loop_finish():
+            if pending:
+                cnet.finish_step()
+            pending.clear()
+            cnet.sync()
+
         extra = {"convs": conv_flops(cnet, warmup, max(2, steps // 2)),
-                 "graph_replays": cnet.step_graph.replays}  # fmt: skip
+                 "graph_replays": cnet.step_graph.replays,
+                 "loop_ms": _loop_ms(loop_step, loop_finish, steps)}  # fmt: skip
     else:
         import torch
 
@@ -157,10 +188,18 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
         def sync():
             _sync_torch(torch, device)
 
+        def loop_step():  # the usual loop: batch uploaded, loss read for the log
+            xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            sgd.zero_grad(set_to_none=True)
+            loss = model.loss(model(xb), yb)
+            loss.backward()
+            sgd.step()
+            loss.item()
+
         step()
         first = time.perf_counter() - t_start
         med, times = _median_step(step, sync, warmup, steps)
-        extra = {"tf32": tf32}
+        extra = {"tf32": tf32, "loop_ms": _loop_ms(loop_step, sync, steps)}
     return {
         "engine": engine,
         "step_ms": 1e3 * med,
@@ -231,6 +270,12 @@ def report(name: str, nd: dict, eager: dict, torch_runs: dict[bool, dict | None]
             continue
         lines.append(f"  torch TF32 {'on ' if tf32 else 'off'}  {r['step_ms']:8.2f} ms/step   "
                      f"netdsl / torch time ratio {nd['step_ms'] / r['step_ms']:6.2f}")  # fmt: skip
+    lines.append(f"  training loop (batch uploaded, loss read, steps back to back): netdsl "
+                 f"{nd['loop_ms']:.2f} ms/step")  # fmt: skip
+    for tf32, r in torch_runs.items():
+        if r is not None:
+            lines.append(f"    torch TF32 {'on ' if tf32 else 'off'} {r['loop_ms']:.2f} ms/step, "
+                         f"netdsl / torch {nd['loop_ms'] / r['loop_ms']:.2f}")  # fmt: skip
     for c in nd["convs"]:
         lines.append(f"  {c['layer']:8} {c['gflop_fwd']:7.2f} GFLOP fwd: {c['fwd_tflops']:6.2f} "
                      f"TFLOP/s ({100 * c['fwd_tflops'] * 1e12 / H100_FP32_PEAK:4.1f}% of 67), "

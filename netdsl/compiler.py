@@ -68,6 +68,7 @@ class CompiledNet:
         self.seed = seed
         self.rng = np.random.default_rng(seed)  # dropout masks
         self.labels = np.zeros(self.batch, np.int64)
+        self._pending: list = []  # results of queued training steps (start_step)
         self._layout()
         self.masks = _table_masks(net)
         init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
@@ -236,6 +237,16 @@ class CompiledNet:
 
     def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
         """Forward and backward in train mode on a full batch; gradients land in self.grad."""
+        self.start_step(x, labels)
+        return self.finish_step()[0]
+
+    def start_step(self, x: np.ndarray, labels: np.ndarray) -> None:
+        """Queue a training step on a full batch (step_grads without waiting for its loss).
+
+        On a GPU this returns once the step is launched: the host can prepare the next batch
+        while it runs (netdsl.train.trainer does). Each start_step is answered by one
+        finish_step, in order; a backend keeps at most two steps' results pending.
+        """
         if self.loss_runner is None:
             raise NetError(
                 "the network has no loss layer, so it cannot be trained",
@@ -247,7 +258,16 @@ class CompiledNet:
             raise ValueError(f"training needs full batches of {self.batch}, got {n}")
         self.labels[:] = labels
         self._train_step()
-        return self._step_loss(labels)
+        self._pending.append(self._queue_result(np.array(labels)))
+
+    def finish_step(self) -> tuple[float, int]:
+        """(loss, top-1 errors) of the oldest step start_step queued, waiting for it."""
+        return self._pending.pop(0)()
+
+    def _queue_result(self, labels: np.ndarray):
+        """A function giving the step's (loss, top-1 errors); the CPU has them already."""
+        result = (float(self.loss_runner.value), self.top1_errors(labels))
+        return lambda: result
 
     def _train_step(self) -> None:
         """Forward in train mode and backward over the loaded batch (a backend may replay it)."""
@@ -259,10 +279,6 @@ class CompiledNet:
             r.backward()
             for scratch, dst in r.adds:
                 self.accumulate_into(dst, scratch)
-
-    def _step_loss(self, labels: np.ndarray) -> float:
-        """The loss of the step just run (a backend may fetch it from its device)."""
-        return float(self.loss_runner.value)
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray):
         """(loss, {name: gradient}) on one batch in train mode (dropout on, BN batch stats)."""

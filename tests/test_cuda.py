@@ -422,6 +422,31 @@ def test_cuda_api_host_side():
     assert "device cuda" in gpu.describe()
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_queued_steps_answer_in_order(device):
+    """start_step queues a step (on a GPU the host goes on at once, its uploads staged in
+    pinned buffers used in turn); finish_step answers the oldest: two steps in flight give
+    each one's own loss and error count, exactly as two step_grads calls do, and a bad label
+    is still reported."""
+    net = netdsl.loads(NETS["dropout"], "q.net")
+    queued = CompiledNet(net, device=device, batch=2, seed=0)
+    plain = CompiledNet(net, device=device, batch=2, seed=0)
+    batches = [data(plain, seed=s) for s in (1, 2)]
+    want = []
+    for x, y in batches:
+        want.append((plain.step_grads(x, y), plain.top1_errors(y)))
+    for x, y in batches:
+        queued.start_step(x, y)
+    got = [queued.finish_step(), queued.finish_step()]
+    assert got == want and want[0] != want[1]
+    grad = {cn: cn.grad.copy_to_host() if device == "cuda" else cn.grad for cn in (queued, plain)}
+    assert np.array_equal(grad[queued], grad[plain])
+    x, y = batches[0]
+    with pytest.raises(ValueError, match="label"):  # the CPU says so at once, a GPU later
+        queued.start_step(x, np.full_like(y, 99))
+        queued.finish_step()
+
+
 def test_device_names():
     from netdsl.compiler import resolve_device
 
@@ -646,8 +671,10 @@ def test_gpu_benchmark_dry_run_and_no_gpu_message():
     assert "tiny_lenet: netdsl" in out.stdout and "TFLOP/s" in out.stdout
     assert re.search(r"CUDA graph replayed [1-9]", out.stdout), out.stdout
     assert "netdsl without the graph" in out.stdout
+    assert re.search(r"training loop .*: netdsl [0-9.]+ ms/step", out.stdout), out.stdout
     if HAVE_TORCH:
         assert "netdsl / torch time ratio" in out.stdout
+        assert re.search(r"torch TF32 off [0-9.]+ ms/step, netdsl / torch", out.stdout)
 
 
 # ------------------------------------------------------------------------ real CUDA compilation

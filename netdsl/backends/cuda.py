@@ -14,8 +14,13 @@ so launch configurations are fixed once. Activations are fused into the producin
 epilogue (conv, fc, subsample, bn, add); their backward is one elementwise kernel into a
 scratch buffer, as on the CPU.
 
-Kernels queue on the default stream; a copy to the host waits for them. `sync()` waits
-explicitly (for timing). Runners do their host work (uploads) in `prepare`, and only launch
+Kernels queue on the default stream. Per-step uploads (batch, labels, keep-masks) and the
+loss download go through pinned staging buffers used in turn (`Staging`), so none of them
+makes the host wait: `start_step` returns once the step is queued and `finish_step` waits
+for its three numbers. The trainer reads each loss one step late, so the host reads and
+augments batch s+1 while the GPU computes step s. `sync()` waits explicitly (for timing).
+
+Runners do their host work (uploads) in `prepare`, and only launch
 kernels in `forward` / `backward`, so from the second step on the training step's launches
 replay as one CUDA graph (netdsl/backends/cuda_graph.py).
 """
@@ -44,6 +49,30 @@ def _simulator_speedup() -> None:
 
     if simulator():
         fast_simulator_barrier()
+
+
+class Staging:
+    """Pinned host buffers for one upload (or download), used in turn.
+
+    A copy queued from one slot may still be waiting behind the running step while the host
+    fills the next: with start_step / finish_step at most one step runs unfinished, so two
+    slots never collide. Copies from pinned memory are asynchronous (from pageable memory a
+    copy waits for the device first), which is what lets the next batch's host work overlap
+    the current step's kernels.
+    """
+
+    def __init__(self, shape, dtype, slots: int = 2) -> None:
+        self.slots = [_cuda().pinned_array(shape, dtype) for _ in range(slots)]
+        self.i = 0
+
+    def next(self) -> np.ndarray:
+        self.i = (self.i + 1) % len(self.slots)
+        return self.slots[self.i]
+
+
+def upload(dst, host: np.ndarray) -> None:
+    """Queue dst <- host (pinned) on the current device's default stream, without waiting."""
+    dst.copy_to_device(host, stream=_cuda().legacy_default_stream())
 
 
 def device_zeros(shape, dtype=np.float32):
@@ -234,14 +263,19 @@ class DropoutRunner(Runner):
         self.op = dropout.DropoutCUDA(self.y.size, self.p_drop)
         self.copy = add.AddCUDA(self.y.size)
         self.mask = np.ones(self.y.shape, np.uint8)  # (N, C, H, W) host copy, 1 = kept
-        self.mask_d = device_zeros(self.y.size, np.uint8)  # (N*C*H*W,) on the device
+        self.mask_d = _cuda().to_device(self.mask.reshape(-1))  # (N*C*H*W,) on the device
+        self.staging = Staging(self.y.shape, np.uint8)
 
     def prepare(self, train):
+        """A training step's keep-mask, drawn on the host and queued for upload (evaluation
+        copies x through and needs none)."""
         if train and self.p_drop > 0:
-            self.mask = dropout.make_mask(self.plan.rng, self.y.shape, self.p_drop)
-        else:
-            self.mask = np.ones(self.y.shape, np.uint8)
-        self.mask_d.copy_to_device(self.mask.reshape(-1))
+            self.mask = self.staging.next()
+            self.mask[...] = self.draw()
+            upload(self.mask_d, self.mask.reshape(-1))
+
+    def draw(self) -> np.ndarray:
+        return dropout.make_mask(self.plan.rng, self.y.shape, self.p_drop)
 
     def forward(self, train):
         if train and self.p_drop > 0:
@@ -415,7 +449,10 @@ class CudaNet(CompiledNet):
         self.grad = device_zeros(self.theta.size)  # (P,)
         self.state = {k: cuda.to_device(v) for k, v in self.state.items()}
         self.labels_d = device_zeros(n, np.int64)  # (N,)
-        self._x_host = cuda.pinned_array((n, *self.net.input.out_shape), np.float32)
+        self._x_staging = Staging((n, *self.net.input.out_shape), np.float32)
+        self._labels_staging = Staging(n, np.int64)
+        self._stats_staging = Staging(3, np.float64)  # the loss kernel's stats come back here
+        self._stats_ready = [cuda.event() for _ in self._stats_staging.slots]
         self._accumulators: dict[int, add.AddCUDA] = {}
         self._wrong = 0  # top-1 errors of the last training step
         self.step_graph = StepGraph()  # the train step's launches, replayed as a CUDA graph
@@ -446,9 +483,10 @@ class CudaNet(CompiledNet):
     # ---- host <-> device
     def _load_input(self, x: np.ndarray) -> int:
         x, n = self._checked_input(x)
+        self._x_host = self._x_staging.next()
         self._x_host[:n] = x
         self._x_host[n:] = 0.0
-        self.out[self.net.input.name].copy_to_device(self._x_host)
+        upload(self.out[self.net.input.name], self._x_host)
         return n
 
     def _prepare(self, train: bool) -> None:
@@ -459,7 +497,9 @@ class CudaNet(CompiledNet):
 
     def _upload_labels(self, train: bool) -> None:
         if train:
-            self.labels_d.copy_to_device(np.ascontiguousarray(self.labels, np.int64))
+            host = self._labels_staging.next()
+            host[...] = self.labels
+            upload(self.labels_d, host)
 
     def _launch_forward(self, train: bool) -> None:
         super()._forward(train)
@@ -492,14 +532,25 @@ class CudaNet(CompiledNet):
         y = self.out[last.name].copy_to_host()[:n]
         return y.reshape(n, -1) if last.out_shape[1:] == (1, 1) else y
 
-    def _step_loss(self, labels: np.ndarray) -> float:
-        value, wrong, bad = self.loss_runner.op.stats.copy_to_host()  # the step's one download
-        if bad:
-            k = int(np.prod(self.loss_runner.layer.in_shapes[0]))
-            raise ValueError(f"labels must lie in [0, {k}), got "
-                             f"{np.min(labels)}..{np.max(labels)}")  # fmt: skip
-        self._wrong = int(wrong)
-        return float(value)
+    def _queue_result(self, labels: np.ndarray):
+        """Queue the download of the loss kernel's (loss, top-1 errors, bad labels) behind the
+        step; the function returned waits for it."""
+        host = self._stats_staging.next()
+        ready = self._stats_ready[self._stats_staging.i]
+        self.loss_runner.op.stats.copy_to_host(host, stream=_cuda().legacy_default_stream())
+        ready.record()
+
+        def result() -> tuple[float, int]:
+            ready.synchronize()
+            value, wrong, bad = host
+            if bad:
+                k = int(np.prod(self.loss_runner.layer.in_shapes[0]))
+                raise ValueError(f"labels must lie in [0, {k}), got "
+                                 f"{np.min(labels)}..{np.max(labels)}")  # fmt: skip
+            self._wrong = int(wrong)
+            return float(value), int(wrong)
+
+        return result
 
     def top1_errors(self, labels: np.ndarray) -> int:
         """Top-1 errors of the last training step (counted on the device by the loss kernel)."""

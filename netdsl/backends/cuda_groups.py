@@ -93,13 +93,8 @@ class _SliceDropout(single.DropoutRunner):
     lo: int
     hi: int
 
-    def prepare(self, train):
-        if train and self.p_drop > 0:
-            whole = self.plan.parent.dropout_mask(self.full, self.p_drop)
-            self.mask = np.ascontiguousarray(whole[:, self.lo : self.hi])
-            self.mask_d.copy_to_device(self.mask.reshape(-1))
-        else:
-            super().prepare(train)
+    def draw(self) -> np.ndarray:
+        return self.plan.parent.dropout_mask(self.full, self.p_drop)[:, self.lo : self.hi]
 
 
 class Move:
@@ -408,7 +403,7 @@ class GroupedCudaNet(CudaNet):
         n = super()._load_input(x)  # into GPU 0's copy of the input
         for gpu in range(1, self.gpus):  # "the input is loaded on every GPU"
             with self._on(gpu):
-                self.outs[self.net.input.name, gpu].copy_to_device(self._x_host)
+                single.upload(self.outs[self.net.input.name, gpu], self._x_host)
         return n
 
     def _move(self, m: Move, sh: Share, backward: bool) -> None:

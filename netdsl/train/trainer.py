@@ -266,21 +266,29 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss_sum, wrong, seen = 0.0, 0, 0
                 comm_before = comm.comm_seconds
-                for s in range(steps):
-                    xb, yb = self._rank_batch(order[s * gb : (s + 1) * gb], shape)
-                    lr = self.schedule.lr(e, s / steps)
-                    loss = c.step_grads(xb, yb)
-                    if not math.isfinite(loss):
-                        self._diverged(loss, e, s, lr)
-                    comm.average_(c.grad)  # one Allreduce: the mean gradient over the ranks
-                    self.optimizer.step(c.theta, c.grad, lr)
-                    wrong += c.top1_errors(yb)  # on CUDA: counted on the device
-                    loss_sum += loss
-                    seen += len(yb)
-                    if not self.quiet:
-                        elapsed = time.perf_counter() - t0
-                        bar.update(s, loss_sum / (s + 1), 1 - wrong / seen,
-                                   seen * comm.size / elapsed, lr)  # fmt: skip
+                # A step's loss is read one step late: while the GPU runs step s the host
+                # reads, augments and uploads batch s+1 (on the CPU nothing changes).
+                pending: tuple[int, float, int] | None = None  # (step, lr, images) unread
+                for s in range(steps + 1):
+                    if s < steps:
+                        xb, yb = self._rank_batch(order[s * gb : (s + 1) * gb], shape)
+                        lr = self.schedule.lr(e, s / steps)
+                        c.start_step(xb, yb)
+                        comm.average_(c.grad)  # one Allreduce: the mean gradient over the ranks
+                        self.optimizer.step(c.theta, c.grad, lr)
+                    if pending is not None:
+                        ps, plr, n_img = pending
+                        loss, errs = c.finish_step()  # top-1 errors counted on the device
+                        if not math.isfinite(loss):
+                            self._diverged(loss, e, ps, plr)
+                        wrong += errs
+                        loss_sum += loss
+                        seen += n_img
+                        if not self.quiet:
+                            elapsed = time.perf_counter() - t0
+                            bar.update(ps, loss_sum / (ps + 1), 1 - wrong / seen,
+                                       seen * comm.size / elapsed, plr)  # fmt: skip
+                    pending = (s, lr, len(yb)) if s < steps else None
                 train_time = time.perf_counter() - t0
                 if comm.size > 1:  # the epoch's sums over every rank's share of the batches
                     comm.average_state_(c.state)  # batch-norm running statistics
