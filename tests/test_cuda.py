@@ -334,7 +334,7 @@ def test_pool(case):
     y, dx = empty(dy.shape), empty(x.shape)
     op.forward(dev(x), y)
     assert_close(host(y), pool.ref_forward(x, mode, k, s, p, (ho, wo)), 1e-5, "forward")
-    op.backward(dev(dy), dx)
+    op.backward(dev(dy), dx, dev(x))
     assert_close(host(dx), pool.ref_backward(dy, x, mode, k, s, p, (ho, wo)), 1e-5, "backward")
     cpu = pool.PoolCPU(2, 3, h, w, mode, k, s, p, (ho, wo))
     y_cpu, dx_cpu = np.empty_like(dy), np.empty_like(x)
@@ -342,6 +342,24 @@ def test_pool(case):
     cpu.backward(dy, dx_cpu)
     assert_close(host(y), y_cpu, 1e-6, "forward vs CPU")
     assert_close(host(dx), dx_cpu, 1e-6, "backward vs CPU")
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky", "tanh", "sigmoid"])
+@pytest.mark.parametrize("case", [POOLS[0], POOLS[2]])
+def test_pool_backward_takes_the_producers_activation(case, act):
+    """With the producer's activation fused into its backward, the pool returns the gradient
+    before that activation: the reference pool backward times act'(y), y = act(z) its input."""
+    mode, k, s, p, h, w, rnd = case
+    ho, wo = out_size(h, k[0], s[0], p[0], rnd), out_size(w, k[1], s[1], p[1], rnd)
+    z, dy = f32((2, 3, h, w)), f32((2, 3, ho, wo))
+    x = activation.ref_forward(z, act, 0.1).astype(np.float32)  # the producer's output
+    op = pool.PoolCUDA(2, 3, h, w, mode, k, s, p, (ho, wo), act, 0.1)
+    y, dz = empty(dy.shape), empty(x.shape)
+    op.forward(dev(x), y)
+    op.backward(dev(dy), dz, dev(x))
+    dx = pool.ref_backward(dy, x, mode, k, s, p, (ho, wo))
+    want = activation.ref_backward(dx, x, act, 0.1)
+    assert_close(host(dz), want, 1e-5, f"{mode} + {act}")
 
 
 @pytest.mark.parametrize("case", POOLS[:4])
@@ -445,6 +463,45 @@ def test_queued_steps_answer_in_order(device):
     with pytest.raises(ValueError, match="label"):  # the CPU says so at once, a GPU later
         queued.start_step(x, np.full_like(y, 99))
         queued.finish_step()
+
+
+FUSED = """
+network fused
+input image: 2x8x8
+conv c1: 4 filters 3x3, pad 1, leaky(0.2)   # only p1 reads it: p1 takes over leaky's backward
+pool p1: max 2x2, stride 2
+conv c2: 4 filters 3x3, pad 1, tanh         # read by p2 and c3: no fusion
+pool p2: avg 2x2, stride 2
+conv c3(c2): 4 filters 1x1
+pool p3(c3): max 2x2, stride 2              # c3 has no activation: nothing to fuse
+concat j(p2, p3)
+fc   out: 3
+loss cross_entropy
+"""
+
+
+def test_pool_takes_over_its_producers_activation_backward():
+    """On CUDA a pool that is the only reader of a layer with a fused activation computes that
+    activation's backward (one elementwise pass and launch fewer); where the map fans out or
+    has no activation nothing changes. Loss and gradients equal the CPU plan's."""
+    net = netdsl.loads(FUSED, "fused.net")
+    gpu = CompiledNet(net, device="cuda", batch=2, seed=0)
+    cpu = CompiledNet(net, device="cpu", batch=2, seed=0)
+    r = {x.layer.name: x for x in gpu.runners}
+    assert r["c1"].act_in_consumer and r["p1"].op.act_code == activation.ACT_CODE["leaky"]
+    assert r["c1"].dz is None
+    assert not r["c2"].act_in_consumer and r["p2"].op.act_code == activation.LINEAR
+    assert not r["c3"].act_in_consumer and r["p3"].op.act_code == activation.LINEAR
+    x, y = data(cpu)
+    lc, gc = cpu.loss_and_grads(x, y)
+    lg, gg = gpu.loss_and_grads(x, y)
+    assert abs(lc - lg) <= 1e-5 * max(1.0, abs(lc))
+    for k in gc:
+        assert_close(gg[k], gc[k], 1e-4, k)
+    with cudakit.recording() as launches:
+        gpu.step_grads(x, y)
+    names = [rec[3] for rec in launches]
+    assert names.count("act_backward") == 1  # c2's tanh; c1's leaky went into p1's backward
 
 
 def test_device_names():

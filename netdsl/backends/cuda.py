@@ -12,7 +12,11 @@ buffers, `dx`/`dy` their gradients, `p`/`g` device views into theta/grad. Each r
 its op's CUDA launcher (the `*CUDA` class at the end of each op's module) at compile time,
 so launch configurations are fixed once. Activations are fused into the producing kernel's
 epilogue (conv, fc, subsample, bn, add); their backward is one elementwise kernel into a
-scratch buffer, as on the CPU.
+scratch buffer, as on the CPU, except where a pool is the layer's only reader: the pool's
+backward then multiplies by act'(y) as it writes (`_fuse_pool_backward`), one pass fewer.
+The forward pool is not fused into the conv: its windows straddle the conv's GEMM tiles
+(and overlap, in AlexNet), and the conv's output must be stored for the backward anyway,
+so fusing would save only the pool's one read of it.
 
 Kernels queue on the default stream. Per-step uploads (batch, labels, keep-masks) and the
 loss download go through pinned staging buffers used in turn (`Staging`), so none of them
@@ -111,9 +115,11 @@ class Runner:
     def backward(self) -> None:
         raise NotImplementedError
 
+    act_in_consumer = False  # the only reader (a pool) returns dy already through act'
+
     def _act_backward(self):
         """The gradient before the fused activation (into self.dz), or dy itself."""
-        if not self.fused_act:
+        if not self.fused_act or self.act_in_consumer:
             return self.dy
         self.act_op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.dz.reshape(-1))
         return self.dz
@@ -172,18 +178,23 @@ class FcRunner(Runner):
 class PoolRunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
+        self.build()
+
+    def build(self, act: str = "linear", slope: float = 0.0) -> None:
+        """The pool's launcher; act: its producer's activation, whose backward it takes over
+        (CudaNet._fuse_pool_backward)."""
         from ..ops.pool import PoolCUDA
 
-        a = layer.attrs
-        c, h, w = layer.in_shapes[0]
-        self.op = PoolCUDA(plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"], a["pad_tl"],
-                           a["out_hw"])  # fmt: skip
+        a = self.layer.attrs
+        c, h, w = self.layer.in_shapes[0]
+        self.op = PoolCUDA(self.plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"],
+                           a["pad_tl"], a["out_hw"], act, slope)  # fmt: skip
 
     def forward(self, train):
         self.op.forward(self.x[0], self.y)
 
     def backward(self):
-        self.op.backward(self.dy, self.dx[0])
+        self.op.backward(self.dy, self.dx[0], self.x[0])
 
 
 class SubsampleRunner(Runner):
@@ -479,6 +490,32 @@ class CudaNet(CompiledNet):
             for _, dst in r.adds:
                 if dst.size not in self._accumulators:
                     self._accumulators[dst.size] = add.AddCUDA(dst.size)
+        self._fuse_pool_backward()
+
+    def _fuse_pool_backward(self) -> None:
+        """A pool that is the only reader of a layer with a fused activation (conv / fc / bn
+        + relu, say) takes over that activation's backward: it writes dz = dx * act'(y)
+        straight into the producer's gradient buffer, and the producer skips its elementwise
+        pass (read dy and y, write dz) and launch."""
+        producers = {r.layer.name: r for r in self.runners}
+        for r in self.runners:
+            if r.layer.type != "pool":
+                continue
+            src = r.layer.inputs[0]
+            p = producers.get(src)
+            if (
+                p is None
+                or not p.fused_act
+                or self.consumers[src] != [r.layer.name]
+                or r.adds
+                or r.dx[0] is None
+                or r.dx[0] is not self.dout.get(src)
+            ):
+                continue
+            kind, slope = p.layer.attrs["activation"]
+            r.build(kind, slope)
+            p.act_in_consumer = True
+            p.dz = None  # its dz buffer is the pool's dx now
 
     # ---- host <-> device
     def _load_input(self, x: np.ndarray) -> int:

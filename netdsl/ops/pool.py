@@ -20,6 +20,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from netdsl.ops.activation import LINEAR
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
@@ -300,11 +301,20 @@ def _cuda_window_math():
 
 @functools.cache
 def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int,
-                  sw: int, ph: int, pw: int, mode: str):  # fmt: skip
-    """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat."""
+                  sw: int, ph: int, pw: int, mode: str, act_code: int = LINEAR):  # fmt: skip
+    """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat.
+
+    act_code: the activation fused into the layer that produced x, when this pool is that
+    layer's only reader. The backward then returns the gradient before that activation,
+    dx * act'(x) (x is the producer's activated output), so the producer skips its own
+    elementwise activation backward: one pass over the map (read dy and y, write dz) fewer.
+    """
     global cuda
     from numba import cuda, float32
 
+    from netdsl.ops.activation import cuda_element_math
+
+    _, act_grad = cuda_element_math()
     span, outputs_over = _cuda_window_math()
     code = MODE_CODE[mode]
     hw, howo = h * w, ho * wo
@@ -339,8 +349,9 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
                 y[e] = s / float32(cnt) if code == 1 and cnt > 0 else s
 
     @cuda.jit
-    def pool_backward(dy, arg, dx):
-        # dy (P*Ho*Wo,), arg (P*Ho*Wo,) int32 (max), dx (P*H*W,) f32 out (overwritten)
+    def pool_backward(dy, arg, dx, x, slope):
+        # dy (P*Ho*Wo,), arg (P*Ho*Wo,) int32 (max), dx (P*H*W,) f32 out (overwritten);
+        # x (P*H*W,) the forward input, read only with a fused activation (act_code)
         for e in range(cuda.grid(1), planes * hw, cuda.gridsize(1)):
             pl, q = e // hw, e % hw
             r, c = q // w, q % w
@@ -360,6 +371,8 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
                         g += dy[o] / float32((a1 - a0) * (b1 - b0))
                     else:
                         g += dy[o]
+            if act_code != LINEAR:
+                g *= act_grad(x[e], act_code, slope)
             dx[e] = g
 
     return types.SimpleNamespace(pool_forward=pool_forward, pool_backward=pool_backward)
@@ -373,15 +386,21 @@ class PoolCUDA:
     """float32 pooling on the GPU for fixed shapes; max keeps the argmax of the last forward."""
 
     def __init__(self, n: int, c: int, h: int, w: int, mode: str, kernel: Pair, stride: Pair,
-                 pad: Pair, out_hw: Pair) -> None:  # fmt: skip
+                 pad: Pair, out_hw: Pair, act: str = "linear",
+                 slope: float = 0.0) -> None:  # fmt: skip
+        """act, slope: the producer's fused activation whose backward this pool's backward
+        takes over (see _cuda_kernels); "linear" for none."""
         from numba import cuda as _cuda
 
+        from netdsl.ops.activation import ACT_CODE
         from netdsl.ops.cudakit import Launch, grid_1d
 
         if mode not in MODE_CODE:
             raise ValueError(f"unknown pooling mode {mode!r}; expected one of {MODES}")
         planes, (ho, wo) = n * c, out_hw
-        cfg = (*(int(v) for v in (planes, h, w, ho, wo, *kernel, *stride, *pad)), mode)
+        self.act_code, self.slope = ACT_CODE[act], np.float32(slope)
+        geo = (int(v) for v in (planes, h, w, ho, wo, *kernel, *stride, *pad))
+        cfg = (*geo, mode, self.act_code)
         size = planes * ho * wo if mode == "max" else 1  # unused unless max
         self.arg = _cuda.device_array(size, np.int32)  # (N*C*Ho*Wo,) argmax, in-plane index
         self._fwd = Launch(_cuda_kernels, "pool_forward", *grid_1d(planes * ho * wo), cfg)
@@ -391,8 +410,9 @@ class PoolCUDA:
         """y = pool(x); x (N, C, H, W), y (N, C, Ho, Wo) float32 device arrays."""
         self._fwd(x.reshape(-1), y.reshape(-1), self.arg)
 
-    def backward(self, dy, dx) -> None:
-        """Overwrite dx (N, C, H, W) with the gradient for dy (N, C, Ho, Wo); None: skip."""
+    def backward(self, dy, dx, x) -> None:
+        """Overwrite dx (N, C, H, W) with the gradient for dy (N, C, Ho, Wo) (times act'(x)
+        with a fused activation); x (N, C, H, W) is the forward input; dx None: skip."""
         if dx is None:
             return
-        self._bwd(dy.reshape(-1), self.arg, dx.reshape(-1))
+        self._bwd(dy.reshape(-1), self.arg, dx.reshape(-1), x.reshape(-1), self.slope)
