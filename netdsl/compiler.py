@@ -245,7 +245,7 @@ class CompiledNet:
 
         On a GPU this returns once the step is launched: the host can prepare the next batch
         while it runs (netdsl.train.trainer does). Each start_step is answered by one
-        finish_step, in order; a backend keeps at most two steps' results pending.
+        finish_step, in order; at most two steps may be queued unfinished.
         """
         if self.loss_runner is None:
             raise NetError(
@@ -253,6 +253,8 @@ class CompiledNet:
                 self.net.layers[-1].loc,
                 "end the network with: loss cross_entropy",
             )
+        if len(self._pending) >= 2:  # a GPU stages each step's data in one of two buffers
+            raise RuntimeError("two training steps are already queued: call finish_step first")
         n = self._load_input(x)
         if n != self.batch:
             raise ValueError(f"training needs full batches of {self.batch}, got {n}")

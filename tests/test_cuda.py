@@ -455,6 +455,8 @@ def test_queued_steps_answer_in_order(device):
         want.append((plain.step_grads(x, y), plain.top1_errors(y)))
     for x, y in batches:
         queued.start_step(x, y)
+    with pytest.raises(RuntimeError, match="already queued"):  # a third would reuse a buffer
+        queued.start_step(*batches[0])
     got = [queued.finish_step(), queued.finish_step()]
     assert got == want and want[0] != want[1]
     grad = {cn: cn.grad.copy_to_host() if device == "cuda" else cn.grad for cn in (queued, plain)}
