@@ -315,8 +315,10 @@ class CompiledNet:
                   for d in r.dx]  # fmt: skip
             lines.append(f"  {lyr.name:18} {type(r).__name__:16} out {tuple(r.y.shape)} "
                          f"dx {dx}")  # fmt: skip
-        bases = {id(b.base if b.base is not None else b): (b.base if b.base is not None else b)
-                 for b in self.dout.values()}  # fmt: skip
+        # gradients of layers whose lifetimes do not overlap share one array (gradient_buffers)
+        owners = [getattr(b, "base", None) for b in self.dout.values()]  # device arrays: None
+        owners = [o if o is not None else b for o, b in zip(owners, self.dout.values())]
+        bases = {id(o): o for o in owners}
         nbytes = sum(b.nbytes for b in self.out.values()) + sum(b.nbytes for b in bases.values())
         lines.append(f"  activation + gradient buffers: {nbytes / 2**20:.2f} MiB")
         return "\n".join(lines)

@@ -135,7 +135,7 @@ def test_separate_devices_equal_one_device(monkeypatch, capsys, gpus):
     assert f"{gpus} flat shards, one per device" in sep.describe()
 
 
-def test_separate_devices_train_like_one(monkeypatch, tmp_path):
+def test_separate_devices_train_like_one(monkeypatch):
     """Training steps through the Trainer's optimizer (sharded state, one kernel per device),
     set_params and params gather/scatter in the canonical layout: weights equal the
     one-device run after several updates."""

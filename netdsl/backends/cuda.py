@@ -493,10 +493,11 @@ class CudaNet(CompiledNet):
         self._fuse_pool_backward()
 
     def _fuse_pool_backward(self) -> None:
-        """A pool that is the only reader of a layer with a fused activation (conv / fc / bn
-        + relu, say) takes over that activation's backward: it writes dz = dx * act'(y)
-        straight into the producer's gradient buffer, and the producer skips its elementwise
-        pass (read dy and y, write dz) and launch."""
+        """A pool that is the only reader of a layer with a fused activation whose backward is
+        a separate elementwise pass (conv / fc / subsample + relu, say; bn applies act' inside
+        its own backward kernel) takes over that pass: it writes dz = dx * act'(y) straight
+        into the producer's gradient buffer, and the producer skips the pass (read dy and y,
+        write dz), its launch and its dz buffer."""
         producers = {r.layer.name: r for r in self.runners}
         for r in self.runners:
             if r.layer.type != "pool":
@@ -506,6 +507,7 @@ class CudaNet(CompiledNet):
             if (
                 p is None
                 or not p.fused_act
+                or not p.has_dz
                 or self.consumers[src] != [r.layer.name]
                 or r.adds
                 or r.dx[0] is None
