@@ -124,11 +124,7 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
     k = net.loss.in_shapes[0][0]
     x = rng.standard_normal((batch, *net.input.out_shape)).astype(np.float32)
     y = rng.integers(0, k, batch)
-    warmup = 1 if dry else 5
-    if dry:
-        from netdsl.ops.cudakit import fast_simulator_barrier
-
-        fast_simulator_barrier()
+    warmup = 1 if dry else 5  # (in the simulator, compiling the net speeds up its barrier)
     t_start = time.perf_counter()
     if engine == "netdsl":
         from netdsl.compiler import compile_network

@@ -217,6 +217,10 @@ class CompiledNet:
             buf[n:] = 0.0
         return n
 
+    def _prepare(self, train: bool) -> None:
+        """Host work a backend does before a pass's launches (nothing on the CPU, which
+        draws dropout masks as it runs)."""
+
     def _forward(self, train: bool) -> None:
         for r in self.runners:
             if r.layer.type == "loss" and not train:

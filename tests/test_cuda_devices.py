@@ -21,11 +21,10 @@ from netdsl.compiler import CompiledNet
 from netdsl.ops import cudakit
 from netdsl.passes.placement import exchange_bytes
 from netdsl.train.optimizer import Optimizer
-from tests.cudasim import install
 from tests.test_compiler import data
 from tests.test_cuda import GROUPED
 
-install()
+cudakit.fast_simulator_barrier()
 
 # The checker reads the simulator's arrays; on a real GPU (NETDSL_REAL_GPU=1) the rest runs
 # there, with the peer copies and cross-device events for real (same device, separate domains).
@@ -108,9 +107,7 @@ def test_separate_devices_equal_one_device(monkeypatch, capsys, gpus):
     """Split over separate devices, the loss, every gradient, the BN statistics and the eval
     output are bit-identical to the one-device plan, and the bytes staged between devices
     are exactly the placement model's."""
-    from netdsl.backends import cuda_groups
-
-    monkeypatch.setattr(cuda_groups, "_SAID", set())  # messages are said once per process
+    monkeypatch.setattr(cudakit, "_SAID", set())  # messages are said once per process
     # with 3 GPUs c2's 2 groups do not divide: an ungrouped c2
     src = GROUPED if gpus == 2 else GROUPED.replace("pad 1, groups 2", "pad 1")
     one, sep = grouped_pair(monkeypatch, gpus, src)
@@ -276,7 +273,6 @@ def test_cli_training_on_separate_devices(monkeypatch, tmp_path, capsys):
     checkpoint (weights, optimizer state, BN statistics, all gathered from their owners)
     equals the one-device run's, and resuming it scatters everything back: a resumed run
     equals an uninterrupted one bit for bit."""
-    from netdsl.backends import cuda_groups
     from netdsl.cli import main
     from netdsl.train.checkpoint import load_checkpoint
     from netdsl.train.trainer import fit_file
@@ -286,7 +282,7 @@ def test_cli_training_on_separate_devices(monkeypatch, tmp_path, capsys):
     path.write_text(path.read_text().replace("network tiny", "network tiny\ngpus 2"))
     fit_file(path, data=ds, device="cuda", out=tmp_path / "one", quiet=True)
     monkeypatch.setattr(GroupedCudaNet, "separate_domains", True)
-    monkeypatch.setattr(cuda_groups, "_SAID", set())
+    monkeypatch.setattr(cudakit, "_SAID", set())
     fit_file(path, data=ds, device="cuda", out=tmp_path / "sep", quiet=True)
     assert "GPUs 0 on device 0, GPUs 1 on device 0" in capsys.readouterr().err
     fit_file(path, data=ds, device="cuda", epochs=1, out=tmp_path / "part", quiet=True)

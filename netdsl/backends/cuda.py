@@ -221,9 +221,8 @@ class SubsampleRunner(Runner):
 class ActRunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
-        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
-        self.op = ActCUDA(self.y.size, kind, slope)
-        self.fused_act = False  # the layer IS the activation
+        self.op = self.act_op  # the base built it: the layer IS the activation, not fused
+        self.fused_act, self.act_op = False, None
 
     def forward(self, train):
         self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1))
@@ -430,7 +429,8 @@ def cuda_class(net) -> type:
     """CudaNet, or GroupedCudaNet for a net declaring `gpus N` (N > 1) that can be split."""
     if net.gpus <= 1:
         return CudaNet
-    from .cuda_groups import GroupedCudaNet, say_once, unsupported
+    from ..ops.cudakit import say_once
+    from .cuda_groups import GroupedCudaNet, unsupported
 
     reason = unsupported(net)
     if reason is None:
@@ -465,7 +465,6 @@ class CudaNet(CompiledNet):
         self._stats_staging = Staging(3, np.float64)  # the loss kernel's stats come back here
         self._stats_ready = [cuda.event() for _ in self._stats_staging.slots]
         self._accumulators: dict[int, add.AddCUDA] = {}
-        self._wrong = 0  # top-1 errors of the last training step
         self.step_graph = StepGraph()  # the train step's launches, replayed as a CUDA graph
         self._replayed = False  # the last step was a graph replay
 
@@ -486,10 +485,6 @@ class CudaNet(CompiledNet):
 
     def _bind(self) -> None:
         super()._bind()
-        for r in self.runners:  # one accumulate launcher per fan-out size, built now
-            for _, dst in r.adds:
-                if dst.size not in self._accumulators:
-                    self._accumulators[dst.size] = add.AddCUDA(dst.size)
         self._fuse_pool_backward()
 
     def _fuse_pool_backward(self) -> None:
@@ -558,6 +553,8 @@ class CudaNet(CompiledNet):
 
     def accumulate_into(self, dst, scratch) -> None:
         """dst += scratch on the device (fan-out gradients)."""
+        if dst.size not in self._accumulators:  # one launcher per size, built at first use
+            self._accumulators[dst.size] = add.AddCUDA(dst.size)
         self._accumulators[dst.size].accumulate(dst.reshape(-1), scratch.reshape(-1))
 
     def sync(self) -> None:
@@ -586,14 +583,9 @@ class CudaNet(CompiledNet):
                 k = int(np.prod(self.loss_runner.layer.in_shapes[0]))
                 raise ValueError(f"labels must lie in [0, {k}), got "
                                  f"{np.min(labels)}..{np.max(labels)}")  # fmt: skip
-            self._wrong = int(wrong)
             return float(value), int(wrong)
 
         return result
-
-    def top1_errors(self, labels: np.ndarray) -> int:
-        """Top-1 errors of the last training step (counted on the device by the loss kernel)."""
-        return self._wrong
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray):
         value = self.step_grads(x, labels)

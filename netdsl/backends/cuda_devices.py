@@ -184,6 +184,7 @@ class StagedMove:
 
         self.devices, self.src, self.dst = devices, src, dst
         self.nbytes = n * nch * plane * 4
+        self.copy = _peer_copier(devices, self.nbytes)
         with devices.on(src):
             self.pack_src = concat.ChannelMoveCUDA(n, c_src, s0, nch, 0, nch, plane)
             self.unpack_src = concat.ChannelMoveCUDA(n, nch, 0, c_src, s0, nch, plane)
@@ -216,16 +217,25 @@ class StagedMove:
     def _transfer(self, to, to_domain: int, frm, frm_domain: int, ready) -> None:
         """Copy `frm` (in frm_domain) into `to` on the current (to_domain's) default stream,
         after the sender's queued work up to `ready`."""
-        from ..ops.cudakit import simulator
-
         ready.wait()  # the receiver's stream waits for the sender's pack kernel
-        if simulator():
-            to.copy_to_device(frm)
-            return
-        from numba.cuda.cudadrv.driver import device_pointer, driver
+        self.copy(to, to_domain, frm, frm_domain)
 
-        cuda = _cuda()
-        to_ctx = cuda.gpus[self.devices.device_of[to_domain]].get_primary_context()
-        frm_ctx = cuda.gpus[self.devices.device_of[frm_domain]].get_primary_context()
-        driver.cuMemcpyPeerAsync(device_pointer(to), to_ctx.handle, device_pointer(frm),
-                                 frm_ctx.handle, self.nbytes, 0)  # fmt: skip
+
+def _peer_copier(devices: Devices, nbytes: int):
+    """copy(to, to_domain, frm, frm_domain): `nbytes` from one domain's array to another's,
+    queued on the current default stream (cuMemcpyPeerAsync; a plain copy in the simulator).
+    The contexts are looked up once here, not on every step."""
+    from ..ops.cudakit import simulator
+
+    if simulator():
+        return lambda to, _to_domain, frm, _frm_domain: to.copy_to_device(frm)
+    from numba.cuda.cudadrv.driver import device_pointer, driver
+
+    cuda = _cuda()
+    ctx = [cuda.gpus[d].get_primary_context().handle for d in devices.device_of]
+
+    def copy(to, to_domain: int, frm, frm_domain: int) -> None:
+        driver.cuMemcpyPeerAsync(device_pointer(to), ctx[to_domain], device_pointer(frm),
+                                 ctx[frm_domain], nbytes, 0)  # fmt: skip
+
+    return copy

@@ -27,13 +27,11 @@ numba-cuda, a driver refusal) the plan says why once and keeps launching eagerly
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..ops import cudakit
-
-_SAID: set[str] = set()
+from ..ops.cudakit import say_once
 
 
 def graph_mode() -> str:
@@ -115,7 +113,7 @@ class StepGraph:
                 self.graph = (_Replay if self.mode == "replay" else _CudaGraph)(step)
             except Exception as e:  # keep training, eagerly; say why once
                 self.mode = "off"
-                _say_once(f"CUDA graph capture failed ({type(e).__name__}: {e}); "
+                say_once(f"CUDA graph capture failed ({type(e).__name__}: {e}); "
                           "launching kernels one by one")  # fmt: skip
                 step()
                 self.eager_steps += 1
@@ -123,9 +121,3 @@ class StepGraph:
         self.graph.launch()
         self.replays += 1
         return True
-
-
-def _say_once(message: str) -> None:
-    if message not in _SAID:
-        _SAID.add(message)
-        print(f"netdsl: {message}", file=sys.stderr)

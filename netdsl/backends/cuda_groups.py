@@ -31,19 +31,17 @@ optimizer one kernel.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 
 from ..ir import Layer, Network
-from ..ops import add, concat
+from ..ops import concat
+from ..ops.cudakit import say_once
 from ..passes.placement import _needed, _own
 from . import cuda as single
 from .cuda import CudaNet, device_zeros
 from .cuda_devices import Devices, ShardedBuffer, StagedMove, rows
 from .cuda_graph import StepGraph
-
-_SAID: set[str] = set()
 
 
 def unsupported(net: Network) -> str | None:
@@ -56,12 +54,6 @@ def unsupported(net: Network) -> str | None:
             return (f"layer {lyr.name}: groups {lyr.attrs['groups']} is not a multiple of "
                     f"gpus {g}")  # fmt: skip
     return None
-
-
-def say_once(message: str) -> None:
-    if message not in _SAID:
-        _SAID.add(message)
-        print(f"netdsl: {message}", file=sys.stderr)
 
 
 class _SubPlan:
@@ -100,13 +92,16 @@ class _SliceDropout(single.DropoutRunner):
 class Move:
     """One channel interval moved between two buffers (a gather forward, its scatter backward)."""
 
-    def __init__(self, n, plane, src, c_src, s0, dst, c_dst, d0, nch, remote, staged=None):
+    def __init__(self, n, plane, src, c_src, s0, c_dst, d0, nch, remote, from_input, into,
+                 staged=None):  # fmt: skip
         self.staged = staged  # a StagedMove between devices, or None: a kernel on one device
         if staged is None:
             self.fwd = concat.ChannelMoveCUDA(n, c_src, s0, c_dst, d0, nch, plane)
             self.bwd = concat.ChannelMoveCUDA(n, c_dst, d0, c_src, s0, nch, plane)
-        self.src, self.dst = src, dst  # (layer name, gpu): whose out / dout buffer
+        self.src = src  # (layer name, gpu): whose out / dout buffer
         self.remote = remote  # crosses GPUs: counted
+        self.from_input = from_input  # the net's input: no gradient goes back
+        self.into = into  # (gather buffer, its gradient), or None: the share's gin / dgin
         self.nbytes = n * nch * plane * 4
 
 
@@ -351,6 +346,7 @@ class GroupedCudaNet(CudaNet):
 
     def _add_moves(self, sh, src, a, b, d0, c_dst, n, plane, into=None) -> None:
         """Moves of channels [a, b) of `src` into channel d0.. of the gather buffer."""
+        from_input = self.net.layer(src).type == "input"
         c = a
         while c < b:
             h, h_lo, h_c = self._holder(src, c, sh.g)
@@ -360,9 +356,9 @@ class GroupedCudaNet(CudaNet):
             if dom != own_dom:  # another device: pack, peer copy, unpack
                 staged = StagedMove(self.devices, n, plane, dom, h_c, c - h_lo, own_dom, c_dst,
                                     d0 + (c - a), end - c)  # fmt: skip
-            m = Move(n, plane, (src, h), h_c, c - h_lo, None, c_dst, d0 + (c - a), end - c,
-                     remote=h != sh.g, staged=staged)  # fmt: skip
-            m.into = into  # None: the share's gin
+            m = Move(n, plane, (src, h), h_c, c - h_lo, c_dst, d0 + (c - a), end - c,
+                     remote=h != sh.g, from_input=from_input, into=into,
+                     staged=staged)  # fmt: skip
             sh.moves.append(m)
             c = end
 
@@ -409,7 +405,7 @@ class GroupedCudaNet(CudaNet):
     def _move(self, m: Move, sh: Share, backward: bool) -> None:
         gin, dgin = m.into if m.into is not None else (sh.gin, sh.dgin)
         if backward:
-            if self.net.layer(m.src[0]).type == "input":
+            if m.from_input:
                 return  # the input needs no gradient
             if m.staged is not None:
                 m.staged.backward(dgin, self.douts[m.src])
@@ -456,23 +452,17 @@ class GroupedCudaNet(CudaNet):
     def _backward_share(self, lyr: Layer, sh: Share) -> None:
         r = sh.runner
         if r is not None:
-            if sh.own_y is not None:  # LRN: dy of the own channels, zero in the halo
-                concat.fill_cuda(sh.hull_dy.reshape(-1), 0.0)
+            if sh.own_y is not None:  # LRN: dy of the own channels (the halo stays zero)
                 sh.own_dy.copy(self.douts[lyr.name, sh.g], sh.hull_dy)
             r.backward()
             if r.dx and r.dx[0] is None:
                 return
         if sh.alias is not None:
-            self._accumulate(self.douts[sh.alias], sh.dscratch)
+            self.accumulate_into(self.douts[sh.alias], sh.dscratch)
         for src, scratch in sh.aliases:
-            self._accumulate(self.douts[src, sh.g], scratch)
+            self.accumulate_into(self.douts[src, sh.g], scratch)
         for m in sh.moves:
             self._move(m, sh, backward=True)
-
-    def _accumulate(self, dst, src) -> None:
-        if dst.size not in self._accumulators:
-            self._accumulators[dst.size] = add.AddCUDA(dst.size)
-        self._accumulators[dst.size].accumulate(dst.reshape(-1), src.reshape(-1))
 
     def _train_step(self) -> None:
         self.bytes_moved = 0

@@ -222,6 +222,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     from numba import cuda, float64
 
     from netdsl.ops.activation import cuda_element_math
+    from netdsl.ops.cudakit import block_reducer
 
     act, act_grad = cuda_element_math()
     # float32 constants: the values (and the mixed float32/float64 arithmetic) the kernels had
@@ -229,18 +230,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     eps32, mom32, slope32 = np.float32(eps), np.float32(momentum), np.float32(slope)
     size, count = batch * channels * plane, batch * plane  # count: values per channel
 
-    @cuda.jit(device=True)
-    def block_sum(buf, t):  # buf: (threads,) f64 shared; returns the sum to every thread
-        cuda.syncthreads()
-        s = threads // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
-        total = buf[0]
-        cuda.syncthreads()  # everyone has read buf[0] before the buffer is reused
-        return total
+    block_sum = block_reducer(threads)  # buf: (threads,) f64 shared -> its sum, to every thread
 
     @cuda.jit
     def bn_stats(x, gamma, mean, invstd, coef, rm, rv):

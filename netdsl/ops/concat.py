@@ -128,9 +128,15 @@ class ChannelMoveCUDA:
 
 def fill_cuda(dst, value: float = 0.0) -> None:
     """Set every element of a flat float32 device array to `value`."""
+    _fill_launch(dst.size)(dst, np.float32(value))
+
+
+@functools.cache
+def _fill_launch(size: int):
+    """The fill launcher for `size` elements, built once (fills run every backward step)."""
     from netdsl.ops.cudakit import Launch, grid_1d
 
-    Launch(_cuda_fill, "fill", *grid_1d(dst.size))(dst, np.float32(value))
+    return Launch(_cuda_fill, "fill", *grid_1d(size))
 
 
 class ConcatCUDA:

@@ -477,10 +477,11 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
     from numba import cuda, float32, float64, int64, uint32
 
     from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.cudakit import gemm_tile, simulator
+    from netdsl.ops.cudakit import block_reducer, gemm_tile, simulator
 
     act, _ = cuda_element_math()
     fma_tile = gemm_tile(bm, bn, bk, tm, tn)
+    block_sum = block_reducer(threads)
     tx_n, ty_n = bn // tn, bm // tm
     nt = tx_n * ty_n  # threads per block
     cg, og = c // groups, o // groups  # input and output channels per group
@@ -675,15 +676,9 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
             im, oy, ox = unravel(col, ho, wo)
             total += dy[im, oc, oy, ox]
         buf[t] = total
-        cuda.syncthreads()
-        s = threads // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        total = block_sum(buf, t)
         if t == 0:
-            db[oc] = buf[0]
+            db[oc] = total
 
     return types.SimpleNamespace(conv_forward=conv_forward, conv_backward_data=conv_backward_data,
                                  conv_backward_weights=conv_backward_weights,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -123,6 +124,16 @@ def capturing(sink: Callable[[Launch, tuple], None]) -> Iterator[None]:
         _CAPTURE = old
 
 
+_SAID: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Print `netdsl: message` on standard error, the first time it is said in this process."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(f"netdsl: {message}", file=sys.stderr)
+
+
 def real_gpu_requested() -> bool:
     """NETDSL_REAL_GPU=1: tests run on a real GPU instead of the simulator."""
     return os.environ.get("NETDSL_REAL_GPU", "") not in ("", "0")
@@ -194,7 +205,7 @@ def fast_simulator_barrier() -> bool:
 # the output are coalesced along the column (pixel) axis.
 # ---------------------------------------------------------------------------------------------
 
-cuda = None  # numba.cuda, bound by gemm_tile()
+cuda = None  # numba.cuda, bound by gemm_tile() and block_reducer()
 
 # (BM, BN, BK, TM, TN): every config has 256 threads; the smaller ones waste less on thin
 # layers (LeNet's 6 filters would fill a tenth of a 64-row tile).
@@ -243,3 +254,27 @@ def gemm_tile(bm: int, bn: int, bk: int, tm: int, tn: int):
                     acc[i, j] += a[i] * b[j]
 
     return fma_tile
+
+
+@functools.cache
+def block_reducer(threads: int):
+    """Device function block_sum(buf, t): the sum of buf[0:threads], a shared float64 array in
+    which each thread t of the block has written its partial sum, returned to every thread
+    (a tree of halvings; `threads` a power of two). buf may be written again afterwards."""
+    global cuda
+    from numba import cuda
+
+    @cuda.jit(device=True)
+    def block_sum(buf, t):
+        cuda.syncthreads()
+        s = threads // 2
+        while s > 0:
+            if t < s:
+                buf[t] += buf[t + s]
+            cuda.syncthreads()
+            s //= 2
+        total = buf[0]
+        cuda.syncthreads()  # everyone has read buf[0] before the buffer is reused
+        return total
+
+    return block_sum

@@ -286,10 +286,8 @@ def _cuda_window_math():
     global cuda
     from numba import cuda
 
-    @cuda.jit(device=True, inline="always")
-    def span(i, k, s, p, size):  # input range [lo, hi) of output i along one axis, clipped
-        lo = i * s - p
-        return max(lo, 0), max(min(lo + k, size), 0)
+    # input range [lo, hi) of output i along one axis, clipped: the CPU kernels' function
+    span = cuda.jit(device=True, inline="always")(window_range.py_func)
 
     @cuda.jit(device=True, inline="always")
     def outputs_over(r, k, s, p, out):  # outputs [lo, hi) whose window holds input r

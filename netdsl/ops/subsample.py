@@ -213,6 +213,9 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
     from numba import cuda, float32, float64
 
     from netdsl.ops.activation import cuda_element_math
+    from netdsl.ops.cudakit import block_reducer
+
+    block_sum = block_reducer(threads)  # per-block sums of the parameter gradients
 
     act, _ = cuda_element_math()
     span, outputs_over = pool._cuda_window_math()
@@ -257,8 +260,7 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
     def sub_backward_params(dy, x, dcoef, dbias):
         # grid = C blocks: dcoef[c] = sum dy * window sum, dbias[c] = sum dy over (n, i, j)
         ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-        buf_c = cuda.shared.array(threads, float64)
-        buf_b = cuda.shared.array(threads, float64)
+        buf = cuda.shared.array(threads, float64)
         sc = 0.0
         sb = 0.0
         for q in range(t, count, threads):
@@ -267,19 +269,13 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
             g = dy[pl * howo + i * wo + j]
             sc += g * window_sum(x, pl, i, j)
             sb += g
-        buf_c[t] = sc
-        buf_b[t] = sb
-        cuda.syncthreads()
-        s = threads // 2
-        while s > 0:
-            if t < s:
-                buf_c[t] += buf_c[t + s]
-                buf_b[t] += buf_b[t + s]
-            cuda.syncthreads()
-            s //= 2
+        buf[t] = sc
+        total_c = block_sum(buf, t)
+        buf[t] = sb
+        total_b = block_sum(buf, t)
         if t == 0:
-            dcoef[ch] = buf_c[0]
-            dbias[ch] = buf_b[0]
+            dcoef[ch] = total_c
+            dbias[ch] = total_b
 
     return types.SimpleNamespace(sub_forward=sub_forward, sub_backward_data=sub_backward_data,
                                  sub_backward_params=sub_backward_params)  # fmt: skip

@@ -34,8 +34,7 @@ def bench_file(path: str, batch: int | None = None, iters: int = 20, device: str
     for _ in range(iters):
         cnet._load_input(x)
         cnet.labels[:] = y
-        if cnet.device != "cpu":  # the loss kernel reads the labels on the device
-            cnet.labels_d.copy_to_device(np.ascontiguousarray(y, np.int64))
+        cnet._prepare(True)  # a GPU's per-step uploads: labels, dropout keep-masks
         cnet.sync()  # kernels are asynchronous on a GPU: wait before and after each layer
         s0 = time.perf_counter()
         for r in cnet.runners:
