@@ -255,6 +255,13 @@ def have_torch(cuda_needed: bool) -> bool:
     return bool(torch.cuda.is_available()) or not cuda_needed
 
 
+def medians(runs: list[dict]) -> dict:
+    """One result from --runs processes of an engine: the medians of their step and loop
+    times (the rest, conv FLOP/s included, from the first run)."""
+    return dict(runs[0], **{k: statistics.median(r[k] for r in runs)
+                            for k in ("step_ms", "loop_ms")})  # fmt: skip
+
+
 def report(name: str, nd: dict, eager: dict, torch_runs: dict[bool, dict | None]) -> list[str]:
     lines = [f"{name}: netdsl {nd['step_ms']:8.2f} ms/step ({nd['images_per_s']:,.0f} img/s, "
              f"first step incl. compilation {nd['first_step_s']:.1f}s; CUDA graph replayed "
@@ -322,19 +329,16 @@ def main(argv: list[str] | None = None) -> int:
         if not torch_ok:
             print("PyTorch (with CUDA) not installed: netdsl timings only")
         for name, path in nets.items():
-            nd_runs = [run_worker("netdsl", path, batch, steps, False, a.split, a.dry_run)
-                       for _ in range(a.runs)]  # fmt: skip
-            nd = min(nd_runs, key=lambda r: r["step_ms"]) if a.runs > 1 else nd_runs[0]
-            nd = dict(nd, step_ms=statistics.median(r["step_ms"] for r in nd_runs))
+            nd = medians([run_worker("netdsl", path, batch, steps, False, a.split, a.dry_run)
+                          for _ in range(a.runs)])  # fmt: skip
             nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
             eager = run_worker("netdsl", path, batch, steps, False, a.split, a.dry_run, False)
             torch_runs: dict[bool, dict | None] = {False: None, True: None}
             if torch_ok:
                 for tf32 in (False, True):
-                    rs = [run_worker("torch", path, batch, steps, tf32, a.split, a.dry_run)
-                          for _ in range(a.runs)]  # fmt: skip
-                    torch_runs[tf32] = dict(rs[0], step_ms=statistics.median(
-                        r["step_ms"] for r in rs))  # fmt: skip
+                    torch_runs[tf32] = medians([run_worker("torch", path, batch, steps, tf32,
+                                                           a.split, a.dry_run)
+                                                for _ in range(a.runs)])  # fmt: skip
             print("\n".join(report(name, nd, eager, torch_runs)))
     return 0
 

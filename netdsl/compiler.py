@@ -103,7 +103,7 @@ class CompiledNet:
 
     def _allocate(self) -> None:
         n = self.batch
-        self.out = {lyr.name: np.zeros((n, *lyr.out_shape), np.float32) for lyr in self.net.layers}
+        self.out = {lyr.name: self._zeros((n, *lyr.out_shape)) for lyr in self.net.layers}
         consumers: dict[str, list[str]] = {lyr.name: [] for lyr in self.net.layers}
         for lyr in self.net.layers:
             for src in lyr.inputs:
@@ -111,11 +111,15 @@ class CompiledNet:
         self.consumers = consumers
         # gradient of each layer's output (the input layer needs none), sharing memory
         # between gradients whose lifetimes in the backward pass do not overlap
-        self.dout = gradient_buffers(self.net, consumers, n)
+        self.dout = gradient_buffers(self.net, consumers, n, self._zeros)
+
+    def _zeros(self, shape) -> np.ndarray:
+        """A zeroed float32 buffer of this backend's memory (device arrays on CUDA)."""
+        return _host_zeros(shape)
 
     def _scratch_like(self, buf):
-        """A zeroed buffer like `buf` for fan-out accumulation (device arrays on CUDA)."""
-        return np.zeros_like(buf)
+        """A zeroed buffer like `buf` for fan-out accumulation."""
+        return self._zeros(buf.shape)
 
     def _bind(self) -> None:
         if self.runner_table is None:
@@ -328,13 +332,18 @@ class CompiledNet:
         return "\n".join(lines)
 
 
-def gradient_buffers(net: Network, consumers: dict[str, list[str]],
-                     batch: int) -> dict[str, np.ndarray]:  # fmt: skip
+def _host_zeros(shape) -> np.ndarray:
+    return np.zeros(shape, np.float32)
+
+
+def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
+                     zeros=_host_zeros) -> dict[str, np.ndarray]:  # fmt: skip
     """Output-gradient buffers, (N, C, H, W) views into as few flat arrays as lifetimes allow.
 
     The backward pass visits layers in reverse. dout[L] is first written when the first of
     L's consumers (in that reverse order) runs its backward, and last read by L's own
-    backward; two gradients whose intervals do not overlap can share memory. Every backward
+    backward; two gradients whose intervals do not overlap can share memory (zeros(shape)
+    allocates: host or device arrays). Every backward
     kernel overwrites its outputs, so a reused buffer needs no clearing. A layer nobody
     consumes (a dead end) keeps a private zero buffer: its backward must see dy = 0.
     """
@@ -346,7 +355,7 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]],
         shape = (batch, *net.layer(name).out_shape)
         size = int(np.prod(shape))
         fits = [b for b in free if b.size >= size]
-        flat = min(fits, key=lambda b: b.size) if fits else np.zeros(size, np.float32)
+        flat = min(fits, key=lambda b: b.size) if fits else zeros(size)
         if fits:
             del free[next(i for i, b in enumerate(free) if b is flat)]
         arena[name] = flat
@@ -356,7 +365,7 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]],
         if lyr.type == "input":
             continue
         if lyr.name not in dout:  # nothing writes it: a dead end, or the loss itself
-            dout[lyr.name] = np.zeros((batch, *lyr.out_shape), np.float32)
+            dout[lyr.name] = zeros((batch, *lyr.out_shape))
         for src in lyr.inputs:  # this backward writes them: their lifetimes start here
             if src not in dout and net.layer(src).type != "input":
                 take(src)

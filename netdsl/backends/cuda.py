@@ -470,18 +470,10 @@ class CudaNet(CompiledNet):
 
     def _allocate(self) -> None:
         self._allocate_common()
-        n = self.batch
-        self.out = {lyr.name: device_zeros((n, *lyr.out_shape)) for lyr in self.net.layers}
-        consumers: dict[str, list[str]] = {lyr.name: [] for lyr in self.net.layers}
-        for lyr in self.net.layers:
-            for src in lyr.inputs:
-                consumers[src].append(lyr.name)
-        self.consumers = consumers
-        self.dout = {lyr.name: device_zeros((n, *lyr.out_shape))
-                     for lyr in self.net.layers if lyr.type != "input"}  # fmt: skip
+        super()._allocate()  # maps, and gradients sharing memory as on the CPU
 
-    def _scratch_like(self, buf):
-        return device_zeros(buf.shape)
+    def _zeros(self, shape):
+        return device_zeros(shape)
 
     def _bind(self) -> None:
         super()._bind()
