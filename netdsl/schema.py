@@ -575,7 +575,7 @@ LAYERS: dict[str, Schema] = {
     ),
     "bn": Schema(
         {
-            "eps": Opt(read_float(lo=0.0), 1e-5),
+            "eps": Opt(read_float(positive=True), 1e-5),  # eps 0: 0/0 on a constant channel
             "momentum": Opt(read_float(lo=0.0, hi=1.0), 0.1),
             **_ACT_OPTS,
             "lr_mult": _LEARN_OPTS["lr_mult"],
