@@ -396,17 +396,6 @@ def call_args(it: Item, table: dict[str, list[tuple[str, Any]]],
     return out, locs
 
 
-def plain(it: Item) -> Any:
-    """An item's Python value: numbers, words (true/false as bools), lists."""
-    if it.kind == "list":
-        return [plain(x) for x in it.value]
-    if it.kind == "word" and it.value in ("true", "false", "on", "off"):
-        return it.value in ("true", "on")
-    if it.kind in ("num", "word", "str", "dims"):
-        return it.value
-    raise NetError(f"unexpected {it.describe()}", it.loc)
-
-
 def read_table(items, key, at):
     """A connection table: for each output map, the list of input maps it sees."""
     it = _need(items, key, at, "a table like [[0,1,2], [1,2,3], ...] or 'lenet5'")
