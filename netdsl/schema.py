@@ -72,6 +72,8 @@ class Arg:
     "size" (a whole number or a size HxW), "epochs" (a non-empty, increasing list of whole
     numbers). `lo`/`hi` bound the number (each element of a size or list); `lo_open`/`hi_open`
     leave the bound itself out. `choices`, when given, are the only numbers allowed.
+    `float32`: the kernels divide by the value in float32, where below FLOAT32_TINY it would
+    be 0 (or a denormal) and the division by zero gives inf or NaN.
     """
 
     kind: str
@@ -80,6 +82,8 @@ class Arg:
     lo_open: bool = False
     hi_open: bool = False
     choices: tuple[int, ...] = ()
+    float32: bool = False  # a divisor: must stay above 0 once stored as a float32
+    hint: str | None = None  # given with an out-of-range error
 
     def bounds(self) -> str:
         """The whole range in words: "positive", "at least 0 and below 1", "1 or 10"."""
@@ -122,6 +126,8 @@ class Arg:
             return f"must be {self._low()}, got {_num(v)}"
         if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
             return f"must be {self._high()}, got {_num(v)}"
+        if self.float32 and abs(v) < FLOAT32_TINY:
+            return f"is too small for float32 (at least {FLOAT32_TINY:.3g}), got {_num(v)}"
         return None
 
     def expects(self) -> str:
@@ -166,7 +172,7 @@ def arg_value(spec: Arg, it: Item, label: str) -> Any:
 def _fits(spec: Arg, v: Any, loc: Location, label: str) -> None:
     problem = spec.problem(v)
     if problem:
-        raise NetError(f"{label} {problem}", loc)
+        raise NetError(f"{label} {problem}", loc, spec.hint)
 
 
 def _epochs_value(spec: Arg, it: Item, label: str) -> list[int]:
@@ -202,8 +208,13 @@ def _num(v: Any) -> str:
     return f"{v:g}"
 
 
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
 FINITE = Arg("float")
 POSITIVE = Arg("float", lo=0, lo_open=True)
+DIVISOR = Arg("float", lo=0, lo_open=True, float32=True)  # eps, normalize std, lrn k
+DECAY = Arg("float", lo=0, hi=1, lo_open=True,
+            hint="gamma multiplies the rate: gamma=0.1 divides it by 10")  # fmt: skip
 NON_NEGATIVE = Arg("float", lo=0)
 PROBABILITY = Arg("float", lo=0, hi=1)
 FRACTION = Arg("float", lo=0, hi=1, hi_open=True)  # momentum, Adam's betas: [0, 1)
@@ -226,15 +237,17 @@ CALL_ARGS: dict[str, dict[str, dict[str, Arg]]] = {
         "sgd": {"lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
                 "nesterov": BOOL},  # fmt: skip
         # beta 1 divides by 1 - beta^t = 0 in the bias correction; eps 0 divides by zero
-        "adam": {"lr": POSITIVE, "beta1": FRACTION, "beta2": FRACTION, "eps": POSITIVE,
+        "adam": {"lr": POSITIVE, "beta1": FRACTION, "beta2": FRACTION, "eps": DIVISOR,
                  "weight_decay": NON_NEGATIVE},  # fmt: skip
     },
     "learning-rate schedule": {
         "constant": {},
-        # gamma > 1 raises the rate (a learning-rate range test): allowed, as in PyTorch
-        "step": {"step_size": COUNT, "gamma": POSITIVE},
-        "multistep": {"milestones": Arg("epochs", lo=1), "gamma": POSITIVE},
-        "exponential": {"gamma": POSITIVE},
+        # gamma > 1 would raise the rate at every step: PyTorch allows it, but written here
+        # it is far more likely Caffe's "divide by 10" mistyped as 10, and gamma^epoch
+        # overflows a float (an OverflowError in the schedule) within a few hundred epochs
+        "step": {"step_size": COUNT, "gamma": DECAY},
+        "multistep": {"milestones": Arg("epochs", lo=1), "gamma": DECAY},
+        "exponential": {"gamma": DECAY},
         "poly": {"power": NON_NEGATIVE},
         "cosine": {"min_lr": NON_NEGATIVE},  # and below the base rate: check_lr_against_schedule
         "plateau": {"factor": RATE_FACTOR, "patience": COUNT, "threshold": NON_NEGATIVE,
@@ -271,9 +284,10 @@ def read_int(lo: int = 1, hi: int | None = None) -> Callable:
 
 def read_float(lo: float | None = None, hi: float | None = None, open_hi: bool = False,
                positive: bool = False) -> Callable:  # fmt: skip
-    """A finite number in range: at least `lo` (above 0 if `positive`), at most (or below) `hi`."""
+    """A finite number in range: at least `lo`, at most (or below) `hi`; `positive`: above 0,
+    and a divisor that stays above 0 in float32 (bn eps, lrn k)."""
     spec = Arg("float", lo=0 if positive and lo is None else lo, hi=hi,
-               lo_open=positive, hi_open=open_hi)  # fmt: skip
+               lo_open=positive, hi_open=open_hi, float32=positive)  # fmt: skip
 
     def reader(items, key, at):
         return arg_value(spec, _need(items, key, at, "a number"), f"'{key}'"), 1

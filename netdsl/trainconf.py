@@ -15,6 +15,7 @@ from .errors import Location, NetError
 from .ir import TrainConfig
 from .schema import (
     AUGMENT_CALLS,
+    DIVISOR,
     FINITE,
     INIT_CALLS,
     OPTIMIZER_CALLS,
@@ -174,7 +175,7 @@ def _normalize(items, key, at, locs):
             first = locs[f"normalize.{k}"]
             raise NetError(f"normalize gets '{k}' twice", it.loc,
                            notes=((f"'{k}' was first given here", first),))  # fmt: skip
-        spec = POSITIVE if k == "std" else FINITE  # x / std: std 0 divides by zero
+        spec = DIVISOR if k == "std" else FINITE  # x / std, in float32
         vals = v.value if v.kind == "list" else [v]
         if not vals:
             raise NetError(f"normalize {k} must be a number or a list of numbers", v.loc)

@@ -189,6 +189,8 @@ def rejected_values(spec: Arg) -> list[tuple[str, str | None]]:
         out.append(("2.5", "expects a whole number"))
     else:
         out += [("1e999", None), ("-1e999", None)]
+    if spec.float32:  # 0 once stored as a float32
+        out.append(("1e-40", "is too small for float32"))
     if spec.choices:
         out.append((str(max(spec.choices) + 1), "must be " + spec.bounds()))
     if spec.lo is not None:
@@ -377,6 +379,32 @@ def test_why_a_min_lr_above_the_rate_is_refused():
     net = netdsl.loads(net_text("schedule cosine(min_lr=0.001)"))
     s = Schedule(net.train["schedule"], 0.0005, 2)
     assert s.lr(1, 0.99) > s.lr(0, 0.0)  # a "decay" that grows: why --lr must be checked
+
+
+@pytest.mark.parametrize("sched", ["step(step_size=1, gamma=10)", "multistep([1], 10)",
+                                   "exponential(1.5)"])  # fmt: skip
+def test_gamma_multiplies_so_above_1_is_refused(sched):
+    """Caffe's "divide by 10" written as 10 would raise the rate every step (and gamma^epoch
+    overflows a float within a few hundred epochs): refused, with the reading of gamma."""
+    err = load_error(net_text(f"schedule {sched}"))
+    assert "'gamma' of" in err.message and "must be at most 1" in err.message
+    assert err.hint == "gamma multiplies the rate: gamma=0.1 divides it by 10"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (net_text("normalize mean=0.5, std=1e-40"), "1e-40"),
+        (net_text("optimizer adam(eps=1e-40)"), "1e-40"),
+        ("input image: 1x8x8\nlrn n: k 1e-40\n", "1e-40"),
+        ("input image: 1x8x8\nbn b: eps 1e-40\n", "1e-40"),
+    ],
+)
+def test_a_divisor_must_stay_above_0_in_float32(text, value):
+    """The kernels divide by these in float32, where 1e-40 is a denormal (1e-46 is 0)."""
+    err = load_error(text)
+    assert "is too small for float32 (at least 1.18e-38), got 1e-40" in err.message
+    assert pointed(err) == value
 
 
 def test_crop_pad_must_leave_part_of_the_image_in_every_crop():
