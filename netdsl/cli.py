@@ -21,6 +21,7 @@ def _load(path: str):
 
 def cmd_check(args) -> int:
     from .errors import NetError
+    from .passes.lint import print_warnings
     from .report import _human
 
     status = 0
@@ -33,6 +34,7 @@ def cmd_check(args) -> int:
             print(e.render(), file=sys.stderr)
             status = 2
             continue
+        print_warnings(net)  # to stderr; a warning does not change the exit status
         params = sum(lyr.n_params for lyr in net.layers)
         macs = sum(lyr.macs for lyr in net.layers)
         print(f"{f}: ok  {net.name}: {len(net.layers)} layers, {params:,} parameters, "

@@ -8,11 +8,13 @@ the layer's positional slot (`5x5` is the kernel, `120` an fc's outputs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Location, NetError
+from .limits import MAX_NUMBER
 from .values import Item, did_you_mean
 
 REQUIRED = object()
@@ -49,6 +51,215 @@ AUGMENT_CALLS: dict[str, list[tuple[str, Any]]] = {
     "flip": [("p", 0.5)],
     "lighting": [("std", 0.1)],  # AlexNet's PCA colour noise
 }
+ACTIVATION_CALLS: dict[str, list[tuple[str, Any]]] = {
+    "leaky": [("slope", 0.01)],  # max(x, slope * x)
+}
+# The call tables by what they hold (the word used in messages: "unknown optimizer 'x'").
+CALLS: dict[str, dict[str, list[tuple[str, Any]]]] = {
+    "initialiser": INIT_CALLS,
+    "optimizer": OPTIMIZER_CALLS,
+    "learning-rate schedule": SCHEDULE_CALLS,
+    "augmentation": AUGMENT_CALLS,
+    "activation": ACTIVATION_CALLS,
+}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """What one value accepts: its kind and, for numbers, its range.
+
+    kind: "float" (a finite number), "int" (a whole number), "bool" (true/false, on/off, 1/0),
+    "size" (a whole number or a size HxW), "epochs" (a non-empty, increasing list of whole
+    numbers). `lo`/`hi` bound the number (each element of a size or list); `lo_open`/`hi_open`
+    leave the bound itself out. `choices`, when given, are the only numbers allowed.
+    `float32`: the kernels divide by the value in float32, where below FLOAT32_TINY it would
+    be 0 (or a denormal) and the division by zero gives inf or NaN.
+    """
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[int, ...] = ()
+    float32: bool = False  # a divisor: must stay above 0 once stored as a float32
+    hint: str | None = None  # given with an out-of-range error
+
+    def bounds(self) -> str:
+        """The whole range in words: "positive", "at least 0 and below 1", "1 or 10"."""
+        if self.choices:
+            return " or ".join(map(str, self.choices))
+        return " and ".join(filter(None, (self._low(), self._high())))
+
+    def _low(self) -> str:
+        if self.lo is None:
+            return ""
+        if self.lo == 0 and self.lo_open:
+            return "positive"
+        return f"{'above' if self.lo_open else 'at least'} {_bound(self.lo)}"
+
+    def _high(self) -> str:
+        if self.hi is None:
+            return ""
+        return f"{'below' if self.hi_open else 'at most'} {_bound(self.hi)}"
+
+    def problem(self, v: Any) -> str | None:
+        """Why the Python value `v` does not fit, as "must be ..., got v"; None if it fits.
+
+        A list or tuple (a size, milestones) fits when every element does."""
+        if isinstance(v, (list, tuple)) and self.kind in ("size", "epochs"):
+            return next((p for p in map(self.problem, v) if p), None)
+        whole = self.kind in ("int", "size", "epochs")
+        if self.kind == "bool":
+            return None if isinstance(v, bool) else f"must be true or false, got {_num(v)}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"must be a {'whole ' if whole else ''}number, got {_num(v)}"
+        if whole and not isinstance(v, int):
+            return f"must be a whole number, got {v!r}"
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"must be a finite number, got {_num(v)}"
+        if abs(v) > MAX_NUMBER:
+            return f"is too large (the limit is {MAX_NUMBER:.0e}), got {_num(v)}"
+        if self.choices:
+            return None if v in self.choices else f"must be {self.bounds()}, got {_num(v)}"
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return f"must be {self._low()}, got {_num(v)}"
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return f"must be {self._high()}, got {_num(v)}"
+        if self.float32 and abs(v) < FLOAT32_TINY:
+            return f"is too small for float32 (at least {FLOAT32_TINY:.3g}), got {_num(v)}"
+        return None
+
+    def expects(self) -> str:
+        """What the value is, in words: "a number", "true or false"."""
+        return _EXPECTS[self.kind]
+
+
+_EXPECTS = {
+    "float": "a number",
+    "int": "a whole number",
+    "bool": "true or false",
+    "size": "a whole number or a size like 28x28",
+    "epochs": "a list of epochs like [30, 60]",
+}
+BOOL_WORDS = {"true": True, "false": False, "on": True, "off": False}
+
+
+def arg_value(spec: Arg, it: Item, label: str) -> Any:
+    """The Python value of `it` for a value that accepts `spec`; a located NetError if it does
+    not fit. `label` names the value in messages: "'std' of gaussian()", "'batch'"."""
+    if spec.kind == "bool":
+        if it.kind == "word" and it.value in BOOL_WORDS:
+            return BOOL_WORDS[it.value]
+        if it.kind == "num" and type(it.value) is int and it.value in (0, 1):
+            return bool(it.value)
+        raise NetError(f"{label} expects true or false, found {it.describe()}", it.loc,
+                       did_you_mean(str(it.value), BOOL_WORDS) if it.kind == "word" else
+                       None)  # fmt: skip
+    if spec.kind == "epochs":
+        return _epochs_value(spec, it, label)
+    if spec.kind == "size" and it.kind == "dims" and len(it.value) == 2:
+        for v in it.value:
+            _fits(spec, v, it.loc, label)
+        return tuple(it.value)
+    whole = spec.kind in ("int", "size")
+    if it.kind != "num" or (whole and not isinstance(it.value, int)):
+        raise NetError(f"{label} expects {spec.expects()}, found {it.describe()}", it.loc)
+    _fits(spec, it.value, it.loc, label)
+    return float(it.value) if spec.kind == "float" else it.value
+
+
+def _fits(spec: Arg, v: Any, loc: Location, label: str) -> None:
+    problem = spec.problem(v)
+    if problem:
+        raise NetError(f"{label} {problem}", loc, spec.hint)
+
+
+def _epochs_value(spec: Arg, it: Item, label: str) -> list[int]:
+    """A non-empty list of increasing whole numbers in range (multistep's milestones)."""
+    if it.kind != "list" or not it.value:
+        hint = f"write [{it.value}]" if it.kind == "num" else None
+        raise NetError(f"{label} expects {spec.expects()}, found {it.describe()}", it.loc, hint)
+    out: list[int] = []
+    for x in it.value:
+        if x.kind != "num" or not isinstance(x.value, int):
+            raise NetError(f"{label} are epochs, whole numbers; found {x.describe()}", x.loc)
+        if spec.problem(x.value):
+            raise NetError(f"{label} must be positive epoch numbers, got {_num(x.value)}",
+                           x.loc)  # fmt: skip
+        if out and x.value <= out[-1]:
+            raise NetError(f"{label} must be increasing, e.g. [30, 60]: {x.value} comes after "
+                           f"{out[-1]}", x.loc)  # fmt: skip
+        out.append(x.value)
+    return out
+
+
+def _bound(v: float) -> str:
+    """A range's end, with thousands separated: 1,000,000."""
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def _num(v: Any) -> str:
+    """A number as a user wrote it (3, 0.5, 1e-08); a huge integer by its size only."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, int):
+        return str(v) if abs(v) <= MAX_NUMBER else f"a {abs(v).bit_length()}-bit number"
+    return f"{v:g}"
+
+
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
+FINITE = Arg("float")
+POSITIVE = Arg("float", lo=0, lo_open=True)
+DIVISOR = Arg("float", lo=0, lo_open=True, float32=True)  # eps, normalize std, lrn k
+DECAY = Arg("float", lo=0, hi=1, lo_open=True,
+            hint="gamma multiplies the rate: gamma=0.1 divides it by 10")  # fmt: skip
+NON_NEGATIVE = Arg("float", lo=0)
+PROBABILITY = Arg("float", lo=0, hi=1)
+FRACTION = Arg("float", lo=0, hi=1, hi_open=True)  # momentum, Adam's betas: [0, 1)
+RATE_FACTOR = Arg("float", lo=0, hi=1, lo_open=True, hi_open=True)  # (0, 1): a real cut
+COUNT = Arg("int", lo=1)
+BOOL = Arg("bool")
+
+# Every parameter of every call above: what it accepts. A call's argument outside its range
+# is a located error at `check` time, so whatever `check` accepts, `train` can run.
+CALL_ARGS: dict[str, dict[str, dict[str, Arg]]] = {
+    "initialiser": {
+        "gaussian": {"std": NON_NEGATIVE, "mean": FINITE},  # std 0 is constant(mean)
+        "uniform": {"scale": NON_NEGATIVE},  # scale 0 is constant(0)
+        "xavier": {},
+        "he": {},
+        "constant": {"value": FINITE},
+    },
+    "optimizer": {
+        # momentum 1 never forgets a gradient (the velocity grows without bound)
+        "sgd": {"lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
+                "nesterov": BOOL},  # fmt: skip
+        # beta 1 divides by 1 - beta^t = 0 in the bias correction; eps 0 divides by zero
+        "adam": {"lr": POSITIVE, "beta1": FRACTION, "beta2": FRACTION, "eps": DIVISOR,
+                 "weight_decay": NON_NEGATIVE},  # fmt: skip
+    },
+    "learning-rate schedule": {
+        "constant": {},
+        # gamma > 1 would raise the rate at every step: PyTorch allows it, but written here
+        # it is far more likely Caffe's "divide by 10" mistyped as 10, and gamma^epoch
+        # overflows a float (an OverflowError in the schedule) within a few hundred epochs
+        "step": {"step_size": COUNT, "gamma": DECAY},
+        "multistep": {"milestones": Arg("epochs", lo=1), "gamma": DECAY},
+        "exponential": {"gamma": DECAY},
+        "poly": {"power": NON_NEGATIVE},
+        "cosine": {"min_lr": NON_NEGATIVE},  # and below the base rate: check_lr_against_schedule
+        "plateau": {"factor": RATE_FACTOR, "patience": COUNT, "threshold": NON_NEGATIVE,
+                    "min_lr": NON_NEGATIVE},  # fmt: skip
+    },
+    "augmentation": {
+        "crop": {"size": Arg("size", lo=1), "pad": Arg("int", lo=0)},  # pad < size: trainconf
+        "flip": {"p": PROBABILITY},
+        "lighting": {"std": NON_NEGATIVE},
+    },
+    "activation": {"leaky": {"slope": FINITE}},
+}
 
 
 # ---------------------------------------------------------------- value readers
@@ -61,39 +272,32 @@ def _need(items: list[Item], key: str, at: Location, what: str) -> Item:
     return items[0]
 
 
-def read_int(lo: int = 1) -> Callable:
+def read_int(lo: int = 1, hi: int | None = None) -> Callable:
+    """A whole number from `lo` to `hi` (and within the language's MAX_NUMBER)."""
+    spec = Arg("int", lo=lo, hi=hi)
+
     def reader(items, key, at):
-        it = _need(items, key, at, "a whole number")
-        if it.kind != "num" or not isinstance(it.value, int):
-            raise NetError(f"'{key}' expects a whole number, found {it.describe()}", it.loc)
-        if it.value < lo:
-            raise NetError(f"'{key}' must be at least {lo}, got {it.value}", it.loc)
-        return it.value, 1
+        return arg_value(spec, _need(items, key, at, "a whole number"), f"'{key}'"), 1
 
     return reader
 
 
 def read_float(lo: float | None = None, hi: float | None = None, open_hi: bool = False,
                positive: bool = False) -> Callable:  # fmt: skip
+    """A finite number in range: at least `lo`, at most (or below) `hi`; `positive`: above 0,
+    and a divisor that stays above 0 in float32 (bn eps, lrn k)."""
+    spec = Arg("float", lo=0 if positive and lo is None else lo, hi=hi,
+               lo_open=positive, hi_open=open_hi, float32=positive)  # fmt: skip
+
     def reader(items, key, at):
-        it = _need(items, key, at, "a number")
-        if it.kind != "num":
-            raise NetError(f"'{key}' expects a number, found {it.describe()}", it.loc)
-        v = float(it.value)
-        if positive and v <= 0:
-            raise NetError(f"'{key}' must be positive, got {v:g}", it.loc)
-        if lo is not None and v < lo:
-            raise NetError(f"'{key}' must be at least {lo:g}, got {v:g}", it.loc)
-        if hi is not None and (v >= hi if open_hi else v > hi):
-            bound = f"below {hi:g}" if open_hi else f"at most {hi:g}"
-            raise NetError(f"'{key}' must be {bound}, got {v:g}", it.loc)
-        return v, 1
+        return arg_value(spec, _need(items, key, at, "a number"), f"'{key}'"), 1
 
     return reader
 
 
 def read_pair(lo: int = 1) -> Callable:
     """An int (used for both axes) or an HxW size."""
+    spec = Arg("int", lo=lo)
 
     def reader(items, key, at):
         it = _need(items, key, at, "a number or a size like 2x2")
@@ -106,8 +310,7 @@ def read_pair(lo: int = 1) -> Callable:
                 f"'{key}' expects a whole number or a size like 3x3, found {it.describe()}", it.loc
             )
         for v in vals:
-            if v < lo:
-                raise NetError(f"'{key}' must be at least {lo}, got {v}", it.loc)
+            _fits(spec, v, it.loc, f"'{key}'")
         return vals, 1
 
     return reader
@@ -147,8 +350,19 @@ def read_call(table: dict[str, list[tuple[str, Any]]], what: str) -> Callable:
 
 
 def call_value(it: Item, table: dict[str, list[tuple[str, Any]]], what: str) -> dict[str, Any]:
+    """A call's value {'kind': name, param: value, ...}, every argument checked (CALL_ARGS)."""
+    return call_args(it, table, what)[0]
+
+
+def call_args(it: Item, table: dict[str, list[tuple[str, Any]]],
+              what: str) -> tuple[dict[str, Any], dict[str, Location]]:  # fmt: skip
+    """Like call_value, with where each argument was written: {param: its value's location}.
+
+    Every argument is checked against its kind and range in CALL_ARGS[what] and located at
+    the value; parameters left out take their defaults."""
     if it.kind == "num" and table is INIT_CALLS:  # `bias_init 1` is constant(1)
-        return {"kind": "constant", "value": float(it.value)}
+        value = arg_value(CALL_ARGS[what]["constant"]["value"], it, "a constant initialiser")
+        return {"kind": "constant", "value": value}, {"value": it.loc}
     if it.kind == "word":
         name, args = it.value, []
     elif it.kind == "call":
@@ -162,7 +376,9 @@ def call_value(it: Item, table: dict[str, list[tuple[str, Any]]], what: str) -> 
             did_you_mean(name, table) or "known: " + ", ".join(table),
         )
     spec = table[name]
+    specs = CALL_ARGS[what][name]
     out: dict[str, Any] = {"kind": name}
+    locs: dict[str, Location] = {}
     pos = 0
     for a in args:
         if a.kind == "kv":
@@ -182,25 +398,16 @@ def call_value(it: Item, table: dict[str, list[tuple[str, Any]]], what: str) -> 
             k, v = spec[pos][0], a
             pos += 1
         if k in out:
-            raise NetError(f"{name}() gets '{k}' twice", a.loc)
-        out[k] = plain(v)
+            raise NetError(f"{name}() gets '{k}' twice", a.loc,
+                           notes=((f"'{k}' was first given here", locs[k]),))  # fmt: skip
+        out[k] = arg_value(specs[k], v, f"'{k}' of {name}()")
+        locs[k] = v.loc
     for k, default in spec:
         if k not in out:
             if default is REQUIRED:
                 raise NetError(f"{name}() needs '{k}'", it.loc, f"write {name}({k}=...)")
             out[k] = default
-    return out
-
-
-def plain(it: Item) -> Any:
-    """An item's Python value: numbers, words (true/false as bools), lists."""
-    if it.kind == "list":
-        return [plain(x) for x in it.value]
-    if it.kind == "word" and it.value in ("true", "false", "on", "off"):
-        return it.value in ("true", "on")
-    if it.kind in ("num", "word", "str", "dims"):
-        return it.value
-    raise NetError(f"unexpected {it.describe()}", it.loc)
+    return out, locs
 
 
 def read_table(items, key, at):
@@ -241,7 +448,7 @@ LENET5_C3_TABLE = (
 def read_leaky(items, key, at):
     """`leaky` alone (slope 0.01), `leaky 0.1` or the call `leaky(0.1)`."""
     if items and items[0].kind == "num":
-        return ("leaky", float(items[0].value)), 1
+        return ("leaky", arg_value(FINITE, items[0], "leaky's slope")), 1
     return ("leaky", 0.01), 0
 
 
@@ -275,8 +482,7 @@ def read_activation(items, key, at):
     if it.kind == "word" and it.value in ACTIVATIONS:
         return (it.value, 0.01 if it.value == "leaky" else 0.0), 1
     if it.kind == "call" and it.value[0] == "leaky":
-        slope = call_value(it, {"leaky": [("slope", 0.01)]}, "activation")["slope"]
-        return ("leaky", float(slope)), 1
+        return ("leaky", call_value(it, ACTIVATION_CALLS, "activation")["slope"]), 1
     raise NetError(
         f"unknown activation {it.describe()}",
         it.loc,
@@ -372,7 +578,7 @@ LAYERS: dict[str, Schema] = {
     ),
     "bn": Schema(
         {
-            "eps": Opt(read_float(lo=0.0), 1e-5),
+            "eps": Opt(read_float(positive=True), 1e-5),  # eps 0: 0/0 on a constant channel
             "momentum": Opt(read_float(lo=0.0, hi=1.0), 0.1),
             **_ACT_OPTS,
             "lr_mult": _LEARN_OPTS["lr_mult"],
@@ -443,10 +649,8 @@ def read_layer_args(
                 put("activation" if it.value == "leaky" else it.value, value, it.loc)
                 i += 1 + used
             elif it.kind == "call" and it.value[0] == "leaky" and "leaky" in schema.opts:
-                slope = call_value(it, {"leaky": [("slope", 0.01)]}, "activation")["slope"]
-                if not isinstance(slope, (int, float)):
-                    raise NetError("leaky's slope must be a number", it.loc)
-                put("activation", ("leaky", float(slope)), it.loc)
+                slope = call_value(it, ACTIVATION_CALLS, "activation")["slope"]
+                put("activation", ("leaky", slope), it.loc)
                 i += 1
             elif (
                 it.kind == "num"

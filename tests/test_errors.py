@@ -521,9 +521,9 @@ train {
 }
 """,
         """\
-bad.net:4:3: error: multistep milestones must be increasing epochs, e.g. [30, 60]
+bad.net:4:38: error: 'milestones' of multistep() must be positive epoch numbers, got -2
       schedule multistep(milestones=[10, -2])
-      ^~~~~~~~
+                                         ^~
 """,
         id="multistep-negative-milestone",
     ),

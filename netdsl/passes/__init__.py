@@ -6,6 +6,7 @@ import os
 import sys
 
 from ..ir import Network
+from .lint import lint
 from .placement import place
 from .shapes import data_check, infer_shapes, receptive_fields
 
@@ -14,6 +15,7 @@ PASSES = (
     ("data", data_check),  # input and class count against a known dataset
     ("receptive", receptive_fields),
     ("placement", place),  # GPU groups and the maps they exchange
+    ("lint", lint),  # warnings (softmax before cross_entropy, ...): net.warnings, never errors
 )
 
 
