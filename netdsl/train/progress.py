@@ -94,7 +94,8 @@ def format_summary(epoch: int, epochs: int, summary: Mapping[str, Any]) -> str:
     for key, label in (("val_loss", "val loss"), ("test_loss", "test loss")):
         if (v := s.pop(key, None)) is not None:
             parts.append(f"{label} {v:.4f}")
-    for key, label in (("train_err", "train err"), ("val_err", "val err"), ("test_err", "test err")):
+    errors = (("train_err", "train err"), ("val_err", "val err"), ("test_err", "test err"))
+    for key, label in errors:
         if (v := s.pop(key, None)) is not None:
             parts.append(f"{label} {v:.2%}")
     if (v := s.pop("lr", None)) is not None:
