@@ -217,10 +217,11 @@ class ProgressBar:
         self._draw(self._live_line(done, loss, err, images_per_s, lr, now))
 
     def _seconds_per_batch(self, done: int, now: float) -> float:
-        """From the batches after the first (which may have compiled the kernels)."""
+        """From the batches after the first (which may have compiled the kernels);
+        unknown (NaN) while the first batch is all there is."""
         if self._first is not None and done > self._first[1]:
             return (now - self._first[0]) / (done - self._first[1])
-        return (now - self._start) / done if done > 0 else math.nan
+        return (now - self._start) / done if done > 1 else math.nan
 
     def _live_line(
         self,
@@ -385,8 +386,9 @@ def terminal_columns(path: str) -> int | None:
     except OSError:
         return None
     try:
-        return os.get_terminal_size(fd).columns
+        cols = os.get_terminal_size(fd).columns
     except OSError:
         return None
     finally:
         os.close(fd)
+    return cols if cols > 0 else None  # 0: a terminal that never set its size

@@ -52,6 +52,9 @@ from .runinfo import (
 from .schedule import Schedule
 
 CHECKPOINT = "checkpoint.npz"
+# a first step slower than this compiled the kernels (loading them from numba's disk
+# cache takes about a second at most), and the run says so
+COMPILE_NOTE_S = 2.0
 
 
 class TrainingDiverged(NetdslError):
@@ -115,7 +118,8 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
     n_val = t["validate"] if validate is None else validate
 
     def prep(x: np.ndarray, where: str, what: str) -> np.ndarray:
-        out = _fit_to_input(to_float(x, norm["mean"], norm["std"]), net, train=True)
+        with np.errstate(over="ignore", invalid="ignore"):  # _check_finite reports it
+            out = _fit_to_input(to_float(x, norm["mean"], norm["std"]), net, train=True)
         _check_finite(out, where, what, norm)
         return out
 
@@ -473,14 +477,15 @@ class Trainer:
                 if first is None:
                     first = (now, seen)
                     self.stepped = True
-                    if compiling and now - t0 > 1.0 and not self.quiet:
+                    if compiling and now - t0 > COMPILE_NOTE_S and not self.quiet:
                         bar.print_line(f"compiled the kernels for {self.net.name} in "
                                        f"{format_duration(now - t0)} (cached on disk: later "
                                        "runs start at once)")  # fmt: skip
                 if not self.quiet:
                     # the rate leaves out the first step, which may have compiled
-                    t_ref, n_ref = first if seen > first[1] else (t0, 0)
-                    rate = (seen - n_ref) * comm.size / max(now - t_ref, 1e-9)
+                    rate = None  # unknown until a step after the first one
+                    if seen > first[1]:
+                        rate = (seen - first[1]) * comm.size / max(now - first[0], 1e-9)
                     bar.update(ps, loss_sum / (ps + 1), err=wrong / seen, images_per_s=rate,
                                lr=plr)  # fmt: skip
             pending = (s, lr, len(yb)) if s < steps else None
