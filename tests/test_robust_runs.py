@@ -185,7 +185,8 @@ def test_checkpoint_and_run_json_record_the_data(tiny):
     for key in ("netdsl", "started", "command", "batch", "epochs"):
         assert key in info
     # another training set of the same shape has another fingerprint
-    fit_file(tiny / "tiny.net", out=tiny / "run2", quiet=True, epochs=1, data=data_of(tiny, "other"))
+    fit_file(tiny / "tiny.net", out=tiny / "run2", quiet=True, epochs=1,
+             data=data_of(tiny, "other"))  # fmt: skip
     other = load_checkpoint(tiny / "run2" / "checkpoint.npz")[1]["data"]
     assert other["fingerprint"] != rec["fingerprint"]
 

@@ -1,10 +1,17 @@
 """The training loop: data, shuffling by seed, augmentation, steps, evaluation, checkpoints.
 
 One epoch: permute the training set with the run's generator, take full batches,
-augment, forward + backward, update; then evaluate on the test (or validation) set,
-append a line to metrics.jsonl and atomically write checkpoint.npz. A resumed run
-restores the weights, optimizer, schedule and both generators, so on the CPU it
-reaches bit-for-bit the weights of an uninterrupted run.
+augment, forward + backward, update; then evaluate on the validation set (`validate N`)
+or else the test set (with both, the test set once more after the last epoch), append
+a line to metrics.jsonl and atomically write checkpoint.npz, in that order. A NaN or
+infinite loss, evaluation or weight stops the run (TrainingDiverged, exit 3) before
+anything of that epoch is written.
+
+A resumed run restores the weights, optimizer, schedule and both generators, so on the
+CPU it reaches bit-for-bit the weights of an uninterrupted run, and it makes
+metrics.jsonl agree with the checkpoint (lines of later epochs dropped, lost lines
+rewritten from the checkpoint's history), so the folder ends as an uninterrupted run's.
+The run folder, run.json and the data record are described in runinfo.py.
 """
 
 from __future__ import annotations
