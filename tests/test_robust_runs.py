@@ -117,6 +117,10 @@ def test_a_half_written_run_counts_as_a_run(tiny):
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')  # crashed before its checkpoint
     with pytest.raises(DataError, match=r"holds another run \(metrics.jsonl\)"):
         fit_file(tiny / "tiny.net", out=run, quiet=True, epochs=1)
+    with pytest.raises(DataError, match="no checkpoint to resume from .*--overwrite"):
+        fit_file(tiny / "tiny.net", out=run, quiet=True, epochs=1, resume=True)
+    fit_file(tiny / "tiny.net", out=run, quiet=True, epochs=1, overwrite=True)
+    assert [r["epoch"] for r in records(run)] == [1]
 
 
 def test_a_folder_of_other_files_is_usable(tiny):

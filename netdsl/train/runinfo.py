@@ -84,11 +84,13 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
             raise DataError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from")
         return
     _probe_write(out)
+    ours = _run_files_in(out)
     if resume:
         if not (out / "checkpoint.npz").is_file():
-            raise DataError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from")
+            why = (" (the run stopped before its first epoch ended); start it again with "
+                   "--overwrite" if ours else "")  # fmt: skip
+            raise DataError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from{why}")
         return
-    ours = _run_files_in(out)
     if ours and not overwrite:
         names = ", ".join(p.name for p in ours)
         raise DataError(
