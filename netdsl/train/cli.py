@@ -127,7 +127,7 @@ def closing_figures(r: dict) -> str:
     """"validation accuracy 97.10% (cross-entropy 0.0912), test accuracy ..." of a result."""
     from .trainer import LOSS_NAMES
 
-    loss = LOSS_NAMES.get(r.get("loss", "cross_entropy"), "loss")
+    loss = LOSS_NAMES.get(r.get("loss_kind", "cross_entropy"), "loss")
     parts = []
     for key, label in (("val", "validation"), ("test", "test")):
         err = r.get(f"{key}_err")

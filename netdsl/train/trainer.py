@@ -749,7 +749,7 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     t0 = time.perf_counter()
     result = trainer.fit()
     result = dict(result, wall_seconds=time.perf_counter() - t0, out=str(out),
-                  loss=loss_kind(net))  # fmt: skip
+                  loss_kind=loss_kind(net))  # fmt: skip
     if comm.is_root:
         write_json_atomic(out / "result.json", result)
     return result
