@@ -274,13 +274,19 @@ def data_differences(recorded: dict[str, Any], current: dict[str, Any],
 
 
 def _norm(n: Any) -> Any:
+    """A normalisation record in comparable form (rounded floats); as given if malformed."""
     if not isinstance(n, dict):
         return n
-    return {k: [round(float(v), 7) for v in np.ravel(n.get(k, []))] for k in ("mean", "std")}
+    try:
+        return {k: [round(float(v), 7) for v in np.ravel(n.get(k, []))] for k in ("mean", "std")}
+    except (TypeError, ValueError):
+        return n
 
 
 def _fmt_norm(n: Any) -> str:
-    if not isinstance(n, dict):
-        return "none"
-    m, s = _norm(n)["mean"], _norm(n)["std"]
-    return f"mean={','.join(f'{v:g}' for v in m)} std={','.join(f'{v:g}' for v in s)}"
+    norm = _norm(n)
+    try:
+        m, s = norm["mean"], norm["std"]
+        return f"mean={','.join(f'{v:g}' for v in m)} std={','.join(f'{v:g}' for v in s)}"
+    except (TypeError, KeyError, ValueError):
+        return "none" if n is None else repr(n)

@@ -383,7 +383,8 @@ class Trainer:
                 self.cnet.rng = np.random.default_rng([self.cnet.seed, rank, int(meta["epoch"])])
         self.schedule.state.update(meta["schedule"])
         self.epoch = int(meta["epoch"])
-        self.history = list(meta.get("history", []))
+        history = meta.get("history")
+        self.history = list(history) if isinstance(history, list) else []
         self.checkpoint_epoch = self.epoch
         self.resumed = True
 
