@@ -187,9 +187,11 @@ def _check_finite(x: np.ndarray, where: str, what: str, norm: dict | None = None
     count = int(finite.size - np.count_nonzero(finite))
     where_from = (f" after normalize mean={norm['mean']}, std={norm['std']} (a std too small "
                   "for the pixel values?)" if norm else "")  # fmt: skip
-    raise DataError(f"{where}: {count:,} NaN or infinite pixel values{where_from} in "
-                    f"{len(bad_images):,} {what} images (the first is image "
-                    f"{int(bad_images[0])}); fix or drop those images")  # fmt: skip
+    n = len(bad_images)
+    them = "those images" if n > 1 else "it"
+    raise DataError(f"{where}: {count:,} NaN or infinite pixel value{'s' * (count != 1)}"
+                    f"{where_from} in {n:,} {what} image{'s' * (n != 1)} (the first is image "
+                    f"{int(bad_images[0])}); fix or drop {them}")  # fmt: skip
 
 
 def _fit_to_input(x: np.ndarray, net: Network, train: bool) -> np.ndarray:
