@@ -13,6 +13,7 @@ Plotting needs matplotlib, the optional ``plot`` extra.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import numpy as np
 
 from netdsl.errors import DataError
 
-__all__ = ["METRICS_FILE", "MetricsWriter", "plot_metrics", "read_metrics"]
+__all__ = ["METRICS_FILE", "MetricsWriter", "plot_metrics", "read_metrics", "write_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -68,7 +69,7 @@ class MetricsWriter:
         """
         if self._file.closed:
             raise ValueError(f"{self.path}: metrics log is closed")
-        line = json.dumps(dict(record), default=_json_default, allow_nan=True)
+        line = _line(record)
         try:
             self._file.write(line + "\n")
             self._file.flush()
@@ -89,6 +90,28 @@ class MetricsWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    return json.dumps(dict(record), default=_json_default, allow_nan=True)
+
+
+def write_metrics(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> None:
+    """Replace a metrics file with ``records``, atomically (a temporary file and a
+    rename): a resumed run trims or completes its log with it.
+
+    >>> write_metrics("runs/demo/metrics.jsonl", [{"epoch": 1}])
+    """
+    path = Path(path)
+    text = "".join(_line(r) + "\n" for r in records)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise DataError(f"{path}: cannot write metrics: {e.strerror or e}") from e
 
 
 def _drop_partial_last_line(path: Path) -> None:
@@ -135,12 +158,23 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _loss_label(run_json: Path) -> str:
+    """"loss (mse)" when the run's run.json names its loss, else "loss"."""
+    try:
+        kind = json.loads(run_json.read_text(encoding="utf-8")).get("loss")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return "loss"
+    names = {"cross_entropy": "cross-entropy", "mse": "mse"}
+    return f"loss ({names[kind]})" if kind in names else "loss"
+
+
 def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
     """Plot loss curves and error curves against epoch into a PNG.
 
     Uses the records that have an ``"epoch"``; every numeric field whose name
     contains ``loss`` goes in the left panel, every one containing ``err`` in the right
-    (as percent). Needs matplotlib (``pip install 'netdsl[plot]'``).
+    (as percent). The loss axis names the run's loss (cross-entropy or mse) when the
+    run folder's ``run.json`` records it. Needs matplotlib (``pip install 'netdsl[plot]'``).
 
     >>> plot_metrics("runs/mnist/metrics.jsonl", "runs/mnist/curves.png")  # doctest: +SKIP
     """
@@ -161,7 +195,8 @@ def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike) -> 
 
     fig = Figure(figsize=(10, 4), tight_layout=True)
     FigureCanvasAgg(fig)
-    panels = ((fig.add_subplot(1, 2, 1), loss_keys, "loss", 1.0),)
+    loss_label = _loss_label(Path(jsonl_path).parent / "run.json")
+    panels = ((fig.add_subplot(1, 2, 1), loss_keys, loss_label, 1.0),)
     panels += ((fig.add_subplot(1, 2, 2), err_keys, "error (%)", 100.0),)
     for ax, names, label, scale in panels:
         for name in names:
