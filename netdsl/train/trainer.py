@@ -695,13 +695,19 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     """
     from .. import __version__, load
     from ..compiler import compile_network, resolve_device
+    from ..passes.lint import print_warnings
+    from ..trainconf import check_lr_against_schedule
 
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
     net = load(path)
+    if lr is not None:  # --lr must keep the schedule's min_lr below it, as the file's lr must
+        check_lr_against_schedule(net.train, lr, "--lr")
     t = net.train
     seed = t["seed"] if seed is None else seed
     comm = comm or Communicator()
+    if comm.is_root:
+        print_warnings(net)  # the same located warnings `netdsl check` prints, even with --quiet
     if not comm.is_root:
         quiet, stream = True, NullStream()
     out = Path(out or Path("runs") / net.name)
