@@ -33,7 +33,11 @@ def setup_commands(readme: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     path = Path(argv[0] if argv else "README.md")
-    commands = setup_commands(path.read_text(encoding="utf-8"))
+    try:
+        commands = setup_commands(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        print(f"{path}: {e}", file=sys.stderr)
+        return 1
     if len(commands) != 2:
         print(f"{path}: expected two commands under {HEADING!r}, found {commands}",
               file=sys.stderr)  # fmt: skip
