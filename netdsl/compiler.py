@@ -316,7 +316,7 @@ class CompiledNet:
     def describe(self) -> str:
         """The plan as text (NETDSL_DEBUG prints it)."""
         lines = [f"plan for {self.net.name}: device {self.device}, batch {self.batch}, "
-                 f"{self.theta.size:,} parameters in one flat buffer"]  # fmt: skip
+                 f"{parameter_text(self.net, self.theta.size, 'in one flat buffer')}"]  # fmt: skip
         for r in self.runners:
             lyr = r.layer
             dx = ["-" if d is None else ("acc" if any(d is s for s, _ in r.adds) else "direct")
@@ -330,6 +330,26 @@ class CompiledNet:
         nbytes = sum(b.nbytes for b in self.out.values()) + sum(b.nbytes for b in bases.values())
         lines.append(f"  activation + gradient buffers: {nbytes / 2**20:.2f} MiB")
         return "\n".join(lines)
+
+
+def parameter_text(net: Network, stored: int, where: str) -> str:
+    """The trainable parameters as `summary` counts them, and what the plan stores if more.
+
+    A conv with a connection table keeps its weight dense, (O, C, kh, kw), its unused links
+    held at zero; the reports count only the links. So LeNet-1998's plan stores 61,750
+    values for the 60,850 parameters its summary reports; the text says which is which.
+    """
+    used = sum(lyr.n_params for lyr in net.layers)
+    if stored == used:
+        return f"{used:,} parameters {where}"
+    tables = [lyr.name for lyr in net.layers
+              if lyr.type == "conv" and lyr.attrs.get("connect") is not None]  # fmt: skip
+    if not tables or stored < used:  # no table explains it: say only the two numbers
+        return f"{used:,} parameters ({stored:,} stored {where})"
+    whose = (f"the connection table of {tables[0]} is" if len(tables) == 1
+             else f"the connection tables of {', '.join(tables)} are")  # fmt: skip
+    return (f"{used:,} parameters ({stored:,} stored {where}: {whose} stored dense, "
+            f"{stored - used:,} weights held at zero)")
 
 
 def _host_zeros(shape) -> np.ndarray:

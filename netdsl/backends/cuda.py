@@ -221,7 +221,11 @@ class SubsampleRunner(Runner):
 class ActRunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
-        self.op = self.act_op  # the base built it: the layer IS the activation, not fused
+        # the layer IS the activation, not fused. The base builds an op only for a non-linear
+        # one; a standalone `linear` is the identity: its kernel copies y = x and passes the
+        # gradient through (act' = 1), as on the CPU.
+        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
+        self.op = self.act_op or ActCUDA(self.y.size, kind, slope)
         self.fused_act, self.act_op = False, None
 
     def forward(self, train):
