@@ -52,7 +52,7 @@ def _nearest_existing(path: Path) -> Path:
         try:
             os.lstat(p)
             return p
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there, or under a file
             if p.parent == p:
                 return p
             p = p.parent
