@@ -219,7 +219,8 @@ def cmd_plot(args) -> int:
         plot_metrics(metrics, out)
     except ImportError as e:
         cause = e.__cause__ or e
-        missing = getattr(cause, "name", None) in (None, "matplotlib")
+        name = getattr(cause, "name", None) or "matplotlib"
+        missing = isinstance(cause, ModuleNotFoundError) and name.split(".")[0] == "matplotlib"
         why = "matplotlib is not installed" if missing else f"matplotlib cannot load ({cause})"
         raise NetdslError(f"plotting needs matplotlib, but {why}; install it with: "
                           "pip install 'netdsl[plot]'") from None  # fmt: skip
