@@ -134,7 +134,7 @@ def test_no_numeric_flag_is_left_unchecked() -> None:
 def test_every_argument_of_every_command_has_help() -> None:
     parser = build_parser()
     commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert commands and all(c.help or c.metavar for c in commands)
+    assert commands and all(c.help for c in commands)
     listed = {c.dest: c.help for c in commands[0]._choices_actions}
     assert listed and all(h for h in listed.values()), listed
     seen = 0
@@ -263,6 +263,21 @@ def test_predict_refusals_are_one_line_naming_the_file(capsys, tmp_path, nets, a
                                   str(img)])  # fmt: skip
     assert code == 1 and out == ""
     assert err.startswith(f"error: {img}: ") and problem in err and err.count("\n") == 1
+
+
+def test_predict_with_nan_weights_says_so(capsys, tmp_path, nets) -> None:
+    from netdsl.train.checkpoint import load_checkpoint, save_checkpoint
+
+    arrays, meta = load_checkpoint(nets / "grey.npz")
+    arrays = {k: np.full_like(v, np.nan) if k.startswith("param.") else v
+              for k, v in arrays.items()}  # fmt: skip
+    ck = tmp_path / "nan.npz"
+    save_checkpoint(ck, arrays, meta)
+    img = tmp_path / "one.npy"
+    np.save(img, np.zeros((8, 8), np.uint8))
+    code, out, err = run(capsys, ["predict", str(nets / "grey.net"), str(ck), str(img)])
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: {ck}: the network's scores for image 0 are not finite")
 
 
 def test_predict_top_larger_than_the_classes_lists_every_class(capsys, tmp_path, nets) -> None:

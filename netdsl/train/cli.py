@@ -183,6 +183,11 @@ def cmd_predict(args) -> int:
                         f"takes {'x'.join(map(str, shape[1:]))}")  # fmt: skip
     for i in range(0, len(x), cnet.batch):
         probs = _softmax(cnet.forward(x[i : i + cnet.batch]).astype(np.float64))
+        bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+        if bad.size:  # the images are finite (read_images checks): the weights are not
+            raise DataError(f"{show_path(args.checkpoint)}: the network's scores for image "
+                            f"{i + int(bad[0])} are not finite; the checkpoint's weights hold "
+                            "NaN or infinite values (did its training diverge?)")  # fmt: skip
         for j, p in enumerate(probs):
             top = np.argsort(-p)[: args.top]
             print(f"{i + j}\t" + "\t".join(f"{k} ({p[k]:.3f})" for k in top))
