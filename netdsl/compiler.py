@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NetError
+from .errors import NetdslError, NetError
 from .init import init_params
 from .ir import Network
 
@@ -428,8 +428,9 @@ def resolve_device(device: str) -> str:
         return "cuda" if ok and not sim else "cpu"
     if device == "cuda":
         if not _cuda_available()[0]:
-            raise NetError("no CUDA GPU is available (numba.cuda.is_available() is False: no "
-                           "NVIDIA driver or device); use --device cpu")  # fmt: skip
+            # not a mistake in the .net file: a runtime problem (exit status 1)
+            raise NetdslError("no CUDA GPU is available (numba.cuda.is_available() is False: "
+                              "no NVIDIA driver or device); use --device cpu")  # fmt: skip
         return device
     if device != "cpu":
         raise NetError(f"unknown device '{device}'; use cpu, cuda or auto")

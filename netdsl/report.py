@@ -150,8 +150,11 @@ def summary_json(net: Network, batch: int | None = None) -> str:
     return json.dumps(doc, indent=2)
 
 
-def summary_text(net: Network, batch: int | None = None) -> str:
-    """The summary table and totals, for a terminal."""
+def summary_text(net: Network, batch: int | None = None, ascii_only: bool = False) -> str:
+    """The summary table and totals, for a terminal; ``ascii_only`` draws the rules with
+    '-', marks exchanges '<>' and cuts long cells with '...', for a terminal whose
+    encoding has no box-drawing characters."""
+    rule_char, exchange, cut = ("-", "<>", "...") if ascii_only else ("─", "⇄", "…")
     head = ["#", "name", "type", "kernel", "input", "output", "params", "MACs", "memory",
             "RF", "jump"]  # fmt: skip
     multi = net.gpus > 1
@@ -161,7 +164,7 @@ def summary_text(net: Network, batch: int | None = None) -> str:
     for r, lyr in zip(layer_rows(net), net.layers):
         inp = ",".join("x".join(map(str, s)) for s in r["input_shapes"]) or "-"
         if len(inp) > 20:
-            inp = inp[:19] + "…"
+            inp = inp[: 20 - len(cut)] + cut
         row = [str(r["index"]), r["name"], _type(lyr), r["geometry"] or "", inp,
                "x".join(map(str, r["output_shape"])), _count(r["params"]), _human(r["macs"]),
                human_bytes(r["activation_bytes"]) if r["activation_bytes"] else "-",
@@ -169,7 +172,7 @@ def summary_text(net: Network, batch: int | None = None) -> str:
         if multi:
             g = lyr.gpus
             row.append("all" if lyr.type == "input" else ",".join(map(str, g)) +
-                       (" ⇄" if lyr.exchange else ""))  # fmt: skip
+                       (f" {exchange}" if lyr.exchange else ""))  # fmt: skip
         rows.append(row)
     right = {0, 6, 7, 8, 9, 10}
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
@@ -178,7 +181,7 @@ def summary_text(net: Network, batch: int | None = None) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # fmt: skip
 
-    rule = "─" * len(line(head))
+    rule = rule_char * len(line(head))
     t = totals(net, batch)
     out = [f"network {net.name}  ({net.file})", rule, line(head), rule]
     out += [line(r) for r in rows]
@@ -202,7 +205,7 @@ def summary_text(net: Network, batch: int | None = None) -> str:
             )
         out.append(f"exchanged between GPUs     {human_bytes(t['exchange_bytes_per_step']):>16}"
                    f"   per training step ({t['exchange_bytes_per_step']:,} bytes; "
-                   f"⇄ marks the layers)")  # fmt: skip
+                   f"{exchange} marks the layers)")  # fmt: skip
     return "\n".join(out)
 
 

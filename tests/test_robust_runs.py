@@ -409,8 +409,8 @@ def test_nan_in_the_data_is_a_data_error_not_a_learning_rate(tiny, capsys):
     code, _, err = cli(capsys, "train", tiny / "tiny.net", "--data", data_of(tiny, "nan"),
                        "--out", tiny / "run", "--quiet")  # fmt: skip
     assert code == 1 and "Traceback" not in err
-    assert f"{tiny / 'nan.npz'}: 4 NaN or infinite pixel values in 2 training images" in err
-    assert "first is image 5" in err and "learning rate" not in err
+    assert f"{tiny / 'nan.npz'}: x holds 1 NaN value and 3 infinite values" in err
+    assert "first in image 5" in err and "learning rate" not in err
     # made infinite by the normalisation: said so
     net = tiny / "tiny.net"
     net.write_text(net.read_text().replace("  seed 3", "  seed 3\n  normalize mean=-1e15, std=1e-30"))
@@ -480,3 +480,20 @@ def test_lines_after_the_checkpoint_are_dropped_on_resume(tiny):
     fit_file(tiny / "tiny.net", out=run, quiet=True, epochs=3, resume=True)
     assert [r["epoch"] for r in records(run)] == [1, 2, 3]
     assert without_times(records(run)) == without_times(expected)
+
+
+@pytest.mark.parametrize(("field", "bad"), [("optim_t", "seven"), ("epoch", None),
+                                             ("rng", [1, 2]), ("schedule", 3)])  # fmt: skip
+def test_resume_of_a_checkpoint_with_a_bad_field_names_the_file_and_field(tiny, capsys, field,
+                                                                          bad):  # fmt: skip
+    run = tiny / "run"
+    fit_file(tiny / "tiny.net", out=run, quiet=True, epochs=1)
+    arrays, meta = load_checkpoint(run / "checkpoint.npz")
+    if bad is None:
+        del meta[field]
+    else:
+        meta[field] = bad
+    save_checkpoint(run / "checkpoint.npz", arrays, meta)
+    code, _, err = cli(capsys, "train", tiny / "tiny.net", "--out", run, "--resume", "--quiet")
+    assert code == 1 and "Traceback" not in err, err
+    assert str(run / "checkpoint.npz") in err and field in err

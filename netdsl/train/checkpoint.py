@@ -2,8 +2,11 @@
 
 Writes are atomic (temp file in the same directory, fsync, ``os.replace``, fsync of the
 directory), so killing the process at any moment leaves either the old checkpoint or
-the new one, never a torn file. Reads never unpickle and report any problem as a
-:class:`~netdsl.errors.DataError` naming the file.
+the new one, never a torn file. A temp file left by a killed writer
+(``.NAME.PID.RANDOM.tmp``, PID no longer running) is removed by the next save or load of
+that checkpoint. Reads never unpickle and report any problem as a
+:class:`~netdsl.errors.DataError` naming the file; :func:`check_training_checkpoint`
+checks every field a resumed run reads, naming the field.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(1)
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -28,12 +34,15 @@ from typing import Any
 import numpy as np
 
 from netdsl.errors import DataError
+from netdsl.train.paths import os_problem, show_path
 
 __all__ = [
     "FORMAT",
+    "check_training_checkpoint",
     "FORMAT_VERSION",
     "META_KEY",
     "load_checkpoint",
+    "remove_stale_temp_files",
     "restore_rng",
     "rng_state",
     "save_checkpoint",
@@ -47,6 +56,10 @@ META_KEY = "__meta__"
 # than with getattr on numpy, so a checkpoint cannot name arbitrary attributes.
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 _ZIP_MAGIC = b"PK\x03\x04"
+_TMP_SUFFIX = ".tmp"
+_RANDOM = "[a-z0-9_]{8}"  # what tempfile.mkstemp puts between prefix and suffix
+_OLD_TMP_AGE = 3600.0  # seconds after which a temp file without a PID (older netdsl) is stale
+_IMPORTED = time.time()  # a temp file of our PID older than this is a previous process's
 
 
 def save_checkpoint(
@@ -83,11 +96,14 @@ def save_checkpoint(
     payload[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     directory = path.parent if str(path.parent) else Path(".")
+    remove_stale_temp_files(path)
     tmp = None
     try:
         # The temp file must be in the target's directory: os.replace is only atomic
-        # within one filesystem.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        # within one filesystem. Its name carries our PID, so that a later save or load
+        # can tell a file left by a killed writer from one being written now.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=_TMP_SUFFIX)  # fmt: skip
         with os.fdopen(fd, "wb") as f:
             np.savez(f, allow_pickle=False, **payload)
             f.flush()
@@ -96,11 +112,63 @@ def save_checkpoint(
         tmp = None
         _fsync_dir(directory)  # make the rename itself durable
     except OSError as e:
-        raise DataError(f"{path}: cannot write checkpoint: {e.strerror or e}") from e
+        raise DataError(f"{show_path(path)}: cannot write checkpoint: {os_problem(e)}") from e
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files a killed :func:`save_checkpoint` of ``path`` left behind.
+
+    Only names of our own pattern ``.NAME.PID.XXXXXXXX.tmp`` are touched, and only when
+    process PID is no longer running on this machine (or is this process's PID but the file
+    is older than this process: a container restarted with the same PID); a temp file of a
+    live writer, e.g. a training run that ``eval`` reads the checkpoint of, is left alone.
+    Names without a PID (written by an older netdsl) go once they are an hour old. Returns
+    the files removed; never raises.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    name = re.escape(path.name)
+    with_pid = re.compile(rf"\.{name}\.(\d+)\.{_RANDOM}{re.escape(_TMP_SUFFIX)}")
+    without_pid = re.compile(rf"\.{name}\.{_RANDOM}{re.escape(_TMP_SUFFIX)}")
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except (OSError, ValueError):
+        return removed
+    for entry in entries:
+        m = with_pid.fullmatch(entry.name)
+        try:
+            if m and int(m.group(1)) == os.getpid():  # ours: stale if from before we started
+                stale = entry.stat(follow_symlinks=False).st_mtime < _IMPORTED
+            elif m:
+                stale = not _running(int(m.group(1)))
+            elif without_pid.fullmatch(entry.name):
+                stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > _OLD_TMP_AGE
+            else:
+                continue
+            if stale and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # gone meanwhile, or a read-only folder: nothing to clean there
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine."""
+    if os.name == "nt":  # os.kill(pid, 0) would stop the process there; keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -131,13 +199,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     path = Path(path)
 
     def fail(problem: str) -> DataError:
-        return DataError(f"{path}: {problem}")
+        return DataError(f"{show_path(path)}: {problem}")
 
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
-        raise fail(f"cannot read checkpoint: {e.strerror or e}") from e
+        raise fail(f"cannot read checkpoint: {os_problem(e)}") from e
+    except ValueError as e:  # a NUL byte in the name
+        raise DataError(f"{os.fspath(path)!r}: cannot read checkpoint: {e}") from e
+    remove_stale_temp_files(path)
     if head != _ZIP_MAGIC:
         raise fail("not a netdsl checkpoint (not an .npz/zip archive)")
     arrays: dict[str, np.ndarray] = {}
@@ -174,6 +245,113 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     if not isinstance(meta, dict):
         raise fail("checkpoint metadata has no 'meta' object")
     return arrays, meta
+
+
+def check_training_checkpoint(
+    path: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+    *,
+    n_params: int,
+    optimizer: str,
+) -> None:
+    """Check every field a resumed run reads from a training checkpoint, before any is used.
+
+    ``arrays`` and ``meta`` are what :func:`load_checkpoint` returned for ``path``;
+    ``n_params`` is the size of the net's flat parameter vector and ``optimizer`` its kind
+    (``"sgd"`` or ``"adam"``), which fix the shapes of ``optim.v`` and ``optim.m``.
+    Fields a newer netdsl adds are left to their own checks.
+
+    >>> gen = np.random.default_rng(0)
+    >>> meta = {"network": "tiny", "epoch": 1, "optim_t": 6, "batch": 16, "rng": rng_state(gen),
+    ...         "dropout_rng": rng_state(gen), "history": [{"epoch": 1}],
+    ...         "schedule": {"scale": 1.0, "best": 0.25, "bad_epochs": 0}}
+    >>> arrays = {"optim.v": np.zeros(10, np.float32), "optim.m": np.zeros(0, np.float32)}
+    >>> check_training_checkpoint("c.npz", arrays, meta, n_params=10, optimizer="sgd")
+    >>> try:
+    ...     check_training_checkpoint("c.npz", arrays, {**meta, "optim_t": "6"}, n_params=10,
+    ...                               optimizer="sgd")
+    ... except DataError as e:
+    ...     print(e)
+    c.npz: checkpoint field 'optim_t' is '6' (a str); expected a whole number >= 0
+
+    Raises DataError naming the file and the field (``meta.KEY`` or an array name) that is
+    missing or has the wrong type, range or shape.
+    """
+    where = show_path(path)
+
+    def bad(field: str, problem: str) -> DataError:
+        return DataError(f"{where}: checkpoint field {field!r} {problem}")
+
+    def need(key: str) -> Any:
+        if key not in meta:
+            raise bad(key, "is missing; the file was not written by `netdsl train`, or is "
+                           "damaged")  # fmt: skip
+        return meta[key]
+
+    if not isinstance(need("network"), str):
+        raise bad("network", f"is {_describe(meta['network'])}; expected the network's name")
+    for key, lo in (("epoch", 0), ("optim_t", 0), ("batch", 1)):
+        _whole(need(key), lo, lambda problem, k=key: bad(k, problem))
+    for key in ("rng", "dropout_rng"):
+        _rng(need(key), lambda problem, k=key: bad(k, problem))
+    states = meta.get("dropout_rngs")
+    if states is not None:
+        if not isinstance(states, list):
+            raise bad("dropout_rngs", f"is {_describe(states)}; expected a list of RNG states")
+        for i, state in enumerate(states):
+            _rng(state, lambda problem, i=i: bad(f"dropout_rngs[{i}]", problem))
+    _schedule_state(need("schedule"), bad)
+    history = meta.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise bad("history", f"is {_describe(history)}; expected a list of per-epoch records")
+    sizes = {"optim.v": n_params, "optim.m": n_params if optimizer == "adam" else 0}
+    for name, size in sizes.items():
+        if name not in arrays:
+            raise bad(name, "is missing (the optimizer state); the file was not written by "
+                            "`netdsl train`, or is damaged")  # fmt: skip
+        a = arrays[name]
+        if not np.issubdtype(a.dtype, np.floating) or a.shape != (size,):
+            raise bad(name, f"has shape {a.shape} and dtype {a.dtype}; this network's "
+                            f"{optimizer} state is ({size},) floats")  # fmt: skip
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{text} (a {type(value).__name__})" if value is not None else "null"
+
+
+def _whole(value: Any, lo: int, bad) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(f"is {_describe(value)}; expected a whole number >= {lo}")
+    if value < lo:
+        raise bad(f"is {value}; expected a whole number >= {lo}")
+
+
+def _rng(state: Any, bad) -> None:
+    if not isinstance(state, dict):
+        raise bad(f"is {_describe(state)}; expected an RNG state")
+    try:
+        restore_rng(state)
+    except DataError as e:
+        raise bad(f"is not a usable RNG state: {e}") from None
+    except Exception as e:  # noqa: BLE001 - numpy's own checks of a state raise many kinds
+        raise bad(f"is not a usable RNG state: {e}") from None
+
+
+def _schedule_state(state: Any, bad) -> None:
+    if not isinstance(state, dict):
+        raise bad("schedule", f"is {_describe(state)}; expected the schedule's state")
+    for key in ("scale", "best", "bad_epochs"):
+        if key not in state:
+            raise bad(f"schedule.{key}", "is missing")
+        v = state[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+            raise bad(f"schedule.{key}", f"is {_describe(v)}; expected a number")
+    if not (math.isfinite(state["scale"]) and state["scale"] > 0):
+        raise bad("schedule.scale", f"is {state['scale']}; expected a positive number")
+    _whole(state["bad_epochs"], 0, lambda problem: bad("schedule.bad_epochs", problem))
 
 
 def _json_default(value: Any) -> Any:

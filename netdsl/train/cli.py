@@ -6,39 +6,58 @@ compiler (and so numba) only when it runs.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
+from ..cli import count_int, path_arg, positive_float, positive_int, seed_int, setting_int
+
+
+DEVICE_HELP = "cpu, cuda (an NVIDIA GPU) or auto (the GPU when there is one)"
+PLOT_FORMATS = ("png", "pdf", "svg", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
+def plot_output(text: str) -> str:
+    """-o of `plot`: a file name whose extension matplotlib writes (none: .png is added)."""
+    path_arg(text)
+    suffix = Path(text).suffix.lower().lstrip(".")
+    if suffix and suffix not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"cannot write a plot as .{suffix}; use one of: .{', .'.join(PLOT_FORMATS)}"
+        )
+    return text
+
 
 def add_commands(sub) -> None:
-    """Register the training commands on the CLI's subparsers."""
+    """Register the training commands on the CLI's subparsers; every argument has help."""
     c = sub.add_parser("compile", help="build the execution plan, warm the kernels, print it")
-    c.add_argument("file", metavar="FILE")
-    c.add_argument("--batch", type=int)
-    c.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    c.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
+    c.add_argument("--batch", type=positive_int, help="batch size (default: the file's)")
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     c.set_defaults(func=cmd_compile)
 
     t = sub.add_parser("train", help="train with the file's train section; flags override it")
-    t.add_argument("file", metavar="FILE")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch", type=int)
-    t.add_argument("--lr", type=float, help="base learning rate")
-    t.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    t.add_argument("--data", help="dataset: mnist, cifar10:DIR, an IDX directory or a .npz")
-    t.add_argument("--out", help="output folder (default runs/NETWORK)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
+    t.add_argument("--epochs", type=setting_int("epochs"), help="number of epochs (default: the file's)")
+    t.add_argument("--batch", type=setting_int("batch"), help="batch size (default: the file's)")
+    t.add_argument("--lr", type=positive_float, help="base learning rate (default: the file's)")
+    t.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
+    t.add_argument("--data", type=path_arg,
+                   help="dataset: mnist, cifar10:DIR, an IDX directory or a .npz")  # fmt: skip
+    t.add_argument("--out", type=path_arg, help="output folder (default runs/NETWORK)")
+    t.add_argument("--seed", type=seed_int, help="random seed (default: the file's)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in OUT (deletes its checkpoint, metrics and run.json; "
-                        "other files stay)")  # fmt: skip
-    t.add_argument("--validate", type=int, metavar="N",
+                        "other files stay); not with --resume")  # fmt: skip
+    t.add_argument("--validate", type=count_int, metavar="N",
                    help="hold out the last N training images for validation (overrides the "
                         "file's `validate`; 0: none)")  # fmt: skip
     t.add_argument("--allow-other-data", action="store_true",
                    help="with --resume: continue on data that differs from the data the run "
                         "recorded")  # fmt: skip
-    t.add_argument("--limit", type=int, help="use only the first N training images")
+    t.add_argument("--limit", type=positive_int, help="use only the first N training images")
     t.add_argument("--quiet", action="store_true", help="one line per epoch, no live bar")
     t.add_argument("--distributed", choices=["none", "mpi"],
                    help="data-parallel over MPI ranks (mpiexec -n N netdsl train FILE); default: "
@@ -49,33 +68,40 @@ def add_commands(sub) -> None:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
-    e.add_argument("file", metavar="FILE")
-    e.add_argument("checkpoint", metavar="CHECKPOINT")
-    e.add_argument("--data")
-    e.add_argument("--batch", type=int)
+    e.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
+    e.add_argument("checkpoint", metavar="CHECKPOINT", type=path_arg,
+                   help="a checkpoint.npz written by train")  # fmt: skip
+    e.add_argument("--data", type=path_arg, help="dataset to evaluate on (default: the file's)")
+    e.add_argument("--batch", type=positive_int, help="batch size (default: the file's)")
     e.add_argument("--allow-other-data", action="store_true",
                    help="evaluate on data that differs from the data the checkpoint recorded")
-    e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify images (.npz with x, .npy, or IDX)")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("images", metavar="IMAGES")
-    p.add_argument("--top", type=int, default=1, help="print the top K classes")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", type=path_arg,
+                   help="a checkpoint.npz written by train")  # fmt: skip
+    p.add_argument("images", metavar="IMAGES", type=path_arg,
+                   help="one image or a stack: .npz (array x), .npy (HxW, CxHxW, NxHxW or "
+                        "NxCxHxW) or IDX")  # fmt: skip
+    p.add_argument("--top", type=positive_int, default=1, help="print the top K classes")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)
 
     b = sub.add_parser("bench", help="forward and backward time per layer and per step")
-    b.add_argument("file", metavar="FILE")
-    b.add_argument("--batch", type=int)
-    b.add_argument("--iters", type=int, default=20)
-    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    b.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
+    b.add_argument("--batch", type=positive_int, help="batch size (default: the file's)")
+    b.add_argument("--iters", type=positive_int, default=20,
+                   help="timed iterations; medians are reported (default 20)")  # fmt: skip
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     b.set_defaults(func=cmd_bench)
 
     pl = sub.add_parser("plot", help="plot a run's metrics.jsonl to PNG (needs matplotlib)")
-    pl.add_argument("run", metavar="RUN_DIR")
-    pl.add_argument("-o", "--output")
+    pl.add_argument("run", metavar="RUN_DIR", type=path_arg,
+                    help="a run folder (holding metrics.jsonl)")  # fmt: skip
+    pl.add_argument("-o", "--output", type=plot_output,
+                    help="image file to write (default RUN_DIR/metrics.png)")  # fmt: skip
     pl.set_defaults(func=cmd_plot)
 
 
@@ -103,12 +129,8 @@ def cmd_train(args) -> int:
     from .trainer import fit_file
 
     if args.resume and args.overwrite:
-        print("error: --resume continues the run in the output folder and --overwrite "
-              "replaces it: give one of them", file=sys.stderr)  # fmt: skip
-        return 2
-    if args.validate is not None and args.validate < 0:
-        print(f"error: --validate must be 0 or more images, not {args.validate}",
-              file=sys.stderr)  # fmt: skip
+        print("netdsl train: error: --resume continues the run in the output folder and "
+              "--overwrite replaces it: give one of them", file=sys.stderr)  # fmt: skip
         return 2
     comm = setup(args.distributed, cuda_aware=args.cuda_aware_mpi)
     with abort_on_error(comm, debug=getattr(args, "debug", False)):  # no rank left hanging
@@ -177,31 +199,31 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
+    from .. import load
     from ..errors import DataError
-    from .data import read_idx, read_npz, to_float
+    from .data import read_images, to_float
+    from .paths import show_path
     from .trainer import _fit_to_input, _softmax
 
-    path = Path(args.images)
-    if path.suffix == ".npz":
-        x, _ = read_npz(path)
-    elif path.suffix == ".npy":
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read: {e}") from None
-    else:
-        x = read_idx(path)
-    if x.ndim == 3:
-        x = x[:, None]
+    shape = load(args.file).input.out_shape  # parsing only: bad images are found before compiling
+    x = read_images(args.images, channels=shape[0])
+    where = show_path(args.images)
+    if x.shape[1] != shape[0]:
+        raise DataError(f"{where}: images have {x.shape[1]} channel(s), the network takes "
+                        f"{shape[0]}")  # fmt: skip
     net, cnet = _load_checkpointed(args, batch=min(256, len(x)))
     norm = net.train["normalize"] or {"mean": [0.0], "std": [1.0]}
     x = _fit_to_input(to_float(x, norm["mean"], norm["std"]), net, train=False)
-    shape = net.input.out_shape
     if x.shape[1:] != shape:
-        raise DataError(f"{path}: images are {'x'.join(map(str, x.shape[1:]))}, the network "
-                        f"takes {'x'.join(map(str, shape))}")  # fmt: skip
+        raise DataError(f"{where}: images are {'x'.join(map(str, x.shape[2:]))}, the network "
+                        f"takes {'x'.join(map(str, shape[1:]))}")  # fmt: skip
     for i in range(0, len(x), cnet.batch):
         probs = _softmax(cnet.forward(x[i : i + cnet.batch]).astype(np.float64))
+        bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+        if bad.size:  # the images are finite (read_images checks): the weights are not
+            raise DataError(f"{show_path(args.checkpoint)}: the network's scores for image "
+                            f"{i + int(bad[0])} are not finite; the checkpoint's weights hold "
+                            "NaN or infinite values (did its training diverge?)")  # fmt: skip
         for j, p in enumerate(probs):
             top = np.argsort(-p)[: args.top]
             print(f"{i + j}\t" + "\t".join(f"{k} ({p[k]:.3f})" for k in top))
@@ -216,10 +238,32 @@ def cmd_bench(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from ..errors import DataError, NetdslError
     from .metrics import METRICS_FILE, plot_metrics
+    from .paths import show_path
 
     run = Path(args.run)
-    out = args.output or str(run / "metrics.png")
-    plot_metrics(run / METRICS_FILE, out)
+    if not run.is_dir():
+        problem = "is not a folder" if run.exists() else "no such run folder"
+        raise DataError(f"{show_path(run)}: {problem}; give the folder a training run wrote "
+                        "(its --out)")  # fmt: skip
+    metrics = run / METRICS_FILE
+    if not metrics.is_file():
+        raise DataError(f"{show_path(run)}: no {METRICS_FILE} here; a run writes it at the "
+                        "end of each epoch")  # fmt: skip
+    out = Path(args.output) if args.output else run / "metrics.png"
+    if out.is_dir():
+        out = out / "metrics.png"
+    elif not out.suffix:
+        out = out.with_name(out.name + ".png")  # what matplotlib would write: say so
+    try:
+        plot_metrics(metrics, out)
+    except ImportError as e:
+        cause = e.__cause__ or e
+        name = getattr(cause, "name", None) or "matplotlib"
+        missing = isinstance(cause, ModuleNotFoundError) and name.split(".")[0] == "matplotlib"
+        why = "matplotlib is not installed" if missing else f"matplotlib cannot load ({cause})"
+        raise NetdslError(f"plotting needs matplotlib, but {why}; install it with: "
+                          "pip install 'netdsl[plot]'") from None  # fmt: skip
     print(f"wrote {out}", file=sys.stderr)
     return 0

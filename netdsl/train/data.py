@@ -24,10 +24,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 import numpy as np
 
 from netdsl.errors import DataError
+from netdsl.train.paths import os_problem, show_path
 
 __all__ = [
     "Dataset",
@@ -37,6 +39,7 @@ __all__ = [
     "num_batches",
     "read_cifar10_batches",
     "read_idx",
+    "read_images",
     "read_npz",
     "to_float",
 ]
@@ -57,6 +60,9 @@ _IDX_DTYPES = MappingProxyType(
 )
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 24  # bytes read at a time from a stream
+MAX_LABEL = 2**31 - 1  # the largest class number a label may hold
+_MAX_TAIL = 1 << 20  # trailing bytes of a compressed IDX read to count them, at most
 _ZIP_MAGIC = b"PK\x03\x04"
 _CIFAR_RECORD = 1 + 3 * 32 * 32
 _CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -77,24 +83,45 @@ _ACCEPTED_SPECS = (
 
 
 def _fail(path: PathLike, problem: str) -> DataError:
-    """Build the error every reader raises: ``PATH: problem``."""
-    return DataError(f"{os.fspath(path)}: {problem}")
+    """Build the error every reader raises: ``PATH: problem`` (a very long path shortened)."""
+    return DataError(f"{show_path(path)}: {problem}")
+
+
+def _open(path: PathLike) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise _fail(path, f"cannot read: {os_problem(e)}") from e
+    except ValueError as e:  # a NUL byte in the name
+        raise _fail(repr(os.fspath(path)), f"cannot read: {e}") from e
 
 
 def _read_head(path: PathLike, n: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
+    with _open(path) as f:
+        try:
             return f.read(n)
-    except OSError as e:
-        raise _fail(path, f"cannot read: {e.strerror or e}") from e
+        except OSError as e:
+            raise _fail(path, f"cannot read: {os_problem(e)}") from e
 
 
 def _read_bytes(path: PathLike) -> bytes:
-    try:
-        with open(path, "rb") as f:
+    with _open(path) as f:
+        try:
             return f.read()
-    except OSError as e:
-        raise _fail(path, f"cannot read: {e.strerror or e}") from e
+        except OSError as e:
+            raise _fail(path, f"cannot read: {os_problem(e)}") from e
+
+
+def _read_upto(stream: BinaryIO, n: int) -> bytearray:
+    """Up to ``n`` bytes of ``stream``, read in chunks: memory grows with what is really
+    there, never with what a header claims."""
+    buf = bytearray()
+    while len(buf) < n:
+        piece = stream.read(min(_CHUNK, n - len(buf)))
+        if not piece:
+            break
+        buf += piece
+    return buf
 
 
 # --------------------------------------------------------------------------- IDX
@@ -103,7 +130,9 @@ def _read_bytes(path: PathLike) -> bytes:
 def read_idx(path: PathLike) -> np.ndarray:
     """Read an IDX file (gzip-compressed or raw) into a native-endian array.
 
-    Compression is detected from the gzip magic bytes, not the file name.
+    Compression is detected from the gzip magic bytes, not the file name. A gzip file
+    is decompressed as a stream and only as far as its header says, so a small header
+    in front of gigabytes of data is refused without reading them.
 
     >>> labels = read_idx("netdsl/datasets/mnist/t10k-labels-idx1-ubyte.gz")
     >>> labels.shape, labels.dtype
@@ -112,21 +141,33 @@ def read_idx(path: PathLike) -> np.ndarray:
     Raises DataError (naming the file) for a bad magic number, an unknown type code,
     a truncated header or body, trailing bytes, or corrupt gzip data.
     """
-    raw = _read_bytes(path)
-    if raw[:2] == _GZIP_MAGIC:
+    with _open(path) as f:
         try:
-            raw = gzip.decompress(raw)
+            gz = f.read(2) == _GZIP_MAGIC
+            f.seek(0)
+            if not gz:
+                return _read_idx_stream(path, f, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            raise _fail(path, f"cannot read: {os_problem(e)}") from e
+        try:
+            with gzip.GzipFile(fileobj=f, mode="rb") as z:
+                return _read_idx_stream(path, z, None)
         except (OSError, EOFError, zlib.error) as e:
             # gzip.BadGzipFile is an OSError; a cut-off stream is an EOFError.
             raise _fail(path, f"corrupt gzip data: {e}") from e
-    if len(raw) < 4:
-        raise _fail(path, f"not an IDX file: only {len(raw)} bytes, too short for a header")
-    if raw[0] != 0 or raw[1] != 0:
+
+
+def _read_idx_stream(path: PathLike, f: BinaryIO, size: int | None) -> np.ndarray:
+    """The IDX array in ``f``; ``size`` is the file's size when known (not compressed)."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise _fail(path, f"not an IDX file: only {len(head)} bytes, too short for a header")
+    if head[0] != 0 or head[1] != 0:
         raise _fail(
             path,
-            f"bad magic number 0x{raw[:4].hex()}: an IDX file starts with 00 00 TYPE NDIM",
+            f"bad magic number 0x{head.hex()}: an IDX file starts with 00 00 TYPE NDIM",
         )
-    code, ndim = raw[2], raw[3]
+    code, ndim = head[2], head[3]
     dtype = _IDX_DTYPES.get(code)
     if dtype is None:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
@@ -134,26 +175,40 @@ def read_idx(path: PathLike) -> np.ndarray:
     if ndim == 0:
         raise _fail(path, "IDX header declares 0 dimensions")
     header = 4 + 4 * ndim
-    if len(raw) < header:
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise _fail(
             path,
-            f"truncated header: {ndim} dimensions need {header} header bytes, found {len(raw)}",
+            f"truncated header: {ndim} dimensions need {header} header bytes, "
+            f"found {4 + len(raw_dims)}",
         )
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
     expected = math.prod(dims) * dtype.itemsize
-    found = len(raw) - header
+    if size is not None:  # a plain file: compare before reading a byte of data
+        found = size - header
+    else:
+        data = _read_upto(f, expected)
+        found = len(data)
+        if found == expected:
+            found += len(_read_upto(f, _MAX_TAIL + 1))
     if found < expected:
         raise _fail(path, f"truncated: expected {expected} bytes of data, found {found}")
     if found > expected:
+        if found > expected + _MAX_TAIL and size is None:  # not read to the end
+            raise _fail(path, f"more than {_MAX_TAIL:,} unexpected trailing bytes: dimensions "
+                              f"{dims} call for exactly {expected} bytes of data")  # fmt: skip
         raise _fail(
             path,
             f"{found - expected} unexpected trailing bytes: dimensions {dims} "
             f"call for exactly {expected} bytes of data, found {found}",
         )
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    # astype copies into native byte order and gives a writable array (frombuffer on
-    # bytes is read-only).
-    return data.astype(dtype.newbyteorder("="))
+    if size is not None:
+        data = _read_upto(f, expected)
+        if len(data) < expected:  # the file shrank while we read it
+            raise _fail(path, f"truncated: expected {expected} bytes of data, found {len(data)}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(dims)
+    # astype copies into native byte order (and gives a writable array)
+    return arr.astype(dtype.newbyteorder("="))
 
 
 # ----------------------------------------------------------------------- CIFAR-10
@@ -213,58 +268,209 @@ def read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     >>> x.shape, y.tolist()
     ((2, 1, 8, 8), [0, 1])
     """
-    head = _read_head(path, 4)
-    if head != _ZIP_MAGIC:
+    arrays = _read_npz_arrays(path, required=("x", "y"))
+    return _check_xy(path, arrays["x"], arrays["y"])
+
+
+_PICKLE_REFUSED = (
+    "holds pickled (object) arrays, which are refused for safety; save plain numeric "
+    "arrays (uint8 or float images, integer labels), e.g. np.savez(path, x=images, y=labels)"
+)
+
+
+def _read_npz_arrays(
+    path: PathLike, required: Sequence[str], optional: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz``; each member's header is checked against the size
+    the archive stores for it before anything is allocated, and nothing is unpickled."""
+    if _read_head(path, 4) != _ZIP_MAGIC:
         raise _fail(path, "not an .npz archive (no zip signature); expected np.savez output")
+    out: dict[str, np.ndarray] = {}
     try:
-        # allow_pickle=False: a data file must never be able to run code on load.
-        # our own handle: np.load leaks its file when the zip directory is bad
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            missing = [k for k in ("x", "y") if k not in npz.files]
+        with _open(path) as f, zipfile.ZipFile(f) as zf:
+            members = {n[: -len(".npy")]: n for n in zf.namelist() if n.endswith(".npy")}
+            missing = [k for k in required if k not in members]
             if missing:
+                found = ", ".join(repr(k) for k in members) or "none"
+                other = [n for n in zf.namelist() if not n.endswith(".npy")]
+                if other:
+                    found += f"; other members: {', '.join(repr(n) for n in other[:5])}"
                 raise _fail(
                     path,
-                    f"missing array {', '.join(repr(k) for k in missing)} "
-                    f"(found: {', '.join(repr(k) for k in npz.files) or 'none'}); "
+                    f"missing array {', '.join(repr(k) for k in missing)} (found: {found}); "
                     "expected arrays 'x' (images) and 'y' (labels)",
                 )
-            x, y = npz["x"], npz["y"]
+            for name in (*required, *(k for k in optional if k in members)):
+                info = zf.getinfo(members[name])
+                with zf.open(info) as m:
+                    _check_npy_header(path, f"array {name!r}", m, info.file_size)
+                with zf.open(info) as m:
+                    out[name] = np.lib.format.read_array(m, allow_pickle=False)
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise _fail(
-                path,
-                "holds pickled (object) arrays, which are refused for safety; save plain "
-                "numeric arrays with np.savez(path, x=images, y=labels)",
-            ) from e
+            raise _fail(path, _PICKLE_REFUSED) from e
         raise _fail(path, f"not a valid .npz archive: {e}") from e
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, KeyError) as e:
         raise _fail(path, f"corrupt or truncated .npz: {e}") from e
-    return _check_xy(path, x, y)
+    return out
 
 
-def _check_xy(path: PathLike, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and normalise an (images, labels) pair read from ``path``."""
+def _check_npy_header(path: PathLike, what: str, f: BinaryIO, size: int) -> None:
+    """Check the ``.npy`` header at the start of ``f`` (a stream of ``size`` bytes): a plain
+    numeric array whose declared shape fits in the bytes that follow."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+    except (ValueError, TypeError, SyntaxError) as e:
+        raise _fail(path, f"{what} is not a valid .npy array: {e}") from e
+    if dtype.hasobject:
+        raise _fail(path, _PICKLE_REFUSED)
+    need = math.prod(shape) * dtype.itemsize
+    have = size - f.tell()
+    if need > have:
+        raise _fail(
+            path,
+            f"{what} declares shape {shape} of {dtype} ({need:,} bytes) but holds only "
+            f"{max(have, 0):,} bytes: truncated or corrupt",
+        )
+
+
+def _check_xy(
+    path: PathLike, x: np.ndarray, y: np.ndarray, what: str = "x"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and normalise an (images, labels) pair read from ``path``; ``what`` names
+    the images in messages."""
     if x.ndim == 3:
         x = x[:, None, :, :]
     if x.ndim != 4:
-        raise _fail(path, f"x has shape {x.shape}; expected (N, C, H, W) or (N, H, W)")
-    if x.dtype == np.uint8:
-        pass
-    elif np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
-    else:
-        raise _fail(path, f"x has dtype {x.dtype}; expected uint8 or floating-point images")
+        raise _fail(path, f"{what} has shape {x.shape}; expected (N, C, H, W) or (N, H, W)")
+    x = _image_dtype(path, x, what)
+    _check_labels(path, y)
+    if x.shape[0] != y.shape[0]:
+        raise _fail(path, f"count mismatch: {what} {_has(what)} {x.shape[0]} images but y has "
+                          f"{y.shape[0]}")  # fmt: skip
+    if x.shape[0] == 0:
+        raise _fail(path, "holds no samples")
+    _check_finite(path, x, what)
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def _has(what: str) -> str:
+    return "have" if what.endswith("s") else "has"
+
+
+def _check_labels(path: PathLike, y: np.ndarray) -> None:
+    """Labels are a vector of class numbers 0..MAX_LABEL (checked before any cast to int64,
+    so a uint64 label cannot wrap around to a negative one)."""
     if y.ndim != 1:
         raise _fail(path, f"y has shape {y.shape}; expected (N,) integer labels")
     if not np.issubdtype(y.dtype, np.integer):
         raise _fail(path, f"y has dtype {y.dtype}; expected integer class labels")
-    if x.shape[0] != y.shape[0]:
-        raise _fail(path, f"count mismatch: x has {x.shape[0]} images but y has {y.shape[0]}")
+    if y.size == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())  # Python ints: exact for every integer dtype
+    if lo < 0:
+        raise _fail(path, f"negative label {lo} (sample {int(np.argmin(y))}); labels must be "
+                          "0..K-1")  # fmt: skip
+    if hi > MAX_LABEL:
+        raise _fail(path, f"label {hi} (sample {int(np.argmax(y))}) is out of range; labels are "
+                          f"class numbers 0..K-1 (at most {MAX_LABEL:,})")  # fmt: skip
+
+
+def _image_dtype(path: PathLike, x: np.ndarray, what: str) -> np.ndarray:
+    """uint8 images as they are, floating-point ones as float32; anything else refused."""
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.floating):
+        with np.errstate(over="ignore"):  # values beyond float32 become inf: reported next
+            return x.astype(np.float32)
+    raise _fail(path, f"{what} {_has(what)} dtype {x.dtype}; expected uint8 or floating-point "
+                      "images (float images are taken as already scaled to [0, 1])")  # fmt: skip
+
+
+def _check_finite(path: PathLike, x: np.ndarray, what: str, chunk: int = 1 << 22) -> None:
+    """Refuse NaN and infinite pixels (a float64 value beyond float32's range counts)."""
+    if x.dtype == np.uint8:
+        return
+    flat = x.reshape(-1)
+    per_image = max(1, math.prod(x.shape[1:]))
+    nan = inf = 0
+    first = -1
+    for start in range(0, flat.size, chunk):
+        part = flat[start : start + chunk]
+        bad = ~np.isfinite(part)
+        if bad.any():
+            n_nan = int(np.isnan(part).sum())
+            nan, inf = nan + n_nan, inf + int(bad.sum()) - n_nan
+            if first < 0:
+                first = (start + int(np.argmax(bad))) // per_image
+    if nan or inf:
+        counts = " and ".join(f"{n:,} {kind} value{'s' if n != 1 else ''}"
+                              for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)  # fmt: skip
+        hold = "hold" if what.endswith("s") else "holds"
+        raise _fail(path, f"{what} {hold} {counts} (the first in image {first}); training "
+                          "needs finite pixels: fix or drop those images")  # fmt: skip
+
+
+# ------------------------------------------------------------------ images alone
+
+
+def read_images(path: PathLike, channels: int = 1) -> np.ndarray:
+    """Images to classify, as ``(N, C, H, W)`` uint8 or float32, from an ``.npz`` (array
+    ``x``; ``y`` is not needed), an ``.npy`` or an IDX file.
+
+    One image may be given alone: ``(H, W)``, or ``(C, H, W)`` when ``C`` equals
+    ``channels`` (the network's input channels) and is more than 1; any other 3-D array is
+    a stack ``(N, H, W)`` of one-channel images.
+
+    >>> import numpy as np
+    >>> np.save("one.npy", np.zeros((28, 28), np.uint8))
+    >>> read_images("one.npy").shape
+    (1, 1, 28, 28)
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        x = _read_npz_arrays(path, required=("x",))["x"]
+    elif suffix == ".npy":
+        x = _read_npy(path)
+    else:
+        if _read_head(path, 2) not in (_GZIP_MAGIC, b"\0\0"):
+            raise _fail(path, "not an image file: expected an .npz (array 'x'), an .npy or "
+                              "an IDX file (gzip-compressed or not)")  # fmt: skip
+        x = read_idx(path)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[None] if channels > 1 and x.shape[0] == channels else x[:, None]
+    if x.ndim != 4:
+        raise _fail(path, f"images have shape {x.shape}; expected one image (H, W) or "
+                          "(C, H, W), or a stack (N, H, W) or (N, C, H, W)")  # fmt: skip
     if x.shape[0] == 0:
-        raise _fail(path, "holds no samples")
-    if y.min() < 0:
-        raise _fail(path, f"negative label {int(y.min())}; labels must be 0..K-1")
-    return np.ascontiguousarray(x), y.astype(np.int64)
+        raise _fail(path, "holds no images")
+    x = _image_dtype(path, x, "images")
+    _check_finite(path, x, "images")
+    return np.ascontiguousarray(x)
+
+
+def _read_npy(path: PathLike) -> np.ndarray:
+    """A plain ``.npy`` array; its header is checked against the file size first."""
+    if _read_head(path, 6) != b"\x93NUMPY":
+        raise _fail(path, "not an .npy file (no NUMPY signature); expected np.save output")
+    try:
+        with _open(path) as f:
+            _check_npy_header(path, "the array", f, os.fstat(f.fileno()).st_size)
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise _fail(path, "holds a pickled (object) array, which is refused for safety") from e
+        raise _fail(path, f"not a valid .npy file: {e}") from e
+    except (OSError, EOFError) as e:
+        raise _fail(path, f"cannot read: {os_problem(e)}") from e
 
 
 # ------------------------------------------------------------------------ Dataset
@@ -315,10 +521,16 @@ def _resolve(spec: str, base_dir: PathLike | None) -> Path:
     else:
         candidates = ([Path(base_dir) / p] if base_dir is not None else []) + [Path.cwd() / p]
     for c in candidates:
-        if c.exists():
-            return c
-    where = " or ".join(str(c) for c in candidates)
-    raise DataError(f"{spec}: dataset not found (looked for {where}); accepted: {_ACCEPTED_SPECS}")
+        try:
+            if c.exists():
+                return c
+        except OSError as e:  # a name too long for the filesystem, a folder we may not enter
+            raise DataError(f"{show_path(c)}: cannot read dataset: {os_problem(e)}") from None
+        except ValueError:  # a NUL byte
+            raise DataError(f"{spec!r}: a dataset path cannot hold a NUL character") from None
+    where = " or ".join(show_path(c) for c in candidates)
+    raise DataError(f"{show_path(spec)}: dataset not found (looked for {where}); accepted: "
+                    f"{_ACCEPTED_SPECS}")  # fmt: skip
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -339,9 +551,11 @@ def _load_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
         raise _fail(labels, f"labels have shape {y.shape} and type {y.dtype}; expected (N,) ints")
     if x.shape[0] != y.shape[0]:
         raise _fail(
-            labels, f"count mismatch: {y.shape[0]} labels for {x.shape[0]} images in {images}"
+            labels,
+            f"count mismatch: {y.shape[0]} labels for {x.shape[0]} images in {show_path(images)}",
         )
-    return _check_xy(images, x, y)
+    _check_labels(labels, y)
+    return _check_xy(images, x, y, what="images")
 
 
 def _load_idx_dir(directory: Path, name: str) -> Dataset:
@@ -349,7 +563,7 @@ def _load_idx_dir(directory: Path, name: str) -> Dataset:
     missing = [stem for stem, p in found.items() if p is None]
     if missing:
         raise DataError(
-            f"{directory}: missing IDX file(s) {', '.join(m + '[.gz]' for m in missing)}"
+            f"{show_path(directory)}: missing IDX file(s) {', '.join(m + '[.gz]' for m in missing)}"
         )
     x_train, y_train = _load_idx_pair(found[_IDX_FILES[0]], found[_IDX_FILES[1]])
     x_test, y_test = _load_idx_pair(found[_IDX_FILES[2]], found[_IDX_FILES[3]])
@@ -368,12 +582,13 @@ def _load_cifar_dir(directory: Path) -> Dataset:
     d = _cifar_dir(directory)
     if d is None:
         raise DataError(
-            f"{directory}: no CIFAR-10 binary batches here (expected data_batch_1.bin .. "
-            "data_batch_5.bin and test_batch.bin, or a cifar-10-batches-bin/ folder)"
+            f"{show_path(directory)}: no CIFAR-10 binary batches here (expected "
+            "data_batch_1.bin .. data_batch_5.bin and test_batch.bin, or a "
+            "cifar-10-batches-bin/ folder)"
         )
     missing = [n for n in (*_CIFAR_TRAIN, _CIFAR_TEST) if not (d / n).is_file()]
     if missing:
-        raise DataError(f"{d}: missing CIFAR-10 batch file(s) {', '.join(missing)}")
+        raise DataError(f"{show_path(d)}: missing CIFAR-10 batch file(s) {', '.join(missing)}")
     x_train, y_train = read_cifar10_batches([d / n for n in _CIFAR_TRAIN])
     x_test, y_test = read_cifar10_batches([d / _CIFAR_TEST])
     return Dataset(x_train, y_train, x_test, y_test, 10, "cifar10")
@@ -390,7 +605,7 @@ def _make(
 ) -> Dataset:
     if x_test.shape[1:] != x_train.shape[1:]:
         raise DataError(
-            f"{os.fspath(where)}: test images are {x_test.shape[1:]} but train images are "
+            f"{show_path(where)}: test images are {x_test.shape[1:]} but train images are "
             f"{x_train.shape[1:]}"
         )
     if x_test.dtype != x_train.dtype:
@@ -427,6 +642,14 @@ def load_dataset(spec: str, base_dir: PathLike | None = None) -> Dataset:
     >>> ds.x_test.shape, int(ds.y_test.max())
     ((10000, 1, 28, 28), 9)
     """
+    try:
+        return _load_dataset(spec, base_dir)
+    except OSError as e:  # a file or folder that cannot be listed or opened
+        where = show_path(e.filename) if e.filename else show_path(spec)
+        raise DataError(f"{where}: cannot read dataset: {os_problem(e)}") from e
+
+
+def _load_dataset(spec: str, base_dir: PathLike | None) -> Dataset:
     spec = spec.strip()
     if not spec:
         raise DataError(f"empty dataset spec; accepted: {_ACCEPTED_SPECS}")
@@ -444,7 +667,9 @@ def load_dataset(spec: str, base_dir: PathLike | None = None) -> Dataset:
     if "," in spec:
         parts = [s.strip() for s in spec.split(",")]
         if len(parts) != 2 or not all(p.lower().endswith(".npz") for p in parts):
-            raise DataError(f"{spec}: a comma-separated spec must be 'TRAIN.npz,TEST.npz'")
+            raise DataError(
+                f"{show_path(spec)}: a comma-separated spec must be 'TRAIN.npz,TEST.npz'"
+            )
         train, test = (_resolve(p, base_dir) for p in parts)
         x_train, y_train = read_npz(train)
         x_test, y_test = read_npz(test)
@@ -455,14 +680,13 @@ def load_dataset(spec: str, base_dir: PathLike | None = None) -> Dataset:
             return _load_cifar_dir(path)
         if _find_idx(path, _IDX_FILES[0]) is not None:
             return _load_idx_dir(path, path.name)
-        raise DataError(
-            f"{path}: directory holds no recognised dataset; accepted: {_ACCEPTED_SPECS}"
-        )
+        raise DataError(f"{show_path(path)}: directory holds no recognised dataset; "
+                        f"accepted: {_ACCEPTED_SPECS}")  # fmt: skip
     if path.suffix.lower() == ".npz":
         x_train, y_train = read_npz(path)
         empty_x = np.zeros((0, *x_train.shape[1:]), dtype=x_train.dtype)
         return _make(path.stem, x_train, y_train, empty_x, np.zeros(0, np.int64), path)
-    raise DataError(f"{path}: unrecognised dataset file; accepted: {_ACCEPTED_SPECS}")
+    raise DataError(f"{show_path(path)}: unrecognised dataset file; accepted: {_ACCEPTED_SPECS}")
 
 
 # -------------------------------------------------------------------- normalise

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .paths import check_output_dir
 
 __all__ = [
     "RUN_FILE",
@@ -76,10 +77,9 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
     out = Path(out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: is a file, not a folder; choose another output folder (--out)")
+    check_output_dir(out)  # a file, under a file, too long, not writable: named at once
     if not out.exists():
-        _probe_create(out)
+        _probe_create(out)  # os.access cannot tell (root, /proc): make it and remove it
         if resume:
             raise DataError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from")
         return

@@ -30,7 +30,13 @@ from ..errors import DataError, NetdslError
 from ..ir import Network
 from ..ops.loss import topk_errors
 from . import augment
-from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from .checkpoint import (
+    check_training_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from .data import Dataset, load_dataset, to_float
 from .distributed import Communicator, NullStream, local_batch, shard_bounds
 from .metrics import METRICS_FILE, MetricsWriter, read_metrics, write_metrics
@@ -103,7 +109,7 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
     """Load the dataset of the train section (or `spec`), normalised and fitted to the input.
 
     `validate` (default: the train section's) holds out the last N training images
-    (after `limit`) for validation. Non-finite pixel values are refused, naming the file.
+    (after `limit`) for validation. Pixels that normalisation makes infinite are refused.
     The result's `record` describes the data (runinfo.py) for run.json and checkpoints.
     """
     t = net.train
@@ -120,8 +126,7 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
     if ds.x_train.shape[1] != c:
         raise DataError(f"{ds.name}: images have {ds.x_train.shape[1]} channels but the input "
                         f"layer {net.input.name} takes {c}")  # fmt: skip
-    _check_finite(ds.x_train, train_file, "training")
-    _check_finite(ds.x_test, test_file, "test")
+    # the readers (data.py) refuse NaN/inf pixels; what normalisation makes infinite is checked
     n_val = t["validate"] if validate is None else validate
 
     def prep(x: np.ndarray, where: str, what: str) -> np.ndarray:
@@ -373,6 +378,9 @@ class Trainer:
         if meta.get("batch") != self.global_batch:
             raise DataError(f"{path}: checkpoint was trained with batch {meta.get('batch')}; "
                             f"resume with --batch {meta.get('batch')}")  # fmt: skip
+        # every field read below, present and of the right type and shape, named if not
+        check_training_checkpoint(path, arrays, meta, n_params=self.cnet.theta.size,
+                                  optimizer=self.optimizer.kind)  # fmt: skip
         load_weights(self.cnet, arrays, path)
         self.optimizer.load_state(arrays, int(meta["optim_t"]))
         self.rng = restore_rng(meta["rng"], path)
