@@ -14,6 +14,7 @@ from typing import Any
 from . import ast
 from .errors import Location, NetError
 from .ir import Layer, Network
+from .limits import MAX_BLOCK_DEPTH, MAX_GPUS, MAX_LAYERS
 from .parse import parse_file
 from .schema import ACTIVATIONS, ALIASES, LAYERS, read_layer_args
 from .trainconf import read_train
@@ -44,10 +45,6 @@ class _State:
     included: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     expanding: list[str] = field(default_factory=list)  # the blocks being expanded, outermost first
-
-
-MAX_BLOCK_DEPTH = 32
-MAX_LAYERS = 10_000  # a guard against `repeat 1000000`, not a design limit of real nets
 
 
 def elaborate(program: ast.Program) -> Network:
@@ -115,8 +112,8 @@ def _stmts(st, stmts, scope: _Scope, env: dict[str, Any], base: Path, depth: int
             v = evaluate(s.count, env)
             if v.kind != "num" or not isinstance(v.value, int) or v.value < 1:
                 raise NetError("gpus needs a whole number, at least 1", s.loc)
-            if v.value > 1024:  # placement walks every GPU of every layer
-                raise NetError(f"gpus {v.value:,} is too many (at most 1,024)", s.loc)
+            if v.value > MAX_GPUS:  # placement walks every GPU of every layer
+                raise NetError(f"gpus {v.value:,} is too many (at most {MAX_GPUS:,})", s.loc)
             if st.gpus_loc is not None:
                 raise NetError("`gpus` is given twice", s.loc,
                                notes=(("first given here", st.gpus_loc),))  # fmt: skip
