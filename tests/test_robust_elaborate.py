@@ -98,3 +98,516 @@ def test_arithmetic_within_the_bound_is_exact(tmp_path):
     net = load(tmp_path, "const big = 999999999999999\nconst q = big / 3\nconst s = q*3 - big + 4\n"
                          "input image: 1x8x8\nconv c: s filters 1x1\n")
     assert net.layer("c").out_shape == (4, 8, 8)
+
+
+# ---------------------------------------------------------------- 2. blocks
+
+
+def test_a_default_that_is_a_word_is_located_at_the_default(tmp_path):
+    text = "input image: 1x28x28\nblock b(c, e=relu) {\n  conv x: c filters 3x3\n}\nb b1: 4\n"
+    assert rendered(tmp_path, text) == (
+        "bad.net:2:14: error: the default of block parameter 'e' must be a number, found 'relu'\n"
+        "    block b(c, e=relu) {\n"
+        "                 ^~~~\n"
+        "bad.net:5:1: note: in block 'b' used here\n"
+        "    b b1: 4\n"
+        "    ^"
+    )
+
+
+def test_a_default_may_not_use_a_later_parameter(tmp_path):
+    text = "input image: 1x28x28\nblock b(d=c, c=1) {\n  conv x: d filters 3x3\n}\nb b1\n"
+    assert rendered(tmp_path, text) == (
+        "bad.net:2:11: error: the default of 'd' uses parameter 'c', which comes after it\n"
+        "    block b(d=c, c=1) {\n"
+        "              ^\n"
+        "bad.net:5:1: note: in block 'b' used here\n"
+        "    b b1\n"
+        "    ^\n"
+        "hint: a default can use only the parameters before it"
+    )
+
+
+def test_defaults_are_evaluated_in_order_from_earlier_parameters(tmp_path):
+    # e's default reads d's default, which reads c; an outer constant `d` is not seen
+    net = load(tmp_path, """\
+const d = 100
+input image: 1x8x8
+block b(c, d=c*2, e=d+1) {
+  conv x: e filters 1x1
+}
+b one: 3
+b two: 3, d=1
+""")
+    assert net.layer("one.x").out_shape == (7, 8, 8)
+    assert net.layer("two.x").out_shape == (2, 8, 8)
+
+
+def test_a_default_overflowing_is_located_in_the_definition(tmp_path):
+    text = "input image: 1x28x28\nblock b(c, d=c*c) {\n  conv x: 3 filters 3x3\n}\nb b1: 99999999\n"
+    out = rendered(tmp_path, text)
+    assert out.startswith("bad.net:2:14: error: the result 9999999800000001 is out of range")
+    assert "bad.net:5:1: note: in block 'b' used here" in out
+
+
+def test_duplicate_parameter_names_are_rejected_at_the_second(tmp_path):
+    text = "input image: 1x28x28\nblock b(c, k, c) {\n  conv x: c filters k x k\n}\n"
+    assert rendered(tmp_path, text) == (
+        "bad.net:2:15: error: block 'b' has two parameters named 'c'\n"
+        "    block b(c, k, c) {\n"
+        "                  ^\n"
+        "bad.net:2:9: note: the first is here\n"
+        "    block b(c, k, c) {\n"
+        "            ^"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("norm", " (an alias of lrn)"),
+        ("dense", " (an alias of fc)"),
+        ("batchnorm", " (an alias of bn)"),
+        ("relu", " (an activation)"),
+        ("conv", ""),
+        ("loss", ""),
+    ],
+)
+def test_a_block_named_like_a_layer_type_or_alias_is_rejected(tmp_path, name, why):
+    text = f"input image: 1x8x8\nblock {name}(c) {{\n  conv x: c filters 1x1\n}}\n{name} n: 2\n"
+    assert rendered(tmp_path, text) == (
+        f"bad.net:2:7: error: block '{name}' has the name of a layer type{why}\n"
+        f"    block {name}(c) {{\n"
+        f"          ^{'~' * (len(name) - 1)}\n"
+        "hint: give the block another name"
+    )
+
+
+@pytest.mark.parametrize("param", ["relu", "conv", "in", "x"])
+def test_a_parameter_named_like_a_keyword_is_rejected(tmp_path, param):
+    text = f"input image: 1x8x8\nblock b(c, {param}=1) {{\n  conv y: c filters 1x1\n}}\n"
+    out = rendered(tmp_path, text)
+    assert out.splitlines()[0] == (
+        f"bad.net:2:12: error: '{param}' cannot be a parameter name; it is a keyword"
+    )
+
+
+def _nested_blocks(n: int) -> str:
+    lines = ["input image: 1x8x8", "block b0(c) {", "  conv x: c filters 1x1", "}"]
+    for i in range(1, n):
+        lines += [f"block b{i}(c) {{", f"  b{i - 1} u: c", "}"]
+    return "\n".join(lines + [f"b{n - 1} top: 2"]) + "\n"
+
+
+def test_deep_but_not_recursive_nesting_is_not_called_recursion(tmp_path):
+    out = rendered(tmp_path, _nested_blocks(40))
+    first = out.splitlines()[0]
+    assert first == "bad.net:27:3: error: blocks nest more than 32 deep"
+    assert "recursion" not in out
+    assert out.endswith("hint: the uses: b39 -> b38 -> b37 -> ... -> b8 -> b7; "
+                        "flatten some of the nesting")
+
+
+def test_nesting_up_to_the_bound_loads(tmp_path):
+    net = load(tmp_path, _nested_blocks(32))
+    assert net.layers[-1].name == "top" + ".u" * 31 + ".x"
+
+
+def test_indirect_recursion_names_the_chain(tmp_path):
+    text = """\
+input image: 1x28x28
+block a(c) {
+  b x: c
+}
+block b(c) {
+  a y: c
+}
+a top: 3
+"""
+    assert rendered(tmp_path, text) == (
+        "bad.net:6:3: error: block 'a' uses itself (recursion: a -> b -> a)\n"
+        "      a y: c\n"
+        "      ^\n"
+        "bad.net:3:3: note: in block 'b' used here\n"
+        "      b x: c\n"
+        "      ^"
+    )
+
+
+# ---------------------------------------------------------------- 3. includes
+
+
+def _include(tmp_path: Path, target: str) -> str:
+    return rendered(tmp_path, f'input image: 1x8x8\ninclude "{target}"\n')
+
+
+def test_include_path_with_a_nul_byte(tmp_path):
+    out = _include(tmp_path, "a\0b.net")
+    assert out.splitlines()[0] == (
+        'bad.net:2:9: error: cannot include "a\\x00b.net": the path contains a NUL character'
+    )
+
+
+def test_include_path_too_long_is_abbreviated(tmp_path):
+    out = _include(tmp_path, "x" * 5000 + ".net")
+    head = out.splitlines()[0]
+    assert head == ('bad.net:2:9: error: cannot include "' + "x" * 37 + "..." + "x" * 33
+                    + '.net": the path has 5,004 characters (at most 1,024)')
+
+
+def test_include_name_too_long_for_the_file_system(tmp_path):
+    out = _include(tmp_path, "y" * 300 + ".net")
+    assert out.splitlines()[0].endswith("yyyy.net\": a name in the path is too long")
+
+
+def test_include_symlink_loop(tmp_path):
+    (tmp_path / "one").symlink_to(tmp_path / "two")
+    (tmp_path / "two").symlink_to(tmp_path / "one")
+    out = _include(tmp_path, "one")
+    assert out.splitlines()[0] == 'bad.net:2:9: error: cannot include "one": symbolic links loop'
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [(".", "it is a directory"), ("/dev/null", "it is not a regular file"),
+     ("nowhere/x.net", "no such file")],
+)
+def test_include_of_what_is_not_a_file(tmp_path, target, reason):
+    out = _include(tmp_path, target)
+    assert out.splitlines()[0] == f'bad.net:2:9: error: cannot include "{target}": {reason}'
+
+
+def test_include_of_a_binary_or_non_utf8_file_points_at_the_include(tmp_path):
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "latin.net").write_bytes("conv c: 3 filters 3x3 # caf\xe9\n".encode("latin-1"))
+    for target in ("blob.bin", "latin.net"):
+        with pytest.raises(NetError) as info:
+            netdsl.loads(f'input image: 1x8x8\ninclude "{target}"\n', str(tmp_path / "m.net"))
+        err = info.value
+        # either at the include statement, or inside the file with a note at the include
+        at_include = err.loc is not None and err.loc.line == 2 and err.loc.file.endswith("m.net")
+        noted = any(t == "included from here" and loc.line == 2 for t, loc in err.notes)
+        assert at_include or (err.loc is not None and noted), err.render()
+
+
+def test_an_include_too_large_is_refused_before_reading(tmp_path):
+    from netdsl.limits import MAX_FILE_BYTES
+
+    with open(tmp_path / "huge.net", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    out = _include(tmp_path, "huge.net")
+    assert out.splitlines()[0] == (
+        f'bad.net:2:9: error: cannot include "huge.net": it has {MAX_FILE_BYTES + 1:,} bytes '
+        f"(a .net file has at most {MAX_FILE_BYTES:,})"
+    )
+
+
+def test_errors_inside_an_include_keep_their_place_and_note_the_include(tmp_path):
+    (tmp_path / "inner.net").write_text("conv c: 3 filters 3x3\ndropout d: 2\n")
+    (tmp_path / "mid.net").write_text('include "inner.net"\n')
+    out = _include(tmp_path, "mid.net")
+    assert out == (
+        "inner.net:2:12: error: 'p' must be below 1, got 2\n"
+        "    dropout d: 2\n"
+        "               ^\n"
+        "mid.net:1:9: note: included from here\n"
+        '    include "inner.net"\n'
+        "            ^~~~~~~~~~~\n"
+        "bad.net:2:9: note: included from here\n"
+        '    include "mid.net"\n'
+        "            ^~~~~~~~~"
+    )
+
+
+def test_shape_errors_in_included_layers_note_the_include(tmp_path):
+    (tmp_path / "part.net").write_text("conv c: 3 filters 30x30\n")
+    out = _include(tmp_path, "part.net")
+    assert out.splitlines()[0].startswith("part.net:1:19: error: c: kernel 30 is larger")
+    assert "bad.net:2:9: note: included from here" in out
+
+
+# ---------------------------------------------------------------- 4. positions
+
+
+def test_two_uses_of_one_block_with_one_name_point_at_the_second_use(tmp_path):
+    text = """\
+input image: 1x28x28
+block blk(c) {
+  conv x: c filters 3x3
+}
+blk a: 1
+blk a: 1
+"""
+    assert rendered(tmp_path, text) == (
+        "bad.net:6:5: error: layer name 'a' is used twice\n"
+        "    blk a: 1\n"
+        "        ^\n"
+        "bad.net:5:5: note: first used here\n"
+        "    blk a: 1\n"
+        "        ^\n"
+        "hint: give each layer its own name"
+    )
+
+
+def test_a_use_whose_layers_clash_with_a_written_name_points_at_the_use(tmp_path):
+    text = """\
+input image: 1x28x28
+conv a.x: 3 filters 3x3
+block blk(c) {
+  conv x: c filters 3x3
+}
+blk a: 1
+"""
+    assert rendered(tmp_path, text) == (
+        "bad.net:6:5: error: layer name 'a.x' is used twice\n"
+        "    blk a: 1\n"
+        "        ^\n"
+        "bad.net:2:6: note: first used here\n"
+        "    conv a.x: 3 filters 3x3\n"
+        "         ^~~\n"
+        "hint: this use of block 'blk' names its layers 'a.*'; give it another name"
+    )
+
+
+def test_two_uses_making_one_full_name_point_at_the_second_use(tmp_path):
+    # `p` makes p.q.y (body `conv q.y`); `p.q` makes p.q.y again (body of `inner`)
+    text = """\
+input image: 1x28x28
+block outer(c) {
+  conv q.y: c filters 1x1
+}
+block inner(c) {
+  conv y: c filters 1x1
+}
+outer p: 2
+inner p.q: 2
+"""
+    assert rendered(tmp_path, text) == (
+        "bad.net:9:7: error: layer name 'p.q.y' is used twice\n"
+        "    inner p.q: 2\n"
+        "          ^~~\n"
+        "bad.net:8:7: note: first used here\n"
+        "    outer p: 2\n"
+        "          ^\n"
+        "hint: this use of block 'inner' names its layers 'p.q.*'; give it another name"
+    )
+
+
+def test_a_clash_inside_nested_uses_points_at_the_inner_use_with_its_context(tmp_path):
+    text = """\
+input image: 1x28x28
+block blk(c) {
+  conv x: c filters 3x3
+}
+block outer(c) {
+  conv a.x: c filters 1x1
+  blk a: c
+}
+outer o: 2
+"""
+    assert rendered(tmp_path, text) == (
+        "bad.net:7:7: error: layer name 'o.a.x' is used twice\n"
+        "      blk a: c\n"
+        "          ^\n"
+        "bad.net:6:8: note: first used here\n"
+        "      conv a.x: c filters 1x1\n"
+        "           ^~~\n"
+        "bad.net:9:1: note: in block 'outer' used here\n"
+        "    outer o: 2\n"
+        "    ^~~~~\n"
+        "hint: this use of block 'blk' names its layers 'o.a.*'; give it another name"
+    )
+
+
+def test_a_block_input_is_not_confused_with_a_dotted_layer_name(tmp_path):
+    # the first layer of use `a` reads the use's input, not the earlier layer `a.x`
+    net = load(tmp_path, """\
+input image: 1x8x8
+conv a.x: 3 filters 1x1
+block blk(c) {
+  conv y: c filters 1x1
+}
+blk a(image): 2
+""")
+    assert net.layer("a.y").inputs == ["image"]
+
+
+# ---------------------------------------------------------------- 5. foreign layer names
+
+
+@pytest.mark.parametrize(
+    ("word", "hint"),
+    [
+        ("convolutional", "Darknet's convolutional is netdsl's conv: conv c1: 32 filters 3x3, pad 1, leaky"),
+        ("connected", "Darknet's connected is netdsl's fc: fc f1: 256, leaky"),
+        ("maxpool", "Darknet's maxpool is netdsl's pool: pool p1: max 2x2, stride 2"),
+        ("avgpool", "Darknet's avgpool is netdsl's pool: pool gap: avg, global"),
+        ("shortcut", "Darknet's shortcut is netdsl's add: add s(a, b), linear"),
+        ("route", "Darknet's route is netdsl's concat: concat r(a, b); to read one earlier layer, name it as the input: conv c(a): ..."),
+        ("cost", "Darknet's cost is netdsl's loss: loss mse"),
+        ("upsample", "Darknet's upsample: netdsl has no upsample layer yet"),
+        ("Convolution", "Caffe's Convolution is netdsl's conv: conv c1: 32 filters 3x3, pad 1, relu"),
+        ("InnerProduct", "Caffe's InnerProduct is netdsl's fc: fc f1: 500, relu"),
+        ("Pooling", "Caffe's Pooling is netdsl's pool: pool p1: max 2x2, stride 2"),
+        ("LRN", "Caffe's LRN is netdsl's lrn: lrn n1: size 5, alpha 1e-4, beta 0.75"),
+        ("Eltwise", "Caffe's Eltwise is netdsl's add: add s(a, b), relu"),
+        ("Concat", "Caffe's Concat is netdsl's concat: concat c(a, b)"),
+        ("BatchNorm", "Caffe's BatchNorm is netdsl's bn: bn b1: relu (bn also learns Caffe's Scale)"),
+        ("Scale", "Caffe's Scale is netdsl's bn: bn b1 (a Caffe BatchNorm + Scale pair is one bn layer)"),
+        ("SoftmaxWithLoss", "Caffe's SoftmaxWithLoss is netdsl's loss: loss cross_entropy (it applies the softmax itself)"),
+        ("ReLU", "Caffe, Keras and PyTorch's ReLU is netdsl's relu: relu r1, or `relu` on the layer before"),
+        ("Dropout", "Caffe, Keras and PyTorch's Dropout is netdsl's dropout: dropout d1: 0.5"),
+        ("Softmax", "Caffe, Keras and PyTorch's Softmax is netdsl's softmax: softmax s1 (not before `loss cross_entropy`, which applies it itself)"),
+        ("Conv2D", "Keras's Conv2D is netdsl's conv: conv c1: 32 filters 3x3, pad same, relu"),
+        ("Dense", "Keras's Dense is netdsl's fc: fc f1: 128, relu"),
+        ("MaxPooling2D", "Keras's MaxPooling2D is netdsl's pool: pool p1: max 2x2, stride 2"),
+        ("AveragePooling2D", "Keras's AveragePooling2D is netdsl's pool: pool p1: avg 2x2, stride 2"),
+        ("GlobalAveragePooling2D", "Keras's GlobalAveragePooling2D is netdsl's pool: pool gap: avg, global"),
+        ("BatchNormalization", "Keras's BatchNormalization is netdsl's bn: bn b1: relu"),
+        ("Activation", "Keras's Activation is netdsl's act: act a1: relu, or `relu` on the layer before"),
+        ("Flatten", "Caffe, Keras and PyTorch's Flatten is netdsl's flatten: flatten f (fc flattens by itself)"),
+        ("Add", "Keras's Add is netdsl's add: add s(a, b)"),
+        ("Concatenate", "Keras's Concatenate is netdsl's concat: concat c(a, b)"),
+        ("Linear", "PyTorch's Linear is netdsl's fc: fc f1: 128, relu"),
+        # other case of a foreign name, and of netdsl's own types
+        ("innerproduct", "Caffe's InnerProduct is netdsl's fc: fc f1: 500, relu"),
+        ("Conv", "did you mean 'conv'? (names are case-sensitive)"),
+        ("RELU", "did you mean 'relu'? (names are case-sensitive)"),
+        ("Norm", "did you mean 'norm'? (names are case-sensitive)"),
+        # activations netdsl lacks are not near misses of ones it has
+        ("elu", "elu is not available in netdsl; activations: relu, leaky, tanh, sigmoid, linear"),
+        ("gelu", "gelu is not available in netdsl; activations: relu, leaky, tanh, sigmoid, linear"),
+        ("logistic", "Darknet's logistic is netdsl's sigmoid"),
+        # a plain misspelling still gets the nearest spelling
+        ("cnov", "did you mean 'conv'?"),
+    ],
+)
+def test_foreign_layer_names_get_the_netdsl_spelling(tmp_path, word, hint):
+    out = rendered(tmp_path, f"input image: 1x28x28\n{word} l1: 3\n")
+    lines = out.splitlines()
+    assert lines[0] == f"bad.net:2:1: error: unknown layer type '{word}'"
+    assert lines[-1] == f"hint: {hint}"
+
+
+def test_the_foreign_tables_name_only_real_netdsl_types():
+    from netdsl.foreign import ACTIVATION_NAMES, FOREIGN, FOREIGN_ACTIVATIONS
+    from netdsl.schema import ACTIVATIONS, LAYERS
+
+    assert tuple(ACTIVATION_NAMES) == tuple(ACTIVATIONS)
+    for name, (_, ours, _) in FOREIGN.items():
+        assert name not in LAYERS
+        assert ours is None or ours in LAYERS, name
+    for name, (_, ours) in FOREIGN_ACTIVATIONS.items():
+        assert name not in LAYERS
+        assert ours is None or ours in ACTIVATIONS, name
+
+
+def test_a_block_with_a_foreign_name_is_still_the_block(tmp_path):
+    net = load(tmp_path, "input image: 1x8x8\nblock Conv2D(c) {\n  conv x: c filters 1x1\n}\n"
+                         "Conv2D k: 2\n")
+    assert net.layers[-1].name == "k.x"
+
+
+# ---------------------------------------------------------------- 6. repeat 0: optional layers
+
+RESNET_UNIT = """\
+input image: 4x8x8
+block unit(c, stride=1, proj=0) {
+  conv a: c filters 3x3, stride stride, pad 1, relu
+  conv b: c filters 3x3, pad 1
+  repeat proj {
+    conv p(in): c filters 1x1, stride stride
+    add s(b, p): relu
+  }
+  repeat 1 - proj {
+    add s(b, in): relu
+  }
+}
+unit u1: 4
+unit u2: 8, stride=2, proj=1
+unit u3: 8
+pool gap: avg, global
+fc f: 10
+loss cross_entropy
+"""
+
+
+def test_a_parameter_switches_a_projection_shortcut_on_and_off(tmp_path):
+    net = load(tmp_path, RESNET_UNIT)
+    wiring = {lyr.name: lyr.inputs for lyr in net.layers}
+    assert list(wiring) == ["image", "u1.a", "u1.b", "u1.s_1", "u2.a", "u2.b", "u2.p_1",
+                            "u2.s_1", "u3.a", "u3.b", "u3.s_1", "gap", "f", "loss"]
+    assert wiring["u1.s_1"] == ["u1.b", "image"]  # identity shortcut
+    assert wiring["u2.a"] == ["u1.s_1"]
+    assert wiring["u2.p_1"] == ["u1.s_1"]  # projection of the unit's input
+    assert wiring["u2.s_1"] == ["u2.b", "u2.p_1"]
+    assert wiring["u3.a"] == ["u2.s_1"]  # a use's name means its last layer
+    assert wiring["u3.s_1"] == ["u3.b", "u2.s_1"]
+    assert net.layer("u2.p_1").out_shape == (8, 4, 4)
+
+
+def test_a_use_that_makes_no_layers_passes_its_input_through(tmp_path):
+    net = load(tmp_path, """\
+input image: 4x8x8
+block projection(c, stride, on) {
+  repeat on {
+    conv p: c filters 1x1, stride stride
+  }
+}
+block unit(c, stride=1, proj=0) {
+  conv a: c filters 3x3, stride stride, pad 1, relu
+  conv b: c filters 3x3, pad 1
+  projection sc(in): c, stride, proj
+  add s(b, sc): relu
+}
+unit u1: 4
+unit u2: 8, stride=2, proj=1
+conv c1: 2 filters 1x1
+projection skip(u1): 2, 1, 0
+conv c2: 2 filters 1x1
+""")
+    wiring = {lyr.name: lyr.inputs for lyr in net.layers}
+    assert wiring["u1.s"] == ["u1.b", "image"]
+    assert wiring["u2.sc.p_1"] == ["u1.s"]
+    assert wiring["u2.s"] == ["u2.b", "u2.sc.p_1"]
+    # after a use that made nothing, the chain continues from what it passed on
+    assert wiring["c2"] == ["u1.s"]
+
+
+def test_a_layer_after_an_empty_repeat_chains_to_what_came_before(tmp_path):
+    net = load(tmp_path, """\
+const extra = 0
+input image: 1x8x8
+conv a: 2 filters 1x1
+repeat extra {
+  conv b: 2 filters 1x1
+}
+relu r
+block blk(n) {
+  conv c: 2 filters 1x1
+  repeat n {
+    relu d
+  }
+}
+blk k: 0
+fc f: 3
+""")
+    wiring = {lyr.name: lyr.inputs for lyr in net.layers}
+    assert wiring == {"image": [], "a": ["image"], "r": ["a"], "k.c": ["r"], "f": ["k.c"]}
+
+
+def test_a_block_with_no_layer_statements_still_defines_no_layers(tmp_path):
+    text = "input image: 1x8x8\nblock b(c) {\n  const z = c\n}\nb b1: 2\n"
+    assert rendered(tmp_path, text) == (
+        "bad.net:2:7: error: block 'b' defines no layers\n"
+        "    block b(c) {\n"
+        "          ^"
+    )
+
+
+def test_repeat_counts_below_zero_or_fractional_are_errors(tmp_path):
+    for count in ("-1", "0.5", "relu"):
+        out = rendered(tmp_path, f"input image: 1x8x8\nrepeat {count} {{\n  relu r\n}}\n")
+        assert out.splitlines()[0] == (
+            "bad.net:2:1: error: repeat needs a whole number of times, at least 0"
+        )
