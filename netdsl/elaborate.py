@@ -65,7 +65,7 @@ class _State:
     train: ast.TrainStmt | None = None
     included: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
-    expanding: list[_Use] = field(default_factory=list)  # block uses being expanded, outermost first
+    expanding: list[_Use] = field(default_factory=list)  # block uses being expanded, outermost 1st
     # every full name (layers and block uses) -> where it is written and the uses that made it
     names: dict[str, tuple[Location, tuple[_Use, ...]]] = field(default_factory=dict)
     zero_repeats: int = 0  # `repeat 0` bodies skipped so far

@@ -611,3 +611,158 @@ def test_repeat_counts_below_zero_or_fractional_are_errors(tmp_path):
         assert out.splitlines()[0] == (
             "bad.net:2:1: error: repeat needs a whole number of times, at least 0"
         )
+
+
+# ---------------------------------------------------------------- 7. size: placement is fast and unchanged
+
+
+def _ref_own(g: int, c: int, gpus: int) -> tuple[int, int]:
+    return -(-g * c // gpus), -(-(g + 1) * c // gpus)
+
+
+def _ref_needed(layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
+    """The per-GPU rule as it was first written (one GPU at a time), as the reference."""
+    cin = sum(s[0] for s in layer.in_shapes)
+    cout = layer.out_shape[0]
+    lo, hi = _ref_own(gpu, cout, gpus)
+    if lo >= hi:
+        return []
+    t = layer.type
+    if t in ("fc", "softmax", "loss"):
+        return [(0, cin)]
+    if t == "conv":
+        a = layer.attrs
+        if a["connect"] is not None:
+            return [(i, i + 1) for i in sorted({i for o in range(lo, hi) for i in a["connect"][o]})]
+        g = a["groups"]
+        per = cin // g
+        return [((lo * g // cout) * per, ((hi - 1) * g // cout + 1) * per)]
+    if t == "lrn":
+        half = layer.attrs["size"] // 2
+        return [(max(0, lo - half), min(cin, hi + half))]
+    if t == "flatten":
+        hw = layer.in_shapes[0][1] * layer.in_shapes[0][2]
+        return [(lo // hw, (hi - 1) // hw + 1)]
+    if t == "maxout":
+        k = layer.attrs["pieces"]
+        return [(lo * k, hi * k)]
+    return [(lo, hi)]
+
+
+def _ref_placement(net) -> tuple[list[int], list[dict[str, int]]]:
+    """Exchange per layer and the per-GPU table, computed (GPU by GPU) as they first were."""
+    g, owners, exchange = net.gpus, {}, []
+    for layer in net.layers:
+        if layer.type == "input":
+            owners[layer.name] = "all"
+            exchange.append(0)
+            continue
+        gathered = layer.type in ("loss", "softmax")
+        received = 0
+        if g > 1 and not all(owners[n] == "all" for n in layer.inputs):
+            for gpu in (0,) if gathered else range(g):
+                held, offset = [], 0
+                for name, shape in zip(layer.inputs, layer.in_shapes):
+                    c = shape[0]
+                    lo, hi = {"all": (0, c), "gpu0": (0, c) if gpu == 0 else (0, 0)}.get(
+                        owners[name], None) or _ref_own(gpu, c, g)
+                    held.append((offset + lo, offset + hi))
+                    offset += c
+                for a, b in _ref_needed(layer, gpu, g):
+                    received += (b - a) - sum(max(0, min(b, hi) - max(a, lo)) for lo, hi in held)
+        exchange.append(received * layer.in_shapes[0][1] * layer.in_shapes[0][2])
+        owners[layer.name] = "gpu0" if gathered else "split"
+    table = [{"params": 0, "activations": 0} for _ in range(g)]
+    for layer in net.layers:
+        elems = layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2]
+        if layer.type == "loss":
+            continue
+        if layer.type == "input" or len(layer.gpus) == g:
+            for d in range(g):
+                table[d]["activations"] += elems if layer.type == "input" else elems // g
+                table[d]["params"] += layer.n_params // g
+            table[0]["params"] += layer.n_params % g if layer.type != "input" else 0
+        else:
+            table[layer.gpus[0]]["activations"] += elems
+            table[layer.gpus[0]]["params"] += layer.n_params
+    return exchange, table
+
+
+def _random_net(seed: int, gpus: int) -> str:
+    import random
+
+    rnd = random.Random(seed)
+    c = rnd.choice([3, 4, 6, 12])
+    lines = [f"gpus {gpus}", f"input image: {c}x6x6"]
+    shapes = {"image": c}
+    prev = "image"
+    for i in range(rnd.randint(4, 12)):
+        kind = rnd.choice(["conv", "gconv", "table", "lrn", "maxout", "concat", "add", "bn",
+                           "pool", "relu", "dropout"])
+        name = f"l{i}"
+        if kind == "conv":
+            out = rnd.randint(1, 20)
+            lines.append(f"conv {name}({prev}): {out} filters 3x3, pad 1")
+        elif kind == "gconv":
+            g = rnd.choice([d for d in range(1, shapes[prev] + 1) if shapes[prev] % d == 0])
+            out = g * rnd.randint(1, 4)
+            lines.append(f"conv {name}({prev}): {out} filters 1x1, groups {g}")
+        elif kind == "table":
+            out = rnd.randint(1, 6)
+            rows = [sorted(rnd.sample(range(shapes[prev]), rnd.randint(1, shapes[prev])))
+                    for _ in range(out)]
+            lines.append(f"conv {name}({prev}): {out} filters 1x1, connect {rows}")
+        elif kind == "lrn":
+            out = shapes[prev]
+            lines.append(f"lrn {name}({prev}): size {rnd.choice([1, 3, 5])}")
+        elif kind == "maxout":
+            ks = [k for k in range(2, shapes[prev] + 1) if shapes[prev] % k == 0]
+            if not ks:
+                continue
+            k = rnd.choice(ks)
+            out = shapes[prev] // k
+            lines.append(f"maxout {name}({prev}): {k} pieces")
+        elif kind == "concat":
+            other = rnd.choice(list(shapes))
+            out = shapes[prev] + shapes[other]
+            lines.append(f"concat {name}({prev}, {other})")
+        elif kind == "add":
+            same = [n for n, ch in shapes.items() if ch == shapes[prev]]
+            out = shapes[prev]
+            lines.append(f"add {name}({prev}, {rnd.choice(same)})")
+        else:
+            out = shapes[prev]
+            lines.append({"bn": f"bn {name}({prev})", "relu": f"relu {name}({prev})",
+                          "dropout": f"dropout {name}({prev}): 0.5",
+                          "pool": f"pool {name}({prev}): max 1x1"}[kind])
+        shapes[name] = out
+        prev = name
+    tail = rnd.choice(["flatten fl\nfc f: 5\nloss cross_entropy", "fc f: 7\nsoftmax s",
+                       "fc f: 3\nloss mse"])
+    return "\n".join(lines + [tail]) + "\n"
+
+
+@pytest.mark.parametrize("gpus", [2, 3, 5, 8, 13, 64])
+def test_placement_equals_the_gpu_by_gpu_rule(gpus):
+    for seed in range(25):
+        net = netdsl.loads(_random_net(seed * 100 + gpus, gpus), "r.net")
+        exchange, table = _ref_placement(net)
+        assert [lyr.exchange for lyr in net.layers] == exchange, seed
+        from netdsl.passes.placement import per_gpu
+
+        assert per_gpu(net) == table, seed
+
+
+def test_a_ten_thousand_layer_net_on_1024_gpus_is_checked(tmp_path):
+    # ten million (layer, GPU) pairs: placement works on all GPUs at once (once ~21 s)
+    lines = ["gpus 1024", "input image: 1024x4x4", "block u(c) {",
+             "  conv a: c filters 3x3, pad 1, groups 1024", "  bn b: relu",
+             "  conv d: c filters 1x1", "  add s(d, in)", "  lrn n: size 5", "}"]
+    lines += [f"u u{i}: 1024" for i in range(1999)]
+    lines += ["pool gap: avg, global", "fc f: 10", "loss cross_entropy"]
+    net = load(tmp_path, "\n".join(lines) + "\n")
+    assert len(net.layers) == 9999
+    # lrn: each GPU owns one map and reads 2 on each side (fewer at the two ends), 4x4 each
+    assert net.layer("u5.n").exchange == (1020 * 4 + 2 * (2 + 3)) * 4 * 4
+    # GPU lists are shared, not ten million separate entries
+    assert len({id(lyr.gpus) for lyr in net.layers[1:-1]}) == 1
