@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,13 +73,23 @@ class _State:
     zero_repeats: int = 0  # `repeat 0` bodies skipped so far
     # (layer count, scope prefix, name): a block use that made no layers passes this on
     passthrough: tuple[int, str, str] | None = None
+    nesting: int = 0  # block uses, repeats and includes being expanded
+    at: Location | None = None  # the statement being expanded (for a last-resort error)
+
+
+# Each nested block use, repeat or include costs up to three Python frames; this bound leaves
+# room under Python's recursion limit for expressions nested limits.MAX_DEPTH deep inside.
+MAX_NESTING = 100
 
 
 def elaborate(program: ast.Program) -> Network:
     """Expand a parsed program into an unchecked Network (shapes come from passes)."""
     st = _State(included=[str(Path(program.file).resolve())])
     top = _Scope("", None)
-    _stmts(st, program.stmts, top, st.consts, Path(program.file).parent, depth=0)
+    try:
+        _stmts(st, program.stmts, top, st.consts, Path(program.file).parent, depth=0)
+    except RecursionError:  # the bounds below should make this unreachable; never a traceback
+        raise NetError("the file nests too deeply to expand", st.at) from None
     if not st.layers:
         raise NetError("the file defines no layers", None, "start with: input image: 1x28x28")
     first = st.layers[0]
@@ -92,6 +104,7 @@ def elaborate(program: ast.Program) -> Network:
 
 def _stmts(st, stmts, scope: _Scope, env: dict[str, Any], base: Path, depth: int) -> None:
     for s in stmts:
+        st.at = s.loc
         if isinstance(s, ast.LayerStmt):
             _layer(st, s, scope, env, base, depth)
         elif isinstance(s, ast.ConstStmt):
@@ -190,10 +203,23 @@ def _repeat(st, s: ast.RepeatStmt, scope: _Scope, env, base: Path, depth: int) -
     if st.counters["__repeat__"] > MAX_LAYERS * 10:  # nested empty repeats
         raise NetError("repeats expand too far", s.loc,
                        "is a repeat count too large?")  # fmt: skip
-    for i in range(1, n.value + 1):
-        inner = _Scope(scope.prefix, scope.input, scope.local, scope.suffix + f"_{i}",
-                       scope.start)  # fmt: skip
-        _stmts(st, s.body, inner, env, base, depth)
+    with _nested(st, s.loc):
+        for i in range(1, n.value + 1):
+            inner = _Scope(scope.prefix, scope.input, scope.local, scope.suffix + f"_{i}",
+                           scope.start)  # fmt: skip
+            _stmts(st, s.body, inner, env, base, depth)
+
+
+@contextmanager
+def _nested(st, loc: Location) -> Iterator[None]:
+    """One more level of block uses, repeats and includes, at most MAX_NESTING."""
+    if st.nesting >= MAX_NESTING:
+        raise NetError(f"blocks, repeats and includes nest more than {MAX_NESTING} deep", loc)
+    st.nesting += 1
+    try:
+        yield
+    finally:
+        st.nesting -= 1
 
 
 # ---------------------------------------------------------------- include
@@ -217,7 +243,8 @@ def _include(st, s: ast.IncludeStmt, scope, env, base: Path, depth: int) -> None
     stmts = [s for s in prog.stmts if not isinstance(s, ast.NetworkStmt)]
     first = len(st.layers)
     try:
-        _stmts(st, stmts, scope, env, path.parent, depth)
+        with _nested(st, s.loc):
+            _stmts(st, stmts, scope, env, path.parent, depth)
     except NetError as e:
         e.notes = e.notes + (("included from here", s.loc),)
         raise
@@ -469,7 +496,8 @@ def _use_block(st, s: ast.LayerStmt, blk: ast.BlockDef, scope, env, base, depth:
     inner = _Scope(use.prefix, inp, start=first)
     st.expanding.append(use)
     try:
-        _stmts(st, blk.body, inner, {**env, **bound}, base, depth + 1)
+        with _nested(st, s.loc):
+            _stmts(st, blk.body, inner, {**env, **bound}, base, depth + 1)
     except _Placed:
         raise
     except NetError as e:

@@ -234,6 +234,23 @@ a top: 3
     )
 
 
+def test_deeply_nested_repeats_are_a_located_error(tmp_path):
+    n = 150
+    text = "input image: 1x8x8\n" + "repeat 1 {\n" * n + "relu r\n" + "}\n" * n
+    out = rendered(tmp_path, text)
+    assert out.splitlines()[0] == (
+        "bad.net:102:1: error: blocks, repeats and includes nest more than 100 deep"
+    )
+
+
+def test_nested_repeats_inside_nested_blocks_never_overflow_the_stack(tmp_path):
+    lines = ["input image: 1x8x8", "block b0(c) {", "  relu x", "}"]
+    for i in range(1, 30):
+        lines += [f"block b{i}(c) {{", *["repeat 1 {"] * 20, f"b{i - 1} u: c", *["}"] * 20, "}"]
+    out = rendered(tmp_path, "\n".join(lines + ["b29 top: 1"]) + "\n")
+    assert "error: blocks, repeats and includes nest more than 100 deep" in out.splitlines()[0]
+
+
 # ---------------------------------------------------------------- 3. includes
 
 
@@ -316,6 +333,16 @@ def test_errors_inside_an_include_keep_their_place_and_note_the_include(tmp_path
         "bad.net:2:9: note: included from here\n"
         '    include "mid.net"\n'
         "            ^~~~~~~~~"
+    )
+
+
+def test_a_long_chain_of_includes_is_a_located_error(tmp_path):
+    for i in range(150):
+        (tmp_path / f"f{i}.net").write_text(f'include "f{i + 1}.net"\n')
+    (tmp_path / "f150.net").write_text("relu r\n")
+    out = _include(tmp_path, "f0.net")
+    assert out.splitlines()[0] == (
+        "f99.net:1:9: error: blocks, repeats and includes nest more than 100 deep"
     )
 
 
