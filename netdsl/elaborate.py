@@ -242,12 +242,12 @@ def _include(st, s: ast.IncludeStmt, scope, env, base: Path, depth: int) -> None
                        s.loc) from None  # fmt: skip
     stmts = [s for s in prog.stmts if not isinstance(s, ast.NetworkStmt)]
     first = len(st.layers)
-    try:
-        with _nested(st, s.loc):
+    with _nested(st, s.loc):  # outside the try: a nesting error here is at this include
+        try:
             _stmts(st, stmts, scope, env, path.parent, depth)
-    except NetError as e:
-        e.notes = e.notes + (("included from here", s.loc),)
-        raise
+        except NetError as e:
+            e.notes = e.notes + (("included from here", s.loc),)
+            raise
     for lyr in st.layers[first:]:
         lyr.notes = lyr.notes + (("included from here", s.loc),)
 
@@ -494,18 +494,18 @@ def _use_block(st, s: ast.LayerStmt, blk: ast.BlockDef, scope, env, base, depth:
     use = _Use(blk.name, full + ".", s.loc, s.name_loc or s.loc)
     first, zeros = len(st.layers), st.zero_repeats
     inner = _Scope(use.prefix, inp, start=first)
-    st.expanding.append(use)
-    try:
-        with _nested(st, s.loc):
+    with _nested(st, s.loc):
+        st.expanding.append(use)
+        try:
             _stmts(st, blk.body, inner, {**env, **bound}, base, depth + 1)
-    except _Placed:
-        raise
-    except NetError as e:
-        if not any(n[0].startswith("in block") for n in e.notes):
-            e.notes = e.notes + ((f"in block '{blk.name}' used here", s.loc),)
-        raise
-    finally:
-        st.expanding.pop()
+        except _Placed:
+            raise
+        except NetError as e:
+            if not any(n[0].startswith("in block") for n in e.notes):
+                e.notes = e.notes + ((f"in block '{blk.name}' used here", s.loc),)
+            raise
+        finally:
+            st.expanding.pop()
     for lyr in st.layers[first:]:
         lyr.notes = lyr.notes + ((f"in block '{blk.name}' used here", s.loc),)
     if len(st.layers) == first and st.zero_repeats == zeros:

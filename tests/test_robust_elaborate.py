@@ -248,7 +248,12 @@ def test_nested_repeats_inside_nested_blocks_never_overflow_the_stack(tmp_path):
     for i in range(1, 30):
         lines += [f"block b{i}(c) {{", *["repeat 1 {"] * 20, f"b{i - 1} u: c", *["}"] * 20, "}"]
     out = rendered(tmp_path, "\n".join(lines + ["b29 top: 1"]) + "\n")
-    assert "error: blocks, repeats and includes nest more than 100 deep" in out.splitlines()[0]
+    assert out.splitlines()[:4] == [
+        "bad.net:1053:1: error: blocks, repeats and includes nest more than 100 deep",
+        "    repeat 1 {",
+        "    ^",
+        "bad.net:1101:1: note: in block 'b25' used here",
+    ]
 
 
 # ---------------------------------------------------------------- 3. includes
@@ -344,6 +349,7 @@ def test_a_long_chain_of_includes_is_a_located_error(tmp_path):
     assert out.splitlines()[0] == (
         "f99.net:1:9: error: blocks, repeats and includes nest more than 100 deep"
     )
+    assert out.splitlines()[3] == "f98.net:1:9: note: included from here"
 
 
 def test_shape_errors_in_included_layers_note_the_include(tmp_path):
