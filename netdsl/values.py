@@ -7,11 +7,13 @@ runs of items into typed attributes, naming the offending item on any mistake.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from . import ast
 from .errors import Location, NetError
+from .limits import MAX_NUMBER
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,14 @@ def did_you_mean(word: str, choices) -> str | None:
 def evaluate(v: ast.Value, env: dict[str, Any]) -> Item:
     """Evaluate one syntax value with constants `env` (name -> int/float)."""
     if isinstance(v, ast.Num):
-        return Item("num", v.value, v.loc)
+        return Item("num", checked(v.value, v.loc, "number"), v.loc)
     if isinstance(v, ast.Name):
         if v.id in env:
             return Item("num", env[v.id], v.loc, v.id)
         return Item("word", v.id, v.loc)
     if isinstance(v, ast.Dims):
+        for d in v.values:
+            checked(d, v.loc, "size")
         return Item("dims", v.values, v.loc)
     if isinstance(v, ast.Str):
         return Item("str", v.value, v.loc)
@@ -73,9 +77,27 @@ def evaluate(v: ast.Value, env: dict[str, Any]) -> Item:
     raise AssertionError(f"unknown value node {v!r}")
 
 
+def checked(value: int | float, loc: Location | None, what: str = "the result") -> int | float:
+    """`value` if it is finite and within +-MAX_NUMBER, else a NetError at `loc`.
+
+    Checked after every operation, so constant arithmetic never builds huge integers (a chain
+    of squarings would otherwise grow without bound) and NaN or infinity never reaches an
+    option's range check, which NaN passes silently.
+    """
+    limit = f"numbers are at most {MAX_NUMBER:.0e} in size".replace("e+", "e")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise NetError(f"{what} is infinite or not a number; {limit}", loc)
+    if abs(value) > MAX_NUMBER:
+        # an int literal may have thousands of digits: never str() it (CPython's limit)
+        big = isinstance(value, int) and abs(value) >= 10**40
+        shown = "with more than 40 digits" if big else repr(value)
+        raise NetError(f"{what} {shown} is out of range; {limit}", loc)
+    return value
+
+
 def _arith(v: ast.Value, env: dict[str, Any]) -> int | float:
     if isinstance(v, ast.Num):
-        return v.value
+        return checked(v.value, v.loc, "number")
     if isinstance(v, ast.Name):
         if v.id not in env:
             raise NetError(
@@ -85,19 +107,24 @@ def _arith(v: ast.Value, env: dict[str, Any]) -> int | float:
     if isinstance(v, ast.Neg):
         return -_arith(v.operand, env)
     if isinstance(v, ast.BinOp):
-        a, b = _arith(v.left, env), _arith(v.right, env)
-        if v.op == "+":
-            return a + b
-        if v.op == "-":
-            return a - b
-        if v.op == "*":
-            return a * b
-        if b == 0:
-            raise NetError("division by zero", v.loc)
-        q = a / b
-        # integer division that divides exactly stays an int, so `c/2 filters` works
-        return int(q) if isinstance(a, int) and isinstance(b, int) and a % b == 0 else q
+        return checked(_binop(v, _arith(v.left, env), _arith(v.right, env)), v.loc)
     raise NetError("expected a number", getattr(v, "loc", None))
+
+
+def _binop(v: ast.BinOp, a: int | float, b: int | float) -> int | float:
+    """One operation on two checked operands (each within MAX_NUMBER, so this stays small)."""
+    if v.op == "+":
+        return a + b
+    if v.op == "-":
+        return a - b
+    if v.op == "*":
+        return a * b
+    if b == 0:
+        raise NetError("division by zero", v.loc)
+    if isinstance(a, int) and isinstance(b, int):
+        # integer division that divides exactly stays an int, so `c/2 filters` works
+        return a // b if a % b == 0 else a / b
+    return a / b
 
 
 def evaluate_arg(arg: ast.Arg, env: dict[str, Any]) -> list[Item]:

@@ -557,16 +557,16 @@ bad.net:1:1: error: gpus needs a whole number, at least 1
     pytest.param(
         """\
 input image: 1x28x28
-repeat 0 {
+repeat -1 {
   relu r
 }
 """,
         """\
-bad.net:2:1: error: repeat needs a whole number of times, at least 1
-    repeat 0 {
+bad.net:2:1: error: repeat needs a whole number of times, at least 0
+    repeat -1 {
     ^
 """,
-        id="repeat-zero",
+        id="repeat-negative",
     ),
     pytest.param(
         """\
@@ -1107,6 +1107,9 @@ def test_include_error_points_into_the_included_file(tmp_path):
         "part.net:1:25: error: unknown option 'strid' for conv\n"
         "    conv c1: 6 filters 5x5, strid 2\n"
         "                            ^~~~~\n"
+        "bad.net:2:9: note: included from here\n"
+        '    include "part.net"\n'
+        "            ^~~~~~~~~~\n"
         "hint: did you mean 'stride'?"
     )
 

@@ -15,56 +15,28 @@ from ..ir import Layer, Network
 BYTES = 4  # float32
 
 
-def _own(g: int, c: int, gpus: int) -> tuple[int, int]:
-    """The channels [lo, hi) of a C-channel tensor that GPU g owns: contiguous blocks."""
+def _own(g, c: int, gpus: int):
+    """The channels [lo, hi) of a C-channel tensor that GPU g owns: contiguous blocks.
+    `g` is one GPU or an array of them."""
     return -(-g * c // gpus), -(-(g + 1) * c // gpus)
-
-
-def _needed(layer: Layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
-    """Input channels (of the concatenated inputs) GPU `gpu` reads, as disjoint intervals."""
-    cin = sum(s[0] for s in layer.in_shapes)
-    cout = layer.out_shape[0]
-    lo, hi = _own(gpu, cout, gpus)
-    if lo >= hi:
-        return []
-    t = layer.type
-    if t in ("fc", "softmax", "loss"):
-        return [(0, cin)]
-    if t == "conv":
-        a = layer.attrs
-        if a["connect"] is not None:
-            chans = sorted({i for o in range(lo, hi) for i in a["connect"][o]})
-            return [(i, i + 1) for i in chans]
-        g = a["groups"]
-        per = cin // g  # input channels each group sees
-        return [((lo * g // cout) * per, ((hi - 1) * g // cout + 1) * per)]
-    if t == "lrn":
-        half = layer.attrs["size"] // 2
-        return [(max(0, lo - half), min(cin, hi + half))]
-    if t == "flatten":  # output element i*H*W + j comes from input channel i
-        hw = layer.in_shapes[0][1] * layer.in_shapes[0][2]
-        return [(lo // hw, (hi - 1) // hw + 1)]
-    if t == "maxout":
-        k = layer.attrs["pieces"]
-        return [(lo * k, hi * k)]
-    return [(lo, hi)]  # channel-wise layers and concat: output channel i is input channel i
 
 
 def place(net: Network) -> Network:
     """Set layer.gpus and layer.exchange (elements received per image, forward)."""
     g = net.gpus
+    everywhere = tuple(range(g))  # one tuple shared by every split layer
     owners: dict[str, str] = {}  # layer -> "all" (replicated) or "split" or "gpu0"
     for layer in net.layers:
         layer.exchange = 0
         if layer.type == "input":
-            layer.gpus = tuple(range(g))
+            layer.gpus = everywhere
             owners[layer.name] = "all"
             continue
         if g == 1:
             layer.gpus = (0,)
             continue
         gathered = layer.type in ("loss", "softmax")
-        layer.gpus = (0,) if gathered else tuple(range(g))
+        layer.gpus = (0,) if gathered else everywhere
         replicated = all(owners[n] == "all" for n in layer.inputs)
         if not replicated:
             layer.exchange = _exchange(layer, g, gathered, owners)
@@ -73,26 +45,72 @@ def place(net: Network) -> Network:
 
 
 def _exchange(layer: Layer, gpus: int, gathered: bool, owners: dict[str, str]) -> int:
-    """Elements per image that cross between GPUs to compute this layer's forward pass."""
+    """Elements per image that cross between GPUs to compute this layer's forward pass.
+
+    Computed for all GPUs at once, as arrays indexed by GPU: a net of 10,000 layers on
+    1,024 GPUs is ten million (layer, GPU) pairs, too many for a Python loop over pairs.
+    """
+    import numpy as np  # only for nets on several GPUs; `check` of others never loads it
+
     spatial = layer.in_shapes[0][1] * layer.in_shapes[0][2]
+    ids = np.zeros(1, np.int64) if gathered else np.arange(gpus, dtype=np.int64)
+    # the input channels each GPU already holds, as intervals of the concatenation
+    held, offset = [], 0
+    for name, shape in zip(layer.inputs, layer.in_shapes):
+        c = shape[0]
+        if owners[name] == "all":
+            lo, hi = np.zeros_like(ids), np.full_like(ids, c)
+        elif owners[name] == "gpu0":
+            lo, hi = np.zeros_like(ids), np.where(ids == 0, c, 0)
+        else:
+            lo, hi = _own(ids, c, gpus)
+        held.append((offset + lo, offset + hi))
+        offset += c
+    if layer.type == "conv" and layer.attrs["connect"] is not None:
+        return _table_exchange(layer, ids.tolist(), gpus, held) * spatial
+    a, b, active = _needed_interval(layer, ids, gpus)
+    overlap = sum(np.maximum(0, np.minimum(b, hi) - np.maximum(a, lo)) for lo, hi in held)
+    return int(np.sum(np.where(active, (b - a) - overlap, 0))) * spatial
+
+
+def _table_exchange(layer: Layer, ids: list[int], gpus: int, held: list) -> int:
+    """A connection table reads scattered channels: counted per GPU (tables are small)."""
+    table, cout = layer.attrs["connect"], layer.out_shape[0]
     received = 0
-    for gpu in (0,) if gathered else range(gpus):
-        # the input channels this GPU already holds, as intervals of the concatenation
-        held, offset = [], 0
-        for name, shape in zip(layer.inputs, layer.in_shapes):
-            c = shape[0]
-            if owners[name] == "all":
-                lo, hi = 0, c
-            elif owners[name] == "gpu0":
-                lo, hi = (0, c) if gpu == 0 else (0, 0)
-            else:
-                lo, hi = _own(gpu, c, gpus)
-            held.append((offset + lo, offset + hi))
-            offset += c
-        for a, b in _needed(layer, gpu, gpus):
-            overlap = sum(max(0, min(b, hi) - max(a, lo)) for lo, hi in held)
-            received += (b - a) - overlap
-    return received * spatial
+    for j, gpu in enumerate(ids):
+        lo, hi = _own(gpu, cout, gpus)
+        spans = [(int(a[j]), int(b[j])) for a, b in held]
+        for i in {i for o in range(lo, hi) for i in table[o]}:  # each a one-channel interval
+            received += 1 - sum(max(0, min(i + 1, b) - max(i, a)) for a, b in spans)
+    return received
+
+
+def _needed_interval(layer: Layer, ids, gpus: int):
+    """The input channels (of the concatenated inputs) each GPU in `ids` reads, for the
+    layers that read one interval: (start, end, owns-output) arrays indexed like `ids`."""
+    import numpy as np
+
+    cin = sum(s[0] for s in layer.in_shapes)
+    cout = layer.out_shape[0]
+    lo, hi = _own(ids, cout, gpus)
+    active = lo < hi
+    t = layer.type
+    if t in ("fc", "softmax", "loss"):
+        return np.zeros_like(ids), np.full_like(ids, cin), active
+    if t == "conv":
+        g = layer.attrs["groups"]
+        per = cin // g  # input channels each group sees
+        return (lo * g // cout) * per, ((hi - 1) * g // cout + 1) * per, active
+    if t == "lrn":
+        half = layer.attrs["size"] // 2
+        return np.maximum(0, lo - half), np.minimum(cin, hi + half), active
+    if t == "flatten":  # output element i*H*W + j comes from input channel i
+        hw = layer.in_shapes[0][1] * layer.in_shapes[0][2]
+        return lo // hw, (hi - 1) // hw + 1, active
+    if t == "maxout":
+        k = layer.attrs["pieces"]
+        return lo * k, hi * k, active
+    return lo, hi, active  # channel-wise layers and concat: output channel i is input channel i
 
 
 def exchange_bytes(net: Network, batch: int) -> int:
@@ -106,19 +124,18 @@ def exchange_bytes(net: Network, batch: int) -> int:
 def per_gpu(net: Network) -> list[dict[str, int]]:
     """Parameters and activation elements per image held by each GPU."""
     g = net.gpus
-    out = [{"params": 0, "activations": 0} for _ in range(g)]
+    # what a split layer puts on every GPU, summed once (not once per GPU: O(layers + GPUs))
+    shared = {"params": 0, "activations": 0}
+    own = [{"params": 0, "activations": 0} for _ in range(g)]  # single-GPU layers, remainders
     for layer in net.layers:
         elems = layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2]
         if layer.type == "loss":
             continue
         if layer.type == "input" or len(layer.gpus) == g:
-            for d in range(g):
-                share = elems if layer.type == "input" else elems // g
-                out[d]["activations"] += share
-                out[d]["params"] += layer.n_params // g
-            rem = layer.n_params % g if layer.type != "input" else 0
-            out[0]["params"] += rem
+            shared["activations"] += elems if layer.type == "input" else elems // g
+            shared["params"] += layer.n_params // g
+            own[0]["params"] += layer.n_params % g if layer.type != "input" else 0
         else:
-            out[layer.gpus[0]]["activations"] += elems
-            out[layer.gpus[0]]["params"] += layer.n_params
-    return out
+            own[layer.gpus[0]]["activations"] += elems
+            own[layer.gpus[0]]["params"] += layer.n_params
+    return [{k: shared[k] + d[k] for k in ("params", "activations")} for d in own]
