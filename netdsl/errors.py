@@ -89,6 +89,7 @@ _CHAR_NAMES = {
     "\x7f": "delete",
     "\ufeff": "byte order mark",
 }
+_UNNAMED = {"Cc": "control character", "Co": "private use character", "Cn": "unassigned"}
 _TAB = 4  # columns per tab stop when a source line is shown
 _MAX_SHOWN = 100  # columns of a source line shown around the caret
 _MAX_NAME = 80  # characters of a file name or literal shown in a message
@@ -105,6 +106,7 @@ def describe_char(ch: str) -> str:
     if not is_unprintable(ch):
         return f"'{ch}'"
     name = _CHAR_NAMES.get(ch) or unicodedata.name(ch, "").lower()
+    name = name or _UNNAMED.get(unicodedata.category(ch), "")
     code = f"U+{ord(ch):04X}"
     return f"{code} ({name})" if name else code
 

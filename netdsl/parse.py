@@ -16,7 +16,7 @@ from lark import Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import ast
-from .errors import Location, NetError, describe_char, is_unprintable
+from .errors import Location, NetError, describe_char, is_unprintable, shorten
 from .limits import MAX_DEPTH, MAX_LAYERS, MAX_NUMBER, MAX_NUMBER_CHARS, MAX_TOKENS
 from .source import Source
 
@@ -153,7 +153,7 @@ def _describe(tok: Token) -> str:
         return "end of line"
     if tok.type == "$END":
         return "end of file"
-    return f"'{tok}'"
+    return f"'{shorten(str(tok), 40)}'"
 
 
 def _expected_words(expected: set[str]) -> str:
@@ -191,18 +191,16 @@ def _open_brackets(src: Source, line: int, col: int) -> list[tuple[str, int, int
 
 
 def _unclosed_note(
-    src: Source, line: int, col: int, expected: set[str], same_line: bool
-) -> tuple[str, tuple[tuple[str, Location], ...]]:
-    """The innermost bracket open at `line`:`col` whose closer the parser expects, and a
-    note pointing at it; ('', ()) if there is none (or, unless `same_line`, it is on the
-    line of the error, where the caret already shows it)."""
+    src: Source, line: int, col: int, expected: set[str]
+) -> tuple[tuple[str, Location], ...]:
+    """A note at the innermost bracket open at `line`:`col` if the parser expects its
+    closer and it was opened on an earlier line (a newline inside brackets does not end
+    the statement, so a forgotten closer shows up lines later)."""
     stack = _open_brackets(src, line, col)
-    if not stack or _CLOSER_TOKENS[stack[-1][0]] not in expected:
-        return "", ()
+    if not stack or _CLOSER_TOKENS[stack[-1][0]] not in expected or stack[-1][1] == line:
+        return ()
     ch, at_line, at_col = stack[-1]
-    if at_line == line and not same_line:
-        return "", ()
-    return ch, ((f"'{ch}' opened here", src.loc(at_line, at_col)),)
+    return ((f"'{ch}' opened here", src.loc(at_line, at_col)),)
 
 
 def _syntax_error(src: Source, e: UnexpectedInput) -> NetError:
@@ -235,7 +233,7 @@ def _syntax_error(src: Source, e: UnexpectedInput) -> NetError:
         hint = "'}' goes on its own line"
     elif tok.type in ("NUMBER", "DIMS") and "COLON" in expected:
         hint = "a layer reads `TYPE NAME: args`, or `TYPE: args` without a name"
-    _, notes = _unclosed_note(src, line, col, expected, same_line=False)
+    notes = _unclosed_note(src, line, col, expected)
     return NetError(msg, src.loc(line, col, width), hint, notes)
 
 
@@ -262,15 +260,17 @@ def _unexpected_end(src: Source, expected: set[str]) -> NetError:
     """End of file inside a statement: name the bracket left open and point at it."""
     last = max(1, len(src.lines) - (1 if src.lines[-1] == "" else 0))
     at = src.loc(last, len(src.lines[last - 1]) + 1)
-    opener, notes = _unclosed_note(src, last, at.col, expected, same_line=True)
+    stack = _open_brackets(src, last, at.col)
+    opener = stack[-1][0] if stack else ""
     if not opener:
-        for closer, ch in (("RPAR", "("), ("RSQB", "["), ("RBRACE", "{")):
-            if closer in expected:
-                opener = ch
-                break
-    if opener in ("(", "["):
+        opener = next((c for c, t in _CLOSER_TOKENS.items() if t in expected), "")
+    notes = ()
+    if stack:
+        ch, line, col = stack[-1]
+        notes = ((f"'{ch}' opened here", src.loc(line, col)),)
+    if opener in ("(", "["):  # a newline inside brackets continues the statement
         return NetError(f"unexpected end of file; a '{opener}' is not closed", at, notes=notes)
-    if opener != "{":  # a trailing ',' joined the end of the file to its line
+    if opener != "{" or "RBRACE" not in expected:  # a trailing ',' joined the end to its line
         return NetError(
             f"unexpected end of file; expected {_expected_words(expected)}",
             at,

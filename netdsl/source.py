@@ -15,29 +15,31 @@ _BOM = "\ufeff"
 
 @dataclass(frozen=True)
 class Source:
-    """The text of one `.net` file and the name it is reported under."""
+    """The text of one `.net` file and the name it is reported under.
+
+    A byte-order mark that starts the text is dropped (editors on Windows write one), so
+    columns count from the first real character.
+    """
 
     name: str
     text: str
     lines: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.text.startswith(_BOM):
+            object.__setattr__(self, "text", self.text[len(_BOM) :])
         object.__setattr__(self, "lines", tuple(self.text.split("\n")))
 
     @classmethod
     def from_file(cls, path: str | Path) -> Source:
-        """Read a UTF-8 file of at most MAX_FILE_BYTES; a leading byte-order mark is dropped.
+        """Read a UTF-8 file of at most MAX_FILE_BYTES.
 
         A file that cannot be read (missing, a directory, too large, a bad name) is a
         NetError without a location, so a caller (an include) can add its own; a bad byte
         inside the text (a NUL, invalid UTF-8) is a NetError located at that byte.
         """
         name = str(path)
-        data = _read_bytes(path)
-        text = _decode(name, data)
-        if text.startswith(_BOM):
-            text = text[1:]
-        return cls(name, text)
+        return cls(name, _decode(name, _read_bytes(path)))
 
     def loc(self, line: int, col: int, width: int = 1) -> Location:
         """A Location at 1-based line and column, with the source line attached."""
