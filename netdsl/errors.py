@@ -152,10 +152,16 @@ def _source_and_caret(loc: Location) -> tuple[str, str]:
     A long line is cut to a window of about _MAX_SHOWN columns around the caret.
     """
     line = loc.source_line.rstrip("\r\n")
-    cells = _cells(line)
-    start = min(loc.col - 1, len(cells))
+    start = min(loc.col - 1, len(line))
     end = max(start + 1, loc.col - 1 + loc.width)
-    widths = [w for _, w in cells] + [1] * max(0, end - len(cells))  # past the end: 1 each
+    cut = 0
+    if len(line) > 4 * _MAX_SHOWN:  # only the part near the caret is ever shown
+        cut = max(0, start - 2 * _MAX_SHOWN)
+        line = line[cut : start + 2 * _MAX_SHOWN]
+        start, end = start - cut, end - cut
+    cells = _cells(line)
+    end = min(end, len(cells) + 1)  # a caret may stand one past the end (end of file)
+    widths = [w for _, w in cells] + [1] * max(0, end - len(cells))
     first, last = 0, len(cells)
     if sum(widths[: len(cells)]) > _MAX_SHOWN:
         first, room = start, _MAX_SHOWN // 4  # a little context left of the caret
@@ -166,7 +172,7 @@ def _source_and_caret(loc: Location) -> tuple[str, str]:
         while last < len(cells) and widths[last] <= room:
             room -= widths[last]
             last += 1
-    head = "..." if first else ""
+    head = "..." if first or cut else ""
     text = head + "".join(s for s, _ in cells[first:last]) + ("..." if last < len(cells) else "")
     pad = len(head) + sum(widths[first:start])
     width = sum(widths[start:end])

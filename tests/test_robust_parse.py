@@ -335,6 +335,15 @@ def test_a_long_line_is_shown_as_a_window_around_the_caret():
     assert text[2] == "    " + " " * 28 + "^"
 
 
+def test_a_huge_line_shows_only_the_window_and_a_caret_ends_with_the_line():
+    line = "relu " * 400_000
+    text = NetError("x", Location("f.net", 1, 1_000_001, 4, line)).render().splitlines()
+    assert text[1] == "    ..." + ("relu " * 20)[:100] + "..."
+    assert text[2] == "    " + " " * 28 + "^~~~"
+    text = NetError("x", Location("f.net", 1, 2, 50, "abc")).render().splitlines()
+    assert text[1:] == ["    abc", "     ^~~"]  # not past the end of the line (and one beyond)
+
+
 # ---------------------------------------------------------------- unclosed brackets
 
 
