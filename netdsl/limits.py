@@ -11,6 +11,7 @@ MAX_NUMBER = 10**15  # |value| of any literal, constant or arithmetic result (ex
 MAX_NUMBER_CHARS = 64  # characters in one number literal, read before it is converted
 MAX_DEPTH = 200  # nesting of brackets, calls, lists and unary minus, and terms of one sum
 MAX_FILE_BYTES = 4 * 2**20  # bytes read from one .net file (real nets are a few KiB)
+MAX_TOKENS = 200_000  # names, numbers and symbols in one file: parsing takes seconds at most
 MAX_INCLUDE_PATH = 1024  # characters in an include path
 MAX_BLOCK_DEPTH = 32  # nested block uses
 MAX_LAYERS = 10_000  # a guard against `repeat 1000000`, not a design limit of real nets

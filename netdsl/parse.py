@@ -7,6 +7,7 @@ words, what was found and what was expected there.
 from __future__ import annotations
 
 import functools
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from lark import Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import ast
-from .errors import NetError
+from .errors import Location, NetError, describe_char, is_unprintable, shorten
+from .limits import MAX_DEPTH, MAX_LAYERS, MAX_NUMBER, MAX_NUMBER_CHARS, MAX_TOKENS
 from .source import Source
 
 # What a user reads instead of Lark's terminal names.
@@ -51,21 +53,65 @@ def grammar_text() -> str:
     return repo.read_text(encoding="utf-8")
 
 
+class _Limit(Exception):
+    """Raised by the post-lexer at the token that crosses one of the language's limits."""
+
+    def __init__(self, message: str, token: Token, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.token, self.hint = message, token, hint
+
+
+_OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+_OPERATORS = ("PLUS", "MINUS", "STAR", "SLASH")
+_EXPRESSION_ENDS = ("COMMA", "COLON", "EQUAL")
+
+
 class _Continuations:
-    """Post-lexer: a newline inside brackets, or after a comma, does not end a statement."""
+    """Post-lexer: a newline inside brackets, or after a comma, does not end a statement.
+
+    It also enforces, before the parser builds a tree, the limits that keep parsing fast
+    and the tree shallow: brackets nested at most MAX_DEPTH deep, at most MAX_DEPTH
+    operators in a row at one bracket level, at most MAX_TOKENS tokens in a file.
+    """
 
     always_accept = ("_NL",)
 
     def process(self, stream):
-        depth = 0
+        depth = 0  # ( and [: newlines inside do not end a statement
+        operators = [0]  # per open ( [ {: operators since the last ',', ':', '=' or newline
         prev = None
-        for tok in stream:
+        for count, tok in enumerate(stream):
+            if count >= MAX_TOKENS:
+                raise _Limit(
+                    f"the file is too long (more than {MAX_TOKENS:,} names, numbers and symbols)",
+                    tok,
+                    f"a net has at most {MAX_LAYERS:,} layers; repeat and blocks "
+                    "write many layers in a few lines",
+                )
+            if tok.type in _OPENERS:
+                operators.append(0)
+                if len(operators) > MAX_DEPTH + 1:
+                    raise _Limit(f"brackets nested too deeply (more than {MAX_DEPTH} levels)", tok)
+            elif tok.type in _OPENERS.values() and len(operators) > 1:
+                operators.pop()
+            elif tok.type in _OPERATORS:
+                operators[-1] += 1
+                if operators[-1] > MAX_DEPTH:
+                    raise _Limit(
+                        f"expression too long (more than {MAX_DEPTH} operators in a row)",
+                        tok,
+                        "split it into parts with const",
+                    )
+            elif tok.type in _EXPRESSION_ENDS:
+                operators[-1] = 0
             if tok.type in ("LPAR", "LSQB"):
                 depth += 1
             elif tok.type in ("RPAR", "RSQB"):
                 depth = max(0, depth - 1)
             if tok.type == "_NL" and (depth > 0 or (prev is not None and prev.type == "COMMA")):
                 continue
+            if tok.type == "_NL":
+                operators[-1] = 0
             prev = tok
             yield tok
 
@@ -92,7 +138,9 @@ def parse_source(src: Source) -> ast.Program:
         tree = _parser().parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(src, e) from None
-    return ast.Program(src.name, tuple(_Builder(src).stmts(tree.children)))
+    except _Limit as e:
+        raise NetError(e.message, src.loc(e.token.line, e.token.column), e.hint) from None
+    return ast.Program(src.name, tuple(_Builder(src).stmts(tree.children, 0)))
 
 
 def parse_file(path: str | Path) -> ast.Program:
@@ -105,7 +153,7 @@ def _describe(tok: Token) -> str:
         return "end of line"
     if tok.type == "$END":
         return "end of file"
-    return f"'{tok}'"
+    return f"'{shorten(str(tok), 40)}'"
 
 
 def _expected_words(expected: set[str]) -> str:
@@ -115,42 +163,58 @@ def _expected_words(expected: set[str]) -> str:
     return ", ".join(words)
 
 
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+_CLOSER_TOKENS = {"(": "RPAR", "[": "RSQB", "{": "RBRACE"}
+
+
+def _open_brackets(src: Source, line: int, col: int) -> list[tuple[str, int, int]]:
+    """The brackets still open before `line`:`col`, outermost first, as (char, line, col);
+    brackets inside strings and comments do not count."""
+    stack: list[tuple[str, int, int]] = []
+    for n, text in enumerate(src.lines[:line], start=1):
+        end = col - 1 if n == line else len(text)
+        i = 0
+        while i < end:
+            ch = text[i]
+            if ch == "#":
+                break
+            if ch == '"':
+                close = text.find('"', i + 1)
+                i = close + 1 if close >= 0 else end
+                continue
+            if ch in _CLOSERS:
+                stack.append((ch, n, i + 1))
+            elif stack and ch == _CLOSERS[stack[-1][0]]:
+                stack.pop()
+            i += 1
+    return stack
+
+
+def _unclosed_note(
+    src: Source, line: int, col: int, expected: set[str]
+) -> tuple[tuple[str, Location], ...]:
+    """A note at the innermost bracket open at `line`:`col` if the parser expects its
+    closer and it was opened on an earlier line (a newline inside brackets does not end
+    the statement, so a forgotten closer shows up lines later)."""
+    stack = _open_brackets(src, line, col)
+    if not stack or _CLOSER_TOKENS[stack[-1][0]] not in expected or stack[-1][1] == line:
+        return ()
+    ch, at_line, at_col = stack[-1]
+    return ((f"'{ch}' opened here", src.loc(at_line, at_col)),)
+
+
 def _syntax_error(src: Source, e: UnexpectedInput) -> NetError:
     line, col = max(1, e.line or 1), max(1, e.column or 1)
     if isinstance(e, UnexpectedCharacters):
-        ch = src.lines[line - 1][col - 1] if line <= len(src.lines) else "?"
-        hint = None
-        if ch == "{":
-            hint = "'{' opens a block or the train section; is a keyword misspelled before it?"
-        elif ch in "'`":
-            hint = 'strings use double quotes: "like this"'
-        return NetError(f"unexpected character '{ch}'", src.loc(line, col), hint)
+        return _unexpected_character(src, line, col)
     if isinstance(e, UnexpectedEOF):
-        n = len(src.lines)
-        return NetError(
-            "unexpected end of file; a '{' is not closed", src.loc(n, len(src.lines[-1]) + 1)
-        )
+        return _unexpected_end(src, {"RBRACE"})
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     # `accepts` is what the parser state takes; `expected` adds the post-lexer's _NL everywhere
     expected = set(getattr(e, "accepts", None) or e.expected)
     if tok.type == "$END":
-        last = max(1, len(src.lines) - (1 if src.lines[-1] == "" else 0))
-        at = src.loc(last, len(src.lines[last - 1]) + 1)
-        for closer, opener in (("RPAR", "("), ("RSQB", "[")):
-            if closer in expected:
-                return NetError(f"unexpected end of file; a '{opener}' is not closed", at)
-        if "RBRACE" not in expected:  # a trailing ',' joined the end of the file to its line
-            return NetError(
-                f"unexpected end of file; expected {_expected_words(expected)}",
-                at,
-                "a line that ends with ',' continues on the next line",
-            )
-        return NetError(
-            "unexpected end of file; a '{' is not closed",
-            at,
-            "every block, repeat and train section ends with '}' on its own line",
-        )
+        return _unexpected_end(src, expected)
     width = len(str(tok)) if tok.type != "_NL" else 1
     if tok.type == "_NL":
         line, col = tok.line, tok.column
@@ -169,11 +233,81 @@ def _syntax_error(src: Source, e: UnexpectedInput) -> NetError:
         hint = "'}' goes on its own line"
     elif tok.type in ("NUMBER", "DIMS") and "COLON" in expected:
         hint = "a layer reads `TYPE NAME: args`, or `TYPE: args` without a name"
-    return NetError(msg, src.loc(line, col, width), hint)
+    notes = _unclosed_note(src, line, col, expected)
+    return NetError(msg, src.loc(line, col, width), hint, notes)
+
+
+def _unexpected_character(src: Source, line: int, col: int) -> NetError:
+    text = src.lines[line - 1] if line <= len(src.lines) else ""
+    ch = text[col - 1] if col <= len(text) else "?"
+    hint = None
+    if ch == "{":
+        hint = "'{' opens a block or the train section; is a keyword misspelled before it?"
+    elif ch in "'`":
+        hint = 'strings use double quotes: "like this"'
+    elif ch == "\ufeff":
+        hint = "a byte order mark may only start a file; delete this one"
+    elif ch == "\r":
+        hint = "end lines with \\n or \\r\\n"
+    elif is_unprintable(ch) and (ch.isspace() or ch in "\u200b\u2060"):
+        hint = "replace it with a plain space"
+    elif is_unprintable(ch):
+        hint = "delete it (it is invisible in most editors)"
+    return NetError(f"unexpected character {describe_char(ch)}", src.loc(line, col), hint)
+
+
+def _unexpected_end(src: Source, expected: set[str]) -> NetError:
+    """End of file inside a statement: name the bracket left open and point at it."""
+    last = max(1, len(src.lines) - (1 if src.lines[-1] == "" else 0))
+    at = src.loc(last, len(src.lines[last - 1]) + 1)
+    stack = _open_brackets(src, last, at.col)
+    opener = stack[-1][0] if stack else ""
+    if not opener:
+        opener = next((c for c, t in _CLOSER_TOKENS.items() if t in expected), "")
+    notes = ()
+    if stack:
+        ch, line, col = stack[-1]
+        notes = ((f"'{ch}' opened here", src.loc(line, col)),)
+    if opener in ("(", "["):  # a newline inside brackets continues the statement
+        return NetError(f"unexpected end of file; a '{opener}' is not closed", at, notes=notes)
+    if opener != "{" or "RBRACE" not in expected:  # a trailing ',' joined the end to its line
+        return NetError(
+            f"unexpected end of file; expected {_expected_words(expected)}",
+            at,
+            "a line that ends with ',' continues on the next line",
+        )
+    return NetError(
+        "unexpected end of file; a '{' is not closed",
+        at,
+        "every block, repeat and train section ends with '}' on its own line",
+        notes,
+    )
+
+
+def _number(text: str, loc: Location) -> int | float:
+    """The value of a number literal, bounded before and after conversion."""
+    if len(text) > MAX_NUMBER_CHARS:
+        shown = f"{text[:10]}...{text[-10:]}"
+        raise NetError(
+            f"number {shown} is too long ({len(text)} characters; at most {MAX_NUMBER_CHARS})",
+            loc,
+        )
+    v: int | float = int(text) if text.isdigit() else float(text)
+    if not math.isfinite(v) or abs(v) > MAX_NUMBER:
+        raise NetError(f"number {text} is too large (at most {_MAX_NUMBER_TEXT})", loc)
+    return v
+
+
+_MAX_NUMBER_TEXT = f"{MAX_NUMBER:.0e}".replace("e+", "e") if MAX_NUMBER >= 1e6 else str(MAX_NUMBER)
 
 
 class _Builder:
-    """Turns Lark's tree into ast nodes; an unknown rule is a bug, so it raises."""
+    """Turns Lark's tree into ast nodes; an unknown rule is a bug, so it raises.
+
+    Every method takes the nesting depth of what it builds (blocks, brackets, calls,
+    lists, operators): beyond MAX_DEPTH it stops with a located error, so neither this
+    recursion nor the evaluator's later can run out of stack.
+    """
 
     def __init__(self, src: Source):
         self.src = src
@@ -185,6 +319,15 @@ class _Builder:
         width = m.end_column - m.column if m.line == m.end_line else 1
         return self.src.loc(m.line, m.column, width)
 
+    def check_depth(self, node: Tree | Token, depth: int, what: str) -> None:
+        if depth > MAX_DEPTH:
+            hint = None
+            if isinstance(node, Tree) and node.data in ("add", "sub", "mul", "div"):
+                hint = "every operator in a chain adds a level; split a long sum with const"
+            raise NetError(
+                f"{what} nested too deeply (more than {MAX_DEPTH} levels)", self.loc(node), hint
+            )
+
     def brace_alone(self, t: Tree) -> None:
         """The grammar lets `}` follow the last statement on its line; the language does not."""
         last = t.children[-1] if t.children else None
@@ -192,18 +335,20 @@ class _Builder:
             at = self.src.loc(t.meta.end_line, t.meta.end_column - 1)
             raise NetError("'}' goes on its own line", at, "end the line before the '}'")
 
-    def stmts(self, children) -> list[ast.Stmt]:
-        return [self.stmt(c) for c in children]
+    def stmts(self, children, depth: int) -> list[ast.Stmt]:
+        return [self.stmt(c, depth) for c in children]
 
-    def stmt(self, t: Tree) -> ast.Stmt:
+    def stmt(self, t: Tree, depth: int) -> ast.Stmt:
+        self.check_depth(t, depth, "statement")
         rule = t.data
         ch = t.children
+        d = depth + 1
         if rule == "network":
             return ast.NetworkStmt(str(ch[0]), self.loc(ch[0]))
         if rule == "gpus":
-            return ast.GpusStmt(self.value(ch[0]), self.loc(t))
+            return ast.GpusStmt(self.value(ch[0], d), self.loc(t))
         if rule == "const":
-            return ast.ConstStmt(str(ch[0]), self.value(ch[1]), self.loc(ch[0]))
+            return ast.ConstStmt(str(ch[0]), self.value(ch[1], d), self.loc(ch[0]))
         if rule == "include":
             return ast.IncludeStmt(str(ch[0])[1:-1], self.loc(ch[0]))
         if rule == "block":
@@ -213,31 +358,33 @@ class _Builder:
             params = tuple(
                 ast.Param(
                     str(p.children[0]),
-                    self.value(p.children[1]) if len(p.children) > 1 else None,
+                    self.value(p.children[1], d) if len(p.children) > 1 else None,
                     self.loc(p.children[0]),
                 )
                 for p in rest[:-1]
             )
-            return ast.BlockDef(str(name), params, tuple(self.stmts(body.children)), self.loc(name))
+            stmts = tuple(self.stmts(body.children, d))
+            return ast.BlockDef(str(name), params, stmts, self.loc(name))
         if rule == "repeat":
             self.brace_alone(ch[1])
-            return ast.RepeatStmt(self.value(ch[0]), tuple(self.stmts(ch[1].children)), self.loc(t))
+            stmts = tuple(self.stmts(ch[1].children, d))
+            return ast.RepeatStmt(self.value(ch[0], d), stmts, self.loc(t))
         if rule == "train":
             self.brace_alone(t)
             settings = tuple(
                 ast.Setting(
                     str(s.children[0]),
-                    self.args(s.children[1]) if len(s.children) > 1 else (),
+                    self.args(s.children[1], d) if len(s.children) > 1 else (),
                     self.loc(s.children[0]),
                 )
                 for s in ch
             )
             return ast.TrainStmt(settings, self.loc(t))
         if rule == "layer":
-            return self.layer(ch)
+            return self.layer(ch, d)
         raise AssertionError(f"parser produced an unknown rule {rule!r}")
 
-    def layer(self, ch) -> ast.LayerStmt:
+    def layer(self, ch, depth: int) -> ast.LayerStmt:
         type_tok = ch[0]
         name_tok = ch[1] if len(ch) > 1 and isinstance(ch[1], Token) else None
         inputs: tuple[ast.Name, ...] = ()
@@ -246,7 +393,7 @@ class _Builder:
             if isinstance(c, Tree) and c.data == "inputs":
                 inputs = tuple(ast.Name(str(n), self.loc(n)) for n in c.children)
             elif isinstance(c, Tree) and c.data == "args":
-                args = self.args(c)
+                args = self.args(c, depth)
         return ast.LayerStmt(
             str(type_tok),
             str(name_tok) if name_tok is not None else None,
@@ -256,34 +403,37 @@ class _Builder:
             self.loc(name_tok) if name_tok is not None else None,
         )
 
-    def args(self, t: Tree) -> tuple[ast.Arg, ...]:
+    def args(self, t: Tree, depth: int) -> tuple[ast.Arg, ...]:
         return tuple(
-            ast.Arg(tuple(self.value(i) for i in a.children), self.loc(a)) for a in t.children
+            ast.Arg(tuple(self.value(i, depth) for i in a.children), self.loc(a))
+            for a in t.children
         )
 
-    def value(self, t: Tree | Token) -> ast.Value:
+    def value(self, t: Tree | Token, depth: int) -> ast.Value:
         if isinstance(t, Token):
             if t.type == "DIMS":
-                return ast.Dims(tuple(int(v) for v in str(t).split("x")), self.loc(t))
+                parts = str(t).split("x")
+                return ast.Dims(tuple(int(_number(p, self.loc(t))) for p in parts), self.loc(t))
             if t.type == "STRING":
                 return ast.Str(str(t)[1:-1], self.loc(t))
             raise AssertionError(f"unexpected token {t.type}")
         rule, ch = t.data, t.children
         if rule == "number":
-            s = str(ch[0])
-            v: float | int = int(s) if s.isdigit() else float(s)
-            return ast.Num(v, self.loc(ch[0]))
+            return ast.Num(_number(str(ch[0]), self.loc(ch[0])), self.loc(ch[0]))
         if rule == "name":
             return ast.Name(str(ch[0]), self.loc(ch[0]))
+        self.check_depth(t, depth, "expression")  # leaves above do not recurse: no level
+        d = depth + 1
         if rule in ("add", "sub", "mul", "div"):
             op = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[rule]
-            return ast.BinOp(op, self.value(ch[0]), self.value(ch[1]), self.loc(t))
+            return ast.BinOp(op, self.value(ch[0], d), self.value(ch[1], d), self.loc(t))
         if rule == "neg":
-            return ast.Neg(self.value(ch[0]), self.loc(t))
+            return ast.Neg(self.value(ch[0], d), self.loc(t))
         if rule == "keyval":
-            return ast.KeyVal(str(ch[0]), self.value(ch[1]), self.loc(ch[0]))
+            return ast.KeyVal(str(ch[0]), self.value(ch[1], d), self.loc(ch[0]))
         if rule == "call":
-            return ast.Call(str(ch[0]), tuple(self.value(c) for c in ch[1:]), self.loc(ch[0]))
+            args = tuple(self.value(c, d) for c in ch[1:])
+            return ast.Call(str(ch[0]), args, self.loc(ch[0]))
         if rule == "list":
-            return ast.ListV(tuple(self.value(c) for c in ch), self.loc(t))
+            return ast.ListV(tuple(self.value(c, d) for c in ch), self.loc(t))
         raise AssertionError(f"parser produced an unknown value rule {rule!r}")

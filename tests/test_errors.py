@@ -98,6 +98,9 @@ block b(c) {
 bad.net:3:24: error: unexpected end of file; a '{' is not closed
       conv x: c filters 3x3
                            ^
+bad.net:2:12: note: '{' opened here
+    block b(c) {
+               ^
 hint: every block, repeat and train section ends with '}' on its own line
 """,
         id="syntax-unclosed-brace",
@@ -111,6 +114,9 @@ conv c1: 6 filters 5x5, init gaussian(std=0.01
 bad.net:2:47: error: unexpected end of file; a '(' is not closed
     conv c1: 6 filters 5x5, init gaussian(std=0.01
                                                   ^
+bad.net:2:38: note: '(' opened here
+    conv c1: 6 filters 5x5, init gaussian(std=0.01
+                                         ^
 """,
         id="syntax-unclosed-paren",
     ),
