@@ -128,9 +128,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    from .passes.lint import print_warnings
     from .report import summary_json, summary_text
 
     net = _load(args.file)
+    print_warnings(net)  # to stderr: the JSON on stdout stays clean
     if args.json:
         print(summary_json(net, args.batch))
     else:
@@ -185,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"netdsl {__version__}",
                    help="print the version and exit")  # fmt: skip
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           help="one of these; `netdsl COMMAND --help` lists its flags")  # fmt: skip
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND",
+        help="one of these; `netdsl COMMAND --help` lists its flags",
+    )  # fmt: skip
 
     c = sub.add_parser("check", help="check .net files; one line per file")
     c.add_argument("files", nargs="+", metavar="FILE", type=path_arg, help="the .net files")

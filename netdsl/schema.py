@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Location, NetError
+from .foreign import activation_hint
 from .limits import MAX_NUMBER
 from .values import Item, did_you_mean
 
@@ -486,7 +487,8 @@ def read_activation(items, key, at):
     raise NetError(
         f"unknown activation {it.describe()}",
         it.loc,
-        did_you_mean(str(it.value), ACTIVATIONS) or "known: " + ", ".join(ACTIVATIONS),
+        (it.kind == "word" and activation_hint(it.value))
+        or did_you_mean(str(it.value), ACTIVATIONS) or "known: " + ", ".join(ACTIVATIONS),
     )
 
 
@@ -707,7 +709,8 @@ def _opt(ltype: str, schema: Schema, key: str, loc: Location, known: list[str]) 
         raise NetError(
             f"unknown option '{key}' for {ltype}",
             loc,
-            did_you_mean(key, known) or ("known: " + ", ".join(known) if known else
+            ("activation" in schema.opts and activation_hint(key))  # `conv ..., elu`
+            or did_you_mean(key, known) or ("known: " + ", ".join(known) if known else
                                          f"{ltype} takes no options"),
         )  # fmt: skip
     return schema.opts[key]

@@ -326,3 +326,24 @@ def test_compile_says_which_parameter_count_is_which():
     plain = CompiledNet(netdsl.load(ROOT / "nets" / "lenet5.net"), batch=2)
     assert plain.theta.size == sum(lyr.n_params for lyr in plain.net.layers)
     assert f", {plain.theta.size:,} parameters in one flat buffer" in plain.describe()
+
+
+def ranges_table() -> str:
+    """docs/language.md §6.11's table, from the tables the checker reads (schema.CALL_ARGS)."""
+    from netdsl.schema import CALL_ARGS
+
+    kinds = {"float": "number", "int": "whole number", "bool": "true or false",
+             "size": "whole number or size", "epochs": "list of increasing whole numbers"}  # fmt: skip
+    rows = ["| for | call | parameter | value | range |", "|---|---|---|---|---|"]
+    for what, calls in CALL_ARGS.items():
+        for call, params in calls.items():
+            for name, arg in params.items():
+                rng = arg.bounds() or ("—" if arg.kind == "bool" else "any finite number")
+                rows.append(f"| {what} | `{call}` | `{name}` | {kinds[arg.kind]} | {rng} |")
+    return "\n".join(rows)
+
+
+def test_the_documented_ranges_are_the_checked_ones():
+    """A parameter added to a call, or a range changed, must show in the reference."""
+    text = (ROOT / "docs/language.md").read_text(encoding="utf-8")
+    assert "\n" + ranges_table() + "\n" in text

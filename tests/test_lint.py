@@ -52,6 +52,24 @@ def test_check_prints_the_warning_and_still_exits_0(tmp_path, capsys):
     assert err.count("warning:") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("json", [False, True])
+def test_summary_prints_the_warning_on_stderr_only(tmp_path, capsys, json):
+    path = tmp_path / "keras.net"
+    path.write_text(KERAS)
+    assert main(["summary", str(path), *(["--json"] if json else [])]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in out and err.count("warning: loss cross_entropy applies softmax") == 1
+
+
+def test_train_prints_the_warning_once_even_when_quiet(tmp_path, capsys):
+    path = tmp_path / "keras.net"
+    path.write_text(KERAS)  # no data: training stops at once, after the warning
+    assert main(["train", str(path), "--quiet", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("warning: loss cross_entropy applies softmax") == 1
+    assert "no dataset" in err
+
+
 def test_loading_a_net_prints_nothing(capsys):
     netdsl.loads(KERAS)
     assert capsys.readouterr() == ("", "")

@@ -120,8 +120,7 @@ def _actions(parser: argparse.ArgumentParser):
     yield "netdsl", parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield name, sub
+            yield from action.choices.items()
 
 
 def test_no_numeric_flag_is_left_unchecked() -> None:

@@ -799,3 +799,11 @@ def test_a_ten_thousand_layer_net_on_1024_gpus_is_checked(tmp_path):
     assert net.layer("u5.n").exchange == (1020 * 4 + 2 * (2 + 3)) * 4 * 4
     # GPU lists are shared, not ten million separate entries
     assert len({id(lyr.gpus) for lyr in net.layers[1:-1]}) == 1
+
+
+@pytest.mark.parametrize("arg", ["elu", "activation elu", "activation=elu", "selu", "gelu"])
+def test_a_foreign_activation_as_an_option_gets_the_activation_hint(tmp_path, arg):
+    text = rendered(tmp_path, f"input i: 1x8x8\nconv c1: 4 filters 3x3, {arg}\n")
+    word = arg.split()[-1].split("=")[-1]
+    assert f"hint: {word} is not available in netdsl; activations: relu, leaky" in text
+    assert "did you mean 'relu'" not in text

@@ -413,7 +413,8 @@ def test_nan_in_the_data_is_a_data_error_not_a_learning_rate(tiny, capsys):
     assert "first in image 5" in err and "learning rate" not in err
     # made infinite by the normalisation: said so
     net = tiny / "tiny.net"
-    net.write_text(net.read_text().replace("  seed 3", "  seed 3\n  normalize mean=-1e15, std=1e-30"))
+    norm = "  seed 3\n  normalize mean=-1e15, std=1e-30"
+    net.write_text(net.read_text().replace("  seed 3", norm))
     code, _, err = cli(capsys, "train", net, "--out", tiny / "run2", "--quiet")
     assert code == 1 and "after normalize" in err
 

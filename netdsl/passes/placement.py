@@ -113,6 +113,21 @@ def _needed_interval(layer: Layer, ids, gpus: int):
     return lo, hi, active  # channel-wise layers and concat: output channel i is input channel i
 
 
+def _needed(layer: Layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
+    """Input channels (of the concatenated inputs) GPU `gpu` reads, as disjoint intervals:
+    the one-GPU view of `_needed_interval`, which the multi-GPU CUDA plan binds its reads to."""
+    import numpy as np
+
+    lo, hi = _own(gpu, layer.out_shape[0], gpus)
+    if lo >= hi:
+        return []
+    table = layer.attrs.get("connect") if layer.type == "conv" else None
+    if table is not None:
+        return [(i, i + 1) for i in sorted({i for o in range(lo, hi) for i in table[o]})]
+    a, b, _ = _needed_interval(layer, np.array([gpu], np.int64), gpus)
+    return [(int(a[0]), int(b[0]))]
+
+
 def exchange_bytes(net: Network, batch: int) -> int:
     """Bytes moved between GPUs per training step: maps forward, their gradients backward."""
     total = 0

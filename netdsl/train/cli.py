@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..cli import count_int, path_arg, positive_float, positive_int, seed_int, setting_int
 
-
 DEVICE_HELP = "cpu, cuda (an NVIDIA GPU) or auto (the GPU when there is one)"
 PLOT_FORMATS = ("png", "pdf", "svg", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
 
@@ -39,7 +38,8 @@ def add_commands(sub) -> None:
 
     t = sub.add_parser("train", help="train with the file's train section; flags override it")
     t.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
-    t.add_argument("--epochs", type=setting_int("epochs"), help="number of epochs (default: the file's)")
+    t.add_argument("--epochs", type=setting_int("epochs"),
+                   help="number of epochs (default: the file's)")  # fmt: skip
     t.add_argument("--batch", type=setting_int("batch"), help="batch size (default: the file's)")
     t.add_argument("--lr", type=positive_float, help="base learning rate (default: the file's)")
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)

@@ -61,9 +61,17 @@ TEST_FAIL_VAR = "NETDSL_TEST_FAIL_RANK"
 
 
 class DistributedError(NetdslError):
-    """A distributed run cannot start as asked (no mpi4py, a batch that does not split)."""
+    """A distributed run asked for something it cannot do (a batch that does not split over
+    the ranks, an unknown --distributed): a usage mistake, exit status 2."""
 
     exit_code = 2
+
+
+class MPIUnavailable(DistributedError):
+    """MPI cannot be used on this machine (no mpi4py, no MPI library, another MPI's
+    launcher): a runtime problem of the environment, like a missing GPU, exit status 1."""
+
+    exit_code = 1
 
 
 class InjectedFailure(NetdslError):
@@ -405,7 +413,7 @@ def setup(mode: str | None = None, cuda_aware: bool = False) -> Communicator:
                else f"mpi4py cannot load an MPI library ({e})")  # fmt: skip
         where = (f"launched as one of {world} MPI ranks, but " if world > 1 else
                  "--distributed mpi needs mpi4py and an MPI library, but ")  # fmt: skip
-        raise DistributedError(
+        raise MPIUnavailable(
             f"{where}{why}; install both with: {INSTALL_HINT} "
             "(mpi4py and the mpich wheel, whose mpiexec launches the ranks)"
             + ("; or pass --distributed none to train every rank alone" if world > 1 else "")
@@ -413,7 +421,7 @@ def setup(mode: str | None = None, cuda_aware: bool = False) -> Communicator:
     comm = MPICommunicator(cuda_aware=cuda_aware)
     if world > 1 and comm.size != world:
         lib = comm.MPI.Get_library_version().splitlines()[0].strip()
-        raise DistributedError(
+        raise MPIUnavailable(
             f"launched as one of {world} ranks, but MPI's COMM_WORLD has {comm.size}: the "
             f"mpiexec that started this run does not belong to the MPI library mpi4py uses "
             f"({lib}); start it with that library's mpiexec ({find_mpiexec() or 'mpiexec'})"
