@@ -348,8 +348,10 @@ def parameter_text(net: Network, stored: int, where: str) -> str:
         return f"{used:,} parameters ({stored:,} stored {where})"
     whose = (f"the connection table of {tables[0]} is" if len(tables) == 1
              else f"the connection tables of {', '.join(tables)} are")  # fmt: skip
-    return (f"{used:,} parameters ({stored:,} stored {where}: {whose} stored dense, "
-            f"{stored - used:,} weights held at zero)")
+    return (
+        f"{used:,} parameters ({stored:,} stored {where}: {whose} stored dense, "
+        f"{stored - used:,} weights held at zero)"
+    )
 
 
 def _host_zeros(shape) -> np.ndarray:

@@ -21,7 +21,14 @@ from . import ast
 from .errors import Location, NetError
 from .foreign import foreign_hint
 from .ir import Layer, Network
-from .limits import MAX_BLOCK_DEPTH, MAX_FILE_BYTES, MAX_GPUS, MAX_INCLUDE_PATH, MAX_LAYERS
+from .limits import (
+    MAX_BLOCK_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_GPUS,
+    MAX_INCLUDE_PATH,
+    MAX_LAYERS,
+    MAX_NESTING,
+)
 from .parse import parse_file
 from .schema import ACTIVATIONS, ALIASES, LAYERS, read_layer_args
 from .trainconf import read_train
@@ -75,11 +82,6 @@ class _State:
     passthrough: tuple[int, str, str] | None = None
     nesting: int = 0  # block uses, repeats and includes being expanded
     at: Location | None = None  # the statement being expanded (for a last-resort error)
-
-
-# Each nested block use, repeat or include costs up to three Python frames; this bound leaves
-# room under Python's recursion limit for expressions nested limits.MAX_DEPTH deep inside.
-MAX_NESTING = 100
 
 
 def elaborate(program: ast.Program) -> Network:
@@ -520,7 +522,7 @@ def _check_nesting(st, s: ast.LayerStmt, blk: ast.BlockDef, depth: int) -> None:
     """A block may not use itself, directly or through others; nor may uses nest too deep."""
     names = [u.block for u in st.expanding]
     if blk.name in names:
-        chain = names[names.index(blk.name):] + [blk.name]
+        chain = names[names.index(blk.name) :] + [blk.name]
         shown = "" if len(chain) == 2 else ": " + " -> ".join(chain)
         raise NetError(f"block '{blk.name}' uses itself (recursion{shown})", s.loc)
     if depth >= MAX_BLOCK_DEPTH:
@@ -577,7 +579,10 @@ def _defaults(blk: ast.BlockDef, s: ast.LayerStmt, env, given: dict[str, Any]) -
             if ref.id in names[i:]:
                 raise NetError(
                     f"the default of '{p.name}' uses parameter '{ref.id}', which comes after it",
-                    ref.loc, "a default can use only the parameters before it", used_here)
+                    ref.loc,
+                    "a default can use only the parameters before it",
+                    used_here,
+                )
         visible = {k: v for k, v in env.items() if k not in names}
         try:
             v = evaluate(p.default, {**visible, **bound})

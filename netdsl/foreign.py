@@ -35,8 +35,11 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     "connected": ("Darknet", "fc", "fc f1: 256, leaky"),
     "maxpool": ("Darknet", "pool", "pool p1: max 2x2, stride 2"),
     "avgpool": ("Darknet", "pool", "pool gap: avg, global"),
-    "route": ("Darknet", "concat", "concat r(a, b); to read one earlier layer, name it as "
-              "the input: conv c(a): ..."),
+    "route": (
+        "Darknet",
+        "concat",
+        "concat r(a, b); to read one earlier layer, name it as the input: conv c(a): ...",
+    ),
     "shortcut": ("Darknet", "add", "add s(a, b), linear"),
     "cost": ("Darknet", "loss", "loss mse"),
     "upsample": ("Darknet", None, "netdsl has no upsample layer yet"),
@@ -45,8 +48,12 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     "yolo": ("Darknet", None, "netdsl has no detection layers"),
     "region": ("Darknet", None, "netdsl has no detection layers"),
     "detection": ("Darknet", None, "netdsl has no detection layers"),
-    "net": ("Darknet", None, "Darknet's [net] section is netdsl's input layer "
-            "(input image: 3x416x416) and its train { } section"),
+    "net": (
+        "Darknet",
+        None,
+        "Darknet's [net] section is netdsl's input layer "
+        "(input image: 3x416x416) and its train { } section",
+    ),
     # Keras
     "Conv2D": ("Keras", "conv", "conv c1: 32 filters 3x3, pad same, relu"),
     "Dense": ("Keras", "fc", "fc f1: 128, relu"),
@@ -80,8 +87,11 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     # names several frameworks share
     "ReLU": ("Caffe, Keras and PyTorch", "relu", "relu r1, or `relu` on the layer before"),
     "Dropout": ("Caffe, Keras and PyTorch", "dropout", "dropout d1: 0.5"),
-    "Softmax": ("Caffe, Keras and PyTorch", "softmax",
-                "softmax s1 (not before `loss cross_entropy`, which applies it itself)"),
+    "Softmax": (
+        "Caffe, Keras and PyTorch",
+        "softmax",
+        "softmax s1 (not before `loss cross_entropy`, which applies it itself)",
+    ),
     "Sigmoid": ("Caffe and PyTorch", "sigmoid", "sigmoid s1, or `sigmoid` on the layer before"),
     "Flatten": ("Caffe, Keras and PyTorch", "flatten", "flatten f (fc flattens by itself)"),
 }

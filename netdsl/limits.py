@@ -14,5 +14,9 @@ MAX_FILE_BYTES = 4 * 2**20  # bytes read from one .net file (real nets are a few
 MAX_TOKENS = 200_000  # names, numbers and symbols in one file: parsing takes seconds at most
 MAX_INCLUDE_PATH = 1024  # characters in an include path
 MAX_BLOCK_DEPTH = 32  # nested block uses
+# Block uses, repeats and includes nested together. Each level costs the expander up to three
+# Python frames; this bound leaves room under Python's recursion limit for expressions nested
+# MAX_DEPTH deep inside.
+MAX_NESTING = 100
 MAX_LAYERS = 10_000  # a guard against `repeat 1000000`, not a design limit of real nets
 MAX_GPUS = 1024  # placement walks every GPU of every layer

@@ -235,11 +235,20 @@ CALL_ARGS: dict[str, dict[str, dict[str, Arg]]] = {
     },
     "optimizer": {
         # momentum 1 never forgets a gradient (the velocity grows without bound)
-        "sgd": {"lr": POSITIVE, "momentum": FRACTION, "weight_decay": NON_NEGATIVE,
-                "nesterov": BOOL},  # fmt: skip
+        "sgd": {
+            "lr": POSITIVE,
+            "momentum": FRACTION,
+            "weight_decay": NON_NEGATIVE,
+            "nesterov": BOOL,
+        },  # fmt: skip
         # beta 1 divides by 1 - beta^t = 0 in the bias correction; eps 0 divides by zero
-        "adam": {"lr": POSITIVE, "beta1": FRACTION, "beta2": FRACTION, "eps": DIVISOR,
-                 "weight_decay": NON_NEGATIVE},  # fmt: skip
+        "adam": {
+            "lr": POSITIVE,
+            "beta1": FRACTION,
+            "beta2": FRACTION,
+            "eps": DIVISOR,
+            "weight_decay": NON_NEGATIVE,
+        },  # fmt: skip
     },
     "learning-rate schedule": {
         "constant": {},
@@ -251,8 +260,12 @@ CALL_ARGS: dict[str, dict[str, dict[str, Arg]]] = {
         "exponential": {"gamma": DECAY},
         "poly": {"power": NON_NEGATIVE},
         "cosine": {"min_lr": NON_NEGATIVE},  # and below the base rate: check_lr_against_schedule
-        "plateau": {"factor": RATE_FACTOR, "patience": COUNT, "threshold": NON_NEGATIVE,
-                    "min_lr": NON_NEGATIVE},  # fmt: skip
+        "plateau": {
+            "factor": RATE_FACTOR,
+            "patience": COUNT,
+            "threshold": NON_NEGATIVE,
+            "min_lr": NON_NEGATIVE,
+        },  # fmt: skip
     },
     "augmentation": {
         "crop": {"size": Arg("size", lo=1), "pad": Arg("int", lo=0)},  # pad < size: trainconf
@@ -488,7 +501,8 @@ def read_activation(items, key, at):
         f"unknown activation {it.describe()}",
         it.loc,
         (it.kind == "word" and activation_hint(it.value))
-        or did_you_mean(str(it.value), ACTIVATIONS) or "known: " + ", ".join(ACTIVATIONS),
+        or did_you_mean(str(it.value), ACTIVATIONS)
+        or "known: " + ", ".join(ACTIVATIONS),
     )
 
 

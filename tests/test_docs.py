@@ -287,8 +287,9 @@ def test_training_sample_matches_its_listing(block, path, shown):
 
 
 def _readme_commands():
-    spec = importlib.util.spec_from_file_location("readme_commands",
-                                                  ROOT / ".ci" / "readme_commands.py")
+    spec = importlib.util.spec_from_file_location(
+        "readme_commands", ROOT / ".ci" / "readme_commands.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -332,8 +333,13 @@ def ranges_table() -> str:
     """docs/language.md §6.11's table, from the tables the checker reads (schema.CALL_ARGS)."""
     from netdsl.schema import CALL_ARGS
 
-    kinds = {"float": "number", "int": "whole number", "bool": "true or false",
-             "size": "whole number or size", "epochs": "list of increasing whole numbers"}  # fmt: skip
+    kinds = {
+        "float": "number",
+        "int": "whole number",
+        "bool": "true or false",
+        "size": "whole number or size",
+        "epochs": "list of increasing whole numbers",
+    }
     rows = ["| for | call | parameter | value | range |", "|---|---|---|---|---|"]
     for what, calls in CALL_ARGS.items():
         for call, params in calls.items():

@@ -345,8 +345,16 @@ def extreme_net(draw) -> bytes:
 def nested_repeats(draw) -> bytes:
     """Layers nested inside many repeats (the statement nesting counts with brackets)."""
     n = draw(st.sampled_from(_edge_counts(MAX_DEPTH)))
-    inner = draw(st.sampled_from(["relu", "fc f: 10", "conv: 1+1 filters 3x3, pad 1",
-                                  "conv: " + _deep("sum", MAX_DEPTH // 2, "1") + " filters 3x3"]))
+    inner = draw(
+        st.sampled_from(
+            [
+                "relu",
+                "fc f: 10",
+                "conv: 1+1 filters 3x3, pad 1",
+                "conv: " + _deep("sum", MAX_DEPTH // 2, "1") + " filters 3x3",
+            ]
+        )
+    )
     body = "repeat 1 {\n" * n + inner + "\n" + "}\n" * n
     return ("input image: 1x8x8\n" + body + "fc out: 10\n").encode("utf-8")
 

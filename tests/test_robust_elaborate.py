@@ -95,8 +95,11 @@ def test_nan_and_inf_never_reach_an_option(tmp_path):
 
 
 def test_arithmetic_within_the_bound_is_exact(tmp_path):
-    net = load(tmp_path, "const big = 999999999999999\nconst q = big / 3\nconst s = q*3 - big + 4\n"
-                         "input image: 1x8x8\nconv c: s filters 1x1\n")
+    net = load(
+        tmp_path,
+        "const big = 999999999999999\nconst q = big / 3\nconst s = q*3 - big + 4\n"
+        "input image: 1x8x8\nconv c: s filters 1x1\n",
+    )
     assert net.layer("c").out_shape == (4, 8, 8)
 
 
@@ -130,7 +133,9 @@ def test_a_default_may_not_use_a_later_parameter(tmp_path):
 
 def test_defaults_are_evaluated_in_order_from_earlier_parameters(tmp_path):
     # e's default reads d's default, which reads c; an outer constant `d` is not seen
-    net = load(tmp_path, """\
+    net = load(
+        tmp_path,
+        """\
 const d = 100
 input image: 1x8x8
 block b(c, d=c*2, e=d+1) {
@@ -138,7 +143,8 @@ block b(c, d=c*2, e=d+1) {
 }
 b one: 3
 b two: 3, d=1
-""")
+""",
+    )
     assert net.layer("one.x").out_shape == (7, 8, 8)
     assert net.layer("two.x").out_shape == (2, 8, 8)
 
@@ -204,8 +210,9 @@ def test_deep_but_not_recursive_nesting_is_not_called_recursion(tmp_path):
     first = out.splitlines()[0]
     assert first == "bad.net:27:3: error: blocks nest more than 32 deep"
     assert "recursion" not in out
-    assert out.endswith("hint: the uses: b39 -> b38 -> b37 -> ... -> b8 -> b7; "
-                        "flatten some of the nesting")
+    assert out.endswith(
+        "hint: the uses: b39 -> b38 -> b37 -> ... -> b8 -> b7; flatten some of the nesting"
+    )
 
 
 def test_nesting_up_to_the_bound_loads(tmp_path):
@@ -264,22 +271,28 @@ def _include(tmp_path: Path, target: str) -> str:
 
 
 def test_include_path_with_a_nul_byte(tmp_path):
+    # a NUL byte in a .net file is refused where it stands, before any include is resolved
     out = _include(tmp_path, "a\0b.net")
     assert out.splitlines()[0] == (
-        'bad.net:2:9: error: cannot include "a\\x00b.net": the path contains a NUL character'
+        "bad.net:2:11: error: the file contains a NUL byte; is it a binary file, not a .net file?"
     )
 
 
 def test_include_path_too_long_is_abbreviated(tmp_path):
     out = _include(tmp_path, "x" * 5000 + ".net")
     head = out.splitlines()[0]
-    assert head == ('bad.net:2:9: error: cannot include "' + "x" * 37 + "..." + "x" * 33
-                    + '.net": the path has 5,004 characters (at most 1,024)')
+    assert head == (
+        'bad.net:2:9: error: cannot include "'
+        + "x" * 37
+        + "..."
+        + "x" * 33
+        + '.net": the path has 5,004 characters (at most 1,024)'
+    )
 
 
 def test_include_name_too_long_for_the_file_system(tmp_path):
     out = _include(tmp_path, "y" * 300 + ".net")
-    assert out.splitlines()[0].endswith("yyyy.net\": a name in the path is too long")
+    assert out.splitlines()[0].endswith('yyyy.net": a name in the path is too long')
 
 
 def test_include_symlink_loop(tmp_path):
@@ -291,8 +304,11 @@ def test_include_symlink_loop(tmp_path):
 
 @pytest.mark.parametrize(
     ("target", "reason"),
-    [(".", "it is a directory"), ("/dev/null", "it is not a regular file"),
-     ("nowhere/x.net", "no such file")],
+    [
+        (".", "it is a directory"),
+        ("/dev/null", "it is not a regular file"),
+        ("nowhere/x.net", "no such file"),
+    ],
 )
 def test_include_of_what_is_not_a_file(tmp_path, target, reason):
     out = _include(tmp_path, target)
@@ -454,14 +470,17 @@ outer o: 2
 
 def test_a_block_input_is_not_confused_with_a_dotted_layer_name(tmp_path):
     # the first layer of use `a` reads the use's input, not the earlier layer `a.x`
-    net = load(tmp_path, """\
+    net = load(
+        tmp_path,
+        """\
 input image: 1x8x8
 conv a.x: 3 filters 1x1
 block blk(c) {
   conv y: c filters 1x1
 }
 blk a(image): 2
-""")
+""",
+    )
     assert net.layer("a.y").inputs == ["image"]
 
 
@@ -471,34 +490,70 @@ blk a(image): 2
 @pytest.mark.parametrize(
     ("word", "hint"),
     [
-        ("convolutional", "Darknet's convolutional is netdsl's conv: conv c1: 32 filters 3x3, pad 1, leaky"),
+        (
+            "convolutional",
+            "Darknet's convolutional is netdsl's conv: conv c1: 32 filters 3x3, pad 1, leaky",
+        ),
         ("connected", "Darknet's connected is netdsl's fc: fc f1: 256, leaky"),
         ("maxpool", "Darknet's maxpool is netdsl's pool: pool p1: max 2x2, stride 2"),
         ("avgpool", "Darknet's avgpool is netdsl's pool: pool gap: avg, global"),
         ("shortcut", "Darknet's shortcut is netdsl's add: add s(a, b), linear"),
-        ("route", "Darknet's route is netdsl's concat: concat r(a, b); to read one earlier layer, name it as the input: conv c(a): ..."),
+        (
+            "route",
+            "Darknet's route is netdsl's concat: concat r(a, b); to read one earlier layer, name it as the input: conv c(a): ...",
+        ),
         ("cost", "Darknet's cost is netdsl's loss: loss mse"),
         ("upsample", "Darknet's upsample: netdsl has no upsample layer yet"),
-        ("Convolution", "Caffe's Convolution is netdsl's conv: conv c1: 32 filters 3x3, pad 1, relu"),
+        (
+            "Convolution",
+            "Caffe's Convolution is netdsl's conv: conv c1: 32 filters 3x3, pad 1, relu",
+        ),
         ("InnerProduct", "Caffe's InnerProduct is netdsl's fc: fc f1: 500, relu"),
         ("Pooling", "Caffe's Pooling is netdsl's pool: pool p1: max 2x2, stride 2"),
         ("LRN", "Caffe's LRN is netdsl's lrn: lrn n1: size 5, alpha 1e-4, beta 0.75"),
         ("Eltwise", "Caffe's Eltwise is netdsl's add: add s(a, b), relu"),
         ("Concat", "Caffe's Concat is netdsl's concat: concat c(a, b)"),
-        ("BatchNorm", "Caffe's BatchNorm is netdsl's bn: bn b1: relu (bn also learns Caffe's Scale)"),
-        ("Scale", "Caffe's Scale is netdsl's bn: bn b1 (a Caffe BatchNorm + Scale pair is one bn layer)"),
-        ("SoftmaxWithLoss", "Caffe's SoftmaxWithLoss is netdsl's loss: loss cross_entropy (it applies the softmax itself)"),
-        ("ReLU", "Caffe, Keras and PyTorch's ReLU is netdsl's relu: relu r1, or `relu` on the layer before"),
+        (
+            "BatchNorm",
+            "Caffe's BatchNorm is netdsl's bn: bn b1: relu (bn also learns Caffe's Scale)",
+        ),
+        (
+            "Scale",
+            "Caffe's Scale is netdsl's bn: bn b1 (a Caffe BatchNorm + Scale pair is one bn layer)",
+        ),
+        (
+            "SoftmaxWithLoss",
+            "Caffe's SoftmaxWithLoss is netdsl's loss: loss cross_entropy (it applies the softmax itself)",
+        ),
+        (
+            "ReLU",
+            "Caffe, Keras and PyTorch's ReLU is netdsl's relu: relu r1, or `relu` on the layer before",
+        ),
         ("Dropout", "Caffe, Keras and PyTorch's Dropout is netdsl's dropout: dropout d1: 0.5"),
-        ("Softmax", "Caffe, Keras and PyTorch's Softmax is netdsl's softmax: softmax s1 (not before `loss cross_entropy`, which applies it itself)"),
+        (
+            "Softmax",
+            "Caffe, Keras and PyTorch's Softmax is netdsl's softmax: softmax s1 (not before `loss cross_entropy`, which applies it itself)",
+        ),
         ("Conv2D", "Keras's Conv2D is netdsl's conv: conv c1: 32 filters 3x3, pad same, relu"),
         ("Dense", "Keras's Dense is netdsl's fc: fc f1: 128, relu"),
         ("MaxPooling2D", "Keras's MaxPooling2D is netdsl's pool: pool p1: max 2x2, stride 2"),
-        ("AveragePooling2D", "Keras's AveragePooling2D is netdsl's pool: pool p1: avg 2x2, stride 2"),
-        ("GlobalAveragePooling2D", "Keras's GlobalAveragePooling2D is netdsl's pool: pool gap: avg, global"),
+        (
+            "AveragePooling2D",
+            "Keras's AveragePooling2D is netdsl's pool: pool p1: avg 2x2, stride 2",
+        ),
+        (
+            "GlobalAveragePooling2D",
+            "Keras's GlobalAveragePooling2D is netdsl's pool: pool gap: avg, global",
+        ),
         ("BatchNormalization", "Keras's BatchNormalization is netdsl's bn: bn b1: relu"),
-        ("Activation", "Keras's Activation is netdsl's act: act a1: relu, or `relu` on the layer before"),
-        ("Flatten", "Caffe, Keras and PyTorch's Flatten is netdsl's flatten: flatten f (fc flattens by itself)"),
+        (
+            "Activation",
+            "Keras's Activation is netdsl's act: act a1: relu, or `relu` on the layer before",
+        ),
+        (
+            "Flatten",
+            "Caffe, Keras and PyTorch's Flatten is netdsl's flatten: flatten f (fc flattens by itself)",
+        ),
         ("Add", "Keras's Add is netdsl's add: add s(a, b)"),
         ("Concatenate", "Keras's Concatenate is netdsl's concat: concat c(a, b)"),
         ("Linear", "PyTorch's Linear is netdsl's fc: fc f1: 128, relu"),
@@ -509,7 +564,10 @@ blk a(image): 2
         ("Norm", "did you mean 'norm'? (names are case-sensitive)"),
         # activations netdsl lacks are not near misses of ones it has
         ("elu", "elu is not available in netdsl; activations: relu, leaky, tanh, sigmoid, linear"),
-        ("gelu", "gelu is not available in netdsl; activations: relu, leaky, tanh, sigmoid, linear"),
+        (
+            "gelu",
+            "gelu is not available in netdsl; activations: relu, leaky, tanh, sigmoid, linear",
+        ),
         ("logistic", "Darknet's logistic is netdsl's sigmoid"),
         # a plain misspelling still gets the nearest spelling
         ("cnov", "did you mean 'conv'?"),
@@ -536,8 +594,9 @@ def test_the_foreign_tables_name_only_real_netdsl_types():
 
 
 def test_a_block_with_a_foreign_name_is_still_the_block(tmp_path):
-    net = load(tmp_path, "input image: 1x8x8\nblock Conv2D(c) {\n  conv x: c filters 1x1\n}\n"
-                         "Conv2D k: 2\n")
+    net = load(
+        tmp_path, "input image: 1x8x8\nblock Conv2D(c) {\n  conv x: c filters 1x1\n}\nConv2D k: 2\n"
+    )
     assert net.layers[-1].name == "k.x"
 
 
@@ -568,8 +627,22 @@ loss cross_entropy
 def test_a_parameter_switches_a_projection_shortcut_on_and_off(tmp_path):
     net = load(tmp_path, RESNET_UNIT)
     wiring = {lyr.name: lyr.inputs for lyr in net.layers}
-    assert list(wiring) == ["image", "u1.a", "u1.b", "u1.s_1", "u2.a", "u2.b", "u2.p_1",
-                            "u2.s_1", "u3.a", "u3.b", "u3.s_1", "gap", "f", "loss"]
+    assert list(wiring) == [
+        "image",
+        "u1.a",
+        "u1.b",
+        "u1.s_1",
+        "u2.a",
+        "u2.b",
+        "u2.p_1",
+        "u2.s_1",
+        "u3.a",
+        "u3.b",
+        "u3.s_1",
+        "gap",
+        "f",
+        "loss",
+    ]
     assert wiring["u1.s_1"] == ["u1.b", "image"]  # identity shortcut
     assert wiring["u2.a"] == ["u1.s_1"]
     assert wiring["u2.p_1"] == ["u1.s_1"]  # projection of the unit's input
@@ -580,7 +653,9 @@ def test_a_parameter_switches_a_projection_shortcut_on_and_off(tmp_path):
 
 
 def test_a_use_that_makes_no_layers_passes_its_input_through(tmp_path):
-    net = load(tmp_path, """\
+    net = load(
+        tmp_path,
+        """\
 input image: 4x8x8
 block projection(c, stride, on) {
   repeat on {
@@ -598,7 +673,8 @@ unit u2: 8, stride=2, proj=1
 conv c1: 2 filters 1x1
 projection skip(u1): 2, 1, 0
 conv c2: 2 filters 1x1
-""")
+""",
+    )
     wiring = {lyr.name: lyr.inputs for lyr in net.layers}
     assert wiring["u1.s"] == ["u1.b", "image"]
     assert wiring["u2.sc.p_1"] == ["u1.s"]
@@ -608,7 +684,9 @@ conv c2: 2 filters 1x1
 
 
 def test_a_layer_after_an_empty_repeat_chains_to_what_came_before(tmp_path):
-    net = load(tmp_path, """\
+    net = load(
+        tmp_path,
+        """\
 const extra = 0
 input image: 1x8x8
 conv a: 2 filters 1x1
@@ -624,7 +702,8 @@ block blk(n) {
 }
 blk k: 0
 fc f: 3
-""")
+""",
+    )
     wiring = {lyr.name: lyr.inputs for lyr in net.layers}
     assert wiring == {"image": [], "a": ["image"], "r": ["a"], "k.c": ["r"], "f": ["k.c"]}
 
@@ -632,9 +711,7 @@ fc f: 3
 def test_a_block_with_no_layer_statements_still_defines_no_layers(tmp_path):
     text = "input image: 1x8x8\nblock b(c) {\n  const z = c\n}\nb b1: 2\n"
     assert rendered(tmp_path, text) == (
-        "bad.net:2:7: error: block 'b' defines no layers\n"
-        "    block b(c) {\n"
-        "          ^"
+        "bad.net:2:7: error: block 'b' defines no layers\n    block b(c) {\n          ^"
     )
 
 
@@ -698,7 +775,8 @@ def _ref_placement(net) -> tuple[list[int], list[dict[str, int]]]:
                 for name, shape in zip(layer.inputs, layer.in_shapes):
                     c = shape[0]
                     lo, hi = {"all": (0, c), "gpu0": (0, c) if gpu == 0 else (0, 0)}.get(
-                        owners[name], None) or _ref_own(gpu, c, g)
+                        owners[name], None
+                    ) or _ref_own(gpu, c, g)
                     held.append((offset + lo, offset + hi))
                     offset += c
                 for a, b in _ref_needed(layer, gpu, g):
@@ -730,8 +808,21 @@ def _random_net(seed: int, gpus: int) -> str:
     shapes = {"image": c}
     prev = "image"
     for i in range(rnd.randint(4, 12)):
-        kind = rnd.choice(["conv", "gconv", "table", "lrn", "maxout", "concat", "add", "bn",
-                           "pool", "relu", "dropout"])
+        kind = rnd.choice(
+            [
+                "conv",
+                "gconv",
+                "table",
+                "lrn",
+                "maxout",
+                "concat",
+                "add",
+                "bn",
+                "pool",
+                "relu",
+                "dropout",
+            ]
+        )
         name = f"l{i}"
         if kind == "conv":
             out = rnd.randint(1, 20)
@@ -742,8 +833,10 @@ def _random_net(seed: int, gpus: int) -> str:
             lines.append(f"conv {name}({prev}): {out} filters 1x1, groups {g}")
         elif kind == "table":
             out = rnd.randint(1, 6)
-            rows = [sorted(rnd.sample(range(shapes[prev]), rnd.randint(1, shapes[prev])))
-                    for _ in range(out)]
+            rows = [
+                sorted(rnd.sample(range(shapes[prev]), rnd.randint(1, shapes[prev])))
+                for _ in range(out)
+            ]
             lines.append(f"conv {name}({prev}): {out} filters 1x1, connect {rows}")
         elif kind == "lrn":
             out = shapes[prev]
@@ -765,13 +858,19 @@ def _random_net(seed: int, gpus: int) -> str:
             lines.append(f"add {name}({prev}, {rnd.choice(same)})")
         else:
             out = shapes[prev]
-            lines.append({"bn": f"bn {name}({prev})", "relu": f"relu {name}({prev})",
-                          "dropout": f"dropout {name}({prev}): 0.5",
-                          "pool": f"pool {name}({prev}): max 1x1"}[kind])
+            lines.append(
+                {
+                    "bn": f"bn {name}({prev})",
+                    "relu": f"relu {name}({prev})",
+                    "dropout": f"dropout {name}({prev}): 0.5",
+                    "pool": f"pool {name}({prev}): max 1x1",
+                }[kind]
+            )
         shapes[name] = out
         prev = name
-    tail = rnd.choice(["flatten fl\nfc f: 5\nloss cross_entropy", "fc f: 7\nsoftmax s",
-                       "fc f: 3\nloss mse"])
+    tail = rnd.choice(
+        ["flatten fl\nfc f: 5\nloss cross_entropy", "fc f: 7\nsoftmax s", "fc f: 3\nloss mse"]
+    )
     return "\n".join(lines + [tail]) + "\n"
 
 
@@ -788,9 +887,17 @@ def test_placement_equals_the_gpu_by_gpu_rule(gpus):
 
 def test_a_ten_thousand_layer_net_on_1024_gpus_is_checked(tmp_path):
     # ten million (layer, GPU) pairs: placement works on all GPUs at once (once ~21 s)
-    lines = ["gpus 1024", "input image: 1024x4x4", "block u(c) {",
-             "  conv a: c filters 3x3, pad 1, groups 1024", "  bn b: relu",
-             "  conv d: c filters 1x1", "  add s(d, in)", "  lrn n: size 5", "}"]
+    lines = [
+        "gpus 1024",
+        "input image: 1024x4x4",
+        "block u(c) {",
+        "  conv a: c filters 3x3, pad 1, groups 1024",
+        "  bn b: relu",
+        "  conv d: c filters 1x1",
+        "  add s(d, in)",
+        "  lrn n: size 5",
+        "}",
+    ]
     lines += [f"u u{i}: 1024" for i in range(1999)]
     lines += ["pool gap: avg, global", "fc f: 10", "loss cross_entropy"]
     net = load(tmp_path, "\n".join(lines) + "\n")

@@ -21,7 +21,7 @@ import netdsl
 from netdsl import parse
 from netdsl.cli import main
 from netdsl.errors import Location, NetError, describe_char, shorten
-from netdsl.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_NUMBER_CHARS
+from netdsl.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_NESTING, MAX_NUMBER_CHARS
 from netdsl.parse import parse_source
 from netdsl.source import Source
 
@@ -82,17 +82,28 @@ def test_a_literal_beyond_the_largest_number_is_an_error_at_the_literal(literal,
 
 def test_a_size_with_a_huge_side_is_bounded_too():
     text = rendered(BASE + "conv c1: 6 filters 3x" + "9" * 70 + "\n")
-    assert text.splitlines()[0].startswith("bad.net:2:20: error: number 9999999999...9999999999 is too long")
+    assert text.splitlines()[0].startswith(
+        "bad.net:2:20: error: number 9999999999...9999999999 is too long"
+    )
     text = rendered(BASE + "conv c1: 6 filters 3x" + "9" * 20 + "\n")
-    assert text.splitlines()[0] == "bad.net:2:20: error: number 99999999999999999999 is too large (at most 1e15)"
+    assert (
+        text.splitlines()[0]
+        == "bad.net:2:20: error: number 99999999999999999999 is too large (at most 1e15)"
+    )
 
 
 def test_numbers_at_the_bounds_and_underflowing_ones_are_read():
-    prog = parse_source(Source("x.net", "const a = 1e15\nconst b = 1000000000000000\nconst c = 1e-400\nconst d = -0\n"))
+    prog = parse_source(
+        Source(
+            "x.net", "const a = 1e15\nconst b = 1000000000000000\nconst c = 1e-400\nconst d = -0\n"
+        )
+    )
     values = [s.value for s in prog.stmts]
     assert [values[0].value, values[1].value, values[2].value] == [1e15, 10**15, 0.0]
     assert values[3].operand.value == 0
-    net = netdsl.loads(BASE + "const tiny = 1e-400\nconst z = -0\nconv c1: 6 filters 5x5, pad z\nfc f: 10\n")
+    net = netdsl.loads(
+        BASE + "const tiny = 1e-400\nconst z = -0\nconv c1: 6 filters 5x5, pad z\nfc f: 10\n"
+    )
     assert net.layer("c1").attrs["pad"] == (0, 0)
 
 
@@ -123,20 +134,34 @@ def test_deep_lists_and_calls_are_located_errors(kind):
     line = "conv c1: 6 filters 5x5, init " + wrap[0] * 2000 + "1" + wrap[1] * 2000
     text = rendered(BASE + line + "\n")
     col = len("conv c1: 6 filters 5x5, init ") + (MAX_DEPTH + 1) * len(wrap[0])  # the 201st
-    assert text.splitlines()[0] == f"bad.net:2:{col}: error: brackets nested too deeply (more than 200 levels)"
+    assert (
+        text.splitlines()[0]
+        == f"bad.net:2:{col}: error: brackets nested too deeply (more than 200 levels)"
+    )
 
 
 def test_nested_repeats_count_towards_the_depth():
     text = rendered(BASE + "repeat 1 {\n" * 201 + "relu\n" + "}\n" * 201)
-    assert text.splitlines()[0] == "bad.net:202:10: error: brackets nested too deeply (more than 200 levels)"
+    assert (
+        text.splitlines()[0]
+        == "bad.net:202:10: error: brackets nested too deeply (more than 200 levels)"
+    )
 
 
 def test_depth_of_statements_brackets_and_operators_adds_up():
     # 150 repeats and a 60-term sum: each within its own limit, together too deep
     sum60 = "+".join(["1"] * 60)
-    text = rendered(BASE + "repeat 1 {\n" * 150 + f"conv: {sum60} filters 3x3, pad 1\n" + "}\n" * 150)
-    assert text.splitlines()[0] == "bad.net:152:7: error: expression nested too deeply (more than 200 levels)"
-    assert text.splitlines()[-1] == "hint: every operator in a chain adds a level; split a long sum with const"
+    text = rendered(
+        BASE + "repeat 1 {\n" * 150 + f"conv: {sum60} filters 3x3, pad 1\n" + "}\n" * 150
+    )
+    assert (
+        text.splitlines()[0]
+        == "bad.net:152:7: error: expression nested too deeply (more than 200 levels)"
+    )
+    assert (
+        text.splitlines()[-1]
+        == "hint: every operator in a chain adds a level; split a long sum with const"
+    )
 
 
 def _with_frames_in_use(n: int, fn):
@@ -147,10 +172,14 @@ def _with_frames_in_use(n: int, fn):
 @pytest.mark.parametrize(
     "text",
     [
-        BASE + "const a = " + "+".join(["1"] * (MAX_DEPTH + 1)) + "\nconv c1: a - 199 filters 5x5\n",
+        BASE
+        + "const a = "
+        + "+".join(["1"] * (MAX_DEPTH + 1))
+        + "\nconv c1: a - 199 filters 5x5\n",
         BASE + "const a = " + "-" * MAX_DEPTH + "2\nconv c1: 6 filters 5x5, pad a + 2\n",
         BASE + "const a = " + "(1+" * (MAX_DEPTH - 2) + "1" + ")" * (MAX_DEPTH - 2) + "\nfc f: a\n",
-        BASE + "repeat 1 {\n" * (MAX_DEPTH - 1) + "relu\n" + "}\n" * (MAX_DEPTH - 1) + "fc f: 10\n",
+        # the parser takes repeats MAX_DEPTH deep; the expander takes MAX_NESTING of them
+        BASE + "repeat 1 {\n" * MAX_NESTING + "relu\n" + "}\n" * MAX_NESTING + "fc f: 10\n",
     ],
     ids=["sum", "minus", "right-nested-sum", "repeats"],
 )
@@ -161,7 +190,10 @@ def test_the_deepest_allowed_input_loads_with_stack_to_spare(text):
 
 @pytest.mark.parametrize(
     "value",
-    ["[" * (MAX_DEPTH - 1) + "1" + "]" * (MAX_DEPTH - 1), "gaussian(" * (MAX_DEPTH - 1) + "1" + ")" * (MAX_DEPTH - 1)],
+    [
+        "[" * (MAX_DEPTH - 1) + "1" + "]" * (MAX_DEPTH - 1),
+        "gaussian(" * (MAX_DEPTH - 1) + "1" + ")" * (MAX_DEPTH - 1),
+    ],
     ids=["list", "call"],
 )
 def test_the_deepest_allowed_values_are_evaluated_without_recursion_error(value):
@@ -174,8 +206,14 @@ def test_the_deepest_allowed_values_are_evaluated_without_recursion_error(value)
 def test_a_file_with_too_many_tokens_stops_early(monkeypatch):
     monkeypatch.setattr(parse, "MAX_TOKENS", 1000)
     text = rendered(BASE + "relu\n" * 600)
-    assert text.splitlines()[0] == "bad.net:499:5: error: the file is too long (more than 1,000 names, numbers and symbols)"
-    assert text.splitlines()[-1] == "hint: a net has at most 10,000 layers; repeat and blocks write many layers in a few lines"
+    assert (
+        text.splitlines()[0]
+        == "bad.net:499:5: error: the file is too long (more than 1,000 names, numbers and symbols)"
+    )
+    assert (
+        text.splitlines()[-1]
+        == "hint: a net has at most 10,000 layers; repeat and blocks write many layers in a few lines"
+    )
 
 
 # ---------------------------------------------------------------- reading files
@@ -193,7 +231,10 @@ def test_a_file_over_the_size_limit_is_refused_and_one_at_it_is_read(tmp_path):
     big.write_bytes(b"#" * MAX_FILE_BYTES + b"\n")
     assert rendered_file(big) == "error: ./big.net: file is larger than 4 MiB; is it a .net file?"
     big.write_bytes(b"#" * (MAX_FILE_BYTES - 1) + b"\n")
-    assert rendered_file(big) == "error: the file defines no layers\nhint: start with: input image: 1x28x28"
+    assert (
+        rendered_file(big)
+        == "error: the file defines no layers\nhint: start with: input image: 1x28x28"
+    )
 
 
 def test_invalid_utf8_is_located_at_the_byte(tmp_path):
@@ -229,7 +270,9 @@ def test_a_byte_order_mark_is_accepted_and_does_not_shift_columns(tmp_path, caps
         "                         ^",
     ]
     path.write_bytes(b"\xef\xbb\xbfinput \xff image: 1x28x28\n")
-    assert rendered_file(path).splitlines()[0] == "./bom.net:1:7: error: byte 0xff is not valid UTF-8"
+    assert (
+        rendered_file(path).splitlines()[0] == "./bom.net:1:7: error: byte 0xff is not valid UTF-8"
+    )
     assert netdsl.loads("\ufeff" + BASE + "fc f: 10\n").layers[1].name == "f"
 
 
@@ -238,13 +281,24 @@ def test_a_directory_is_not_a_net_file(tmp_path, capsys):
 
 
 def test_a_path_with_a_nul_byte(capsys):
-    assert check_cli("a\0b.net", capsys) == "error: a<U+0000>b.net: not a valid file name (it contains a NUL byte)\n"
+    with pytest.raises(
+        NetError, match=r"a<U\+0000>b.net: not a valid file name \(it contains a NUL"
+    ):
+        netdsl.load("a\0b.net")
+    # the command line refuses it before reading: a usage error, exit 2 as well
+    with pytest.raises(SystemExit) as e:
+        main(["check", "a\0b.net"])
+    assert e.value.code == 2 and "a path cannot hold a NUL character" in capsys.readouterr().err
 
 
 def test_a_very_long_path_is_shortened_in_the_message(tmp_path, capsys):
     err = check_cli("x" * 5000 + ".net", capsys)
     assert err == (
-        "error: " + "x" * 38 + "..." + "x" * 34 + ".net (5004 characters): cannot read: file name too long\n"
+        "error: "
+        + "x" * 38
+        + "..."
+        + "x" * 34
+        + ".net (5004 characters): cannot read: file name too long\n"
     )
 
 
@@ -253,7 +307,10 @@ def test_a_symlink_loop(tmp_path, capsys):
     (tmp_path / "a.net").symlink_to(tmp_path / "b.net")
     (tmp_path / "b.net").symlink_to(tmp_path / "a.net")
     err = check_cli(tmp_path / "a.net", capsys)
-    assert err == f"error: {tmp_path / 'a.net'}: cannot read: too many levels of symbolic links (a symlink loop?)\n"
+    assert (
+        err
+        == f"error: {tmp_path / 'a.net'}: cannot read: too many levels of symbolic links (a symlink loop?)\n"
+    )
 
 
 def test_read_errors_carry_no_location_and_bad_bytes_do(tmp_path):
@@ -275,7 +332,11 @@ def test_read_errors_carry_no_location_and_bad_bytes_do(tmp_path):
     [
         ("\u00a0", "U+00A0 (no-break space)", "replace it with a plain space"),
         ("\u200b", "U+200B (zero width space)", "replace it with a plain space"),
-        ("\ufeff", "U+FEFF (byte order mark)", "a byte order mark may only start a file; delete this one"),
+        (
+            "\ufeff",
+            "U+FEFF (byte order mark)",
+            "a byte order mark may only start a file; delete this one",
+        ),
         ("\x01", "U+0001 (control character)", "delete it (it is invisible in most editors)"),
         ("\x00", "U+0000 (NUL)", "delete it (it is invisible in most editors)"),
         ("\r", "U+000D (carriage return)", "end lines with \\n or \\r\\n"),
@@ -316,7 +377,10 @@ def test_tabs_before_an_error_keep_the_caret_under_it():
 def test_a_tab_inside_the_span_widens_the_caret():
     text = rendered(BASE + "conv c1: 6 filters 5x5, stride 1\t+ 0.5\n").splitlines()
     assert text[0].startswith("bad.net:2:32: error: ")
-    assert text[1:3] == ["    conv c1: 6 filters 5x5, stride 1    + 0.5", "                                   ^~~~~~~~~~"]
+    assert text[1:3] == [
+        "    conv c1: 6 filters 5x5, stride 1    + 0.5",
+        "                                   ^~~~~~~~~~",
+    ]
 
 
 def test_wide_characters_before_an_error_take_two_columns():
@@ -383,7 +447,9 @@ def test_a_bracket_left_open_lines_earlier_is_pointed_at():
 
 def test_brackets_in_strings_and_comments_are_not_openers():
     text = rendered(BASE + 'conv c1: 6 filters 5x5, init gaussian(std="[(", # [ (\n')
-    assert text.splitlines()[0] == "bad.net:2:54: error: unexpected end of file; a '(' is not closed"
+    assert (
+        text.splitlines()[0] == "bad.net:2:54: error: unexpected end of file; a '(' is not closed"
+    )
     assert text.splitlines()[3] == "bad.net:2:38: note: '(' opened here"
     text = rendered(BASE + "# ( [\nconv c1: 6 filters 5x5, init (\n")
     assert text.splitlines()[3] == "bad.net:3:30: note: '(' opened here"
@@ -392,16 +458,27 @@ def test_brackets_in_strings_and_comments_are_not_openers():
 # ---------------------------------------------------------------- ordinary odd files
 
 
-@pytest.mark.parametrize("data", [b"", b"# only\n# comments\n", b"\n\n\n", b"\xef\xbb\xbf"], ids=["empty", "comments", "blank", "bom"])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"# only\n# comments\n", b"\n\n\n", b"\xef\xbb\xbf"],
+    ids=["empty", "comments", "blank", "bom"],
+)
 def test_files_without_layers_say_so(tmp_path, capsys, data):
     path = tmp_path / "x.net"
     path.write_bytes(data)
-    assert check_cli(path, capsys) == "error: the file defines no layers\nhint: start with: input image: 1x28x28\n"
+    assert (
+        check_cli(path, capsys)
+        == "error: the file defines no layers\nhint: start with: input image: 1x28x28\n"
+    )
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"input image: 1x28x28\r\nfc f: 10\r\n", b"input image: 1x28x28\nfc f: 10", b"input image: 1x28x28\r\nfc f: 10"],
+    [
+        b"input image: 1x28x28\r\nfc f: 10\r\n",
+        b"input image: 1x28x28\nfc f: 10",
+        b"input image: 1x28x28\r\nfc f: 10",
+    ],
     ids=["crlf", "no-final-newline", "crlf-no-final-newline"],
 )
 def test_crlf_and_a_missing_final_newline_load(tmp_path, capsys, data):

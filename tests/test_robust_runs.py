@@ -390,8 +390,11 @@ def test_non_finite_weights_are_never_saved(tiny, monkeypatch, capsys):
         calls.append(1)
         if len(calls) == 2:  # weights gone bad where the evaluation does not show it
             cnet.theta[:3] = np.nan
-        return real(cnet, *args, **kw) if len(calls) != 2 else {
-            "loss": 0.5, "top1_error": 0.1, "top5_error": 0.0}
+        return (
+            real(cnet, *args, **kw)
+            if len(calls) != 2
+            else {"loss": 0.5, "top1_error": 0.1, "top5_error": 0.0}
+        )
 
     monkeypatch.setattr(trainer_mod, "evaluate", evaluate)
     run = tiny / "run"

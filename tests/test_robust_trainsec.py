@@ -83,15 +83,24 @@ ISSUE_CASES = [
     ("init bias=constant([1, 2])", "[1, 2]", "'value' of constant() expects a number"),
     ("augment crop(8, pad=1.5)", "1.5", "'pad' of crop() expects a whole number"),
     ("augment crop(8.0)", "8.0", "'size' of crop() expects a whole number"),
-    ("optimizer sgd(momentum=0.9, nesterov=maybe)", "maybe",
-     "'nesterov' of sgd() expects true or false, found 'maybe'"),
+    (
+        "optimizer sgd(momentum=0.9, nesterov=maybe)",
+        "maybe",
+        "'nesterov' of sgd() expects true or false, found 'maybe'",
+    ),
     ("optimizer adam(beta1=1)", "1", "'beta1' of adam() must be below 1, got 1"),
-    ("schedule cosine(min_lr=1)", "1",
-     "'min_lr' of cosine() must be below the learning rate 0.01 (the optimizer's lr), got 1"),
+    (
+        "schedule cosine(min_lr=1)",
+        "1",
+        "'min_lr' of cosine() must be below the learning rate 0.01 (the optimizer's lr), got 1",
+    ),
     ("normalize mean=0.5, std=0.5, mean=0.1", "mean", "normalize gets 'mean' twice"),
     ("test_crops 10.0", "10.0", "test_crops is 1 (centre) or 10 (AlexNet's ten views)"),
-    ("schedule multistep([0, 3])", "0",
-     "'milestones' of multistep() must be positive epoch numbers, got 0"),
+    (
+        "schedule multistep([0, 3])",
+        "0",
+        "'milestones' of multistep() must be positive epoch numbers, got 0",
+    ),
 ]
 
 
@@ -177,8 +186,10 @@ def accepted_values(spec: Arg) -> list[str]:
 def rejected_values(spec: Arg) -> list[tuple[str, str | None]]:
     """(value, words the message must hold): the wrong kind, and just outside the range.
     None: a non-finite number, which may be refused as soon as it is written."""
-    out: list[tuple[str, str | None]] = [('"x"', "expects"), ("[1, 2]" if spec.kind != "epochs"
-                                                                 else "3", "expects")]
+    out: list[tuple[str, str | None]] = [
+        ('"x"', "expects"),
+        ("[1, 2]" if spec.kind != "epochs" else "3", "expects"),
+    ]
     if spec.kind == "bool":
         return [*out, ("maybe", "expects true or false"), ("2", "expects true or false")]
     if spec.kind == "epochs":
@@ -322,8 +333,12 @@ def test_what_check_accepts_in_one_number_settings_trains(key, value, data, tmp_
 
 @pytest.mark.parametrize(
     ("key", "value", "words"),
-    [(key, value, words) for key, spec in SETTING_ARGS.items()
-     for value, words in rejected_values(spec) if words is not None],  # fmt: skip
+    [
+        (key, value, words)
+        for key, spec in SETTING_ARGS.items()
+        for value, words in rejected_values(spec)
+        if words is not None
+    ],  # fmt: skip
 )
 def test_one_number_settings_reject_values_out_of_range(key, value, words):
     text = net_text(f"{key} {value}").replace(f"  {key} 8\n", "").replace(f"  {key} 2\n", "")

@@ -73,8 +73,11 @@ def add_commands(sub) -> None:
                    help="a checkpoint.npz written by train")  # fmt: skip
     e.add_argument("--data", type=path_arg, help="dataset to evaluate on (default: the file's)")
     e.add_argument("--batch", type=positive_int, help="batch size (default: the file's)")
-    e.add_argument("--allow-other-data", action="store_true",
-                   help="evaluate on data that differs from the data the checkpoint recorded")
+    e.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="evaluate on data that differs from the data the checkpoint recorded",
+    )
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
 
@@ -146,7 +149,7 @@ def cmd_train(args) -> int:
 
 
 def closing_figures(r: dict) -> str:
-    """"validation accuracy 97.10% (cross-entropy 0.0912), test accuracy ..." of a result."""
+    """ "validation accuracy 97.10% (cross-entropy 0.0912), test accuracy ..." of a result."""
     from .trainer import LOSS_NAMES
 
     loss = LOSS_NAMES.get(r.get("loss_kind", "cross_entropy"), "loss")

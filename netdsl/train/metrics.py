@@ -159,7 +159,7 @@ def _is_number(v: Any) -> bool:
 
 
 def _loss_label(run_json: Path) -> str:
-    """"loss (mse)" when the run's run.json names its loss, else "loss"."""
+    """ "loss (mse)" when the run's run.json names its loss, else "loss"."""
     try:
         kind = json.loads(run_json.read_text(encoding="utf-8")).get("loss")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):

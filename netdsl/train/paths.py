@@ -86,8 +86,9 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     except OSError as e:  # ENAMETOOLONG, ELOOP, EACCES on a parent
         raise DataError(f"{shown}: cannot use as output folder: {os_problem(e)}") from None
     except ValueError:  # a NUL byte
-        raise DataError(f"{shown!r}: cannot use as output folder: the name holds a NUL "
-                        "character") from None
+        raise DataError(
+            f"{shown!r}: cannot use as output folder: the name holds a NUL character"
+        ) from None
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == p else f" ({show_path(existing)} is not writable)"
         raise DataError(f"{shown}: cannot write to output folder: permission denied{where}")

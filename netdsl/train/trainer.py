@@ -167,8 +167,10 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
         "images": {"train": int(len(ds.y_train)), "test": int(len(ds.y_test))},
         "image_shape": list(ds.image_shape),
         "classes": int(k),
-        "normalize": {"mean": [float(v) for v in np.ravel(norm["mean"])],
-                      "std": [float(v) for v in np.ravel(norm["std"])]},  # fmt: skip
+        "normalize": {
+            "mean": [float(v) for v in np.ravel(norm["mean"])],
+            "std": [float(v) for v in np.ravel(norm["std"])],
+        },  # fmt: skip
         "limit": int(limit) if limit else None,
         "validate": int(n_val or 0),
     }
