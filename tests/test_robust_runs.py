@@ -19,36 +19,13 @@ from netdsl.errors import DataError
 from netdsl.train import trainer as trainer_mod
 from netdsl.train.checkpoint import load_checkpoint, save_checkpoint
 from netdsl.train.trainer import Trainer, TrainingDiverged, fit_file
+from tests import test_train
+from tests.test_train import make_data
 
-TINY = """
-network tiny
-input image: 1x8x8
-conv c1: 4 filters 3x3, pad 1, relu
-pool p1: max 2x2, stride 2
-dropout d1: 0.25
-fc   out: 3
-loss LOSS
-
-train {
-  data "tiny.npz,test.npz"
-  batch 16
-  epochs 3
-  optimizer sgd(lr=0.1, momentum=0.9, weight_decay=5e-4)
-  schedule step(step_size=2, gamma=0.5)
-  augment flip
-  seed 3
-}
-"""
-
-
-def make_data(path: Path, n: int = 96, seed: int = 0) -> None:
-    """Three classes: a bright bar at the top, middle or bottom, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.normal(0.0, 0.3, (n, 1, 8, 8))
-    for i, c in enumerate(y):
-        x[i, 0, 1 + 3 * c : 3 + 3 * c, :] += 2.0
-    np.savez(path, x=x.astype(np.float32), y=y)
+# test_train's tiny net, with a test split and the loss left open (LOSS)
+TINY = test_train.TINY.replace("loss cross_entropy", "loss LOSS").replace(
+    'data "tiny.npz"', 'data "tiny.npz,test.npz"'
+)
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ __all__ = ["METRICS_FILE", "MetricsWriter", "plot_metrics", "read_metrics", "wri
 METRICS_FILE = "metrics.jsonl"
 
 
-def _json_default(value: Any) -> Any:
-    # Metrics are often numpy scalars (a float32 loss); write them as plain numbers.
+def json_default(value: Any) -> Any:
+    """json.dumps' `default`: numpy scalars and arrays (a float32 loss) as plain numbers."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -93,7 +93,7 @@ class MetricsWriter:
 
 
 def _line(record: Mapping[str, Any]) -> str:
-    return json.dumps(dict(record), default=_json_default, allow_nan=True)
+    return json.dumps(dict(record), default=json_default, allow_nan=True)
 
 
 def write_metrics(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> None:

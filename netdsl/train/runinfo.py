@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .metrics import json_default
 from .paths import check_output_dir
 
 __all__ = [
@@ -147,7 +148,7 @@ def clear_run_files(out: str | os.PathLike) -> list[str]:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    text = json.dumps(obj, indent=2, default=json_default) + "\n"
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -161,14 +162,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def read_run_info(out: str | os.PathLike) -> dict[str, Any] | None:
