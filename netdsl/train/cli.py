@@ -129,6 +129,7 @@ def cmd_compile(args) -> int:
 
 def cmd_train(args) -> int:
     from .distributed import abort_on_error, setup
+    from .progress import plural
     from .trainer import fit_file
 
     if args.resume and args.overwrite:
@@ -143,7 +144,7 @@ def cmd_train(args) -> int:
                      comm=comm, overwrite=args.overwrite, validate=args.validate,
                      allow_other_data=args.allow_other_data)  # fmt: skip
     if comm.is_root and "epoch" in r:
-        print(f"done: {closing_figures(r)} after {r['epoch']} epochs, "
+        print(f"done: {closing_figures(r)} after {plural(r['epoch'], 'epoch')}, "
               f"{r['wall_seconds']:.1f}s; checkpoint {r['out']}/checkpoint.npz")  # fmt: skip
     return 0
 

@@ -68,6 +68,15 @@ def format_count(n: float) -> str:
     return f"{int(round(n)):,}"
 
 
+def plural(n: int, word: str) -> str:
+    """``n`` and the word, plural unless n is 1: ``1 epoch``, ``8 epochs``.
+
+    >>> plural(1, "epoch"), plural(8, "epoch")
+    ('1 epoch', '8 epochs')
+    """
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _fmt_number(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -46,6 +46,7 @@ from .progress import (
     format_count,
     format_duration,
     launcher_terminal,
+    plural,
     terminal_columns,
 )
 from .runinfo import (
@@ -763,7 +764,7 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
             held = (f" (+{format_count(len(ds.val.y))} held out for validation)"
                     if ds.val is not None else "")  # fmt: skip
             print(f"training {net.name}: {format_count(len(ds.train.y))} images{held}, batch "
-                  f"{global_batch}{ranks}, {trainer.epochs} epochs, {cnet.device}, "
+                  f"{global_batch}{ranks}, {plural(trainer.epochs, 'epoch')}, {cnet.device}, "
                   f"output {out}/", file=stream)  # fmt: skip
     t0 = time.perf_counter()
     result = trainer.fit()
