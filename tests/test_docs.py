@@ -274,7 +274,8 @@ def test_training_sample_matches_its_listing(block, path, shown):
     ep = [re.match(rf"epoch (\d+)/{epochs}  .*test err (\d+\.\d\d)%", s) for s in lines[1:-1]]
     shown_epochs = [int(m.group(1)) for m in ep if m]
     assert shown_epochs[0] == 1 and shown_epochs[-1] == epochs, lines
-    done = re.fullmatch(rf"done: test accuracy (\d+\.\d\d)% after {epochs} epochs, .*", lines[-1])
+    done = re.fullmatch(rf"done: test accuracy (\d+\.\d\d)% \((cross-entropy|mse) \d+\.\d+\) "
+                        rf"after {epochs} epochs, .*", lines[-1])  # fmt: skip
     assert done, lines[-1]
     last_err = float([m for m in ep if m][-1].group(2))
     assert abs(100 - last_err - float(done.group(1))) < 0.006, (last_err, done.group(1))
