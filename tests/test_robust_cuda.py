@@ -62,3 +62,20 @@ def test_standalone_linear_is_the_identity_on_cuda():
     assert np.array_equal(out["a1"], out["l1"])
     assert np.array_equal(out["a2"], out["c2"])
     assert np.array_equal(out["l3"], out["f1"])
+
+
+def test_the_grouped_cuda_plan_says_which_parameter_count_is_which(capsys):
+    """Like the CPU plan: a connection table is stored dense, the summary counts links."""
+    net = netdsl.loads(
+        "gpus 2\ninput image: 2x6x6\nconv c1: 4 filters 3x3, connect [[0], [1], [0, 1], [1]]\n"
+        "fc f1: 3\nloss cross_entropy\n",
+        "table.net",
+    )
+    used = sum(lyr.n_params for lyr in net.layers)
+    plan = CompiledNet(net, device="cuda", batch=2, seed=0)
+    stored = plan.theta.size
+    first = plan.describe().splitlines()[0]
+    assert stored == used + 3 * 9  # three of the eight links are absent: 9 weights each
+    why = "the connection table of c1 is stored dense, 27 weights held at zero"
+    assert first.endswith(f", {used:,} parameters ({stored:,} stored in one flat buffer: {why})")
+    capsys.readouterr()  # gpus 2 on one (simulated) GPU says so on stderr

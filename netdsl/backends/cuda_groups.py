@@ -495,11 +495,13 @@ class GroupedCudaNet(CudaNet):
         return self._gather_output().reshape(self.batch, -1)
 
     def describe(self) -> str:
+        from ..compiler import parameter_text  # the plan module imports this one
+
+        where = ("in one flat buffer" if self.devices.count == 1 else
+                 f"in {self.devices.count} flat shards, one per device")  # fmt: skip
         lines = [f"plan for {self.net.name}: device cuda, {self.gpus} logical GPUs on "
                  f"{self.devices.count} device(s) ({self.devices.describe()}), batch "
-                 f"{self.batch}, {self.theta.size:,} parameters in "
-                 + ("one flat buffer" if self.devices.count == 1 else
-                    f"{self.devices.count} flat shards, one per device")]  # fmt: skip
+                 f"{self.batch}, {parameter_text(self.net, self.theta.size, where)}"]  # fmt: skip
         for lyr, shares in zip(self.net.layers, self.shares, strict=True):
             for sh in shares:
                 moved = sum(m.nbytes for m in sh.moves if m.remote)
