@@ -24,6 +24,7 @@ import numpy as np
 from .errors import NetdslError, NetError
 from .init import init_params
 from .ir import Network
+from .ops import registry
 
 
 @dataclass
@@ -50,7 +51,6 @@ class CompiledNet:
     subclass, netdsl.backends.cuda.CudaNet, with the same API.
     """
 
-    runner_table: dict[str, Any] | None = None  # the backend's runners; None: the CPU's
     backend_name = "CPU"
 
     def __new__(cls, net: Network | None = None, device: str = "cpu", *args: Any, **kwargs: Any):
@@ -83,12 +83,7 @@ class CompiledNet:
         for layer in self.net.layers:
             for pname, shape in layer.params.items():
                 size = int(np.prod(shape))
-                bias = pname == "bias"
-                a = layer.attrs
-                lr = a.get("bias_lr_mult" if bias else "lr_mult", 1.0)
-                decay = a.get("bias_decay_mult" if bias else "decay_mult", 1.0)
-                if layer.type == "bn" and bias:
-                    lr, decay = a.get("lr_mult", 1.0), a.get("decay_mult", 0.0)
+                lr, decay = registry.of(layer).param_mults(layer, pname)
                 slots.append(Slot(f"{layer.name}.{pname}", layer.name, shape, offset, size,
                                   float(lr), float(decay)))  # fmt: skip
                 offset += size
@@ -98,7 +93,7 @@ class CompiledNet:
         self.state = {}
         for layer in self.net.layers:
             for sname, shape in layer.state.items():
-                init = 1.0 if sname == "running_var" else 0.0
+                init = registry.of(layer).state_init(sname)
                 self.state[f"{layer.name}.{sname}"] = np.full(shape, init, np.float32)
 
     def _allocate(self) -> None:
@@ -121,11 +116,11 @@ class CompiledNet:
         """A zeroed buffer like `buf` for fan-out accumulation."""
         return self._zeros(buf.shape)
 
+    def runner_class(self, layer) -> type:
+        """The runner of `layer` on this backend (each layer type names its own)."""
+        return registry.of(layer).cpu_runner()
+
     def _bind(self) -> None:
-        if self.runner_table is None:
-            from .backends.cpu import RUNNERS
-        else:
-            RUNNERS = self.runner_table  # noqa: N806 - the same table, another backend
         self.runners = []
         pending = {name: len(c) for name, c in self.consumers.items()}
         self.accumulate: list[tuple[int, np.ndarray, np.ndarray]] = []  # (runner, scratch, dst)
@@ -136,8 +131,7 @@ class CompiledNet:
         for lyr in reversed(order):
             dxs, adds = [], []
             for src in lyr.inputs:
-                producer = self.net.layer(src)
-                if producer.type == "input":
+                if registry.of(self.net.layer(src)).source:  # no gradient for the input
                     dxs.append(None)
                 elif not written.get(src):
                     dxs.append(self.dout[src])
@@ -149,13 +143,16 @@ class CompiledNet:
             plans[lyr.name] = [dxs, adds]
         del pending
         for lyr in order:
-            if lyr.type not in RUNNERS:
-                raise NetError(f"layer type {lyr.type} has no {self.backend_name} kernel", lyr.loc)
-            r = RUNNERS[lyr.type](lyr, self)
+            try:
+                cls = self.runner_class(lyr)
+            except NotImplementedError:
+                raise NetError(f"layer type {lyr.type} has no {self.backend_name} kernel",
+                               lyr.loc) from None  # fmt: skip
+            r = cls(lyr, self)
             r.dx, r.adds = plans[lyr.name]
             r.dy = self.dout.get(lyr.name)
             self.runners.append(r)
-        self.loss_runner = self.runners[-1] if order[-1].type == "loss" else None
+        self.loss_runner = self.runners[-1] if registry.of(order[-1]).is_loss else None
 
     # ---- views
     def layer_params(self, layer: str) -> dict[str, np.ndarray]:
@@ -227,7 +224,7 @@ class CompiledNet:
 
     def _forward(self, train: bool) -> None:
         for r in self.runners:
-            if r.layer.type == "loss" and not train:
+            if not train and registry.of(r.layer).is_loss:
                 break
             r.forward(train)
 
@@ -241,7 +238,7 @@ class CompiledNet:
 
     def _output_layer(self):
         layers = self.net.layers
-        return layers[-2] if layers[-1].type == "loss" else layers[-1]
+        return layers[-2] if registry.of(layers[-1]).is_loss else layers[-1]
 
     def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
         """Forward and backward in train mode on a full batch; gradients land in self.grad."""
@@ -343,7 +340,7 @@ def parameter_text(net: Network, stored: int, where: str) -> str:
     if stored == used:
         return f"{used:,} parameters {where}"
     tables = [lyr.name for lyr in net.layers
-              if lyr.type == "conv" and lyr.attrs.get("connect") is not None]  # fmt: skip
+              if registry.of(lyr).channel_table(lyr) is not None]  # fmt: skip
     if not tables or stored < used:  # no table explains it: say only the two numbers
         return f"{used:,} parameters ({stored:,} stored {where})"
     whose = (f"the connection table of {tables[0]} is" if len(tables) == 1
@@ -384,12 +381,12 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
         dout[name] = flat[:size].reshape(shape)
 
     for lyr in reversed(net.layers):
-        if lyr.type == "input":
+        if registry.of(lyr).source:
             continue
         if lyr.name not in dout:  # nothing writes it: a dead end, or the loss itself
             dout[lyr.name] = zeros((batch, *lyr.out_shape))
         for src in lyr.inputs:  # this backward writes them: their lifetimes start here
-            if src not in dout and net.layer(src).type != "input":
+            if src not in dout and not registry.of(net.layer(src)).source:
                 take(src)
         if lyr.name in arena:  # this backward was the last reader of dout[lyr]
             free.append(arena.pop(lyr.name))
@@ -397,13 +394,14 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
 
 
 def _table_masks(net: Network) -> dict[str, np.ndarray]:
-    """(O, C, 1, 1) 0/1 masks for conv layers with a connection table."""
+    """(O, C, 1, 1) 0/1 masks of the weights of layers with a connection table."""
     masks = {}
     for lyr in net.layers:
-        if lyr.type == "conv" and lyr.attrs.get("connect") is not None:
+        table = registry.of(lyr).channel_table(lyr)
+        if table is not None:
             o, c = lyr.out_shape[0], lyr.in_shapes[0][0]
             m = np.zeros((o, c, 1, 1), np.float32)
-            for i, row in enumerate(lyr.attrs["connect"]):
+            for i, row in enumerate(table):
                 m[i, row] = 1.0
             masks[lyr.name] = m
     return masks

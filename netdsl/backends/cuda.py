@@ -35,7 +35,7 @@ import numpy as np
 
 from ..compiler import CompiledNet
 from ..ir import Layer
-from ..ops import add, batchnorm, concat, dropout, loss, lrn, maxout, softmax
+from ..ops import add, batchnorm, concat, dropout, loss, lrn, maxout, registry, softmax
 from ..ops.activation import ACT_CODE, ActCUDA
 from .cuda_graph import StepGraph
 
@@ -452,8 +452,10 @@ class CudaNet(CompiledNet):
     on the device (one kernel), and checkpoints go through params / buffers.
     """
 
-    runner_table = RUNNERS
     backend_name = "CUDA"
+
+    def runner_class(self, layer) -> type:
+        return registry.of(layer).cuda_runner()
 
     def _allocate_common(self) -> None:
         """What every CUDA plan keeps on the device besides its layers' buffers."""
