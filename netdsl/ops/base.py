@@ -28,12 +28,14 @@ Range = tuple[Any, Any]  # (first, end) channel arrays, indexed like the GPU ids
 
 
 class RefContext:
-    """What the float64 executor (netdsl/reference.py) passes every reference: the batch size,
-    dropout keep-masks and connection-table masks by layer name, the labels, and `saved`
-    (what a forward keeps for its backward, by layer name); a loss sets `value`."""
+    """What the float64 executor (netdsl/reference.py) passes every reference: the batch x
+    (N, C, H, W) and its size n, dropout keep-masks and connection-table masks by layer name,
+    the labels, and `saved` (what a forward keeps for its backward, by layer name); a loss
+    sets `value`."""
 
-    def __init__(self, n: int, masks: dict, table_masks: dict, labels: Any) -> None:
-        self.n = n
+    def __init__(self, x: Any, masks: dict, table_masks: dict, labels: Any) -> None:
+        self.x = x
+        self.n = x.shape[0]
         self.masks = masks
         self.table_masks = table_masks
         self.labels = labels
