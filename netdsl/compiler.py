@@ -7,8 +7,9 @@ The plan, in order:
   3. decide where each backward writes its input gradient: straight into the
      producer's gradient buffer when the producer has one consumer, else into a
      scratch buffer that is then added (residual fan-out);
-  4. bind a backend runner per layer (netdsl/backends/cpu.py, or netdsl/backends/cuda.py for
-     device="cuda", whose CudaNet subclass keeps every buffer on the GPU).
+  4. bind a runner per layer, the one its layer type names for this backend (the CPU's
+     here; netdsl/backends/cuda.py's CudaNet subclass keeps every buffer on the GPU).
+The plan imports no backend: netdsl.backends.compile_network picks the class for a device.
 `NETDSL_DEBUG=1` prints the plan.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NetdslError, NetError
+from .errors import NetError
 from .init import init_params
 from .ir import Network
 from .ops import registry
@@ -47,23 +48,22 @@ class CompiledNet:
     >>> y = net.forward(x)                           # (N, 10) scores, eval mode
     >>> loss, grads = net.loss_and_grads(x, labels)  # train mode
 
-    ``CompiledNet(net, device="cuda")`` (or "auto" with a GPU present) builds the CUDA
-    subclass, netdsl.backends.cuda.CudaNet, with the same API.
+    ``netdsl.backends.compile_network(net, device="cuda")`` (or "auto" with a GPU present)
+    builds the CUDA subclass, netdsl.backends.cuda.CudaNet, with the same API.
     """
 
     backend_name = "CPU"
-
-    def __new__(cls, net: Network | None = None, device: str = "cpu", *args: Any, **kwargs: Any):
-        if cls is CompiledNet and resolve_device(device) == "cuda":
-            from .backends.cuda import cuda_class
-
-            return super().__new__(cuda_class(net))
-        return super().__new__(cls)
+    device_kind = "cpu"  # the device this class runs on (CudaNet: "cuda")
 
     def __init__(self, net: Network, device: str = "cpu", batch: int | None = None,
                  seed: int = 0) -> None:  # fmt: skip
+        if device != self.device_kind:  # "auto" and the choice of class: compile_network
+            raise ValueError(
+                f"{type(self).__name__} runs on {self.device_kind}, not {device!r}: "
+                f"use netdsl.backends.compile_network(net, device={device!r})"
+            )
         self.net = net
-        self.device = resolve_device(device)
+        self.device = device
         self.batch = int(batch or net.train["batch"])
         self.seed = seed
         self.rng = np.random.default_rng(seed)  # dropout masks
@@ -405,39 +405,3 @@ def _table_masks(net: Network) -> dict[str, np.ndarray]:
                 m[i, row] = 1.0
             masks[lyr.name] = m
     return masks
-
-
-def _cuda_available() -> tuple[bool, bool]:
-    """(a CUDA device can be used, it is Numba's simulator)."""
-    try:
-        from numba import config, cuda
-
-        return bool(cuda.is_available()), bool(config.ENABLE_CUDASIM)
-    except Exception:  # numba-cuda missing or no driver
-        return False, False
-
-
-def resolve_device(device: str) -> str:
-    """'cpu', 'cuda' or 'auto' (CUDA when a real GPU is present, else the CPU).
-
-    'cuda' also accepts Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which the tests
-    use; 'auto' does not pick the simulator, which is thousands of times slower than the CPU.
-    """
-    if device == "auto":
-        ok, sim = _cuda_available()
-        return "cuda" if ok and not sim else "cpu"
-    if device == "cuda":
-        if not _cuda_available()[0]:
-            # not a mistake in the .net file: a runtime problem (exit status 1)
-            raise NetdslError("no CUDA GPU is available (numba.cuda.is_available() is False: "
-                              "no NVIDIA driver or device); use --device cpu")  # fmt: skip
-        return device
-    if device != "cpu":
-        raise NetError(f"unknown device '{device}'; use cpu, cuda or auto")
-    return device
-
-
-def compile_network(net: Network, device: str = "cpu", batch: int | None = None,
-                    seed: int = 0) -> CompiledNet:  # fmt: skip
-    """Compile a checked Network (see netdsl.compile)."""
-    return CompiledNet(net, device=device, batch=batch, seed=seed)

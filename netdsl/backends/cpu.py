@@ -324,22 +324,3 @@ class LossRunner(Runner):
 
     def backward(self):
         pass  # the gradient was written by forward
-
-
-RUNNERS = {
-    "input": InputRunner,
-    "conv": ConvRunner,
-    "fc": FcRunner,
-    "pool": PoolRunner,
-    "subsample": SubsampleRunner,
-    "act": ActRunner,
-    "maxout": MaxoutRunner,
-    "lrn": LrnRunner,
-    "dropout": DropoutRunner,
-    "bn": BnRunner,
-    "softmax": SoftmaxRunner,
-    "flatten": FlattenRunner,
-    "add": AddRunner,
-    "concat": ConcatRunner,
-    "loss": LossRunner,
-}

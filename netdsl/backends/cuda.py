@@ -176,6 +176,8 @@ class FcRunner(Runner):
 
 
 class PoolRunner(Runner):
+    takes_producer_act = True  # its backward can apply its producer's act' (below)
+
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
         self.build()
@@ -410,25 +412,6 @@ class LossRunner(Runner):
         pass  # the gradient was written by forward
 
 
-RUNNERS = {
-    "input": InputRunner,
-    "conv": ConvRunner,
-    "fc": FcRunner,
-    "pool": PoolRunner,
-    "subsample": SubsampleRunner,
-    "act": ActRunner,
-    "maxout": MaxoutRunner,
-    "lrn": LrnRunner,
-    "dropout": DropoutRunner,
-    "bn": BnRunner,
-    "softmax": SoftmaxRunner,
-    "flatten": FlattenRunner,
-    "add": AddRunner,
-    "concat": ConcatRunner,
-    "loss": LossRunner,
-}
-
-
 def cuda_class(net) -> type:
     """CudaNet, or GroupedCudaNet for a net declaring `gpus N` (N > 1) that can be split."""
     if net.gpus <= 1:
@@ -453,6 +436,7 @@ class CudaNet(CompiledNet):
     """
 
     backend_name = "CUDA"
+    device_kind = "cuda"
 
     def runner_class(self, layer) -> type:
         return registry.of(layer).cuda_runner()
@@ -493,7 +477,7 @@ class CudaNet(CompiledNet):
         write dz), its launch and its dz buffer."""
         producers = {r.layer.name: r for r in self.runners}
         for r in self.runners:
-            if r.layer.type != "pool":
+            if not getattr(r, "takes_producer_act", False):
                 continue
             src = r.layer.inputs[0]
             p = producers.get(src)

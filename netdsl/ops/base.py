@@ -56,6 +56,10 @@ class LayerType:
     gathered = False  # on several GPUs it runs whole on GPU 0 (loss, softmax)
     keeps_output = True  # its output is a map counted in activation memory
     colour = "#ffffff"  # its node in `netdsl graph`
+    # what the lint rules (netdsl/passes/lint.py) need to know of the layers before the loss
+    reshapes_only = False  # the values pass unchanged, only the shape changes (flatten)
+    identity_at_eval = False  # acts in training only; the identity at evaluation (dropout)
+    normalises_scores = False  # turns scores into probabilities (softmax)
 
     # ---------------------------------------------------------------- language
     def spellings(self) -> dict[str, Schema]:
@@ -89,6 +93,26 @@ class LayerType:
     def unsplittable(self, layer: Layer, gpus: int) -> str | None:
         """Why the CUDA backend cannot split this layer over `gpus` GPUs, or None."""
         return None
+
+    # How netdsl/backends/cuda_groups.py runs a share of the layer on one logical GPU:
+    # "channels": one runner of the layer sliced to the GPU's output channels [lo, hi),
+    # reading the hull of the input channels it needs (gathered when not all its own);
+    # "elementwise": the same, but every input is read at the own channels (add);
+    # "gather": no runner, the needed input channels are moved into the output (concat).
+    split_mode = "channels"
+    split_over_hull = False  # computed over the whole hull, own channels copied out (LRN)
+
+    def split_hull(self, layer: Layer, cin: int, ivs: list[tuple[int, int]]) -> tuple[int, int]:
+        """The input channels a share's sliced layer takes, from the intervals it reads."""
+        return min(a for a, _ in ivs), max(b for _, b in ivs)
+
+    def split_attrs(self, attrs: dict[str, Any], gpus: int) -> dict[str, Any]:
+        """The attributes of a share's sliced layer (a grouped conv keeps groups/G groups)."""
+        return attrs
+
+    def cuda_share_runner(self) -> type:
+        """The runner of one GPU's share; it is given `share` = (layer name, lo, hi)."""
+        return self.cuda_runner()
 
     # ---------------------------------------------------------------- reports
     def kernel_text(self, layer: Layer) -> str:

@@ -8,21 +8,26 @@ types up here by the name in the IR and asks them everything type-specific.
 >>> registry.get("conv").kernel_text(layer)
 '5x5/1'
 
-Design note: fused activations (stage 2 of issue 12). Today an activation is a word in
-schema.ACTIVATIONS and a small int code switched on inside ops/activation.py's CPU and
-CUDA element functions (act_scalar, act_grad_from_output), which conv, fc, bn, subsample,
-add and pool compile into their epilogues. To make `elu(alpha)` one new module, that
-switch should become a second, parallel registry of activation kinds, each module giving:
-its spelling and call parameters (for read_activation and ACTIVATION_CALLS / CALL_ARGS),
-its report text, its float64 ref_forward / ref_backward (in terms of the output y, or
-saying it needs the input), its PyTorch twin, and its float32 element math as a pair of
-@kernel functions f(v, p0) and f'(y, p0). ACT_CODE would then be assigned from that
-registry, and act_scalar / act_grad_from_output generated once per process from it (a
-chain of `if code == k: return f_k(v, p)` over the registered kinds, built with exec as
-the kernels already are built per geometry), so every fused epilogue picks a new kind up
-without an edit. The slope slot generalises to one float parameter per kind (alpha for
-elu, (A, S) needs a second: carry a fixed-size parameter tuple). prelu is different: its
-slope is a learned per-channel tensor, so it is a layer type here, not an activation kind.
+Design note: fused activations (stage 2 of issue 12). Today an activation kind is a word
+in schema.ACTIVATIONS and a small int code switched on inside ops/activation.py's element
+functions (act_scalar, act_grad_from_output), which the CPU kernels and the CUDA epilogues
+of conv, fc, subsample, bn, add and pool compile in. To make `elu(alpha)` one new module
+without editing activation.py, the kinds get a registry of their own, parallel to this one
+(netdsl/ops/activations/<kind>.py, each defining KIND), declaring:
+  - its word and call parameters with their Args (read_activation, ACTIVATION_CALLS and
+    CALL_ARGS are then built from it), its report text and its lint note (_SQUASH);
+  - float64 ref_forward(x, params) / ref_backward(dy, y, params), written in terms of the
+    output y as today's kinds are (so the forward may run in place);
+  - its PyTorch twin (torch_ref._act);
+  - its float32 element math as two @kernel functions, f(v, p0, p1) and f'(y, p0, p1),
+    usable from both backends (numba-cuda compiles an njit function as a device function).
+ACT_CODE is then numbered from that registry, and act_scalar / act_grad_from_output are
+generated once per process as a chain `if code == k: return f_k(v, p0, p1)` over the
+registered kinds (source built and exec'd, as the kernels here are already specialised),
+so every fused epilogue picks a new kind up with no edit. The one float `slope` carried in
+attrs["activation"] and the kernels widens to two (elu's alpha; scaled tanh's A and S).
+prelu is not a kind: its slope is a trainable per-channel tensor, so it is a layer type
+(a module here) with its own kernels, init and decay rules.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from ..base import LayerType, fmt
 class Add(LayerType):
     name = "add"
     schema = Schema({**ACT_OPTS}, flags=ACT_FLAGS, min_inputs=2, max_inputs=None)
+    split_mode = "elementwise"
 
     def infer(self, layer):
         first = layer.in_shapes[0]

@@ -9,6 +9,7 @@ from ..base import LayerType
 class Concat(LayerType):
     name = "concat"
     schema = Schema({}, min_inputs=2, max_inputs=None)
+    split_mode = "gather"
 
     def infer(self, layer):
         _, h, w = layer.in_shapes[0]

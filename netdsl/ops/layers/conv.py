@@ -104,6 +104,16 @@ class Conv(LayerType):
             return f"layer {layer.name}: groups {g} is not a multiple of gpus {gpus}"
         return None
 
+    def split_hull(self, layer, cin, ivs):
+        if layer.attrs["groups"] == 1:  # every input channel (a table fills only its own)
+            return 0, cin
+        return super().split_hull(layer, cin, ivs)
+
+    def split_attrs(self, attrs, gpus):
+        if attrs["groups"] > 1:
+            attrs["groups"] = attrs["groups"] // gpus  # a multiple of G: whole groups
+        return attrs
+
     def kernel_text(self, layer):
         a = layer.attrs
         parts = window_text(layer, same=a["pad"] == "same")

@@ -8,6 +8,7 @@ from ..base import LayerType
 
 class Dropout(LayerType):
     name = "dropout"
+    identity_at_eval = True
     schema = Schema({"p": Opt(read_float(lo=0.0, hi=1.0, open_hi=True), 0.5)}, positional_num="p")
 
     def kernel_text(self, layer):
@@ -40,6 +41,11 @@ class Dropout(LayerType):
         from ...backends.cuda import DropoutRunner
 
         return DropoutRunner
+
+    def cuda_share_runner(self):
+        from ...backends.cuda_groups import SliceDropoutRunner
+
+        return SliceDropoutRunner
 
 
 LAYER = Dropout()

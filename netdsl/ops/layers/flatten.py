@@ -7,6 +7,7 @@ from ..base import LayerType
 
 class Flatten(LayerType):
     name = "flatten"
+    reshapes_only = True
 
     def infer(self, layer):
         c, h, w = layer.in_shapes[0]

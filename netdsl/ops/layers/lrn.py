@@ -10,6 +10,7 @@ from ..base import LayerType
 class Lrn(LayerType):
     name = "lrn"
     aliases = ("norm",)
+    split_over_hull = True  # each map's window reaches into its neighbours on other GPUs
     schema = Schema(
         {
             "size": Opt(read_int(), 5),

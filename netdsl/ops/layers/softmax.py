@@ -8,6 +8,7 @@ from ._scores import all_channels, vector
 
 class Softmax(LayerType):
     name = "softmax"
+    normalises_scores = True
     gathered = True
 
     def infer(self, layer):
