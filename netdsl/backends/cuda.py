@@ -7,16 +7,17 @@ once here. A training step uploads the batch (images, labels, and the dropout ke
 which are drawn on the host so the random stream is the CPU's) and downloads three numbers:
 the loss, the top-1 error count and the count of out-of-range labels.
 
-Runners mirror netdsl/backends/cpu.py one for one: `x`/`y` are the input/output device
-buffers, `dx`/`dy` their gradients, `p`/`g` device views into theta/grad. Each runner builds
-its op's CUDA launcher (the `*CUDA` class at the end of each op's module) at compile time,
-so launch configurations are fixed once. Activations are fused into the producing kernel's
-epilogue (conv, fc, subsample, bn, add); their backward is one elementwise kernel into a
-scratch buffer, as on the CPU, except where a pool is the layer's only reader: the pool's
-backward then multiplies by act'(y) as it writes (`_fuse_pool_backward`), one pass fewer.
-The forward pool is not fused into the conv: its windows straddle the conv's GEMM tiles
-(and overlap, in AlexNet), and the conv's output must be stored for the backward anyway,
-so fusing would save only the pool's one read of it.
+Runners mirror the CPU ones (`*CPURunner` in netdsl/ops/<op>.py) one for one: `x`/`y` are
+the input/output device buffers, `dx`/`dy` their gradients, `p`/`g` device views into
+theta/grad. Each runner builds its op's CUDA launcher (the `*CUDA` class at the end of each
+op's module) at compile time, so launch configurations are fixed once. Activations are
+fused into the producing kernel's epilogue (conv, fc, subsample, bn, add); their backward
+is one elementwise kernel into a scratch buffer, as on the CPU, except where a pool is the
+layer's only reader: the pool's backward then multiplies by act'(y) as it writes
+(`_fuse_pool_backward`), one pass fewer. The forward pool is not fused into the conv: its
+windows straddle the conv's GEMM tiles (and overlap, in AlexNet), and the conv's output
+must be stored for the backward anyway, so fusing would save only the pool's one read of
+it.
 
 Kernels queue on the default stream. Per-step uploads (batch, labels, keep-masks) and the
 loss download go through pinned staging buffers used in turn (`Staging`), so none of them

@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky", "tanh", "sigmoid", "linear")
@@ -200,3 +201,24 @@ class ActCUDA:
     def backward(self, dy, y, dx) -> None:
         """dx = dy * act'(y); dy, y, dx: (size,) float32 device arrays, dx may be dy."""
         self._bwd(dy, y, dx, self.code, self.slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ActCPURunner(Runner):
+    def forward(self, train):
+        act_forward(self.x[0].reshape(-1), self.y.reshape(-1), self.act_code,
+                               self.act_slope)  # fmt: skip
+
+    def backward(self):
+        if self.dx[0] is not None:
+            act_backward(
+                self.dy.reshape(-1),
+                self.y.reshape(-1),
+                self.dx[0].reshape(-1),
+                self.act_code,
+                self.act_slope,
+            )

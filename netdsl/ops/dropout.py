@@ -15,6 +15,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 
@@ -103,3 +104,27 @@ class DropoutCUDA:
     def backward(self, dy, mask, dx) -> None:
         """dx = dy * mask * scale (the same product)."""
         self._run(dy, mask, dx, self.scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class DropoutCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.p_drop = layer.attrs["p"]
+        self.scale = np.float32(keep_scale(self.p_drop))
+        self.mask = np.ones(self.y.shape, np.uint8)  # (N, C, H, W) 1 = kept
+
+    def forward(self, train):
+        if train and self.p_drop > 0:
+            self.mask = make_mask(self.plan.rng, self.y.shape, self.p_drop)
+            dropout_forward(self.x[0], self.mask, self.y, self.scale)
+        else:
+            np.copyto(self.y, self.x[0])
+
+    def backward(self):
+        if self.dx[0] is not None:
+            dropout_backward(self.dy, self.mask, self.dx[0], self.scale)

@@ -45,9 +45,9 @@ class Act(LayerType):
         return ins[0]
 
     def cpu_runner(self):
-        from ...backends.cpu import ActRunner
+        from ..activation import ActCPURunner
 
-        return ActRunner
+        return ActCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import ActRunner

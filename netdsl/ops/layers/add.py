@@ -34,9 +34,9 @@ class Add(LayerType):
         return y
 
     def cpu_runner(self):
-        from ...backends.cpu import AddRunner
+        from ..add import AddCPURunner
 
-        return AddRunner
+        return AddCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import AddRunner

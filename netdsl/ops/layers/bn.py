@@ -66,9 +66,9 @@ class Bn(LayerType):
                             a["eps"])  # fmt: skip
 
     def cpu_runner(self):
-        from ...backends.cpu import BnRunner
+        from ..batchnorm import BnCPURunner
 
-        return BnRunner
+        return BnCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import BnRunner

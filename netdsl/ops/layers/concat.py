@@ -35,9 +35,9 @@ class Concat(LayerType):
         return torch.cat(ins, dim=1)
 
     def cpu_runner(self):
-        from ...backends.cpu import ConcatRunner
+        from ..concat import ConcatCPURunner
 
-        return ConcatRunner
+        return ConcatCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import ConcatRunner

@@ -176,9 +176,9 @@ class Conv(LayerType):
         return y[:, :, :ho, :wo]
 
     def cpu_runner(self):
-        from ...backends.cpu import ConvRunner
+        from ..conv import ConvCPURunner
 
-        return ConvRunner
+        return ConvCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import ConvRunner

@@ -33,9 +33,9 @@ class Dropout(LayerType):
         return F.dropout(ins[0], layer.attrs["p"], model.training)
 
     def cpu_runner(self):
-        from ...backends.cpu import DropoutRunner
+        from ..dropout import DropoutCPURunner
 
-        return DropoutRunner
+        return DropoutCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import DropoutRunner

@@ -65,9 +65,9 @@ class Fc(LayerType):
         return y.view(ins[0].shape[0], -1, 1, 1)
 
     def cpu_runner(self):
-        from ...backends.cpu import FcRunner
+        from ..fc import FcCPURunner
 
-        return FcRunner
+        return FcCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import FcRunner

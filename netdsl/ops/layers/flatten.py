@@ -33,9 +33,9 @@ class Flatten(LayerType):
         return ins[0].reshape(ins[0].shape[0], -1, 1, 1)
 
     def cpu_runner(self):
-        from ...backends.cpu import FlattenRunner
+        from ..flatten import FlattenCPURunner
 
-        return FlattenRunner
+        return FlattenCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import FlattenRunner

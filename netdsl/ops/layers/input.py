@@ -40,9 +40,9 @@ class Input(LayerType):
         return model.x
 
     def cpu_runner(self):
-        from ...backends.cpu import InputRunner
+        from ...backends.cpu import SourceRunner
 
-        return InputRunner
+        return SourceRunner
 
     def cuda_runner(self):
         from ...backends.cuda import InputRunner

@@ -48,9 +48,9 @@ class Loss(LayerType):
         return ins[0]
 
     def cpu_runner(self):
-        from ...backends.cpu import LossRunner
+        from ..loss import LossCPURunner
 
-        return LossRunner
+        return LossCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import LossRunner

@@ -54,9 +54,9 @@ class Lrn(LayerType):
                                      beta=a["beta"], k=a["k"])  # fmt: skip
 
     def cpu_runner(self):
-        from ...backends.cpu import LrnRunner
+        from ..lrn import LrnCPURunner
 
-        return LrnRunner
+        return LrnCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import LrnRunner

@@ -45,9 +45,9 @@ class Maxout(LayerType):
         return ins[0].view(n, c // k, k, h, w).max(dim=2).values
 
     def cpu_runner(self):
-        from ...backends.cpu import MaxoutRunner
+        from ..maxout import MaxoutCPURunner
 
-        return MaxoutRunner
+        return MaxoutCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import MaxoutRunner

@@ -107,9 +107,9 @@ class Pool(LayerType):
         return (s / cnt)[:, :, :ho, :wo]
 
     def cpu_runner(self):
-        from ...backends.cpu import PoolRunner
+        from ..pool import PoolCPURunner
 
-        return PoolRunner
+        return PoolCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import PoolRunner

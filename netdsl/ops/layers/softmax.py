@@ -32,9 +32,9 @@ class Softmax(LayerType):
         return F.softmax(ins[0], dim=1)
 
     def cpu_runner(self):
-        from ...backends.cpu import SoftmaxRunner
+        from ..softmax import SoftmaxCPURunner
 
-        return SoftmaxRunner
+        return SoftmaxCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import SoftmaxRunner

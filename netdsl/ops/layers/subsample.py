@@ -70,9 +70,9 @@ class Subsample(LayerType):
         return ssum * wt.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
 
     def cpu_runner(self):
-        from ...backends.cpu import SubsampleRunner
+        from ..subsample import SubsampleCPURunner
 
-        return SubsampleRunner
+        return SubsampleCPURunner
 
     def cuda_runner(self):
         from ...backends.cuda import SubsampleRunner
