@@ -682,16 +682,16 @@ def test_graph_replay_with_two_logical_gpus():
 def test_graph_check_catches_host_work_inside_the_step(monkeypatch):
     """The check above can fail: a dropout runner that uploads its mask inside forward (host
     work the capture cannot hold) replays a stale mask, and the steps stop matching."""
-    from netdsl.backends import cuda as backend
+    from netdsl.ops.dropout import DropoutCUDARunner
 
-    prepare = backend.DropoutRunner.prepare
+    prepare = DropoutCUDARunner.prepare
 
     def forward(self, train):  # the mask drawn and uploaded while launching
         prepare(self, train)
         self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
 
-    monkeypatch.setattr(backend.DropoutRunner, "prepare", lambda self, train: None)
-    monkeypatch.setattr(backend.DropoutRunner, "forward", forward)
+    monkeypatch.setattr(DropoutCUDARunner, "prepare", lambda self, train: None)
+    monkeypatch.setattr(DropoutCUDARunner, "forward", forward)
     graphed, eager = graphed_and_eager(NETS["dropout"])
     assert run_steps(graphed, eager) > 1e-3
 

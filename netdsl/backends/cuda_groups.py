@@ -37,6 +37,7 @@ import numpy as np
 from ..ir import Layer, Network
 from ..ops import concat, registry
 from ..ops.cudakit import say_once
+from ..ops.dropout import DropoutCUDARunner
 from ..passes.placement import _needed, _own
 from . import cuda as single
 from .cuda import CudaNet, device_zeros
@@ -74,7 +75,7 @@ class _SubPlan:
         return self.grads.get(name, {})
 
 
-class SliceDropoutRunner(single.DropoutRunner):
+class SliceDropoutRunner(DropoutCUDARunner):
     """Dropout on channels [lo, hi): the slice of ONE mask drawn for the whole layer, so G
     logical GPUs drop exactly the units one GPU would."""
 

@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
@@ -222,3 +223,26 @@ class ActCPURunner(Runner):
                 self.act_code,
                 self.act_slope,
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ActCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        # the layer IS the activation, not fused. The base builds an op only for a non-linear
+        # one; a standalone `linear` is the identity: its kernel copies y = x and passes the
+        # gradient through (act' = 1), as on the CPU.
+        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
+        self.op = self.act_op or ActCUDA(self.y.size, kind, slope)
+        self.fused_act, self.act_op = False, None
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.dx[0].reshape(-1))

@@ -16,6 +16,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
@@ -124,3 +125,25 @@ class AddCPURunner(Runner):
         for dx in self.dx:  # d(a + b)/da = 1: every input gets dy
             if dx is not None:
                 np.copyto(dx, dz)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class AddCUDARunner(cuda_runner.Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.op = AddCUDA(self.y.size, self.act_code, self.act_slope)
+
+    def forward(self, train):
+        self.op.forward([x.reshape(-1) for x in self.x], self.y.reshape(-1))
+
+    def backward(self):
+        dz = self._act_backward()
+        for dx in self.dx:  # d(a + b)/da = 1: every input gets dz
+            if dx is not None:
+                self.op.copy(dz.reshape(-1), dx.reshape(-1))

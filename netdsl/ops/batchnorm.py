@@ -23,6 +23,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
@@ -393,3 +394,37 @@ class BnCPURunner(Runner):
         dx = self.no_dx if self.dx[0] is None else self.dx[0]
         bn_backward(dz, self.x[0], self.p["weight"], self.mean, self.invstd, dx,
                               self.g["weight"], self.g["bias"])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class BnCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c, h, w = layer.out_shape
+        self.op = BnCUDA(plan.batch, c, h * w, layer.attrs["eps"],
+                                   layer.attrs["momentum"], self.act_code,
+                                   self.act_slope)  # fmt: skip
+        self.rm = plan.state[f"{layer.name}.running_mean"]  # (C,) device
+        self.rv = plan.state[f"{layer.name}.running_var"]  # (C,) device
+        self.no_dx = None  # (N*C*H*W,) allocated on first need
+
+    def forward(self, train):
+        x, y = self.x[0].reshape(-1), self.y.reshape(-1)
+        if train:
+            self.op.forward_train(x, self.p["weight"], self.p["bias"], y, self.rm, self.rv)
+        else:
+            self.op.forward_eval(x, self.p["weight"], self.p["bias"], self.rm, self.rv, y)
+
+    def backward(self):
+        dx = self.dx[0]
+        if dx is None:
+            if self.no_dx is None:
+                self.no_dx = cuda_runner.device_zeros(self.y.size)
+            dx = self.no_dx
+        self.op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.x[0].reshape(-1),
+                         self.p["weight"], dx.reshape(-1), self.g["weight"],
+                         self.g["bias"])  # fmt: skip

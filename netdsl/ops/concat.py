@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 
 
@@ -181,3 +182,22 @@ class ConcatCPURunner(Runner):
                 if d is not None:
                     np.copyto(d, self.dy[:, c0 : c0 + x.shape[1]])
                 c0 += x.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ConcatCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        _, h, w = layer.out_shape
+        self.op = ConcatCUDA(plan.batch, [s[0] for s in layer.in_shapes], h * w)
+
+    def forward(self, train):
+        self.op.forward([x.reshape(-1) for x in self.x], self.y.reshape(-1))
+
+    def backward(self):
+        self.op.backward(self.dy.reshape(-1), [None if d is None else d.reshape(-1)
+                                               for d in self.dx])  # fmt: skip

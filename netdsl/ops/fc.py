@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 
 # ---------------------------------------------------------------------------------------------
@@ -260,3 +261,26 @@ class FcCPURunner(Runner):
         dz = self._act_backward(self.dz).reshape(n, -1)
         dx = None if self.dx[0] is None else self.dx[0].reshape(n, -1)
         self.op.backward(dz, self.x2, self.p["weight"], dx, self.g["weight"], self.g.get("bias"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class FcCUDARunner(cuda_runner.Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c, h, w = layer.in_shapes[0]
+        self.op = FcCUDA(plan.batch, c * h * w, layer.out_shape[0], layer.attrs["bias"],
+                         self.act_code, self.act_slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g.get("bias"))  # fmt: skip

@@ -20,6 +20,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
@@ -277,6 +278,30 @@ class LossCPURunner(Runner):
             self.value = xent_forward_backward(self.z, labels, dz, self.probs)
         else:
             self.value = mse_forward_backward(self.z, labels, dz)
+
+    def backward(self):
+        pass  # the gradient was written by forward
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class LossCUDARunner(cuda_runner.Runner):
+    """Loss and its gradient in one pass; the plan uploads `labels` and reads `op.stats`."""
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        n = plan.batch
+        k = int(np.prod(layer.in_shapes[0]))
+        self.op = LossCUDA(layer.attrs["kind"], n, k)
+        self.dz_own = cuda_runner.device_zeros((n, k))  # (N, K) used when dx is not bound
+
+    def forward(self, train):
+        n = self.plan.batch
+        dz = self.dz_own if self.dx[0] is None else self.dx[0].reshape(n, -1)
+        self.op.forward_backward(self.x[0].reshape(n, -1), self.plan.labels_d, dz)
 
     def backward(self):
         pass  # the gradient was written by forward

@@ -22,6 +22,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
@@ -232,3 +233,25 @@ class LrnCPURunner(Runner):
             x, y, s, dy, dx = self.x[0], self.y, self.scale, self.dy, self.dx[0]
             jobs = [(dy[b], x[b], y[b], s[b], dx[b], *self.args) for b in self.slices]
             self.workers.run(lrn_backward, jobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class LrnCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        c, h, w = layer.out_shape
+        self.op = LrnCUDA(plan.batch, c, h, w, a["size"], a["k"], a["alpha"], a["beta"])
+        self.scale = cuda_runner.device_zeros(self.y.size)  # (N*C*H*W,) k + alpha * window sum
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1), self.scale)
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.x[0].reshape(-1), self.y.reshape(-1),
+                             self.scale, self.dx[0].reshape(-1))  # fmt: skip

@@ -20,6 +20,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops.activation import LINEAR
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
@@ -436,3 +437,30 @@ class PoolCPURunner(Runner):
     def backward(self):
         if self.dx[0] is not None:
             self.op.backward(self.dy, self.dx[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class PoolCUDARunner(cuda_runner.Runner):
+    takes_producer_act = True  # its backward can apply its producer's act' (below)
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.build()
+
+    def build(self, act: str = "linear", slope: float = 0.0) -> None:
+        """The pool's launcher; act: its producer's activation, whose backward it takes over
+        (CudaNet._fuse_pool_backward)."""
+        a = self.layer.attrs
+        c, h, w = self.layer.in_shapes[0]
+        self.op = PoolCUDA(self.plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"],
+                           a["pad_tl"], a["out_hw"], act, slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.y)
+
+    def backward(self):
+        self.op.backward(self.dy, self.dx[0], self.x[0])

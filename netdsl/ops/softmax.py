@@ -15,6 +15,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
@@ -146,3 +147,24 @@ class SoftmaxCPURunner(Runner):
             n = self.plan.batch
             softmax_backward(self.dy.reshape(n, -1), self.y.reshape(n, -1),
                                      self.dx[0].reshape(n, -1))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class SoftmaxCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.op = SoftmaxCUDA(plan.batch, self.y.size // plan.batch)
+
+    def forward(self, train):
+        n = self.plan.batch
+        self.op.forward(self.x[0].reshape(n, -1), self.y.reshape(n, -1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            n = self.plan.batch
+            self.op.backward(self.dy.reshape(n, -1), self.y.reshape(n, -1),
+                             self.dx[0].reshape(n, -1))  # fmt: skip

@@ -15,6 +15,7 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import pool
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
@@ -336,3 +337,27 @@ class SubsampleCPURunner(Runner):
         dz = self._act_backward(self.dz)
         dx = self.no_dx if self.dx[0] is None else self.dx[0]
         self.op.backward(dz, self.x[0], self.p["weight"], dx, self.g["weight"], self.g["bias"])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class SubsampleCUDARunner(cuda_runner.Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        c, h, w = layer.in_shapes[0]
+        self.op = SubsampleCUDA(plan.batch, c, h, w, a["kernel"], a["stride"], a["pad_tl"],
+                                a["out_hw"], self.act_code, self.act_slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p["bias"], self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g["bias"])  # fmt: skip

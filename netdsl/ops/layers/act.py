@@ -50,9 +50,9 @@ class Act(LayerType):
         return ActCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import ActRunner
+        from ..activation import ActCUDARunner
 
-        return ActRunner
+        return ActCUDARunner
 
 
 LAYER = Act()

@@ -39,9 +39,9 @@ class Add(LayerType):
         return AddCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import AddRunner
+        from ..add import AddCUDARunner
 
-        return AddRunner
+        return AddCUDARunner
 
 
 LAYER = Add()

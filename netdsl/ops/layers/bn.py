@@ -71,9 +71,9 @@ class Bn(LayerType):
         return BnCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import BnRunner
+        from ..batchnorm import BnCUDARunner
 
-        return BnRunner
+        return BnCUDARunner
 
 
 LAYER = Bn()

@@ -40,9 +40,9 @@ class Concat(LayerType):
         return ConcatCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import ConcatRunner
+        from ..concat import ConcatCUDARunner
 
-        return ConcatRunner
+        return ConcatCUDARunner
 
 
 LAYER = Concat()

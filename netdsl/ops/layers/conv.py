@@ -181,9 +181,9 @@ class Conv(LayerType):
         return ConvCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import ConvRunner
+        from ..conv import ConvCUDARunner
 
-        return ConvRunner
+        return ConvCUDARunner
 
 
 LAYER = Conv()

@@ -38,9 +38,9 @@ class Dropout(LayerType):
         return DropoutCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import DropoutRunner
+        from ..dropout import DropoutCUDARunner
 
-        return DropoutRunner
+        return DropoutCUDARunner
 
     def cuda_share_runner(self):
         from ...backends.cuda_groups import SliceDropoutRunner

@@ -70,9 +70,9 @@ class Fc(LayerType):
         return FcCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import FcRunner
+        from ..fc import FcCUDARunner
 
-        return FcRunner
+        return FcCUDARunner
 
 
 LAYER = Fc()

@@ -38,9 +38,9 @@ class Flatten(LayerType):
         return FlattenCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import FlattenRunner
+        from ..flatten import FlattenCUDARunner
 
-        return FlattenRunner
+        return FlattenCUDARunner
 
 
 LAYER = Flatten()

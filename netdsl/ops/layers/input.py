@@ -45,9 +45,9 @@ class Input(LayerType):
         return SourceRunner
 
     def cuda_runner(self):
-        from ...backends.cuda import InputRunner
+        from ...backends.cuda_runner import SourceRunner
 
-        return InputRunner
+        return SourceRunner
 
 
 LAYER = Input()

@@ -53,9 +53,9 @@ class Loss(LayerType):
         return LossCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import LossRunner
+        from ..loss import LossCUDARunner
 
-        return LossRunner
+        return LossCUDARunner
 
 
 LAYER = Loss()

@@ -59,9 +59,9 @@ class Lrn(LayerType):
         return LrnCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import LrnRunner
+        from ..lrn import LrnCUDARunner
 
-        return LrnRunner
+        return LrnCUDARunner
 
 
 LAYER = Lrn()

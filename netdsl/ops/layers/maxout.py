@@ -50,9 +50,9 @@ class Maxout(LayerType):
         return MaxoutCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import MaxoutRunner
+        from ..maxout import MaxoutCUDARunner
 
-        return MaxoutRunner
+        return MaxoutCUDARunner
 
 
 LAYER = Maxout()

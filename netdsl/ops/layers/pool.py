@@ -112,9 +112,9 @@ class Pool(LayerType):
         return PoolCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import PoolRunner
+        from ..pool import PoolCUDARunner
 
-        return PoolRunner
+        return PoolCUDARunner
 
 
 LAYER = Pool()

@@ -37,9 +37,9 @@ class Softmax(LayerType):
         return SoftmaxCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import SoftmaxRunner
+        from ..softmax import SoftmaxCUDARunner
 
-        return SoftmaxRunner
+        return SoftmaxCUDARunner
 
 
 LAYER = Softmax()

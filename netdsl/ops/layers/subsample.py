@@ -75,9 +75,9 @@ class Subsample(LayerType):
         return SubsampleCPURunner
 
     def cuda_runner(self):
-        from ...backends.cuda import SubsampleRunner
+        from ..subsample import SubsampleCUDARunner
 
-        return SubsampleRunner
+        return SubsampleCUDARunner
 
 
 LAYER = Subsample()
