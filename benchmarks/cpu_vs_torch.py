@@ -38,7 +38,7 @@ def worker(engine: str, net_path: str, batch: int, steps: int, threads: int) -> 
     x = rng.standard_normal((batch, *net.input.out_shape)).astype(np.float32)
     y = rng.integers(0, k, batch)
     if engine == "netdsl":
-        from netdsl.compiler import compile_network
+        from netdsl.backends import compile_network
         from netdsl.train.optimizer import Optimizer
 
         cnet = compile_network(net, batch=batch, seed=0)

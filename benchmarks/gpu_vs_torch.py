@@ -127,7 +127,7 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
     warmup = 1 if dry else 5  # (in the simulator, compiling the net speeds up its barrier)
     t_start = time.perf_counter()
     if engine == "netdsl":
-        from netdsl.compiler import compile_network
+        from netdsl.backends import compile_network
         from netdsl.train.optimizer import Optimizer
 
         cnet = compile_network(net, device="cuda", batch=batch, seed=0)

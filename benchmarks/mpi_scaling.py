@@ -37,7 +37,7 @@ def worker(net_path: str, data: str, steps: int, warmup: int, batch: int | None)
 
     sys.path.insert(0, str(ROOT))
     import netdsl
-    from netdsl.compiler import compile_network
+    from netdsl.backends import compile_network
     from netdsl.train.distributed import MPICommunicator, local_batch, shard_bounds
     from netdsl.train.optimizer import Optimizer
 

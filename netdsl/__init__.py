@@ -44,6 +44,6 @@ def compile(
     path: str | Path, device: str = "cpu", batch: int | None = None, seed: int = 0, **kwargs
 ):  # noqa: A001 - the public name the issue asks for
     """Compile a `.net` file into a runnable network (see netdsl.compiler.CompiledNet)."""
-    from .compiler import compile_network
+    from .backends import compile_network
 
     return compile_network(load(path), device=device, batch=batch, seed=seed, **kwargs)

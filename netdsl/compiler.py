@@ -7,8 +7,9 @@ The plan, in order:
   3. decide where each backward writes its input gradient: straight into the
      producer's gradient buffer when the producer has one consumer, else into a
      scratch buffer that is then added (residual fan-out);
-  4. bind a backend runner per layer (netdsl/backends/cpu.py, or netdsl/backends/cuda.py for
-     device="cuda", whose CudaNet subclass keeps every buffer on the GPU).
+  4. bind a runner per layer, the one its layer type names for this backend (the CPU's
+     here; netdsl/backends/cuda.py's CudaNet subclass keeps every buffer on the GPU).
+The plan imports no backend: netdsl.backends.compile_network picks the class for a device.
 `NETDSL_DEBUG=1` prints the plan.
 """
 
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NetdslError, NetError
+from .errors import NetError
 from .init import init_params
 from .ir import Network
+from .ops import registry
 
 
 @dataclass
@@ -46,24 +48,22 @@ class CompiledNet:
     >>> y = net.forward(x)                           # (N, 10) scores, eval mode
     >>> loss, grads = net.loss_and_grads(x, labels)  # train mode
 
-    ``CompiledNet(net, device="cuda")`` (or "auto" with a GPU present) builds the CUDA
-    subclass, netdsl.backends.cuda.CudaNet, with the same API.
+    ``netdsl.backends.compile_network(net, device="cuda")`` (or "auto" with a GPU present)
+    builds the CUDA subclass, netdsl.backends.cuda.CudaNet, with the same API.
     """
 
-    runner_table: dict[str, Any] | None = None  # the backend's runners; None: the CPU's
     backend_name = "CPU"
-
-    def __new__(cls, net: Network | None = None, device: str = "cpu", *args: Any, **kwargs: Any):
-        if cls is CompiledNet and resolve_device(device) == "cuda":
-            from .backends.cuda import cuda_class
-
-            return super().__new__(cuda_class(net))
-        return super().__new__(cls)
+    device_kind = "cpu"  # the device this class runs on (CudaNet: "cuda")
 
     def __init__(self, net: Network, device: str = "cpu", batch: int | None = None,
                  seed: int = 0) -> None:  # fmt: skip
+        if device != self.device_kind:  # "auto" and the choice of class: compile_network
+            raise ValueError(
+                f"{type(self).__name__} runs on {self.device_kind}, not {device!r}: "
+                f"use netdsl.backends.compile_network(net, device={device!r})"
+            )
         self.net = net
-        self.device = resolve_device(device)
+        self.device = device
         self.batch = int(batch or net.train["batch"])
         self.seed = seed
         self.rng = np.random.default_rng(seed)  # dropout masks
@@ -83,12 +83,7 @@ class CompiledNet:
         for layer in self.net.layers:
             for pname, shape in layer.params.items():
                 size = int(np.prod(shape))
-                bias = pname == "bias"
-                a = layer.attrs
-                lr = a.get("bias_lr_mult" if bias else "lr_mult", 1.0)
-                decay = a.get("bias_decay_mult" if bias else "decay_mult", 1.0)
-                if layer.type == "bn" and bias:
-                    lr, decay = a.get("lr_mult", 1.0), a.get("decay_mult", 0.0)
+                lr, decay = registry.of(layer).param_mults(layer, pname)
                 slots.append(Slot(f"{layer.name}.{pname}", layer.name, shape, offset, size,
                                   float(lr), float(decay)))  # fmt: skip
                 offset += size
@@ -98,7 +93,7 @@ class CompiledNet:
         self.state = {}
         for layer in self.net.layers:
             for sname, shape in layer.state.items():
-                init = 1.0 if sname == "running_var" else 0.0
+                init = registry.of(layer).state_init(sname)
                 self.state[f"{layer.name}.{sname}"] = np.full(shape, init, np.float32)
 
     def _allocate(self) -> None:
@@ -121,11 +116,11 @@ class CompiledNet:
         """A zeroed buffer like `buf` for fan-out accumulation."""
         return self._zeros(buf.shape)
 
+    def runner_class(self, layer) -> type:
+        """The runner of `layer` on this backend (each layer type names its own)."""
+        return registry.of(layer).cpu_runner()
+
     def _bind(self) -> None:
-        if self.runner_table is None:
-            from .backends.cpu import RUNNERS
-        else:
-            RUNNERS = self.runner_table  # noqa: N806 - the same table, another backend
         self.runners = []
         pending = {name: len(c) for name, c in self.consumers.items()}
         self.accumulate: list[tuple[int, np.ndarray, np.ndarray]] = []  # (runner, scratch, dst)
@@ -136,8 +131,7 @@ class CompiledNet:
         for lyr in reversed(order):
             dxs, adds = [], []
             for src in lyr.inputs:
-                producer = self.net.layer(src)
-                if producer.type == "input":
+                if registry.of(self.net.layer(src)).source:  # no gradient for the input
                     dxs.append(None)
                 elif not written.get(src):
                     dxs.append(self.dout[src])
@@ -149,13 +143,16 @@ class CompiledNet:
             plans[lyr.name] = [dxs, adds]
         del pending
         for lyr in order:
-            if lyr.type not in RUNNERS:
-                raise NetError(f"layer type {lyr.type} has no {self.backend_name} kernel", lyr.loc)
-            r = RUNNERS[lyr.type](lyr, self)
+            try:
+                cls = self.runner_class(lyr)
+            except NotImplementedError:
+                raise NetError(f"layer type {lyr.type} has no {self.backend_name} kernel",
+                               lyr.loc) from None  # fmt: skip
+            r = cls(lyr, self)
             r.dx, r.adds = plans[lyr.name]
             r.dy = self.dout.get(lyr.name)
             self.runners.append(r)
-        self.loss_runner = self.runners[-1] if order[-1].type == "loss" else None
+        self.loss_runner = self.runners[-1] if registry.of(order[-1]).is_loss else None
 
     # ---- views
     def layer_params(self, layer: str) -> dict[str, np.ndarray]:
@@ -227,7 +224,7 @@ class CompiledNet:
 
     def _forward(self, train: bool) -> None:
         for r in self.runners:
-            if r.layer.type == "loss" and not train:
+            if not train and registry.of(r.layer).is_loss:
                 break
             r.forward(train)
 
@@ -241,7 +238,7 @@ class CompiledNet:
 
     def _output_layer(self):
         layers = self.net.layers
-        return layers[-2] if layers[-1].type == "loss" else layers[-1]
+        return layers[-2] if registry.of(layers[-1]).is_loss else layers[-1]
 
     def step_grads(self, x: np.ndarray, labels: np.ndarray) -> float:
         """Forward and backward in train mode on a full batch; gradients land in self.grad."""
@@ -343,7 +340,7 @@ def parameter_text(net: Network, stored: int, where: str) -> str:
     if stored == used:
         return f"{used:,} parameters {where}"
     tables = [lyr.name for lyr in net.layers
-              if lyr.type == "conv" and lyr.attrs.get("connect") is not None]  # fmt: skip
+              if registry.of(lyr).channel_table(lyr) is not None]  # fmt: skip
     if not tables or stored < used:  # no table explains it: say only the two numbers
         return f"{used:,} parameters ({stored:,} stored {where})"
     whose = (f"the connection table of {tables[0]} is" if len(tables) == 1
@@ -384,12 +381,12 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
         dout[name] = flat[:size].reshape(shape)
 
     for lyr in reversed(net.layers):
-        if lyr.type == "input":
+        if registry.of(lyr).source:
             continue
         if lyr.name not in dout:  # nothing writes it: a dead end, or the loss itself
             dout[lyr.name] = zeros((batch, *lyr.out_shape))
         for src in lyr.inputs:  # this backward writes them: their lifetimes start here
-            if src not in dout and net.layer(src).type != "input":
+            if src not in dout and not registry.of(net.layer(src)).source:
                 take(src)
         if lyr.name in arena:  # this backward was the last reader of dout[lyr]
             free.append(arena.pop(lyr.name))
@@ -397,49 +394,14 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
 
 
 def _table_masks(net: Network) -> dict[str, np.ndarray]:
-    """(O, C, 1, 1) 0/1 masks for conv layers with a connection table."""
+    """(O, C, 1, 1) 0/1 masks of the weights of layers with a connection table."""
     masks = {}
     for lyr in net.layers:
-        if lyr.type == "conv" and lyr.attrs.get("connect") is not None:
+        table = registry.of(lyr).channel_table(lyr)
+        if table is not None:
             o, c = lyr.out_shape[0], lyr.in_shapes[0][0]
             m = np.zeros((o, c, 1, 1), np.float32)
-            for i, row in enumerate(lyr.attrs["connect"]):
+            for i, row in enumerate(table):
                 m[i, row] = 1.0
             masks[lyr.name] = m
     return masks
-
-
-def _cuda_available() -> tuple[bool, bool]:
-    """(a CUDA device can be used, it is Numba's simulator)."""
-    try:
-        from numba import config, cuda
-
-        return bool(cuda.is_available()), bool(config.ENABLE_CUDASIM)
-    except Exception:  # numba-cuda missing or no driver
-        return False, False
-
-
-def resolve_device(device: str) -> str:
-    """'cpu', 'cuda' or 'auto' (CUDA when a real GPU is present, else the CPU).
-
-    'cuda' also accepts Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which the tests
-    use; 'auto' does not pick the simulator, which is thousands of times slower than the CPU.
-    """
-    if device == "auto":
-        ok, sim = _cuda_available()
-        return "cuda" if ok and not sim else "cpu"
-    if device == "cuda":
-        if not _cuda_available()[0]:
-            # not a mistake in the .net file: a runtime problem (exit status 1)
-            raise NetdslError("no CUDA GPU is available (numba.cuda.is_available() is False: "
-                              "no NVIDIA driver or device); use --device cpu")  # fmt: skip
-        return device
-    if device != "cpu":
-        raise NetError(f"unknown device '{device}'; use cpu, cuda or auto")
-    return device
-
-
-def compile_network(net: Network, device: str = "cpu", batch: int | None = None,
-                    seed: int = 0) -> CompiledNet:  # fmt: skip
-    """Compile a checked Network (see netdsl.compile)."""
-    return CompiledNet(net, device=device, batch=batch, seed=seed)

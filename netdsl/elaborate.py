@@ -29,8 +29,9 @@ from .limits import (
     MAX_LAYERS,
     MAX_NESTING,
 )
+from .ops import registry
 from .parse import parse_file
-from .schema import ACTIVATIONS, ALIASES, LAYERS, read_layer_args
+from .schema import ACTIVATIONS, read_layer_args
 from .trainconf import read_train
 from .values import Item, did_you_mean, evaluate, evaluate_arg
 
@@ -95,7 +96,7 @@ def elaborate(program: ast.Program) -> Network:
     if not st.layers:
         raise NetError("the file defines no layers", None, "start with: input image: 1x28x28")
     first = st.layers[0]
-    if first.type != "input":
+    if not registry.of(first).source:
         raise first.error(
             f"the first layer must be an input, not {first.type}", None, "e.g. input image: 1x28x28"
         )
@@ -158,7 +159,7 @@ def _const(st, s: ast.ConstStmt, env: dict[str, Any]) -> None:
 
 def _not_a_keyword(name: str, what: str, loc: Location) -> None:
     """Constants and block parameters are numbers; a layer type's name would stop meaning it."""
-    if name in LAYERS or name in ("in", "x"):
+    if name in registry.words() or name in ("in", "x"):
         raise NetError(f"'{name}' cannot be {what} name; it is a keyword", loc)
 
 
@@ -182,11 +183,12 @@ def _define_block(st, s: ast.BlockDef) -> None:
 
 def _layer_type_name(name: str) -> str | None:
     """'' or ' (an alias of lrn)' when `name` already means a layer type; else None."""
-    if name in ALIASES:
-        return f" (an alias of {ALIASES[name]})"
+    aliases = registry.aliases()
+    if name in aliases:
+        return f" (an alias of {aliases[name]})"
     if name in ACTIVATIONS:
         return " (an activation)"
-    if name in LAYERS:
+    if name in registry.words():
         return ""
     return None
 
@@ -312,37 +314,36 @@ def _show_path(path: str, limit: int = 80) -> str:
 
 
 def _layer(st, s: ast.LayerStmt, scope: _Scope, env, base: Path, depth: int) -> None:
-    ltype = ALIASES.get(s.type, s.type)
+    words, aliases = registry.words(), registry.aliases()
+    ltype = aliases.get(s.type, s.type)  # the type word as written, aliases resolved
     if ltype in st.blocks:
         _use_block(st, s, st.blocks[ltype], scope, env, base, depth)
         return
-    if ltype not in LAYERS:
-        known = list(LAYERS) + list(ALIASES) + list(st.blocks)
+    if ltype not in words:
+        known = list(words) + list(aliases) + list(st.blocks)
         raise NetError(
             f"unknown layer type '{s.type}'",
             s.loc,
             foreign_hint(s.type, known)
-            or did_you_mean(s.type, list(LAYERS) + list(st.blocks))
-            or "layer types: " + ", ".join(sorted(LAYERS)),
+            or did_you_mean(s.type, list(words) + list(st.blocks))
+            or "layer types: " + ", ".join(sorted(words)),
         )
-    schema = LAYERS[ltype]
+    lt, schema = words[ltype]
     runs = [evaluate_arg(_key_then_negative(a, env), env) for a in s.args]
     name_is_kind = False
-    if ltype == "loss" and s.name in ("cross_entropy", "mse") and not runs:
-        # `loss cross_entropy`: the short form names the kind, not the layer
+    short = lt.short_form and [w for w, (k, _) in schema.flags.items() if k == lt.short_form]
+    if short and s.name in short and not runs:
+        # `loss cross_entropy`: the short form names the option, not the layer
         runs = [[Item("word", s.name, s.name_loc)]]
         name_is_kind = True
     attrs, locs = read_layer_args(ltype, runs, s.loc, schema)
     written = s.name if s.name and not name_is_kind else None
-    if name_is_kind and scope.prefix + "loss" not in st.names:
-        written = "loss"
+    if name_is_kind and scope.prefix + ltype not in st.names:
+        written = ltype
     name = _name(st, scope, written, ltype, s)
     inputs = _inputs(st, s, scope, schema, ltype)
-    if ltype in ACTIVATIONS:  # `relu r1` is an act layer
-        slope = attrs.pop("slope", 0.01)
-        locs["activation"] = s.loc
-        attrs = {"activation": (ltype, slope if ltype == "leaky" else 0.0)}
-        ltype = "act"
+    attrs = lt.canonical(ltype, attrs, locs, s.loc)  # `relu r1` is an act layer
+    ltype = lt.name
     if len(st.layers) >= MAX_LAYERS:
         raise NetError(f"the network expands to more than {MAX_LAYERS:,} layers", s.loc,
                        "is a repeat count or a recursive block too large?")  # fmt: skip

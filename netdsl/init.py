@@ -12,20 +12,7 @@ from typing import Any
 import numpy as np
 
 from .ir import Network
-
-
-def _fans(layer, shape: tuple[int, ...]) -> tuple[float, float]:
-    if layer.type == "conv":
-        o, cg, kh, kw = shape
-        table = layer.attrs.get("connect")
-        fan_in = (sum(len(r) for r in table) / len(table) if table else cg) * kh * kw
-        return fan_in, o * kh * kw / max(1, layer.attrs["groups"])
-    if layer.type == "fc":
-        return shape[1], shape[0]
-    if layer.type == "subsample":
-        kh, kw = layer.attrs["kernel"]
-        return kh * kw, 1.0
-    return 1.0, 1.0
+from .ops import registry
 
 
 def sample(spec: dict[str, Any], shape, fan_in: float, fan_out: float,
@@ -54,16 +41,13 @@ def init_params(net: Network, slots, theta: np.ndarray, rng: np.random.Generator
         layer = net.layer(s.layer)
         pname = s.key.split(".")[-1]
         view = theta[s.offset : s.offset + s.size].reshape(s.shape)
-        if layer.type == "bn":
-            view[...] = 1.0 if pname == "weight" else 0.0
-            continue
+        lt = registry.of(layer)
         if pname == "bias":
             spec = layer.attrs.get("bias_init") or defaults["bias"]
         else:
             spec = layer.attrs.get("init") or defaults["weight"]
-        fan_in, fan_out = _fans(layer, layer.params["weight"])
-        if layer.type == "subsample" and pname == "weight" and spec["kind"] in ("he", "xavier"):
-            spec = {"kind": "constant", "value": 1.0 / fan_in}  # start as an average
+        fan_in, fan_out = lt.fans(layer, layer.params["weight"])
+        spec = lt.init_spec(layer, pname, spec, fan_in)  # bn: gamma 1, beta 0
         view[...] = sample(spec, s.shape, fan_in, fan_out, rng)
         if pname == "weight" and layer.name in masks:
             view[...] *= masks[layer.name]

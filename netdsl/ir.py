@@ -82,4 +82,6 @@ class Network:
 
     @property
     def loss(self) -> Layer | None:
-        return next((lyr for lyr in self.layers if lyr.type == "loss"), None)
+        from .ops import registry  # the registry's declarations import this module
+
+        return next((lyr for lyr in self.layers if registry.of(lyr).is_loss), None)

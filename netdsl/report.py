@@ -12,55 +12,17 @@ import json
 from typing import Any
 
 from .ir import Layer, Network
+from .ops import registry
+from .ops.base import activation_text
 from .passes.placement import BYTES, exchange_bytes, per_gpu
 
 
 def _geometry(layer: Layer) -> str:
-    a = layer.attrs
-    t = layer.type
-    if t in ("conv", "pool", "subsample"):
-        kh, kw = a["kernel"]
-        s = a["stride"]
-        parts = [f"{kh}x{kw}", f"/{s[0]}" if s[0] == s[1] else f"/{s[0]}x{s[1]}"]
-        ph, pw = a.get("pad_tl", (0, 0))
-        if t == "conv" and a["pad"] == "same":
-            parts.append(" same")
-        elif ph or pw:
-            parts.append(f" p{ph}" if ph == pw else f" p{ph}x{pw}")
-        if t == "conv" and a["dilation"] != (1, 1):
-            parts.append(f" d{a['dilation'][0]}")
-        if t == "conv" and a["groups"] > 1:
-            parts.append(f" g{a['groups']}")
-        if t == "conv" and a["connect"] is not None:
-            parts.append(" table")
-        if t == "pool":
-            parts.insert(0, a["mode"] + " ")
-            if a["round"] == "ceil":
-                parts.append(" ceil")
-        return "".join(parts)
-    if t == "lrn":
-        return f"n{a['size']} k{a['k']:g}"
-    if t == "dropout":
-        return f"p={a['p']:g}"
-    if t == "maxout":
-        return f"k={a['pieces']}"
-    if t == "act":
-        return _act(a["activation"])
-    if t == "loss":
-        return a["kind"]
-    return ""
-
-
-def _act(act) -> str:
-    kind, slope = act
-    return f"leaky({slope:g})" if kind == "leaky" else kind
+    return registry.of(layer).kernel_text(layer)
 
 
 def _type(layer: Layer) -> str:
-    act = layer.attrs.get("activation")
-    if layer.type != "act" and act and act[0] != "linear":
-        return f"{layer.type}+{_act(act)}"
-    return layer.type
+    return registry.of(layer).type_text(layer)
 
 
 def _count(n: int) -> str:
@@ -91,7 +53,8 @@ def totals(net: Network, batch: int | None = None) -> dict[str, Any]:
     params = sum(lyr.n_params for lyr in net.layers)
     state = sum(n for lyr in net.layers for s in lyr.state.values() for n in s)
     macs = sum(lyr.macs for lyr in net.layers)
-    act = sum(_elems(lyr.out_shape) for lyr in net.layers if lyr.type != "loss") * BYTES
+    act = sum(_elems(lyr.out_shape) for lyr in net.layers if registry.of(lyr).keeps_output)
+    act *= BYTES
     out: dict[str, Any] = {
         "params": params,
         "non_trainable": state,
@@ -125,7 +88,8 @@ def layer_rows(net: Network) -> list[dict[str, Any]]:
             "index": i,
             "name": lyr.name,
             "type": lyr.type,
-            "activation": _act(lyr.attrs["activation"]) if "activation" in lyr.attrs else None,
+            "activation": (activation_text(lyr.attrs["activation"])
+                           if "activation" in lyr.attrs else None),  # fmt: skip
             "geometry": _geometry(lyr),
             "inputs": list(lyr.inputs),
             "input_shapes": [list(s) for s in lyr.in_shapes],
@@ -133,7 +97,8 @@ def layer_rows(net: Network) -> list[dict[str, Any]]:
             "params": lyr.n_params,
             "param_shapes": {k: list(v) for k, v in lyr.params.items()},
             "macs": lyr.macs,
-            "activation_bytes": _elems(lyr.out_shape) * BYTES if lyr.type != "loss" else 0,
+            "activation_bytes": (_elems(lyr.out_shape) * BYTES
+                                 if registry.of(lyr).keeps_output else 0),  # fmt: skip
             "receptive_field": lyr.rf[0],
             "jump": lyr.rf[1],
             "gpus": list(lyr.gpus),
@@ -171,7 +136,7 @@ def summary_text(net: Network, batch: int | None = None, ascii_only: bool = Fals
                str(r["receptive_field"]), str(r["jump"])]  # fmt: skip
         if multi:
             g = lyr.gpus
-            row.append("all" if lyr.type == "input" else ",".join(map(str, g)) +
+            row.append("all" if registry.of(lyr).source else ",".join(map(str, g)) +
                        (f" {exchange}" if lyr.exchange else ""))  # fmt: skip
         rows.append(row)
     right = {0, 6, 7, 8, 9, 10}
@@ -217,19 +182,18 @@ def graph_dot(net: Network) -> str:
 
     lines = [f"digraph {q(net.name)} {{", "  rankdir=TB;",
              '  node [shape=record, fontname="Helvetica", fontsize=10];']  # fmt: skip
-    colours = {"conv": "#cfe2f3", "fc": "#d9ead3", "pool": "#fff2cc", "loss": "#f4cccc",
-               "input": "#eeeeee"}  # fmt: skip
 
     def node(lyr: Layer) -> str:
         shape = "x".join(map(str, lyr.out_shape))
         geo = _geometry(lyr)
         label = f"{{{lyr.name}|{_type(lyr)}{(' ' + geo) if geo else ''}|{shape}}}"
         label = label.replace("<", "\\<").replace(">", "\\>")
-        fill = colours.get(lyr.type, "#ffffff")
+        fill = registry.of(lyr).colour
         return f"  {q(lyr.name)} [label={q(label)}, style=filled, fillcolor={q(fill)}];"
 
     if net.gpus > 1:
-        shared = [lyr for lyr in net.layers if len(lyr.gpus) != net.gpus or lyr.type == "input"]
+        shared = [lyr for lyr in net.layers
+                  if len(lyr.gpus) != net.gpus or registry.of(lyr).source]  # fmt: skip
         split = [lyr for lyr in net.layers if lyr not in shared]
         lines.append('  subgraph "cluster_gpus" {')
         lines.append(f'    label="split across {net.gpus} GPUs (channels 1/{net.gpus} each)";')

@@ -22,8 +22,6 @@ REQUIRED = object()
 
 ACTIVATIONS = ("relu", "leaky", "tanh", "sigmoid", "linear")
 INIT_KINDS = ("gaussian", "uniform", "xavier", "he", "constant")
-LOSS_KINDS = ("cross_entropy", "mse")
-POOL_MODES = ("max", "avg", "sum")
 
 # Argument lists of the calls the language knows: name -> [(param, default)], in positional order.
 INIT_CALLS: dict[str, list[tuple[str, Any]]] = {
@@ -471,9 +469,15 @@ def read_leaky(items, key, at):
 
 @dataclass(frozen=True)
 class Opt:
-    reader: Callable
+    """One option of a layer type: its reader (None: written only bare, as a flag word or a
+    size), its default (REQUIRED: must be given), a one-line doc, and for a required option
+    what the "needs ..." error calls it ("a number of filters") and its example hint."""
+
+    reader: Callable | None
     default: Any = None
     doc: str = ""
+    required: str = ""
+    hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -488,7 +492,7 @@ class Schema:
     doc: str = ""
 
 
-_ACT_FLAGS = {a: ("activation", (a, 0.0)) for a in ACTIVATIONS if a != "leaky"}
+ACT_FLAGS = {a: ("activation", (a, 0.0)) for a in ACTIVATIONS if a != "leaky"}
 
 
 def read_activation(items, key, at):
@@ -506,11 +510,11 @@ def read_activation(items, key, at):
     )
 
 
-_ACT_OPTS = {
+ACT_OPTS = {
     "activation": Opt(read_activation, ("linear", 0.0)),
     "leaky": Opt(read_leaky),
 }
-_LEARN_OPTS = {
+LEARN_OPTS = {
     "init": Opt(read_call(INIT_CALLS, "initialiser"), None, "weight initialiser"),
     "bias_init": Opt(read_call(INIT_CALLS, "initialiser"), None, "bias initialiser"),
     "lr_mult": Opt(read_float(lo=0.0), 1.0),
@@ -518,105 +522,6 @@ _LEARN_OPTS = {
     "decay_mult": Opt(read_float(lo=0.0), 1.0),
     "bias_decay_mult": Opt(read_float(lo=0.0), 1.0),
 }
-
-LAYERS: dict[str, Schema] = {
-    "input": Schema(
-        {"shape": Opt(None, REQUIRED)}, positional_dims="shape", min_inputs=0, max_inputs=0
-    ),
-    "conv": Schema(
-        {
-            "filters": Opt(read_int(), REQUIRED),
-            "kernel": Opt(read_pair(), REQUIRED),
-            "stride": Opt(read_pair(), (1, 1)),
-            "pad": Opt(read_pad, (0, 0)),
-            "dilation": Opt(read_pair(), (1, 1)),
-            "groups": Opt(read_int(), 1),
-            "bias": Opt(read_bool, True),
-            "connect": Opt(read_table, None),
-            **_ACT_OPTS,
-            **_LEARN_OPTS,
-        },
-        flags=_ACT_FLAGS,
-        postfix=("filters",),
-        positional_dims="kernel",
-    ),
-    "pool": Schema(
-        {
-            "mode": Opt(None, REQUIRED),
-            "kernel": Opt(read_pair(), None),
-            "stride": Opt(read_pair(), None),
-            "pad": Opt(read_pair(lo=0), (0, 0)),
-            "round": Opt(None, None),
-            "global": Opt(read_bool, False),
-        },
-        flags={
-            **{m: ("mode", m) for m in POOL_MODES},
-            "ceil": ("round", "ceil"),
-            "floor": ("round", "floor"),
-        },
-        positional_dims="kernel",
-    ),
-    "subsample": Schema(
-        {
-            "kernel": Opt(read_pair(), REQUIRED),
-            "stride": Opt(read_pair(), None),
-            **_ACT_OPTS,
-            **_LEARN_OPTS,
-        },
-        flags=_ACT_FLAGS,
-        positional_dims="kernel",
-    ),
-    "fc": Schema(
-        {
-            "outputs": Opt(read_int(), REQUIRED),
-            "bias": Opt(read_bool, True),
-            **_ACT_OPTS,
-            **_LEARN_OPTS,
-        },
-        flags=_ACT_FLAGS,
-        postfix=("outputs",),
-        positional_num="outputs",
-    ),
-    "act": Schema({**_ACT_OPTS}, flags=_ACT_FLAGS),
-    "maxout": Schema(
-        {"pieces": Opt(read_int(lo=2), REQUIRED)}, postfix=("pieces",), positional_num="pieces"
-    ),
-    "lrn": Schema(
-        {
-            "size": Opt(read_int(), 5),
-            "k": Opt(read_float(positive=True), 2.0),  # k > 0 keeps the denominator positive
-            "alpha": Opt(read_float(lo=0.0), 1e-4),
-            "beta": Opt(read_float(lo=0.0), 0.75),
-        }
-    ),
-    "dropout": Schema(
-        {"p": Opt(read_float(lo=0.0, hi=1.0, open_hi=True), 0.5)}, positional_num="p"
-    ),
-    "bn": Schema(
-        {
-            "eps": Opt(read_float(positive=True), 1e-5),  # eps 0: 0/0 on a constant channel
-            "momentum": Opt(read_float(lo=0.0, hi=1.0), 0.1),
-            **_ACT_OPTS,
-            "lr_mult": _LEARN_OPTS["lr_mult"],
-            "decay_mult": Opt(read_float(lo=0.0), 0.0),
-        },
-        flags=_ACT_FLAGS,
-    ),
-    "softmax": Schema({}),
-    "flatten": Schema({}),
-    "add": Schema({**_ACT_OPTS}, flags=_ACT_FLAGS, min_inputs=2, max_inputs=None),
-    "concat": Schema({}, min_inputs=2, max_inputs=None),
-    "loss": Schema({"kind": Opt(None, REQUIRED)}, flags={k: ("kind", k) for k in LOSS_KINDS}),
-}
-
-# Standalone activation layers: `relu r1`, `leaky l1: 0.1`
-for _a in ACTIVATIONS:
-    LAYERS[_a] = Schema(
-        {"slope": Opt(read_float(), 0.01)} if _a == "leaky" else {},
-        positional_num="slope" if _a == "leaky" else None,
-    )
-ALIASES = {"batchnorm": "bn", "dense": "fc", "convolution": "conv", "pooling": "pool",
-           "norm": "lrn", "linear_layer": "fc"}  # fmt: skip
 
 
 def read_layer_args(
@@ -685,7 +590,8 @@ def read_layer_args(
                 i += 1
             elif it.kind == "dims" and schema.positional_dims:
                 key = schema.positional_dims
-                value = it.value if key == "shape" else read_pair()([it], key, it.loc)[0]
+                reader = schema.opts[key].reader
+                value = it.value if reader is None else reader([it], key, it.loc)[0]
                 put(key, value, it.loc)
                 i += 1
             else:
@@ -698,8 +604,8 @@ def read_layer_args(
         if key in attrs or key == "leaky":
             continue
         if opt.default is REQUIRED:
-            raise NetError(f"{ltype} needs {_describe_required(ltype, key)}", where,
-                           _required_hint(ltype, key))  # fmt: skip
+            raise NetError(f"{ltype} needs {opt.required or repr(key)}", where,
+                           opt.hint)  # fmt: skip
         attrs[key] = opt.default
     return attrs, locs
 
@@ -736,31 +642,3 @@ def _positional_hint(ltype: str, schema: Schema, it: Item) -> str | None:
     if it.kind == "dims" and not schema.positional_dims:
         return f"{ltype} takes no size"
     return None
-
-
-_REQUIRED_TEXT = {
-    ("conv", "filters"): "a number of filters",
-    ("conv", "kernel"): "a kernel size",
-    ("pool", "mode"): "a mode: max, avg or sum",
-    ("subsample", "kernel"): "a kernel size",
-    ("fc", "outputs"): "a number of outputs",
-    ("maxout", "pieces"): "a number of pieces",
-    ("input", "shape"): "a shape CxHxW",
-    ("loss", "kind"): "a kind: cross_entropy or mse",
-}
-_REQUIRED_HINT = {
-    ("conv", "filters"): "e.g. conv c1: 6 filters 5x5",
-    ("conv", "kernel"): "e.g. conv c1: 6 filters 5x5",
-    ("pool", "mode"): "e.g. pool p1: max 2x2, stride 2",
-    ("fc", "outputs"): "e.g. fc f1: 120, relu",
-    ("input", "shape"): "e.g. input image: 1x28x28",
-    ("loss", "kind"): "e.g. loss: cross_entropy",
-}
-
-
-def _describe_required(ltype: str, key: str) -> str:
-    return _REQUIRED_TEXT.get((ltype, key), f"'{key}'")
-
-
-def _required_hint(ltype: str, key: str) -> str | None:
-    return _REQUIRED_HINT.get((ltype, key))

@@ -21,7 +21,7 @@ from numba import cuda
 from opcheck import HAVE_TORCH, assert_close
 
 import netdsl
-from netdsl.compiler import CompiledNet
+from netdsl.backends import compile_network
 from netdsl.ops import (
     activation,
     add,
@@ -384,8 +384,8 @@ def test_subsample(case):
 
 
 def cpu_and_cuda(net, batch, seed=0):
-    return (CompiledNet(net, device="cpu", batch=batch, seed=seed),
-            CompiledNet(net, device="cuda", batch=batch, seed=seed))  # fmt: skip
+    return (compile_network(net, device="cpu", batch=batch, seed=seed),
+            compile_network(net, device="cuda", batch=batch, seed=seed))  # fmt: skip
 
 
 def assert_same_step(cpu, gpu, x, y, tol=1e-4):
@@ -424,7 +424,7 @@ def test_lenet5_matches_cpu():
 
 def test_cuda_api_host_side():
     net = netdsl.loads(NETS["dropout"], "dropout.net")
-    gpu = CompiledNet(net, device="cuda", batch=4)
+    gpu = compile_network(net, device="cuda", batch=4)
     x, y = data(gpu)
     full, part = gpu.forward(x), gpu.forward(x[:3])
     assert full.shape == (4, 4) and np.array_equal(full[:3], part)
@@ -448,8 +448,8 @@ def test_queued_steps_answer_in_order(device):
     each one's own loss and error count, exactly as two step_grads calls do, and a bad label
     is still reported."""
     net = netdsl.loads(NETS["dropout"], "q.net")
-    queued = CompiledNet(net, device=device, batch=2, seed=0)
-    plain = CompiledNet(net, device=device, batch=2, seed=0)
+    queued = compile_network(net, device=device, batch=2, seed=0)
+    plain = compile_network(net, device=device, batch=2, seed=0)
     batches = [data(plain, seed=s) for s in (1, 2)]
     want = []
     for x, y in batches:
@@ -506,7 +506,7 @@ def test_pool_takes_over_its_producers_activation_backward():
 
 
 def test_device_names():
-    from netdsl.compiler import resolve_device
+    from netdsl.backends import resolve_device
 
     assert resolve_device("cuda") == "cuda"  # the simulator counts as a CUDA device
     assert resolve_device("auto") == ("cpu" if simulator() else "cuda")  # never the simulator
@@ -605,8 +605,8 @@ def test_two_logical_gpus_equal_one_and_count_the_exchange():
 
     one = netdsl.loads(GROUPED.replace("GPUS", "1"), "one.net")
     two = netdsl.loads(GROUPED.replace("GPUS", "2"), "two.net")
-    a = CompiledNet(one, device="cuda", batch=2, seed=0)
-    b = CompiledNet(two, device="cuda", batch=2, seed=0)
+    a = compile_network(one, device="cuda", batch=2, seed=0)
+    b = compile_network(two, device="cuda", batch=2, seed=0)
     assert isinstance(b, GroupedCudaNet) and not isinstance(a, GroupedCudaNet)
     x, y = data(a)
     la, ga = a.loss_and_grads(x, y)
@@ -632,8 +632,8 @@ def graphed_and_eager(src, batch=2):
     from netdsl.backends.cuda_graph import StepGraph
 
     net = netdsl.loads(src, "g.net")
-    graphed = CompiledNet(net, device="cuda", batch=batch, seed=0)
-    eager = CompiledNet(net, device="cuda", batch=batch, seed=0)
+    graphed = compile_network(net, device="cuda", batch=batch, seed=0)
+    eager = compile_network(net, device="cuda", batch=batch, seed=0)
     graphed.step_graph, eager.step_graph = StepGraph("replay"), StepGraph("off")
     return graphed, eager
 
@@ -682,16 +682,16 @@ def test_graph_replay_with_two_logical_gpus():
 def test_graph_check_catches_host_work_inside_the_step(monkeypatch):
     """The check above can fail: a dropout runner that uploads its mask inside forward (host
     work the capture cannot hold) replays a stale mask, and the steps stop matching."""
-    from netdsl.backends import cuda as backend
+    from netdsl.ops.dropout import DropoutCUDARunner
 
-    prepare = backend.DropoutRunner.prepare
+    prepare = DropoutCUDARunner.prepare
 
     def forward(self, train):  # the mask drawn and uploaded while launching
         prepare(self, train)
         self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
 
-    monkeypatch.setattr(backend.DropoutRunner, "prepare", lambda self, train: None)
-    monkeypatch.setattr(backend.DropoutRunner, "forward", forward)
+    monkeypatch.setattr(DropoutCUDARunner, "prepare", lambda self, train: None)
+    monkeypatch.setattr(DropoutCUDARunner, "forward", forward)
     graphed, eager = graphed_and_eager(NETS["dropout"])
     assert run_steps(graphed, eager) > 1e-3
 
@@ -710,7 +710,7 @@ def test_graph_mode_from_the_environment(monkeypatch):
 
 def test_unsplittable_groups_run_on_one_gpu(capsys):
     src = GROUPED.replace("GPUS", "3")  # c2's 2 groups do not divide over 3 GPUs
-    cn = CompiledNet(netdsl.loads(src, "odd.net"), device="cuda", batch=2)
+    cn = compile_network(netdsl.loads(src, "odd.net"), device="cuda", batch=2)
     assert type(cn).__name__ == "CudaNet"
     assert "running on one GPU, unsplit" in capsys.readouterr().err
 
@@ -761,7 +761,7 @@ def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
     with cudakit.recording() as rec:
         sources = [NETS[name] for name in ("grouped", "lenet_table", "dag", "dropout")]
         for src in [*sources, GROUPED.replace("GPUS", "2")]:  # the last one split over 2 GPUs
-            gpu = CompiledNet(netdsl.loads(src, "net.net"), device="cuda", batch=2)
+            gpu = compile_network(netdsl.loads(src, "net.net"), device="cuda", batch=2)
             x, y = data(gpu)
             gpu.step_grads(x, y)
             gpu.forward(x)

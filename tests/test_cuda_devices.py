@@ -14,10 +14,9 @@ import pytest
 from numba import cuda
 
 import netdsl
-from netdsl.backends import cuda_devices
+from netdsl.backends import compile_network, cuda_devices
 from netdsl.backends.cuda_devices import Devices, ShardedBuffer
 from netdsl.backends.cuda_groups import GroupedCudaNet
-from netdsl.compiler import CompiledNet
 from netdsl.ops import cudakit
 from netdsl.passes.placement import exchange_bytes
 from netdsl.train.optimizer import Optimizer
@@ -69,7 +68,7 @@ def test_sharded_optimizer_equals_flat(spec):
     """One kernel per device over its shard gives exactly the one-kernel flat update, with each
     slot's lr / decay multipliers, and state_arrays come back in the canonical layout."""
     net = netdsl.loads(GROUPED.replace("GPUS", "1"), "one.net")
-    cn = CompiledNet(net, device="cpu", batch=2, seed=0)
+    cn = compile_network(net, device="cpu", batch=2, seed=0)
     slots, size = cn.slots, cn.theta.size
     for s in slots[:3]:
         s.lr_mult, s.decay_mult = 2.0, 0.0  # multipliers must follow the shards
@@ -96,9 +95,9 @@ def grouped_pair(monkeypatch, gpus=2, src=GROUPED):
     """The same grouped net compiled twice: logical GPUs on one device, and each in a device
     domain of its own."""
     net = netdsl.loads(src.replace("GPUS", str(gpus)), "two.net")
-    one = CompiledNet(net, device="cuda", batch=2, seed=0)
+    one = compile_network(net, device="cuda", batch=2, seed=0)
     monkeypatch.setattr(GroupedCudaNet, "separate_domains", True)
-    sep = CompiledNet(net, device="cuda", batch=2, seed=0)
+    sep = compile_network(net, device="cuda", batch=2, seed=0)
     return one, sep
 
 
@@ -215,7 +214,7 @@ class DomainChecker:
 def _train_with_checker(monkeypatch, checker) -> None:
     monkeypatch.setattr(GroupedCudaNet, "separate_domains", True)
     net = netdsl.loads(GROUPED.replace("GPUS", "2"), "two.net")
-    cn = CompiledNet(net, device="cuda", batch=2, seed=0)
+    cn = compile_network(net, device="cuda", batch=2, seed=0)
     spec = {"kind": "adam", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
     opt = Optimizer(spec, cn.slots, cn.theta.size, "cuda", like=cn.theta)
     x, y = data(cn)

@@ -62,7 +62,7 @@ def shell(argv: list[str], encoding: str | None = None, **kw) -> subprocess.Comp
 def nets(tmp_path_factory) -> Path:
     """A one-channel and a three-channel net, each with a checkpoint of its initial weights."""
     from netdsl import load
-    from netdsl.compiler import compile_network
+    from netdsl.backends import compile_network
     from netdsl.train.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("nets")
@@ -184,9 +184,9 @@ def test_exit_status_table_end_to_end(tmp_path) -> None:
 
 
 def test_no_gpu_is_a_runtime_error_not_a_net_mistake(capsys, monkeypatch, nets) -> None:
-    from netdsl import compiler
+    from netdsl import backends
 
-    monkeypatch.setattr(compiler, "_cuda_available", lambda: (False, False))
+    monkeypatch.setattr(backends, "_cuda_available", lambda: (False, False))
     code, _, err = run(capsys, ["compile", str(nets / "grey.net"), "--device", "cuda"])
     assert code == 1
     assert err.startswith("error: no CUDA GPU is available") and "--device cpu" in err

@@ -12,7 +12,7 @@ import pytest
 from opcheck import assert_close
 
 import netdsl
-from netdsl.compiler import CompiledNet
+from netdsl.backends import compile_network
 from tests.test_compiler import data
 
 TOL = 1e-4
@@ -38,8 +38,8 @@ loss   cross_entropy
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_standalone_linear_runs_on_cuda_as_on_the_cpu(gpus, capsys):
     net = netdsl.loads(LINEAR.replace("GPUS", f"gpus {gpus}"), "linear.net")
-    cpu = CompiledNet(net, device="cpu", batch=2, seed=0)
-    gpu = CompiledNet(net, device="cuda", batch=2, seed=0)
+    cpu = compile_network(net, device="cpu", batch=2, seed=0)
+    gpu = compile_network(net, device="cuda", batch=2, seed=0)
     x, y = data(cpu)
     l1, g1 = cpu.loss_and_grads(x, y)
     l2, g2 = gpu.loss_and_grads(x, y)
@@ -54,7 +54,7 @@ def test_standalone_linear_runs_on_cuda_as_on_the_cpu(gpus, capsys):
 
 def test_standalone_linear_is_the_identity_on_cuda():
     net = netdsl.loads(LINEAR.replace("GPUS", ""), "linear.net")
-    gpu = CompiledNet(net, device="cuda", batch=2, seed=0)
+    gpu = compile_network(net, device="cuda", batch=2, seed=0)
     x, _ = data(gpu)
     gpu.forward(x)
     out = {n: gpu.out[n].copy_to_host() for n in ("c1", "l1", "a1", "c2", "a2", "f1", "l3")}

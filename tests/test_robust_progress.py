@@ -215,7 +215,7 @@ class TwoRanks:
 
 def test_rank_0_draws_the_bar_when_mpiexec_is_on_a_terminal(tiny, monkeypatch):
     from netdsl import load
-    from netdsl.compiler import compile_network
+    from netdsl.backends import compile_network
 
     net = load(tiny / "tiny.net")
     cnet = compile_network(net, batch=8)

@@ -263,7 +263,7 @@ def test_mse_nets_report_mse_everywhere(tiny, capsys):
     assert "done: test accuracy" in out and "(mse " in out and "cross-entropy" not in out
     # the logged test loss is the training loss's formula on the test set, not cross-entropy
     from netdsl import load
-    from netdsl.compiler import compile_network
+    from netdsl.backends import compile_network
     from netdsl.ops.loss import ref_mse
     from netdsl.train.trainer import load_weights, prepare_data
 
@@ -325,7 +325,7 @@ def test_validation_and_test_are_both_reported_and_labelled(tiny, capsys):
 
 def _trainer(tiny: Path, out: Path, lr: float) -> Trainer:
     from netdsl import load
-    from netdsl.compiler import compile_network
+    from netdsl.backends import compile_network
 
     net = load(tiny / "tiny.net")
     cnet = compile_network(net, batch=16, seed=3)

@@ -35,8 +35,9 @@ import dataclasses
 import numpy as np
 
 from ..ir import Layer, Network
-from ..ops import concat
+from ..ops import concat, registry
 from ..ops.cudakit import say_once
+from ..ops.dropout import DropoutCUDARunner
 from ..passes.placement import _needed, _own
 from . import cuda as single
 from .cuda import CudaNet, device_zeros
@@ -46,13 +47,10 @@ from .cuda_graph import StepGraph
 
 def unsupported(net: Network) -> str | None:
     """Why `net` cannot run split over its GPUs here, or None."""
-    g = net.gpus
     for lyr in net.layers:
-        if lyr.type == "flatten":
-            return f"layer {lyr.name}: flatten is not split over GPUs"
-        if lyr.type == "conv" and lyr.attrs["groups"] > 1 and lyr.attrs["groups"] % g:
-            return (f"layer {lyr.name}: groups {lyr.attrs['groups']} is not a multiple of "
-                    f"gpus {g}")  # fmt: skip
+        reason = registry.of(lyr).unsplittable(lyr, net.gpus)
+        if reason is not None:
+            return reason
     return None
 
 
@@ -77,16 +75,15 @@ class _SubPlan:
         return self.grads.get(name, {})
 
 
-class _SliceDropout(single.DropoutRunner):
+class SliceDropoutRunner(DropoutCUDARunner):
     """Dropout on channels [lo, hi): the slice of ONE mask drawn for the whole layer, so G
     logical GPUs drop exactly the units one GPU would."""
 
-    full: str  # the whole layer's name
-    lo: int
-    hi: int
+    share: tuple[str, int, int]  # (the whole layer's name, lo, hi)
 
     def draw(self) -> np.ndarray:
-        return self.plan.parent.dropout_mask(self.full, self.p_drop)[:, self.lo : self.hi]
+        full, lo, hi = self.share
+        return self.plan.parent.dropout_mask(full, self.p_drop)[:, lo:hi]
 
 
 class Move:
@@ -155,10 +152,11 @@ class GroupedCudaNet(CudaNet):
         self.douts: dict[tuple[str, int], object] = {}
         for lyr in self.net.layers:
             c = lyr.out_shape[0]
+            lt = registry.of(lyr)
             for gpu in range(g):
-                if lyr.type == "input":
+                if lt.source:
                     lo, hi = 0, c  # replicated
-                elif lyr.type in ("loss", "softmax"):
+                elif lt.gathered:
                     lo, hi = (0, c) if gpu == 0 else (0, 0)  # gathered on GPU 0
                 else:
                     lo, hi = _own(gpu, c, g)
@@ -167,7 +165,7 @@ class GroupedCudaNet(CudaNet):
                     shape = (n, hi - lo, *lyr.out_shape[1:])
                     with dev.on(dev.of_gpu(gpu)):
                         self.outs[lyr.name, gpu] = device_zeros(shape)
-                        if lyr.type != "input":
+                        if not lt.source:
                             self.douts[lyr.name, gpu] = device_zeros(shape)
         self.out = {self.net.input.name: self.outs[self.net.input.name, 0]}
         self.dout = {}
@@ -200,7 +198,7 @@ class GroupedCudaNet(CudaNet):
         """(gpu, first channel, channels) of the buffer that holds channel c of `src`, seen
         from `gpu`: its own copy for the replicated input, else the owner's."""
         prod = self.net.layer(src)
-        if prod.type == "input":
+        if registry.of(prod).source:
             return gpu, 0, prod.out_shape[0]
         for h in range(self.gpus):
             lo, hi = self.own[src, h]
@@ -210,9 +208,10 @@ class GroupedCudaNet(CudaNet):
 
     def _intervals(self, lyr: Layer, gpu: int, lo: int, hi: int) -> list[list[tuple[int, int]]]:
         """Per input, the channel intervals (in that input's channels) the share reads."""
-        if lyr.type == "add":
+        lt = registry.of(lyr)
+        if lt.split_mode == "elementwise":
             return [[(lo, hi)] for _ in lyr.inputs]
-        if lyr.type in ("loss", "softmax"):
+        if lt.gathered:
             return [[(0, s[0])] for s in lyr.in_shapes]
         need = _needed(lyr, gpu, self.gpus)
         per: list[list[tuple[int, int]]] = []
@@ -229,7 +228,7 @@ class GroupedCudaNet(CudaNet):
         self.shares: list[list[Share]] = []
         for lyr in self.net.layers:
             shares = []
-            if lyr.type != "input":
+            if not registry.of(lyr).source:
                 for gpu in range(g):
                     lo, hi = self.own[lyr.name, gpu]
                     if hi > lo:
@@ -238,7 +237,7 @@ class GroupedCudaNet(CudaNet):
             self.shares.append(shares)
         self.runners = [s.runner for shares in self.shares for s in shares if s.runner]
         last = self.net.layers[-1]
-        self.loss_runner = self.shares[-1][0].runner if last.type == "loss" else None
+        self.loss_runner = self.shares[-1][0].runner if registry.of(last).is_loss else None
 
     def _share(self, lyr: Layer, gpu: int, lo: int, hi: int, n: int) -> Share:
         sh = Share(lyr, gpu, lo, hi)
@@ -246,25 +245,20 @@ class GroupedCudaNet(CudaNet):
         per_input = self._intervals(lyr, gpu, lo, hi)
         cin = lyr.in_shapes[0][0]
         plane = lyr.in_shapes[0][1] * lyr.in_shapes[0][2]
-        t = lyr.type
+        lt = registry.of(lyr)
         # the hull of input channels the sliced layer takes
-        if t == "concat":
-            hull = (lo, hi)  # over the concatenated inputs
-        elif t in ("conv", "fc") and (t == "fc" or lyr.attrs["groups"] == 1):
-            hull = (0, cin)  # every input channel (a connection table fills only its own)
-        elif t in ("loss", "softmax"):
+        if lt.split_mode in ("gather", "elementwise"):
+            hull = (lo, hi)  # (over the concatenated inputs, for a gather)
+        elif lt.gathered:
             hull = (0, cin)
-        elif t == "add":
-            hull = (lo, hi)
         else:
-            ivs = per_input[0]
-            hull = (min(a for a, _ in ivs), max(b for _, b in ivs))
+            hull = lt.split_hull(lyr, cin, per_input[0])
         sh.hull = hull
         x_names = []
-        if t in ("add",):
+        if lt.split_mode == "elementwise":
             for j, src in enumerate(lyr.inputs):  # each input's own channels, in place
                 x_names.append(self._alias_or_gather(sh, sub, j, src, [(lo, hi)], hull, n, plane))
-        elif t == "concat":
+        elif lt.split_mode == "gather":
             sh.gin = self.outs[lyr.name, gpu]  # gathered straight into the output
             sh.dgin = self.douts[lyr.name, gpu]
             off = 0
@@ -277,19 +271,17 @@ class GroupedCudaNet(CudaNet):
             x_names.append(self._alias_or_gather(sh, sub, 0, lyr.inputs[0], per_input[0], hull,
                                                  n, plane))  # fmt: skip
         # the sliced layer
-        attrs = dict(lyr.attrs)
+        attrs = lt.split_attrs(dict(lyr.attrs), self.gpus)
         in_shape = (hull[1] - hull[0], *lyr.in_shapes[0][1:])
         out_c = hi - lo
-        if t == "conv" and attrs["groups"] > 1:
-            attrs["groups"] = attrs["groups"] // self.gpus  # a multiple of G: whole groups
-        if t == "lrn":
+        if lt.split_over_hull:
             out_c = hull[1] - hull[0]  # computed over the hull, own channels copied out
         name = f"{lyr.name}@{gpu}"
         sub_layer = dataclasses.replace(lyr, name=name, inputs=x_names,
                                         in_shapes=[in_shape] * len(x_names),
                                         out_shape=(out_c, *lyr.out_shape[1:]))  # fmt: skip
         sub_layer.attrs = attrs
-        if t == "lrn":
+        if lt.split_over_hull:
             sub.out[name] = device_zeros((n, out_c, *lyr.out_shape[1:]))
             sh.own_y = concat.ChannelMoveCUDA(n, out_c, lo - hull[0], hi - lo, 0, hi - lo,
                                               plane)  # fmt: skip
@@ -298,20 +290,19 @@ class GroupedCudaNet(CudaNet):
         else:
             sub.out[name] = self.outs[lyr.name, gpu]
         self._slice_params(lyr, sub, name, lo, hi)
-        cls = _SliceDropout if t == "dropout" else single.RUNNERS[t]
+        cls = lt.cuda_share_runner()
         r = cls(sub_layer, sub)
-        if t == "dropout":
-            r.full, r.lo, r.hi = lyr.name, lo, hi
+        r.share = (lyr.name, lo, hi)
         r.adds = []
-        if t == "lrn":
+        if lt.split_over_hull:
             r.dy = sh.hull_dy
         else:
             r.dy = self.douts[lyr.name, gpu]
-        if t == "add":
+        if lt.split_mode == "elementwise":
             r.dx = list(sh.dxs)
         else:
             r.dx = [sh.dgin if sh.gin is not None else sh.dscratch]
-        if all(self.net.layer(s).type == "input" for s in lyr.inputs):
+        if all(registry.of(self.net.layer(s)).source for s in lyr.inputs):
             r.dx = [None for _ in x_names]
         sh.runner = r
         return sh
@@ -322,10 +313,12 @@ class GroupedCudaNet(CudaNet):
         name = f"{src}->{sh.layer.name}@{sh.g}.{j}"
         lo, hi = self.own.get((src, sh.g), (0, 0))
         prod = self.net.layer(src)
-        if prod.type not in ("input", "loss", "softmax") and (lo, hi) == hull and len(ivs) == 1:
+        plt = registry.of(prod)
+        elementwise = registry.of(sh.layer).split_mode == "elementwise"
+        if not plt.source and not plt.gathered and (lo, hi) == hull and len(ivs) == 1:
             sub.out[name] = self.outs[src, sh.g]
             scratch = device_zeros(sub.out[name].shape)
-            if sh.layer.type == "add":
+            if elementwise:
                 sh.dxs.append(scratch)
                 sh.aliases.append((src, scratch))
             else:
@@ -338,7 +331,7 @@ class GroupedCudaNet(CudaNet):
         for a, b in ivs:
             self._add_moves(sh, src, a, b, a - hull[0], hull[1] - hull[0], n, plane,
                             into=(gin, dgin))  # fmt: skip
-        if sh.layer.type == "add":
+        if elementwise:
             sh.dxs.append(dgin)
         else:
             sh.gin, sh.dgin = gin, dgin
@@ -346,7 +339,7 @@ class GroupedCudaNet(CudaNet):
 
     def _add_moves(self, sh, src, a, b, d0, c_dst, n, plane, into=None) -> None:
         """Moves of channels [a, b) of `src` into channel d0.. of the gather buffer."""
-        from_input = self.net.layer(src).type == "input"
+        from_input = registry.of(self.net.layer(src)).source
         c = a
         while c < b:
             h, h_lo, h_c = self._holder(src, c, sh.g)
@@ -429,7 +422,7 @@ class GroupedCudaNet(CudaNet):
 
     def _launch_forward(self, train: bool) -> None:
         for lyr, shares in zip(self.net.layers, self.shares, strict=True):
-            if lyr.type == "loss" and not train:
+            if not train and registry.of(lyr).is_loss:
                 break
             for sh in shares:
                 with self._on(sh.g):

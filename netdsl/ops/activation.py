@@ -22,6 +22,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky", "tanh", "sigmoid", "linear")
@@ -200,3 +202,47 @@ class ActCUDA:
     def backward(self, dy, y, dx) -> None:
         """dx = dy * act'(y); dy, y, dx: (size,) float32 device arrays, dx may be dy."""
         self._bwd(dy, y, dx, self.code, self.slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ActCPURunner(Runner):
+    def forward(self, train):
+        act_forward(self.x[0].reshape(-1), self.y.reshape(-1), self.act_code,
+                               self.act_slope)  # fmt: skip
+
+    def backward(self):
+        if self.dx[0] is not None:
+            act_backward(
+                self.dy.reshape(-1),
+                self.y.reshape(-1),
+                self.dx[0].reshape(-1),
+                self.act_code,
+                self.act_slope,
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ActCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        # the layer IS the activation, not fused. The base builds an op only for a non-linear
+        # one; a standalone `linear` is the identity: its kernel copies y = x and passes the
+        # gradient through (act' = 1), as on the CPU.
+        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
+        self.op = self.act_op or ActCUDA(self.y.size, kind, slope)
+        self.fused_act, self.act_op = False, None
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.dx[0].reshape(-1))

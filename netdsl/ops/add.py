@@ -16,6 +16,8 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 
@@ -100,3 +102,48 @@ class AddCUDA:
     def copy(self, src, dst) -> None:
         """dst = src; (size,) device arrays."""
         self._copy(src, dst)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class AddCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.dz = np.empty_like(self.y) if self.fused_act else None
+
+    def forward(self, train):
+        add_forward(self.x[0], self.x[1], self.y)
+        for extra in self.x[2:]:
+            add_forward(self.y, extra, self.y)
+        self._act_forward()
+
+    def backward(self):
+        dz = self._act_backward(self.dz)
+        for dx in self.dx:  # d(a + b)/da = 1: every input gets dy
+            if dx is not None:
+                np.copyto(dx, dz)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class AddCUDARunner(cuda_runner.Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.op = AddCUDA(self.y.size, self.act_code, self.act_slope)
+
+    def forward(self, train):
+        self.op.forward([x.reshape(-1) for x in self.x], self.y.reshape(-1))
+
+    def backward(self):
+        dz = self._act_backward()
+        for dx in self.dx:  # d(a + b)/da = 1: every input gets dz
+            if dx is not None:
+                self.op.copy(dz.reshape(-1), dx.reshape(-1))

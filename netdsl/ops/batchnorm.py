@@ -23,6 +23,8 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 DEFAULT_EPS = 1e-5
@@ -356,3 +358,73 @@ class BnCUDA:
         """Training gradients through the fused activation (from y) and BN; dx may be dy."""
         self._gstats(dy, y, x, self.mean, self.invstd, gamma, dgamma, dbeta, self.ws)
         self._gapply(dy, y, x, self.mean, self.ws, dx)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class BnCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c = layer.out_shape[0]
+        self.eps = np.float32(layer.attrs["eps"])
+        self.momentum = np.float32(layer.attrs["momentum"])
+        self.rm = plan.state[f"{layer.name}.running_mean"]  # (C,)
+        self.rv = plan.state[f"{layer.name}.running_var"]  # (C,)
+        self.mean = np.zeros(c, np.float32)  # (C,) batch mean, saved for backward
+        self.invstd = np.zeros(c, np.float32)  # (C,) 1/sqrt(var + eps), saved for backward
+        self.xhat_src = self.x[0]
+        self.dz = np.empty_like(self.y) if self.fused_act else None
+        self.no_dx = np.empty_like(self.x[0])
+
+    def forward(self, train):
+        if train:
+            bn_forward_train(self.x[0], self.p["weight"], self.p["bias"], self.y,
+                                       self.mean, self.invstd, self.rm, self.rv, self.eps,
+                                       self.momentum)  # fmt: skip
+        else:
+            bn_forward_eval(self.x[0], self.p["weight"], self.p["bias"], self.rm,
+                                      self.rv, self.y, self.eps)  # fmt: skip
+        self._act_forward()
+
+    def backward(self):
+        dz = self._act_backward(self.dz)
+        dx = self.no_dx if self.dx[0] is None else self.dx[0]
+        bn_backward(dz, self.x[0], self.p["weight"], self.mean, self.invstd, dx,
+                              self.g["weight"], self.g["bias"])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class BnCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c, h, w = layer.out_shape
+        self.op = BnCUDA(plan.batch, c, h * w, layer.attrs["eps"],
+                                   layer.attrs["momentum"], self.act_code,
+                                   self.act_slope)  # fmt: skip
+        self.rm = plan.state[f"{layer.name}.running_mean"]  # (C,) device
+        self.rv = plan.state[f"{layer.name}.running_var"]  # (C,) device
+        self.no_dx = None  # (N*C*H*W,) allocated on first need
+
+    def forward(self, train):
+        x, y = self.x[0].reshape(-1), self.y.reshape(-1)
+        if train:
+            self.op.forward_train(x, self.p["weight"], self.p["bias"], y, self.rm, self.rv)
+        else:
+            self.op.forward_eval(x, self.p["weight"], self.p["bias"], self.rm, self.rv, y)
+
+    def backward(self):
+        dx = self.dx[0]
+        if dx is None:
+            if self.no_dx is None:
+                self.no_dx = cuda_runner.device_zeros(self.y.size)
+            dx = self.no_dx
+        self.op.backward(self.dy.reshape(-1), self.y.reshape(-1), self.x[0].reshape(-1),
+                         self.p["weight"], dx.reshape(-1), self.g["weight"],
+                         self.g["bias"])  # fmt: skip

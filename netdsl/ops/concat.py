@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
+
 
 def _offsets(channels: Sequence[int], total: int) -> list[int]:
     """Start channel of every piece, plus `total` at the end; checks the pieces fill `total`."""
@@ -159,3 +162,42 @@ class ConcatCUDA:
         for move, dx in zip(self._out, dxs, strict=True):
             if dx is not None:
                 move.copy(dy, dx)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ConcatCPURunner(Runner):
+    def forward(self, train):
+        concat_forward(self.x, self.y)
+
+    def backward(self):
+        if all(d is not None for d in self.dx):
+            concat_backward(self.dy, self.dx)
+        else:
+            c0 = 0
+            for x, d in zip(self.x, self.dx):
+                if d is not None:
+                    np.copyto(d, self.dy[:, c0 : c0 + x.shape[1]])
+                c0 += x.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ConcatCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        _, h, w = layer.out_shape
+        self.op = ConcatCUDA(plan.batch, [s[0] for s in layer.in_shapes], h * w)
+
+    def forward(self, train):
+        self.op.forward([x.reshape(-1) for x in self.x], self.y.reshape(-1))
+
+    def backward(self):
+        self.op.backward(self.dy.reshape(-1), [None if d is None else d.reshape(-1)
+                                               for d in self.dx])  # fmt: skip

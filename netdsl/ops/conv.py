@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 Pair = tuple[int, int]
@@ -773,3 +775,55 @@ class ConvCUDA:
         self._sum(self.ws, dw.reshape(-1), self.mask, self.has_mask)
         if db is not None:
             self._db(dy, db)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ConvCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        n, (c, h, w), o = plan.batch, layer.in_shapes[0], layer.out_shape[0]
+        self.op = ConvCPU(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
+                          a["groups"], a["out_hw"], a["bias"])  # fmt: skip
+        self.mask = plan.masks.get(layer.name)  # (O, C, 1, 1) for a connection table
+        self.dz = np.empty_like(self.y) if self.fused_act else None
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
+        self._act_forward()
+
+    def backward(self):
+        dz = self._act_backward(self.dz)
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g.get("bias"))  # fmt: skip
+        if self.mask is not None:
+            self.g["weight"] *= self.mask  # links absent from the table get no gradient
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class ConvCUDARunner(cuda_runner.Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        n, (c, h, w), o = plan.batch, layer.in_shapes[0], layer.out_shape[0]
+        self.op = ConvCUDA(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
+                           a["groups"], a["out_hw"], a["bias"], self.act_code, self.act_slope,
+                           plan.masks.get(layer.name))  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g.get("bias"))  # fmt: skip

@@ -15,6 +15,9 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
+from netdsl.ops import add
 from netdsl.ops.jit import kernel
 
 
@@ -103,3 +106,67 @@ class DropoutCUDA:
     def backward(self, dy, mask, dx) -> None:
         """dx = dy * mask * scale (the same product)."""
         self._run(dy, mask, dx, self.scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class DropoutCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.p_drop = layer.attrs["p"]
+        self.scale = np.float32(keep_scale(self.p_drop))
+        self.mask = np.ones(self.y.shape, np.uint8)  # (N, C, H, W) 1 = kept
+
+    def forward(self, train):
+        if train and self.p_drop > 0:
+            self.mask = make_mask(self.plan.rng, self.y.shape, self.p_drop)
+            dropout_forward(self.x[0], self.mask, self.y, self.scale)
+        else:
+            np.copyto(self.y, self.x[0])
+
+    def backward(self):
+        if self.dx[0] is not None:
+            dropout_backward(self.dy, self.mask, self.dx[0], self.scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class DropoutCUDARunner(cuda_runner.Runner):
+    """The keep-mask is drawn on the host from the plan's generator (as on the CPU) and sent."""
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.p_drop = layer.attrs["p"]
+        self.op = DropoutCUDA(self.y.size, self.p_drop)
+        self.copy = add.AddCUDA(self.y.size)
+        self.mask = np.ones(self.y.shape, np.uint8)  # (N, C, H, W) host copy, 1 = kept
+        cuda = cuda_runner._cuda()
+        self.mask_d = cuda.to_device(self.mask.reshape(-1))  # (N*C*H*W,) on the device
+        self.staging = cuda_runner.Staging(self.y.shape, np.uint8)
+
+    def prepare(self, train):
+        """A training step's keep-mask, drawn on the host and queued for upload (evaluation
+        copies x through and needs none)."""
+        if train and self.p_drop > 0:
+            self.mask = self.staging.next()
+            self.mask[...] = self.draw()
+            cuda_runner.upload(self.mask_d, self.mask.reshape(-1))
+
+    def draw(self) -> np.ndarray:
+        return make_mask(self.plan.rng, self.y.shape, self.p_drop)
+
+    def forward(self, train):
+        if train and self.p_drop > 0:
+            self.op.forward(self.x[0].reshape(-1), self.mask_d, self.y.reshape(-1))
+        else:
+            self.copy.copy(self.x[0].reshape(-1), self.y.reshape(-1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.mask_d, self.dx[0].reshape(-1))

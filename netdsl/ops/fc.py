@@ -14,6 +14,9 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
+
 # ---------------------------------------------------------------------------------------------
 # float64 NumPy references
 # ---------------------------------------------------------------------------------------------
@@ -232,3 +235,52 @@ class FcCUDA:
         self._dw(dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, False, zero)
         if db is not None:
             self._db(dy.reshape(-1), db)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class FcCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        n, o = plan.batch, layer.out_shape[0]
+        c, h, w = layer.in_shapes[0]
+        self.op = FcCPU(n, c * h * w, o, layer.attrs["bias"])
+        self.x2 = self.x[0].reshape(n, -1)  # (N, F) view: the implicit flatten
+        self.y2 = self.y.reshape(n, o)  # (N, O) view
+        self.dz = np.empty_like(self.y) if self.fused_act else None
+
+    def forward(self, train):
+        self.op.forward(self.x2, self.p["weight"], self.p.get("bias"), self.y2)
+        self._act_forward()
+
+    def backward(self):
+        n = self.plan.batch
+        dz = self._act_backward(self.dz).reshape(n, -1)
+        dx = None if self.dx[0] is None else self.dx[0].reshape(n, -1)
+        self.op.backward(dz, self.x2, self.p["weight"], dx, self.g["weight"], self.g.get("bias"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class FcCUDARunner(cuda_runner.Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c, h, w = layer.in_shapes[0]
+        self.op = FcCUDA(plan.batch, c * h * w, layer.out_shape[0], layer.attrs["bias"],
+                         self.act_code, self.act_slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g.get("bias"))  # fmt: skip

@@ -20,6 +20,8 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 
@@ -249,3 +251,57 @@ class LossCUDA:
         else:
             self._rows(z, labels, dz, self.row_loss, self.row_flags)
         self._finish(self.row_loss, self.row_flags, self.stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class LossCPURunner(Runner):
+    """Loss forward and backward together; `labels` is set by the plan before a step."""
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        n = plan.batch
+        self.kind = layer.attrs["kind"]
+        self.z = self.x[0].reshape(n, -1)  # (N, K) class scores
+        self.probs = np.zeros_like(self.z)  # (N, K) softmax of the scores
+        self.dz_own = np.zeros_like(self.z)  # (N, K) used when dx is not bound
+        self.value = 0.0
+
+    def forward(self, train):
+        n = self.plan.batch
+        dz = self.dz_own if self.dx[0] is None else self.dx[0].reshape(n, -1)
+        labels = self.plan.labels
+        if self.kind == "cross_entropy":
+            self.value = xent_forward_backward(self.z, labels, dz, self.probs)
+        else:
+            self.value = mse_forward_backward(self.z, labels, dz)
+
+    def backward(self):
+        pass  # the gradient was written by forward
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class LossCUDARunner(cuda_runner.Runner):
+    """Loss and its gradient in one pass; the plan uploads `labels` and reads `op.stats`."""
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        n = plan.batch
+        k = int(np.prod(layer.in_shapes[0]))
+        self.op = LossCUDA(layer.attrs["kind"], n, k)
+        self.dz_own = cuda_runner.device_zeros((n, k))  # (N, K) used when dx is not bound
+
+    def forward(self, train):
+        n = self.plan.batch
+        dz = self.dz_own if self.dx[0] is None else self.dx[0].reshape(n, -1)
+        self.op.forward_backward(self.x[0].reshape(n, -1), self.plan.labels_d, dz)
+
+    def backward(self):
+        pass  # the gradient was written by forward

@@ -22,6 +22,9 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
+from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
 # ---------------------------------------------------------------------------------------------
@@ -202,3 +205,53 @@ class LrnCUDA:
     def backward(self, dy, x, y, scale, dx) -> None:
         """dx from dy and the forward's x, y, scale; dx must not alias the others."""
         self._bwd(dy, x, y, scale, dx)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class LrnCPURunner(Runner):
+    """Images are independent, so the batch is split over the layer's worker threads."""
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        self.args = (a["size"], np.float32(a["k"]), np.float32(a["alpha"]), np.float32(a["beta"]))
+        self.scale = np.zeros_like(self.y)  # (N, C, H, W) k + alpha*sum(a^2), for backward
+        work = self.y.size * a["size"]
+        self.workers = Workers(num_threads() if work >= PARALLEL_MIN_WORK else 1)
+        self.slices = [slice(lo, hi) for lo, hi in split(plan.batch, self.workers.n) if hi > lo]
+
+    def forward(self, train):
+        x, y, s = self.x[0], self.y, self.scale
+        self.workers.run(lrn_forward, [(x[b], y[b], s[b], *self.args) for b in self.slices])
+
+    def backward(self):
+        if self.dx[0] is not None:
+            x, y, s, dy, dx = self.x[0], self.y, self.scale, self.dy, self.dx[0]
+            jobs = [(dy[b], x[b], y[b], s[b], dx[b], *self.args) for b in self.slices]
+            self.workers.run(lrn_backward, jobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class LrnCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        c, h, w = layer.out_shape
+        self.op = LrnCUDA(plan.batch, c, h, w, a["size"], a["k"], a["alpha"], a["beta"])
+        self.scale = cuda_runner.device_zeros(self.y.size)  # (N*C*H*W,) k + alpha * window sum
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1), self.scale)
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.x[0].reshape(-1), self.y.reshape(-1),
+                             self.scale, self.dx[0].reshape(-1))  # fmt: skip

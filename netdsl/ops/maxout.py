@@ -16,6 +16,8 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 
@@ -155,3 +157,42 @@ class MaxoutCUDA:
     def backward(self, dy, idx, dx) -> None:
         """dy, idx: (N*C*H*W,); dx: (N*C*k*H*W,) f32 out."""
         self._bwd(dy, idx, dx)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class MaxoutCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.k = layer.attrs["pieces"]
+        self.idx = np.zeros(self.y.shape, np.int32)  # (N, C/k, H, W) winning piece
+
+    def forward(self, train):
+        maxout_forward(self.x[0], self.y, self.idx, self.k)
+
+    def backward(self):
+        if self.dx[0] is not None:
+            maxout_backward(self.dy, self.idx, self.dx[0], self.k)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class MaxoutCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        c, h, w = layer.out_shape
+        self.op = MaxoutCUDA(plan.batch, c, h, w, layer.attrs["pieces"])
+        self.idx = cuda_runner.device_zeros(self.y.size, np.int32)  # (N*C*H*W,) winning piece
+
+    def forward(self, train):
+        self.op.forward(self.x[0].reshape(-1), self.y.reshape(-1), self.idx)
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy.reshape(-1), self.idx, self.dx[0].reshape(-1))

@@ -20,6 +20,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.activation import LINEAR
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
@@ -414,3 +416,51 @@ class PoolCUDA:
         if dx is None:
             return
         self._bwd(dy.reshape(-1), self.arg, dx.reshape(-1), x.reshape(-1), self.slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class PoolCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        c, h, w = layer.in_shapes[0]
+        self.op = PoolCPU(plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"], a["pad_tl"],
+                          a["out_hw"])  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.y)
+
+    def backward(self):
+        if self.dx[0] is not None:
+            self.op.backward(self.dy, self.dx[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class PoolCUDARunner(cuda_runner.Runner):
+    takes_producer_act = True  # its backward can apply its producer's act' (below)
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.build()
+
+    def build(self, act: str = "linear", slope: float = 0.0) -> None:
+        """The pool's launcher; act: its producer's activation, whose backward it takes over
+        (CudaNet._fuse_pool_backward)."""
+        a = self.layer.attrs
+        c, h, w = self.layer.in_shapes[0]
+        self.op = PoolCUDA(self.plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"],
+                           a["pad_tl"], a["out_hw"], act, slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.y)
+
+    def backward(self):
+        self.op.backward(self.dy, self.dx[0], self.x[0])

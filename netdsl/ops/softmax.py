@@ -15,6 +15,8 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops.jit import kernel
 
 
@@ -128,3 +130,41 @@ class SoftmaxCUDA:
     def backward(self, dy, y, dx) -> None:
         """dx from dy and the forward's y, all (N, K); dx may be dy."""
         self._bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class SoftmaxCPURunner(Runner):
+    def forward(self, train):
+        n = self.plan.batch
+        softmax_forward(self.x[0].reshape(n, -1), self.y.reshape(n, -1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            n = self.plan.batch
+            softmax_backward(self.dy.reshape(n, -1), self.y.reshape(n, -1),
+                                     self.dx[0].reshape(n, -1))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class SoftmaxCUDARunner(cuda_runner.Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        self.op = SoftmaxCUDA(plan.batch, self.y.size // plan.batch)
+
+    def forward(self, train):
+        n = self.plan.batch
+        self.op.forward(self.x[0].reshape(n, -1), self.y.reshape(n, -1))
+
+    def backward(self):
+        if self.dx[0] is not None:
+            n = self.plan.batch
+            self.op.backward(self.dy.reshape(n, -1), self.y.reshape(n, -1),
+                             self.dx[0].reshape(n, -1))  # fmt: skip

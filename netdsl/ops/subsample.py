@@ -15,6 +15,8 @@ import types
 
 import numpy as np
 
+from netdsl.backends import cuda_runner
+from netdsl.backends.cpu import Runner
 from netdsl.ops import pool
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
@@ -310,3 +312,52 @@ class SubsampleCUDA:
         if dx is not None:
             self._bwd_x(dy.reshape(-1), coef, dx.reshape(-1))
         self._bwd_p(dy.reshape(-1), x.reshape(-1), dcoef, dbias)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU runner (netdsl/backends/cpu.py): this op bound to the plan's buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class SubsampleCPURunner(Runner):
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        c, h, w = layer.in_shapes[0]
+        self.op = SubsampleCPU(plan.batch, c, h, w, a["kernel"], a["stride"], a["pad_tl"],
+                               a["out_hw"])  # fmt: skip
+        self.dz = np.empty_like(self.y) if self.fused_act else None
+        self.no_dx = np.empty_like(self.x[0])
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p["bias"], self.y)
+        self._act_forward()
+
+    def backward(self):
+        dz = self._act_backward(self.dz)
+        dx = self.no_dx if self.dx[0] is None else self.dx[0]
+        self.op.backward(dz, self.x[0], self.p["weight"], dx, self.g["weight"], self.g["bias"])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA runner (netdsl/backends/cuda.py): the launcher bound to the plan's device buffers
+# ---------------------------------------------------------------------------------------------
+
+
+class SubsampleCUDARunner(cuda_runner.Runner):
+    has_dz = True
+
+    def __init__(self, layer, plan):
+        super().__init__(layer, plan)
+        a = layer.attrs
+        c, h, w = layer.in_shapes[0]
+        self.op = SubsampleCUDA(plan.batch, c, h, w, a["kernel"], a["stride"], a["pad_tl"],
+                                a["out_hw"], self.act_code, self.act_slope)  # fmt: skip
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p["bias"], self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g["bias"])  # fmt: skip

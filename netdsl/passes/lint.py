@@ -19,6 +19,7 @@ from typing import TextIO
 
 from ..errors import Location, _diagnostic
 from ..ir import Layer, Network
+from ..ops import registry
 
 # Datasets whose image size is known before loading: name -> (height, width)
 KNOWN_IMAGE_SIZES = {"mnist": (28, 28), "cifar10": (32, 32)}
@@ -75,14 +76,23 @@ def _warn(layer: Layer, message: str, hint: str | None = None) -> LintWarning:
     return LintWarning(message, layer.loc, hint, layer.notes)
 
 
-def _scores(net: Network, through: tuple[str, ...] = ("flatten",)) -> Layer | None:
-    """The layer whose output the loss reads as class scores, looking through the layer
-    types `through` (flatten keeps a vector as it is)."""
+def _reshapes(layer: Layer) -> bool:
+    return registry.of(layer).reshapes_only  # flatten keeps a vector as it is
+
+
+def _reshapes_or_eval_identity(layer: Layer) -> bool:
+    lt = registry.of(layer)
+    return lt.reshapes_only or lt.identity_at_eval  # dropout: the scores at evaluation
+
+
+def _scores(net: Network, through: Callable[[Layer], bool] = _reshapes) -> Layer | None:
+    """The layer whose output the loss reads as class scores, looking through the layers
+    `through` says leave the scores as they are."""
     loss = net.loss
     if loss is None or len(loss.inputs) != 1:
         return None
     layer = net.layer(loss.inputs[0])
-    while layer.type in through and len(layer.inputs) == 1:
+    while through(layer) and len(layer.inputs) == 1:
         layer = net.layer(layer.inputs[0])
     return layer
 
@@ -93,8 +103,8 @@ def _cross_entropy(net: Network) -> bool:
 
 def softmax_before_cross_entropy(net: Network) -> Iterator[LintWarning]:
     """`softmax` then `loss cross_entropy`: softmax twice; the scores hardly move (Keras habit)."""
-    layer = _scores(net, ("flatten", "dropout"))
-    if layer is not None and layer.type == "softmax" and _cross_entropy(net):
+    layer = _scores(net, _reshapes_or_eval_identity)
+    if layer is not None and registry.of(layer).normalises_scores and _cross_entropy(net):
         yield _warn(
             layer,
             f"loss cross_entropy applies softmax itself; remove the softmax layer '{layer.name}'",
@@ -106,7 +116,7 @@ def softmax_before_cross_entropy(net: Network) -> Iterator[LintWarning]:
 def dropout_before_loss(net: Network) -> Iterator[LintWarning]:
     """Dropout on the class scores: it zeroes scores, not features."""
     layer = _scores(net)
-    if layer is not None and layer.type == "dropout":
+    if layer is not None and registry.of(layer).identity_at_eval:
         yield _warn(
             layer,
             f"dropout '{layer.name}' drops class scores right before the loss",
@@ -123,16 +133,14 @@ _SQUASH = {
 
 def squashed_scores(net: Network) -> Iterator[LintWarning]:
     """An activation on the class scores before cross_entropy, which needs them unbounded."""
-    layer = _scores(net, ("flatten", "dropout"))
+    layer = _scores(net, _reshapes_or_eval_identity)
     if layer is None or not _cross_entropy(net):
         return
-    act = layer.type if layer.type in _SQUASH else None
-    if act is None and isinstance(layer.attrs.get("activation"), tuple):
-        act = layer.attrs["activation"][0]
+    # `relu r1` is an act layer too (elaboration): every activation is in attrs["activation"]
+    act = layer.attrs["activation"][0] if isinstance(layer.attrs.get("activation"), tuple) else None
     if act in _SQUASH:
-        where = f"the layer '{layer.name}'" if layer.type == act else f"'{layer.name}'"
         yield LintWarning(
-            f"{where} applies {act} to the class scores before loss cross_entropy",
+            f"'{layer.name}' applies {act} to the class scores before loss cross_entropy",
             layer.where("activation"),
             f"remove the {act}: {_SQUASH[act]} (the loss applies softmax itself)",
             layer.notes,

@@ -11,6 +11,7 @@ backward (their gradients). The loss and softmax gather all scores on GPU 0.
 from __future__ import annotations
 
 from ..ir import Layer, Network
+from ..ops import registry
 
 BYTES = 4  # float32
 
@@ -28,14 +29,15 @@ def place(net: Network) -> Network:
     owners: dict[str, str] = {}  # layer -> "all" (replicated) or "split" or "gpu0"
     for layer in net.layers:
         layer.exchange = 0
-        if layer.type == "input":
+        lt = registry.of(layer)
+        if lt.source:
             layer.gpus = everywhere
             owners[layer.name] = "all"
             continue
         if g == 1:
             layer.gpus = (0,)
             continue
-        gathered = layer.type in ("loss", "softmax")
+        gathered = lt.gathered
         layer.gpus = (0,) if gathered else everywhere
         replicated = all(owners[n] == "all" for n in layer.inputs)
         if not replicated:
@@ -66,7 +68,7 @@ def _exchange(layer: Layer, gpus: int, gathered: bool, owners: dict[str, str]) -
             lo, hi = _own(ids, c, gpus)
         held.append((offset + lo, offset + hi))
         offset += c
-    if layer.type == "conv" and layer.attrs["connect"] is not None:
+    if registry.of(layer).channel_table(layer) is not None:
         return _table_exchange(layer, ids.tolist(), gpus, held) * spatial
     a, b, active = _needed_interval(layer, ids, gpus)
     overlap = sum(np.maximum(0, np.minimum(b, hi) - np.maximum(a, lo)) for lo, hi in held)
@@ -75,7 +77,7 @@ def _exchange(layer: Layer, gpus: int, gathered: bool, owners: dict[str, str]) -
 
 def _table_exchange(layer: Layer, ids: list[int], gpus: int, held: list) -> int:
     """A connection table reads scattered channels: counted per GPU (tables are small)."""
-    table, cout = layer.attrs["connect"], layer.out_shape[0]
+    table, cout = registry.of(layer).channel_table(layer), layer.out_shape[0]
     received = 0
     for j, gpu in enumerate(ids):
         lo, hi = _own(gpu, cout, gpus)
@@ -88,29 +90,12 @@ def _table_exchange(layer: Layer, ids: list[int], gpus: int, held: list) -> int:
 def _needed_interval(layer: Layer, ids, gpus: int):
     """The input channels (of the concatenated inputs) each GPU in `ids` reads, for the
     layers that read one interval: (start, end, owns-output) arrays indexed like `ids`."""
-    import numpy as np
-
     cin = sum(s[0] for s in layer.in_shapes)
     cout = layer.out_shape[0]
     lo, hi = _own(ids, cout, gpus)
     active = lo < hi
-    t = layer.type
-    if t in ("fc", "softmax", "loss"):
-        return np.zeros_like(ids), np.full_like(ids, cin), active
-    if t == "conv":
-        g = layer.attrs["groups"]
-        per = cin // g  # input channels each group sees
-        return (lo * g // cout) * per, ((hi - 1) * g // cout + 1) * per, active
-    if t == "lrn":
-        half = layer.attrs["size"] // 2
-        return np.maximum(0, lo - half), np.minimum(cin, hi + half), active
-    if t == "flatten":  # output element i*H*W + j comes from input channel i
-        hw = layer.in_shapes[0][1] * layer.in_shapes[0][2]
-        return lo // hw, (hi - 1) // hw + 1, active
-    if t == "maxout":
-        k = layer.attrs["pieces"]
-        return lo * k, hi * k, active
-    return lo, hi, active  # channel-wise layers and concat: output channel i is input channel i
+    a, b = registry.of(layer).needed_interval(layer, lo, hi, cin, gpus)
+    return a, b, active
 
 
 def _needed(layer: Layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
@@ -121,7 +106,7 @@ def _needed(layer: Layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
     lo, hi = _own(gpu, layer.out_shape[0], gpus)
     if lo >= hi:
         return []
-    table = layer.attrs.get("connect") if layer.type == "conv" else None
+    table = registry.of(layer).channel_table(layer)
     if table is not None:
         return [(i, i + 1) for i in sorted({i for o in range(lo, hi) for i in table[o]})]
     a, b, _ = _needed_interval(layer, np.array([gpu], np.int64), gpus)
@@ -144,12 +129,13 @@ def per_gpu(net: Network) -> list[dict[str, int]]:
     own = [{"params": 0, "activations": 0} for _ in range(g)]  # single-GPU layers, remainders
     for layer in net.layers:
         elems = layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2]
-        if layer.type == "loss":
+        lt = registry.of(layer)
+        if not lt.keeps_output:
             continue
-        if layer.type == "input" or len(layer.gpus) == g:
-            shared["activations"] += elems if layer.type == "input" else elems // g
+        if lt.source or len(layer.gpus) == g:
+            shared["activations"] += elems if lt.source else elems // g
             shared["params"] += layer.n_params // g
-            own[0]["params"] += layer.n_params % g if layer.type != "input" else 0
+            own[0]["params"] += layer.n_params % g if not lt.source else 0
         else:
             own[layer.gpus[0]]["activations"] += elems
             own[layer.gpus[0]]["params"] += layer.n_params

@@ -10,7 +10,7 @@ import numpy as np
 def bench_file(path: str, batch: int | None = None, iters: int = 20, device: str = "cpu") -> str:
     """Time each layer's forward and backward (medians over `iters`) and the whole step."""
     from .. import load
-    from ..compiler import compile_network
+    from ..backends import compile_network
 
     net = load(path)
     note = ""

@@ -112,7 +112,7 @@ def cmd_compile(args) -> int:
     import numpy as np
 
     from .. import load
-    from ..compiler import compile_network
+    from ..backends import compile_network
 
     t0 = time.perf_counter()
     net = load(args.file)
@@ -171,7 +171,7 @@ def _load_checkpointed(args, batch=None):
 def _load_with_meta(args, batch=None):
     """The .net file, compiled, with the checkpoint's weights, and the checkpoint's meta."""
     from .. import load
-    from ..compiler import compile_network
+    from ..backends import compile_network
     from .checkpoint import load_checkpoint
     from .trainer import load_weights
 

@@ -705,7 +705,7 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     >>> fit_file("nets/lenet5.net", epochs=1, out="runs/lenet5")  # doctest: +SKIP
     """
     from .. import __version__, load
-    from ..compiler import compile_network, resolve_device
+    from ..backends import compile_network, resolve_device
     from ..passes.lint import print_warnings
     from ..trainconf import check_lr_against_schedule
 

@@ -1,0 +1,184 @@
+"""What a layer type declares: the class each module in netdsl/ops/layers/ fills in once.
+
+A layer type is one object, registered by netdsl/ops/registry.py. The pipeline asks it
+everything that depends on the type, and never tests a layer-type name:
+
+    elaborate     spellings(), aliases, canonical(), short_form, source
+    shapes        infer() (shapes, parameters, MACs, located errors), receptive_field()
+    placement     gathered, needed_interval(), channel_table()
+    report        kernel_text(), type_text(), colour, keeps_output
+    init/compile  fans(), init_spec(), param_mults(), state_init()
+    reference     ref_forward() / ref_backward() (float64)
+    torch_ref     torch_setup() / torch_forward()
+    backends      cpu_runner() / cuda_runner() (imported on first use)
+
+Declarations import neither numpy nor numba: `netdsl check` reads every one of them.
+The runners and references they name are imported on first use from the op's kernel
+module (netdsl/ops/<op>.py), where the float64 reference and the kernels live.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..ir import Layer, Shape
+from ..schema import Schema
+
+Range = tuple[Any, Any]  # (first, end) channel arrays, indexed like the GPU ids
+
+
+class RefContext:
+    """What the float64 executor (netdsl/reference.py) passes every reference: the batch x
+    (N, C, H, W) and its size n, dropout keep-masks and connection-table masks by layer name,
+    the labels, and `saved` (what a forward keeps for its backward, by layer name); a loss
+    sets `value`."""
+
+    def __init__(self, x: Any, masks: dict, table_masks: dict, labels: Any) -> None:
+        self.x = x
+        self.n = x.shape[0]
+        self.masks = masks
+        self.table_masks = table_masks
+        self.labels = labels
+        self.saved: dict[str, Any] = {}
+        self.value = 0.0
+
+
+class LayerType:
+    """Defaults: one input, no options, output shape = input shape, no parameters, no MACs,
+    an empty kernel column, channel i of the output read from channel i of the input."""
+
+    name: str = ""
+    schema: Schema = Schema({})
+    aliases: tuple[str, ...] = ()  # other spellings of the type word: `batchnorm` for bn
+    short_form: str | None = None  # option a bare layer name may give: `loss mse`
+    source = False  # the network's input: no inputs, on every GPU, no gradient
+    is_loss = False  # the last layer; its "output" is its input's scores, not a new map
+    gathered = False  # on several GPUs it runs whole on GPU 0 (loss, softmax)
+    keeps_output = True  # its output is a map counted in activation memory
+    colour = "#ffffff"  # its node in `netdsl graph`
+    # what the lint rules (netdsl/passes/lint.py) need to know of the layers before the loss
+    reshapes_only = False  # the values pass unchanged, only the shape changes (flatten)
+    identity_at_eval = False  # acts in training only; the identity at evaluation (dropout)
+    normalises_scores = False  # turns scores into probabilities (softmax)
+
+    # ---------------------------------------------------------------- language
+    def spellings(self) -> dict[str, Schema]:
+        """Type words that make this layer, with the options each accepts."""
+        return {self.name: self.schema}
+
+    def canonical(self, spelling: str, attrs: dict[str, Any], locs: dict, loc) -> dict[str, Any]:
+        """The attributes of a layer written as `spelling` (a type word of spellings())."""
+        return attrs
+
+    # ---------------------------------------------------------------- shapes and counts
+    def infer(self, layer: Layer) -> Shape:
+        """The output shape (C, H, W) from layer.in_shapes; sets params, state, n_params and
+        macs, and raises a located error for what cannot work."""
+        return layer.in_shapes[0]
+
+    def receptive_field(self, layer: Layer, r: int, j: int) -> tuple[int, int]:
+        """(size, jump) of the output's receptive field from the widest input's (r, j)."""
+        return r, j
+
+    # ---------------------------------------------------------------- GPU placement
+    def needed_interval(self, layer: Layer, lo, hi, cin: int, gpus: int) -> Range:
+        """Input channels [a, b) (of the concatenated inputs) a GPU that owns output channels
+        [lo, hi) reads; lo, hi and the result are arrays indexed by GPU."""
+        return lo, hi
+
+    def channel_table(self, layer: Layer) -> list[list[int]] | None:
+        """For each output channel the input channels it reads, when they are scattered."""
+        return None
+
+    def unsplittable(self, layer: Layer, gpus: int) -> str | None:
+        """Why the CUDA backend cannot split this layer over `gpus` GPUs, or None."""
+        return None
+
+    # How netdsl/backends/cuda_groups.py runs a share of the layer on one logical GPU:
+    # "channels": one runner of the layer sliced to the GPU's output channels [lo, hi),
+    # reading the hull of the input channels it needs (gathered when not all its own);
+    # "elementwise": the same, but every input is read at the own channels (add);
+    # "gather": no runner, the needed input channels are moved into the output (concat).
+    split_mode = "channels"
+    split_over_hull = False  # computed over the whole hull, own channels copied out (LRN)
+
+    def split_hull(self, layer: Layer, cin: int, ivs: list[tuple[int, int]]) -> tuple[int, int]:
+        """The input channels a share's sliced layer takes, from the intervals it reads."""
+        return min(a for a, _ in ivs), max(b for _, b in ivs)
+
+    def split_attrs(self, attrs: dict[str, Any], gpus: int) -> dict[str, Any]:
+        """The attributes of a share's sliced layer (a grouped conv keeps groups/G groups)."""
+        return attrs
+
+    def cuda_share_runner(self) -> type:
+        """The runner of one GPU's share; it is given `share` = (layer name, lo, hi)."""
+        return self.cuda_runner()
+
+    # ---------------------------------------------------------------- reports
+    def kernel_text(self, layer: Layer) -> str:
+        """The summary's "kernel" column: "3x3/1 p1", "max 2x2/2", "p=0.5"."""
+        return ""
+
+    def type_text(self, layer: Layer) -> str:
+        """The summary's "type" column: the type, `+activation` when one is fused."""
+        act = layer.attrs.get("activation")
+        if act and act[0] != "linear":
+            return f"{self.name}+{activation_text(act)}"
+        return self.name
+
+    # ---------------------------------------------------------------- parameters
+    def fans(self, layer: Layer, weight: tuple[int, ...]) -> tuple[float, float]:
+        """(fan_in, fan_out) of the weight, for xavier and he."""
+        return 1.0, 1.0
+
+    def init_spec(self, layer: Layer, pname: str, spec: dict, fan_in: float) -> dict:
+        """The initialiser a parameter gets, given the one the file or the defaults chose."""
+        return spec
+
+    def param_mults(self, layer: Layer, pname: str) -> tuple[float, float]:
+        """(lr_mult, decay_mult) of parameter `pname`."""
+        a = layer.attrs
+        if pname == "bias":
+            return a.get("bias_lr_mult", 1.0), a.get("bias_decay_mult", 1.0)
+        return a.get("lr_mult", 1.0), a.get("decay_mult", 1.0)
+
+    def state_init(self, sname: str) -> float:
+        """The starting value of a non-trainable state tensor."""
+        return 0.0
+
+    # ---------------------------------------------------------------- execution
+    def ref_forward(self, layer: Layer, xs: list, p: dict, ctx: RefContext):
+        """Float64 forward, before the fused activation: (N, C, H, W) inputs -> output."""
+        raise NotImplementedError(self.name)
+
+    def ref_backward(self, layer: Layer, dy, xs: list, y, p: dict, grads: dict,
+                     ctx: RefContext) -> list:  # fmt: skip
+        """Float64 backward from dy (already through the fused activation): the gradient of
+        each input; parameter gradients are added into grads[pname]."""
+        raise NotImplementedError(self.name)
+
+    def torch_setup(self, layer: Layer, model: Any, torch: Any) -> None:
+        """Buffers and masks the PyTorch twin (netdsl/torch_ref.py) needs for this layer."""
+
+    def torch_forward(self, layer: Layer, ins: list, model: Any, F: Any, torch: Any):  # noqa: N803
+        """The PyTorch forward, before the fused activation."""
+        raise NotImplementedError(self.name)
+
+    def cpu_runner(self) -> type:
+        """The CPU runner class (netdsl/backends/cpu.py's Runner), imported on first use."""
+        raise NotImplementedError(self.name)
+
+    def cuda_runner(self) -> type:
+        """The CUDA runner class (netdsl/backends/cuda.py's Runner), imported on first use."""
+        raise NotImplementedError(self.name)
+
+
+def activation_text(act: tuple[str, float]) -> str:
+    """A fused activation as the reports write it: "relu", "leaky(0.1)"."""
+    kind, slope = act
+    return f"leaky({slope:g})" if kind == "leaky" else kind
+
+
+def fmt(shape) -> str:
+    """A shape as the messages write it: 3x32x32."""
+    return "x".join(str(d) for d in shape)

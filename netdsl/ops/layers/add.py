@@ -1,0 +1,47 @@
+"""`add s(a, b), relu`: the elementwise sum of two or more equal-shaped inputs (residuals)."""
+
+from __future__ import annotations
+
+from ...schema import ACT_FLAGS, ACT_OPTS, Schema
+from ..base import LayerType, fmt
+
+
+class Add(LayerType):
+    name = "add"
+    schema = Schema({**ACT_OPTS}, flags=ACT_FLAGS, min_inputs=2, max_inputs=None)
+    split_mode = "elementwise"
+
+    def infer(self, layer):
+        first = layer.in_shapes[0]
+        for i, (name, shape) in enumerate(zip(layer.inputs, layer.in_shapes)):
+            if shape != first:
+                raise layer.error(
+                    f"{layer.name}: add operands differ: {layer.inputs[0]} is {fmt(first)}, "
+                    f"{name} is {fmt(shape)}", f"__input{i}__",
+                    "add needs equal shapes; project the shortcut with a 1x1 conv")  # fmt: skip
+        return first
+
+    def ref_forward(self, layer, xs, p, ctx):
+        return sum(xs[1:], xs[0].copy())
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        return [dy for _ in xs]  # d(a + b)/da = 1
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        y = ins[0]
+        for other in ins[1:]:
+            y = y + other
+        return y
+
+    def cpu_runner(self):
+        from ..add import AddCPURunner
+
+        return AddCPURunner
+
+    def cuda_runner(self):
+        from ..add import AddCUDARunner
+
+        return AddCUDARunner
+
+
+LAYER = Add()

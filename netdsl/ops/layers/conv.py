@@ -1,0 +1,189 @@
+"""`conv c1: 6 filters 5x5, stride 1, pad 2, groups 1, relu`: 2-D convolution (PyTorch's
+cross-correlation), with dilation, groups, 'same' padding and LeCun's connection tables."""
+
+from __future__ import annotations
+
+from ...schema import (
+    ACT_FLAGS,
+    ACT_OPTS,
+    LEARN_OPTS,
+    REQUIRED,
+    Opt,
+    Schema,
+    read_bool,
+    read_int,
+    read_pad,
+    read_pair,
+    read_table,
+)
+from ..base import LayerType
+from ..window import same_pad, window, window_rf, window_text
+
+_EXAMPLE = "e.g. conv c1: 6 filters 5x5"
+
+
+class Conv(LayerType):
+    name = "conv"
+    aliases = ("convolution",)
+    schema = Schema(
+        {
+            "filters": Opt(read_int(), REQUIRED, required="a number of filters", hint=_EXAMPLE),
+            "kernel": Opt(read_pair(), REQUIRED, required="a kernel size", hint=_EXAMPLE),
+            "stride": Opt(read_pair(), (1, 1)),
+            "pad": Opt(read_pad, (0, 0)),
+            "dilation": Opt(read_pair(), (1, 1)),
+            "groups": Opt(read_int(), 1),
+            "bias": Opt(read_bool, True),
+            "connect": Opt(read_table, None),
+            **ACT_OPTS,
+            **LEARN_OPTS,
+        },
+        flags=ACT_FLAGS,
+        postfix=("filters",),
+        positional_dims="kernel",
+    )
+    colour = "#cfe2f3"
+
+    def infer(self, layer):
+        (c, h, w), a = layer.in_shapes[0], layer.attrs
+        o, g, (kh, kw), (sh, sw), (dh, dw) = (a["filters"], a["groups"], a["kernel"],
+                                              a["stride"], a["dilation"])  # fmt: skip
+        table = a["connect"]
+        if table is not None:
+            if g != 1:
+                raise layer.error("a connection table replaces groups; drop 'groups'", "groups")
+            if len(table) != o:
+                raise layer.error(
+                    f"{layer.name}: the connection table has {len(table)} rows but the layer "
+                    f"has {o} filters", "connect", "one row per output map")  # fmt: skip
+            bad = max(max(r) for r in table)
+            if bad >= c:
+                raise layer.error(
+                    f"{layer.name}: the connection table uses input map {bad} but the input "
+                    f"has {c} maps (0..{c - 1})", "connect")  # fmt: skip
+        if c % g:
+            raise layer.error(
+                f"{layer.name} expects {c} input channels divisible by groups={g}", "groups",
+                f"use a groups value that divides {c}")  # fmt: skip
+        if o % g:
+            raise layer.error(
+                f"{layer.name}: {o} filters are not divisible by groups={g}", "groups",
+                f"use a number of filters that is a multiple of {g}")  # fmt: skip
+        pad = a["pad"]
+        if pad == "valid":
+            pads = ((0, 0), (0, 0))
+        elif pad == "same":
+            pads = (same_pad(h, kh, sh, dh), same_pad(w, kw, sw, dw))
+        else:
+            pads = ((pad[0], pad[0]), (pad[1], pad[1]))
+        ho = window(layer, h, kh, sh, dh, pads[0], "height", "kernel")
+        wo = window(layer, w, kw, sw, dw, pads[1], "width", "kernel")
+        a["pad_tl"] = (pads[0][0], pads[1][0])
+        a["out_hw"] = (ho, wo)
+        layer.params = {"weight": (o, c // g, kh, kw)}
+        if a["bias"]:
+            layer.params["bias"] = (o,)
+        links = sum(len(r) for r in table) if table is not None else o * (c // g)
+        layer.n_params = links * kh * kw + (o if a["bias"] else 0)
+        layer.macs = links * kh * kw * ho * wo
+        return (o, ho, wo)
+
+    receptive_field = staticmethod(window_rf)
+
+    def needed_interval(self, layer, lo, hi, cin, gpus):
+        g, cout = layer.attrs["groups"], layer.out_shape[0]
+        per = cin // g  # input channels each group sees
+        return (lo * g // cout) * per, ((hi - 1) * g // cout + 1) * per
+
+    def channel_table(self, layer):
+        return layer.attrs["connect"]
+
+    def unsplittable(self, layer, gpus):
+        g = layer.attrs["groups"]
+        if g > 1 and g % gpus:
+            return f"layer {layer.name}: groups {g} is not a multiple of gpus {gpus}"
+        return None
+
+    def split_hull(self, layer, cin, ivs):
+        if layer.attrs["groups"] == 1:  # every input channel (a table fills only its own)
+            return 0, cin
+        return super().split_hull(layer, cin, ivs)
+
+    def split_attrs(self, attrs, gpus):
+        if attrs["groups"] > 1:
+            attrs["groups"] = attrs["groups"] // gpus  # a multiple of G: whole groups
+        return attrs
+
+    def kernel_text(self, layer):
+        a = layer.attrs
+        parts = window_text(layer, same=a["pad"] == "same")
+        if a["dilation"] != (1, 1):
+            parts.append(f" d{a['dilation'][0]}")
+        if a["groups"] > 1:
+            parts.append(f" g{a['groups']}")
+        if a["connect"] is not None:
+            parts.append(" table")
+        return "".join(parts)
+
+    def fans(self, layer, weight):
+        o, cg, kh, kw = weight
+        table = layer.attrs.get("connect")
+        fan_in = (sum(len(r) for r in table) / len(table) if table else cg) * kh * kw
+        return fan_in, o * kh * kw / max(1, layer.attrs["groups"])
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import conv
+
+        a, w = layer.attrs, p["weight"]
+        if layer.name in ctx.table_masks:
+            w = w * ctx.table_masks[layer.name]
+        return conv.ref_forward(xs[0], w, p.get("bias"), a["stride"], a["pad_tl"],
+                                a["dilation"], a["groups"], a["out_hw"])  # fmt: skip
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import conv
+
+        a, mask = layer.attrs, ctx.table_masks.get(layer.name)
+        wm = p["weight"] * mask if mask is not None else p["weight"]
+        dx, dw, db = conv.ref_backward(dy, xs[0], wm, a["stride"], a["pad_tl"], a["dilation"],
+                                       a["groups"], a["out_hw"])  # fmt: skip
+        grads["weight"] += dw * mask if mask is not None else dw
+        if db is not None and "bias" in grads:
+            grads["bias"] += db
+        return [dx]
+
+    def torch_setup(self, layer, model, torch):
+        if layer.attrs["connect"] is not None:
+            o, c = layer.out_shape[0], layer.in_shapes[0][0]
+            m = torch.zeros(o, c, 1, 1)
+            for i, row in enumerate(layer.attrs["connect"]):
+                m[i, row] = 1.0
+            model.masks[layer.name] = m
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        a = layer.attrs
+        (pt, pl), (ho, wo) = a["pad_tl"], a["out_hw"]
+        c, h, w = layer.in_shapes[0]
+        kh, kw = a["kernel"]
+        (sh, sw), (dh, dw) = a["stride"], a["dilation"]
+        pb = max(0, (ho - 1) * sh + dh * (kh - 1) + 1 - h - pt)
+        pr = max(0, (wo - 1) * sw + dw * (kw - 1) + 1 - w - pl)
+        w_ = model.param(layer.name, "weight")
+        if layer.name in model.masks:
+            w_ = w_ * model.masks[layer.name]
+        y = F.conv2d(F.pad(ins[0], (pl, pr, pt, pb)), w_, model.param(layer.name, "bias"),
+                     stride=a["stride"], dilation=a["dilation"], groups=a["groups"])  # fmt: skip
+        return y[:, :, :ho, :wo]
+
+    def cpu_runner(self):
+        from ..conv import ConvCPURunner
+
+        return ConvCPURunner
+
+    def cuda_runner(self):
+        from ..conv import ConvCUDARunner
+
+        return ConvCUDARunner
+
+
+LAYER = Conv()

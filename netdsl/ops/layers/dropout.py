@@ -1,0 +1,51 @@
+"""`dropout d1: 0.5`: inverted dropout (kept units scaled by 1/(1-p) in training)."""
+
+from __future__ import annotations
+
+from ...schema import Opt, Schema, read_float
+from ..base import LayerType
+
+
+class Dropout(LayerType):
+    name = "dropout"
+    identity_at_eval = True
+    schema = Schema({"p": Opt(read_float(lo=0.0, hi=1.0, open_hi=True), 0.5)}, positional_num="p")
+
+    def kernel_text(self, layer):
+        return f"p={layer.attrs['p']:g}"
+
+    def _mask(self, layer, x, ctx):
+        import numpy as np
+
+        return ctx.masks.get(layer.name, np.ones(x.shape, np.uint8))
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import dropout
+
+        return dropout.ref_forward(xs[0], self._mask(layer, xs[0], ctx), layer.attrs["p"], True)
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import dropout
+
+        return [dropout.ref_backward(dy, self._mask(layer, xs[0], ctx), layer.attrs["p"], True)]
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        return F.dropout(ins[0], layer.attrs["p"], model.training)
+
+    def cpu_runner(self):
+        from ..dropout import DropoutCPURunner
+
+        return DropoutCPURunner
+
+    def cuda_runner(self):
+        from ..dropout import DropoutCUDARunner
+
+        return DropoutCUDARunner
+
+    def cuda_share_runner(self):
+        from ...backends.cuda_groups import SliceDropoutRunner
+
+        return SliceDropoutRunner
+
+
+LAYER = Dropout()

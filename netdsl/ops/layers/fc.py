@@ -1,0 +1,78 @@
+"""`fc f1: 120, relu`: fully connected; it flattens its input by itself."""
+
+from __future__ import annotations
+
+from ...schema import ACT_FLAGS, ACT_OPTS, LEARN_OPTS, REQUIRED, Opt, Schema, read_bool, read_int
+from ..base import LayerType
+
+
+class Fc(LayerType):
+    name = "fc"
+    aliases = ("dense", "linear_layer")
+    schema = Schema(
+        {
+            "outputs": Opt(read_int(), REQUIRED, required="a number of outputs",
+                           hint="e.g. fc f1: 120, relu"),
+            "bias": Opt(read_bool, True),
+            **ACT_OPTS,
+            **LEARN_OPTS,
+        },
+        flags=ACT_FLAGS,
+        postfix=("outputs",),
+        positional_num="outputs",
+    )  # fmt: skip
+    colour = "#d9ead3"
+
+    def infer(self, layer):
+        c, h, w = layer.in_shapes[0]
+        o = layer.attrs["outputs"]
+        f = c * h * w  # fc flattens its input (implicit flatten)
+        layer.params = {"weight": (o, f)}
+        if layer.attrs["bias"]:
+            layer.params["bias"] = (o,)
+        layer.n_params = o * f + (o if layer.attrs["bias"] else 0)
+        layer.macs = o * f
+        return (o, 1, 1)
+
+    def receptive_field(self, layer, r, j):
+        return r + (layer.in_shapes[0][1] - 1) * j, j  # sees its whole input
+
+    def needed_interval(self, layer, lo, hi, cin, gpus):
+        return lo * 0, lo * 0 + cin  # every input channel
+
+    def fans(self, layer, weight):
+        return weight[1], weight[0]
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import fc
+
+        return fc.ref_forward(xs[0].reshape(ctx.n, -1), p["weight"],
+                              p.get("bias")).reshape(ctx.n, -1, 1, 1)  # fmt: skip
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import fc
+
+        n = xs[0].shape[0]
+        dx, dw, db = fc.ref_backward(dy.reshape(n, -1), xs[0].reshape(n, -1), p["weight"])
+        grads["weight"] += dw
+        if "bias" in grads:
+            grads["bias"] += db
+        return [dx.reshape(xs[0].shape)]
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        y = F.linear(ins[0].flatten(1), model.param(layer.name, "weight"),
+                     model.param(layer.name, "bias"))  # fmt: skip
+        return y.view(ins[0].shape[0], -1, 1, 1)
+
+    def cpu_runner(self):
+        from ..fc import FcCPURunner
+
+        return FcCPURunner
+
+    def cuda_runner(self):
+        from ..fc import FcCUDARunner
+
+        return FcCUDARunner
+
+
+LAYER = Fc()

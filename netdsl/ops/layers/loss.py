@@ -1,0 +1,61 @@
+"""`loss cross_entropy` (softmax included) or `loss mse`: the last layer; it reads the class
+scores and, in training, writes their gradient."""
+
+from __future__ import annotations
+
+from ...schema import REQUIRED, Opt, Schema
+from ..base import LayerType
+from ._scores import all_channels, vector
+
+LOSS_KINDS = ("cross_entropy", "mse")
+
+
+class Loss(LayerType):
+    name = "loss"
+    schema = Schema(
+        {"kind": Opt(None, REQUIRED, required="a kind: cross_entropy or mse",
+                     hint="e.g. loss: cross_entropy")},
+        flags={k: ("kind", k) for k in LOSS_KINDS},
+    )  # fmt: skip
+    short_form = "kind"  # `loss cross_entropy`: the name word is the kind
+    is_loss = True
+    gathered = True
+    keeps_output = False
+    colour = "#f4cccc"
+
+    def infer(self, layer):
+        return vector(layer, "the loss")
+
+    def needed_interval(self, layer, lo, hi, cin, gpus):
+        return all_channels(lo, cin)
+
+    def kernel_text(self, layer):
+        return layer.attrs["kind"]
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import loss
+
+        z = xs[0].reshape(ctx.n, -1)
+        rule = loss.ref_xent if layer.attrs["kind"] == "cross_entropy" else loss.ref_mse
+        ctx.value, dz = rule(z, ctx.labels)
+        ctx.saved[layer.name] = dz.reshape(xs[0].shape)
+        return xs[0]
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        return [ctx.saved[layer.name]]  # the gradient of the loss itself, from forward
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        return ins[0]
+
+    def cpu_runner(self):
+        from ..loss import LossCPURunner
+
+        return LossCPURunner
+
+    def cuda_runner(self):
+        from ..loss import LossCUDARunner
+
+        return LossCUDARunner
+
+
+LAYER = Loss()

@@ -1,0 +1,67 @@
+"""`lrn n1: size 5, k 2, alpha 1e-4, beta 0.75`: AlexNet's local response normalisation
+across channels (alpha is not divided by the window size)."""
+
+from __future__ import annotations
+
+from ...schema import Opt, Schema, read_float, read_int
+from ..base import LayerType
+
+
+class Lrn(LayerType):
+    name = "lrn"
+    aliases = ("norm",)
+    split_over_hull = True  # each map's window reaches into its neighbours on other GPUs
+    schema = Schema(
+        {
+            "size": Opt(read_int(), 5),
+            "k": Opt(read_float(positive=True), 2.0),  # k > 0 keeps the denominator positive
+            "alpha": Opt(read_float(lo=0.0), 1e-4),
+            "beta": Opt(read_float(lo=0.0), 0.75),
+        }
+    )
+
+    def infer(self, layer):
+        if layer.attrs["size"] % 2 == 0:
+            raise layer.error(f"lrn size must be odd (a window centred on each map), got "
+                              f"{layer.attrs['size']}", "size")  # fmt: skip
+        return layer.in_shapes[0]
+
+    def needed_interval(self, layer, lo, hi, cin, gpus):
+        import numpy as np  # placement on several GPUs only
+
+        half = layer.attrs["size"] // 2  # the window reaches this far into the neighbours
+        return np.maximum(0, lo - half), np.minimum(cin, hi + half)
+
+    def kernel_text(self, layer):
+        return f"n{layer.attrs['size']} k{layer.attrs['k']:g}"
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import lrn
+
+        a = layer.attrs
+        return lrn.ref_forward(xs[0], a["size"], a["k"], a["alpha"], a["beta"])
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import lrn
+
+        a = layer.attrs
+        yl = lrn.ref_forward(xs[0], a["size"], a["k"], a["alpha"], a["beta"])
+        return [lrn.ref_backward(dy, xs[0], yl, a["size"], a["k"], a["alpha"], a["beta"])]
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        a = layer.attrs  # ours: alpha not divided by n; torch divides by size
+        return F.local_response_norm(ins[0], a["size"], alpha=a["alpha"] * a["size"],
+                                     beta=a["beta"], k=a["k"])  # fmt: skip
+
+    def cpu_runner(self):
+        from ..lrn import LrnCPURunner
+
+        return LrnCPURunner
+
+    def cuda_runner(self):
+        from ..lrn import LrnCUDARunner
+
+        return LrnCUDARunner
+
+
+LAYER = Lrn()

@@ -1,0 +1,120 @@
+"""`pool p1: max 2x2, stride 2`: max, average or sum pooling; `global`; floor or ceil rounding
+(Caffe's rule: the last window must start inside the input)."""
+
+from __future__ import annotations
+
+from ...schema import REQUIRED, Opt, Schema, read_bool, read_pair
+from ..base import LayerType, fmt
+from ..window import window, window_rf, window_text
+
+POOL_MODES = ("max", "avg", "sum")
+
+
+class Pool(LayerType):
+    name = "pool"
+    aliases = ("pooling",)
+    schema = Schema(
+        {
+            "mode": Opt(None, REQUIRED, required="a mode: max, avg or sum",
+                        hint="e.g. pool p1: max 2x2, stride 2"),
+            "kernel": Opt(read_pair(), None),
+            "stride": Opt(read_pair(), None),
+            "pad": Opt(read_pair(lo=0), (0, 0)),
+            "round": Opt(None, None),
+            "global": Opt(read_bool, False),
+        },
+        flags={
+            **{m: ("mode", m) for m in POOL_MODES},
+            "ceil": ("round", "ceil"),
+            "floor": ("round", "floor"),
+        },
+        positional_dims="kernel",
+    )  # fmt: skip
+    colour = "#fff2cc"
+
+    def infer(self, layer):
+        (c, h, w), a = layer.in_shapes[0], layer.attrs
+        if a["global"]:
+            if a["kernel"] is not None:
+                raise layer.error("global pooling takes no kernel size", "kernel")
+            a["kernel"], a["stride"], a["round"] = (h, w), (1, 1), a["round"] or "floor"
+        if a["kernel"] is None:
+            raise layer.error("pool needs a kernel size", None,
+                              "e.g. pool p1: max 2x2, stride 2")  # fmt: skip
+        (kh, kw), (ph, pw) = a["kernel"], a["pad"]
+        (sh, sw) = a["stride"] = a["stride"] or (kh, kw)
+        if ph >= kh or pw >= kw:
+            raise layer.error(f"{layer.name}: padding {ph}x{pw} must be smaller than the "
+                              f"kernel {kh}x{kw}", "pad")  # fmt: skip
+        floor_hw, ceil_hw = [], []
+        for size, k, s, p, axis in ((h, kh, sh, ph, "height"), (w, kw, sw, pw, "width")):
+            fl = window(layer, size, k, s, 1, (p, p), axis, "kernel")
+            ce = -(-(size + 2 * p - k) // s) + 1
+            if (ce - 1) * s >= size + p:  # Caffe's rule: the last window must start inside
+                ce -= 1
+            floor_hw.append(fl)
+            ceil_hw.append(ce)
+        if a["round"] is None:
+            if floor_hw != ceil_hw:
+                raise layer.error(
+                    f"{layer.name}: output is {fmt(floor_hw)} with floor rounding and "
+                    f"{fmt(ceil_hw)} with ceil rounding; say which",
+                    None,
+                    "add `ceil` (Caffe, cuda-convnet) or `floor` (Darknet, PyTorch's default)",
+                )
+            a["round"] = "floor"
+        ho, wo = floor_hw if a["round"] == "floor" else ceil_hw
+        a["pad_tl"], a["out_hw"] = (ph, pw), (ho, wo)
+        return (c, ho, wo)
+
+    receptive_field = staticmethod(window_rf)
+
+    def kernel_text(self, layer):
+        a = layer.attrs
+        parts = [a["mode"] + " ", *window_text(layer)]
+        if a["round"] == "ceil":
+            parts.append(" ceil")
+        return "".join(parts)
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import pool
+
+        a = layer.attrs
+        return pool.ref_forward(xs[0], a["mode"], a["kernel"], a["stride"], a["pad_tl"],
+                                a["out_hw"])  # fmt: skip
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import pool
+
+        a = layer.attrs
+        return [pool.ref_backward(dy, xs[0], a["mode"], a["kernel"], a["stride"], a["pad_tl"],
+                                  a["out_hw"])]  # fmt: skip
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        a, x = layer.attrs, ins[0]
+        (kh, kw), (sh, sw), (ph, pw), (ho, wo) = a["kernel"], a["stride"], a["pad_tl"], a["out_hw"]
+        h, w = x.shape[2], x.shape[3]
+        pb = max(0, (ho - 1) * sh + kh - h - ph)
+        pr = max(0, (wo - 1) * sw + kw - w - pw)
+        if a["mode"] == "max":
+            xp = F.pad(x, (pw, pr, ph, pb), value=float("-inf"))
+            return F.max_pool2d(xp, (kh, kw), (sh, sw))[:, :, :ho, :wo]
+        ones = torch.ones(1, 1, h, w, dtype=x.dtype)
+        s = F.avg_pool2d(F.pad(x, (pw, pr, ph, pb)), (kh, kw), (sh, sw)) * (kh * kw)
+        if a["mode"] == "sum":
+            return s[:, :, :ho, :wo]
+        cnt = F.avg_pool2d(F.pad(ones, (pw, pr, ph, pb)), (kh, kw), (sh, sw)) * (kh * kw)
+        return (s / cnt)[:, :, :ho, :wo]
+
+    def cpu_runner(self):
+        from ..pool import PoolCPURunner
+
+        return PoolCPURunner
+
+    def cuda_runner(self):
+        from ..pool import PoolCUDARunner
+
+        return PoolCUDARunner
+
+
+LAYER = Pool()

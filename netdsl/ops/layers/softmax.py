@@ -1,0 +1,45 @@
+"""`softmax s`: probabilities from class scores (a vector per image)."""
+
+from __future__ import annotations
+
+from ..base import LayerType
+from ._scores import all_channels, vector
+
+
+class Softmax(LayerType):
+    name = "softmax"
+    normalises_scores = True
+    gathered = True
+
+    def infer(self, layer):
+        return vector(layer, "softmax")
+
+    def needed_interval(self, layer, lo, hi, cin, gpus):
+        return all_channels(lo, cin)
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import softmax
+
+        return softmax.ref_forward(xs[0].reshape(ctx.n, -1)).reshape(xs[0].shape)
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import softmax
+
+        n = xs[0].shape[0]
+        return [softmax.ref_backward(dy.reshape(n, -1), y.reshape(n, -1)).reshape(xs[0].shape)]
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        return F.softmax(ins[0], dim=1)
+
+    def cpu_runner(self):
+        from ..softmax import SoftmaxCPURunner
+
+        return SoftmaxCPURunner
+
+    def cuda_runner(self):
+        from ..softmax import SoftmaxCUDARunner
+
+        return SoftmaxCUDARunner
+
+
+LAYER = Softmax()
