@@ -72,7 +72,7 @@ def test_the_grouped_cuda_plan_says_which_parameter_count_is_which(capsys):
         "table.net",
     )
     used = sum(lyr.n_params for lyr in net.layers)
-    plan = CompiledNet(net, device="cuda", batch=2, seed=0)
+    plan = compile_network(net, device="cuda", batch=2, seed=0)
     stored = plan.theta.size
     first = plan.describe().splitlines()[0]
     assert stored == used + 3 * 9  # three of the eight links are absent: 9 weights each
