@@ -300,3 +300,12 @@ def test_golden_summary_rows(capsys, monkeypatch):
     _check_golden("prelu.summary.json", out)
     rows = {r["name"]: r for r in json.loads(out)["layers"]}
     assert [rows[n]["params"] for n in ("a1", "a2", "a3")] == [6, 10, 1]  # C, C, shared
+
+
+def test_prelu_as_a_fused_activation_points_to_the_layer():
+    with pytest.raises(NetError) as info:
+        netdsl.loads(BAD.format("conv c1: 2 filters 3x3, prelu"), "bad.net")
+    assert info.value.message == "unknown option 'prelu' for conv"
+    assert info.value.hint == (
+        "prelu is netdsl's prelu layer, with a learned slope: `prelu NAME` after this layer"
+    )
