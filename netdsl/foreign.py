@@ -103,7 +103,6 @@ FOREIGN_ACTIVATIONS: dict[str, tuple[str, str | None]] = {
     "leaky_relu": ("", "leaky"),
     "leakyrelu": ("", "leaky"),
     "identity": ("", "linear"),
-    "prelu": ("", "prelu layer, with a learned slope: `prelu NAME` after this layer"),
     **{a: ("", None) for a in ("elu", "selu", "gelu", "swish", "silu", "mish", "softplus",
                                "softsign", "relu6", "hard_sigmoid", "hardswish",
                                "exponential", "loggy", "relie", "ramp", "plse", "hardtan",

@@ -302,10 +302,10 @@ def test_golden_summary_rows(capsys, monkeypatch):
     assert [rows[n]["params"] for n in ("a1", "a2", "a3")] == [6, 10, 1]  # C, C, shared
 
 
-def test_prelu_as_a_fused_activation_points_to_the_layer():
+def test_prelu_as_a_fused_activation_is_an_unknown_option_not_a_missing_feature():
+    """prelu is a layer (its slopes are parameters), not a fused activation; the hint no
+    longer says that netdsl lacks it (netdsl/foreign.py)."""
     with pytest.raises(NetError) as info:
         netdsl.loads(BAD.format("conv c1: 2 filters 3x3, prelu"), "bad.net")
     assert info.value.message == "unknown option 'prelu' for conv"
-    assert info.value.hint == (
-        "prelu is netdsl's prelu layer, with a learned slope: `prelu NAME` after this layer"
-    )
+    assert info.value.hint == "did you mean 'relu'?"
