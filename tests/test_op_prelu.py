@@ -309,3 +309,31 @@ def test_prelu_as_a_fused_activation_is_an_unknown_option_not_a_missing_feature(
         netdsl.loads(BAD.format("conv c1: 2 filters 3x3, prelu"), "bad.net")
     assert info.value.message == "unknown option 'prelu' for conv"
     assert info.value.hint == "did you mean 'relu'?"
+
+
+def test_the_prelu_kernels_compile_for_a_real_gpu(tmp_path):
+    """Every prelu kernel the simulator launched (per-channel and shared, with and without
+    dx) compiles to PTX with NVVM, as tests/test_cuda.py checks for the other types."""
+    import os
+    import pickle
+
+    from netdsl.ops import cudakit
+    from tests.test_cuda import _nvvm_available
+
+    if not cudakit.simulator() or not _nvvm_available():
+        pytest.skip("needs the simulator to record and NVVM / NVRTC to compile")
+    src = NET.replace("conv c1: 4 filters 3x3, pad 1\nprelu a1", "prelu a0\nconv c1: 4 filters 3x3")
+    with cudakit.recording() as rec:
+        gpu = compile_network(netdsl.loads(src, "p.net"), device="cuda", batch=2)
+        gpu.step_grads(*data(gpu))
+    rec = [r for r in rec if r[0] == "netdsl.ops.prelu"]
+    assert {r[3] for r in rec} == {"prelu_forward", "prelu_backward_data",
+                                   "prelu_backward_slopes"}  # fmt: skip
+    path = tmp_path / "launches.pkl"
+    path.write_bytes(pickle.dumps(rec))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-m", "netdsl.backends.cuda_ptx", str(path)], env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()[:-1]
+    assert len(lines) >= 3 and all(line.startswith("ok") for line in lines), out.stdout
