@@ -104,7 +104,7 @@ FOREIGN_ACTIVATIONS: dict[str, tuple[str, str | None]] = {
     "leakyrelu": ("", "leaky"),
     "identity": ("", "linear"),
     **{a: ("", None) for a in ("elu", "selu", "gelu", "swish", "silu", "mish", "softplus",
-                               "softsign", "prelu", "relu6", "hard_sigmoid", "hardswish",
+                               "softsign", "relu6", "hard_sigmoid", "hardswish",
                                "exponential", "loggy", "relie", "ramp", "plse", "hardtan",
                                "lhtan", "stair")},
 }  # fmt: skip
