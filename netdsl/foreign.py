@@ -2,9 +2,9 @@
 
 A user coming from another framework writes its layer names first (`convolutional`,
 `InnerProduct`, `Conv2D`); the checker answers with the netdsl spelling and an example
-instead of a list of every layer type or a near miss by spelling (`upsample` is not
-`subsample`, `elu` is not `relu`). One table, read by `foreign_hint` for layer types and by
-`activation_hint` for activation words.
+instead of a list of every layer type or a near miss by spelling (`elu` is not `relu`).
+One table, read by `foreign_hint` for layer types and by `activation_hint` for activation
+words.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     ),
     "shortcut": ("Darknet", "add", "add s(a, b), linear"),
     "cost": ("Darknet", "loss", "loss mse"),
-    "upsample": ("Darknet", None, "netdsl has no upsample layer yet"),
+    # Darknet's upsample is netdsl's own word (its stride=2 is `upsample u1: 2`), so no entry
     "deconvolutional": ("Darknet", None, "netdsl has no deconvolution layer yet"),
     "local": ("Darknet", None, "netdsl has no locally connected layer; use conv"),
     "yolo": ("Darknet", None, "netdsl has no detection layers"),
@@ -71,7 +71,7 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     "InputLayer": ("Keras", "input", "input image: 3x32x32"),
     "LeakyReLU": ("Keras", "leaky", "leaky l1: 0.1, or `leaky(0.1)` on the layer before"),
     "ZeroPadding2D": ("Keras", None, "netdsl pads inside conv and pool: conv c1: ..., pad 1"),
-    "UpSampling2D": ("Keras", None, "netdsl has no upsample layer yet"),
+    "UpSampling2D": ("Keras", "upsample", "upsample u1: 2 (nearest; 2x3 for HxW)"),
     "Conv2DTranspose": ("Keras", None, "netdsl has no deconvolution layer yet"),
     "DepthwiseConv2D": ("Keras", "conv", "conv d1: C filters 3x3, groups C (C input channels)"),
     # PyTorch
@@ -84,6 +84,7 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     "LocalResponseNorm": ("PyTorch", "lrn", "lrn n1: size 5"),
     "CrossEntropyLoss": ("PyTorch", "loss", "loss cross_entropy"),
     "MSELoss": ("PyTorch", "loss", "loss mse"),
+    "Upsample": ("PyTorch", "upsample", "upsample u1: 2 (mode nearest, whole factors)"),
     # names several frameworks share
     "ReLU": ("Caffe, Keras and PyTorch", "relu", "relu r1, or `relu` on the layer before"),
     "Dropout": ("Caffe, Keras and PyTorch", "dropout", "dropout d1: 0.5"),

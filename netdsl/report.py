@@ -99,13 +99,19 @@ def layer_rows(net: Network) -> list[dict[str, Any]]:
             "macs": lyr.macs,
             "activation_bytes": (_elems(lyr.out_shape) * BYTES
                                  if registry.of(lyr).keeps_output else 0),  # fmt: skip
-            "receptive_field": lyr.rf[0],
-            "jump": lyr.rf[1],
+            "receptive_field": _exact(lyr.rf[0]),
+            "jump": _exact(lyr.rf[1]),
             "gpus": list(lyr.gpus),
             "exchange_elements": lyr.exchange,
             "line": lyr.loc.line,
         })  # fmt: skip
     return rows
+
+
+def _exact(v):
+    """An RF or jump for JSON: an int, or a float where an upsample made it a fraction
+    (the text table prints the exact fraction, "1/2")."""
+    return int(v) if v == int(v) else float(v)
 
 
 def summary_json(net: Network, batch: int | None = None) -> str:
@@ -133,7 +139,7 @@ def summary_text(net: Network, batch: int | None = None, ascii_only: bool = Fals
         row = [str(r["index"]), r["name"], _type(lyr), r["geometry"] or "", inp,
                "x".join(map(str, r["output_shape"])), _count(r["params"]), _human(r["macs"]),
                human_bytes(r["activation_bytes"]) if r["activation_bytes"] else "-",
-               str(r["receptive_field"]), str(r["jump"])]  # fmt: skip
+               str(lyr.rf[0]), str(lyr.rf[1])]  # fmt: skip
         if multi:
             g = lyr.gpus
             row.append("all" if registry.of(lyr).source else ",".join(map(str, g)) +

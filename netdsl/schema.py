@@ -307,9 +307,9 @@ def read_float(lo: float | None = None, hi: float | None = None, open_hi: bool =
     return reader
 
 
-def read_pair(lo: int = 1) -> Callable:
-    """An int (used for both axes) or an HxW size."""
-    spec = Arg("int", lo=lo)
+def read_pair(lo: int = 1, hi: int | None = None) -> Callable:
+    """An int (used for both axes) or an HxW size, each from `lo` to `hi`."""
+    spec = Arg("int", lo=lo, hi=hi)
 
     def reader(items, key, at):
         it = _need(items, key, at, "a number or a size like 2x2")

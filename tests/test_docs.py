@@ -44,7 +44,7 @@ import netdsl
 from netdsl.errors import NetError
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/language.md")
+DOCS = ("README.md", "docs/language.md", "docs/adding-a-layer.md")
 KINDS = {"net", "net-fragment", "net-error", "console", "json", "python", "sh", "text"}
 CHEAP = {"check", "summary", "graph"}  # commands that run in a moment (no numba)
 FILE_MARK = re.compile(r"# file: (\S+)$")

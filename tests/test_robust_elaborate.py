@@ -503,7 +503,14 @@ blk a(image): 2
             "Darknet's route is netdsl's concat: concat r(a, b); to read one earlier layer, name it as the input: conv c(a): ...",
         ),
         ("cost", "Darknet's cost is netdsl's loss: loss mse"),
-        ("upsample", "Darknet's upsample: netdsl has no upsample layer yet"),
+        (
+            "UpSampling2D",
+            "Keras's UpSampling2D is netdsl's upsample: upsample u1: 2 (nearest; 2x3 for HxW)",
+        ),
+        (
+            "Upsample",
+            "PyTorch's Upsample is netdsl's upsample: upsample u1: 2 (mode nearest, whole factors)",
+        ),
         (
             "Convolution",
             "Caffe's Convolution is netdsl's conv: conv c1: 32 filters 3x3, pad 1, relu",

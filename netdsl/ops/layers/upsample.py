@@ -1,0 +1,63 @@
+"""`upsample u1: 2` or `upsample u1: 2x3`: nearest-neighbour upsampling by whole factors,
+(C, H, W) -> (C, H*fh, W*fw); Darknet's [upsample] with a positive stride."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ...schema import REQUIRED, Opt, Schema, read_pair
+from ..base import LayerType
+
+MAX_FACTOR = 64  # per axis: a larger factor is not upsampling a feature map, it is a typo
+
+
+class Upsample(LayerType):
+    name = "upsample"
+    schema = Schema(
+        {"factor": Opt(read_pair(lo=1, hi=MAX_FACTOR), REQUIRED, "whole factor per axis",
+                       required="a factor", hint="e.g. upsample u1: 2, or 2x3 for HxW")},
+        positional_num="factor",
+        positional_dims="factor",
+    )  # fmt: skip
+    colour = "#e2f0d9"
+
+    def infer(self, layer):
+        (c, h, w), (fh, fw) = layer.in_shapes[0], layer.attrs["factor"]
+        return (c, h * fh, w * fw)
+
+    def receptive_field(self, layer, r, j):
+        # Each output repeats one input value: the field stays, neighbouring outputs are
+        # 1/fh of a jump apart (an exact fraction; the report prints it as "1/2").
+        jump = Fraction(j) / layer.attrs["factor"][0]
+        return r, int(jump) if jump.denominator == 1 else jump
+
+    def kernel_text(self, layer):
+        fh, fw = layer.attrs["factor"]
+        return f"x{fh}" if fh == fw else f"x{fh}x{fw}"
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import upsample
+
+        return upsample.ref_forward(xs[0], *layer.attrs["factor"])
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import upsample
+
+        return [upsample.ref_backward(dy, *layer.attrs["factor"])]
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        fh, fw = layer.attrs["factor"]
+        return F.interpolate(ins[0], scale_factor=(float(fh), float(fw)), mode="nearest")
+
+    def cpu_runner(self):
+        from ..upsample import UpsampleCPURunner
+
+        return UpsampleCPURunner
+
+    def cuda_runner(self):
+        from ..upsample import UpsampleCUDARunner
+
+        return UpsampleCUDARunner
+
+
+LAYER = Upsample()
