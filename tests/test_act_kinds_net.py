@@ -191,3 +191,34 @@ def test_lint_squash_note(kind):
         assert warnings and "(-A, A)" in warnings[0].hint
     else:
         assert not warnings  # elu is unbounded above: no squash note
+
+
+def test_fused_kinds_compile_for_a_real_gpu(tmp_path):
+    """The simulator runs kernels as Python: compile every kernel this net launched (elu and
+    scaled_tanh fused into conv, fc, bn, subsample, add, and in a pool's backward) to PTX
+    with NVVM, as tests/test_cuda.py does for the other nets (netdsl/backends/cuda_ptx.py)."""
+    import os
+    import pickle
+
+    from netdsl.ops import cudakit
+    from tests.test_cuda import _nvvm_available
+
+    if not cudakit.simulator():
+        pytest.skip("records launches in the simulator")
+    if not _nvvm_available():
+        pytest.skip("NVVM / NVRTC libraries not installed (pip install '.[ptx]')")
+    with cudakit.recording() as rec:
+        _, gpu = nets()
+        x, y = data(gpu)
+        gpu.step_grads(x, y)
+        gpu.forward(x)
+    path = tmp_path / "launches.pkl"
+    path.write_bytes(pickle.dumps(rec))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-m", "netdsl.backends.cuda_ptx", str(path),
+                          "--per-family", "0"], env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    *lines, _ = out.stdout.splitlines()
+    assert lines and all(line.startswith("ok") for line in lines), out.stdout
+    assert any("conv.conv_forward" in line for line in lines)
