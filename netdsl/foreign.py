@@ -2,15 +2,18 @@
 
 A user coming from another framework writes its layer names first (`convolutional`,
 `InnerProduct`, `Conv2D`); the checker answers with the netdsl spelling and an example
-instead of a list of every layer type or a near miss by spelling (`elu` is not `relu`).
+instead of a list of every layer type or a near miss by spelling (`gelu` is not `relu`).
 One table, read by `foreign_hint` for layer types and by `activation_hint` for activation
 words.
 """
 
 from __future__ import annotations
 
-# Activations netdsl has; kept here (not imported from schema) so this module stays a leaf.
-ACTIVATION_NAMES = ("relu", "leaky", "tanh", "sigmoid", "linear")
+from .ops.activations import kinds as _kinds
+
+# Activations netdsl has: its activation kinds (netdsl/ops/activations/, which imports no
+# other netdsl module, so this module stays a leaf of the language code).
+ACTIVATION_NAMES = tuple(_kinds())
 
 # name -> (framework(s), netdsl spelling or None when netdsl has none, example or advice)
 FOREIGN: dict[str, tuple[str, str | None, str]] = {
@@ -104,7 +107,7 @@ FOREIGN_ACTIVATIONS: dict[str, tuple[str, str | None]] = {
     "leaky_relu": ("", "leaky"),
     "leakyrelu": ("", "leaky"),
     "identity": ("", "linear"),
-    **{a: ("", None) for a in ("elu", "selu", "gelu", "swish", "silu", "mish", "softplus",
+    **{a: ("", None) for a in ("selu", "gelu", "swish", "silu", "mish", "softplus",
                                "softsign", "relu6", "hard_sigmoid", "hardswish",
                                "exponential", "loggy", "relie", "ramp", "plse", "hardtan",
                                "lhtan", "stair")},
@@ -112,7 +115,7 @@ FOREIGN_ACTIVATIONS: dict[str, tuple[str, str | None]] = {
 
 
 def activation_hint(word: str) -> str | None:
-    """A hint for an activation netdsl lacks or spells differently (`elu`, `logistic`)."""
+    """A hint for an activation netdsl lacks or spells differently (`gelu`, `logistic`)."""
     key = word.lower()
     if key not in FOREIGN_ACTIVATIONS:
         return None

@@ -14,13 +14,13 @@ from .ops.base import RefContext
 
 
 def _act_fwd(y, a):
-    kind, slope = a.get("activation") or ("linear", 0.0)
-    return y if kind == "linear" else activation.ref_forward(y, kind, slope)
+    act = a.get("activation") or ("linear", 0.0)
+    return y if act[0] == "linear" else activation.ref_forward(y, act[0], act[1:])
 
 
 def _act_bwd(dy, y, a):
-    kind, slope = a.get("activation") or ("linear", 0.0)
-    return dy if kind == "linear" else activation.ref_backward(dy, y, kind, slope)
+    act = a.get("activation") or ("linear", 0.0)
+    return dy if act[0] == "linear" else activation.ref_backward(dy, y, act[0], act[1:])
 
 
 def _own(d: dict, layer) -> dict:

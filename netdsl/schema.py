@@ -16,11 +16,13 @@ from typing import Any
 from .errors import Location, NetError
 from .foreign import activation_hint
 from .limits import MAX_NUMBER
+from .ops import activations as _kinds
 from .values import Item, did_you_mean
 
 REQUIRED = object()
 
-ACTIVATIONS = ("relu", "leaky", "tanh", "sigmoid", "linear")
+# The activation kinds, in code order (netdsl/ops/activations/: a module per kind).
+ACTIVATIONS = tuple(_kinds.kinds())
 INIT_KINDS = ("gaussian", "uniform", "xavier", "he", "constant")
 
 # Argument lists of the calls the language knows: name -> [(param, default)], in positional order.
@@ -50,8 +52,9 @@ AUGMENT_CALLS: dict[str, list[tuple[str, Any]]] = {
     "flip": [("p", 0.5)],
     "lighting": [("std", 0.1)],  # AlexNet's PCA colour noise
 }
+# leaky(slope), elu(alpha), scaled_tanh(A, S): each kind with parameters, from its module
 ACTIVATION_CALLS: dict[str, list[tuple[str, Any]]] = {
-    "leaky": [("slope", 0.01)],  # max(x, slope * x)
+    k.name: list(zip(k.params, k.defaults)) for k in _kinds.kinds().values() if k.params
 }
 # The call tables by what they hold (the word used in messages: "unknown optimizer 'x'").
 CALLS: dict[str, dict[str, list[tuple[str, Any]]]] = {
@@ -270,8 +273,9 @@ CALL_ARGS: dict[str, dict[str, dict[str, Arg]]] = {
         "flip": {"p": PROBABILITY},
         "lighting": {"std": NON_NEGATIVE},
     },
-    "activation": {"leaky": {"slope": FINITE}},
+    "activation": {},  # each kind's own Args, filled in below
 }
+CALL_ARGS["activation"].update({k: _kinds.get(k).args() for k in ACTIVATION_CALLS})
 
 
 # ---------------------------------------------------------------- value readers
@@ -492,15 +496,27 @@ class Schema:
     doc: str = ""
 
 
-ACT_FLAGS = {a: ("activation", (a, 0.0)) for a in ACTIVATIONS if a != "leaky"}
+def activation_word(kind: str) -> tuple:
+    """The activation a bare word means: (kind, *its defaults), (kind, 0.0) without any."""
+    return (kind, *(_kinds.get(kind).defaults or (0.0,)))
+
+
+def activation_call(it: Item) -> tuple:
+    """The activation of a call `leaky(0.1)`, `elu(alpha=0.5)`: (kind, *its values)."""
+    value = call_value(it, ACTIVATION_CALLS, "activation")
+    return (value["kind"], *(value[p] for p, _ in ACTIVATION_CALLS[value["kind"]]))
+
+
+# `leaky` is an option of its own (it takes a bare number: `leaky 0.1`), not a flag
+ACT_FLAGS = {a: ("activation", activation_word(a)) for a in ACTIVATIONS if a != "leaky"}
 
 
 def read_activation(items, key, at):
     it = _need(items, key, at, "an activation: " + ", ".join(ACTIVATIONS))
     if it.kind == "word" and it.value in ACTIVATIONS:
-        return (it.value, 0.01 if it.value == "leaky" else 0.0), 1
-    if it.kind == "call" and it.value[0] == "leaky":
-        return ("leaky", call_value(it, ACTIVATION_CALLS, "activation")["slope"]), 1
+        return activation_word(it.value), 1
+    if it.kind == "call" and it.value[0] in ACTIVATION_CALLS:
+        return activation_call(it), 1
     raise NetError(
         f"unknown activation {it.describe()}",
         it.loc,
@@ -569,9 +585,9 @@ def read_layer_args(
                 value, used = opt.reader(rest, it.value, it.loc)
                 put("activation" if it.value == "leaky" else it.value, value, it.loc)
                 i += 1 + used
-            elif it.kind == "call" and it.value[0] == "leaky" and "leaky" in schema.opts:
-                slope = call_value(it, ACTIVATION_CALLS, "activation")["slope"]
-                put("activation", ("leaky", slope), it.loc)
+            elif it.kind == "call" and it.value[0] in ACTIVATION_CALLS and "leaky" in schema.opts:
+                # `leaky(0.1)`, `elu(alpha=0.5)` among a layer's options (ACT_OPTS)
+                put("activation", activation_call(it), it.loc)
                 i += 1
             elif (
                 it.kind == "num"

@@ -74,13 +74,6 @@ def build(net: Network):
 
 
 def _act(y, act, F, torch):
-    kind, slope = act
-    if kind == "relu":
-        return F.relu(y)
-    if kind == "leaky":
-        return F.leaky_relu(y, slope)
-    if kind == "tanh":
-        return torch.tanh(y)
-    if kind == "sigmoid":
-        return torch.sigmoid(y)
-    return y
+    from .ops import activations  # each kind's PyTorch twin
+
+    return activations.get(act[0]).torch(y, activations.params_of(act), F, torch)

@@ -85,7 +85,7 @@ def test_activation(kind):
     assert_close(yh, activation.ref_forward(x, kind, 0.1), TOL, "forward")
     y_cpu = np.empty_like(x)
     activation.act_forward(x.reshape(-1), y_cpu.reshape(-1), activation.ACT_CODE[kind],
-                           np.float32(0.1))  # fmt: skip
+                           *activation.kernel_params(kind, 0.1))  # fmt: skip
     assert_close(yh, y_cpu, 1e-6, "forward vs CPU")
     op.backward(dev(dy).reshape(-1), y, dx)
     ref = activation.ref_backward(dy, yh, kind, 0.1)

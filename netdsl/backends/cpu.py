@@ -24,11 +24,11 @@ class Runner:
         self.y = plan.out[layer.name]  # (N, C, H, W)
         self.p = plan.layer_params(layer.name)  # name -> view into the flat parameters
         self.g = plan.layer_grads(layer.name)  # name -> view into the flat gradients
-        from ..ops import activation  # whose module defines a runner on this base
+        from ..ops import activation, activations  # whose module defines a runner on this base
 
         act = layer.attrs.get("activation") or ("linear", 0.0)
         self.act_code = activation.ACT_CODE[act[0]]
-        self.act_slope = np.float32(act[1])
+        self.act_params = tuple(np.float32(v) for v in activations.kernel_params(act))
         self.fused_act = act[0] != "linear"
 
     # the plan sets these before backward: where dx goes (None: not needed)
@@ -46,7 +46,7 @@ class Runner:
             from ..ops import activation
 
             v = self.y.reshape(-1)
-            activation.act_forward(v, v, self.act_code, self.act_slope)
+            activation.act_forward(v, v, self.act_code, *self.act_params)
 
     def _act_backward(self, scratch: np.ndarray) -> np.ndarray:
         """Gradient before the fused activation (into `scratch`), or dy itself."""
@@ -55,7 +55,7 @@ class Runner:
         from ..ops import activation
 
         activation.act_backward(self.dy.reshape(-1), self.y.reshape(-1), scratch.reshape(-1),
-                                self.act_code, self.act_slope)  # fmt: skip
+                                self.act_code, *self.act_params)  # fmt: skip
         return scratch
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compiler import CompiledNet
-from ..ops import add, registry
+from ..ops import activations, add, registry
 from .cuda_graph import StepGraph
 from .cuda_runner import (  # noqa: F401 - the runner base and helpers, as before
     Runner,
@@ -126,8 +126,8 @@ class CudaNet(CompiledNet):
                 or r.dx[0] is not self.dout.get(src)
             ):
                 continue
-            kind, slope = p.layer.attrs["activation"]
-            r.build(kind, slope)
+            act = p.layer.attrs["activation"]
+            r.build(act[0], activations.kernel_params(act))
             p.act_in_consumer = True
             p.dz = None  # its dz buffer is the pool's dx now
 

@@ -66,13 +66,15 @@ class Runner:
         self.y = plan.out[layer.name]  # (N, C, H, W) device array
         self.p = plan.layer_params(layer.name)  # name -> device view into theta
         self.g = plan.layer_grads(layer.name)  # name -> device view into grad
+        from ..ops import activations
         from ..ops.activation import ACT_CODE, ActCUDA  # whose module defines a runner on this
 
-        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
+        act = layer.attrs.get("activation") or ("linear", 0.0)
+        kind, values = act[0], activations.params_of(act)
         self.act_code = ACT_CODE[kind]
-        self.act_slope = float(slope)
+        self.act_params = activations.kernel_params(act)  # (p0, p1) floats
         self.fused_act = kind != "linear"
-        self.act_op = ActCUDA(self.y.size, kind, slope) if self.fused_act else None
+        self.act_op = ActCUDA(self.y.size, kind, values) if self.fused_act else None
         self.dz = device_zeros(self.y.shape) if self.fused_act and self.has_dz else None
 
     has_dz = False  # runners whose backward needs dz = dy * act'(y) in a buffer of its own

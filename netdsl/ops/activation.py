@@ -1,13 +1,14 @@
-"""Elementwise activations: relu, leaky relu, tanh, sigmoid, linear.
+"""Elementwise activations, of the kinds registered in netdsl/ops/activations/.
 
 The kind is a string in the language (``activation leaky 0.1``) and a small int in
 the kernels (``ACT_CODE[kind]``) so one compiled kernel serves every kind: the
 branch on the code is loop-invariant, and LLVM hoists it out of the loop.
 
 Backward is written in terms of the forward OUTPUT ``y`` (never the input), so the
-forward may run in place (``x is y``) and the input buffer need not be kept:
-relu' = [y > 0], leaky' = 1 or slope by the sign of y (slope > 0), tanh' = 1 - y^2,
-sigmoid' = y (1 - y), linear' = 1.
+forward may run in place (``x is y``) and the input buffer need not be kept: each kind
+declares its f' through y (relu' = [y > 0], tanh' = 1 - y^2, elu' = 1 or y + alpha, ...).
+A kind's parameters reach the kernels as two float32 values (p0, p1): leaky's slope, elu's
+alpha, scaled tanh's A and S (0 where unused).
 
 Kernels work on C-contiguous float32 arrays of any shape (they flatten internally;
 every ndim is one more compilation, so prefer passing ``a.reshape(-1)``).
@@ -16,7 +17,6 @@ every ndim is one more compilation, so prefer passing ``a.reshape(-1)``).
 from __future__ import annotations
 
 import functools
-import math
 import types
 from types import MappingProxyType
 
@@ -24,16 +24,33 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops import activations
 from netdsl.ops.jit import kernel
 
-ACTIVATIONS: tuple[str, ...] = ("relu", "leaky", "tanh", "sigmoid", "linear")
+ACTIVATIONS: tuple[str, ...] = tuple(activations.kinds())
 
 # Read-only: the codes are baked into compiled kernels and must never change at run time.
 ACT_CODE = MappingProxyType({name: code for code, name in enumerate(ACTIVATIONS)})
 
-RELU, LEAKY, TANH, SIGMOID, LINEAR = (ACT_CODE[name] for name in ACTIVATIONS)
+RELU, LEAKY, TANH, SIGMOID, LINEAR = (ACT_CODE[name] for name in ACTIVATIONS[:5])
 
-DEFAULT_SLOPE = 0.01
+DEFAULT_SLOPE = 0.01  # leaky's default slope (its module declares it too)
+
+
+def _values(kind: str, params) -> tuple[float, ...]:
+    """A kind's parameter values from a float (the slope, as callers always passed), a tuple,
+    or None (its defaults)."""
+    if params is None:
+        params = ()
+    elif not isinstance(params, (tuple, list)):
+        params = (params,)
+    return activations.params_of((kind, *params))
+
+
+def kernel_params(kind: str, params=None) -> tuple[np.float32, np.float32]:
+    """(p0, p1) as the kernels take them."""
+    p = activations.kernel_params((kind, *_values(kind, params)))
+    return np.float32(p[0]), np.float32(p[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,78 +58,57 @@ DEFAULT_SLOPE = 0.01
 # ---------------------------------------------------------------------------------------------
 
 
-def ref_forward(x: np.ndarray, kind: str, slope: float = DEFAULT_SLOPE) -> np.ndarray:
-    """Reference activation in float64. x: any shape -> y: same shape."""
+def ref_forward(x: np.ndarray, kind: str, slope=None) -> np.ndarray:
+    """Reference activation in float64. x: any shape -> y: same shape. slope: the kind's
+    parameter (one float) or parameters (a tuple)."""
     x = np.asarray(x, dtype=np.float64)
-    if kind == "relu":
-        return np.maximum(x, 0.0)
-    if kind == "leaky":
-        return np.where(x > 0, x, slope * x)
-    if kind == "tanh":
-        return np.tanh(x)
-    if kind == "sigmoid":
-        # exp(-x) may overflow to inf for x << 0, giving exactly 0: silence the warning only.
-        with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-x))
-    if kind == "linear":
-        return x.copy()
-    raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+    if kind not in ACT_CODE:
+        raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+    return activations.get(kind).ref_forward(x, _values(kind, slope))
 
 
-def ref_backward(
-    dy: np.ndarray, y: np.ndarray, kind: str, slope: float = DEFAULT_SLOPE
-) -> np.ndarray:
+def ref_backward(dy: np.ndarray, y: np.ndarray, kind: str, slope=None) -> np.ndarray:
     """Reference gradient from the forward output. dy, y: same shape -> dx: same shape."""
     dy = np.asarray(dy, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    if kind == "relu":
-        return dy * (y > 0)
-    if kind == "leaky":
-        return dy * np.where(y > 0, 1.0, slope)
-    if kind == "tanh":
-        return dy * (1.0 - y * y)
-    if kind == "sigmoid":
-        return dy * y * (1.0 - y)
-    if kind == "linear":
-        return dy.copy()
-    raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+    if kind not in ACT_CODE:
+        raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+    return activations.get(kind).ref_backward(dy, y, _values(kind, slope))
 
 
 # ---------------------------------------------------------------------------------------------
-# Element math, shared by the CPU kernels below and the CUDA kernels at the end of this file
-# (compiled there as CUDA device functions from the same Python source).
+# Element math, shared by the CPU kernels below and the CUDA kernels at the end of this file.
+# act_scalar(v, code, p0, p1) and act_grad_from_output(y, code, p0, p1) are generated once
+# per process from the registry: a chain `if code == k: return f_k(v, p0, p1)` over the
+# kinds, exec'd into this module (so @kernel binds the kinds' functions here, as for any
+# kernel calling another). Numba cannot cache a function without a source file, and a cached
+# caller would not notice a changed kind module (Numba's cache keys on the caller's file
+# only), so the generated functions and the two CPU kernels calling them compile once per
+# process (cache=False): sound when a kind is added or edited, at the cost of a short compile.
 # Arguments are float32 scalars and an int code; all arithmetic stays in float32.
 # ---------------------------------------------------------------------------------------------
 
 
-@kernel
-def act_scalar(v, code, slope):  # v: float32, code: int, slope: float32 -> float32
-    """Activation of one float32 value."""
-    if code == 0:  # relu
-        return v if v > 0 else v * np.float32(0.0)
-    if code == 1:  # leaky
-        return v if v > 0 else slope * v
-    if code == 2:  # tanh
-        return np.tanh(v)
-    if code == 3:  # sigmoid: exp(-v) overflows to inf for v << 0 and 1/inf = 0, so no branch
-        # math.exp, not np.exp: the same float32 expf on the CPU, and numba-cuda has no np.exp
-        return np.float32(1.0) / (np.float32(1.0) + math.exp(-v))
-    return v  # linear
+def _chain(name: str, arg: str, fn: str, namespace: dict, funcs: list):
+    """def name(arg, code, p0, p1): if code == k: return fn_k(arg, p0, p1) ... (the last
+    kind without a test), with fn_k = funcs[k] put in `namespace`."""
+    lines = [f"def {name}({arg}, code, p0, p1):"]
+    for code, func in enumerate(funcs):
+        namespace[f"_{fn}{code}"] = func
+        call = f"return _{fn}{code}({arg}, p0, p1)"
+        last = code == len(funcs) - 1
+        lines.append(f"    {call}" if last else f"    if code == {code}:\n        {call}")
+    exec("\n".join(lines), namespace)  # noqa: S102 - our own source, built from the registry
+    return namespace.pop(name)
 
 
-@kernel
-def act_grad_from_output(y, code, slope):  # y: float32, code: int, slope: float32 -> float32
-    """Derivative of the activation, expressed through its output y."""
-    one = np.float32(1.0)
-    if code == 0:  # relu
-        return one if y > 0 else np.float32(0.0)
-    if code == 1:  # leaky (slope > 0 keeps the sign of y equal to that of x)
-        return one if y > 0 else slope
-    if code == 2:  # tanh
-        return one - y * y
-    if code == 3:  # sigmoid
-        return y * (one - y)
-    return one  # linear
+_KINDS = list(activations.kinds().values())
+act_scalar = kernel(_chain("act_scalar", "v", "f", globals(), [k.f for k in _KINDS]),
+                    cache=False)  # fmt: skip
+act_scalar.__doc__ = "Activation of one float32 value: act_scalar(v, code, p0, p1)."
+act_grad_from_output = kernel(_chain("act_grad_from_output", "y", "df", globals(),
+                                     [k.df for k in _KINDS]), cache=False)  # fmt: skip
+act_grad_from_output.__doc__ = "Derivative of the activation, expressed through its output y."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,28 +116,28 @@ def act_grad_from_output(y, code, slope):  # y: float32, code: int, slope: float
 # ---------------------------------------------------------------------------------------------
 
 
-@kernel
-def act_forward(x, y, code, slope):
+@kernel(cache=False)  # calls the generated element math (above)
+def act_forward(x, y, code, p0, p1):
     """y = act(x). x, y: same shape, float32 C-contiguous; x may be y (in place).
 
-    code: ACT_CODE[kind]; slope: leaky slope (ignored by other kinds).
+    code: ACT_CODE[kind]; p0, p1: the kind's parameters (kernel_params; ignored by others).
     """
     xf = x.reshape(-1)  # (size,) view
     yf = y.reshape(-1)  # (size,) view
-    s = np.float32(slope)
+    a, b = np.float32(p0), np.float32(p1)
     for i in range(xf.size):
-        yf[i] = act_scalar(xf[i], code, s)
+        yf[i] = act_scalar(xf[i], code, a, b)
 
 
-@kernel
-def act_backward(dy, y, dx, code, slope):
+@kernel(cache=False)
+def act_backward(dy, y, dx, code, p0, p1):
     """dx = dy * act'(from y). dy, y, dx: same shape, float32 C-contiguous; dx may be dy."""
     dyf = dy.reshape(-1)  # (size,)
     yf = y.reshape(-1)  # (size,)
     dxf = dx.reshape(-1)  # (size,)
-    s = np.float32(slope)
+    a, b = np.float32(p0), np.float32(p1)
     for i in range(dyf.size):
-        dxf[i] = dyf[i] * act_grad_from_output(yf[i], code, s)
+        dxf[i] = dyf[i] * act_grad_from_output(yf[i], code, a, b)
 
 
 # ---- CUDA kernels
@@ -154,13 +150,18 @@ cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 @functools.cache
 def cuda_element_math():
-    """(act, act_grad) as CUDA device functions: act(v, code, slope), act_grad(y, code, slope)."""
+    """(act, act_grad) as CUDA device functions: act(v, code, p0, p1), act_grad(y, code, p0,
+    p1); the same chain as act_scalar's over the kinds' f and df compiled as device functions."""
     global cuda
     from numba import cuda
 
     # inlined: a call left in a GEMM epilogue kept the accumulator tile out of registers
     inline = {"device": True, "inline": "always"}
-    return cuda.jit(**inline)(act_scalar.py_func), cuda.jit(**inline)(act_grad_from_output.py_func)
+    dev = [(cuda.jit(**inline)(k.f.py_func), cuda.jit(**inline)(k.df.py_func)) for k in _KINDS]
+    ns: dict = {}
+    act = _chain("act", "v", "f", ns, [f for f, _ in dev])
+    act_grad = _chain("act_grad", "y", "df", ns, [df for _, df in dev])
+    return cuda.jit(**inline)(act), cuda.jit(**inline)(act_grad)
 
 
 @functools.cache
@@ -172,14 +173,14 @@ def _cuda_kernels():
     act, act_grad = cuda_element_math()
 
     @cuda.jit
-    def act_forward(x, y, code, slope):  # x, y: (size,) f32; y may be x
+    def act_forward(x, y, code, p0, p1):  # x, y: (size,) f32; y may be x
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-            y[i] = act(x[i], code, slope)
+            y[i] = act(x[i], code, p0, p1)
 
     @cuda.jit
-    def act_backward(dy, y, dx, code, slope):  # dy, y, dx: (size,) f32; dx may be dy
+    def act_backward(dy, y, dx, code, p0, p1):  # dy, y, dx: (size,) f32; dx may be dy
         for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
-            dx[i] = dy[i] * act_grad(y[i], code, slope)
+            dx[i] = dy[i] * act_grad(y[i], code, p0, p1)
 
     return types.SimpleNamespace(act_forward=act_forward, act_backward=act_backward)
 
@@ -187,21 +188,22 @@ def _cuda_kernels():
 class ActCUDA:
     """Elementwise activation of one kind on flat device arrays of `size` float32 values."""
 
-    def __init__(self, size: int, kind: str, slope: float = DEFAULT_SLOPE) -> None:
+    def __init__(self, size: int, kind: str, slope=None) -> None:
+        """slope: the kind's parameter, or a tuple of its parameters."""
         from netdsl.ops.cudakit import Launch, grid_1d
 
-        self.code, self.slope = ACT_CODE[kind], np.float32(slope)
+        self.code, self.params = ACT_CODE[kind], kernel_params(kind, slope)
         grid, block = grid_1d(size)
         self._fwd = Launch(_cuda_kernels, "act_forward", grid, block)
         self._bwd = Launch(_cuda_kernels, "act_backward", grid, block)
 
     def forward(self, x, y) -> None:
         """y = act(x); x, y: (size,) float32 device arrays, y may be x."""
-        self._fwd(x, y, self.code, self.slope)
+        self._fwd(x, y, self.code, *self.params)
 
     def backward(self, dy, y, dx) -> None:
         """dx = dy * act'(y); dy, y, dx: (size,) float32 device arrays, dx may be dy."""
-        self._bwd(dy, y, dx, self.code, self.slope)
+        self._bwd(dy, y, dx, self.code, *self.params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ class ActCUDA:
 class ActCPURunner(Runner):
     def forward(self, train):
         act_forward(self.x[0].reshape(-1), self.y.reshape(-1), self.act_code,
-                               self.act_slope)  # fmt: skip
+                    *self.act_params)  # fmt: skip
 
     def backward(self):
         if self.dx[0] is not None:
@@ -221,7 +223,7 @@ class ActCPURunner(Runner):
                 self.y.reshape(-1),
                 self.dx[0].reshape(-1),
                 self.act_code,
-                self.act_slope,
+                *self.act_params,
             )
 
 
@@ -236,8 +238,8 @@ class ActCUDARunner(cuda_runner.Runner):
         # the layer IS the activation, not fused. The base builds an op only for a non-linear
         # one; a standalone `linear` is the identity: its kernel copies y = x and passes the
         # gradient through (act' = 1), as on the CPU.
-        kind, slope = layer.attrs.get("activation") or ("linear", 0.0)
-        self.op = self.act_op or ActCUDA(self.y.size, kind, slope)
+        act = layer.attrs.get("activation") or ("linear", 0.0)
+        self.op = self.act_op or ActCUDA(self.y.size, act[0], activations.params_of(act))
         self.fused_act, self.act_op = False, None
 
     def forward(self, train):

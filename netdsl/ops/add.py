@@ -18,6 +18,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops import activations
 from netdsl.ops.jit import kernel
 
 
@@ -65,9 +66,9 @@ def _cuda_kernels():
     act, _ = cuda_element_math()
 
     @cuda.jit
-    def add_act(a, b, y, code, slope):  # a, b, y: (size,) f32; y may alias a or b
+    def add_act(a, b, y, code, p0, p1):  # a, b, y: (size,) f32; y may alias a or b
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            y[i] = act(a[i] + b[i], code, slope)
+            y[i] = act(a[i] + b[i], code, p0, p1)
 
     @cuda.jit
     def copy(x, y):  # x, y: (size,) f32
@@ -80,11 +81,14 @@ def _cuda_kernels():
 class AddCUDA:
     """y = x_1 + ... + x_m (then an optional activation) on flat device arrays of `size` f32."""
 
-    def __init__(self, size: int, act_code: int = 4, act_slope: float = 0.0) -> None:
+    def __init__(self, size: int, act_code: int = 4, act_params: tuple = (0.0, 0.0)) -> None:
         from netdsl.ops.cudakit import Launch, grid_1d
 
         grid, block = grid_1d(size)
-        self.code, self.slope = act_code, np.float32(act_slope)
+        self.code, self.params = (
+            act_code,
+            tuple(np.float32(v) for v in activations.as_pair(act_params)),
+        )
         self._add = Launch(_cuda_kernels, "add_act", grid, block)
         self._copy = Launch(_cuda_kernels, "copy", grid, block)
 
@@ -93,11 +97,11 @@ class AddCUDA:
         linear = np.int64(4)  # ACT_CODE["linear"]: the activation goes on the last sum only
         for j in range(1, len(xs)):
             code = self.code if j == len(xs) - 1 else linear
-            self._add(xs[0] if j == 1 else y, xs[j], y, code, self.slope)
+            self._add(xs[0] if j == 1 else y, xs[j], y, code, *self.params)
 
     def accumulate(self, dst, src) -> None:
         """dst += src (fan-out gradient accumulation); (size,) device arrays."""
-        self._add(dst, src, dst, np.int64(4), self.slope)
+        self._add(dst, src, dst, np.int64(4), *self.params)
 
     def copy(self, src, dst) -> None:
         """dst = src; (size,) device arrays."""
@@ -137,7 +141,7 @@ class AddCUDARunner(cuda_runner.Runner):
 
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
-        self.op = AddCUDA(self.y.size, self.act_code, self.act_slope)
+        self.op = AddCUDA(self.y.size, self.act_code, self.act_params)
 
     def forward(self, train):
         self.op.forward([x.reshape(-1) for x in self.x], self.y.reshape(-1))

@@ -173,10 +173,11 @@ class LayerType:
         raise NotImplementedError(self.name)
 
 
-def activation_text(act: tuple[str, float]) -> str:
-    """A fused activation as the reports write it: "relu", "leaky(0.1)"."""
-    kind, slope = act
-    return f"leaky({slope:g})" if kind == "leaky" else kind
+def activation_text(act: tuple) -> str:
+    """A fused activation as the reports write it: "relu", "leaky(0.1)" (its kind's text)."""
+    from . import activations
+
+    return activations.get(act[0]).text(activations.params_of(act))
 
 
 def fmt(shape) -> str:

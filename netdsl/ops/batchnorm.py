@@ -25,6 +25,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops import activations
 from netdsl.ops.jit import kernel
 
 DEFAULT_EPS = 1e-5
@@ -217,8 +218,8 @@ cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 @functools.cache
 def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: float,
-                  slope: float, threads: int, code: int):  # fmt: skip
-    """BN kernels for one layer on flat (batch*channels*plane,) arrays; code, slope: the fused
+                  act_params: tuple, threads: int, code: int):  # fmt: skip
+    """BN kernels for one layer on flat (batch*channels*plane,) arrays; code, act_params: the fused
     activation; `threads` per block of the per-channel reductions (a power of two)."""
     global cuda
     from numba import cuda, float64
@@ -229,7 +230,8 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     act, act_grad = cuda_element_math()
     # float32 constants: the values (and the mixed float32/float64 arithmetic) the kernels had
     # when these came as float32 arguments
-    eps32, mom32, slope32 = np.float32(eps), np.float32(momentum), np.float32(slope)
+    eps32, mom32 = np.float32(eps), np.float32(momentum)
+    ap0, ap1 = (np.float32(v) for v in act_params)  # the kind's (p0, p1)
     size, count = batch * channels * plane, batch * plane  # count: values per channel
 
     block_sum = block_reducer(threads)  # buf: (threads,) f64 shared -> its sum, to every thread
@@ -270,7 +272,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
         # x, y: (N*C*P,) f32 (y may be x); mean, coef, beta: (C,) f32
         for e in range(cuda.grid(1), size, cuda.gridsize(1)):
             c = (e // plane) % channels
-            y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, slope32)
+            y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, ap0, ap1)
 
     @cuda.jit
     def bn_grad_stats(dy, y, x, mean, invstd, gamma, dgamma, dbeta, ws):
@@ -283,7 +285,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
         s_xc = 0.0
         for q in range(t, count, threads):
             e = ((q // plane) * channels + c) * plane + q % plane
-            d = dy[e] * act_grad(y[e], code, slope32)
+            d = dy[e] * act_grad(y[e], code, ap0, ap1)
             s_dy += d
             s_xc += d * (x[e] - mu)
         buf[t] = s_dy
@@ -304,7 +306,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
         # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
         for e in range(cuda.grid(1), size, cuda.gridsize(1)):
             c = (e // plane) % channels
-            d = dy[e] * act_grad(y[e], code, slope32)
+            d = dy[e] * act_grad(y[e], code, ap0, ap1)
             dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
 
     return types.SimpleNamespace(
@@ -325,13 +327,14 @@ class BnCUDA:
     """Batch norm with a fused activation on flat (N*C*H*W,) float32 device arrays."""
 
     def __init__(self, n: int, channels: int, plane: int, eps: float, momentum: float,
-                 act_code: int = 4, act_slope: float = 0.0) -> None:  # fmt: skip
+                 act_code: int = 4, act_params: tuple = (0.0, 0.0)) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
         from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
 
         threads = SIM_THREADS if simulator() else THREADS
-        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum), float(act_slope),
+        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum),
+               activations.as_pair(act_params),
                threads, int(act_code))  # fmt: skip
         size = n * channels * plane
         self.mean = _cuda.device_array(channels, np.float32)  # (C,) batch mean, for backward
@@ -407,7 +410,7 @@ class BnCUDARunner(cuda_runner.Runner):
         c, h, w = layer.out_shape
         self.op = BnCUDA(plan.batch, c, h * w, layer.attrs["eps"],
                                    layer.attrs["momentum"], self.act_code,
-                                   self.act_slope)  # fmt: skip
+                                   self.act_params)  # fmt: skip
         self.rm = plan.state[f"{layer.name}.running_mean"]  # (C,) device
         self.rv = plan.state[f"{layer.name}.running_var"]  # (C,) device
         self.no_dx = None  # (N*C*H*W,) allocated on first need

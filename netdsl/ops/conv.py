@@ -33,6 +33,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops import activations
 from netdsl.ops.jit import kernel
 
 Pair = tuple[int, int]
@@ -523,7 +524,7 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
         return float32(0.0)
 
     @cuda.jit
-    def conv_forward(x, w, b, y, has_bias, slope):
+    def conv_forward(x, w, b, y, has_bias, p0, p1):
         # x (N, C, H, W), w (O, Cg, kh, kw), b (O,), y (N, O, Ho, Wo), all f32.
         # grid (cdiv(N*Ho*Wo, BN), cdiv(Og, BM), G), block (BN/TN, BM/TM)
         tx, ty, g = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
@@ -562,7 +563,7 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
                     col = n0 + tx + j * tx_n
                     if col < npix:
                         im, oy, ox = unravel(col, ho, wo)
-                        y[im, g * og + oc, oy, ox] = act(acc[i, j] + bias, code, slope)
+                        y[im, g * og + oc, oy, ox] = act(acc[i, j] + bias, code, p0, p1)
 
     @cuda.jit
     def conv_backward_data(dy, w, dx):
@@ -703,7 +704,7 @@ class ConvCUDA:
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, kh: int, kw: int, stride: Pair,
                  pad: Pair, dilation: Pair, groups: int, out_hw: Pair, bias: bool,
-                 act_code: int = 4, act_slope: float = 0.0,
+                 act_code: int = 4, act_params: tuple = (0.0, 0.0),
                  mask: np.ndarray | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
@@ -724,7 +725,7 @@ class ConvCUDA:
         cg, og = c // groups, o // groups
         kcols = cg * kh * kw
         self.bias = bias
-        self.slope = np.float32(act_slope)
+        self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
         t_f, t_d, t_w = pick_tile(og), pick_tile(cg), pick_tile(og)
         # split-K for the weight gradient: enough blocks to fill the GPU, each summing at least
         # 8 BK-deep slices of the N*Ho*Wo pixels
@@ -764,7 +765,7 @@ class ConvCUDA:
         """y = act(conv(x, w) + b). x (N, C, H, W), w (O, Cg, kh, kw), b (O,) or None,
         y (N, O, Ho, Wo): float32 device arrays."""
         bb = b if self.bias and b is not None else self.no_b
-        self._fwd(x, w, bb, y, self.bias and b is not None, self.slope)
+        self._fwd(x, w, bb, y, self.bias and b is not None, *self.act_params)
 
     def backward(self, dy, x, w, dx, dw, db) -> None:
         """Overwrite dx (unless None), dw and db (unless None). dy (N, O, Ho, Wo) is the
@@ -817,7 +818,7 @@ class ConvCUDARunner(cuda_runner.Runner):
         a = layer.attrs
         n, (c, h, w), o = plan.batch, layer.in_shapes[0], layer.out_shape[0]
         self.op = ConvCUDA(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
-                           a["groups"], a["out_hw"], a["bias"], self.act_code, self.act_slope,
+                           a["groups"], a["out_hw"], a["bias"], self.act_code, self.act_params,
                            plan.masks.get(layer.name))  # fmt: skip
 
     def forward(self, train):

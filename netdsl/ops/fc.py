@@ -16,6 +16,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops import activations
 
 # ---------------------------------------------------------------------------------------------
 # float64 NumPy references
@@ -104,7 +105,7 @@ cuda = None  # numba.cuda, bound by _cuda_kernels()
 @functools.cache
 def _cuda_kernels(m: int, n: int, k: int, bm: int, bn: int, bk: int, tm: int, tn: int,
                   a_kfast: bool, b_nfast: bool, code: int):  # fmt: skip
-    """gemm(a, b, c, bias, has_bias, slope) for one (m, n, k) product, layout and activation:
+    """gemm(a, b, c, bias, has_bias, p0, p1) for one (m, n, k) product, layout and activation:
     C[i, j] = act(sum_l A[i, l] B[l, j] + bias[j]) over flat float32 operands, where A[i, l] is
     a[i*k + l] (a_kfast) or a[l*m + i], B[l, j] is b[l*n + j] (b_nfast) or b[j*k + l], and
     C[i, j] is c[i*n + j]. Also column_sums(c, out): out[j] = sum_i C[i, j] (a bias gradient).
@@ -123,7 +124,7 @@ def _cuda_kernels(m: int, n: int, k: int, bm: int, bn: int, bk: int, tm: int, tn
     ldb = n if b_nfast else k
 
     @cuda.jit
-    def gemm(a, b, c, bias, has_bias, slope):
+    def gemm(a, b, c, bias, has_bias, p0, p1):
         # a, b, c, bias: flat f32; grid (cdiv(n, BN), cdiv(m, BM)), block (BN/TN, BM/TM)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * tx_n + tx
@@ -171,7 +172,7 @@ def _cuda_kernels(m: int, n: int, k: int, bm: int, bn: int, bk: int, tm: int, tn
                         v = acc[i, j]
                         if has_bias:
                             v += bias[col]
-                        c[row * n + col] = act(v, code, slope)
+                        c[row * n + col] = act(v, code, p0, p1)
 
     @cuda.jit
     def column_sums(c, out):  # c (m*n,) f32, out (n,) f32: sums over the m rows (float64)
@@ -196,14 +197,14 @@ class FcCUDA:
     """
 
     def __init__(self, n: int, f: int, o: int, bias: bool, act_code: int = 4,
-                 act_slope: float = 0.0) -> None:  # fmt: skip
+                 act_params: tuple = (0.0, 0.0)) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
         from netdsl.ops.activation import LINEAR
         from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
 
         self.shape, self.bias = (n, f, o), bias
-        self.slope = np.float32(act_slope)
+        self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
         n, f, o = int(n), int(f), int(o)
 
         def gemm(m, cols, k, a_kfast, b_nfast, code=LINEAR):
@@ -224,15 +225,15 @@ class FcCUDA:
         """y = act(x @ w.T + b). x (N, F), w (O, F), b (O,) or None, y (N, O): device arrays."""
         has_b = self.bias and b is not None
         self._fwd(x.reshape(-1), w.reshape(-1), y.reshape(-1), b if has_b else self.no_b, has_b,
-                  self.slope)  # fmt: skip
+                  *self.act_params)  # fmt: skip
 
     def backward(self, dy, x, w, dx, dw, db) -> None:
         """Overwrite dx (unless None), dw and db (unless None); dy (N, O) is already through
         the fused activation's derivative."""
         zero = np.float32(0.0)
         if dx is not None:
-            self._dx(dy.reshape(-1), w.reshape(-1), dx.reshape(-1), self.no_b, False, zero)
-        self._dw(dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, False, zero)
+            self._dx(dy.reshape(-1), w.reshape(-1), dx.reshape(-1), self.no_b, False, zero, zero)
+        self._dw(dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, False, zero, zero)
         if db is not None:
             self._db(dy.reshape(-1), db)
 
@@ -275,7 +276,7 @@ class FcCUDARunner(cuda_runner.Runner):
         super().__init__(layer, plan)
         c, h, w = layer.in_shapes[0]
         self.op = FcCUDA(plan.batch, c * h * w, layer.out_shape[0], layer.attrs["bias"],
-                         self.act_code, self.act_slope)  # fmt: skip
+                         self.act_code, self.act_params)  # fmt: skip
 
     def forward(self, train):
         self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)

@@ -22,6 +22,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops import activations
 from netdsl.ops.activation import LINEAR
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
@@ -349,7 +350,7 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
                 y[e] = s / float32(cnt) if code == 1 and cnt > 0 else s
 
     @cuda.jit
-    def pool_backward(dy, arg, dx, x, slope):
+    def pool_backward(dy, arg, dx, x, p0, p1):
         # dy (P*Ho*Wo,), arg (P*Ho*Wo,) int32 (max), dx (P*H*W,) f32 out (overwritten);
         # x (P*H*W,) the forward input, read only with a fused activation (act_code)
         for e in range(cuda.grid(1), planes * hw, cuda.gridsize(1)):
@@ -372,7 +373,7 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
                     else:
                         g += dy[o]
             if act_code != LINEAR:
-                g *= act_grad(x[e], act_code, slope)
+                g *= act_grad(x[e], act_code, p0, p1)
             dx[e] = g
 
     return types.SimpleNamespace(pool_forward=pool_forward, pool_backward=pool_backward)
@@ -387,9 +388,9 @@ class PoolCUDA:
 
     def __init__(self, n: int, c: int, h: int, w: int, mode: str, kernel: Pair, stride: Pair,
                  pad: Pair, out_hw: Pair, act: str = "linear",
-                 slope: float = 0.0) -> None:  # fmt: skip
-        """act, slope: the producer's fused activation whose backward this pool's backward
-        takes over (see _cuda_kernels); "linear" for none."""
+                 act_params: tuple = (0.0, 0.0)) -> None:  # fmt: skip
+        """act, act_params (p0, p1): the producer's fused activation whose backward this
+        pool's backward takes over (see _cuda_kernels); "linear" for none."""
         from numba import cuda as _cuda
 
         from netdsl.ops.activation import ACT_CODE
@@ -398,7 +399,8 @@ class PoolCUDA:
         if mode not in MODE_CODE:
             raise ValueError(f"unknown pooling mode {mode!r}; expected one of {MODES}")
         planes, (ho, wo) = n * c, out_hw
-        self.act_code, self.slope = ACT_CODE[act], np.float32(slope)
+        self.act_code = ACT_CODE[act]
+        self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
         geo = (int(v) for v in (planes, h, w, ho, wo, *kernel, *stride, *pad))
         cfg = (*geo, mode, self.act_code)
         size = planes * ho * wo if mode == "max" else 1  # unused unless max
@@ -415,7 +417,7 @@ class PoolCUDA:
         with a fused activation); x (N, C, H, W) is the forward input; dx None: skip."""
         if dx is None:
             return
-        self._bwd(dy.reshape(-1), self.arg, dx.reshape(-1), x.reshape(-1), self.slope)
+        self._bwd(dy.reshape(-1), self.arg, dx.reshape(-1), x.reshape(-1), *self.act_params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,13 +453,13 @@ class PoolCUDARunner(cuda_runner.Runner):
         super().__init__(layer, plan)
         self.build()
 
-    def build(self, act: str = "linear", slope: float = 0.0) -> None:
+    def build(self, act: str = "linear", act_params: tuple = (0.0, 0.0)) -> None:
         """The pool's launcher; act: its producer's activation, whose backward it takes over
         (CudaNet._fuse_pool_backward)."""
         a = self.layer.attrs
         c, h, w = self.layer.in_shapes[0]
         self.op = PoolCUDA(self.plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"],
-                           a["pad_tl"], a["out_hw"], act, slope)  # fmt: skip
+                           a["pad_tl"], a["out_hw"], act, act_params)  # fmt: skip
 
     def forward(self, train):
         self.op.forward(self.x[0], self.y)

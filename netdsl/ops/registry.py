@@ -28,6 +28,8 @@ so every fused epilogue picks a new kind up with no edit. The one float `slope` 
 attrs["activation"] and the kernels widens to two (elu's alpha; scaled tanh's A and S).
 prelu is not a kind: its slope is a trainable per-channel tensor, so it is a layer type
 (a module here) with its own kernels, init and decay rules.
+(Built in stage 2: netdsl/ops/activations/; attrs["activation"] is (kind, *its values), and
+the generated element math compiles once per process, uncached: see ops/activation.py.)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
-from netdsl.ops import pool
+from netdsl.ops import activations, pool
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 from netdsl.ops.pool import fast_extent, window_range
@@ -206,11 +206,11 @@ cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 @functools.cache
 def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, kh: int,
-                  kw: int, sh: int, sw: int, ph: int, pw: int, slope: float, threads: int,
+                  kw: int, sh: int, sw: int, ph: int, pw: int, act_params: tuple, threads: int,
                   code: int):  # fmt: skip
     """Subsampling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat; plane
-    pl has channel pl % channels. code, slope: the fused activation; `threads` per block of
-    the per-channel reduction (a power of two)."""
+    pl has channel pl % channels. code, act_params (p0, p1): the fused activation; `threads`
+    per block of the per-channel reduction (a power of two)."""
     global cuda
     from numba import cuda, float32, float64
 
@@ -221,7 +221,7 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
 
     act, _ = cuda_element_math()
     span, outputs_over = pool._cuda_window_math()
-    slope32 = np.float32(slope)  # a float32 constant, as the CPU kernels' argument
+    ap0, ap1 = (np.float32(v) for v in act_params)  # float32 constants, as on the CPU
     hw, howo = h * w, ho * wo
     count = (planes // channels) * howo  # outputs per channel
 
@@ -242,7 +242,7 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
             pl, q = e // howo, e % howo
             ch = pl % channels
             s = window_sum(x, pl, q // wo, q % wo)
-            y[e] = act(coef[ch] * s + bias[ch], code, slope32)
+            y[e] = act(coef[ch] * s + bias[ch], code, ap0, ap1)
 
     @cuda.jit
     def sub_backward_data(dy, coef, dx):
@@ -283,8 +283,8 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
                                  sub_backward_params=sub_backward_params)  # fmt: skip
 
 
-# cuda_ptx.compile_records: the first 13 arguments are the layer's geometry and leaky slope, the
-# constants folded into the code (see there)
+# cuda_ptx.compile_records: the first 13 arguments are the layer's geometry and activation
+# parameters, the constants folded into the code (see there)
 _cuda_kernels.geometry_args = 13
 
 
@@ -292,13 +292,14 @@ class SubsampleCUDA:
     """float32 trainable subsampling on the GPU, the activation fused into the forward."""
 
     def __init__(self, n: int, c: int, h: int, w: int, kernel: Pair, stride: Pair, pad: Pair,
-                 out_hw: Pair, act_code: int = 4, act_slope: float = 0.0) -> None:  # fmt: skip
+                 out_hw: Pair, act_code: int = 4,
+                 act_params: tuple = (0.0, 0.0)) -> None:  # fmt: skip
         from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
 
         threads = SIM_THREADS if simulator() else THREADS
         planes, (ho, wo) = n * c, out_hw
         cfg = (*(int(v) for v in (planes, c, h, w, ho, wo, *kernel, *stride, *pad)),
-               float(act_slope), threads, int(act_code))  # fmt: skip
+               activations.as_pair(act_params), threads, int(act_code))  # fmt: skip
         self._fwd = Launch(_cuda_kernels, "sub_forward", *grid_1d(planes * ho * wo), cfg)
         self._bwd_x = Launch(_cuda_kernels, "sub_backward_data", *grid_1d(planes * h * w), cfg)
         self._bwd_p = Launch(_cuda_kernels, "sub_backward_params", c, threads, cfg)
@@ -352,7 +353,7 @@ class SubsampleCUDARunner(cuda_runner.Runner):
         a = layer.attrs
         c, h, w = layer.in_shapes[0]
         self.op = SubsampleCUDA(plan.batch, c, h, w, a["kernel"], a["stride"], a["pad_tl"],
-                                a["out_hw"], self.act_code, self.act_slope)  # fmt: skip
+                                a["out_hw"], self.act_code, self.act_params)  # fmt: skip
 
     def forward(self, train):
         self.op.forward(self.x[0], self.p["weight"], self.p["bias"], self.y)

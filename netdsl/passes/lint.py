@@ -19,7 +19,7 @@ from typing import TextIO
 
 from ..errors import Location, _diagnostic
 from ..ir import Layer, Network
-from ..ops import registry
+from ..ops import activations, registry
 
 # Datasets whose image size is known before loading: name -> (height, width)
 KNOWN_IMAGE_SIZES = {"mnist": (28, 28), "cifar10": (32, 32)}
@@ -124,11 +124,8 @@ def dropout_before_loss(net: Network) -> Iterator[LintWarning]:
         )
 
 
-_SQUASH = {
-    "sigmoid": "sigmoid keeps every score in (0, 1), so the loss cannot get low",
-    "tanh": "tanh keeps every score in (-1, 1), so the loss cannot get low",
-    "relu": "relu sets negative scores to 0 and stops their gradients",
-}
+# each activation kind's note, where it has one (netdsl/ops/activations/<kind>.py: squash)
+_SQUASH = {k.name: k.squash for k in activations.kinds().values() if k.squash}
 
 
 def squashed_scores(net: Network) -> Iterator[LintWarning]:

@@ -5,8 +5,27 @@ for any layer with a fused activation, so this layer's own forward is the identi
 
 from __future__ import annotations
 
-from ...schema import ACT_FLAGS, ACT_OPTS, ACTIVATIONS, Opt, Schema, read_float
+from ...schema import (
+    ACT_FLAGS,
+    ACT_OPTS,
+    ACTIVATIONS,
+    CALL_ARGS,
+    Opt,
+    Schema,
+    _need,
+    arg_value,
+)
+from .. import activations
 from ..base import LayerType, activation_text
+
+
+def _read_arg(spec):
+    """A reader of one number checked against `spec` (its kind's schema.Arg)."""
+
+    def reader(items, key, at):
+        return arg_value(spec, _need(items, key, at, "a number"), f"'{key}'"), 1
+
+    return reader
 
 
 class Act(LayerType):
@@ -15,19 +34,22 @@ class Act(LayerType):
 
     def spellings(self):
         words = {self.name: self.schema}
-        for a in ACTIVATIONS:  # `relu r1`, `leaky l1: 0.1`
-            words[a] = Schema(
-                {"slope": Opt(read_float(), 0.01)} if a == "leaky" else {},
-                positional_num="slope" if a == "leaky" else None,
-            )
+        for a in ACTIVATIONS:  # `relu r1`, `leaky l1: 0.1`, `elu e1: 0.5`, `scaled_tanh s: S 1`
+            kind = activations.get(a)
+            args = CALL_ARGS["activation"].get(a, {})
+            opts = {}
+            for p, default in zip(kind.params, kind.defaults):
+                opts[p] = Opt(_read_arg(args[p]), default)
+            words[a] = Schema(opts, positional_num=kind.params[0] if kind.params else None)
         return words
 
     def canonical(self, spelling, attrs, locs, loc):
         if spelling == self.name:
             return attrs
-        slope = attrs.pop("slope", 0.01)
+        kind = activations.get(spelling)
+        values = tuple(attrs.pop(p, d) for p, d in zip(kind.params, kind.defaults))
         locs["activation"] = loc
-        return {"activation": (spelling, slope if spelling == "leaky" else 0.0)}
+        return {"activation": (spelling, *(values or (0.0,)))}
 
     def kernel_text(self, layer):
         return activation_text(layer.attrs["activation"])
