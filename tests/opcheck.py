@@ -64,3 +64,22 @@ def check_reference_grad(
     for k, (x, g) in enumerate(zip(inputs, grads)):
         num = numerical_grad(lambda: float(np.sum(forward(*inputs) * dy)), x)
         assert_close(g, num, tol, f"input {k}")
+
+
+def assert_net_matches_torch(cn, x: np.ndarray, y: np.ndarray, tol: float = 1e-4) -> None:
+    """A compiled net's train-mode loss and every gradient equal its PyTorch twin's
+    (netdsl/torch_ref.py, in float64) on the batch (x, y)."""
+    import torch
+
+    from netdsl.torch_ref import build
+
+    loss, grads = cn.loss_and_grads(x, y)
+    model = build(cn.net).double()
+    model.load_numpy({**cn.params, **cn.buffers})
+    model.train()
+    t_loss = model.loss(model(torch.from_numpy(x).double()), torch.from_numpy(y))
+    t_loss.backward()
+    tg = model.grads_numpy()
+    assert abs(loss - t_loss.item()) < tol * max(1.0, abs(t_loss.item())), (loss, t_loss.item())
+    for k in grads:
+        assert_close(grads[k], tg[k], tol, k)

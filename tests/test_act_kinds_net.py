@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from opcheck import HAVE_TORCH, assert_close
+from opcheck import HAVE_TORCH, assert_close, assert_net_matches_torch
 
 import netdsl
 from netdsl import reference
@@ -70,22 +70,10 @@ def test_cpu_matches_reference():
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch not installed")
 def test_cpu_matches_pytorch():
     """The whole net against its PyTorch twin (each kind's `torch`: F.elu, A * tanh(S * x))."""
-    import torch
-
-    from netdsl.torch_ref import build
 
     cpu, _ = nets(batch=3)
     x, y = data(cpu)
-    loss, grads = cpu.loss_and_grads(x, y)
-    model = build(cpu.net).double()
-    model.load_numpy({**cpu.params, **cpu.buffers})
-    model.train()
-    t_loss = model.loss(model(torch.from_numpy(x).double()), torch.from_numpy(y))
-    t_loss.backward()
-    tg = model.grads_numpy()
-    assert abs(loss - t_loss.item()) < 1e-4 * max(1.0, abs(t_loss.item()))
-    for k in grads:
-        assert_close(grads[k], tg[k], 1e-4, k)
+    assert_net_matches_torch(cpu, x, y)
 
 
 def test_cuda_matches_cpu():

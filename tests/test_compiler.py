@@ -9,7 +9,7 @@ import pytest
 import netdsl
 from netdsl import reference
 from netdsl.compiler import CompiledNet
-from tests.opcheck import HAVE_TORCH, assert_close, rel_error
+from tests.opcheck import HAVE_TORCH, assert_close, assert_net_matches_torch, rel_error
 
 NETS = {
     # groups, stride, dilation, asymmetric 'same' padding, maxout, LRN, ceil avg pooling
@@ -168,22 +168,10 @@ def test_alexnet_init_follows_the_file():
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch not installed")
 @pytest.mark.parametrize("path", ["nets/lenet5.net", "nets/lenet5-1998.net", "nets/cifar10.net"])
 def test_whole_net_matches_pytorch(path):
-    import torch
-
-    from netdsl.torch_ref import build
 
     cn = CompiledNet(netdsl.load(path), batch=4, seed=1)
     x, y = data(cn)
-    loss, grads = cn.loss_and_grads(x, y)
-    model = build(cn.net).double()
-    model.load_numpy({**cn.params, **cn.buffers})
-    model.train()
-    t_loss = model.loss(model(torch.from_numpy(x).double()), torch.from_numpy(y))
-    t_loss.backward()
-    tg = model.grads_numpy()
-    assert abs(loss - t_loss.item()) < 1e-4 * max(1.0, abs(t_loss.item()))
-    for k in grads:
-        assert_close(grads[k], tg[k], 1e-4, k)
+    assert_net_matches_torch(cn, x, y)
 
 
 def _base(a: np.ndarray) -> np.ndarray:

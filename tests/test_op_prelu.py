@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from opcheck import HAVE_TORCH, assert_close, check_reference_grad
+from opcheck import HAVE_TORCH, assert_close, assert_net_matches_torch, check_reference_grad
 
 import netdsl
 from netdsl import reference
@@ -179,21 +179,10 @@ def test_cpu_and_cuda_follow_the_reference():
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch not installed")
 def test_whole_net_matches_pytorch():
-    import torch
-
-    from netdsl.torch_ref import build
 
     cn = CompiledNet(netdsl.loads(NET, "p.net"), batch=4, seed=1)
     x, y = data(cn)
-    loss, grads = cn.loss_and_grads(x, y)
-    model = build(cn.net).double()
-    model.load_numpy(cn.params)
-    t_loss = model.loss(model(torch.from_numpy(x).double()), torch.from_numpy(y))
-    t_loss.backward()
-    tg = model.grads_numpy()
-    assert abs(loss - t_loss.item()) < 1e-4 * max(1.0, abs(t_loss.item()))
-    for k in grads:
-        assert_close(grads[k], tg[k], 1e-4, k)
+    assert_net_matches_torch(cn, x, y)
 
 
 @pytest.mark.parametrize("decay_mult, shrinks", [(None, False), (1.0, True)])

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from opcheck import HAVE_TORCH, assert_close, check_reference_grad
+from opcheck import HAVE_TORCH, assert_close, assert_net_matches_torch, check_reference_grad
 
 import netdsl
 from netdsl import reference
@@ -252,21 +252,9 @@ def test_route_net_cuda_matches_cpu() -> None:
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch not installed")
 def test_route_net_matches_pytorch() -> None:
-    import torch
-
-    from netdsl.torch_ref import build
 
     cn = compile_network(netdsl.loads(ROUTE, "route.net"), device="cpu", batch=3, seed=1)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 5, 3)
-    loss, grads = cn.loss_and_grads(x, y)
-    model = build(cn.net).double()
-    model.load_numpy({**cn.params, **cn.buffers})
-    model.train()
-    t_loss = model.loss(model(torch.from_numpy(x).double()), torch.from_numpy(y))
-    t_loss.backward()
-    tg = model.grads_numpy()
-    assert abs(loss - t_loss.item()) < 1e-4 * max(1.0, abs(t_loss.item()))
-    for k in grads:
-        assert_close(grads[k], tg[k], 1e-4, k)
+    assert_net_matches_torch(cn, x, y)
