@@ -50,11 +50,6 @@ def positive_int(text: str) -> int:
     return _whole(text, 1, "a whole number")
 
 
-def count_int(text: str) -> int:
-    """A whole number >= 0 (images held out for validation)."""
-    return _whole(text, 0, "a whole number")
-
-
 def setting_int(key: str):
     """A flag that overrides the train section's one-number setting `key`: the same
     kind and range as the file's setting (trainconf.SETTING_ARGS), so both agree."""
@@ -70,11 +65,6 @@ def setting_int(key: str):
 
     parse.__name__ = f"{key}_int"  # argparse names the type in some messages
     return parse
-
-
-def seed_int(text: str) -> int:
-    """A random seed: a whole number >= 0, as the file's `seed`."""
-    return _whole(text, 0, "a seed, a whole number")
 
 
 def positive_float(text: str) -> float:

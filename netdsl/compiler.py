@@ -224,7 +224,7 @@ class CompiledNet:
 
     def _forward(self, train: bool) -> None:
         for r in self.runners:
-            if not train and registry.of(r.layer).is_loss:
+            if not train and r is self.loss_runner:  # evaluation stops before the loss
                 break
             r.forward(train)
 

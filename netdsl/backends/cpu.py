@@ -30,6 +30,7 @@ class Runner:
         self.act_code = activation.ACT_CODE[act[0]]
         self.act_params = tuple(np.float32(v) for v in activations.kernel_params(act))
         self.fused_act = act[0] != "linear"
+        self._act = activation  # its kernels, looked up once (not on every step)
 
     # the plan sets these before backward: where dx goes (None: not needed)
     dx: list[np.ndarray | None]
@@ -43,18 +44,14 @@ class Runner:
 
     def _act_forward(self) -> None:
         if self.fused_act:
-            from ..ops import activation
-
             v = self.y.reshape(-1)
-            activation.act_forward(v, v, self.act_code, *self.act_params)
+            self._act.act_forward(v, v, self.act_code, *self.act_params)
 
     def _act_backward(self, scratch: np.ndarray) -> np.ndarray:
         """Gradient before the fused activation (into `scratch`), or dy itself."""
         if not self.fused_act:
             return self.dy
-        from ..ops import activation
-
-        activation.act_backward(self.dy.reshape(-1), self.y.reshape(-1), scratch.reshape(-1),
+        self._act.act_backward(self.dy.reshape(-1), self.y.reshape(-1), scratch.reshape(-1),
                                 self.act_code, *self.act_params)  # fmt: skip
         return scratch
 

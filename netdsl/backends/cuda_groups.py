@@ -421,9 +421,10 @@ class GroupedCudaNet(CudaNet):
                         sh.runner.prepare(train)
 
     def _launch_forward(self, train: bool) -> None:
+        last = self.net.layers[-1] if self.loss_runner is not None else None
         for lyr, shares in zip(self.net.layers, self.shares, strict=True):
-            if not train and registry.of(lyr).is_loss:
-                break
+            if not train and lyr is last:
+                break  # evaluation stops before the loss
             for sh in shares:
                 with self._on(sh.g):
                     for m in sh.moves:

@@ -101,6 +101,22 @@ class Runner:
         return self.dz
 
 
+class LinearMapRunner(Runner):
+    """A layer whose launcher `op` computes y = act(W x + b) and, backward, dx, dW and db from
+    dz (conv, fc): the runner only binds the plan's buffers to it."""
+
+    has_dz = True
+    op: object  # set by the subclass: ConvCUDA or FcCUDA
+
+    def forward(self, train):
+        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
+
+    def backward(self):
+        dz = self._act_backward()
+        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
+                         self.g.get("bias"))  # fmt: skip
+
+
 class SourceRunner(Runner):
     """The network's input: the plan uploads its output buffer; nothing to launch."""
 

@@ -24,8 +24,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
-from netdsl.ops import activations
-from netdsl.ops.jit import kernel
+from netdsl.ops import act_codegen, activations
 
 ACTIVATIONS: tuple[str, ...] = tuple(activations.kinds())
 
@@ -77,21 +76,17 @@ def ref_backward(dy: np.ndarray, y: np.ndarray, kind: str, slope=None) -> np.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# Element math, shared by the CPU kernels below and the CUDA kernels at the end of this file.
-# act_scalar(v, code, p0, p1) and act_grad_from_output(y, code, p0, p1) are generated once
-# per process from the registry: a chain `if code == k: return f_k(v, p0, p1)` over the
-# kinds, exec'd into this module (so @kernel binds the kinds' functions here, as for any
-# kernel calling another). Numba cannot cache a function without a source file, and a cached
-# caller would not notice a changed kind module (Numba's cache keys on the caller's file
-# only), so the generated functions and the two CPU kernels calling them compile once per
-# process (cache=False): sound when a kind is added or edited, at the cost of a short compile.
-# Arguments are float32 scalars and an int code; all arithmetic stays in float32.
+# Element math and the float32 CPU kernels: act_scalar(v, code, p0, p1),
+# act_grad_from_output(y, code, p0, p1), act_forward and act_backward are generated from the
+# registered kinds into a source file (netdsl/ops/act_codegen.py), so Numba caches them on
+# disk like every other kernel. Arguments are float32 scalars and an int code; all arithmetic
+# stays in float32. The CUDA kernels at the end of this file build the same chain.
 # ---------------------------------------------------------------------------------------------
 
 
 def _chain(name: str, arg: str, fn: str, namespace: dict, funcs: list):
     """def name(arg, code, p0, p1): if code == k: return fn_k(arg, p0, p1) ... (the last
-    kind without a test), with fn_k = funcs[k] put in `namespace`."""
+    kind without a test), with fn_k = funcs[k] put in `namespace` (for the CUDA device code)."""
     lines = [f"def {name}({arg}, code, p0, p1):"]
     for code, func in enumerate(funcs):
         namespace[f"_{fn}{code}"] = func
@@ -103,41 +98,11 @@ def _chain(name: str, arg: str, fn: str, namespace: dict, funcs: list):
 
 
 _KINDS = list(activations.kinds().values())
-act_scalar = kernel(_chain("act_scalar", "v", "f", globals(), [k.f for k in _KINDS]),
-                    cache=False)  # fmt: skip
-act_scalar.__doc__ = "Activation of one float32 value: act_scalar(v, code, p0, p1)."
-act_grad_from_output = kernel(_chain("act_grad_from_output", "y", "df", globals(),
-                                     [k.df for k in _KINDS]), cache=False)  # fmt: skip
-act_grad_from_output.__doc__ = "Derivative of the activation, expressed through its output y."
-
-
-# ---------------------------------------------------------------------------------------------
-# float32 CPU kernels
-# ---------------------------------------------------------------------------------------------
-
-
-@kernel(cache=False)  # calls the generated element math (above)
-def act_forward(x, y, code, p0, p1):
-    """y = act(x). x, y: same shape, float32 C-contiguous; x may be y (in place).
-
-    code: ACT_CODE[kind]; p0, p1: the kind's parameters (kernel_params; ignored by others).
-    """
-    xf = x.reshape(-1)  # (size,) view
-    yf = y.reshape(-1)  # (size,) view
-    a, b = np.float32(p0), np.float32(p1)
-    for i in range(xf.size):
-        yf[i] = act_scalar(xf[i], code, a, b)
-
-
-@kernel(cache=False)
-def act_backward(dy, y, dx, code, p0, p1):
-    """dx = dy * act'(from y). dy, y, dx: same shape, float32 C-contiguous; dx may be dy."""
-    dyf = dy.reshape(-1)  # (size,)
-    yf = y.reshape(-1)  # (size,)
-    dxf = dx.reshape(-1)  # (size,)
-    a, b = np.float32(p0), np.float32(p1)
-    for i in range(dyf.size):
-        dxf[i] = dyf[i] * act_grad_from_output(yf[i], code, a, b)
+_CPU = act_codegen.load()
+act_scalar = _CPU.act_scalar
+act_grad_from_output = _CPU.act_grad_from_output
+act_forward = _CPU.act_forward
+act_backward = _CPU.act_backward
 
 
 # ---- CUDA kernels

@@ -810,9 +810,7 @@ class ConvCPURunner(Runner):
 # ---------------------------------------------------------------------------------------------
 
 
-class ConvCUDARunner(cuda_runner.Runner):
-    has_dz = True
-
+class ConvCUDARunner(cuda_runner.LinearMapRunner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
         a = layer.attrs
@@ -820,11 +818,3 @@ class ConvCUDARunner(cuda_runner.Runner):
         self.op = ConvCUDA(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
                            a["groups"], a["out_hw"], a["bias"], self.act_code, self.act_params,
                            plan.masks.get(layer.name))  # fmt: skip
-
-    def forward(self, train):
-        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
-
-    def backward(self):
-        dz = self._act_backward()
-        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
-                         self.g.get("bias"))  # fmt: skip

@@ -269,19 +269,9 @@ class FcCPURunner(Runner):
 # ---------------------------------------------------------------------------------------------
 
 
-class FcCUDARunner(cuda_runner.Runner):
-    has_dz = True
-
+class FcCUDARunner(cuda_runner.LinearMapRunner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
         c, h, w = layer.in_shapes[0]
         self.op = FcCUDA(plan.batch, c * h * w, layer.out_shape[0], layer.attrs["bias"],
                          self.act_code, self.act_params)  # fmt: skip
-
-    def forward(self, train):
-        self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
-
-    def backward(self):
-        dz = self._act_backward()
-        self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
-                         self.g.get("bias"))  # fmt: skip

@@ -20,9 +20,7 @@ from typing import TextIO
 from ..errors import Location, _diagnostic
 from ..ir import Layer, Network
 from ..ops import activations, registry
-
-# Datasets whose image size is known before loading: name -> (height, width)
-KNOWN_IMAGE_SIZES = {"mnist": (28, 28), "cifar10": (32, 32)}
+from .shapes import KNOWN_DATASETS, known_dataset
 
 
 @dataclass(frozen=True)
@@ -159,11 +157,10 @@ def no_op_crops(net: Network) -> Iterator[LintWarning]:
     """Random crops and ten-crop testing of a known dataset whose images are no larger than
     the input: the trainer has nothing to crop, so the setting is silently ignored."""
     t = net.train
-    data = str(t["data"] or "")
-    name = "cifar10" if data.startswith("cifar10:") else data
-    if name not in KNOWN_IMAGE_SIZES or net.input.out_shape is None:
+    name = known_dataset(t["data"])
+    if name is None or net.input.out_shape is None:
         return
-    h, w = KNOWN_IMAGE_SIZES[name]
+    _, h, w = KNOWN_DATASETS[name][0]
     _, ih, iw = net.input.out_shape
     if h > ih or w > iw:
         return

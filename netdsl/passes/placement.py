@@ -68,21 +68,26 @@ def _exchange(layer: Layer, gpus: int, gathered: bool, owners: dict[str, str]) -
             lo, hi = _own(ids, c, gpus)
         held.append((offset + lo, offset + hi))
         offset += c
-    if registry.of(layer).channel_table(layer) is not None:
-        return _table_exchange(layer, ids.tolist(), gpus, held) * spatial
+    table = registry.of(layer).channel_table(layer)
+    if table is not None:
+        return _table_exchange(table, layer.out_shape[0], ids.tolist(), gpus, held) * spatial
     a, b, active = _needed_interval(layer, ids, gpus)
     overlap = sum(np.maximum(0, np.minimum(b, hi) - np.maximum(a, lo)) for lo, hi in held)
     return int(np.sum(np.where(active, (b - a) - overlap, 0))) * spatial
 
 
-def _table_exchange(layer: Layer, ids: list[int], gpus: int, held: list) -> int:
+def _table_channels(table, lo: int, hi: int) -> set[int]:
+    """The input channels a connection table's outputs [lo, hi) read."""
+    return {i for o in range(lo, hi) for i in table[o]}
+
+
+def _table_exchange(table, cout: int, ids: list[int], gpus: int, held: list) -> int:
     """A connection table reads scattered channels: counted per GPU (tables are small)."""
-    table, cout = registry.of(layer).channel_table(layer), layer.out_shape[0]
     received = 0
     for j, gpu in enumerate(ids):
         lo, hi = _own(gpu, cout, gpus)
         spans = [(int(a[j]), int(b[j])) for a, b in held]
-        for i in {i for o in range(lo, hi) for i in table[o]}:  # each a one-channel interval
+        for i in _table_channels(table, lo, hi):  # each a one-channel interval
             received += 1 - sum(max(0, min(i + 1, b) - max(i, a)) for a, b in spans)
     return received
 
@@ -108,7 +113,7 @@ def _needed(layer: Layer, gpu: int, gpus: int) -> list[tuple[int, int]]:
         return []
     table = registry.of(layer).channel_table(layer)
     if table is not None:
-        return [(i, i + 1) for i in sorted({i for o in range(lo, hi) for i in table[o]})]
+        return [(i, i + 1) for i in sorted(_table_channels(table, lo, hi))]
     a, b, _ = _needed_interval(layer, np.array([gpu], np.int64), gpus)
     return [(int(a[0]), int(b[0]))]
 

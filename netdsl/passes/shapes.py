@@ -75,17 +75,24 @@ def _check_train_vs_input(net: Network) -> None:
                                f"give 1 or {c} values")  # fmt: skip
 
 
+# Datasets whose images and classes are known before loading: name -> ((C, H, W), classes)
+KNOWN_DATASETS = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+
+
+def known_dataset(data) -> str | None:
+    """The KNOWN_DATASETS name of a train section's `data` (`cifar10:DIR` is cifar10), or None."""
+    text = str(data)
+    key = "cifar10" if text == "cifar10" or text.startswith("cifar10:") else text
+    return key if key in KNOWN_DATASETS else None
+
+
 def data_check(net: Network) -> Network:
     """Check the input shape and the number of classes against a known dataset."""
-    known = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
     _check_train_vs_input(net)
-    data = net.train["data"]
-    if data is None:
+    key = known_dataset(net.train["data"])
+    if key is None:
         return net
-    key = "cifar10" if data == "cifar10" or str(data).startswith("cifar10:") else data
-    if key not in known:
-        return net
-    shape, classes = known[key]
+    shape, classes = KNOWN_DATASETS[key]
     crops = [a["size"] for a in net.train["augment"] if a["kind"] == "crop"]
     inp = net.input
     want = shape

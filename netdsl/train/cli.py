@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import count_int, path_arg, positive_float, positive_int, seed_int, setting_int
+from ..cli import path_arg, positive_float, positive_int, setting_int
 
 DEVICE_HELP = "cpu, cuda (an NVIDIA GPU) or auto (the GPU when there is one)"
 PLOT_FORMATS = ("png", "pdf", "svg", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
@@ -46,12 +46,12 @@ def add_commands(sub) -> None:
     t.add_argument("--data", type=path_arg,
                    help="dataset: mnist, cifar10:DIR, an IDX directory or a .npz")  # fmt: skip
     t.add_argument("--out", type=path_arg, help="output folder (default runs/NETWORK)")
-    t.add_argument("--seed", type=seed_int, help="random seed (default: the file's)")
+    t.add_argument("--seed", type=setting_int("seed"), help="random seed (default: the file's)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in OUT (deletes its checkpoint, metrics and run.json; "
                         "other files stay); not with --resume")  # fmt: skip
-    t.add_argument("--validate", type=count_int, metavar="N",
+    t.add_argument("--validate", type=setting_int("validate"), metavar="N",
                    help="hold out the last N training images for validation (overrides the "
                         "file's `validate`; 0: none)")  # fmt: skip
     t.add_argument("--allow-other-data", action="store_true",

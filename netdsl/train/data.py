@@ -355,7 +355,7 @@ def _check_xy(
                           f"{y.shape[0]}")  # fmt: skip
     if x.shape[0] == 0:
         raise _fail(path, "holds no samples")
-    _check_finite(path, x, what)
+    check_finite(path, x, what)
     return np.ascontiguousarray(x), y.astype(np.int64)
 
 
@@ -392,8 +392,10 @@ def _image_dtype(path: PathLike, x: np.ndarray, what: str) -> np.ndarray:
                       "images (float images are taken as already scaled to [0, 1])")  # fmt: skip
 
 
-def _check_finite(path: PathLike, x: np.ndarray, what: str, chunk: int = 1 << 22) -> None:
-    """Refuse NaN and infinite pixels (a float64 value beyond float32's range counts)."""
+def check_finite(path: PathLike, x: np.ndarray, what: str, cause: str = "",
+                 chunk: int = 1 << 22) -> None:  # fmt: skip
+    """Refuse NaN and infinite pixels (a float64 value beyond float32's range counts), in
+    chunks (no mask the size of the data set); `cause` says how they came about, if known."""
     if x.dtype == np.uint8:
         return
     flat = x.reshape(-1)
@@ -412,7 +414,7 @@ def _check_finite(path: PathLike, x: np.ndarray, what: str, chunk: int = 1 << 22
         counts = " and ".join(f"{n:,} {kind} value{'s' if n != 1 else ''}"
                               for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)  # fmt: skip
         hold = "hold" if what.endswith("s") else "holds"
-        raise _fail(path, f"{what} {hold} {counts} (the first in image {first}); training "
+        raise _fail(path, f"{what} {hold} {counts}{cause} (the first in image {first}); training "
                           "needs finite pixels: fix or drop those images")  # fmt: skip
 
 
@@ -452,7 +454,7 @@ def read_images(path: PathLike, channels: int = 1) -> np.ndarray:
     if x.shape[0] == 0:
         raise _fail(path, "holds no images")
     x = _image_dtype(path, x, "images")
-    _check_finite(path, x, "images")
+    check_finite(path, x, "images")
     return np.ascontiguousarray(x)
 
 

@@ -102,14 +102,11 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
 
 
 def _probe_create(out: Path) -> None:
-    """Make ``out`` (and missing parents) to see that it can be made, then remove them."""
+    """Make ``out`` (and missing parents) to see that it can be made, then remove them.
+    A file in the way was already named by paths.check_output_dir."""
     missing = [out]
     while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
         missing.append(missing[-1].parent)
-    top = missing[-1].parent
-    blocker = next((p for p in [top, *top.parents] if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise DataError(f"{out}: cannot create the output folder: {blocker} is a file")
     try:
         out.mkdir(parents=True)
     except OSError as e:

@@ -37,7 +37,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .data import Dataset, load_dataset, to_float
+from .data import Dataset, check_finite, load_dataset, to_float
 from .distributed import Communicator, NullStream, local_batch, shard_bounds
 from .metrics import METRICS_FILE, MetricsWriter, read_metrics, write_metrics
 from .optimizer import Optimizer
@@ -131,9 +131,11 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
     n_val = t["validate"] if validate is None else validate
 
     def prep(x: np.ndarray, where: str, what: str) -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):  # _check_finite reports it
+        with np.errstate(over="ignore", invalid="ignore"):  # check_finite reports it
             out = _fit_to_input(to_float(x, norm["mean"], norm["std"]), net, train=True)
-        _check_finite(out, where, what, norm)
+        check_finite(where, out, f"the {what} images",
+                     f" after normalize mean={norm['mean']}, std={norm['std']} (a std too small "
+                     "for the pixel values?)")  # fmt: skip
         return out
 
     x_train, y_train = ds.x_train, ds.y_train
@@ -182,24 +184,6 @@ def _split_files(resolved: str) -> tuple[str, str]:
     """The files (or folder) of a resolved spec holding the training and the test images."""
     parts = resolved.split(",")
     return (parts[0], parts[1]) if len(parts) == 2 else (resolved, resolved)
-
-
-def _check_finite(x: np.ndarray, where: str, what: str, norm: dict | None = None) -> None:
-    """Refuse NaN or infinite pixel values (they end every training in NaN)."""
-    if x.dtype == np.uint8 or x.size == 0:
-        return  # bytes are finite; to_float of finite bytes is checked with `norm`
-    finite = np.isfinite(x).reshape(len(x), -1)
-    bad_images = np.flatnonzero(~finite.all(axis=1))
-    if not len(bad_images):
-        return
-    count = int(finite.size - np.count_nonzero(finite))
-    where_from = (f" after normalize mean={norm['mean']}, std={norm['std']} (a std too small "
-                  "for the pixel values?)" if norm else "")  # fmt: skip
-    n = len(bad_images)
-    them = "those images" if n > 1 else "it"
-    raise DataError(f"{where}: {count:,} NaN or infinite pixel value{'s' * (count != 1)}"
-                    f"{where_from} in {n:,} {what} image{'s' * (n != 1)} (the first is image "
-                    f"{int(bad_images[0])}); fix or drop {them}")  # fmt: skip
 
 
 def _fit_to_input(x: np.ndarray, net: Network, train: bool) -> np.ndarray:
