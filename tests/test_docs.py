@@ -1,4 +1,4 @@
-"""The README and docs/language.md show what the code does: every listing is checked.
+"""The README and every page under docs/ show what the code does: every listing is checked.
 
 Every fenced block in those files says what it is (its info string), and is checked so:
 
@@ -44,7 +44,8 @@ import netdsl
 from netdsl.errors import NetError
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/language.md", "docs/adding-a-layer.md")
+# Every page: a new page under docs/ is checked without being listed here.
+DOCS = ("README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")))
 KINDS = {"net", "net-fragment", "net-error", "console", "json", "python", "sh", "text"}
 CHEAP = {"check", "summary", "graph"}  # commands that run in a moment (no numba)
 FILE_MARK = re.compile(r"# file: (\S+)$")
