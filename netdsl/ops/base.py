@@ -146,6 +146,38 @@ class LayerType:
         """The starting value of a non-trainable state tensor."""
         return 0.0
 
+    # ---------------------------------------------------------------- import (netdsl/interop/)
+    # The type words of other frameworks' files this type imports, one tuple per format of
+    # netdsl.interop.FORMATS, and one method per format turning such a layer into .net lines.
+    caffe_types: tuple[str, ...] = ()  # "Convolution"
+    darknet_types: tuple[str, ...] = ()  # "convolutional"
+    cudaconvnet_types: tuple[str, ...] = ()  # "conv"
+
+    # Each import_<format>(src, inputs, name, ctx) returns the .net lines
+    # (netdsl.interop.NetLine) that foreign layer `src` (netdsl.interop.ForeignLayer) becomes,
+    # named `name` and reading `inputs` (None: the layer before); when it is several lines,
+    # the last one stands for the source layer (later layers read it). What cannot be
+    # expressed is a NetError at the source (netdsl.interop.unsupported, or src.at(option)).
+    def import_caffe(self, src: Any, inputs: list[str] | None, name: str, ctx: Any) -> list:
+        """The .net lines of a Caffe layer (prototxt `layer { type: ... }`)."""
+        from ..interop import unsupported
+
+        raise unsupported(src, ctx.fmt)
+
+    def import_darknet(self, src: Any, inputs: list[str] | None, name: str, ctx: Any) -> list:
+        """The .net lines of a Darknet cfg section (`[convolutional]`)."""
+        from ..interop import unsupported
+
+        raise unsupported(src, ctx.fmt)
+
+    def import_cudaconvnet(self, src: Any, inputs: list[str] | None, name: str,
+                           ctx: Any) -> list:  # fmt: skip
+        """The .net lines of a cuda-convnet layer (`[name]` with `type=conv`), its
+        layer-params entries merged into src.params."""
+        from ..interop import unsupported
+
+        raise unsupported(src, ctx.fmt)
+
     # ---------------------------------------------------------------- execution
     def ref_forward(self, layer: Layer, xs: list, p: dict, ctx: RefContext):
         """Float64 forward, before the fused activation: (N, C, H, W) inputs -> output."""
