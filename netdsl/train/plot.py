@@ -37,6 +37,10 @@ SPLIT_COLOURS = {"train": "C0", "val": "C1", "test": "C2"}  # one run: colour = 
 SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}  # several runs: style = split
 LOSS_NAMES = {"cross_entropy": "cross-entropy", "mse": "mse"}
 MARK_EPOCHS = 40  # epoch points are marked up to this many epochs
+# the first steps (loss ~ln(classes), error ~90%) may lie far above the rest of the run:
+# the loss and error axes are scaled to the points after this share of the run when the
+# first ones would squash the rest (as TensorBoard ignores outliers in its scaling)
+START_SHARE = 0.05
 
 
 @dataclass
@@ -122,7 +126,9 @@ def _name(split: str, kind: str) -> str:
 def run_series(run: Run) -> list[Series]:
     """Every curve of a run, in drawing order: per epoch the loss and error of each split
     and the learning rate, and within epochs the training loss, error and learning rate.
-    Errors are in percent; x is in epochs (epoch E's line at x = E)."""
+    Errors are in percent; x is in epochs: epoch E's evaluation at x = E, its training
+    loss and error (means over the epoch) at x = E - 0.5, a point within the epoch at
+    the end of the steps it averages."""
     out: dict[str, Series] = {}
     for r in run.records:
         epoch = float(r["epoch"])
@@ -140,9 +146,12 @@ def run_series(run: Run) -> list[Series]:
                 value = value if kind == "loss" else 100.0 * value
             else:
                 continue
-            s.x.append(epoch)
+            # a training figure is the mean over its epoch: drawn at the epoch's middle
+            s.x.append(epoch - 0.5 if s.split == "train" else epoch)
             s.y.append(float(value))
     steps = _step_series(run)
+    if any(s.key == "steps.lr" for s in steps):
+        out.pop("lr", None)  # the epoch's last rate, joined by straight lines, would mislead
     order = sorted(out.values(), key=lambda s: (PANELS.index(s.panel), list(SPLITS).index(
         s.split) if s.split else 0, s.key))  # fmt: skip
     return steps + order
@@ -271,13 +280,21 @@ def _draw(runs: Sequence[Run], png_path: str | os.PathLike, dpi: int) -> list[Se
     if lr_values and max(lr_values) >= 10 * min(lr_values):
         axes["lr"].set_yscale("log")
     top = max(float(r["epoch"]) for run in runs for r in run.records)
+    for panel in ("loss", "error"):
+        _scale_past_the_start(axes[panel], [s for s in drawn if s.panel == panel], top)
+    if not several and (per := _steps_per_epoch(runs[0])):
+        for ax in axes.values():
+            step_axis = ax.secondary_xaxis("top", functions=(lambda e, p=per: e * p,
+                                                             lambda t, p=per: t / p))  # fmt: skip
+            step_axis.set_xlabel("training step", fontsize="small")
+            step_axis.tick_params(labelsize="small")
     top5 = any("top5" in s.key for s in drawn)
     labels = {"loss": _loss_label(runs), "error": "error (%)" if top5 else "top-1 error (%)",
               "lr": "learning rate"}  # fmt: skip
     for panel, ax in axes.items():
         ax.set_xlabel("epoch")
         ax.set_ylabel(labels[panel])
-        ax.set_xlim(0, top + 0.02 * top)
+        ax.set_xlim(0, top * 1.04)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if not several and ax.get_legend_handles_labels()[0]:
@@ -291,6 +308,8 @@ def _draw(runs: Sequence[Run], png_path: str | os.PathLike, dpi: int) -> list[Se
         splits = [k for k in SPLITS if any(s.split == k and not s.per_step for s in drawn)]
         handles += [Line2D([], [], color="0.3", ls=SPLIT_STYLES[k], lw=1.8, label=SPLITS[k])
                     for k in splits]  # fmt: skip
+        if any("top5" in s.key for s in drawn):
+            handles.append(Line2D([], [], color="0.3", ls="-.", lw=1.8, label="top-5 error"))
         if any(s.per_step for s in drawn):
             handles.append(Line2D([], [], color="0.3", lw=0.8, alpha=0.45,
                                   label="train, within epochs"))  # fmt: skip
@@ -299,6 +318,39 @@ def _draw(runs: Sequence[Run], png_path: str | os.PathLike, dpi: int) -> list[Se
     fig.suptitle(_title(runs))
     _save(fig, Path(png_path), dpi)
     return drawn
+
+
+def _steps_per_epoch(run: Run) -> int | None:
+    """The run's steps per epoch, when its lines record one (and all the same one)."""
+    found = {r["steps"].get("per_epoch") for r in run.records if isinstance(r.get("steps"), dict)}
+    if len(found) == 1 and isinstance(p := found.pop(), int) and p > 0:
+        return p
+    return None
+
+
+def _scale_past_the_start(ax, series: Sequence[Series], top: float) -> None:
+    """Scale the y axis to the points after the run's first START_SHARE when the first
+    steps would otherwise squash the rest into the bottom of the panel; a note names
+    the highest point left above."""
+    ys = [y for s in series for y in s.y]
+    later = [y for s in series for x, y in zip(s.x, s.y, strict=True)
+             if not s.per_step or x >= START_SHARE * top]  # fmt: skip
+    if not ys or not later:
+        return
+    low, high, high_later = min(0.0, min(ys)), max(ys), max(later)
+    span = high_later - low
+    if span > 0 and high - low > 1.5 * span:
+        ax.set_ylim(low - 0.03 * span, high_later + 0.12 * span)
+        ax.annotate(
+            f"first steps up to {high:.3g} (above)",
+            xy=(0.01, 0.985),
+            xycoords="axes fraction",
+            ha="left",
+            va="top",
+            fontsize="small",
+            color="0.35",
+            bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1},
+        )
 
 
 def _save(fig, path: Path, dpi: int) -> None:
