@@ -29,7 +29,16 @@ from .metrics import METRICS_FILE, read_metrics
 from .paths import show_path
 from .runinfo import read_run_info
 
-__all__ = ["Run", "Series", "load_run", "plot_metrics", "plot_runs", "run_series"]
+__all__ = [
+    "Run",
+    "Series",
+    "load_run",
+    "load_runs",
+    "make_figure",
+    "plot_metrics",
+    "plot_runs",
+    "run_series",
+]
 
 PANELS = ("loss", "error", "lr")
 SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -225,9 +234,16 @@ def plot_runs(folders: Sequence[str | os.PathLike], png_path: str | os.PathLike,
 
     >>> plot_runs(["runs/lenet5"], "runs/lenet5/metrics.png")  # doctest: +SKIP
     """
+    fig, drawn = make_figure(load_runs(folders))
+    _save(fig, Path(png_path), dpi)
+    return drawn
+
+
+def load_runs(folders: Sequence[str | os.PathLike]) -> list[Run]:
+    """load_run of each folder, each named by its folder's name (more of its path when
+    two names agree)."""
     folders = [Path(f) for f in folders]
-    runs = [load_run(f, label) for f, label in zip(folders, _labels(folders), strict=True)]
-    return _draw(runs, png_path, dpi)
+    return [load_run(f, label) for f, label in zip(folders, _labels(folders), strict=True)]
 
 
 def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike) -> list[Series]:
@@ -236,7 +252,9 @@ def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike) -> 
     >>> plot_metrics("runs/mnist/metrics.jsonl", "runs/mnist/curves.png")  # doctest: +SKIP
     """
     path = Path(jsonl_path)
-    return _draw([_run_of(path, path.parent.resolve().name or "run")], png_path, 100)
+    fig, drawn = make_figure([_run_of(path, path.parent.resolve().name or "run")])
+    _save(fig, Path(png_path), 100)
+    return drawn
 
 
 def _matplotlib():
@@ -253,7 +271,9 @@ def _matplotlib():
     return FigureCanvasAgg, Figure, Line2D, MaxNLocator
 
 
-def _draw(runs: Sequence[Run], png_path: str | os.PathLike, dpi: int) -> list[Series]:
+def make_figure(runs: Sequence[Run]) -> tuple[Any, list[Series]]:
+    """The figure of ``runs`` (a matplotlib Figure with an Agg canvas: three axes, loss,
+    error and learning rate, in that order) and the curves drawn in it."""
     FigureCanvasAgg, Figure, Line2D, MaxNLocator = _matplotlib()
     several = len(runs) > 1
     fig = Figure(figsize=(15, 4.6), layout="constrained")
@@ -316,8 +336,7 @@ def _draw(runs: Sequence[Run], png_path: str | os.PathLike, dpi: int) -> list[Se
         fig.legend(handles=handles, loc="outside right center", fontsize="small",
                    title="run / split")  # fmt: skip
     fig.suptitle(_title(runs))
-    _save(fig, Path(png_path), dpi)
-    return drawn
+    return fig, drawn
 
 
 def _steps_per_epoch(run: Run) -> int | None:
