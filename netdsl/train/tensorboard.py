@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,10 @@ class TensorBoardLogger:
             raise DataError(f"{show_path(self.logdir)}: cannot create the TensorBoard folder: "
                             f"{e.strerror or e}") from None  # fmt: skip
         self.cnet = cnet
-        self.writer = writer_class(logdir=str(self.logdir))
+        # the writer names its file by the second and the host: a run resumed within the
+        # same second would replace the first file, so each writer adds its own suffix
+        self.writer = writer_class(logdir=str(self.logdir),
+                                   filename_suffix=f".{secrets.token_hex(4)}")  # fmt: skip
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Log one metrics line: its numbers, its curve within the epoch, the filters."""
