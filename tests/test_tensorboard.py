@@ -22,6 +22,7 @@ from netdsl.train.checkpoint import load_checkpoint
 from netdsl.train.metrics import read_metrics
 from netdsl.train.tensorboard import filter_grid
 from netdsl.train.trainer import fit_file
+from tests.test_mpi import needs_mpi
 from tests.test_train import TINY, make_data
 
 
@@ -145,3 +146,26 @@ def test_without_tensorboardx_it_fails_before_training(tiny, capsys, monkeypatch
 def test_without_the_flag_nothing_is_written_for_tensorboard(tiny, capsys):
     assert train(tiny, "run", "--epochs", "1") == 0
     assert not (tiny / "run" / "tensorboard").exists()
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_under_two_ranks_rank_0_alone_writes_the_curve_of_one_process(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from tests import test_mpi
+
+    (tmp_path / "tiny.net").write_text(test_mpi.TINY)
+    test_mpi.make_data(tmp_path / "train.npz", n=96, seed=0)
+    test_mpi.make_data(tmp_path / "test.npz", n=40, seed=1)
+    one, _ = test_mpi.train(tmp_path, "one", 0, "--tensorboard")
+    two, _ = test_mpi.train(tmp_path, "two", 2, "--tensorboard")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # rank 0's file
+    # the curve within each epoch adds up the ranks' shares: one process's curve
+    a = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    for r1, r2 in zip(a, b, strict=True):
+        assert r1["steps"]["err"] == r2["steps"]["err"]
+        assert r2["steps"]["loss"] == pytest.approx(r1["steps"]["loss"], rel=1e-4)
+    scalars, images = read_events(tmp_path / "two" / "tensorboard")
+    assert len(scalars["step/train_loss"]) == 12 and len(images) == 2
