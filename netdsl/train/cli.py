@@ -108,7 +108,7 @@ def add_commands(sub) -> None:
                         "(needs matplotlib)")  # fmt: skip
     pl.add_argument("runs", metavar="RUN_DIR", type=path_arg, nargs="+",
                     help="a run folder (holding metrics.jsonl); several are overlaid")  # fmt: skip
-    pl.add_argument("-o", "--output", type=plot_output,
+    pl.add_argument("-o", "--output", type=plot_output, metavar="OUT",
                     help="image file to write (default RUN_DIR/metrics.png; required for "
                          "several runs)")  # fmt: skip
     pl.set_defaults(func=cmd_plot)
