@@ -169,3 +169,17 @@ def test_under_two_ranks_rank_0_alone_writes_the_curve_of_one_process(tmp_path):
         assert r2["steps"]["loss"] == pytest.approx(r1["steps"]["loss"], rel=1e-4)
     scalars, images = read_events(tmp_path / "two" / "tensorboard")
     assert len(scalars["step/train_loss"]) == 12 and len(images) == 2
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # cuda: Numba's simulator (conftest)
+def test_first_conv_copies_that_layers_weight_from_the_device(device):
+    import netdsl
+    from netdsl.backends import compile_network
+    from netdsl.train.tensorboard import first_conv
+
+    cnet = compile_network(netdsl.loads(TINY, "tiny.net"), device=device, batch=2)
+    name, weight = first_conv(cnet)
+    assert name == "c1" and weight.shape == (4, 1, 3, 3) and np.abs(weight).sum() > 0
+    np.testing.assert_array_equal(weight, cnet.params["c1.weight"])
+    fc_only = TINY.replace("conv c1: 4 filters 3x3, pad 1, relu\n", "")
+    assert first_conv(compile_network(netdsl.loads(fc_only, "fc.net"), batch=2)) is None
