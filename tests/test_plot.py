@@ -32,6 +32,7 @@ def runs(tmp_path_factory) -> Path:
     data = f"{d}/tiny.npz,{d}/test.npz"
     fit_file(d / "tiny.net", data=data, epochs=3, out=d / "long", quiet=True)
     fit_file(d / "tiny.net", data=data, epochs=1, out=d / "short", quiet=True, lr=0.05)
+    fit_file(d / "tiny.net", data=data, epochs=2, out=d / "held", quiet=True, validate=32)
     return d
 
 
@@ -222,3 +223,22 @@ def test_without_matplotlib_the_extra_is_named(runs, capsys, monkeypatch, tmp_pa
     assert code == 1 and out == ""
     assert "pip install 'netdsl[plot]'" in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_validation_curves_and_the_test_set_evaluated_once_at_the_end(runs, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr("netdsl.train.plot.MARK_EPOCHS", 1)  # as for a long run: no marks
+    s = series_of(runs / "held")
+    assert s["val_err"].name == "validation error (%)" and s["val_err"].x == [1.0, 2.0]
+    assert s["test_err"].x == [2.0]  # the test set once, after the last epoch
+    fig, _ = make_figure(load_runs([runs / "held"]))
+    lone = [ln for ln in fig.axes[1].get_lines() if ln.get_label() == "test error (%)"]
+    assert len(lone) == 1 and lone[0].get_marker() == "o"  # a single point is marked
+    val = [ln for ln in fig.axes[1].get_lines() if ln.get_label() == "validation error (%)"]
+    assert val[0].get_marker() in ("None", None, "")  # a curve of several points is not
+    assert (
+        lone[0].get_color()
+        != next(
+            ln for ln in fig.axes[1].get_lines() if ln.get_label() == "validation error (%)"
+        ).get_color()
+    )

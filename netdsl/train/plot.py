@@ -288,13 +288,18 @@ def make_figure(runs: Sequence[Run]) -> tuple[Any, list[Series]]:
             style = SPLIT_STYLES.get(s.split or "", "-") if several else "-"
             if s.key.endswith("top5_err"):
                 style = "-." if several else "--"
-            if s.per_step:
+            if s.panel == "lr" and s.per_step:  # the rate itself, not a noisy estimate
+                ax.plot(s.x, s.y, color=colour, lw=1.5, label=None if several else s.name)
+            elif s.per_step:
                 label = None if several else f"{s.name}, within epochs"
                 ax.plot(s.x, s.y, color=colour, lw=0.8, alpha=0.45, label=label)
             else:
                 label = None if several else s.name
-                ax.plot(s.x, s.y, color=colour, ls=style, lw=1.8, label=label,
-                        marker="o" if marks else None, ms=4)  # fmt: skip
+                # a lone point (the test set evaluated once, after the last epoch) is
+                # marked however many epochs there are, or it would not show
+                mark = "o" if marks or len(s.x) == 1 else None
+                ax.plot(s.x, s.y, color=colour, ls=style, lw=1.8, label=label, marker=mark,
+                        ms=4)  # fmt: skip
             drawn.append(s)
     lr_values = [v for s in drawn if s.panel == "lr" for v in s.y if v > 0]
     if lr_values and max(lr_values) >= 10 * min(lr_values):
