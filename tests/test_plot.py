@@ -107,6 +107,7 @@ def test_validation_is_named_and_an_old_log_without_steps_still_plots(tmp_path):
     assert s["val_err"].name == "validation error (%)"
     assert s["lr"].x == [1, 2, 3, 4, 5, 6] and s["lr"].y == [r["lr"] for r in lines]
     assert not any(v.per_step for v in s.values())
+    pytest.importorskip("matplotlib")
     fig, _ = make_figure(load_runs([run]))
     assert fig.axes[2].get_yscale() == "log"  # 0.1 to 0.001: two decades
 
