@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from netdsl.errors import DataError
-from netdsl.train.metrics import MetricsWriter, plot_metrics, read_metrics
+from netdsl.train.metrics import MetricsWriter, read_metrics
+from netdsl.train.plot import plot_metrics
 from netdsl.train.progress import (
     ProgressBar,
     format_count,

@@ -65,6 +65,10 @@ def add_commands(sub) -> None:
     t.add_argument("--cuda-aware-mpi", action="store_true",
                    help="with a GPU: give device buffers to MPI directly instead of staging "
                         "them in pinned host memory")  # fmt: skip
+    t.add_argument("--tensorboard", nargs="?", const=True, type=path_arg, metavar="DIR",
+                   help="also log the metrics and the first conv layer's filters for "
+                        "TensorBoard into DIR (default OUT/tensorboard; needs tensorboardX: "
+                        "pip install 'netdsl[tensorboard]')")  # fmt: skip
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
@@ -100,11 +104,13 @@ def add_commands(sub) -> None:
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     b.set_defaults(func=cmd_bench)
 
-    pl = sub.add_parser("plot", help="plot a run's metrics.jsonl to PNG (needs matplotlib)")
-    pl.add_argument("run", metavar="RUN_DIR", type=path_arg,
-                    help="a run folder (holding metrics.jsonl)")  # fmt: skip
-    pl.add_argument("-o", "--output", type=plot_output,
-                    help="image file to write (default RUN_DIR/metrics.png)")  # fmt: skip
+    pl = sub.add_parser("plot", help="plot runs' loss, error and learning rate to PNG "
+                        "(needs matplotlib)")  # fmt: skip
+    pl.add_argument("runs", metavar="RUN_DIR", type=path_arg, nargs="+",
+                    help="a run folder (holding metrics.jsonl); several are overlaid")  # fmt: skip
+    pl.add_argument("-o", "--output", type=plot_output, metavar="OUT",
+                    help="image file to write (default RUN_DIR/metrics.png; required for "
+                         "several runs)")  # fmt: skip
     pl.set_defaults(func=cmd_plot)
 
 
@@ -142,7 +148,8 @@ def cmd_train(args) -> int:
                      device=args.device, data=args.data, out=args.out, seed=args.seed,
                      resume=args.resume, quiet=args.quiet, limit=args.limit,
                      comm=comm, overwrite=args.overwrite, validate=args.validate,
-                     allow_other_data=args.allow_other_data)  # fmt: skip
+                     allow_other_data=args.allow_other_data,
+                     tensorboard=args.tensorboard)  # fmt: skip
     if comm.is_root and "epoch" in r:
         print(f"done: {closing_figures(r)} after {plural(r['epoch'], 'epoch')}, "
               f"{r['wall_seconds']:.1f}s; checkpoint {r['out']}/checkpoint.npz")  # fmt: skip
@@ -242,26 +249,22 @@ def cmd_bench(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from ..errors import DataError, NetdslError
-    from .metrics import METRICS_FILE, plot_metrics
-    from .paths import show_path
+    from ..errors import NetdslError
+    from .plot import load_run, plot_runs
 
-    run = Path(args.run)
-    if not run.is_dir():
-        problem = "is not a folder" if run.exists() else "no such run folder"
-        raise DataError(f"{show_path(run)}: {problem}; give the folder a training run wrote "
-                        "(its --out)")  # fmt: skip
-    metrics = run / METRICS_FILE
-    if not metrics.is_file():
-        raise DataError(f"{show_path(run)}: no {METRICS_FILE} here; a run writes it at the "
-                        "end of each epoch")  # fmt: skip
-    out = Path(args.output) if args.output else run / "metrics.png"
+    if len(args.runs) > 1 and not args.output:
+        print("netdsl plot: error: give -o OUT.png to plot several runs into one figure",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    for run in args.runs:
+        load_run(run)  # every folder checked (and named) before matplotlib is loaded
+    out = Path(args.output) if args.output else Path(args.runs[0]) / "metrics.png"
     if out.is_dir():
         out = out / "metrics.png"
     elif not out.suffix:
         out = out.with_name(out.name + ".png")  # what matplotlib would write: say so
     try:
-        plot_metrics(metrics, out)
+        plot_runs(args.runs, out)
     except ImportError as e:
         cause = e.__cause__ or e
         name = getattr(cause, "name", None) or "matplotlib"

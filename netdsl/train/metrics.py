@@ -1,4 +1,4 @@
-"""Training metrics as JSON Lines (``run_dir/metrics.jsonl``), and a plot of them.
+"""Training metrics as JSON Lines (``run_dir/metrics.jsonl``): one line per epoch.
 
 One JSON object per line, flushed as it is written, so a crashed or killed run keeps
 everything logged before it and ``tail -f`` shows progress::
@@ -8,14 +8,16 @@ everything logged before it and ``tail -f`` shows progress::
     >>> read_metrics("runs/mnist/metrics.jsonl")[0]["epoch"]
     1
 
-Plotting needs matplotlib, the optional ``plot`` extra.
+An epoch's line also holds the training curve within the epoch, in ``"steps"``
+(StepLog): ``{"per_epoch": S, "every": k, "loss": [...], "err": [...], "lr": [...]}``,
+the mean training loss, the training top-1 error and the last learning rate of each
+run of k steps (the last run may be shorter). Plots of these records are in plot.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,9 +28,20 @@ import numpy as np
 
 from netdsl.errors import DataError
 
-__all__ = ["METRICS_FILE", "MetricsWriter", "plot_metrics", "read_metrics", "write_metrics"]
+__all__ = [
+    "METRICS_FILE",
+    "STEP_POINTS",
+    "LogTee",
+    "MetricsWriter",
+    "StepLog",
+    "read_metrics",
+    "write_metrics",
+]
 
 METRICS_FILE = "metrics.jsonl"
+# about this many points of the training curve per epoch: enough to draw a 1-epoch run,
+# few enough that a line stays a few kilobytes however long the epoch
+STEP_POINTS = 200
 
 
 def json_default(value: Any) -> Any:
@@ -89,6 +102,34 @@ class MetricsWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+
+class LogTee:
+    """Gives every record to several logs (the metrics file first); closes them all.
+
+    >>> with LogTee(MetricsWriter("runs/demo"), other_log) as log:  # doctest: +SKIP
+    ...     log.write({"epoch": 1})
+    """
+
+    def __init__(self, *logs: Any):
+        self.logs = logs
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Write ``record`` to each log in turn."""
+        for log in self.logs:
+            log.write(record)
+
+    def close(self) -> None:
+        """Close every log, even when one fails to close."""
+        with contextlib.ExitStack() as stack:
+            for log in self.logs:
+                stack.callback(log.close)
+
+    def __enter__(self) -> LogTee:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -154,60 +195,54 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+class StepLog:
+    """The training curve within one epoch: the mean loss, the top-1 error and the
+    learning rate over every ``every`` steps, for the epoch's ``"steps"`` field.
 
+    Two additions per step, no I/O: the epoch's line carries the result, so the log
+    stays one line per epoch and a resumed run restores it from the checkpoint's history.
 
-def _loss_label(run_json: Path) -> str:
-    """ "loss (mse)" when the run's run.json names its loss, else "loss"."""
-    try:
-        kind = json.loads(run_json.read_text(encoding="utf-8")).get("loss")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return "loss"
-    names = {"cross_entropy": "cross-entropy", "mse": "mse"}
-    return f"loss ({names[kind]})" if kind in names else "loss"
-
-
-def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
-    """Plot loss curves and error curves against epoch into a PNG.
-
-    Uses the records that have an ``"epoch"``; every numeric field whose name
-    contains ``loss`` goes in the left panel, every one containing ``err`` in the right
-    (as percent). The loss axis names the run's loss (cross-entropy or mse) when the
-    run folder's ``run.json`` records it. Needs matplotlib (``pip install 'netdsl[plot]'``).
-
-    >>> plot_metrics("runs/mnist/metrics.jsonl", "runs/mnist/curves.png")  # doctest: +SKIP
+    >>> log = StepLog(steps=4, every=2)
+    >>> for loss, wrong in ((1.0, 3), (0.5, 1), (0.25, 1), (0.25, 0)):
+    ...     log.add(loss, wrong, images=4, lr=0.1)
+    >>> log.record()
+    {'per_epoch': 4, 'every': 2, 'loss': [0.75, 0.25], 'err': [0.5, 0.125], 'lr': [0.1, 0.1]}
     """
-    try:
-        # Figure + Agg canvas, not pyplot: no global figure state, no display needed.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ImportError(
-            "plotting metrics needs matplotlib; install it with: pip install 'netdsl[plot]'"
-        ) from e
-    records = [r for r in read_metrics(jsonl_path) if _is_number(r.get("epoch"))]
-    if not records:
-        raise DataError(f"{os.fspath(jsonl_path)}: no records with an 'epoch' to plot")
-    keys = sorted({k for r in records for k, v in r.items() if _is_number(v)} - {"epoch"})
-    loss_keys = [k for k in keys if "loss" in k]
-    err_keys = [k for k in keys if "err" in k]
 
-    fig = Figure(figsize=(10, 4), tight_layout=True)
-    FigureCanvasAgg(fig)
-    loss_label = _loss_label(Path(jsonl_path).parent / "run.json")
-    panels = ((fig.add_subplot(1, 2, 1), loss_keys, loss_label, 1.0),)
-    panels += ((fig.add_subplot(1, 2, 2), err_keys, "error (%)", 100.0),)
-    for ax, names, label, scale in panels:
-        for name in names:
-            pts = [(r["epoch"], r[name] * scale) for r in records if _is_number(r.get(name))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        if names:
-            ax.legend()
-    try:
-        fig.savefig(os.fspath(png_path), dpi=100)
-    except OSError as e:
-        raise DataError(f"{os.fspath(png_path)}: cannot write plot: {e.strerror or e}") from e
+    def __init__(self, steps: int, every: int | None = None):
+        self.steps = steps
+        self.every = every or max(1, -(-steps // STEP_POINTS))  # ceil: at most STEP_POINTS
+        groups = -(-steps // self.every)
+        # per group: sum of step losses, wrong answers, images, steps; the last lr
+        self.sums = np.zeros((4, groups), np.float64)
+        self.lrs = np.zeros(groups, np.float64)
+        self.done = 0
+
+    def add(self, loss: float, wrong: int, images: int, lr: float) -> None:
+        """Count one step (its mean loss over the batch, its wrong answers, its images)."""
+        g = min(self.done // self.every, len(self.lrs) - 1)
+        self.sums[:, g] += (loss, wrong, images, 1)
+        self.lrs[g] = lr
+        self.done += 1
+
+    def reduce(self, comm) -> None:
+        """Add up the ranks' counts (each rank saw its share of every batch): one
+        allreduce per epoch. A rank's step loss is its share's mean, so the ranks'
+        losses are averaged."""
+        if comm.size > 1:
+            flat = comm.reduce_sums(list(self.sums.ravel()))
+            self.sums = np.asarray(flat, np.float64).reshape(self.sums.shape)
+            self.sums[0] /= comm.size
+            self.sums[3] /= comm.size
+
+    def record(self) -> dict[str, Any]:
+        """The ``"steps"`` field of the epoch's line (6 significant digits)."""
+        n = max(1, -(-self.done // self.every))
+        loss, wrong, images, count = self.sums[:, :n]
+
+        def six(a: np.ndarray) -> list[float]:
+            return [float(f"{v:.6g}") for v in a]
+
+        return {"per_epoch": self.steps, "every": self.every,
+                "loss": six(loss / np.maximum(count, 1)),
+                "err": six(wrong / np.maximum(images, 1)), "lr": six(self.lrs[:n])}  # fmt: skip

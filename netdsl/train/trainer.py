@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .data import Dataset, check_finite, load_dataset, to_float
 from .distributed import Communicator, NullStream, local_batch, shard_bounds
-from .metrics import METRICS_FILE, MetricsWriter, read_metrics, write_metrics
+from .metrics import METRICS_FILE, LogTee, MetricsWriter, StepLog, read_metrics, write_metrics
 from .optimizer import Optimizer
 from .progress import (
     ProgressBar,
@@ -306,6 +306,8 @@ class Trainer:
         self.resumed = False
         self.stepped = False  # whether this process ran a step yet (compiling the kernels)
         self.is_tty, self.terminal = self._find_terminal()
+        # more logs of rank 0 (tensorboard.py), each given every line metrics.jsonl gets
+        self.loggers: list[Any] = []
 
     def _find_terminal(self) -> tuple[bool | None, str | None]:
         """(is_tty for the progress bar, the launcher's terminal under mpiexec).
@@ -432,6 +434,8 @@ class Trainer:
         comm.broadcast_(self.cnet.theta, *self.cnet.state.values(), self.optimizer.v,
                         self.optimizer.m)  # fmt: skip
         writer = MetricsWriter(self.out) if comm.is_root else nullcontext(_NoMetrics())
+        if comm.is_root and self.loggers:
+            writer = LogTee(writer, *self.loggers)
         overhead = 0.0  # seconds an epoch spends evaluating and saving, for the run's ETA
         with writer as metrics:
             while self.epoch < self.epochs:
@@ -458,6 +462,7 @@ class Trainer:
         t0 = time.perf_counter()
         first: tuple[float, int] | None = None  # (time, images) after the first step
         loss_sum, wrong, seen = 0.0, 0, 0
+        curve = StepLog(steps)  # the loss within the epoch, for the epoch's line
         comm_before = comm.comm_seconds
         # A step's loss is read one step late: while the GPU runs step s the host
         # reads, augments and uploads batch s+1 (on the CPU nothing changes).
@@ -478,6 +483,7 @@ class Trainer:
                 wrong += errs
                 loss_sum += loss
                 seen += n_img
+                curve.add(loss, errs, n_img, plr)
                 now = time.perf_counter()
                 if first is None:
                     first = (now, seen)
@@ -498,8 +504,9 @@ class Trainer:
             comm.average_state_(c.state)  # batch-norm running statistics
             loss_sum, wrong, seen = comm.reduce_sums([loss_sum / comm.size, wrong, seen])
             wrong, seen = int(wrong), int(seen)
+        curve.reduce(comm)
         sums = {"loss_sum": loss_sum, "wrong": wrong, "seen": seen,
-                "comm_s": comm.comm_seconds - comm_before}  # fmt: skip
+                "comm_s": comm.comm_seconds - comm_before, "steps": curve.record()}  # fmt: skip
         return sums, lr
 
     def _evaluate(self, split: Split, name: str) -> dict[str, float]:
@@ -549,6 +556,7 @@ class Trainer:
         last.update(lr=lr, images_per_s=seen / train_time, seconds=train_time)
         if self.comm.size > 1:
             last.update(ranks=self.comm.size, allreduce_s_per_step=sums["comm_s"] / steps)
+        last["steps"] = sums["steps"]
         self.history.append(last)
         metrics.write(last)  # first the line, then the checkpoint (see the docstring)
         self.save(weights)
@@ -673,8 +681,8 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
              out: str | Path | None = None, seed: int | None = None, resume: bool = False,
              quiet: bool = False, limit: int | None = None, stream=None,
              comm: Communicator | None = None, overwrite: bool = False,
-             validate: int | None = None,
-             allow_other_data: bool = False) -> dict[str, Any]:  # fmt: skip
+             validate: int | None = None, allow_other_data: bool = False,
+             tensorboard: str | Path | bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Train a .net file as `netdsl train` does; flags override the train section.
 
     The output folder belongs to one run: a folder holding another run's files
@@ -682,6 +690,8 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     `overwrite` deletes those files first (other files stay). `resume` uses the data
     set recorded in the checkpoint unless `data` is given, and refuses other data unless
     `allow_other_data`. `validate` overrides the train section's `validate N`.
+    `tensorboard` (a folder, or True for OUT/tensorboard) also logs every metrics line
+    and the first conv layer's filters for TensorBoard (tensorboard.py; needs tensorboardX).
 
     With an MPI communicator (distributed.py) the batch is the global batch, split
     evenly over the ranks; only rank 0 prints and writes.
@@ -708,6 +718,12 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     out = Path(out or Path("runs") / net.name)
     if comm.is_root:
         check_run_dir(out, resume=resume, overwrite=overwrite)  # before any slow work
+    if tensorboard:
+        from .tensorboard import check_board_dir
+
+        tensorboard = out / "tensorboard" if tensorboard is True else Path(tensorboard)
+        if comm.is_root:
+            check_board_dir(tensorboard, resume=resume, overwrite=overwrite)
     loaded = load_checkpoint(out / CHECKPOINT) if resume else None
     global_batch = batch or t["batch"]
     if comm.size > 1 and resolve_device(device) == "cuda":
@@ -750,8 +766,12 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
             print(f"training {net.name}: {format_count(len(ds.train.y))} images{held}, batch "
                   f"{global_batch}{ranks}, {plural(trainer.epochs, 'epoch')}, {cnet.device}, "
                   f"output {out}/", file=stream)  # fmt: skip
+    if tensorboard and comm.is_root:
+        from .tensorboard import TensorBoardLogger
+
+        trainer.loggers.append(TensorBoardLogger(tensorboard, cnet, overwrite=overwrite))
     t0 = time.perf_counter()
-    result = trainer.fit()
+    result = {k: v for k, v in trainer.fit().items() if k != "steps"}  # result.json: no curve
     result = dict(result, wall_seconds=time.perf_counter() - t0, out=str(out),
                   loss_kind=loss_kind(net))  # fmt: skip
     if comm.is_root:
