@@ -162,7 +162,7 @@ def generate(net: Network, weights: str | None = None) -> str:
             t.var[lyr.name], t.rank[lyr.name] = expr, rank  # the identity: no new variable
             continue
         v = t.local(lyr.name)
-        body.append(f"{v} = {expr}  # {lyr.name}")
+        body.append(f"{v} = {expr}" + (f"  # {lyr.name}" if v != lyr.name else ""))
         t.var[lyr.name], t.rank[lyr.name] = v, rank
     if init:
         _check_names(net)
