@@ -198,7 +198,7 @@ def generate(net: Network, weights: str | None = None) -> str:
         lines += ["", src, ""]
     lines += ["", f"class {cls}(nn.Module):", "    def __init__(self):",
               "        super().__init__()"]  # fmt: skip
-    lines += [f"        {s}" for s in init]
+    lines += ["        " + s.replace("\n", "\n        ") for s in init]
     lines += ["", "    def forward(self, x):"]
     lines += [f"        {s}" for s in body]
     lines += [f"        return {out}", ""]

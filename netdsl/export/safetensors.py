@@ -107,3 +107,27 @@ def init_tensors(net: Network, current: dict[str, Any], path: str | os.PathLike,
 
 def _dims(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def init_compiled(cnet: Any, path: str | os.PathLike, partial: bool = False, warn=None) -> None:
+    """`netdsl train --init-from`: load a safetensors state_dict into a compiled network
+    before its first step (see init_tensors); what was loaded is said on `warn`."""
+    import sys
+
+    from ..train.paths import show_path
+
+    warn = sys.stderr if warn is None else warn
+    current = {**cnet.params, **cnet.buffers}
+    loaded, left, unused = init_tensors(cnet.net, current, path, partial)
+    if not loaded:
+        raise DataError(
+            f"{show_path(path)}: no tensor of it fits {cnet.net.name} (names "
+            "and shapes differ everywhere); was it written for another network?"
+        )
+    cnet.set_params(loaded, strict=False)
+    print(f"--init-from {show_path(path)}: {len(loaded)} of {len(current)} tensors loaded",
+          file=warn)  # fmt: skip
+    if left:
+        print(f"  left at their init: {', '.join(left)}", file=warn)
+    if unused:
+        print(f"  not used from the file: {', '.join(unused)}", file=warn)

@@ -673,8 +673,9 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
              out: str | Path | None = None, seed: int | None = None, resume: bool = False,
              quiet: bool = False, limit: int | None = None, stream=None,
              comm: Communicator | None = None, overwrite: bool = False,
-             validate: int | None = None,
-             allow_other_data: bool = False) -> dict[str, Any]:  # fmt: skip
+             validate: int | None = None, allow_other_data: bool = False,
+             init_from: str | Path | None = None,
+             init_partial: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train a .net file as `netdsl train` does; flags override the train section.
 
     The output folder belongs to one run: a folder holding another run's files
@@ -715,6 +716,10 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     cnet = compile_network(net, device=device, batch=local_batch(global_batch, comm.size),
                            seed=seed)  # fmt: skip
     warn = sys.stderr if comm.is_root else NullStream()
+    if init_from is not None:  # a safetensors state_dict; all must fit unless init_partial
+        from ..export.safetensors import init_compiled
+
+        init_compiled(cnet, init_from, init_partial, warn=warn)
     if loaded is not None:
         ds = recorded_data(net, out / CHECKPOINT, loaded[1], data, limit, validate,
                            allow_other_data=allow_other_data, warn=warn)  # fmt: skip

@@ -255,8 +255,10 @@ class Conv(LayerType):
         if a["connect"] is None:
             return f"nn.Conv2d({', '.join(args)})"
         t.helper("TableConv2d", self.TABLE_CONV_SOURCE)
-        rows = "(" + ", ".join(t.ints(r) for r in a["connect"]) + ")"
-        return f"TableConv2d({', '.join(args)}, table={rows})"
+        rows = [t.ints(r) for r in a["connect"]]
+        lines = [", ".join(rows[i : i + 6]) + "," for i in range(0, len(rows), 6)]
+        table = "".join(f"\n    {line}" for line in lines)  # output map i reads row i
+        return f"TableConv2d({', '.join(args)}, table=({table}\n))"
 
     def torch_forward_expr(self, layer, t):
         from ...export.common import window_pads
