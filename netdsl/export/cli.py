@@ -92,10 +92,9 @@ def cmd_export(args) -> int:
             save_safetensors(net, tensors, out)
             what = "PyTorch state_dict"
         else:
-            from .pytorch import class_name, save_pytorch
+            from .pytorch import save_pytorch
 
             weights = Path(args.safetensors).name if args.safetensors else None
-            save_pytorch(net, out, weights)
-            what = f"PyTorch module {class_name(net)}"
+            what = f"PyTorch module {save_pytorch(net, out, weights)}"
         print(f"wrote {out} ({what})", file=sys.stderr)
     return 0

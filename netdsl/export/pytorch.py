@@ -130,8 +130,9 @@ def _check_names(net: Network) -> None:
                                 "rename the layer")  # fmt: skip
 
 
-def generate(net: Network, weights: str | None = None) -> str:
-    """The Python source of a PyTorch nn.Module computing `net`'s forward in eval mode."""
+def generate(net: Network, weights: str | None = None) -> tuple[str, str]:
+    """The Python source of a PyTorch nn.Module computing `net`'s forward in eval mode, and
+    the module's class name."""
     import netdsl
 
     t = TorchSource(net)
@@ -172,6 +173,8 @@ def generate(net: Network, weights: str | None = None) -> str:
         out = f"{out}.flatten(1)"
     c, h, w = net.input.out_shape
     cls = class_name(net)
+    while cls in t.helpers:  # a network called `subsample` is not the helper Subsample
+        cls += "Net"
     oc, oh, ow = last.out_shape
     shape_out = f"(N, {oc})" if (oh, ow) == (1, 1) else f"(N, {oc}, {oh}, {ow})"
     weights_file = weights or f"{net.name}.safetensors"
@@ -202,18 +205,18 @@ def generate(net: Network, weights: str | None = None) -> str:
     lines += ["", "    def forward(self, x):"]
     lines += [f"        {s}" for s in body]
     lines += [f"        return {out}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines), cls
 
 
 def save_pytorch(net: Network, path: str | os.PathLike, weights: str | None = None) -> str:
-    """Write the generated module source atomically; returns it."""
-    source = generate(net, weights)
+    """Write the generated module source atomically; returns the module's class name."""
+    source, cls = generate(net, weights)
     try:
         compile(source, str(path), "exec")  # a generator bug must not leave a broken file
     except SyntaxError as e:
         raise NetdslError(f"internal error: generated PyTorch source does not parse: {e}") from e
     write_atomic(path, source.encode("utf-8"))
-    return source
+    return cls
 
 
 def load_generated(path: str | os.PathLike) -> Any:

@@ -35,7 +35,8 @@ def save_safetensors(net: Network, tensors: dict[str, Any], path: str | os.PathL
     arrays = {}
     for name, _, a in state_dict(net, tensors):
         a = np.asarray(a)
-        arrays[name] = np.ascontiguousarray(a, np.int64 if a.dtype.kind in "iu" else np.float32)
+        # astype copies C-contiguous and keeps a 0-d array 0-d (ascontiguousarray would not)
+        arrays[name] = a.astype(np.int64 if a.dtype.kind in "iu" else np.float32, order="C")
     meta = {"format": "pt", "network": net.name, "source": os.path.basename(net.file),
             "producer": "netdsl"}  # fmt: skip
     write_atomic(path, st.save(arrays, metadata=meta))
