@@ -205,7 +205,10 @@ def generate(net: Network, weights: str | None = None) -> tuple[str, str]:
     lines += ["", "    def forward(self, x):"]
     lines += [f"        {s}" for s in body]
     lines += [f"        return {out}", ""]
-    return "\n".join(lines), cls
+    source = "\n".join(lines)
+    if "torch." not in source.split("import torch.nn.functional as F", 1)[1]:
+        source = source.replace("import torch\n", "", 1)  # only nn and F are used
+    return source, cls
 
 
 def save_pytorch(net: Network, path: str | os.PathLike, weights: str | None = None) -> str:
