@@ -218,13 +218,45 @@ def test_connection_table_is_exported_with_zeroed_links(tmp_path):
 
 
 def test_export_imports_no_numba(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("safetensors")
     net_file = ROOT / "nets" / "lenet5.net"
-    code = ("import sys; from netdsl.cli import main; "
-            f"rc = main(['export', {str(net_file)!r}, '--pytorch', {str(tmp_path / 'm.py')!r}]); "
-            "print(rc, 'numba' in sys.modules)")  # fmt: skip
+    net = netdsl.load(net_file)
+    rng = np.random.default_rng(0)
+    arrays = {f"param.{lyr.name}.{k}": rng.normal(size=s).astype(np.float32)
+              for lyr in net.layers for k, s in lyr.params.items()}  # fmt: skip
+    save_checkpoint(tmp_path / "c.npz", arrays, {})
+    argv = ["export", str(net_file), str(tmp_path / "c.npz"), "--onnx",
+            str(tmp_path / "m.onnx"), "--safetensors", str(tmp_path / "m.st"),
+            "--pytorch", str(tmp_path / "m.py")]  # fmt: skip
+    code = f"import sys; from netdsl.cli import main; print(main({argv!r}), 'numba' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.split() == ["0", "False"], r.stderr
     assert "class Lenet5(nn.Module)" in (tmp_path / "m.py").read_text()
+
+
+def test_a_layer_type_without_a_mapping_is_a_located_error(tmp_path):
+    from netdsl.errors import NetError
+    from netdsl.ops.base import LayerType
+
+    net = netdsl.load(tiny_net(tmp_path, "new", "relu r", "1x4x4"))
+    with pytest.raises(NetError, match="cannot export layer type 'newtype' to ONNX") as info:
+        type("NewType", (LayerType,), {"name": "newtype"})().onnx_nodes(net.layers[1], None)
+    assert info.value.loc.line == 3  # the layer's line in the .net file
+
+
+def test_probabilities_output(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from netdsl.export.onnx import build_model
+
+    cnet = netdsl.compile(tiny_net(tmp_path, "p", "conv c: 2 filters 3x3", "1x5x5"), batch=2)
+    x = np.random.default_rng(0).normal(size=(2, 1, 5, 5)).astype(np.float32)
+    z = cnet.forward(x).astype(np.float64)
+    want = np.exp(z - z.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    model = build_model(cnet.net, {**cnet.params, **cnet.buffers}, probabilities=True)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    close(sess.run(["probabilities"], {"input": x})[0], want)
 
 
 # ---------------------------------------------------------------- errors
@@ -247,6 +279,24 @@ def test_checkpoint_of_another_net_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "a.npz: does not fit b: c.weight is (4, 3, 3, 3) in the checkpoint" in err
     assert "(5, 3, 3, 3)" in err and not out.exists()
+
+
+def test_diverged_checkpoint_and_bad_init_file_are_refused(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from netdsl.export.safetensors import init_compiled
+
+    net_file = tiny_net(tmp_path, "nan", "conv c: 2 filters 3x3", "1x5x5")
+    cnet = netdsl.compile(net_file, batch=1)
+    arrays = random_weights(cnet)
+    arrays["param.c.bias"][0] = np.nan
+    save_checkpoint(tmp_path / "c.npz", arrays, {})
+    out = tmp_path / "m.safetensors"
+    assert main(["export", str(net_file), str(tmp_path / "c.npz"), "--safetensors",
+                 str(out)]) == 1  # fmt: skip
+    assert "c.npz: c.bias holds NaN or infinite values" in capsys.readouterr().err
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="junk.safetensors: not a readable safetensors file"):
+        init_compiled(cnet, tmp_path / "junk.safetensors")
 
 
 def test_unwritable_output_and_missing_extra(tmp_path, capsys, monkeypatch):
