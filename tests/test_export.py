@@ -40,6 +40,8 @@ TINY = [
     ("pool_max_wide_pad", "pool p: max 3x3, stride 2, pad 2, ceil", "3x8x8"),
     ("pool_avg_ceil_pad", "pool p: avg 3x3, stride 2, pad 1, ceil", "3x8x8"),
     ("pool_avg_wide_pad", "pool p: avg 3x3, stride 2, pad 2, floor", "3x9x9"),
+    ("pool_max_ceil_drop", "pool p: max 2x2, stride 3, pad 1, ceil", "3x4x4"),  # Caffe's rule
+    ("pool_avg_ceil_drop", "pool p: avg 2x2, stride 3, pad 1, ceil", "3x4x4"),
     ("pool_sum_ceil", "pool p: sum 2x2, stride 2, ceil", "3x7x7"),
     ("pool_sum_pad", "pool p: sum 3x3, stride 2, pad 2, ceil", "3x7x7"),
     ("pool_global_max", "pool p: max, global", "3x5x6"),
@@ -129,6 +131,19 @@ def export_and_compare(tmp_path: Path, net_file: Path, batch: int) -> None:
     model.eval()
     with torch.no_grad():
         close(model(torch.from_numpy(x)).numpy(), want)
+
+
+def test_the_tiny_nets_cover_every_layer_type_and_activation(tmp_path):
+    from netdsl.ops import activations, registry
+
+    types, kinds = set(), set()
+    for name, body, shape in TINY:
+        for lyr in netdsl.load(tiny_net(tmp_path, name, body, shape)).layers:
+            types.add(lyr.type)
+            if "activation" in lyr.attrs:
+                kinds.add(lyr.attrs["activation"][0])
+    assert types == set(registry.types()), "add a tiny net for the new layer type to TINY"
+    assert kinds == set(activations.kinds()), "add the new activation kind to TINY"
 
 
 @pytest.mark.parametrize("name,body,shape", TINY, ids=[t[0] for t in TINY])
