@@ -153,6 +153,10 @@ def generate(net: Network, weights: str | None = None) -> tuple[str, str]:
                 if prefix not in containers and prefix not in with_module:
                     containers.add(prefix)
                     init.append(f"self.{prefix} = nn.Module()")
+            if lyr.name in containers:  # `a` after `a.b`: it would replace a's container
+                raise lyr.error(f"cannot export layer {lyr.name} to PyTorch: its name is also "
+                                "the prefix of an earlier layer's dotted name", None,
+                                "rename the layer")  # fmt: skip
             with_module.add(lyr.name)
             init.append(f"self.{lyr.name} = {ctor}")
         expr, rank = lt.torch_forward_expr(lyr, t)

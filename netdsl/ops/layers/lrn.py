@@ -68,8 +68,11 @@ class Lrn(LayerType):
     # alpha is not divided (AlexNet's paper): they get alpha * size.
     def onnx_nodes(self, layer, g):
         a = layer.attrs
-        return g.node("LRN", [g.x(layer, 0, 4)], size=a["size"], alpha=a["alpha"] * a["size"],
-                      beta=a["beta"], bias=a["k"]), 4  # fmt: skip
+        y = g.node("LRN", [g.x(layer, 0, 4)], size=a["size"], alpha=a["alpha"] * a["size"],
+                   beta=a["beta"], bias=a["k"])  # fmt: skip
+        g.nodes[-1].doc_string = (f"netdsl lrn alpha {a['alpha']:g} (not divided by the size) "
+                                  f"times size {a['size']}")  # fmt: skip
+        return y, 4
 
     def torch_module_lines(self, layer, t):
         a = layer.attrs
