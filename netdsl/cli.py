@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", type=path_arg,
                    help="write to this file instead of standard output")  # fmt: skip
     g.set_defaults(func=cmd_graph)
+    __import__("netdsl.export.cli", fromlist=["cli"]).add_command(sub)  # export (no kernels)
 
     from .interop.cli import add_command as add_import
 

@@ -204,6 +204,40 @@ class LayerType:
         """The CUDA runner class (netdsl/backends/cuda.py's Runner), imported on first use."""
         raise NotImplementedError(self.name)
 
+    # ---------------------------------------------------------------- export (netdsl/export/)
+    # ONNX nodes through netdsl/export/onnx.py's OnnxGraph `g`; the generated PyTorch source
+    # through netdsl/export/pytorch.py's TorchSource `t`; tensors under PyTorch state_dict
+    # names. Inputs come at the rank the layer asks for (4: NCHW, 2: (N, K)); each hook
+    # returns its output and that output's rank. The fused activation is added by the driver.
+    def onnx_nodes(self, layer: Layer, g: Any) -> tuple[str, int]:
+        """Emit this layer's ONNX nodes into `g`: (output tensor name, its rank)."""
+        raise cannot_export(self, layer, "ONNX")
+
+    def torch_module_lines(self, layer: Layer, t: Any) -> str | None:
+        """The constructor of this layer's nn.Module (`nn.Conv2d(1, 6, 5)`), None when the
+        layer has no module (its forward is a function call)."""
+        if layer.params or layer.state:
+            raise cannot_export(self, layer, "PyTorch")
+        return None
+
+    def torch_forward_expr(self, layer: Layer, t: Any) -> tuple[str, int]:
+        """A Python expression of this layer's forward in the generated module, and its rank."""
+        raise cannot_export(self, layer, "PyTorch")
+
+    def state_dict_items(self, layer: Layer, tensors: dict) -> list[tuple[str, str | None, Any]]:
+        """(PyTorch state_dict name, netdsl tensor name or None, array) of this layer. The
+        array is netdsl's own, or a reshape of it (--init-from reshapes back); None marks a
+        tensor netdsl does not keep (batch norm's num_batches_tracked)."""
+        if layer.params or layer.state:
+            raise cannot_export(self, layer, "a PyTorch state_dict")
+        return []
+
+
+def cannot_export(lt: LayerType, layer: Layer, target: str):
+    """The located error of a layer type without an export mapping to `target`."""
+    return layer.error(f"cannot export layer type '{lt.name}' to {target}: the type declares "
+                       "no mapping (netdsl/ops/base.py's export hooks)")  # fmt: skip
+
 
 def activation_text(act: tuple) -> str:
     """A fused activation as the reports write it: "relu", "leaky(0.1)" (its kind's text)."""

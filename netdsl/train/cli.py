@@ -69,6 +69,12 @@ def add_commands(sub) -> None:
                    help="also log the metrics and the first conv layer's filters for "
                         "TensorBoard into DIR (default OUT/tensorboard; needs tensorboardX: "
                         "pip install 'netdsl[tensorboard]')")  # fmt: skip
+    t.add_argument("--init-from", type=path_arg, metavar="W.safetensors",
+                   help="start from these weights (a PyTorch state_dict, as `netdsl export "
+                        "--safetensors` writes); every tensor must fit the network")  # fmt: skip
+    t.add_argument("--init-partial", action="store_true",
+                   help="with --init-from: load the tensors whose name and shape fit, leave "
+                        "the others at their init and list both")  # fmt: skip
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
@@ -142,14 +148,18 @@ def cmd_train(args) -> int:
         print("netdsl train: error: --resume continues the run in the output folder and "
               "--overwrite replaces it: give one of them", file=sys.stderr)  # fmt: skip
         return 2
+    if args.init_from and args.resume or args.init_partial and not args.init_from:
+        print("netdsl train: error: --init-from starts a new run from a safetensors file "
+              "(not with --resume); --init-partial goes with it", file=sys.stderr)  # fmt: skip
+        return 2
     comm = setup(args.distributed, cuda_aware=args.cuda_aware_mpi)
     with abort_on_error(comm, debug=getattr(args, "debug", False)):  # no rank left hanging
         r = fit_file(args.file, epochs=args.epochs, batch=args.batch, lr=args.lr,
                      device=args.device, data=args.data, out=args.out, seed=args.seed,
                      resume=args.resume, quiet=args.quiet, limit=args.limit,
                      comm=comm, overwrite=args.overwrite, validate=args.validate,
-                     allow_other_data=args.allow_other_data,
-                     tensorboard=args.tensorboard)  # fmt: skip
+                     allow_other_data=args.allow_other_data, init_from=args.init_from,
+                     init_partial=args.init_partial, tensorboard=args.tensorboard)  # fmt: skip
     if comm.is_root and "epoch" in r:
         print(f"done: {closing_figures(r)} after {plural(r['epoch'], 'epoch')}, "
               f"{r['wall_seconds']:.1f}s; checkpoint {r['out']}/checkpoint.npz")  # fmt: skip

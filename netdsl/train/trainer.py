@@ -682,7 +682,8 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
              quiet: bool = False, limit: int | None = None, stream=None,
              comm: Communicator | None = None, overwrite: bool = False,
              validate: int | None = None, allow_other_data: bool = False,
-             tensorboard: str | Path | bool | None = None) -> dict[str, Any]:  # fmt: skip
+             tensorboard: str | Path | bool | None = None, init_from: str | Path | None = None,
+             init_partial: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train a .net file as `netdsl train` does; flags override the train section.
 
     The output folder belongs to one run: a folder holding another run's files
@@ -731,6 +732,10 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     cnet = compile_network(net, device=device, batch=local_batch(global_batch, comm.size),
                            seed=seed)  # fmt: skip
     warn = sys.stderr if comm.is_root else NullStream()
+    if init_from is not None:  # a safetensors state_dict; all must fit unless init_partial
+        from ..export.safetensors import init_compiled
+
+        init_compiled(cnet, init_from, init_partial, warn=warn)
     if loaded is not None:
         ds = recorded_data(net, out / CHECKPOINT, loaded[1], data, limit, validate,
                            allow_other_data=allow_other_data, warn=warn)  # fmt: skip

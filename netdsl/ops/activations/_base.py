@@ -47,3 +47,17 @@ class Kind:
     def torch(self, y, values, F, torch):  # noqa: N803
         """The PyTorch twin."""
         raise NotImplementedError(self.name)
+
+    # ---------------------------------------------------------------- export (netdsl/export/)
+    def onnx(self, g, x: str, values: tuple[float, ...]) -> str:
+        """Emit the activation of tensor `x` into the OnnxGraph `g`; the output's name."""
+        from ...errors import NetdslError
+
+        raise NetdslError(f"cannot export activation {self.name!r} to ONNX: it declares no mapping")
+
+    def torch_expr(self, x: str, values: tuple[float, ...]) -> str:
+        """The activation of the Python expression `x` in generated PyTorch source."""
+        from ...errors import NetdslError
+
+        raise NetdslError(f"cannot export activation {self.name!r} to PyTorch: it declares no "
+                         "mapping")  # fmt: skip

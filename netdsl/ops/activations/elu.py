@@ -47,5 +47,12 @@ class Elu(Kind):
     def torch(self, y, values, F, torch):  # noqa: N803
         return F.elu(y, values[0])
 
+    # ---------------------------------------------------------------- export
+    def onnx(self, g, x, values):
+        return g.node("Elu", [x], alpha=values[0])
+
+    def torch_expr(self, x, values):
+        return f"F.elu({x}, {values[0]!r})"
+
 
 KIND = Elu()

@@ -43,5 +43,12 @@ class Leaky(Kind):
     def torch(self, y, values, F, torch):  # noqa: N803
         return F.leaky_relu(y, values[0])
 
+    # ---------------------------------------------------------------- export
+    def onnx(self, g, x, values):
+        return g.node("LeakyRelu", [x], alpha=values[0])
+
+    def torch_expr(self, x, values):
+        return f"F.leaky_relu({x}, {values[0]!r})"
+
 
 KIND = Leaky()

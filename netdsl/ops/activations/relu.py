@@ -34,5 +34,12 @@ class Relu(Kind):
     def torch(self, y, values, F, torch):  # noqa: N803
         return F.relu(y)
 
+    # ---------------------------------------------------------------- export
+    def onnx(self, g, x, values):
+        return g.node("Relu", [x])
+
+    def torch_expr(self, x, values):
+        return f"F.relu({x})"
+
 
 KIND = Relu()

@@ -48,5 +48,14 @@ class ScaledTanh(Kind):
     def torch(self, y, values, F, torch):  # noqa: N803
         return values[0] * torch.tanh(values[1] * y)
 
+    # ---------------------------------------------------------------- export
+    def onnx(self, g, x, values):
+        a, s = values  # A tanh(S x): no ONNX op of its own
+        y = g.node("Tanh", [g.node("Mul", [x, g.const([s])])])
+        return g.node("Mul", [y, g.const([a])])
+
+    def torch_expr(self, x, values):
+        return f"{values[0]!r} * torch.tanh({values[1]!r} * {x})"
+
 
 KIND = ScaledTanh()

@@ -39,5 +39,12 @@ class Sigmoid(Kind):
     def torch(self, y, values, F, torch):  # noqa: N803
         return torch.sigmoid(y)
 
+    # ---------------------------------------------------------------- export
+    def onnx(self, g, x, values):
+        return g.node("Sigmoid", [x])
+
+    def torch_expr(self, x, values):
+        return f"torch.sigmoid({x})"
+
 
 KIND = Sigmoid()

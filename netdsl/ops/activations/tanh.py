@@ -34,5 +34,12 @@ class Tanh(Kind):
     def torch(self, y, values, F, torch):  # noqa: N803
         return torch.tanh(y)
 
+    # ---------------------------------------------------------------- export
+    def onnx(self, g, x, values):
+        return g.node("Tanh", [x])
+
+    def torch_expr(self, x, values):
+        return f"torch.tanh({x})"
+
 
 KIND = Tanh()

@@ -43,5 +43,19 @@ class Add(LayerType):
 
         return AddCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        ranks = {g.rank[g.x(layer, i)] for i in range(len(layer.inputs))}
+        rank = ranks.pop() if len(ranks) == 1 else 4
+        y = g.x(layer, 0, rank)
+        for i in range(1, len(layer.inputs)):
+            y = g.node("Add", [y, g.x(layer, i, rank)])
+        return y, rank
+
+    def torch_forward_expr(self, layer, t):
+        ranks = {t.rank_of(layer, i) for i in range(len(layer.inputs))}
+        rank = ranks.pop() if len(ranks) == 1 else 4
+        return " + ".join(t.x(layer, i, rank) for i in range(len(layer.inputs))), rank
+
 
 LAYER = Add()

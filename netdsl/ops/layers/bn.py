@@ -75,5 +75,33 @@ class Bn(LayerType):
 
         return BnCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        x = g.x(layer)  # (N, C, H, W) or (N, C): BatchNormalization takes both
+        ins = [x] + [g.param(layer, k) for k in ("weight", "bias", "running_mean", "running_var")]
+        return g.node("BatchNormalization", ins, epsilon=layer.attrs["eps"]), g.rank[x]
+
+    def torch_module_lines(self, layer, t):
+        a, c = layer.attrs, layer.out_shape[0]
+        d = "1d" if t.rank_of(layer) == 2 else "2d"
+        args = [str(c)]
+        if a["eps"] != 1e-5:
+            args.append(f"eps={t.num(a['eps'])}")
+        if a["momentum"] != 0.1:
+            args.append(f"momentum={t.num(a['momentum'])}")
+        return f"nn.BatchNorm{d}({', '.join(args)})"
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer)})", t.rank_of(layer)
+
+    def state_dict_items(self, layer, tensors):
+        import numpy as np
+
+        out = [(f"{layer.name}.{k}", k, tensors[k])
+               for k in ("weight", "bias", "running_mean", "running_var")]  # fmt: skip
+        # PyTorch counts the batches it has seen; netdsl does not (its momentum is fixed)
+        out.append((f"{layer.name}.num_batches_tracked", None, np.zeros((), np.int64)))
+        return out
+
 
 LAYER = Bn()

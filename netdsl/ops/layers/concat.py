@@ -44,5 +44,19 @@ class Concat(LayerType):
 
         return ConcatCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def _export_rank(self, layer, ranks):
+        return ranks[0] if len(set(ranks)) == 1 else 4
+
+    def onnx_nodes(self, layer, g):
+        rank = self._export_rank(layer, [g.rank[g.x(layer, i)] for i in range(len(layer.inputs))])
+        xs = [g.x(layer, i, rank) for i in range(len(layer.inputs))]
+        return g.node("Concat", xs, axis=1), rank
+
+    def torch_forward_expr(self, layer, t):
+        rank = self._export_rank(layer, [t.rank_of(layer, i) for i in range(len(layer.inputs))])
+        xs = [t.x(layer, i, rank) for i in range(len(layer.inputs))]
+        return f"torch.cat([{', '.join(xs)}], 1)", rank
+
 
 LAYER = Concat()

@@ -185,5 +185,95 @@ class Conv(LayerType):
 
         return ConvCUDARunner
 
+    # ---------------------------------------------------------------- export
+    TABLE_CONV_SOURCE = '''
+    class TableConv2d(nn.Conv2d):
+        """A convolution whose output map i reads only the input maps table[i] (LeCun's
+        connection tables): a dense weight times a fixed 0/1 mask (not in the state_dict)."""
+
+        def __init__(self, *args, table, **kwargs):
+            super().__init__(*args, **kwargs)
+            mask = torch.zeros(self.out_channels, self.in_channels, 1, 1)
+            for i, row in enumerate(table):
+                mask[i, list(row)] = 1.0
+            self.register_buffer("mask", mask, persistent=False)
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding,
+                            self.dilation, self.groups)
+    '''
+
+    def _dense_weight(self, layer, w):
+        """The weight with a connection table's unused links zeroed: a dense conv is exact."""
+        import numpy as np
+
+        table = layer.attrs["connect"]
+        if table is None:
+            return w
+        mask = np.zeros(w.shape[:2] + (1, 1), np.float32)
+        for i, row in enumerate(table):
+            mask[i, row] = 1.0
+        return w * mask
+
+    def onnx_nodes(self, layer, g):
+        from ...export.common import window_pads
+
+        a, p = layer.attrs, g.tensors(layer)
+        ins = [g.x(layer, 0, 4), g.param(layer, "weight", self._dense_weight(layer, p["weight"]))]
+        if "bias" in p:
+            ins.append(g.param(layer, "bias"))
+        return g.node("Conv", ins, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      pads=list(window_pads(layer)), dilations=list(a["dilation"]),
+                      group=a["groups"]), 4  # fmt: skip
+
+    def _torch_padding(self, layer):
+        """PyTorch's symmetric `padding` when it gives the layer's output size, else None."""
+        from ...export.common import window_pads
+
+        pt, pl, pb, pr = window_pads(layer)
+        a, (_, h, w) = layer.attrs, layer.in_shapes[0]
+        for size, k, s, d, p, o in ((h, a["kernel"][0], a["stride"][0], a["dilation"][0], pt,
+                                     a["out_hw"][0]),
+                                    (w, a["kernel"][1], a["stride"][1], a["dilation"][1], pl,
+                                     a["out_hw"][1])):  # fmt: skip
+            if (size + 2 * p - d * (k - 1) - 1) // s + 1 != o:
+                return None
+        return pt, pl
+
+    def torch_module_lines(self, layer, t):
+        a = layer.attrs
+        pad = self._torch_padding(layer) or (0, 0)
+        args = [str(layer.in_shapes[0][0]), str(a["filters"]), t.pair(a["kernel"])]
+        for key, value, default in (("stride", a["stride"], (1, 1)), ("padding", pad, (0, 0)),
+                                    ("dilation", a["dilation"], (1, 1))):  # fmt: skip
+            if tuple(value) != default:
+                args.append(f"{key}={t.pair(value)}")
+        if a["groups"] != 1:
+            args.append(f"groups={a['groups']}")
+        if not a["bias"]:
+            args.append("bias=False")
+        if a["connect"] is None:
+            return f"nn.Conv2d({', '.join(args)})"
+        t.helper("TableConv2d", self.TABLE_CONV_SOURCE)
+        rows = [t.ints(r) for r in a["connect"]]
+        lines = [", ".join(rows[i : i + 6]) + "," for i in range(0, len(rows), 6)]
+        table = "".join(f"\n    {line}" for line in lines)  # output map i reads row i
+        return f"TableConv2d({', '.join(args)}, table=({table}\n))"
+
+    def torch_forward_expr(self, layer, t):
+        from ...export.common import window_pads
+
+        x = t.x(layer, 0, 4)
+        if self._torch_padding(layer) is None:  # asymmetric ('same' with an odd total)
+            pt, pl, pb, pr = window_pads(layer)
+            x = f"F.pad({x}, ({pl}, {pr}, {pt}, {pb}))"
+        return f"{t.mod(layer)}({x})", 4
+
+    def state_dict_items(self, layer, tensors):
+        out = [(f"{layer.name}.weight", "weight", self._dense_weight(layer, tensors["weight"]))]
+        if "bias" in tensors:
+            out.append((f"{layer.name}.bias", "bias", tensors["bias"]))
+        return out
+
 
 LAYER = Conv()

@@ -47,5 +47,16 @@ class Dropout(LayerType):
 
         return SliceDropoutRunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        x = g.x(layer)  # the identity at inference: no node
+        return x, g.rank[x]
+
+    def torch_module_lines(self, layer, t):
+        return f"nn.Dropout({t.num(layer.attrs['p'])})"  # the identity in eval mode
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer)})", t.rank_of(layer)
+
 
 LAYER = Dropout()

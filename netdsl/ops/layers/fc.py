@@ -74,5 +74,24 @@ class Fc(LayerType):
 
         return FcCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        p = g.tensors(layer)
+        ins = [g.x(layer, 0, 2), g.param(layer, "weight")]
+        if "bias" in p:
+            ins.append(g.param(layer, "bias"))
+        return g.node("Gemm", ins, transB=1, rank=2), 2  # x W^T + b; W is (O, C*H*W)
+
+    def torch_module_lines(self, layer, t):
+        f = layer.params["weight"][1]
+        bias = "" if layer.attrs["bias"] else ", bias=False"
+        return f"nn.Linear({f}, {layer.attrs['outputs']}{bias})"
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer, 0, 2)})", 2
+
+    def state_dict_items(self, layer, tensors):
+        return [(f"{layer.name}.{k}", k, tensors[k]) for k in ("weight", "bias") if k in tensors]
+
 
 LAYER = Fc()

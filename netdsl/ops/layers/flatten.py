@@ -42,5 +42,12 @@ class Flatten(LayerType):
 
         return FlattenCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        return g.x(layer, 0, 2), 2  # (N, C*H*W), channel-major as netdsl's
+
+    def torch_forward_expr(self, layer, t):
+        return t.x(layer, 0, 2), 2
+
 
 LAYER = Flatten()

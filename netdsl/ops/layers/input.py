@@ -49,5 +49,13 @@ class Input(LayerType):
 
         return SourceRunner
 
+    # ---------------------------------------------------------------- export
+    # the graph's input is made by the drivers (netdsl/export/onnx.py, pytorch.py)
+    def onnx_nodes(self, layer, g):
+        return "input", 4
+
+    def torch_forward_expr(self, layer, t):
+        return "x", 4
+
 
 LAYER = Input()

@@ -57,5 +57,13 @@ class Loss(LayerType):
 
         return LossCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        x = g.x(layer)  # the scores the loss reads are the output
+        return x, g.rank[x]
+
+    def torch_forward_expr(self, layer, t):
+        return t.x(layer), t.rank_of(layer)
+
 
 LAYER = Loss()

@@ -63,5 +63,26 @@ class Lrn(LayerType):
 
         return LrnCUDARunner
 
+    # ---------------------------------------------------------------- export
+    # ONNX's LRN and PyTorch's LocalResponseNorm divide alpha by the window size; netdsl's
+    # alpha is not divided (AlexNet's paper): they get alpha * size.
+    def onnx_nodes(self, layer, g):
+        a = layer.attrs
+        y = g.node("LRN", [g.x(layer, 0, 4)], size=a["size"], alpha=a["alpha"] * a["size"],
+                   beta=a["beta"], bias=a["k"])  # fmt: skip
+        g.nodes[-1].doc_string = (f"netdsl lrn alpha {a['alpha']:g} (not divided by the size) "
+                                  f"times size {a['size']}")  # fmt: skip
+        return y, 4
+
+    def torch_module_lines(self, layer, t):
+        a = layer.attrs
+        return (
+            f"nn.LocalResponseNorm({a['size']}, alpha={t.num(a['alpha'] * a['size'])}, "
+            f"beta={t.num(a['beta'])}, k={t.num(a['k'])})  # netdsl alpha {a['alpha']:g}"
+        )
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer, 0, 4)})", 4
+
 
 LAYER = Lrn()

@@ -54,5 +54,23 @@ class Maxout(LayerType):
 
         return MaxoutCUDARunner
 
+    # ---------------------------------------------------------------- export
+    MAXOUT_SOURCE = '''
+    def maxout(x, pieces):
+        """Maxout: output map j is the maximum of input maps j*pieces .. j*pieces+pieces-1."""
+        n, c, h, w = x.shape
+        return x.view(n, c // pieces, pieces, h, w).amax(2)
+    '''
+
+    def onnx_nodes(self, layer, g):
+        c, h, w = layer.in_shapes[0]
+        k = layer.attrs["pieces"]
+        y = g.node("Reshape", [g.x(layer, 0, 4), g.const([0, c // k, k, h, w])], rank=5)
+        return g.node("ReduceMax", [y], axes=[2], keepdims=0, rank=4), 4
+
+    def torch_forward_expr(self, layer, t):
+        fn = t.helper("maxout", self.MAXOUT_SOURCE)
+        return f"{fn}({t.x(layer, 0, 4)}, {layer.attrs['pieces']})", 4
+
 
 LAYER = Maxout()

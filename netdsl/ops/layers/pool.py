@@ -116,5 +116,86 @@ class Pool(LayerType):
 
         return PoolCUDARunner
 
+    # ---------------------------------------------------------------- export
+    PADDED_POOL_SOURCE = '''
+    def padded_pool(x, mode, kernel, stride, pads):
+        """netdsl's pool with explicit (left, right, top, bottom) padding (more than PyTorch's
+        pools accept): max ignores the padding, avg divides by the inputs in the window."""
+        if mode == "max":
+            return F.max_pool2d(F.pad(x, pads, value=float("-inf")), kernel, stride)
+        total = F.avg_pool2d(F.pad(x, pads), kernel, stride, divisor_override=1)
+        if mode == "sum":
+            return total
+        ones = torch.ones_like(x[:1, :1])
+        return total / F.avg_pool2d(F.pad(ones, pads), kernel, stride, divisor_override=1)
+    '''
+
+    def _is_global(self, layer):
+        a, (_, h, w) = layer.attrs, layer.in_shapes[0]
+        return tuple(a["kernel"]) == (h, w) and tuple(a["pad"]) == (0, 0)
+
+    def onnx_nodes(self, layer, g):
+        from ...export.common import window_pads
+
+        a, x = layer.attrs, g.x(layer, 0, 4)
+        (kh, kw), mode = a["kernel"], a["mode"]
+        if self._is_global(layer):
+            y = g.node("GlobalMaxPool" if mode == "max" else "GlobalAveragePool", [x])
+        else:
+            attrs = {
+                "kernel_shape": [kh, kw],
+                "strides": list(a["stride"]),
+                "pads": list(window_pads(layer)),
+            }  # ceil's overhang as explicit padding
+            if mode == "max":
+                y = g.node("MaxPool", [x], **attrs)
+            else:  # avg: divide by the inputs in the window; sum: the mean over all k*k
+                y = g.node("AveragePool", [x], count_include_pad=int(mode == "sum"), **attrs)
+        if mode == "sum":
+            y = g.node("Mul", [y, g.const([float(kh * kw)])])
+        return y, 4
+
+    def _torch_ok(self, layer):
+        """PyTorch's pools take the layer as it is (padding at most half the kernel)."""
+        (kh, kw), (ph, pw) = layer.attrs["kernel"], layer.attrs["pad_tl"]
+        return ph <= kh // 2 and pw <= kw // 2
+
+    def torch_module_lines(self, layer, t):
+        a = layer.attrs
+        mode = a["mode"]
+        if self._is_global(layer):
+            if mode == "sum":
+                return None
+            return f"nn.Adaptive{'Max' if mode == 'max' else 'Avg'}Pool2d(1)"
+        if not self._torch_ok(layer):
+            return None
+        args = [t.pair(a["kernel"])]
+        if tuple(a["stride"]) != tuple(a["kernel"]):
+            args.append(f"stride={t.pair(a['stride'])}")
+        if tuple(a["pad"]) != (0, 0):
+            args.append(f"padding={t.pair(a['pad'])}")
+        if a["round"] == "ceil":
+            args.append("ceil_mode=True")
+        if mode == "max":
+            return f"nn.MaxPool2d({', '.join(args)})"
+        if mode == "avg":
+            if tuple(a["pad"]) != (0, 0) or a["round"] == "ceil":
+                args.append("count_include_pad=False")  # netdsl divides by the inputs only
+            return f"nn.AvgPool2d({', '.join(args)})"
+        return f"nn.AvgPool2d({', '.join(args)}, divisor_override=1)"  # a window's sum
+
+    def torch_forward_expr(self, layer, t):
+        from ...export.common import window_pads
+
+        x, a = t.x(layer, 0, 4), layer.attrs
+        if self._is_global(layer) and a["mode"] == "sum":
+            return f"{x}.sum((2, 3), keepdim=True)", 4
+        if self._is_global(layer) or self._torch_ok(layer):
+            return f"{t.mod(layer)}({x})", 4
+        pt, pl, pb, pr = window_pads(layer)
+        fn = t.helper("padded_pool", self.PADDED_POOL_SOURCE)
+        return (f'{fn}({x}, "{a["mode"]}", {t.ints(a["kernel"])}, {t.ints(a["stride"])}, '
+                f"({pl}, {pr}, {pt}, {pb}))"), 4  # fmt: skip
+
 
 LAYER = Pool()

@@ -69,5 +69,22 @@ class PReLU(LayerType):
 
         return PReLUCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        x = g.x(layer)
+        w, rank = g.tensors(layer)["weight"], g.rank[x]
+        slope = w.reshape(-1, 1, 1) if rank == 4 and w.size > 1 else w  # per channel (axis 1)
+        return g.node("PRelu", [x, g.param(layer, "weight", slope)]), rank
+
+    def torch_module_lines(self, layer, t):
+        k = layer.params["weight"][0]
+        return "nn.PReLU()" if k == 1 else f"nn.PReLU({k})"
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer)})", t.rank_of(layer)
+
+    def state_dict_items(self, layer, tensors):
+        return [(f"{layer.name}.weight", "weight", tensors["weight"])]
+
 
 LAYER = PReLU()

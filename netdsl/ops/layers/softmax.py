@@ -41,5 +41,12 @@ class Softmax(LayerType):
 
         return SoftmaxCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        return g.node("Softmax", [g.x(layer, 0, 2)], axis=1), 2
+
+    def torch_forward_expr(self, layer, t):
+        return f"F.softmax({t.x(layer, 0, 2)}, 1)", 2
+
 
 LAYER = Softmax()

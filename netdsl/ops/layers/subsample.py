@@ -79,5 +79,45 @@ class Subsample(LayerType):
 
         return SubsampleCUDARunner
 
+    # ---------------------------------------------------------------- export
+    SUBSAMPLE_SOURCE = '''
+    class Subsample(nn.Module):
+        """LeNet-5's S layers: each map's window sum times a trainable coefficient, plus a
+        bias (one of each per map)."""
+
+        def __init__(self, channels, kernel, stride):
+            super().__init__()
+            self.kernel, self.stride = kernel, stride
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+
+        def forward(self, x):
+            s = F.avg_pool2d(x, self.kernel, self.stride, divisor_override=1)
+            return s * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+    '''
+
+    def onnx_nodes(self, layer, g):
+        import numpy as np
+
+        a, p = layer.attrs, g.tensors(layer)
+        c, (kh, kw) = layer.in_shapes[0][0], a["kernel"]
+        # a depthwise convolution whose kernel is the map's coefficient everywhere
+        w = np.broadcast_to(p["weight"].reshape(c, 1, 1, 1), (c, 1, kh, kw))
+        ins = [g.x(layer, 0, 4), g.param(layer, "weight", w), g.param(layer, "bias")]
+        return g.node("Conv", ins, kernel_shape=[kh, kw], strides=list(a["stride"]),
+                      group=c), 4  # fmt: skip
+
+    def torch_module_lines(self, layer, t):
+        a = layer.attrs
+        t.helper("Subsample", self.SUBSAMPLE_SOURCE)
+        return (f"Subsample({layer.in_shapes[0][0]}, {t.ints(a['kernel'])}, "
+                f"{t.ints(a['stride'])})")  # fmt: skip
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer, 0, 4)})", 4
+
+    def state_dict_items(self, layer, tensors):
+        return [(f"{layer.name}.{k}", k, tensors[k]) for k in ("weight", "bias")]
+
 
 LAYER = Subsample()

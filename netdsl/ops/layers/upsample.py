@@ -59,5 +59,20 @@ class Upsample(LayerType):
 
         return UpsampleCUDARunner
 
+    # ---------------------------------------------------------------- export
+    def onnx_nodes(self, layer, g):
+        fh, fw = layer.attrs["factor"]
+        scales = g.const([1.0, 1.0, float(fh), float(fw)])
+        # asymmetric + floor: output pixel i reads input pixel i // factor, exactly
+        y = g.node("Resize", [g.x(layer, 0, 4), "", scales], mode="nearest",
+                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")  # fmt: skip
+        return y, 4
+
+    def torch_forward_expr(self, layer, t):
+        fh, fw = layer.attrs["factor"]
+        # repeat_interleave, not nn.Upsample: nearest with a float 1/factor can round a
+        # source index down by one for factors that are not powers of two
+        return f"{t.x(layer, 0, 4)}.repeat_interleave({fh}, 2).repeat_interleave({fw}, 3)", 4
+
 
 LAYER = Upsample()
