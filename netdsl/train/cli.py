@@ -107,6 +107,10 @@ def add_commands(sub) -> None:
                     help="image file to write (default RUN_DIR/metrics.png)")  # fmt: skip
     pl.set_defaults(func=cmd_plot)
 
+    from .pack import add_command as add_pack  # netdsl pack (pack.py)
+
+    add_pack(sub)
+
 
 def cmd_compile(args) -> int:
     import numpy as np
