@@ -91,7 +91,7 @@ def add_commands(sub) -> None:
                         "input's size: .npz (array x), .npy (HxW, CxHxW, NxHxW or NxCxHxW) "
                         "or IDX")  # fmt: skip
     p.add_argument("--top", type=positive_int, default=1, help="print the top K classes")
-    p.add_argument("--crops", type=int, choices=[1, 10],
+    p.add_argument("--crops", type=positive_int, choices=[1, 10],
                    help="image files: 1 scores the centre crop, 10 averages the ten views "
                         "(default: the train section's test_crops)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
