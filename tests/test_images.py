@@ -39,26 +39,40 @@ def write_folder(root: Path, x: np.ndarray, y: np.ndarray, ext: str = ".png",
     return root
 
 
+def _file_order(ds) -> list[int]:
+    """The digit number of each training image, from its file name."""
+    return [int(Path(f).stem) for f in ds.x_train.files]
+
+
 def test_a_png_folder_reads_back_the_exact_digits(tmp_path, digits):
     x, y = digits
     ds = load_dataset(str(write_folder(tmp_path / "d", x, y)))
     assert ds.class_names == ("digit0", "digit1", "digit2") and ds.num_classes == 3
     assert ds.x_train.shape == (24, 1, 28, 28) and ds.x_test.shape == (6, 1, 28, 28)
-    train = [i for i in range(30) if i % 5]
-    # files are listed class by class, each class's files by name
-    order = sorted(train, key=lambda i: (int(y[i]), i))
+    order = _file_order(ds)
+    assert sorted(order) == [i for i in range(30) if i % 5]
     assert np.array_equal(take(ds.x_train, slice(None))[:, 0], x[order])
     assert ds.y_train.tolist() == [int(y[i]) for i in order]
+    assert np.array_equal(take(ds.x_test, slice(None))[:, 0], x[sorted(range(0, 30, 5),
+                          key=lambda i: (int(y[i]), i))])  # fmt: skip
     assert ds.stats is None and ds.fingerprint().startswith("blake2b:")
+
+
+def test_training_images_come_in_a_fixed_shuffled_order(tmp_path, digits):
+    x, y = digits
+    root = write_folder(tmp_path / "d", x, y)
+    a, b = load_dataset(str(root)), load_dataset(str(root))
+    assert a.x_train.files == b.x_train.files  # the same order every time
+    last = a.y_train[-8:].tolist()  # `validate 8` takes more than the last class
+    assert len(set(last)) > 1 and a.y_train.tolist() != sorted(a.y_train.tolist())
 
 
 def test_a_jpeg_folder_is_close_to_the_digits(tmp_path, digits):
     x, y = digits
     ds = load_dataset(str(write_folder(tmp_path / "d", x, y, ".jpg")))
-    order = sorted((i for i in range(30) if i % 5), key=lambda i: (int(y[i]), i))
     got = take(ds.x_train, np.arange(24))[:, 0].astype(float)
     assert ds.image_shape == (1, 28, 28)
-    assert np.abs(got - x[order]).mean() < 6  # lossy, but the same digits
+    assert np.abs(got - x[_file_order(ds)]).mean() < 6  # lossy, but the same digits
 
 
 def test_resize_shorter_side_then_centre_crop(tmp_path):

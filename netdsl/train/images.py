@@ -2,14 +2,17 @@
 
 A folder ``DIR`` holds ``train/`` and ``val/`` (or ``test/``), each with one subfolder
 per class of image files; the class names are the training subfolders' names, sorted,
-and a class's label is its place in that order. Images are decoded as AlexNet prepared
-ImageNet: the shorter side resized to ``size`` and the centre ``size x size`` square
-cut out. The folder's size, unless given, is 256, or the largest shorter side of a
-sample of its images when that is smaller (a folder of 28x28 digits stays 28x28: images
-are never enlarged by default). A folder is one or three channels: one when every
-sampled image is grey, else three; a grey image in a three-channel folder becomes RGB
-and a colour image in a one-channel folder becomes grey. CMYK, palette and YCbCr images
-become RGB, alpha is dropped, 16-bit images become 8-bit (value / 257).
+and a class's label is its place in that order. The training images come in a fixed
+shuffled order (seed 0, the same every time), so that ``--limit N`` and ``validate N``
+(the last N) take images of every class; the test images in listing order. Images are
+decoded as AlexNet prepared ImageNet: the shorter side resized to ``size`` and the
+centre ``size x size`` square cut out. The folder's size, unless given, is 256, or the
+largest shorter side of a sample of its images when that is smaller (a folder of 28x28
+digits stays 28x28: images are never enlarged by default). A folder is one or three
+channels: one when every sampled image is grey, else three; a grey image in a three-
+channel folder becomes RGB and a colour image in a one-channel folder becomes grey.
+CMYK, palette and YCbCr images become RGB, alpha is dropped, 16-bit images become 8-bit
+(value / 257).
 
 What cannot be decoded (a corrupt or truncated file, a format Pillow does not read) is
 reported with the file's name: :func:`decode_file` raises a DataError naming it (so
@@ -54,7 +57,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 TEST_SPLITS = ("val", "test")
 _GREY_MODES = frozenset(("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"))
-_SAMPLE_PER_CLASS = 1  # images looked at per class to choose the size and channel count
+SHUFFLE_SEED = 0  # the fixed order of a folder's training images (see scan_image_folder)
 
 
 def require_pillow():
@@ -264,7 +267,13 @@ def scan_image_folder(root: str | os.PathLike, size: int | None = None,
         if not files:
             raise DataError(f"{show_path(base)}: no image files (extensions: "
                             f"{', '.join(sorted(IMAGE_EXTENSIONS))})")  # fmt: skip
-        splits[split] = (files, np.asarray(labels, dtype=np.int64))
+        y = np.asarray(labels, dtype=np.int64)
+        if split == "train":
+            # a fixed shuffle, so that --limit and `validate N` (the last N images) take
+            # every class, not the last classes of the listing
+            order = np.random.default_rng(SHUFFLE_SEED).permutation(len(files))
+            files, y = [files[i] for i in order], y[order]
+        splits[split] = (files, y)
     if size is None or channels is None:
         s, c = _sample_shape(root, splits["train"])
         size = size if size is not None else s
