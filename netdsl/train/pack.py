@@ -280,7 +280,7 @@ def _pack_folder(folder, writer, workers: int | None, bar: _Bar) -> list[dict[st
     """Decode every file of the folder into the writer; returns the files skipped."""
     import multiprocessing
 
-    workers = workers or os.cpu_count() or 1
+    workers = workers or _cpus()
     skipped: list[dict[str, str]] = []
     for split in ("train", "test"):
         if split not in folder.splits:
@@ -386,3 +386,11 @@ class _Bar:
         if self.enabled:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (a container's share, not the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
