@@ -329,3 +329,40 @@ def test_predict_names_a_bad_image_file(tmp_path, colour_net, capsys):
     assert err.startswith(f"error: {bad}: cannot decode image") and err.count("\n") == 1
     assert main(["predict", net, ck, str(tmp_path / "missing.png")]) == 1
     assert "missing.png: no such image file" in capsys.readouterr().err
+
+
+def test_train_eval_and_predict_from_a_png_folder(tmp_path, digits, capsys):
+    import json
+
+    from netdsl.cli import main
+
+    x, y = digits
+    root = write_folder(tmp_path / "d", x, y)
+    net = tmp_path / "t.net"
+    net.write_text(f"""
+input image: 1x28x28
+conv c1: 2 filters 5x5, stride 3, relu
+fc out: 3
+loss cross_entropy
+train {{
+  data "{root}"
+  batch 8
+  epochs 1
+  optimizer sgd(lr=0.05)
+}}
+""")
+    assert main(["train", str(net), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data"]["class_names"] == ["digit0", "digit1", "digit2"]
+    ck = str(tmp_path / "run" / "checkpoint.npz")
+    capsys.readouterr()
+    assert main(["eval", str(net), ck]) == 0
+    assert "test: 6 images" in capsys.readouterr().out
+    one = root / "val" / "digit0" / "000.png"
+    assert main(["predict", str(net), ck, str(one), "--top", "3"]) == 0
+    row = capsys.readouterr().out.strip().split("\t")
+    assert row[0] == str(one) and sorted(c.split(" ")[0] for c in row[1:]) == [
+        "digit0",
+        "digit1",
+        "digit2",
+    ]
