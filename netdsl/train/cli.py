@@ -91,14 +91,19 @@ def add_commands(sub) -> None:
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="classify images (.npz with x, .npy, or IDX)")
+    p = sub.add_parser("predict", help="classify images: JPEG/PNG files, folders of them, "
+                                       ".npz (array x), .npy or IDX")  # fmt: skip
     p.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
     p.add_argument("checkpoint", metavar="CHECKPOINT", type=path_arg,
                    help="a checkpoint.npz written by train")  # fmt: skip
-    p.add_argument("images", metavar="IMAGES", type=path_arg,
-                   help="one image or a stack: .npz (array x), .npy (HxW, CxHxW, NxHxW or "
-                        "NxCxHxW) or IDX")  # fmt: skip
+    p.add_argument("images", metavar="IMAGES", type=path_arg, nargs="+",
+                   help="image files (.jpg, .png, ...), folders of them, or a stack of the "
+                        "input's size: .npz (array x), .npy (HxW, CxHxW, NxHxW or NxCxHxW) "
+                        "or IDX")  # fmt: skip
     p.add_argument("--top", type=positive_int, default=1, help="print the top K classes")
+    p.add_argument("--crops", type=positive_int, choices=[1, 10],
+                   help="image files: 1 scores the centre crop, 10 averages the ten views "
+                        "(default: the train section's test_crops)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)
 
@@ -118,6 +123,10 @@ def add_commands(sub) -> None:
                     help="image file to write (default RUN_DIR/metrics.png; required for "
                          "several runs)")  # fmt: skip
     pl.set_defaults(func=cmd_plot)
+
+    from .pack import add_command as add_pack  # netdsl pack (pack.py)
+
+    add_pack(sub)
 
 
 def cmd_compile(args) -> int:
@@ -222,33 +231,34 @@ def cmd_predict(args) -> int:
 
     from .. import load
     from ..errors import DataError
-    from .data import read_images, to_float
     from .paths import show_path
-    from .trainer import _fit_to_input, _softmax
+    from .predict import image_batches, predict_inputs, scores_of
+    from .trainer import _softmax
 
-    shape = load(args.file).input.out_shape  # parsing only: bad images are found before compiling
-    x = read_images(args.images, channels=shape[0])
-    where = show_path(args.images)
-    if x.shape[1] != shape[0]:
-        raise DataError(f"{where}: images have {x.shape[1]} channel(s), the network takes "
-                        f"{shape[0]}")  # fmt: skip
-    net, cnet = _load_checkpointed(args, batch=min(256, len(x)))
-    norm = net.train["normalize"] or {"mean": [0.0], "std": [1.0]}
-    x = _fit_to_input(to_float(x, norm["mean"], norm["std"]), net, train=False)
-    if x.shape[1:] != shape:
-        raise DataError(f"{where}: images are {'x'.join(map(str, x.shape[2:]))}, the network "
-                        f"takes {'x'.join(map(str, shape[1:]))}")  # fmt: skip
-    for i in range(0, len(x), cnet.batch):
-        probs = _softmax(cnet.forward(x[i : i + cnet.batch]).astype(np.float64))
+    net0 = load(args.file)  # parsing only: bad images are found before compiling
+    inputs = predict_inputs(args.images, net0)
+    net, cnet, meta = _load_with_meta(args, batch=min(256, inputs.count))
+    record = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    names = record.get("class_names")
+    crops = args.crops or net.train["test_crops"]
+    for labels, x in image_batches(inputs, net, record, cnet.batch):
+        probs = scores_of(cnet, x, crops, _softmax)
         bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
-        if bad.size:  # the images are finite (read_images checks): the weights are not
+        if bad.size:  # the images are finite (the readers check): the weights are not
             raise DataError(f"{show_path(args.checkpoint)}: the network's scores for image "
-                            f"{i + int(bad[0])} are not finite; the checkpoint's weights hold "
-                            "NaN or infinite values (did its training diverge?)")  # fmt: skip
-        for j, p in enumerate(probs):
+                            f"{labels[int(bad[0])]} are not finite; the checkpoint's weights "
+                            "hold NaN or infinite values (did its training diverge?)")  # fmt: skip
+        for label, p in zip(labels, probs, strict=True):
             top = np.argsort(-p)[: args.top]
-            print(f"{i + j}\t" + "\t".join(f"{k} ({p[k]:.3f})" for k in top))
+            print(f"{label}\t" + "\t".join(f"{_class_name(names, k)} ({p[k]:.3f})" for k in top))
     return 0
+
+
+def _class_name(names, k: int) -> str:
+    """A class's name from the run's data record, else its number."""
+    if isinstance(names, list) and 0 <= k < len(names):
+        return str(names[k])
+    return str(k)
 
 
 def cmd_bench(args) -> int:

@@ -21,15 +21,19 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from netdsl.errors import DataError
 from netdsl.train.paths import os_problem, show_path
+
+if TYPE_CHECKING:
+    from netdsl.train.sources import ImageSource
+    from netdsl.train.store import ImageStats
 
 __all__ = [
     "Dataset",
@@ -78,7 +82,8 @@ _ACCEPTED_SPECS = (
     "binary batches (data_batch_1..5.bin, test_batch.bin), a directory holding "
     "MNIST-style IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
     "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]), a TRAIN.npz file, or a "
-    "pair 'TRAIN.npz,TEST.npz' (arrays 'x' and 'y')"
+    "pair 'TRAIN.npz,TEST.npz' (arrays 'x' and 'y'), an image folder (train/CLASS/*.jpg "
+    "and val/CLASS/*.jpg) or a store written by `netdsl pack`"
 )
 
 
@@ -483,19 +488,27 @@ class Dataset:
     """Train and test splits as ``N x C x H x W`` images and int64 labels.
 
     ``x_test``/``y_test`` have zero rows when the source has no test split (a single
-    ``.npz``); check :attr:`has_test`.
+    ``.npz``); check :attr:`has_test`. The images are arrays for the in-memory formats
+    and image sources (:mod:`netdsl.train.sources`: read on demand) for image folders and
+    packed stores; :func:`netdsl.train.sources.take` reads either. ``class_names`` (an
+    image folder's or a store's) and ``stats`` (a store's training-split statistics:
+    mean, std, eigval, eigvec) are None when the source has none.
 
     >>> ds = load_dataset("mnist")
-    >>> ds.image_shape, ds.has_test
-    ((1, 28, 28), True)
+    >>> ds.image_shape, ds.has_test, ds.class_names
+    ((1, 28, 28), True, None)
     """
 
-    x_train: np.ndarray
+    x_train: np.ndarray | ImageSource
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | ImageSource
     y_test: np.ndarray
     num_classes: int
     name: str
+    class_names: tuple[str, ...] | None = None
+    stats: ImageStats | None = None
+    known_fingerprint: str | None = None  # a store's (from its manifest) or a folder's
+    notes: list[str] = field(default_factory=list)  # what a folder scan skipped, in words
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -507,6 +520,16 @@ class Dataset:
     def has_test(self) -> bool:
         """Whether there is a test split."""
         return len(self.y_test) > 0
+
+    def fingerprint(self) -> str:
+        """The data's content fingerprint (runinfo.data_fingerprint of the four arrays):
+        a store's from its manifest, without reading it; an image folder's is a hash of
+        its listing (names and labels), not of its pixels."""
+        if self.known_fingerprint is not None:
+            return self.known_fingerprint
+        from netdsl.train.runinfo import data_fingerprint
+
+        return data_fingerprint(self.x_train, self.y_train, self.x_test, self.y_test)
 
 
 def _package_dir() -> Path:
@@ -624,7 +647,8 @@ def _make(
     return Dataset(x_train, y_train, x_test, y_test, num_classes, name)
 
 
-def load_dataset(spec: str, base_dir: PathLike | None = None) -> Dataset:
+def load_dataset(spec: str, base_dir: PathLike | None = None,
+                 image_size: int | None = None) -> Dataset:  # fmt: skip
     """Load a dataset named by ``spec``.
 
     Accepted specs:
@@ -635,7 +659,12 @@ def load_dataset(spec: str, base_dir: PathLike | None = None) -> Dataset:
     * a ``DIR`` holding MNIST-style IDX files ``train-images-idx3-ubyte[.gz]``,
       ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``,
       ``t10k-labels-idx1-ubyte[.gz]`` (e.g. Fashion-MNIST);
-    * ``"train.npz"`` (no test split) or ``"train.npz,test.npz"``.
+    * ``"train.npz"`` (no test split) or ``"train.npz,test.npz"``;
+    * an image folder ``DIR`` holding ``train/CLASS/*.jpg`` and ``val/CLASS/*.jpg`` (or
+      ``test/``), decoded when read, at ``image_size`` (default: see
+      :mod:`netdsl.train.images`);
+    * a store folder written by ``netdsl pack`` (holding ``manifest.json``), read from
+      its shards on demand.
 
     Relative paths resolve against ``base_dir`` (the ``.net`` file's directory),
     then the current directory.
@@ -645,13 +674,13 @@ def load_dataset(spec: str, base_dir: PathLike | None = None) -> Dataset:
     ((10000, 1, 28, 28), 9)
     """
     try:
-        return _load_dataset(spec, base_dir)
+        return _load_dataset(spec, base_dir, image_size)
     except OSError as e:  # a file or folder that cannot be listed or opened
         where = show_path(e.filename) if e.filename else show_path(spec)
         raise DataError(f"{where}: cannot read dataset: {os_problem(e)}") from e
 
 
-def _load_dataset(spec: str, base_dir: PathLike | None) -> Dataset:
+def _load_dataset(spec: str, base_dir: PathLike | None, image_size: int | None) -> Dataset:
     spec = spec.strip()
     if not spec:
         raise DataError(f"empty dataset spec; accepted: {_ACCEPTED_SPECS}")
@@ -682,6 +711,12 @@ def _load_dataset(spec: str, base_dir: PathLike | None) -> Dataset:
             return _load_cifar_dir(path)
         if _find_idx(path, _IDX_FILES[0]) is not None:
             return _load_idx_dir(path, path.name)
+        from netdsl.train import images, store
+
+        if store.is_store(path):
+            return store.open_store(path)
+        if images.is_image_folder(path):
+            return _load_image_folder(path, image_size)
         raise DataError(f"{show_path(path)}: directory holds no recognised dataset; "
                         f"accepted: {_ACCEPTED_SPECS}")  # fmt: skip
     if path.suffix.lower() == ".npz":
@@ -689,6 +724,21 @@ def _load_dataset(spec: str, base_dir: PathLike | None) -> Dataset:
         empty_x = np.zeros((0, *x_train.shape[1:]), dtype=x_train.dtype)
         return _make(path.stem, x_train, y_train, empty_x, np.zeros(0, np.int64), path)
     raise DataError(f"{show_path(path)}: unrecognised dataset file; accepted: {_ACCEPTED_SPECS}")
+
+
+def _load_image_folder(path: Path, image_size: int | None) -> Dataset:
+    from netdsl.train import images
+
+    folder = images.scan_image_folder(path, size=image_size)
+    images.print_notes(folder.notes)
+    if "test" in folder.splits:
+        x_test, y_test = folder.source("test"), folder.labels("test")
+    else:
+        x_test = np.zeros((0, folder.channels, folder.size, folder.size), np.uint8)
+        y_test = np.zeros(0, np.int64)
+    return Dataset(folder.source("train"), folder.labels("train"), x_test, y_test,
+                   len(folder.class_names), path.name, class_names=folder.class_names,
+                   known_fingerprint=folder.fingerprint(), notes=folder.notes)  # fmt: skip
 
 
 # -------------------------------------------------------------------- normalise
@@ -715,6 +765,8 @@ def to_float(
     >>> to_float(np.full((1, 1, 2, 2), 255, np.uint8), 0.5, 0.5)[0, 0, 0, 0]
     np.float32(1.0)
     """
+    if not isinstance(x, np.ndarray):  # an image source (a store, a folder): read it
+        x = np.asarray(x)
     if x.ndim < 3:
         raise ValueError(f"images must be (..., C, H, W); got shape {x.shape}")
     c = x.shape[-3]

@@ -11,12 +11,16 @@ The data record stored in ``run.json`` and in the checkpoint's metadata::
 
     {"spec": "/abs/path/train.npz,/abs/path/test.npz" | "mnist" | "cifar10:/abs/dir",
      "name": "train", "fingerprint": "blake2b:...", "images": {"train": 96, "test": 48},
-     "image_shape": [1, 8, 8], "classes": 3,
+     "image_shape": [1, 8, 8], "classes": 3, "class_names": ["cat", "dog", "fox"] | null,
      "normalize": {"mean": [0.0], "std": [1.0]}, "limit": null, "validate": 0}
 
 The fingerprint hashes every image and label of the data set as loaded (shapes, types
 and bytes; MNIST takes about 0.07 s), before ``--limit`` and ``validate`` pick from it,
-so the same files give the same fingerprint wherever they lie.
+so the same files give the same fingerprint wherever they lie. A store written by
+``netdsl pack`` carries the same fingerprint in its manifest (so MNIST and the store
+packed from it agree); an image folder's hashes its listing (names and labels), not its
+pixels. ``class_names`` are an image folder's or a store's class folder names (None for
+the other formats); `netdsl predict` prints them.
 """
 
 from __future__ import annotations
@@ -255,6 +259,12 @@ def data_differences(recorded: dict[str, Any], current: dict[str, Any],
     if recorded.get("classes") != current.get("classes"):
         diffs.append(f"the class count differs: recorded {recorded.get('classes')}, "
                      f"now {current.get('classes')}")  # fmt: skip
+    elif (
+        recorded.get("class_names")
+        and current.get("class_names")
+        and (recorded["class_names"] != current["class_names"])
+    ):
+        diffs.append("the class names differ (the same labels name other classes)")
     if training:
         for key, what in (("limit", "--limit"), ("validate", "validate")):
             if (recorded.get(key) or 0) != (current.get(key) or 0):

@@ -170,6 +170,7 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
         "images": {"train": int(len(ds.y_train)), "test": int(len(ds.y_test))},
         "image_shape": list(ds.image_shape),
         "classes": int(k),
+        "class_names": list(ds.class_names) if ds.class_names else None,  # images/store
         "normalize": {
             "mean": [float(v) for v in np.ravel(norm["mean"])],
             "std": [float(v) for v in np.ravel(norm["std"])],
