@@ -361,10 +361,13 @@ def _input(top: Msg, layers: list[ForeignLayer], st: _State, opts, src: Source) 
                        "data layer)", hint="netdsl needs one input")  # fmt: skip
     if shape is None:
         if opts.input_shape is None:
-            raise NetError(
-                f"the size of the input '{name}' is not in the file", where,
-                hint="give it with --input CxHxW, e.g. --input 3x224x224",
-            )  # fmt: skip
+            what = f"the size of the input '{name}' is not in the file"
+            if st.data is not None:
+                source = _source(st.data)
+                what = (f"the {st.data.kind} layer reads its images from {source or 'a file'}; "
+                        f"their size is not in the prototxt")  # fmt: skip
+            raise NetError(what, where, hint=f"give it with --input CxHxW, e.g. --input "
+                           f"{_example_shape(st.data)}")  # fmt: skip
         shape = opts.input_shape
     elif opts.input_shape is not None and tuple(opts.input_shape) != tuple(shape):
         c, h, w = shape
@@ -373,6 +376,15 @@ def _input(top: Msg, layers: list[ForeignLayer], st: _State, opts, src: Source) 
     net.input_shape = shape
     net.input_name = net_name(name, st.taken)
     st.blobs[name] = _Blob(net.input_name)
+
+
+def _example_shape(data: ForeignLayer | None) -> str:
+    """An --input for the hint: the crop's size, or the known data set's images."""
+    known = known_data(data)
+    crop = data.params.get("transform_param", {}).get("crop_size") if data else None
+    if crop:
+        return f"{known[3].split('x')[0] if known else 3}x{crop}x{crop}"
+    return known[3] if known else "3x224x224"
 
 
 def _dims(dims: list, loc: Location) -> tuple[int, int, int]:
@@ -518,30 +530,43 @@ def _is_activation(option: str) -> bool:
 
 
 # Caffe's example scripts create these data bases; their sizes are the data sets'.
-KNOWN_SOURCES = {"mnist_train": ("MNIST", 60000, "mnist"),
-                 "cifar10_train": ("CIFAR-10", 50000, None)}  # fmt: skip
+KNOWN_SOURCES = {
+    "mnist_train": ("MNIST", 60000, "mnist", "1x28x28"),
+    "cifar10_train": ("CIFAR-10", 50000, None, "3x32x32"),
+    "ilsvrc12_train": ("ILSVRC-2012", 1281167, None, "3x224x224"),
+}
 
 
-def known_data(lyr: ForeignLayer | None) -> tuple[str, int, str | None] | None:
-    """(name, training images, netdsl `data` value) of a data layer reading one of Caffe's
-    example data bases (examples/mnist/mnist_train_lmdb ...), else None."""
+def known_data(lyr: ForeignLayer | None) -> tuple[str, int, str | None, str] | None:
+    """(name, training images, netdsl `data` value, image shape) of a data layer reading one
+    of Caffe's example data bases (examples/mnist/mnist_train_lmdb ...), else None."""
     if lyr is None:
         return None
-    source = str(lyr.params.get("data_param", {}).get("source", ""))
-    stem = Path(source).name
+    stem = Path(_source(lyr) or "").name
     for prefix, info in KNOWN_SOURCES.items():
         if stem.startswith(prefix):
             return info
     return None
 
 
+def _data_param(lyr: ForeignLayer) -> dict:
+    """The data layer's own message (data_param, image_data_param ...)."""
+    for k in ("data_param", "image_data_param", "memory_data_param", "hdf5_data_param",
+              "window_data_param"):  # fmt: skip
+        if k in lyr.params:
+            return lyr.params[k]
+    return {}
+
+
+def _source(lyr: ForeignLayer) -> str | None:
+    source = _data_param(lyr).get("source")
+    return None if source is None else str(source)
+
+
 def _train_from_data(lyr: ForeignLayer, net: ImportedNet) -> None:
     """batch, data, normalize and augment from the TRAIN data layer."""
     p = lyr.params
-    param = {}
-    for k in ("data_param", "image_data_param", "memory_data_param", "hdf5_data_param",
-              "window_data_param"):  # fmt: skip
-        param = p.get(k, param)
+    param = _data_param(lyr)
     source = param.get("source")
     known = known_data(lyr)
     if known and known[2]:
@@ -652,7 +677,10 @@ def filler(lyr: ForeignLayer, key: str, fans: tuple[float, float] | None) -> tup
     f = lyr.params[msg][key]
     kind = str(f.get("type", "constant"))
     if kind == "constant":
-        return f"constant({number(f.get('value', 0.0))})", ""
+        v = f.get("value", 0.0)
+        if fans is None:  # a bias: netdsl's `bias_init 0.1`; 0 is its default
+            return ("", "") if v == 0 else (number(v), "")
+        return f"constant({number(v)})", ""
     if kind == "gaussian":
         std, mean = f.get("std", 1.0), f.get("mean", 0.0)
         if "sparse" in f:
