@@ -93,10 +93,12 @@ def parse_prototxt(src: Source) -> Msg:
             raise NetError(f"unexpected character {ch!r} in the prototxt",
                            src.loc(line, col)) from None  # fmt: skip
         tok = getattr(e, "token", None)
-        what = f"'{tok}'" if tok else "this"
+        if tok is None or tok.type == "$END":
+            line, col = len(src.lines), len(src.lines[-1]) + 1
+            raise NetError("unexpected end of file (a `}` missing?)", src.loc(line, col)) from None
         raise NetError(
-            f"unexpected {what} in the prototxt",
-            src.loc(line, col, len(str(tok)) if tok else 1),
+            f"unexpected {str(tok)!r} in the prototxt",
+            src.loc(line, col, len(str(tok))),
             hint="fields are `key: value` or `key { ... }`",
         ) from None
     top = Msg(src.loc(1, 1))
@@ -331,7 +333,7 @@ def _input(top: Msg, layers: list[ForeignLayer], st: _State, opts, src: Source) 
     if inputs:
         name, where = str(inputs[0].value), inputs[0].loc
         dims = top.values("input_dim")
-        dim_f = top.one("input_dim")
+        dim_f = (top.all("input_dim") or [None])[0]
         if top.one("input_shape") is not None:
             shp = top.one("input_shape")
             dims, dim_f = shp.value.values("dim"), shp
@@ -570,8 +572,7 @@ def _train_from_data(lyr: ForeignLayer, net: ImportedNet) -> None:
     source = param.get("source")
     known = known_data(lyr)
     if known and known[2]:
-        net.train.append(f"data {known[2]}")
-        net.train_comments.append(f"data: Caffe reads {source}, taken to be {known[0]}")
+        net.train.append(f"data {known[2]}  # Caffe reads {source}, taken to be {known[0]}")
     elif source:
         net.train_comments.append(
             f"data: Caffe reads {source} ({lyr.kind}); give netdsl's `data` here or --data"
@@ -588,10 +589,9 @@ def _train_from_data(lyr: ForeignLayer, net: ImportedNet) -> None:
         m = [number(round(v / 255, 6)) for v in means] or ["0"]
         s = number(float(f"{1 / (255 * scale):.6g}"))
         mtext = m[0] if len(m) == 1 else "[" + ", ".join(m) + "]"
-        net.train.append(f"normalize mean={mtext}, std={s}")
-        net.train_comments.append(
-            "normalize: Caffe's (pixel - mean_value) * scale on 0..255, as netdsl's "
-            "(pixel/255 - mean) / std")  # fmt: skip
+        what = ", ".join(([f"mean_value {', '.join(number(v) for v in means)}"] if means else [])
+                         + ([f"scale {number(scale)}"] if scale != 1.0 else []))  # fmt: skip
+        net.train.append(f"normalize mean={mtext}, std={s}  # Caffe's {what} on 0..255 pixels")
     aug = []
     if "crop_size" in t:
         aug.append(f"crop({t['crop_size']})")

@@ -129,8 +129,8 @@ def apply(path: str, net: ImportedNet, data: ForeignLayer | None) -> None:
     ignored = [f.key for f in sv.fields if f.key in _IGNORED]
     if ignored:
         names = ", ".join(dict.fromkeys(ignored))
-        notes.append(f"not converted from the solver: {names} (netdsl's own flags and "
-                     "reports do that)")  # fmt: skip
+        notes.append(f"not converted from the solver: {names} (testing, logging, snapshots, "
+                     "device: netdsl's flags and reports)")  # fmt: skip
     net.train += train
     net.train_comments.insert(0, f"from the solver {path}")
     net.train_comments += notes
