@@ -402,6 +402,12 @@ ERRORS = [
     ("avepad", HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n'
      "  pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }\n", 5, "1 }",
      "average pooling with padding is not supported"),
+    ("outside", HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n'
+     "  pooling_param { pool: MAX kernel_size: 1 stride: 3 } }\n", 5, "3 }",
+     "a last window that lies wholly outside the input"),
+    ("losses", HEAD + _conv("c", "data", "c") + 'layer { name: "l1" type: "EuclideanLoss" '
+     'bottom: "c" }\nlayer { name: "l2" type: "EuclideanLoss" bottom: "c" }\n', 7, "layer",
+     "a second loss"),
     ("syntax", HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n'
      "  pooling_param { pool: MAX kernel_size 3 } }\n", 5, "3 }", "unexpected '3'"),
     ("badchar", HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" @ }\n',
@@ -465,3 +471,90 @@ def test_import_does_not_import_numba():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert r.returncode == 0, r.stderr
+
+
+def caffe_pool(x: np.ndarray, mode: str, k: int, s: int, p: int, out: int) -> np.ndarray:
+    """Caffe's pooling_layer.cpp forward, as written there: windows clipped to the padded
+    input (hend = min(hstart + k, H + pad)) give AVE's divisor, then clipped to the image."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, out, out))
+    for i in range(out):
+        for j in range(out):
+            hs, ws = i * s - p, j * s - p
+            he, we = min(hs + k, h + p), min(ws + k, w + p)
+            size = (he - hs) * (we - ws)
+            hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
+            win = x[:, :, hs:he, ws:we]
+            y[:, :, i, j] = win.max(axis=(2, 3)) if mode == "MAX" else win.sum(axis=(2, 3)) / size
+    return y
+
+
+@pytest.mark.parametrize(
+    ("mode", "k", "s", "pad"),
+    [("AVE", 3, 2, 0), ("MAX", 3, 2, 1), ("MAX", 2, 2, 0), ("AVE", 2, 3, 0)],
+)
+def test_imported_pooling_computes_what_caffe_computes(tmp_path, mode, k, s, pad):
+    """Caffe's rounding and its average (cifar10_quick's 3x3/2 AVE on 8x8 overhangs the
+    input): netdsl's pooling of the imported line equals Caffe's, numerically."""
+    from netdsl.ops import pool
+
+    text = (HEAD + f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p"\n'
+            f"  pooling_param {{ pool: {mode} kernel_size: {k} stride: {s} pad: {pad} }} }}\n"
+            )  # fmt: skip
+    _, net = imported(_write(tmp_path, text))
+    a = net.layer("p").attrs
+    x = np.random.default_rng(1).normal(size=(2, 4, 8, 8))
+    out = int(math.ceil((8 + 2 * pad - k) / s)) + 1
+    out -= bool(pad) and (out - 1) * s >= 8 + pad
+    assert net.layer("p").out_shape == (4, out, out)
+    ours = pool.ref_forward(x, a["mode"], a["kernel"], a["stride"], a["pad_tl"], a["out_hw"])
+    np.testing.assert_allclose(ours, caffe_pool(x, mode, k, s, pad, out), rtol=1e-12)
+
+
+def test_a_network_name_is_made_a_net_name(tmp_path):
+    _, net = imported(CAFFE / "lenet.prototxt", name="my lenet/v2")
+    assert net.name == "my_lenet_v2"
+
+
+def test_each_layer_types_mapping(tmp_path):
+    text = (HEAD
+            + 'layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"\n'
+            "  param { lr_mult: 0 decay_mult: 0 } param { lr_mult: 3 }\n"
+            "  convolution_param { num_output: 6 kernel_h: 3 kernel_w: 1 pad_h: 1 stride: 2\n"
+            "    dilation: 1 group: 2 weight_filler { type: \"msra\" }\n"
+            "    bias_filler { type: \"constant\" value: 0.1 } } }\n"
+            'layer { name: "pr" type: "PReLU" bottom: "c1" top: "pr"\n'
+            "  prelu_param { channel_shared: true } }\n"
+            'layer { name: "e" type: "ELU" bottom: "pr" top: "e" elu_param { alpha: 0.5 } }\n'
+            'layer { name: "d" type: "Dropout" bottom: "e" top: "e"\n'
+            "  dropout_param { dropout_ratio: 0.3 } }\n"
+            'layer { name: "c2" type: "Convolution" bottom: "data" top: "c2"\n'
+            "  convolution_param { num_output: 2 kernel_size: 3 stride: 2 pad: 1 dilation: 1\n"
+            "    bias_term: false weight_filler { type: \"xavier\" variance_norm: AVERAGE } } }\n"
+            'layer { name: "cat" type: "Concat" bottom: "e" bottom: "c2" top: "cat" }\n'
+            'layer { name: "gap" type: "Pooling" bottom: "cat" top: "gap"\n'
+            "  pooling_param { pool: AVE global_pooling: true } }\n"
+            'layer { name: "f" type: "Flatten" bottom: "gap" top: "f" }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "f" top: "ip"\n'
+            "  inner_product_param { num_output: 3 weight_filler { type: \"gaussian\" std: 0.02 }"
+            " } }\n"
+            'layer { name: "loss" type: "EuclideanLoss" bottom: "ip" }\n'
+            )  # fmt: skip
+    out, net = imported(_write(tmp_path, text))
+    c1 = net.layer("c1").attrs
+    assert (c1["kernel"], c1["stride"], c1["pad"], c1["groups"]) == ((3, 1), (2, 2), (1, 0), 2)
+    assert (c1["lr_mult"], c1["decay_mult"], c1["bias_lr_mult"]) == (0, 0, 3)
+    assert c1["init"]["kind"] == "he" and c1["bias_init"]["value"] == 0.1
+    assert net.layer("pr").type == "prelu" and net.layer("pr").attrs["shared"] is True
+    assert net.layer("pr").attrs["decay_mult"] == 1.0  # Caffe decays PReLU's slopes
+    assert net.layer("e").attrs["activation"] == ("elu", 0.5)
+    assert net.layer("d").attrs["p"] == 0.3 and net.layer("d").inputs == ["e"]
+    # Caffe's xavier with variance_norm AVERAGE: sqrt(3 / ((fan_in + fan_out) / 2))
+    fan_in, fan_out = 4 * 3 * 3, 2 * 3 * 3
+    scale = net.layer("c2").attrs["init"]["scale"]
+    assert scale == pytest.approx(math.sqrt(3 / ((fan_in + fan_out) / 2)), rel=1e-5)
+    assert net.layer("cat").inputs == ["d", "c2"] and net.layer("cat").out_shape == (8, 4, 4)
+    assert net.layer("gap").out_shape == (8, 1, 1) and net.layer("gap").attrs["mode"] == "avg"
+    assert net.layer("f").type == "flatten"
+    assert net.layer("ip").attrs["init"] == {"kind": "gaussian", "std": 0.02, "mean": 0.0}
+    assert net.layer("loss").attrs["kind"] == "mse"

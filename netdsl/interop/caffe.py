@@ -268,6 +268,7 @@ class _State:
     dropped: list[str] = field(default_factory=list)  # header notes
     lines_by_name: dict[str, NetLine] = field(default_factory=dict)
     bn_from: dict[str, ForeignLayer] = field(default_factory=dict)  # bn line -> its BatchNorm
+    source_of: dict[str, ForeignLayer] = field(default_factory=dict)  # line -> its layer
     data: ForeignLayer | None = None
 
 
@@ -279,7 +280,7 @@ def read(path: str, opts) -> ImportedNet:
     if not layer_fields:
         raise NetError(f"{path}: no `layer {{ }}` in this file: is it a Caffe net?",
                        hint="a solver file goes with --solver")  # fmt: skip
-    name = opts.name or net_name(str(top.get("name", "")) or Path(path).stem, set())
+    name = net_name(opts.name or str(top.get("name", "")) or Path(path).stem, set())
     net = ImportedNet(name=name, source=path, fmt="caffe", input_shape=(1, 1, 1))
     st = _State(ImportContext("caffe", net))
     layers = [foreign_layer(f.value, f.key == "layers") for f in layer_fields
@@ -299,11 +300,12 @@ def read(path: str, opts) -> ImportedNet:
         raise NetError(f"{path}: the net has no layers after its input")
     losses = [ln for ln in net.lines if ln.type == "loss"]
     if len(losses) > 1:
-        raise NetError(f"{path}: the net has {len(losses)} losses; netdsl trains one",
-                       hint="keep one loss layer")  # fmt: skip
+        raise NetError(f"a second loss ({len(losses)} in all); netdsl trains one",
+                       st.source_of[losses[1].name].loc, hint="keep one loss layer")  # fmt: skip
     if losses and net.lines[-1] is not losses[0]:
-        raise NetError(f"{path}: layers follow the loss {losses[0].name}; netdsl's loss is "
-                       "the last layer")  # fmt: skip
+        after = net.lines[net.lines.index(losses[0]) + 1]
+        raise NetError(f"a layer after the loss {losses[0].name}; netdsl's loss is the last "
+                       "layer", st.source_of[after.name].loc)  # fmt: skip
     net.header = _header(st)
     if st.data is not None:
         _train_from_data(st.data, net)
@@ -459,6 +461,7 @@ def _layer(lyr: ForeignLayer, st: _State) -> None:
     for ln in new:
         net.lines.append(ln)
         st.lines_by_name[ln.name] = ln
+        st.source_of[ln.name] = lyr
     for b in bottoms:
         if b in st.blobs:
             st.blobs[b].readers += 1
@@ -617,6 +620,8 @@ def pair(lyr: ForeignLayer, msg: str, base: str, default: int | None) -> tuple[i
         if vals:
             raise NetError(f"give {key} or {base}_h and {base}_w, not both",
                            lyr.at(f"{msg}.{base}_h"))  # fmt: skip
+        if base == "pad":  # Caffe's pad_h and pad_w default to 0 on their own
+            h, w = h or 0, w or 0
         if h is None or w is None:
             missing = f"{base}_w" if w is None else f"{base}_h"
             raise NetError(f"{missing} is missing", lyr.at(f"{msg}.{base}_h" if w is None

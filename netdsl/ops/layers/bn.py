@@ -49,7 +49,7 @@ class Bn(LayerType):
         momentum = float(f"{1 - maf:.6g}")
         if momentum != 0.1:
             opts.append(f"momentum {number(momentum)}")
-            notes.insert(0, f"momentum: Caffe's moving_average_fraction {number(maf)}")
+            notes.insert(0, f"momentum 1 - Caffe's moving_average_fraction {number(maf)}")
         opts.append("lr_mult 0")
         return [NetLine("bn", name, opts, inputs, "; ".join(notes))]
 
