@@ -408,6 +408,10 @@ ERRORS = [
     ("losses", HEAD + _conv("c", "data", "c") + 'layer { name: "l1" type: "EuclideanLoss" '
      'bottom: "c" }\nlayer { name: "l2" type: "EuclideanLoss" bottom: "c" }\n', 7, "layer",
      "a second loss"),
+    ("perpixel", HEAD + _conv("c", "data", "c") + 'layer { name: "l" type: "SoftmaxWithLoss" '
+     'bottom: "c" }\n', 6, "layer", "the loss expects a vector of class scores, got 6x8x8"),
+    ("groups", HEAD + _conv("c", "data", "c", "group: 3"), 4, "layer",
+     "c expects 4 input channels divisible by groups=3"),
     ("syntax", HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n'
      "  pooling_param { pool: MAX kernel_size 3 } }\n", 5, "3 }", "unexpected '3'"),
     ("badchar", HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" @ }\n',
@@ -558,3 +562,39 @@ def test_each_layer_types_mapping(tmp_path):
     assert net.layer("f").type == "flatten"
     assert net.layer("ip").attrs["init"] == {"kind": "gaussian", "std": 0.02, "mean": 0.0}
     assert net.layer("loss").attrs["kind"] == "mse"
+
+
+@pytest.mark.parametrize(("data", "shape"), [
+    ('type: "MemoryData" memory_data_param { batch_size: 8 channels: 2 height: 12 width: 10 }',
+     (2, 12, 10)),
+    ('type: "ImageData" image_data_param { source: "list.txt" batch_size: 8 is_color: false }\n'
+     "  transform_param { crop_size: 9 mirror: true }", (1, 9, 9)),
+    ('type: "ImageData" image_data_param { source: "list.txt" new_height: 11 new_width: 13 }',
+     (3, 11, 13)),
+])  # fmt: skip
+def test_data_layers_that_state_their_size(tmp_path, data, shape):
+    text = (f'layer {{ name: "in" {data} top: "data" top: "label" }}\n'
+            + _conv("c", "data", "c")
+            + 'layer { name: "ip" type: "InnerProduct" bottom: "c" top: "ip"\n'
+            "  inner_product_param { num_output: 3 } }\n"
+            + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" }\n'
+            )  # fmt: skip
+    out, net = imported(_write(tmp_path, text))
+    assert net.layers[0].out_shape == shape
+    assert net.train["batch"] == 8 or "list.txt" in out
+    if "mirror" in data:
+        assert "augment crop(9), flip" in out
+    with pytest.raises(NetError, match="differs from the file's input"):
+        imported(_write(tmp_path, text), input_shape=(5, 5, 5))
+
+
+def test_a_crop_size_and_another_input_disagree(tmp_path):
+    text = ('layer { name: "in" type: "Data" top: "data" top: "label"\n'
+            '  data_param { source: "x_lmdb" batch_size: 4 } transform_param { crop_size: 20 } }\n'
+            + _conv("c", "data", "c"))  # fmt: skip
+    _, net = imported(_write(tmp_path, text), input_shape=(3, 20, 20))
+    assert net.layers[0].out_shape == (3, 20, 20)
+    with pytest.raises(NetError) as e:
+        imported(_write(tmp_path, text), input_shape=(3, 24, 24))
+    assert "crop_size 20" in e.value.message
+    assert (e.value.loc.line, e.value.loc.col) == (2, text.split("\n")[1].index("20") + 1)

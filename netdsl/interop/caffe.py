@@ -459,6 +459,7 @@ def _layer(lyr: ForeignLayer, st: _State) -> None:
     inputs = None if ins == [before] else ins
     new = import_one("caffe", lyr, inputs, name, st.ctx)
     for ln in new:
+        ln.src = ln.src or lyr.loc
         net.lines.append(ln)
         st.lines_by_name[ln.name] = ln
         st.source_of[ln.name] = lyr
