@@ -389,7 +389,7 @@ def test_multistep_and_adam(tmp_path):
 
 ERRORS = [
     ("deconv", HEAD + 'layer {\n  name: "up"\n  type: "Deconvolution"\n  bottom: "data"\n'
-     '  top: "up" }\n', 4, "layer", "layer type 'Deconvolution' is not supported"),
+     '  top: "up" }\n', 6, "type", "layer type 'Deconvolution' is not supported"),
     ("within", HEAD + 'layer { name: "n" type: "LRN" bottom: "data" top: "n"\n'
      "  lrn_param { norm_region: WITHIN_CHANNEL } }\n", 5, "WITHIN_CHANNEL",
      "LRN within a channel"),
@@ -419,7 +419,7 @@ ERRORS = [
     ("bottom", HEAD + _conv("c", "nothing", "c"), 4, '"nothing"',
      "bottom 'nothing' is not the top of any layer before"),
     ("scale", HEAD + _conv("c", "data", "c") + 'layer { name: "s" type: "Scale" '
-     'bottom: "c" top: "c" }\n', 6, "layer", "layer type 'Scale' is not supported"),
+     'bottom: "c" top: "c" }\n', 6, "type", "layer type 'Scale' is not supported"),
 ]  # fmt: skip
 
 
@@ -462,7 +462,7 @@ def test_errors_are_netdsl_errors_in_process(tmp_path):
     with pytest.raises(NetError) as e:
         convert(str(_write(tmp_path, HEAD + 'layer { name: "x" type: "Crop" bottom: "data" '
                            'top: "x" }\n')), None, ImportOptions())  # fmt: skip
-    assert e.value.loc.line == 4 and e.value.loc.col == 1
+    assert e.value.loc.line == 4 and e.value.loc.col == len('layer { name: "x" ') + 1
 
 
 def test_import_does_not_import_numba():
@@ -598,3 +598,11 @@ def test_a_crop_size_and_another_input_disagree(tmp_path):
         imported(_write(tmp_path, text), input_shape=(3, 24, 24))
     assert "crop_size 20" in e.value.message
     assert (e.value.loc.line, e.value.loc.col) == (2, text.split("\n")[1].index("20") + 1)
+
+
+def test_googlenets_auxiliary_losses_are_refused_at_their_weight():
+    src = CAFFE / "googlenet_train_val.prototxt"
+    with pytest.raises(NetError) as e:
+        convert(str(src), None, ImportOptions(input_shape=(3, 224, 224)))
+    line = src.read_text().split("\n").index("  loss_weight: 0.3") + 1  # the first one
+    assert (e.value.loc.line, e.value.loc.col) == (line, len("  loss_weight: ") + 1)

@@ -182,4 +182,4 @@ def unsupported(src: ForeignLayer, fmt: str, why: str | None = None) -> NetError
     hint = why
     if hint is None and src.kind in FOREIGN:
         hint = FOREIGN[src.kind][2]
-    return NetError(f"layer type '{src.kind}' is not supported", src.loc, hint=hint)
+    return NetError(f"layer type '{src.kind}' is not supported", src.at("type"), hint=hint)

@@ -225,7 +225,7 @@ def foreign_layer(msg: Msg, old_form: bool) -> ForeignLayer:
         params["param"] = ps
     name = str(params.get("name", ""))
     loc = msg.loc
-    locs["type"] = kind_f.vloc
+    locs["type"] = kind_f.loc  # `type:` (an unsupported type is shown there)
     return ForeignLayer(kind, name, params, loc, locs)
 
 

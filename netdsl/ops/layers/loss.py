@@ -35,9 +35,10 @@ class Loss(LayerType):
         weights = src.params.get("loss_weight", [])
         if any(w != 1 for w in weights):
             raise NetError(
-                "a loss_weight other than 1 is not supported",
+                "a loss_weight other than 1 is not supported: netdsl trains one loss, of weight 1",
                 src.at("loss_weight"),
-                hint="scale the learning rate instead",
+                hint="remove this loss and the layers only it reads (an auxiliary "
+                "classifier), or make its weight 1",
             )
         p = src.params.get("loss_param", {})
         for key in ("ignore_label", "normalization", "normalize"):
