@@ -43,7 +43,7 @@ _KNOWN = {"base_lr", "momentum", "momentum2", "delta", "weight_decay", "lr_polic
 
 def apply(path: str, net: ImportedNet, data: ForeignLayer | None) -> None:
     """Add the solver's settings to net.train (NetError at SOLVER:line:col)."""
-    from .caffe import parse_prototxt
+    from .prototxt import parse_prototxt
 
     sv = parse_prototxt(Source.from_file(path))
     for f in sv.fields:
