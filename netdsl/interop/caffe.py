@@ -145,6 +145,7 @@ class _State:
     lines_by_name: dict[str, NetLine] = field(default_factory=dict)
     bn_from: dict[str, ForeignLayer] = field(default_factory=dict)  # bn line -> its BatchNorm
     source_of: dict[str, ForeignLayer] = field(default_factory=dict)  # line -> its layer
+    global_stats: list[str] = field(default_factory=list)  # BatchNorms with use_global_stats
     data: ForeignLayer | None = None
 
 
@@ -196,7 +197,16 @@ def _header(st: _State) -> list[str]:
     out = []
     if st.dropped:
         out.append("Dropped: " + ", ".join(st.dropped) + ".")
-    return out
+    if st.global_stats:
+        n = len(st.global_stats)
+        out.append(f"{n} BatchNorm layer{'s' if n > 1 else ''} ({st.global_stats[0]}"
+                   f"{', ...' if n > 1 else ''}) use global stats: Caffe normalises with the "
+                   "stored statistics in training too; netdsl's bn uses the batch's in "
+                   "training, the stored ones in evaluation (the same in a deploy net)."
+                   )  # fmt: skip
+    import textwrap
+
+    return [w for note in out for w in textwrap.wrap(note, 88, break_on_hyphens=False)]
 
 
 def _input(top: Msg, layers: list[ForeignLayer], st: _State, opts, src: Source) -> None:
@@ -347,6 +357,8 @@ def _layer(lyr: ForeignLayer, st: _State) -> None:
                        lyr.at("top.1"))  # fmt: skip
     if lyr.kind == "BatchNorm":
         st.bn_from[new[-1].name] = lyr
+        if str(lyr.params.get("batch_norm_param", {}).get("use_global_stats")) == "true":
+            st.global_stats.append(lyr.name)
     for t in tops:
         st.blobs[t] = _Blob(new[-1].name)
 
