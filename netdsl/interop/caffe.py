@@ -26,9 +26,11 @@ from .prototxt import Msg, Word, parse_prototxt
 # ------------------------------------------------------------------------ net -> ForeignLayers
 
 # Repeated fields of Caffe's messages (a list even when written once).
-REPEATED = {"bottom", "top", "param", "include", "exclude", "kernel_size", "stride", "pad",
-            "dilation", "dim", "shape", "coeff", "mean_value", "blobs_lr", "weight_decay",
-            "stage", "not_stage", "loss_weight", "propagate_down", "stepvalue"}  # fmt: skip
+REPEATED = frozenset(
+    ("bottom", "top", "param", "include", "exclude", "kernel_size", "stride", "pad", "dilation",
+     "dim", "shape", "coeff", "mean_value", "blobs_lr", "weight_decay", "stage", "not_stage",
+     "loss_weight", "propagate_down", "stepvalue")
+)  # fmt: skip
 
 
 def to_params(msg: Msg, prefix: str = "", locs: dict | None = None) -> tuple[dict, dict]:
