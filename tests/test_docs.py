@@ -12,7 +12,7 @@ Every fenced block in those files says what it is (its info string), and is chec
                     file (which is accepted).
   ```net-error      a file with a mistake, named by `# file: NAME`: netdsl rejects it, and
                     a console block of the same page shows `netdsl check NAME`.
-  ```console        `$ netdsl check|summary|graph ...` lines, each followed by its output:
+  ```console        `$ netdsl check|summary|graph|import ...` lines, each followed by its output:
                     run, and compared exactly (standard output and error together).
                     `$ netdsl train FILE` samples are not run (they take minutes and show
                     timings): their shape is checked against FILE.
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every page: a new page under docs/ is checked without being listed here.
 DOCS = ("README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")))
 KINDS = {"net", "net-fragment", "net-error", "console", "json", "python", "sh", "text"}
-CHEAP = {"check", "summary", "graph"}  # commands that run in a moment (no numba)
+CHEAP = {"check", "summary", "graph", "import"}  # commands that run in a moment (no numba)
 FILE_MARK = re.compile(r"# file: (\S+)$")
 FROM_MARK = re.compile(r"# from: (\S+)$")
 
@@ -108,6 +108,7 @@ def workdir(tmp_path_factory) -> dict[str, Path]:
     for doc in DOCS:
         d = tmp_path_factory.mktemp(Path(doc).stem)
         shutil.copytree(ROOT / "nets", d / "nets")
+        shutil.copytree(ROOT / "tests" / "interop", d / "tests" / "interop")  # netdsl import
         for b in BLOCKS:
             if b.doc == doc and b.kind.startswith("net") and b.file:
                 if (ROOT / b.file).is_file():

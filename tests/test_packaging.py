@@ -111,6 +111,7 @@ def test_wheel_contains_the_grammar(wheel):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "netdsl/grammars/netdsl.lark" in names
+    assert "netdsl/grammars/prototxt.lark" in names  # netdsl import of Caffe files
     assert "netdsl/cli.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 

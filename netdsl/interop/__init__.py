@@ -51,6 +51,7 @@ class NetLine:
     options: list[str] = field(default_factory=list)  # "96 filters 11x11", "stride 4", "relu"
     inputs: list[str] | None = None  # None: the layer before
     comment: str = ""  # why a value differs from the source's, where it does
+    src: Location | None = None  # the source layer it came from (for netdsl's own errors)
 
     def text(self, type_width: int = 0) -> str:
         head = f"{self.type:<{type_width}} {self.name}"
@@ -181,4 +182,4 @@ def unsupported(src: ForeignLayer, fmt: str, why: str | None = None) -> NetError
     hint = why
     if hint is None and src.kind in FOREIGN:
         hint = FOREIGN[src.kind][2]
-    return NetError(f"layer type '{src.kind}' is not supported", src.loc, hint=hint)
+    return NetError(f"layer type '{src.kind}' is not supported", src.at("type"), hint=hint)

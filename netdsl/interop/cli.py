@@ -84,11 +84,22 @@ def convert(path: str, fmt: str | None = None, opts: ImportOptions | None = None
     try:
         loads(text, name=f"<import of {path}>")
     except NetError as e:
+        at = _source_of(net, e)
+        if at is not None:  # what netdsl's checker refuses, shown at the source layer
+            raise NetError(e.message, at, hint=e.hint) from None
         raise NetError(
             f"the import of {path} produced a .net file netdsl rejects (an importer bug; "
             f"please report it):\n{e.render()}"
         ) from None
     return text
+
+
+def _source_of(net: ImportedNet, e: NetError):
+    """The source location of the imported line an error of netdsl's checker is on."""
+    line = e.loc.source_line if e.loc is not None else ""
+    m = re.match(r"\s*[A-Za-z_]\w*\s+([A-Za-z_][\w.]*)", line)
+    found = [ln for ln in net.lines if m and ln.name == m.group(1)]
+    return found[0].src if found else None
 
 
 def add_command(sub: Any) -> None:

@@ -32,6 +32,24 @@ class Act(LayerType):
     name = "act"
     schema = Schema({**ACT_OPTS}, flags=ACT_FLAGS)
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("ReLU", "Sigmoid", "TanH", "ELU")
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """A Caffe activation layer as a standalone activation (netdsl/interop/caffe.py folds
+        an in-place one into the layer before): ReLU with negative_slope is leaky."""
+        from ...interop import NetLine, number
+
+        if src.kind == "ReLU":
+            slope = src.params.get("relu_param", {}).get("negative_slope", 0.0)
+            if slope:
+                return [NetLine("leaky", name, [number(slope)], inputs)]
+            return [NetLine("relu", name, [], inputs)]
+        if src.kind == "ELU":
+            alpha = src.params.get("elu_param", {}).get("alpha", 1.0)
+            return [NetLine("elu", name, [number(alpha)] if alpha != 1.0 else [], inputs)]
+        return [NetLine(src.kind.lower(), name, [], inputs)]
+
     def spellings(self):
         words = {self.name: self.schema}
         for a in ACTIVATIONS:  # `relu r1`, `leaky l1: 0.1`, `elu e1: 0.5`, `scaled_tanh s: S 1`

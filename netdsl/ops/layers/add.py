@@ -11,6 +11,24 @@ class Add(LayerType):
     schema = Schema({**ACT_OPTS}, flags=ACT_FLAGS, min_inputs=2, max_inputs=None)
     split_mode = "elementwise"
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("Eltwise",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's Eltwise SUM without coefficients; PROD, MAX and coefficients refused."""
+        from ...errors import NetError
+        from ...interop import NetLine
+
+        p = src.params.get("eltwise_param", {})
+        op = str(p.get("operation", "SUM"))
+        if op != "SUM":
+            raise NetError(f"Eltwise {op} is not supported; netdsl's add sums",
+                           src.at("eltwise_param.operation"))  # fmt: skip
+        if any(c != 1 for c in p.get("coeff", [])):
+            raise NetError("Eltwise with coefficients is not supported; netdsl's add sums",
+                           src.at("eltwise_param.coeff"))  # fmt: skip
+        return [NetLine("add", name, [], inputs)]
+
     def infer(self, layer):
         first = layer.in_shapes[0]
         for i, (name, shape) in enumerate(zip(layer.inputs, layer.in_shapes)):

@@ -21,6 +21,38 @@ class Bn(LayerType):
         flags=ACT_FLAGS,
     )
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("BatchNorm", "Scale")
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's BatchNorm: eps, moving_average_fraction as netdsl's momentum. Alone it has
+        no scale and shift: gamma 1 and beta 0 are held (`lr_mult 0`) until the Scale that
+        follows it in place is folded in (netdsl/interop/caffe.py); a Scale elsewhere is
+        refused."""
+        from ...errors import NetError
+        from ...interop import NetLine, number, unsupported
+
+        if src.kind == "Scale":
+            raise unsupported(
+                src,
+                "caffe",
+                "netdsl learns a per-channel scale and shift only "
+                "in bn: a Scale right after a BatchNorm is folded into it",
+            )
+        p = src.params.get("batch_norm_param", {})
+        eps, maf = p.get("eps", 1e-5), p.get("moving_average_fraction", 0.999)
+        if eps <= 0:
+            raise NetError("eps must be above 0", src.at("batch_norm_param.eps"))
+        opts, notes = [], ["Caffe's BatchNorm without a Scale: gamma 1, beta 0 held"]
+        if eps != 1e-5:
+            opts.append(f"eps {number(eps)}")
+        momentum = float(f"{1 - maf:.6g}")
+        if momentum != 0.1:
+            opts.append(f"momentum {number(momentum)}")
+            notes.insert(0, f"momentum 1 - Caffe's moving_average_fraction {number(maf)}")
+        opts.append("lr_mult 0")
+        return [NetLine("bn", name, opts, inputs, "; ".join(notes))]
+
     def infer(self, layer):
         c = layer.in_shapes[0][0]
         layer.params = {"weight": (c,), "bias": (c,)}  # gamma, beta

@@ -11,6 +11,21 @@ class Concat(LayerType):
     schema = Schema({}, min_inputs=2, max_inputs=None)
     split_mode = "gather"
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("Concat",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's Concat along the channels (axis 1, the old concat_dim 1)."""
+        from ...errors import NetError
+        from ...interop import NetLine, caffe
+
+        caffe.check_axis(src, "concat_param")
+        caffe.check_axis(src, "concat_param", "concat_dim")
+        if not inputs or len(inputs) < 2:
+            raise NetError("Concat of one bottom is not supported; netdsl's concat joins two "
+                           "or more", src.loc)  # fmt: skip
+        return [NetLine("concat", name, [], inputs)]
+
     def infer(self, layer):
         _, h, w = layer.in_shapes[0]
         for i, (name, shape) in enumerate(zip(layer.inputs, layer.in_shapes)):

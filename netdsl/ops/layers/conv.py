@@ -44,6 +44,45 @@ class Conv(LayerType):
     )
     colour = "#cfe2f3"
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("Convolution",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's Convolution: num_output, kernel/stride/pad/dilation (or their _h/_w),
+        group, bias_term, the fillers (Caffe's own xavier as the uniform range it draws) and
+        `param { lr_mult decay_mult }`."""
+        from ...errors import NetError
+        from ...interop import NetLine, caffe
+
+        caffe.check_axis(src, "convolution_param")
+        p = src.params.get("convolution_param", {})
+        if "num_output" not in p:
+            raise NetError("Convolution needs num_output", src.at("convolution_param"))
+        k = caffe.pair(src, "convolution_param", "kernel", None)
+        if k is None:
+            raise NetError("Convolution needs kernel_size (or kernel_h and kernel_w)",
+                           src.at("convolution_param"))  # fmt: skip
+        s = caffe.pair(src, "convolution_param", "stride", 1)
+        pad = caffe.pair(src, "convolution_param", "pad", 0)
+        dil = caffe.pair(src, "convolution_param", "dilation", 1)
+        o, g = p["num_output"], p.get("group", 1)
+        bias = str(p.get("bias_term", "true")) == "true"
+        opts = [f"{o} filters {k[0]}x{k[1]}"]
+        for word, v, d in (("stride", s, (1, 1)), ("pad", pad, (0, 0)), ("dilation", dil, (1, 1))):
+            if v != d:
+                opts.append(f"{word} {caffe.size_text(v)}")
+        if g != 1:
+            opts.append(f"groups {g}")
+        if not bias:
+            opts.append("bias off")
+        fans = None
+        if caffe.needs_fans(src):  # Caffe's fans: count/num and count/channels of the weight
+            c = caffe.input_shape(ctx, inputs)[0]
+            fans = (c // g * k[0] * k[1], o * k[0] * k[1])
+        init, notes = caffe.init_options(src, fans)
+        opts += init + caffe.learn_options(src, 2 if bias else 1)
+        return [NetLine("conv", name, opts, inputs, "; ".join(notes))]
+
     def infer(self, layer):
         (c, h, w), a = layer.in_shapes[0], layer.attrs
         o, g, (kh, kw), (sh, sw), (dh, dw) = (a["filters"], a["groups"], a["kernel"],

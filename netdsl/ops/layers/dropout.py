@@ -11,6 +11,16 @@ class Dropout(LayerType):
     identity_at_eval = True
     schema = Schema({"p": Opt(read_float(lo=0.0, hi=1.0, open_hi=True), 0.5)}, positional_num="p")
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("Dropout",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's Dropout (inverted, as netdsl's): dropout_ratio."""
+        from ...interop import NetLine, number
+
+        p = src.params.get("dropout_param", {}).get("dropout_ratio", 0.5)
+        return [NetLine("dropout", name, [number(p)], inputs)]
+
     def kernel_text(self, layer):
         return f"p={layer.attrs['p']:g}"
 

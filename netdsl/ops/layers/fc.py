@@ -23,6 +23,29 @@ class Fc(LayerType):
     )  # fmt: skip
     colour = "#d9ead3"
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("InnerProduct",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's InnerProduct: num_output, bias_term, fillers, `param { }`."""
+        from ...errors import NetError
+        from ...interop import NetLine, caffe
+
+        caffe.check_axis(src, "inner_product_param")
+        p = src.params.get("inner_product_param", {})
+        if "num_output" not in p:
+            raise NetError("InnerProduct needs num_output", src.at("inner_product_param"))
+        o = p["num_output"]
+        bias = str(p.get("bias_term", "true")) == "true"
+        opts = [str(o)] + ([] if bias else ["bias off"])
+        fans = None
+        if caffe.needs_fans(src):
+            c, h, w = caffe.input_shape(ctx, inputs)
+            fans = (c * h * w, o)
+        init, notes = caffe.init_options(src, fans)
+        opts += init + caffe.learn_options(src, 2 if bias else 1)
+        return [NetLine("fc", name, opts, inputs, "; ".join(notes))]
+
     def infer(self, layer):
         c, h, w = layer.in_shapes[0]
         o = layer.attrs["outputs"]

@@ -9,6 +9,17 @@ class Flatten(LayerType):
     name = "flatten"
     reshapes_only = True
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("Flatten",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's Flatten of everything after the batch axis."""
+        from ...interop import NetLine, caffe
+
+        caffe.check_axis(src, "flatten_param")
+        caffe.check_axis(src, "flatten_param", "end_axis", -1)
+        return [NetLine("flatten", name, [], inputs)]
+
     def infer(self, layer):
         c, h, w = layer.in_shapes[0]
         return (c * h * w, 1, 1)

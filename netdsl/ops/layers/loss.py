@@ -23,6 +23,31 @@ class Loss(LayerType):
     keeps_output = False
     colour = "#f4cccc"
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("SoftmaxWithLoss", "EuclideanLoss")
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """SoftmaxWithLoss is cross_entropy, EuclideanLoss mse (against one-hot labels);
+        the label bottom is the data's and is left out."""
+        from ...errors import NetError
+        from ...interop import NetLine
+
+        weights = src.params.get("loss_weight", [])
+        if any(w != 1 for w in weights):
+            raise NetError(
+                "a loss_weight other than 1 is not supported: netdsl trains one loss, of weight 1",
+                src.at("loss_weight"),
+                hint="remove this loss and the layers only it reads (an auxiliary "
+                "classifier), or make its weight 1",
+            )
+        p = src.params.get("loss_param", {})
+        for key in ("ignore_label", "normalization", "normalize"):
+            if key in p:
+                raise NetError(f"loss_param {key} is not supported", src.at(f"loss_param.{key}"))
+        if src.kind == "SoftmaxWithLoss":
+            return [NetLine("loss", name, ["cross_entropy"], inputs)]
+        return [NetLine("loss", name, ["mse"], inputs, "against one-hot labels")]
+
     def infer(self, layer):
         return vector(layer, "the loss")
 

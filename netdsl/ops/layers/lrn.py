@@ -20,6 +20,26 @@ class Lrn(LayerType):
         }
     )
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("LRN",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's LRN across channels; Caffe divides alpha by local_size, netdsl does not,
+        so the value is converted (and the line says so). WITHIN_CHANNEL is refused."""
+        from ...errors import NetError
+        from ...interop import NetLine, number
+
+        p = src.params.get("lrn_param", {})
+        if str(p.get("norm_region", "ACROSS_CHANNELS")) != "ACROSS_CHANNELS":
+            raise NetError("LRN within a channel is not supported; netdsl's lrn normalises "
+                           "across channels", src.at("lrn_param.norm_region"))  # fmt: skip
+        n, alpha = p.get("local_size", 5), p.get("alpha", 1.0)
+        k, beta = p.get("k", 1.0), p.get("beta", 0.75)
+        ours = float(f"{alpha / n:.6g}")
+        opts = [f"size {n}", f"k {number(k)}", f"alpha {number(ours)}", f"beta {number(beta)}"]
+        note = f"Caffe's alpha {number(alpha)} / local_size {n} (netdsl's alpha is not divided)"
+        return [NetLine("lrn", name, opts, inputs, note)]
+
     def infer(self, layer):
         if layer.attrs["size"] % 2 == 0:
             raise layer.error(f"lrn size must be odd (a window centred on each map), got "

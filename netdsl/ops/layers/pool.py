@@ -32,6 +32,56 @@ class Pool(LayerType):
     )  # fmt: skip
     colour = "#fff2cc"
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("Pooling",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's Pooling: MAX or AVE, rounded up (`ceil`, Caffe's rule: the last window
+        starts inside the input or its padding), stride 1 by default; AVE with padding is
+        refused (Caffe divides by the padded window, netdsl's avg by the pixels inside)."""
+        from ...errors import NetError
+        from ...interop import NetLine, caffe
+
+        p = src.params.get("pooling_param", {})
+        mode = str(p.get("pool", "MAX"))
+        if mode not in ("MAX", "AVE"):
+            raise NetError(f"{mode} pooling is not supported", src.at("pooling_param.pool"),
+                           hint="netdsl pools by max or avg")  # fmt: skip
+        word = "max" if mode == "MAX" else "avg"
+        k = caffe.pair(src, "pooling_param", "kernel", None)
+        s = caffe.pair(src, "pooling_param", "stride", 1)
+        pad = caffe.pair(src, "pooling_param", "pad", 0)
+        if str(p.get("global_pooling", "false")) == "true":
+            if k is not None or s != (1, 1) or pad != (0, 0):
+                raise NetError(
+                    "global pooling takes no kernel size, stride or pad (Caffe refuses them too)",
+                    src.at("pooling_param.global_pooling"),
+                )
+            return [NetLine("pool", name, [word, "global"], inputs)]
+        if k is None:
+            raise NetError("Pooling needs kernel_size (or global_pooling)",
+                           src.at("pooling_param"))  # fmt: skip
+        if word == "avg" and pad != (0, 0):
+            raise NetError(
+                "average pooling with padding is not supported: Caffe divides by the window "
+                "including the padding, netdsl's avg by the pixels inside the input",
+                src.at("pooling_param.pad"),
+                hint="drop the pad, or use max pooling")  # fmt: skip
+        rounding = str(p.get("round_mode", "CEIL")).lower()
+        if rounding == "ceil" and pad == (0, 0) and (s[0] > k[0] or s[1] > k[1]):
+            # without padding Caffe keeps a last window that starts beyond the input
+            h, w = caffe.input_shape(ctx, inputs)[1:]
+            for size, kk, ss in ((h, k[0], s[0]), (w, k[1], s[1])):
+                if -(-(size - kk) // ss) * ss >= size:
+                    raise NetError("Caffe's ceil rounding here makes a last window that lies "
+                                   "wholly outside the input; netdsl does not",
+                                   src.at("pooling_param.stride"))  # fmt: skip
+        opts = [f"{word} {k[0]}x{k[1]}", f"stride {caffe.size_text(s)}"]
+        if pad != (0, 0):
+            opts.append(f"pad {caffe.size_text(pad)}")
+        opts.append(rounding)
+        return [NetLine("pool", name, opts, inputs)]
+
     def infer(self, layer):
         (c, h, w), a = layer.in_shapes[0], layer.attrs
         if a["global"]:

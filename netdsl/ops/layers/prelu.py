@@ -22,6 +22,22 @@ class PReLU(LayerType):
         }
     )
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("PReLU",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's PReLU: channel_shared, its filler (Caffe's default is constant 0.25, as
+        netdsl's), `param { }` (Caffe decays the slopes unless decay_mult says 0)."""
+        from ...interop import NetLine, caffe
+
+        p = src.params.get("prelu_param", {})
+        opts = ["shared"] if str(p.get("channel_shared", "false")) == "true" else []
+        text, note = caffe.filler(src, "filler", None)
+        if text:
+            opts.append(f"init {text}")
+        opts += caffe.learn_options(src, 1, defaults=((1, 0),))
+        return [NetLine("prelu", name, opts, inputs, note)]
+
     def infer(self, layer):
         c = layer.in_shapes[0][0]
         k = 1 if layer.attrs["shared"] else c

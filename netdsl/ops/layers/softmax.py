@@ -11,6 +11,16 @@ class Softmax(LayerType):
     normalises_scores = True
     gathered = True
 
+    # ---------------------------------------------------------------- import: Caffe
+    caffe_types = ("Softmax",)
+
+    def import_caffe(self, src, inputs, name, ctx):
+        """Caffe's Softmax over the channels."""
+        from ...interop import NetLine, caffe
+
+        caffe.check_axis(src, "softmax_param")
+        return [NetLine("softmax", name, [], inputs)]
+
     def infer(self, layer):
         return vector(layer, "softmax")
 
