@@ -12,7 +12,6 @@ import argparse
 import math
 import os
 import sys
-from pathlib import Path
 
 from .limits import MAX_NUMBER
 
@@ -142,33 +141,11 @@ def can_print(chars: str, stream=None) -> bool:
 
 
 def write_text_file(path: str, text: str) -> None:
-    """Write an output file whole or not at all (a temporary file beside it, then a rename,
-    so an interrupted write never leaves a partial file that looks complete); a DataError
-    naming it when it cannot be written."""
-    import contextlib
-    import tempfile
+    """Write an output file whole or not at all; a DataError naming it when it cannot be
+    written (netdsl.files.write_atomic)."""
+    from .files import write_atomic
 
-    from .errors import DataError
-    from .train.paths import os_problem, show_path
-
-    target, tmp = Path(path), None
-    try:
-        if target.is_dir():
-            raise IsADirectoryError(21, "Is a directory")
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)  # mkstemp makes the file 0600; a written file gets the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as e:
-        raise DataError(f"{show_path(path)}: cannot write: {os_problem(e)}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    write_atomic(path, text)
 
 
 def cmd_graph(args) -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, NetdslError
@@ -88,30 +86,6 @@ def check_fit(net: Network, tensors: dict, where: str, what: str) -> None:
 
 def _dims(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and os.replace, so a
-    failure leaves the old file (or none), never a partial one; DataError naming the file."""
-    from ..train.paths import os_problem, show_path
-
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise DataError(f"{show_path(path)}: cannot write: {os_problem(e)}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise DataError(f"{show_path(path)}: cannot write: {os_problem(e)}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def window_pads(layer: Layer) -> tuple[int, int, int, int]:

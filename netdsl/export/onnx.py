@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..files import write_atomic
 from ..ir import Layer, Network
 from ..ops import activations, registry
-from .common import need, own, write_atomic
+from .common import need, own
 
 OPSET = 17  # onnxruntime >= 1.12 runs it; every op used here exists there unchanged
 

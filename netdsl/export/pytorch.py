@@ -17,9 +17,9 @@ import textwrap
 from typing import Any
 
 from ..errors import NetdslError
+from ..files import write_atomic
 from ..ir import Layer, Network
 from ..ops import activations, registry
-from .common import write_atomic
 
 _RESERVED = {"x", "self", "F", "torch", "nn", "math"}
 

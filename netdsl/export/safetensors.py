@@ -13,9 +13,10 @@ import os
 from typing import Any
 
 from ..errors import DataError
+from ..files import write_atomic
 from ..ir import Network
 from ..ops import registry
-from .common import need, own, write_atomic
+from .common import need, own
 
 
 def state_dict(net: Network, tensors: dict[str, Any]) -> list[tuple[str, str | None, Any]]:

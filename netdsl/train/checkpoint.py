@@ -18,12 +18,10 @@ checks every field a resumed run reads, naming the field.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import tempfile
 import time
 import zipfile
 import zlib
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from netdsl.errors import DataError
+from netdsl.files import atomic_output
 from netdsl.train.paths import os_problem, show_path
 
 __all__ = [
@@ -95,28 +94,12 @@ def save_checkpoint(
         raise TypeError(f"checkpoint metadata is not JSON-serialisable: {e}") from e
     payload[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    directory = path.parent if str(path.parent) else Path(".")
     remove_stale_temp_files(path)
-    tmp = None
-    try:
-        # The temp file must be in the target's directory: os.replace is only atomic
-        # within one filesystem. Its name carries our PID, so that a later save or load
-        # can tell a file left by a killed writer from one being written now.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}.",
-                                   suffix=_TMP_SUFFIX)  # fmt: skip
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **payload)
-            f.flush()
-            os.fsync(f.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(directory)  # make the rename itself durable
-    except OSError as e:
-        raise DataError(f"{show_path(path)}: cannot write checkpoint: {os_problem(e)}") from e
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    # The temp file's name carries our PID, so that a later save or load can tell a file
+    # left by a killed writer from one being written now.
+    with atomic_output(path, what="checkpoint", fsync=True,
+                       prefix=f".{path.name}.{os.getpid()}.") as f:  # fmt: skip
+        np.savez(f, allow_pickle=False, **payload)
 
 
 def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
@@ -169,19 +152,6 @@ def _running(pid: int) -> bool:
     except OSError:  # PermissionError: it runs, as another user
         return True
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # e.g. Windows cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

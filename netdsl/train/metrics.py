@@ -143,16 +143,9 @@ def write_metrics(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> 
 
     >>> write_metrics("runs/demo/metrics.jsonl", [{"epoch": 1}])
     """
-    path = Path(path)
-    text = "".join(_line(r) + "\n" for r in records)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise DataError(f"{path}: cannot write metrics: {e.strerror or e}") from e
+    from ..files import write_atomic
+
+    write_atomic(path, "".join(_line(r) + "\n" for r in records), what="metrics")
 
 
 def _drop_partial_last_line(path: Path) -> None:

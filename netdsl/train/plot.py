@@ -16,7 +16,6 @@ them. Needs matplotlib (the optional ``plot`` extra), imported only when drawing
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -378,13 +377,9 @@ def _scale_past_the_start(ax, series: Sequence[Series], top: float) -> None:
 
 
 def _save(fig, path: Path, dpi: int) -> None:
-    """Write the figure through a temporary file and a rename: never a partial image."""
+    """Write the figure whole or not at all (netdsl.files): never a partial image."""
+    from ..files import atomic_output
+
     fmt = path.suffix.lower().lstrip(".") or "png"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(os.fspath(tmp), dpi=dpi, format=fmt)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise DataError(f"{show_path(path)}: cannot write plot: {e.strerror or e}") from None
+    with atomic_output(path, what="plot") as f:
+        fig.savefig(f, dpi=dpi, format=fmt)

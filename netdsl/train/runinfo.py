@@ -147,22 +147,10 @@ def clear_run_files(out: str | os.PathLike) -> list[str]:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    text = json.dumps(obj, indent=2, default=json_default) + "\n"
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    """Write ``obj`` as JSON to ``path`` whole or not at all (netdsl.files)."""
+    from ..files import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def read_run_info(out: str | os.PathLike) -> dict[str, Any] | None:
