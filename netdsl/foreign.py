@@ -47,7 +47,7 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     "cost": ("Darknet", "loss", "loss mse"),
     # Darknet's upsample is netdsl's own word (its stride=2 is `upsample u1: 2`), so no entry
     "deconvolutional": ("Darknet", None, "netdsl has no deconvolution layer yet"),
-    "local": ("Darknet", None, "netdsl has no locally connected layer; use conv"),
+    # Darknet's (and cuda-convnet's) local is netdsl's own word (`local l: 32 filters 3x3`)
     "yolo": ("Darknet", None, "netdsl has no detection layers"),
     "region": ("Darknet", None, "netdsl has no detection layers"),
     "detection": ("Darknet", None, "netdsl has no detection layers"),
