@@ -379,3 +379,34 @@ def test_darknet_pad_that_darknet_sizes_differently_is_refused() -> None:
     assert info.value.message == ("Darknet's [local] with pad=1 and size=5 pads 1 pixels but "
                                   "sizes its output as if it padded 2")  # fmt: skip
     assert info.value.loc == src.at("pad")
+
+
+def test_kernels_compile_for_a_real_gpu(tmp_path) -> None:
+    """The simulator runs kernels as Python: compile every launch of the net's CUDA step (the
+    local kernels with and without an activation, groups, stride) to PTX with NVVM, in a
+    process without the simulator (netdsl/backends/cuda_ptx.py)."""
+    import os
+    import pickle
+
+    from netdsl.ops import cudakit
+
+    if not cudakit.simulator():
+        pytest.skip("records launches in the simulator")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    probe = "from cuda.pathfinder import load_nvidia_dynamic_lib as l; l('nvvm'); l('nvrtc')"
+    if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode:
+        pytest.skip("NVVM / NVRTC libraries not installed (pip install '.[ptx]')")
+    with cudakit.recording() as rec:
+        gpu = compile_network(netdsl.loads(NET, "loc.net"), device="cuda", batch=2, seed=0)
+        gpu.step_grads(*batch(2, 6))
+        gpu.forward(batch(2, 6)[0])
+    names = {r[3] for r in rec if r[0] == "netdsl.ops.local"}
+    assert names == {"local_forward", "local_backward_data", "local_backward_weights",
+                     "local_bias_grad"}  # fmt: skip
+    path = tmp_path / "launches.pkl"
+    path.write_bytes(pickle.dumps([r for r in rec if r[0] == "netdsl.ops.local"]))
+    cmd = [sys.executable, "-m", "netdsl.backends.cuda_ptx", str(path), "--per-family", "0"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    *lines, _ = out.stdout.splitlines()
+    assert len(lines) >= 5 and all(line.startswith("ok") for line in lines), out.stdout
