@@ -230,8 +230,8 @@ def test_summary_row() -> None:
 NET = """network loc
 input image: 3x8x8
 conv  c1: 4 filters 3x3, pad 1, relu
-local l2: 6 filters 3x3, pad 1, leaky(0.1)
-local l3: 4 filters 2x2, stride 2, groups 2
+local l2: 6 filters 3x3, stride 2, pad 1, leaky(0.1)
+local l3: 4 filters 2x2, pad same, groups 2      # the odd pixel padded at the bottom/right
 fc    out: 5
 loss  cross_entropy
 """
@@ -410,3 +410,21 @@ def test_kernels_compile_for_a_real_gpu(tmp_path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     *lines, _ = out.stdout.splitlines()
     assert len(lines) >= 5 and all(line.startswith("ok") for line in lines), out.stdout
+
+
+def test_cudaconvnet_local_after_other_lines_reads_their_output_shape() -> None:
+    """The size checks use the shape of the layer the local reads, by netdsl's own rules."""
+    from netdsl.interop import NetLine
+
+    ctx = context("cudaconvnet", (3, 16, 16))
+    ctx.net.lines.append(NetLine("conv", "conv1", ["16 filters 3x3", "pad 1"]))
+    ctx.net.lines.append(NetLine("pool", "pool1", ["max 2x2", "stride 2"]))  # 16x8x8
+    params = {"channels": 16, "filters": 16, "filterSize": 3, "stride": 2, "padding": 0}
+    src = foreign("local", params)
+    with pytest.raises(NetError) as info:  # (8 - 3) / 2 rounds: up 4, down 3
+        get("local").import_cudaconvnet(src, ["pool1"], "local3", ctx)
+    assert info.value.message == "cuda-convnet's output here is 4x4 (rounded up), netdsl's 3x3"
+    src = foreign("local", {**params, "channels": 3})
+    with pytest.raises(NetError) as info:
+        get("local").import_cudaconvnet(src, None, "local3", ctx)  # None: the layer before
+    assert info.value.message == "channels=3 but the input has 16 channels"

@@ -265,13 +265,15 @@ def _float(src, key: str) -> float:
 
 def _input_shape(ctx, inputs):
     """The (C, H, W) the layer reads, when the net so far can tell (None otherwise)."""
+    from ...errors import NetdslError
+
+    target = inputs[0] if inputs else (ctx.net.lines[-1].name if ctx.net.lines
+                                        else ctx.net.input_name)  # fmt: skip
+    if target == ctx.net.input_name:
+        return tuple(ctx.net.input_shape)
     try:
-        target = inputs[0] if inputs else (ctx.net.lines[-1].name if ctx.net.lines
-                                            else ctx.net.input_name)  # fmt: skip
-        if target == ctx.net.input_name:
-            return tuple(ctx.net.input_shape)
         return ctx.shape(target)
-    except Exception:  # noqa: BLE001 - a net the importer is still building; checked later
+    except (NetdslError, KeyError):  # the lines so far do not check yet: the whole net will
         return None
 
 
