@@ -335,6 +335,9 @@ def test_cudaconvnet_groups_negative_padding_and_tanh() -> None:
     assert lyr.attrs["filters"] == 32 and lyr.attrs["groups"] == 2  # filters per group x G
     assert lyr.attrs["pad_tl"] == (2, 2) and lyr.out_shape == (32, 6, 6)
     assert lyr.attrs["activation"] == ("scaled_tanh", 1.7159, 0.6667)
+    (line,) = get("local").import_cudaconvnet(foreign("local", params), None, "local3",
+                                              context("cudaconvnet", (8, 6, 6)))  # fmt: skip
+    assert line.comment == "cuda-convnet's padding=-2 (a start offset) is pad 2"
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,7 @@ class Local(LayerType):
         pad = _int(src, "padding", 0, lo=None)
         comment = ""
         if pad < 0:  # the parser's internal form (a negative start offset), in saved models
-            pad, comment = -pad, f"cuda-convnet's padding={-pad} as a start offset: pad {-pad}"
+            pad, comment = -pad, f"cuda-convnet's padding={pad} (a start offset) is pad {-pad}"
         if inputs and len(inputs) > 1:
             from ...interop import unsupported
 
