@@ -28,6 +28,7 @@ CASES = [
     ("one-by-one", 3, 2, 3, 2, 3, (1, 1), (1, 1), (0, 0), (3, 2), 1),
     ("kernel-covers-input", 2, 2, 3, 4, 2, (3, 4), (1, 1), (0, 0), (1, 1), 1),
     ("drops-bottom-right", 1, 2, 5, 5, 2, (2, 2), (2, 2), (1, 0), (3, 2), 2),
+    ("windows-all-padding", 2, 2, 2, 3, 2, (2, 1), (1, 2), (3, 2), (7, 4), 1),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -114,7 +115,7 @@ def test_cpu_several_workers(monkeypatch) -> None:
     assert local.LocalCPU(3, 2, 4, 7, 4, 2, 2, (1, 1), (0, 0), 2, (1, 7), True).workers.n == 3
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=[IDS[0], IDS[4]])
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5]], ids=[IDS[0], IDS[4], IDS[5]])
 def test_cuda_matches_reference(case) -> None:
     from numba import cuda
 

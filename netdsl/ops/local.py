@@ -130,42 +130,62 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 
 
+@kernel
+def _window(l, h, w_in, geo):  # -> (y0, x0, ky0, ky1, kx0, kx1)
+    """Location l's window: its top-left input pixel (y0, x0) and the taps [ky0, ky1) x
+    [kx0, kx1) that fall inside the input (the others read the zero padding)."""
+    sh, sw, ph, pw, kh, kw, ho, wo, ng = geo
+    y0, x0 = (l // wo) * sh - ph, (l % wo) * sw - pw
+    ky0, kx0 = min(kh, max(0, -y0)), min(kw, max(0, -x0))
+    return y0, x0, ky0, max(ky0, min(kh, h - y0)), kx0, max(kx0, min(kw, w_in - x0))
+
+
+# Inner loops index flat views with np.uint64, as conv's: a signed index costs a wrap-around
+# test that keeps LLVM from vectorising the short copy loops.
+
+
 @kernel(fastmath=True)
 def _gather(x, l, c0, pm, geo):
     """pm (N, K) <- the taps of location l over input channels c0.. of every image (0 outside)."""
-    sh, sw, ph, pw, kh, kw, ho, wo, ng = geo
-    h, w_in = x.shape[2], x.shape[3]
-    cg = pm.shape[1] // (kh * kw)
-    i, j = l // wo, l % wo
+    kh, kw = geo[4], geo[5]
+    c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
+    y0, x0, ky0, ky1, kx0, kx1 = _window(l, h, w_in, geo)
+    kk = pm.shape[1]
+    xf, pf = x.reshape(-1), pm.reshape(-1)  # flat views
     for n in range(x.shape[0]):
-        for c in range(cg):
+        for c in range(kk // (kh * kw)):
+            xc = (n * c_all + c0 + c) * h * w_in  # flat x index of x[n, c0 + c, 0, 0]
             for ky in range(kh):
-                iy = i * sh - ph + ky
-                for kx in range(kw):
-                    ix = j * sw - pw + kx
-                    v = np.float32(0.0)
-                    if iy >= 0 and iy < h and ix >= 0 and ix < w_in:
-                        v = x[n, c0 + c, iy, ix]
-                    pm[n, (c * kh + ky) * kw + kx] = v
+                p = n * kk + (c * kh + ky) * kw  # flat pm index of tap (c, ky, 0)
+                if ky < ky0 or ky >= ky1:
+                    for kx in range(kw):
+                        pf[np.uint64(p + kx)] = 0.0
+                    continue
+                r = xc + (y0 + ky) * w_in + x0  # flat x index of tap (c, ky, 0)
+                for kx in range(kx0):
+                    pf[np.uint64(p + kx)] = 0.0
+                for kx in range(kx0, kx1):
+                    pf[np.uint64(p + kx)] = xf[np.uint64(r + kx)]
+                for kx in range(kx1, kw):
+                    pf[np.uint64(p + kx)] = 0.0
 
 
 @kernel(fastmath=True)
 def _scatter_add(dp, l, c0, dx, geo):
     """dx[:, c0..] += the adjoint of _gather applied to dp (N, K)."""
-    sh, sw, ph, pw, kh, kw, ho, wo, ng = geo
-    h, w_in = dx.shape[2], dx.shape[3]
-    cg = dp.shape[1] // (kh * kw)
-    i, j = l // wo, l % wo
+    kh, kw = geo[4], geo[5]
+    c_all, h, w_in = dx.shape[1], dx.shape[2], dx.shape[3]
+    y0, x0, ky0, ky1, kx0, kx1 = _window(l, h, w_in, geo)
+    kk = dp.shape[1]
+    df, pf = dx.reshape(-1), dp.reshape(-1)  # flat views
     for n in range(dx.shape[0]):
-        for c in range(cg):
-            for ky in range(kh):
-                iy = i * sh - ph + ky
-                if iy < 0 or iy >= h:
-                    continue
-                for kx in range(kw):
-                    ix = j * sw - pw + kx
-                    if ix >= 0 and ix < w_in:
-                        dx[n, c0 + c, iy, ix] += dp[n, (c * kh + ky) * kw + kx]
+        for c in range(kk // (kh * kw)):
+            xc = (n * c_all + c0 + c) * h * w_in  # flat dx index of dx[n, c0 + c, 0, 0]
+            for ky in range(ky0, ky1):
+                p = n * kk + (c * kh + ky) * kw  # flat dp index of tap (c, ky, 0)
+                r = xc + (y0 + ky) * w_in + x0  # flat dx index of tap (c, ky, 0)
+                for kx in range(kx0, kx1):
+                    df[np.uint64(r + kx)] += pf[np.uint64(p + kx)]
 
 
 @kernel(nogil=True, fastmath=True)
