@@ -47,7 +47,8 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
     "cost": ("Darknet", "loss", "loss mse"),
     # Darknet's upsample is netdsl's own word (its stride=2 is `upsample u1: 2`), so no entry
     "deconvolutional": ("Darknet", None, "netdsl has no deconvolution layer yet"),
-    "local": ("Darknet", None, "netdsl has no locally connected layer; use conv"),
+    # Darknet's (and cuda-convnet's) local is netdsl's own word; Keras's name for that layer:
+    "LocallyConnected2D": ("Keras", "local", "local l1: 32 filters 3x3 (no weight sharing)"),
     "yolo": ("Darknet", None, "netdsl has no detection layers"),
     "region": ("Darknet", None, "netdsl has no detection layers"),
     "detection": ("Darknet", None, "netdsl has no detection layers"),

@@ -1,0 +1,310 @@
+"""`local l3: 32 filters 3x3, pad 1, stride 1, relu`: a locally connected layer, a convolution
+whose filters are not shared between output locations (cuda-convnet's and Darknet's
+`[local]`). Every output value has its own filter and its own bias, as in both of those."""
+
+from __future__ import annotations
+
+from ...schema import (
+    ACT_FLAGS,
+    ACT_OPTS,
+    LEARN_OPTS,
+    REQUIRED,
+    Opt,
+    Schema,
+    read_bool,
+    read_int,
+    read_pad,
+    read_pair,
+)
+from ..base import LayerType
+from ..window import same_pad, window, window_rf, window_text
+
+_EXAMPLE = "e.g. local l3: 32 filters 3x3, pad 1"
+
+
+class Local(LayerType):
+    name = "local"
+    aliases = ("locally_connected",)
+    schema = Schema(
+        {
+            "filters": Opt(read_int(), REQUIRED, required="a number of filters", hint=_EXAMPLE),
+            "kernel": Opt(read_pair(), REQUIRED, required="a kernel size", hint=_EXAMPLE),
+            "stride": Opt(read_pair(), (1, 1)),
+            "pad": Opt(read_pad, (0, 0)),
+            "groups": Opt(read_int(), 1),
+            "bias": Opt(read_bool, True),
+            **ACT_OPTS,
+            **LEARN_OPTS,
+        },
+        flags=ACT_FLAGS,
+        postfix=("filters",),
+        positional_dims="kernel",
+    )
+    colour = "#d0e0e3"
+
+    # cuda-convnet's `type=local` (LocalUnsharedLayer) and Darknet's [local]
+    cudaconvnet_types = ("local",)
+    darknet_types = ("local",)
+
+    def infer(self, layer):
+        (c, h, w), a = layer.in_shapes[0], layer.attrs
+        o, g, (kh, kw), (sh, sw) = a["filters"], a["groups"], a["kernel"], a["stride"]
+        if c % g:
+            raise layer.error(
+                f"{layer.name} expects {c} input channels divisible by groups={g}", "groups",
+                f"use a groups value that divides {c}")  # fmt: skip
+        if o % g:
+            raise layer.error(
+                f"{layer.name}: {o} filters are not divisible by groups={g}", "groups",
+                f"use a number of filters that is a multiple of {g}")  # fmt: skip
+        pad = a["pad"]
+        if pad == "valid":
+            pads = ((0, 0), (0, 0))
+        elif pad == "same":
+            pads = (same_pad(h, kh, sh, 1), same_pad(w, kw, sw, 1))
+        else:
+            pads = ((pad[0], pad[0]), (pad[1], pad[1]))
+        ho = window(layer, h, kh, sh, 1, pads[0], "height", "kernel")
+        wo = window(layer, w, kw, sw, 1, pads[1], "width", "kernel")
+        a["pad_tl"] = (pads[0][0], pads[1][0])
+        a["out_hw"] = (ho, wo)
+        # conv's (O, C/g, kh, kw) with the location after the filter index: a GPU split by
+        # output channels takes rows [lo, hi) of both parameters (netdsl/ops/local.py)
+        layer.params = {"weight": (o, ho, wo, c // g, kh, kw)}
+        if a["bias"]:
+            layer.params["bias"] = (o, ho, wo)  # one per output value, as cuda-convnet's
+        per_location = o * (c // g) * kh * kw
+        layer.n_params = per_location * ho * wo + (o * ho * wo if a["bias"] else 0)
+        layer.macs = per_location * ho * wo
+        return (o, ho, wo)
+
+    receptive_field = staticmethod(window_rf)
+
+    def needed_interval(self, layer, lo, hi, cin, gpus):
+        g, cout = layer.attrs["groups"], layer.out_shape[0]
+        per = cin // g  # input channels each group sees
+        return (lo * g // cout) * per, ((hi - 1) * g // cout + 1) * per
+
+    def unsplittable(self, layer, gpus):
+        g = layer.attrs["groups"]
+        if g > 1 and g % gpus:
+            return f"layer {layer.name}: groups {g} is not a multiple of gpus {gpus}"
+        return None
+
+    def split_hull(self, layer, cin, ivs):
+        if layer.attrs["groups"] == 1:
+            return 0, cin
+        return super().split_hull(layer, cin, ivs)
+
+    def split_attrs(self, attrs, gpus):
+        if attrs["groups"] > 1:
+            attrs["groups"] = attrs["groups"] // gpus  # a multiple of G: whole groups
+        return attrs
+
+    def kernel_text(self, layer):
+        a = layer.attrs
+        parts = window_text(layer, same=a["pad"] == "same")
+        if a["groups"] > 1:
+            parts.append(f" g{a['groups']}")
+        return "".join(parts)
+
+    def fans(self, layer, weight):
+        o, _, _, cg, kh, kw = weight  # per location, as a conv's
+        return cg * kh * kw, o * kh * kw / max(1, layer.attrs["groups"])
+
+    def ref_forward(self, layer, xs, p, ctx):
+        from .. import local
+
+        a = layer.attrs
+        return local.ref_forward(xs[0], p["weight"], p.get("bias"), a["stride"], a["pad_tl"],
+                                 a["groups"])  # fmt: skip
+
+    def ref_backward(self, layer, dy, xs, y, p, grads, ctx):
+        from .. import local
+
+        a = layer.attrs
+        dx, dw, db = local.ref_backward(dy, xs[0], p["weight"], a["stride"], a["pad_tl"],
+                                        a["groups"])  # fmt: skip
+        grads["weight"] += dw
+        if "bias" in grads:
+            grads["bias"] += db
+        return [dx]
+
+    def torch_forward(self, layer, ins, model, F, torch):  # noqa: N803
+        # F.unfold's columns are conv's (c, ky, kx) taps of each location, row-major: one
+        # einsum with the per-location filters (O, Ho*Wo, Cg*kh*kw) per group
+        a = layer.attrs
+        (pt, pl), (ho, wo), (kh, kw) = a["pad_tl"], a["out_hw"], a["kernel"]
+        (sh, sw), g = a["stride"], a["groups"]
+        c, h, w = layer.in_shapes[0]
+        pb = max(0, (ho - 1) * sh + kh - h - pt)
+        pr = max(0, (wo - 1) * sw + kw - w - pl)
+        x = F.pad(ins[0], (pl, pr, pt, pb))[:, :, : (ho - 1) * sh + kh, : (wo - 1) * sw + kw]
+        n, o = x.shape[0], layer.out_shape[0]
+        cols = F.unfold(x, (kh, kw), stride=(sh, sw))  # (N, C*kh*kw, Ho*Wo)
+        cols = cols.view(n, g, -1, ho * wo)  # (N, G, Cg*kh*kw, L)
+        wt = model.param(layer.name, "weight").reshape(g, o // g, ho * wo, -1)  # (G, Og, L, K)
+        y = torch.einsum("ngkl,golk->ngol", cols, wt).reshape(n, o, ho, wo)
+        b = model.param(layer.name, "bias")
+        return y if b is None else y + b[None]
+
+    def cpu_runner(self):
+        from ..local import LocalCPURunner
+
+        return LocalCPURunner
+
+    def cuda_runner(self):
+        from ..local import LocalCUDARunner
+
+        return LocalCUDARunner
+
+    # ------------------------------------------------------------------------------- import
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        """cuda-convnet's `type=local`: filters, filterSize, padding, stride, channels, groups,
+        neuron, initW (and initB). Its output size is 1 + ceil((2*padding + size -
+        filterSize) / stride), the netdsl rule with the division rounded up; a layer where the
+        two differ is refused (it reads past the padded input)."""
+        from ...interop import NetLine, number
+
+        filters = _int(src, "filters")
+        groups = _int(src, "groups", 1)
+        size = _int(src, "filterSize")
+        stride = _int(src, "stride", 1)
+        pad = _int(src, "padding", 0, lo=None)
+        comment = ""
+        if pad < 0:  # the parser's internal form (a negative start offset), in saved models
+            pad, comment = -pad, f"cuda-convnet's padding={pad} (a start offset) is pad {-pad}"
+        if inputs and len(inputs) > 1:
+            from ...interop import unsupported
+
+            raise unsupported(src, ctx.fmt, "netdsl's local layer takes one input; join the "
+                                            "inputs with concat first")  # fmt: skip
+        shape = _input_shape(ctx, inputs)
+        if shape is not None:
+            c, h = shape[0], shape[1]
+            if "channels" in src.params and _int(src, "channels") != c:
+                raise _error(src, "channels", f"channels={_int(src, 'channels')} but the "
+                             f"input has {c} channels")  # fmt: skip
+            floor_out = (h + 2 * pad - size) // stride + 1
+            ceil_out = 1 + -(-(h + 2 * pad - size) // stride)
+            if floor_out != ceil_out:
+                raise _error(src, "stride", f"cuda-convnet's output here is {ceil_out}x"
+                             f"{ceil_out} (rounded up), netdsl's {floor_out}x{floor_out}",
+                             "use a stride that divides 2*padding + size - filterSize")  # fmt: skip
+        # cuda-convnet's filters=F with groups=G makes F*G filters (LocalLayerParser)
+        opts = [f"{filters * groups} filters {size}x{size}"]
+        if stride != 1:
+            opts.append(f"stride {stride}")
+        if pad:
+            opts.append(f"pad {pad}")
+        if groups > 1:
+            opts.append(f"groups {groups}")
+        act = _cudaconvnet_neuron(src)
+        if act:
+            opts.append(act)
+        if "initW" in src.params:
+            opts.append(f"init gaussian(std={number(_float(src, 'initW'))})")
+        if "initB" in src.params:
+            opts.append(f"bias_init {number(_float(src, 'initB'))}")
+        return [NetLine("local", name, opts, inputs, comment)]
+
+    def import_darknet(self, src, inputs, name, ctx):
+        """Darknet's [local]: filters, size, stride, pad, activation. Darknet pads `pad`
+        pixels but sizes the output (h-1)/stride + 1 whenever pad is not 0 (local_layer.c),
+        which is the padded window's size only when size = 2*pad + 1; other pads are refused."""
+        from ...interop import NetLine
+
+        filters = _int(src, "filters", 1)
+        size = _int(src, "size", 1)
+        stride = _int(src, "stride", 1)
+        pad = _int(src, "pad", 0, lo=0)
+        if pad and size != 2 * pad + 1:
+            raise _error(src, "pad", f"Darknet's [local] with pad={pad} and size={size} pads "
+                         f"{pad} pixels but sizes its output as if it padded {(size - 1) / 2:g}",
+                         f"use pad=0, or size={2 * pad + 1}")  # fmt: skip
+        opts = [f"{filters} filters {size}x{size}"]
+        if stride != 1:
+            opts.append(f"stride {stride}")
+        if pad:
+            opts.append(f"pad {pad}")
+        act = _darknet_activation(src)
+        if act:
+            opts.append(act)
+        return [NetLine("local", name, opts, inputs)]
+
+
+def _error(src, key: str, message: str, hint: str | None = None):
+    from ...errors import NetError
+
+    return NetError(message, src.at(key), hint=hint)
+
+
+def _int(src, key: str, default: int | None = None, lo: int | None = 1) -> int:
+    """Option `key` of a foreign layer as a whole number (at least `lo`), located when bad."""
+    raw = src.params.get(key)
+    if raw is None:
+        if default is None:
+            raise _error(src, key, f"layer {src.name or src.kind} needs '{key}'")
+        return default
+    try:
+        v = int(str(raw).strip())
+    except ValueError:
+        raise _error(src, key, f"'{key}' expects a whole number, found '{raw}'") from None
+    if lo is not None and v < lo:
+        raise _error(src, key, f"'{key}' must be at least {lo}, got {v}")
+    return v
+
+
+def _float(src, key: str) -> float:
+    raw = str(src.params[key]).strip()
+    try:
+        return float(raw.split(",")[0])  # one value per input; local takes one input
+    except ValueError:
+        raise _error(src, key, f"'{key}' expects a number, found '{raw}'") from None
+
+
+def _input_shape(ctx, inputs):
+    """The (C, H, W) the layer reads, when the net so far can tell (None otherwise)."""
+    from ...errors import NetdslError
+
+    target = inputs[0] if inputs else (ctx.net.lines[-1].name if ctx.net.lines
+                                        else ctx.net.input_name)  # fmt: skip
+    if target == ctx.net.input_name:
+        return tuple(ctx.net.input_shape)
+    try:
+        return ctx.shape(target)
+    except (NetdslError, KeyError):  # the lines so far do not check yet: the whole net will
+        return None
+
+
+# cuda-convnet's neurons and Darknet's activations with a netdsl spelling
+_CC_NEURONS = {"relu": "relu", "logistic": "sigmoid", "linear": "", "ident": ""}
+_DARKNET_ACTS = {"relu": "relu", "leaky": "leaky(0.1)", "logistic": "sigmoid", "tanh": "tanh",
+                 "linear": "", "elu": "elu"}  # fmt: skip
+
+
+def _cudaconvnet_neuron(src) -> str:
+    raw = str(src.params.get("neuron", "ident")).strip()
+    if raw in _CC_NEURONS:
+        return _CC_NEURONS[raw]
+    if raw.startswith("tanh[") and raw.endswith("]"):  # a*tanh(b*x)
+        from ...interop import number
+
+        try:
+            a, b = (float(v) for v in raw[5:-1].split(","))
+        except ValueError:
+            raise _error(src, "neuron", f"neuron '{raw}' expects tanh[a,b]") from None
+        return f"scaled_tanh(A={number(a)}, S={number(b)})"
+    raise _error(src, "neuron", f"neuron '{raw}' has no netdsl activation",
+                 "netdsl fuses relu, logistic (sigmoid), tanh[a,b] and ident")  # fmt: skip
+
+
+def _darknet_activation(src) -> str:
+    raw = str(src.params.get("activation", "logistic")).strip()  # Darknet's default
+    if raw in _DARKNET_ACTS:
+        return _DARKNET_ACTS[raw]
+    raise _error(src, "activation", f"activation '{raw}' has no netdsl activation",
+                 "netdsl has relu, leaky, logistic, tanh, elu and linear")  # fmt: skip
+
+
+LAYER = Local()
