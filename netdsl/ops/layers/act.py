@@ -57,6 +57,15 @@ class Act(LayerType):
     def type_text(self, layer):
         return self.name
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    cudaconvnet_types = ("neuron",)
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.cudaconvnet import activation
+
+        return [NetLine("act", name, [activation(src) or "linear"], inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         return xs[0]
 
