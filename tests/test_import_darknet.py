@@ -241,6 +241,7 @@ BAD = [
     ("[region]\nclasses=20\n", "[region]", "layer type 'region' is not supported"),
     ("[convolutional]\nfilters=8\nfilters=9\n", "filters", "option 'filters' is given twice"),
     ("[net]\n", "[net]", "a second [net] section"),
+    ("[cost]\n[avgpool]\n", "[cost]", "a [cost] before other layers"),
     ("filters\n", "filters", "expected `key=value` or a `[section]`"),
 ]  # fmt: skip
 
@@ -303,6 +304,16 @@ def test_train_settings_that_count_updates_are_comments(tmp_path):
     assert "policy=steps (steps=400000,450000, scales=.1,.1) counts updates" in text
     assert "subdivisions=8 only splits each batch of 64" in text
     assert net.layers[-1].type == "loss" and net.layers[-1].attrs["kind"] == "mse"
+
+
+def test_standalone_batchnorm_and_activation_sections(tmp_path):
+    cfg = tmp_path / "bn.cfg"
+    cfg.write_text("[net]\nheight=4\nwidth=4\nchannels=2\n\n[batchnorm]\n\n"
+                   "[activation]\nactivation=relu\n")  # fmt: skip
+    net = netdsl.loads(convert(str(cfg)))
+    bn, act = net.layers[1:]
+    assert (bn.type, bn.name, bn.attrs["momentum"], bn.n_params) == ("bn", "batchnorm0", 0.01, 4)
+    assert (act.type, act.name, act.attrs["activation"][0]) == ("act", "activation1", "relu")
 
 
 def test_per_layer_learning_rate_and_adam(tmp_path):

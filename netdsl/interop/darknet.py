@@ -88,6 +88,9 @@ def read(path: str, opts) -> ImportedNet:
             inputs = [current, ref]
         else:
             inputs = None if current == last_line else [current]
+        if word == "cost" and idx + 1 < len(layers):
+            raise NetError("a [cost] before other layers; netdsl's loss is the last layer",
+                           sec.loc)  # fmt: skip
         name = net_name(f"{_SHORT.get(word, word)}{idx}", taken)
         if word == "softmax" and all(_word(s) == "cost" for s in layers[idx + 1 :]):
             lines = _final_softmax(fl, inputs, name, ctx, layers[idx + 1 :])

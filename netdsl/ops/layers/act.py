@@ -58,7 +58,14 @@ class Act(LayerType):
         return self.name
 
     # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("activation",)
     cudaconvnet_types = ("neuron",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.darknet import activation
+
+        return [NetLine("act", name, [activation(src, default="linear") or "linear"], inputs)]
 
     def import_cudaconvnet(self, src, inputs, name, ctx):
         from ...interop import NetLine
