@@ -78,7 +78,7 @@ def read(path: str, opts) -> ImportedNet:
             "cuda-convnet takes the input size from its data provider, not from the layer "
             "file: give it with --input CxHxW",
             images[0].loc,
-            hint="e.g. --input 3x32x32 for CIFAR-10, --input 3x224x224 for ImageNet",
+            hint="e.g. --input 3x24x24 for the CIFAR-10 nets (24x24 crops), 3x227x227 for ImageNet",
         )
     c, h, w = opts.input_shape
     if h != w:

@@ -295,7 +295,8 @@ def _train(sec: Section, net: ImportedNet) -> None:
                      "steps at a constant rate")  # fmt: skip
     max_batches = int_opt(sec, "max_batches", 0, lo=0)
     if max_batches:
-        notes.append(f"max_batches={max_batches}: Darknet counts updates of {batch} images; "
+        notes.append(f"max_batches={max_batches}: Darknet counts updates of {batch} "
+                     f"image{'s' if batch != 1 else ''}; "
                      f"set epochs = {max_batches} x {batch} / your data set's size")  # fmt: skip
     policy = sec.values.get("policy", "constant")
     burn_in = int_opt(sec, "burn_in", 0, lo=0)

@@ -112,11 +112,11 @@ class Pool(LayerType):
         elif want == ceil:
             opts += ["ceil"]
         else:
+            netdsl = " or ".join(sorted({f"{a}x{b}" for a, b in (floor, ceil)}))
             raise NetError(
                 f"Darknet's maxpool {size}x{size}/{stride} gives {want[0]}x{want[1]} on this "
-                f"{h}x{w} input (padding {padding}, all of it past the bottom and right "
-                f"edges); netdsl's pool pads both sides alike and gives {floor[0]}x{floor[1]} "
-                f"or {ceil[0]}x{ceil[1]}",
+                f"{h}x{w} input (it pads {p} before and {padding - p} after); netdsl's pool "
+                f"pads both sides alike and gives {netdsl}",
                 src.loc,
                 hint="netdsl cannot import this maxpool exactly",
             )
