@@ -327,3 +327,42 @@ def test_per_layer_learning_rate_and_adam(tmp_path):
     assert conv.attrs["activation"][0] == "elu"
     assert net.train["optimizer"]["kind"] == "adam"
     assert net.train["optimizer"]["lr"] == 0.002
+
+
+# ------------------------------------------------------------------------------ the docs
+
+
+def _import_listings() -> list[tuple[str, list[str], str, dict[str, str]]]:
+    """From every page under docs/: each `text` block that shows `$ netdsl import` of a file
+    of tests/interop/darknet or cudaconvnet, with its output, and the `net` listings by
+    their `# file:` name."""
+    found = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        blocks = re.findall(r"^```(\w[\w-]*)\n(.*?)^```$", page.read_text(), re.M | re.S)
+        files = {b.split("\n", 1)[0][len("# file: "):]: b.split("\n", 1)[1]
+                 for kind, b in blocks if kind == "net" and b.startswith("# file: ")}  # fmt: skip
+        for kind, b in blocks:
+            first, _, shown = b.partition("\n")
+            if kind == "text" and re.match(r"\$ netdsl import tests/interop/(darknet|cudaconvnet)/",
+                                           first):  # fmt: skip
+                found.append((page.name, first[2:].split()[1:], shown, files))
+    return found
+
+
+def test_the_docs_show_what_netdsl_import_does(tmp_path, monkeypatch, capsys):
+    """Each `$ netdsl import` shown is run: its messages are the ones shown, and the file it
+    writes is the `net` listing of that name, exactly."""
+    listings = _import_listings()
+    assert len(listings) >= 6, "the Darknet and cuda-convnet sections show their imports"
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    monkeypatch.chdir(tmp_path)
+    for page, argv, shown, files in listings:
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert out + err == shown, (page, argv)
+        if "-o" in argv:
+            target = argv[argv.index("-o") + 1]
+            assert code == 0 and target in files, (page, argv)
+            assert (tmp_path / target).read_text() == files[target], (page, target)
+        else:
+            assert code == 2, (page, argv)
