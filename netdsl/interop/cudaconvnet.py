@@ -213,6 +213,8 @@ def float_opt(src, key: str, default: float | None, what: str = "") -> float:
                            src.loc)  # fmt: skip
         return default
     text = src.params[key].strip()
+    if "," in text and "[" not in text and len({t.strip() for t in text.split(",")}) == 1:
+        text = text.split(",")[0].strip()  # one value per input, all equal
     m = re.fullmatch(r"\w+\s*\[(.*)\]", text)
     if m:
         base = re.search(r"(?:^|;)\s*base\s*=\s*([^;\s]+)", m.group(1))
