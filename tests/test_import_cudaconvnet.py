@@ -276,6 +276,9 @@ BAD = [
     ("[c2]\ntype=conv\ninputs=conv1\nchannels=16\nfilters=16\nfilterSize=3\npadding=1\n", "c2",
      "[c2]\nepsW=0.001\nepsB=0.002\nmomW=0.5\nmomB=0.5\n", "momW=0.5",
      "momentum 0.5 here, 0.9 elsewhere"),
+    ("[c2]\ntype=conv\ninputs=conv1\nchannels=16\nfilters=16\nfilterSize=3\npadding=1\n"
+     "groups=3\n", "c2", "[c2]\nepsW=0.001\nepsB=0.002\nmomW=0.9\nmomB=0.9\n", "[c2]",
+     "c2 expects 16 input channels divisible by groups=3 (in the .net line `conv"),
     ("[m1]\ntype=eltmax\ninputs=conv1,conv1\n", "m1", "", "type=eltmax",
      "layer type 'eltmax' is not supported"),
     ("", "nowhere", "", "inputs=nowhere", "reads 'nowhere', which is not a layer defined above"),
@@ -295,8 +298,8 @@ def test_every_error_is_located_in_the_layer_or_params_file(middle, last, extra,
     argv = ["import", str(layers), "--params", str(params), "--input", "3x8x8", "-o", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    # the line `at` is on (in the params file if that holds it), the caret at the value
-    path, text = (params, param_text) if at in param_text.splitlines() else (layers, layer_text)
+    # the line `at` is on (in the params file if only that holds it), the caret at the value
+    path, text = (layers, layer_text) if at in layer_text.splitlines() else (params, param_text)
     line = text.splitlines().index(at) + 1
     col = 1 if at.startswith("[") else at.index("=") + 2
     assert err.startswith(f"{path}:{line}:{col}: error: "), err

@@ -100,3 +100,23 @@ def to_float(sec: Section, key: str, default: float | None = None) -> float:
     if v != v or v in (float("inf"), float("-inf")):
         raise NetError(f"{key} must be a finite number, got '{text}'", sec.at(key))
     return v
+
+
+def check_in_source(net, origin: dict[str, Location]) -> None:
+    """Check an imported net with netdsl's own checker, and report what it rejects at the
+    source section the offending .net line came from (`origin`: .net name -> section):
+    a kernel larger than its input, groups that do not divide the channels ... are the
+    source file's mistakes, and are shown there, with the .net line as a note."""
+    from .. import loads
+    from . import write_net
+
+    try:
+        loads(write_net(net), name="<imported>")
+    except NetError as e:
+        text = e.loc.source_line if e.loc else ""
+        words = text.replace("(", " ").replace(":", " ").split()
+        name = words[1] if len(words) > 1 else ""
+        if name not in origin:
+            raise
+        raise NetError(f"{e.message} (in the .net line `{text.strip()}`)", origin[name],
+                       hint=e.hint) from None  # fmt: skip

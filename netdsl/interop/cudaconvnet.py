@@ -39,7 +39,7 @@ from . import (
     number,
     unsupported,
 )
-from .cfgfile import Section, read_sections
+from .cfgfile import Section, check_in_source, read_sections
 
 WEIGHT_TYPES = ("conv", "local", "fc")
 COST_TYPES = ("cost.logreg", "cost.crossent")
@@ -98,6 +98,7 @@ def read(path: str, opts) -> ImportedNet:
     ctx.names[images[0].header] = net.input_name
     labels = {s.header for s in data if s is not images[0]}
     readers = _readers(sections)
+    origin = {}  # .net name -> the section it came from
     _train(sections, params, ctx)
     for sec in sections:
         kind = sec.values["type"]
@@ -134,12 +135,14 @@ def read(path: str, opts) -> ImportedNet:
         lines = import_one("cudaconvnet", fl, None if inputs == [last] else inputs, name, ctx)
         for ln in lines:
             taken.add(ln.name)
+            origin[ln.name] = sec.loc
         net.lines += lines
         ctx.names[sec.header] = lines[-1].name
         if kind != "neuron" and values.get("neuron", "").strip():
             _attach_neuron(fl, sec, lines[-1], taken, ctx)
     if not net.lines or net.lines[-1].type != "loss":
         net.header.append("No cost layer: the net has no loss line.")
+    check_in_source(net, origin)
     return net
 
 

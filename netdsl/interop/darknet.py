@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import NetError
 from ..source import Source
 from . import ForeignLayer, ImportContext, ImportedNet, NetLine, import_one, net_name, number
-from .cfgfile import Section, read_sections
+from .cfgfile import Section, check_in_source, read_sections
 
 # Darknet's other spellings of a section word (string_to_layer_type in parser.c).
 ALIASES = {"conv": "convolutional", "conn": "connected", "max": "maxpool", "avg": "avgpool",
@@ -60,6 +60,7 @@ def read(path: str, opts) -> ImportedNet:
     ctx = ImportContext("darknet", net)
     taken = {net.input_name}
     outputs: list[str] = []  # Darknet layer number -> the .net name holding its output
+    origin = {}  # .net name -> the section it came from
     layers = sections[1:]
     for idx, sec in enumerate(layers):
         word = _word(sec)
@@ -94,14 +95,17 @@ def read(path: str, opts) -> ImportedNet:
         name = net_name(f"{_SHORT.get(word, word)}{idx}", taken)
         if word == "softmax" and all(_word(s) == "cost" for s in layers[idx + 1 :]):
             lines = _final_softmax(fl, inputs, name, ctx, layers[idx + 1 :])
+            origin[name] = sec.loc
             net.lines += lines
             outputs.append(lines[-1].name)
             break
         lines = import_one("darknet", fl, inputs, name, ctx)
         for ln in lines:
             taken.add(ln.name)
+            origin[ln.name] = sec.loc
         net.lines += lines
         outputs.append(lines[-1].name)
+    check_in_source(net, origin)
     return net
 
 
@@ -324,11 +328,12 @@ def _train(sec: Section, net: ImportedNet) -> None:
 
 
 def softmax_checks(src: ForeignLayer, inputs: list[str] | None, ctx: ImportContext) -> None:
-    """Darknet's softmax runs over all of its input; netdsl's over a vector (K×1×1)."""
+    """Darknet's softmax and cost run over all of their input; netdsl's over a vector."""
     c, h, w = input_shape(ctx, inputs)
     if (h, w) != (1, 1):
         raise NetError(
-            f"this softmax reads a {c}x{h}x{w} map; netdsl's softmax and loss read a vector",
+            f"this {src.kind} reads a {c}x{h}x{w} map; netdsl's softmax and loss read a "
+            "vector (Kx1x1)",
             src.loc,
             hint="pool the map to 1x1 first ([avgpool]), as Darknet's classifiers do",
         )

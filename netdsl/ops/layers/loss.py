@@ -47,6 +47,7 @@ class Loss(LayerType):
             why = "Darknet's [softmax]: softmax and cross-entropy in training"
             return [NetLine("loss", name, ["cross_entropy"], inputs, why)]
         refuse(src, {"scale": 1})
+        softmax_checks(src, inputs, ctx)
         kind = src.params.get("type", "sse")
         if kind != "sse":
             raise NetError(
