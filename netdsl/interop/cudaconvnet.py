@@ -85,7 +85,7 @@ def read(path: str, opts) -> ImportedNet:
         raise NetError(f"cuda-convnet's images are square; --input gives {h}x{w}", images[0].loc)
     taken: set[str] = set()
     net = ImportedNet(
-        name=opts.name or _stem_name(path),
+        name=net_name(opts.name, set()) if opts.name else _stem_name(path),
         source=path,
         fmt="cudaconvnet",
         input_shape=opts.input_shape,

@@ -46,7 +46,7 @@ def read(path: str, opts) -> ImportedNet:
         raise NetError("a Darknet cfg starts with a [net] or [network] section", first.loc,
                        hint="its height, width and channels are the input size")  # fmt: skip
     net = ImportedNet(
-        name=opts.name or _stem_name(path),
+        name=net_name(opts.name, set()) if opts.name else _stem_name(path),
         source=path,
         fmt="darknet",
         input_shape=_input_shape(first, opts),

@@ -161,8 +161,14 @@ class Pool(LayerType):
         opts = [f"{mode} {size}x{size}", f"stride {stride}", *([f"pad {p}"] if p else [])]
         if floor != ceil:
             opts.append("floor" if want == floor else "ceil")
+        clipped = bool(p) or (want == ceil and floor != ceil)
         comment = "cuda-convnet rounds up: the last window may be clipped" if want == ceil \
             and floor != ceil else ""  # fmt: skip
+        if mode == "avg" and clipped:
+            # cuda-convnet2 divides a clipped window's sum by the pixels inside it, as
+            # netdsl's avg does; the first cuda-convnet (2011) divided by sizeX*sizeX
+            comment = ("clipped windows average the pixels inside (cuda-convnet2); "
+                       "cuda-convnet 2011 divided by sizeX^2")  # fmt: skip
         return [NetLine("pool", name, opts, inputs, comment)]
 
     def ref_forward(self, layer, xs, p, ctx):
