@@ -373,3 +373,166 @@ def test_the_docs_show_what_netdsl_import_does(tmp_path, monkeypatch, capsys):
             assert (tmp_path / target).read_text() == files[target], (page, target)
         else:
             assert code == 2, (page, argv)
+
+
+# ----------------------------------------------------------------------------- .weights
+
+WEIGHTS_CFG = """[net]
+height=7
+width=7
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=6
+size=1
+groups=2
+activation=relu
+
+[batchnorm]
+
+[activation]
+activation=leaky
+
+[connected]
+batch_normalize=1
+output=5
+activation=tanh
+
+[connected]
+output=3
+activation=linear
+
+[softmax]
+"""
+
+
+def _darknet_forward(torch, x, layers, values):
+    """Darknet's forward (test-time batch norm), from its own rules and the raw values."""
+    F = torch.nn.functional  # noqa: N806
+    eps = 1e-5  # Darknet's GPU path and backward: sqrt(variance + .00001)
+    acts = {"leaky": lambda y: F.leaky_relu(y, 0.1), "relu": torch.relu, "tanh": torch.tanh,
+            "linear": lambda y: y}  # fmt: skip
+
+    def bn(y, scales, mean, var, biases):
+        shape = (1, -1, 1, 1) if y.dim() == 4 else (1, -1)
+        return ((y - mean.view(shape)) / torch.sqrt(var.view(shape) + eps) * scales.view(shape)
+                + biases.view(shape))  # fmt: skip
+
+    for (word, o, _), v in zip(layers, values):
+        if word == "convolutional":
+            size, groups = int(o["size"]), int(o.get("groups", 1))
+            pad = size // 2 if int(o.get("pad", 0)) else 0
+            x = F.conv2d(x, v["weights"], None, padding=pad, groups=groups)
+            x = bn(x, v["scales"], v["mean"], v["var"], v["biases"]) if "scales" in v else \
+                x + v["biases"].view(1, -1, 1, 1)  # fmt: skip
+            x = acts[o["activation"]](x)
+        elif word == "maxpool":
+            size, stride = int(o["size"]), int(o["stride"])
+            padding = size - 1
+            out = (x.shape[2] + padding - size) // stride + 1
+            before = padding // 2
+            after = (out - 1) * stride + size - x.shape[2] - before
+            x = F.max_pool2d(F.pad(x, (before, after, before, after), value=float("-inf")),
+                             size, stride)  # fmt: skip
+        elif word == "batchnorm":
+            x = bn(x, v["scales"], v["mean"], v["var"], torch.zeros_like(v["scales"]))
+        elif word == "activation":
+            x = acts[o["activation"]](x)
+        elif word == "connected":
+            x = x.flatten(1) @ v["weights"].T
+            x = bn(x, v["scales"], v["mean"], v["var"], v["biases"]) if "scales" in v else \
+                x + v["biases"]  # fmt: skip
+            x = acts[o["activation"]](x)
+    return x.flatten(1)
+
+
+@pytest.mark.parametrize(("major", "minor"), [(0, 2), (0, 1), (0, 1001)],
+                         ids=["seen-uint64", "seen-int32", "transposed"])  # fmt: skip
+def test_weights_become_a_checkpoint_that_computes_darknets_outputs(major, minor, tmp_path,
+                                                                    capsys):  # fmt: skip
+    """A .weights file written here in Darknet's layout (load_weights_upto) imports as a
+    checkpoint whose net, run by netdsl's PyTorch twin, gives Darknet's scores."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from netdsl.torch_ref import build
+    from netdsl.train.checkpoint import load_checkpoint
+
+    cfg = tmp_path / "w.cfg"
+    cfg.write_text(WEIGHTS_CFG)
+    layers = sections(WEIGHTS_CFG)[1:]
+    dims = darknet_layers(WEIGHTS_CFG)
+    rng = np.random.default_rng(0)
+    chunks = [np.array([major, minor, 0], "<i4").tobytes(),
+              np.array([1234], "<u8" if minor == 2 else "<i4").tobytes()]  # fmt: skip
+    values = []
+    for i, (word, o, _) in enumerate(layers):
+        c, h, w = dims[i - 1]["shape"] if i else (3, 7, 7)
+        n = dims[i]["shape"][0]
+        v: dict = {}
+        if word in ("convolutional", "connected", "batchnorm"):
+            r = lambda *s: rng.standard_normal(s).astype("<f4")  # noqa: E731
+            if word == "convolutional":
+                size, g = int(o["size"]), int(o.get("groups", 1))
+                v["weights"] = r(n, c // g, size, size)
+            elif word == "connected":
+                v["weights"] = r(n, c * h * w)
+            if word != "batchnorm":
+                v["biases"] = r(n)
+            if word == "batchnorm" or int(o.get("batch_normalize", 0)):
+                v["scales"], v["mean"] = r(n), r(n)
+                v["var"] = (rng.random(n) + 0.5).astype("<f4")
+            order = {"convolutional": ["biases", "scales", "mean", "var", "weights"],
+                     "connected": ["biases", "weights", "scales", "mean", "var"],
+                     "batchnorm": ["scales", "mean", "var"]}[word]  # fmt: skip
+            for k in order:
+                if k in v:
+                    stored = v[k].T if k == "weights" and word == "connected" and minor > 1000 \
+                        else v[k]  # fmt: skip
+                    chunks.append(np.ascontiguousarray(stored).tobytes())
+        values.append({k: torch.from_numpy(a.astype(np.float64)) for k, a in v.items()})
+    wfile = tmp_path / "w.weights"
+    wfile.write_bytes(b"".join(chunks))
+    out = tmp_path / "w.net"
+    assert main(["import", str(cfg), "-o", str(out), "--weights", str(wfile)]) == 0
+    assert capsys.readouterr().err == f"wrote {out} and {tmp_path / 'w.npz'}\n"
+    arrays, meta = load_checkpoint(tmp_path / "w.npz")
+    assert meta["network"] == "w"
+    net = netdsl.load(out)
+    model = build(net).double().eval()
+    model.load_numpy({k.split(".", 1)[1]: v for k, v in arrays.items()})
+    x = torch.from_numpy(rng.standard_normal((2, 3, 7, 7)))
+    with torch.no_grad():
+        got = model(x)
+        want = _darknet_forward(torch, x, layers, values)
+    assert got.shape == (2, 3)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (got, want)
+
+
+def test_weights_that_do_not_fit_name_the_file(tmp_path, capsys):
+    import numpy as np
+
+    cfg = tmp_path / "w.cfg"
+    cfg.write_text(WEIGHTS_CFG)
+    wfile = tmp_path / "short.weights"
+    header = np.array([0, 2, 0], "<i4").tobytes() + b"\0" * 8  # version 0.2: a uint64 seen
+    wfile.write_bytes(header + b"\0" * 400)  # 100 values; the net needs more
+    out = tmp_path / "w.net"
+    assert main(["import", str(cfg), "-o", str(out), "--weights", str(wfile)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {wfile}: ends after 100 values; layer convolutional at line "
+                          "6 needs")  # fmt: skip
+    assert not out.exists() and not (tmp_path / "w.npz").exists()
+    assert main(["import", str(cfg), "--weights", str(wfile)]) == 2
+    assert "--weights needs -o OUT.net" in capsys.readouterr().err

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from ..errors import NetError
 from ..source import Source
-from . import ForeignLayer, ImportContext, ImportedNet, NetLine, import_one, net_name, number
+from . import (
+    ForeignLayer,
+    ImportContext,
+    ImportedNet,
+    NetLine,
+    import_one,
+    net_name,
+    number,
+    write_net,
+)
 from .cfgfile import Section, check_in_source, read_sections
 
 # Darknet's other spellings of a section word (string_to_layer_type in parser.c).
@@ -37,6 +46,11 @@ ACTIVATIONS = {"linear": None, "relu": "relu", "leaky": "leaky(0.1)", "logistic"
 
 def read(path: str, opts) -> ImportedNet:
     """The ImportedNet of a Darknet .cfg file (see the module docstring)."""
+    return _build(path, opts)[0]
+
+
+def _build(path: str, opts) -> tuple[ImportedNet, list[tuple[Section, list[NetLine]]]]:
+    """The ImportedNet, and each layer section with the .net lines it became."""
     src = Source.from_file(path)
     sections = read_sections(src, what="Darknet cfg file")
     if not sections:
@@ -61,6 +75,7 @@ def read(path: str, opts) -> ImportedNet:
     taken = {net.input_name}
     outputs: list[str] = []  # Darknet layer number -> the .net name holding its output
     origin = {}  # .net name -> the section it came from
+    produced: list[tuple[Section, list[NetLine]]] = []
     layers = sections[1:]
     for idx, sec in enumerate(layers):
         word = _word(sec)
@@ -96,6 +111,7 @@ def read(path: str, opts) -> ImportedNet:
         if word == "softmax" and all(_word(s) == "cost" for s in layers[idx + 1 :]):
             lines = _final_softmax(fl, inputs, name, ctx, layers[idx + 1 :])
             origin[name] = sec.loc
+            produced.append((sec, lines))
             net.lines += lines
             outputs.append(lines[-1].name)
             break
@@ -103,10 +119,11 @@ def read(path: str, opts) -> ImportedNet:
         for ln in lines:
             taken.add(ln.name)
             origin[ln.name] = sec.loc
+        produced.append((sec, lines))
         net.lines += lines
         outputs.append(lines[-1].name)
     check_in_source(net, origin)
-    return net
+    return net, produced
 
 
 def _word(sec: Section) -> str:
@@ -337,3 +354,88 @@ def softmax_checks(src: ForeignLayer, inputs: list[str] | None, ctx: ImportConte
             src.loc,
             hint="pool the map to 1x1 first ([avgpool]), as Darknet's classifiers do",
         )
+
+
+# ---------------------------------------------------------------------------- .weights
+
+
+def read_weights(cfg: str, weights: str, opts) -> tuple[ImportedNet, dict]:
+    """The imported net of `cfg` and the arrays of a Darknet `.weights` file for it, keyed
+    as netdsl's checkpoints key them (`param.conv0.weight`, `state.conv0_bn.running_mean`).
+
+    The layout is Darknet's (load_weights_upto in parser.c): a header of three int32
+    (major, minor, revision) and the images seen (a uint64 from version 0.2, else an
+    int32), then float32 values layer by layer in cfg order: a conv's biases, with
+    batch_normalize its scales, rolling means and rolling variances, then its weights
+    (filters, channels/groups, size, size: PyTorch's layout); a connected layer's biases,
+    weights (outputs, inputs; stored transposed when major or minor exceed 1000), then
+    the batch-norm values; a [batchnorm] layer's scales, means and variances. A file too
+    short is a DataError naming it; values left over are reported (Darknet ignores them).
+    """
+    import sys
+
+    import numpy as np
+
+    from .. import loads
+    from ..errors import DataError
+
+    net, produced = _build(cfg, opts)
+    shapes = {lyr.name: lyr for lyr in loads(write_net(net), name=f"<import of {cfg}>").layers}
+    try:
+        with open(weights, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"{weights}: cannot read it ({e.strerror})") from None
+    if len(data) < 16:
+        raise DataError(f"{weights}: {len(data)} bytes, too short for a Darknet weights header")
+    major, minor, _ = (int(v) for v in np.frombuffer(data, "<i4", 3))
+    big_seen = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+    head = 12 + (8 if big_seen else 4)
+    if (len(data) - head) % 4:
+        raise DataError(f"{weights}: {len(data) - head} bytes after the header, not whole "
+                        "float32 values")  # fmt: skip
+    values = np.frombuffer(data, "<f4", offset=head)
+    transpose = major > 1000 or minor > 1000
+    arrays: dict[str, np.ndarray] = {}
+    at = 0
+
+    def take(n: int, what: str) -> np.ndarray:
+        nonlocal at
+        if at + n > values.size:
+            raise DataError(f"{weights}: ends after {values.size:,} values; {what} needs "
+                            f"{n:,} from value {at:,} (is it the weights of {cfg}?)")  # fmt: skip
+        at += n
+        return values[at - n : at].astype(np.float32)
+
+    for sec, lines in produced:
+        word, main = _word(sec), lines[0]
+        if word not in ("convolutional", "connected", "batchnorm"):
+            continue
+        bn = lines[-1] if lines[-1].type == "bn" else None
+        out = shapes[bn.name if bn else main.name].out_shape[0]
+        what = f"layer {sec.header} at line {sec.loc.line}"
+        if word == "batchnorm":
+            arrays[f"param.{main.name}.weight"] = take(out, what)
+            arrays[f"param.{main.name}.bias"] = np.zeros(out, np.float32)  # never stored
+            arrays[f"state.{main.name}.running_mean"] = take(out, what)
+            arrays[f"state.{main.name}.running_var"] = take(out, what)
+            continue
+        biases = take(out, what)
+        wshape = shapes[main.name].params["weight"]
+        if word == "connected":
+            w = take(int(np.prod(wshape)), what)
+            w = w.reshape(wshape[::-1]).T if transpose else w.reshape(wshape)
+        if bn:
+            arrays[f"param.{bn.name}.bias"] = biases
+            arrays[f"param.{bn.name}.weight"] = take(out, what)
+            arrays[f"state.{bn.name}.running_mean"] = take(out, what)
+            arrays[f"state.{bn.name}.running_var"] = take(out, what)
+        else:
+            arrays[f"param.{main.name}.bias"] = biases
+        if word == "convolutional":
+            w = take(int(np.prod(wshape)), what).reshape(wshape)
+        arrays[f"param.{main.name}.weight"] = np.ascontiguousarray(w)
+    if at < values.size:
+        print(f"warning: {weights}: {values.size - at:,} values left after the last layer "
+              f"of {cfg} (Darknet ignores them too)", file=sys.stderr)  # fmt: skip
+    return net, arrays
