@@ -360,3 +360,14 @@ def test_neurons_fold_into_the_layer_they_read_or_stand_alone(tmp_path):
     assert [lyr.name for lyr in net.layers] == ["data", "conv1", "pool1", "pool1_neuron",
                                                 "act2", "fc", "cost"]  # fmt: skip
     assert net.train["optimizer"]["weight_decay"] == 0.004  # a tie: the first most common
+
+
+def test_a_layer_after_the_cost_is_refused_at_that_layer(tmp_path):
+    layers = tmp_path / "l.cfg"
+    layers.write_text(
+        HEAD + TAIL.format(last="conv1") + "\n[fc2]\ntype=fc\ninputs=fc\noutputs=10\n"
+    )
+    with pytest.raises(NetError) as e:
+        convert(str(layers), opts=ImportOptions((3, 8, 8)))
+    assert e.value.loc.line == layers.read_text().splitlines().index("[fc2]") + 1
+    assert e.value.message.startswith("layer 'fc2' comes after the loss (in the .net line `fc")

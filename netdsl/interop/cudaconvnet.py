@@ -115,7 +115,8 @@ def read(path: str, opts) -> ImportedNet:
                 raise NetError(f"layer '{sec.header}' reads the labels '{s}'; only a cost "
                                "layer can", sec.at("inputs"))  # fmt: skip
         if kind in COST_TYPES:
-            _cost(fl, sec, srcs, by_name, readers, ctx)
+            _cost(fl, sec, srcs, by_name, taken, ctx)
+            origin[net.lines[-1].name] = sec.loc
             continue
         if (
             kind == "softmax"
@@ -140,6 +141,7 @@ def read(path: str, opts) -> ImportedNet:
         ctx.names[sec.header] = lines[-1].name
         if kind != "neuron" and values.get("neuron", "").strip():
             _attach_neuron(fl, sec, lines[-1], taken, ctx)
+            origin.setdefault(net.lines[-1].name, sec.loc)
     if not net.lines or net.lines[-1].type != "loss":
         net.header.append("No cost layer: the net has no loss line.")
     check_in_source(net, origin)
@@ -422,7 +424,7 @@ def _fold_neuron(src: ForeignLayer, sec: Section, srcs: list[str],
 
 
 def _cost(src: ForeignLayer, sec: Section, srcs: list[str], by_name: dict[str, Section],
-          readers, ctx: CudaConvnetContext) -> None:  # fmt: skip
+          taken: set[str], ctx: CudaConvnetContext) -> None:  # fmt: skip
     """A logistic-regression cost on a softmax: netdsl's cross-entropy loss, which takes
     the softmax's input (its own softmax included)."""
     if any(ln.type == "loss" for ln in ctx.net.lines):
@@ -435,8 +437,8 @@ def _cost(src: ForeignLayer, sec: Section, srcs: list[str], by_name: dict[str, S
                        src.at("coeff"), hint="scale the learning rate instead")  # fmt: skip
     soft = ctx.names[srcs[0]]
     last = ctx.net.lines[-1].name if ctx.net.lines else ctx.net.input_name
-    lines = import_one("cudaconvnet", src, None if soft == last else [soft],
-                       net_name(sec.header, {ln.name for ln in ctx.net.lines}), ctx)  # fmt: skip
+    name = net_name(sec.header, taken)
+    lines = import_one("cudaconvnet", src, None if soft == last else [soft], name, ctx)
     ctx.net.lines += lines
 
 
