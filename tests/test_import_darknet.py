@@ -241,7 +241,9 @@ BAD = [
     ("[avgpool]\n[cost]\ntype=smooth\n", "smooth", "cost type 'smooth'"),
     ("[maxpool]\nsize=2\nstride=1\n", "[maxpool]", "Darknet's maxpool 2x2/1 gives 8x8"),
     ("[region]\nclasses=20\n", "[region]", "layer type 'region' is not supported"),
-    ("[convolutional]\nfilters=8\nfilters=9\n", "filters", "option 'filters' is given twice"),
+    ("[convolutional]\nfilters=4\nsize=1\n[maxpool]\nsize=2\nstride=2\n[maxpool]\nsize=2\n"
+     "stride=2\n[maxpool]\nsize=2\nstride=2\n[maxpool]\nsize=2\nstride=2\n", "[maxpool]",
+     "Darknet's maxpool 2x2/2 with padding 1 reaches past this 1x1 input"),
     ("[net]\n", "[net]", "a second [net] section"),
     ("[convolutional]\nfilters=4\nsize=11\n", "[convolutional]",
      "conv0: kernel 11 is larger than its padded input height 8 (in the .net line `conv"),
@@ -311,6 +313,20 @@ def test_train_settings_that_count_updates_are_comments(tmp_path):
     assert "policy=steps (steps=400000,450000, scales=.1,.1) counts updates" in text
     assert "subdivisions=8 only splits each batch of 64" in text
     assert net.layers[-1].type == "loss" and net.layers[-1].attrs["kind"] == "mse"
+
+
+def test_a_repeated_option_takes_its_first_value_as_in_darknet(tmp_path):
+    """yolo9000.cfg writes batch=1 twice in [net]; Darknet's option_find takes the first."""
+    cfg = tmp_path / "rep.cfg"
+    cfg.write_text("[net]\nbatch=1\nheight=4\nwidth=4\nchannels=1\nbatch=64\n\n"
+                   "[convolutional]\nfilters=2\nfilters=3\nsize=1\n")  # fmt: skip
+    text = convert(str(cfg))
+    net = netdsl.loads(text)
+    assert net.train["batch"] == 1 and net.layers[1].out_shape[0] == 2
+    assert "# batch=64 at line 6 repeats an option of [net]: Darknet uses the first, batch=1" \
+        in text.splitlines()  # fmt: skip
+    assert "# filters=3 at line 10 repeats an option of [convolutional]: Darknet uses the " \
+           "first, filters=2" in text.splitlines()  # fmt: skip
 
 
 def test_standalone_batchnorm_and_activation_sections(tmp_path):

@@ -25,16 +25,20 @@ class Section:
     values: dict[str, str] = field(default_factory=dict)  # key (as folded) -> raw value
     key_locs: dict[str, Location] = field(default_factory=dict)  # where each key is written
     value_locs: dict[str, Location] = field(default_factory=dict)  # where each value is
+    repeats: list[tuple[str, str, Location]] = field(default_factory=list)  # ignored repeats
 
     def at(self, key: str) -> Location:
         """Where option `key`'s value is written (the header when it is not written)."""
         return self.value_locs.get(key, self.loc)
 
 
-def read_sections(src: Source, fold_case: bool = False, what: str = "file") -> list[Section]:
-    """The sections of a cfg file. `fold_case` lower-cases keys (ConfigParser does); a
-    key written twice in one section, a line that is neither, or an option before the
-    first header is a NetError at that line."""
+def read_sections(src: Source, fold_case: bool = False, what: str = "file",
+                  repeats: str = "error") -> list[Section]:  # fmt: skip
+    """The sections of a cfg file. `fold_case` lower-cases keys (ConfigParser does). A key
+    written twice in one section is, by `repeats`, an error, or the first value counts
+    (Darknet's option_find) or the last (ConfigParser); the ignored ones are kept in
+    Section.repeats. A line that is neither, or an option before the first header, is a
+    NetError at that line."""
     sections: list[Section] = []
     for i, raw in enumerate(src.lines, start=1):
         line = raw.rstrip("\r")
@@ -61,9 +65,14 @@ def read_sections(src: Source, fold_case: bool = False, what: str = "file") -> l
         folded = key.lower() if fold_case else key
         sec = sections[-1]
         if folded in sec.values:
-            raise NetError(f"option '{key}' is given twice in [{sec.header}]",
-                           src.loc(i, col, len(key)),
-                           notes=(("first given here", sec.key_locs[folded]),))  # fmt: skip
+            if repeats == "error":
+                raise NetError(f"option '{key}' is given twice in [{sec.header}]",
+                               src.loc(i, col, len(key)),
+                               notes=(("first given here", sec.key_locs[folded]),))  # fmt: skip
+            if repeats == "first":
+                sec.repeats.append((key, value.strip(), src.loc(i, col, len(key))))
+                continue
+            sec.repeats.append((key, sec.values[folded], sec.key_locs[folded]))
         sec.values[folded] = value.strip()
         sec.key_locs[folded] = src.loc(i, col, len(key))
         sec.value_locs[folded] = src.loc(i, value_col, max(1, len(value.strip())))
@@ -113,10 +122,16 @@ def check_in_source(net, origin: dict[str, Location]) -> None:
     try:
         loads(write_net(net), name="<imported>")
     except NetError as e:
-        text = e.loc.source_line if e.loc else ""
-        words = text.replace("(", " ").replace(":", " ").split()
-        name = words[1] if len(words) > 1 else ""
-        if name not in origin:
-            raise
-        raise NetError(f"{e.message} (in the .net line `{text.strip()}`)", origin[name],
-                       hint=e.hint) from None  # fmt: skip
+        raise relocated(e, origin) from None
+
+
+def relocated(e: NetError, origin: dict[str, Location]) -> NetError:
+    """A NetError netdsl's checker raised on an imported .net line, moved to the source
+    section the line came from (unchanged when its line came from no section)."""
+    text = e.loc.source_line if e.loc else ""
+    words = text.replace("(", " ").replace(":", " ").split()
+    name = words[1] if len(words) > 1 else ""
+    if name not in origin or not e.loc or not e.loc.file.startswith("<"):
+        return e
+    return NetError(f"{e.message} (in the .net line `{text.strip()}`)", origin[name],
+                    hint=e.hint)  # fmt: skip

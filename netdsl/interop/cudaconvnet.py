@@ -56,7 +56,7 @@ class CudaConvnetContext(ImportContext):
 
 def read(path: str, opts) -> ImportedNet:
     """The ImportedNet of a cuda-convnet layer file (see the module docstring)."""
-    sections = read_sections(Source.from_file(path), fold_case=True,
+    sections = read_sections(Source.from_file(path), fold_case=True, repeats="last",
                              what="cuda-convnet layer file")  # fmt: skip
     if not sections:
         raise NetError(f"{path}: no layers")
@@ -94,6 +94,11 @@ def read(path: str, opts) -> ImportedNet:
     net.header.append(f"The input size is --input {c}x{h}x{w} (cuda-convnet's data provider).")
     if opts.params:
         net.header.append(f"Learning rates, momenta, decay and norm scales from {opts.params}.")
+    for sec in [*sections, *params.values()]:
+        for key, value, loc in sec.repeats:
+            net.header.append(f"{key}={value} at {loc.file}:{loc.line} is given again in "
+                              f"[{sec.header}]: cuda-convnet (ConfigParser) uses the last, "
+                              f"{sec.values[key.lower()]}")  # fmt: skip
     ctx = CudaConvnetContext("cudaconvnet", net, notes=net.train_comments)
     ctx.names[images[0].header] = net.input_name
     labels = {s.header for s in data if s is not images[0]}
@@ -179,7 +184,7 @@ def _readers(sections: list[Section]) -> dict[str, list[str]]:
 def _merge_params(path: str, by_name: dict[str, Section]) -> dict[str, Section]:
     """The layer-params file's sections by layer name; one naming no layer is an error."""
     out = {}
-    for sec in read_sections(Source.from_file(path), fold_case=True,
+    for sec in read_sections(Source.from_file(path), fold_case=True, repeats="last",
                              what="cuda-convnet layer-params file"):  # fmt: skip
         if sec.header not in by_name:
             raise NetError(f"the layer-params file sets layer '{sec.header}', which the layer "

@@ -29,7 +29,7 @@ from . import (
     number,
     write_net,
 )
-from .cfgfile import Section, check_in_source, read_sections
+from .cfgfile import Section, check_in_source, read_sections, relocated
 
 # Darknet's other spellings of a section word (string_to_layer_type in parser.c).
 ALIASES = {"conv": "convolutional", "conn": "connected", "max": "maxpool", "avg": "avgpool",
@@ -52,7 +52,7 @@ def read(path: str, opts) -> ImportedNet:
 def _build(path: str, opts) -> tuple[ImportedNet, list[tuple[Section, list[NetLine]]]]:
     """The ImportedNet, and each layer section with the .net lines it became."""
     src = Source.from_file(path)
-    sections = read_sections(src, what="Darknet cfg file")
+    sections = read_sections(src, what="Darknet cfg file", repeats="first")
     if not sections:
         raise NetError(f"{path}: no sections; a Darknet cfg starts with [net]")
     first = sections[0]
@@ -71,6 +71,11 @@ def _build(path: str, opts) -> tuple[ImportedNet, list[tuple[Section, list[NetLi
     if opts.input_shape is not None:
         net.header.append(f"The input size is --input {'x'.join(map(str, opts.input_shape))}.")
     _train(first, net)
+    for sec in sections:
+        for key, value, loc in sec.repeats:
+            net.header.append(f"{key}={value} at line {loc.line} repeats an option of "
+                              f"[{sec.header}]: Darknet uses the first, {key}="
+                              f"{sec.values[key]}")  # fmt: skip
     ctx = ImportContext("darknet", net)
     taken = {net.input_name}
     outputs: list[str] = []  # Darknet layer number -> the .net name holding its output
@@ -78,52 +83,64 @@ def _build(path: str, opts) -> tuple[ImportedNet, list[tuple[Section, list[NetLi
     produced: list[tuple[Section, list[NetLine]]] = []
     layers = sections[1:]
     for idx, sec in enumerate(layers):
-        word = _word(sec)
-        if word == "net":
-            raise NetError("a second [net] section; only the first section is [net]", sec.loc)
-        fl = ForeignLayer(word, str(idx), sec.values, sec.loc, sec.value_locs)
-        current = outputs[-1] if outputs else net.input_name
-        last_line = net.lines[-1].name if net.lines else net.input_name
-        if word == "route":
-            refs = _refs(sec, "layers", idx, outputs)
-            if len(refs) == 1:  # reading one earlier layer again: no layer of its own
-                outputs.append(refs[0])
-                continue
-            _same_size(sec, "layers", refs, ctx)
-            inputs = refs
-        elif word == "shortcut":
-            (ref,) = _refs(sec, "from", idx, outputs, single=True)
-            a, b = ctx.shape(current), ctx.shape(ref)
-            if a != b:
-                raise NetError(
-                    f"shortcut {idx} adds layer {ref} ({_fmt(b)}) to the layer before "
-                    f"({_fmt(a)}); netdsl's add needs equal shapes",
-                    sec.at("from"),
-                    hint="Darknet samples or pads a mismatched shortcut; netdsl does not",
-                )
-            inputs = [current, ref]
-        else:
-            inputs = None if current == last_line else [current]
-        if word == "cost" and idx + 1 < len(layers):
-            raise NetError("a [cost] before other layers; netdsl's loss is the last layer",
-                           sec.loc)  # fmt: skip
-        name = net_name(f"{_SHORT.get(word, word)}{idx}", taken)
-        if word == "softmax" and all(_word(s) == "cost" for s in layers[idx + 1 :]):
-            lines = _final_softmax(fl, inputs, name, ctx, layers[idx + 1 :])
-            origin[name] = sec.loc
-            produced.append((sec, lines))
-            net.lines += lines
-            outputs.append(lines[-1].name)
-            break
-        lines = import_one("darknet", fl, inputs, name, ctx)
-        for ln in lines:
-            taken.add(ln.name)
-            origin[ln.name] = sec.loc
+        try:
+            if _section(idx, sec, layers, net, ctx, taken, outputs, origin, produced):
+                break
+        except NetError as e:  # a shape query found an earlier line netdsl rejects
+            raise relocated(e, origin) from None
+    check_in_source(net, origin)
+    return net, produced
+
+
+def _section(idx: int, sec: Section, layers: list[Section], net: ImportedNet,
+             ctx: ImportContext, taken: set[str], outputs: list[str],
+             origin: dict, produced: list) -> bool:  # fmt: skip
+    """Import layer section `idx`; True when it ends the net (a final softmax)."""
+    word = _word(sec)
+    if word == "net":
+        raise NetError("a second [net] section; only the first section is [net]", sec.loc)
+    fl = ForeignLayer(word, str(idx), sec.values, sec.loc, sec.value_locs)
+    current = outputs[-1] if outputs else net.input_name
+    last_line = net.lines[-1].name if net.lines else net.input_name
+    if word == "route":
+        refs = _refs(sec, "layers", idx, outputs)
+        if len(refs) == 1:  # reading one earlier layer again: no layer of its own
+            outputs.append(refs[0])
+            return False
+        _same_size(sec, "layers", refs, ctx)
+        inputs = refs
+    elif word == "shortcut":
+        (ref,) = _refs(sec, "from", idx, outputs, single=True)
+        a, b = ctx.shape(current), ctx.shape(ref)
+        if a != b:
+            raise NetError(
+                f"shortcut {idx} adds layer {ref} ({_fmt(b)}) to the layer before "
+                f"({_fmt(a)}); netdsl's add needs equal shapes",
+                sec.at("from"),
+                hint="Darknet samples or pads a mismatched shortcut; netdsl does not",
+            )
+        inputs = [current, ref]
+    else:
+        inputs = None if current == last_line else [current]
+    if word == "cost" and idx + 1 < len(layers):
+        raise NetError("a [cost] before other layers; netdsl's loss is the last layer",
+                       sec.loc)  # fmt: skip
+    name = net_name(f"{_SHORT.get(word, word)}{idx}", taken)
+    if word == "softmax" and all(_word(s) == "cost" for s in layers[idx + 1 :]):
+        lines = _final_softmax(fl, inputs, name, ctx, layers[idx + 1 :])
+        origin[name] = sec.loc
         produced.append((sec, lines))
         net.lines += lines
         outputs.append(lines[-1].name)
-    check_in_source(net, origin)
-    return net, produced
+        return True
+    lines = import_one("darknet", fl, inputs, name, ctx)
+    for ln in lines:
+        taken.add(ln.name)
+        origin[ln.name] = sec.loc
+    produced.append((sec, lines))
+    net.lines += lines
+    outputs.append(lines[-1].name)
+    return False
 
 
 def _word(sec: Section) -> str:

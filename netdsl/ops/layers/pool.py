@@ -97,11 +97,13 @@ class Pool(LayerType):
         # rounding give Darknet's windows exactly when they give its count.
         p = padding // 2
         want = [(n + padding - size) // stride + 1 for n in (h, w)]
-        if min(want) < 1 or p >= size:
+        if min(want) < 1 or p >= size or size > min(h, w) + 2 * p:
             raise NetError(
-                f"maxpool {size}x{size}/{stride} with padding {padding} on a {h}x{w} input "
-                "gives no output netdsl can express",
+                f"Darknet's maxpool {size}x{size}/{stride} with padding {padding} reaches past "
+                f"this {h}x{w} input; netdsl's pool window must fit in the input padded by "
+                f"{p} on each side",
                 src.loc,
+                hint="netdsl cannot import this maxpool exactly",
             )
         floor = [(n + 2 * p - size) // stride + 1 for n in (h, w)]
         ceil = [-(-(n + 2 * p - size) // stride) + 1 for n in (h, w)]
