@@ -252,6 +252,7 @@ BAD = [
     ("[convolutional]\nfilters=4\nsize=1\n[cost]\n", "[cost]", "this cost reads a 4x8x8 map"),
     ("[cost]\n[avgpool]\n", "[cost]", "a [cost] before other layers"),
     ("filters\n", "filters", "expected `key=value` or a `[section]`"),
+    ("=5\n", "=5", "an option without a name"),
 ]  # fmt: skip
 
 
@@ -285,6 +286,15 @@ def test_the_input_size_comes_from_net_or_from_the_command_line(tmp_path):
     assert "input data: 1x28x28" in text
     assert "fc    fc0: 10" in text
     assert "# The input size is --input 1x28x28." in text
+
+
+def test_an_input_size_beyond_netdsls_is_refused_at_its_value(tmp_path):
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text("[net]\nheight=99999999999999999999\nwidth=4\nchannels=3\n")
+    with pytest.raises(NetError) as e:
+        convert(str(cfg))
+    assert (e.value.loc.line, e.value.loc.col) == (2, 8)
+    assert e.value.message.startswith("height=99999999999999999999 is larger than netdsl's")
 
 
 def test_a_cfg_starts_with_net(tmp_path):

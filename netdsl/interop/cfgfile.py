@@ -60,6 +60,8 @@ def read_sections(src: Source, fold_case: bool = False, what: str = "file",
             raise NetError("an option before the first `[section]`", src.loc(i, col, len(text)))
         key, value = text.split("=", 1)
         key = key.strip()
+        if not key:
+            raise NetError("an option without a name before its `=`", src.loc(i, col, len(text)))
         value_col = line.index("=", col - 1) + 2
         value_col += len(line[value_col - 1 :]) - len(line[value_col - 1 :].lstrip())
         folded = key.lower() if fold_case else key

@@ -162,6 +162,10 @@ def _input_shape(sec: Section, opts) -> tuple[int, int, int]:
     if opts.input_shape is not None:
         return opts.input_shape
     dims = [int_opt(sec, k, 0, lo=0) for k in ("channels", "height", "width")]
+    for k, v in zip(("channels", "height", "width"), dims):
+        if v > 999_999:  # what --input accepts
+            raise NetError(f"{k}={v} is larger than netdsl's input sizes (at most 999999)",
+                           sec.at(k))  # fmt: skip
     if min(dims) < 1:
         raise NetError(
             "the [net] section does not state the input size (channels, height, width)",
