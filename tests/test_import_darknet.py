@@ -562,3 +562,65 @@ def test_weights_that_do_not_fit_name_the_file(tmp_path, capsys):
     assert not out.exists() and not (tmp_path / "w.npz").exists()
     assert main(["import", str(cfg), "--weights", str(wfile)]) == 2
     assert "--weights needs -o OUT.net" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- maxpool, numerically
+
+
+def _darknet_maxpool(x, size: int, stride: int, padding: int):
+    """forward_maxpool_layer (maxpool_layer.c), loop for loop: windows start padding/2
+    before the image, pixels outside it are skipped."""
+    import numpy as np
+
+    n, c, h, w = x.shape
+    oh, ow = (h + padding - size) // stride + 1, (w + padding - size) // stride + 1
+    off = -(padding // 2)
+    y = np.full((n, c, oh, ow), -np.inf)
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(size):
+                for b in range(size):
+                    r, s = off + i * stride + a, off + j * stride + b
+                    if 0 <= r < h and 0 <= s < w:
+                        y[:, :, i, j] = np.maximum(y[:, :, i, j], x[:, :, r, s])
+    return y
+
+
+@pytest.mark.parametrize("h", [5, 6, 7, 13])
+@pytest.mark.parametrize(("size", "stride", "padding"),
+                         [(2, 2, None), (3, 2, None), (2, 1, None), (3, 1, None), (3, 3, None),
+                          (3, 2, 0), (5, 2, 2), (4, 2, 1), (3, 2, 3)])  # fmt: skip
+def test_an_imported_maxpool_computes_darknets_maxpool(h, size, stride, padding, tmp_path):
+    """Every maxpool the importer accepts gives, through netdsl's PyTorch twin, the values
+    of Darknet's own loop; one it refuses has no floor or ceil pool with the same windows
+    (pad padding/2) and Darknet's size."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from netdsl.torch_ref import build
+
+    pad_line = "" if padding is None else f"padding={padding}\n"
+    cfg = tmp_path / "p.cfg"
+    cfg.write_text(f"[net]\nheight={h}\nwidth={h + 1}\nchannels=2\n\n"
+                   f"[maxpool]\nsize={size}\nstride={stride}\n{pad_line}")  # fmt: skip
+    pad = size - 1 if padding is None else padding
+    x = np.random.default_rng(h * 100 + size * 10 + stride).standard_normal((1, 2, h, h + 1))
+    want = _darknet_maxpool(x, size, stride, pad)
+    try:
+        net = netdsl.loads(convert(str(cfg)))
+    except NetError as e:
+        assert e.message.startswith("Darknet's maxpool")
+        p = pad // 2
+        for rounding in ("floor", "ceil"):
+            text = f"input i: 2x{h}x{h + 1}\npool p: max {size}x{size}, stride {stride}, " \
+                   f"pad {p}, {rounding}\n"  # fmt: skip
+            try:
+                got = netdsl.loads(text).layers[-1].out_shape[1:]
+            except NetError:
+                continue  # netdsl cannot even make this window
+            assert tuple(got) != want.shape[2:], (rounding, got)
+        return
+    model = build(net).double().eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy().reshape(want.shape)
+    np.testing.assert_array_equal(got, want)
