@@ -371,3 +371,54 @@ def test_a_layer_after_the_cost_is_refused_at_that_layer(tmp_path):
         convert(str(layers), opts=ImportOptions((3, 8, 8)))
     assert e.value.loc.line == layers.read_text().splitlines().index("[fc2]") + 1
     assert e.value.message.startswith("layer 'fc2' comes after the loss (in the .net line `fc")
+
+
+def _convnet_pool(x, mode: str, size: int, start: int, stride: int, outputs: int):
+    """cuda-convnet2's kLocalPool, loop for loop: windows at start + i*stride clipped to
+    the image; max, or the sum over the pixels inside divided by their number."""
+    import numpy as np
+
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, outputs, outputs))
+    for i in range(outputs):
+        for j in range(outputs):
+            r0, s0 = start + i * stride, start + j * stride
+            win = x[:, :, max(0, r0) : min(h, r0 + size), max(0, s0) : min(w, s0 + size)]
+            y[:, :, i, j] = win.max(axis=(2, 3)) if mode == "max" else win.mean(axis=(2, 3))
+    return y
+
+
+@pytest.mark.parametrize("img", [7, 8, 12])
+@pytest.mark.parametrize(("mode", "size", "start", "stride"),
+                         [("max", 3, 0, 2), ("avg", 3, 0, 2), ("max", 2, 0, 2), ("avg", 3, -1, 2),
+                          ("max", 3, -1, 1), ("avg", 4, -1, 3), ("max", 5, -2, 2)])  # fmt: skip
+def test_an_imported_pool_computes_cuda_convnets_pool(img, mode, size, start, stride, tmp_path):
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from netdsl.torch_ref import build
+
+    layers = tmp_path / "l.cfg"
+    layers.write_text("[data]\ntype=data\ndataIdx=0\n\n"
+                      f"[p]\ntype=pool\npool={mode}\ninputs=data\nsizeX={size}\nstart={start}\n"
+                      f"stride={stride}\noutputsX=0\nchannels=2\n")  # fmt: skip
+    outputs = ceil((img - start - size) / stride) + 1  # layer.py's outputsX=0
+    x = np.random.default_rng(img + size).standard_normal((1, 2, img, img))
+    want = _convnet_pool(x, mode, size, start, stride, outputs)
+    try:
+        net = netdsl.loads(convert(str(layers), opts=ImportOptions((2, img, img))))
+    except NetError as e:
+        assert e.message.startswith("cuda-convnet's pool gives"), e.message
+        for rounding in ("floor", "ceil"):
+            text = (f"input i: 2x{img}x{img}\npool q: {mode} {size}x{size}, stride {stride}, "
+                    f"pad {-start}, {rounding}\n")  # fmt: skip
+            try:
+                got = netdsl.loads(text).layers[-1].out_shape[1:]
+            except NetError:
+                continue
+            assert tuple(got) != want.shape[2:], (rounding, got)
+        return
+    model = build(net).double().eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy().reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
