@@ -58,6 +58,18 @@ FOREIGN: dict[str, tuple[str, str | None, str]] = {
         "Darknet's [net] section is netdsl's input layer "
         "(input image: 3x416x416) and its train { } section",
     ),
+    # cuda-convnet
+    "rnorm": (
+        "cuda-convnet",
+        None,
+        "netdsl's lrn normalises across maps (cmrnorm), not within one",
+    ),
+    "cnorm": ("cuda-convnet", None, "netdsl has no contrast normalisation"),
+    "cmrnorm": (
+        "cuda-convnet",
+        "lrn",
+        "lrn n1: size 5, alpha SCALE/5 (cuda-convnet divides scale by size)",
+    ),
     # Keras
     "Conv2D": ("Keras", "conv", "conv c1: 32 filters 3x3, pad same, relu"),
     "Dense": ("Keras", "fc", "fc f1: 128, relu"),

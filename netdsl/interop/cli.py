@@ -121,6 +121,9 @@ def add_command(sub: Any) -> None:
     p.add_argument("--params", type=path_arg, metavar="PARAMS",
                    help="cuda-convnet's layer-params file (learning rates, decay)")  # fmt: skip
     p.add_argument("--name", help="the network's name (default: from the source)")
+    p.add_argument("--weights", type=path_arg, metavar="W.weights",
+                   help="Darknet only: also convert these weights into a netdsl checkpoint, "
+                        "OUT.npz beside OUT.net (needs -o)")  # fmt: skip
     p.set_defaults(func=cmd_import)
 
 
@@ -128,10 +131,36 @@ def cmd_import(args) -> int:
     from ..cli import write_text_file
 
     opts = ImportOptions(args.input_shape, args.solver, args.params, args.name)
+    if getattr(args, "weights", None):  # Darknet .weights: the checkpoint beside the .net
+        return _import_with_weights(args, opts)
     text = convert(args.source, args.format, opts)
     if args.output:
         write_text_file(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _import_with_weights(args, opts: ImportOptions) -> int:
+    """`--weights`: the .net file and, beside it, its Darknet weights as a checkpoint that
+    `netdsl eval`/`predict` read (both made before either is written)."""
+    from ..cli import write_text_file
+    from ..source import Source
+    from ..train.checkpoint import save_checkpoint
+    from .darknet import read_weights
+
+    fmt = args.format or detect_format(args.source, Source.from_file(args.source).text)
+    if fmt != "darknet":
+        raise NetError(f"--weights reads Darknet .weights files; {args.source} is not a "
+                       "Darknet cfg")  # fmt: skip
+    if not args.output:
+        raise NetError("--weights needs -o OUT.net (the weights are written as OUT.npz)")
+    text = convert(args.source, "darknet", opts)
+    net, arrays = read_weights(args.source, args.weights, opts)
+    ckpt = str(Path(args.output).with_suffix(".npz"))
+    write_text_file(args.output, text)
+    save_checkpoint(ckpt, arrays, {"network": net.name, "epoch": 0,
+                                   "imported_from": str(args.weights)})  # fmt: skip
+    print(f"wrote {args.output} and {ckpt}", file=sys.stderr)
     return 0

@@ -75,6 +75,22 @@ class Act(LayerType):
     def type_text(self, layer):
         return self.name
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("activation",)
+    cudaconvnet_types = ("neuron",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.darknet import activation
+
+        return [NetLine("act", name, [activation(src, default="linear") or "linear"], inputs)]
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.cudaconvnet import activation
+
+        return [NetLine("act", name, [activation(src) or "linear"], inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         return xs[0]
 

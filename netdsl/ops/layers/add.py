@@ -39,6 +39,33 @@ class Add(LayerType):
                     "add needs equal shapes; project the shortcut with a 1x1 conv")  # fmt: skip
         return first
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("shortcut",)
+    cudaconvnet_types = ("eltsum",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.darknet import activation, refuse
+
+        refuse(src, {"alpha": 1, "beta": 1})
+        act = activation(src, default="linear")
+        return [NetLine("add", name, [act] if act else [], inputs)]  # (layer before, from)
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine
+
+        coeffs = [c.strip() for c in src.params.get("coeffs", "").split(",") if c.strip()]
+        for c in coeffs:
+            try:
+                one = float(c) == 1
+            except ValueError:
+                one = False
+            if not one:
+                raise NetError(f"coeffs: netdsl's add sums its inputs with coefficient 1, "
+                               f"not {c}", src.at("coeffs"))  # fmt: skip
+        return [NetLine("add", name, [], inputs)]  # neuron=: added by the importer
+
     def ref_forward(self, layer, xs, p, ctx):
         return sum(xs[1:], xs[0].copy())
 

@@ -71,6 +71,15 @@ class Bn(LayerType):
     def state_init(self, sname):
         return 1.0 if sname == "running_var" else 0.0
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("batchnorm",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+
+        # Darknet's running statistics move by 0.01 of each batch's
+        return [NetLine("bn", name, ["momentum 0.01"], inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import batchnorm
 

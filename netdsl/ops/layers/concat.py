@@ -36,6 +36,20 @@ class Concat(LayerType):
                     "concat joins channels; heights and widths must match")  # fmt: skip
         return (sum(s[0] for s in layer.in_shapes), h, w)
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("route",)
+    cudaconvnet_types = ("concat",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+
+        return [NetLine("concat", name, [], inputs)]  # the route's layers, resolved
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+
+        return [NetLine("concat", name, [], inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import concat
 

@@ -170,6 +170,45 @@ class Conv(LayerType):
         fan_in = (sum(len(r) for r in table) / len(table) if table else cg) * kh * kw
         return fan_in, o * kh * kw / max(1, layer.attrs["groups"])
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("convolutional",)
+    cudaconvnet_types = ("conv",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.darknet import activation, int_opt, lr_options, refuse
+
+        refuse(src, {"binary": 0, "xnor": 0, "flipped": 0, "dot": 0})
+        n, size = int_opt(src, "filters", 1, lo=1), int_opt(src, "size", 1, lo=1)
+        stride, groups = int_opt(src, "stride", 1, lo=1), int_opt(src, "groups", 1, lo=1)
+        pad = size // 2 if int_opt(src, "pad", 0) else int_opt(src, "padding", 0, lo=0)
+        opts = [f"{n} filters {size}x{size}"]
+        opts += [f"stride {stride}"] if stride != 1 else []
+        opts += [f"pad {pad}"] if pad else []
+        opts += [f"groups {groups}"] if groups != 1 else []
+        act = activation(src)
+        if int_opt(src, "batch_normalize", 0):
+            # Darknet's batch norm: the conv's biases are beta, its scales gamma; running
+            # statistics move by 0.01 of each batch's
+            conv = NetLine("conv", name, [*opts, "bias off", *lr_options(src, bias=False)],
+                           inputs)  # fmt: skip
+            bn = NetLine("bn", f"{name}_bn", ["momentum 0.01", *([act] if act else []),
+                                              *lr_options(src, bias=False)])  # fmt: skip
+            return [conv, bn]
+        return [NetLine("conv", name, [*opts, *([act] if act else []), *lr_options(src)],
+                        inputs)]  # fmt: skip
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine
+        from ...interop.cudaconvnet import int_opt, learn_options, window_options
+
+        if not int_opt(src, "sharedBiases", 1):
+            raise NetError("sharedBiases=0 (a bias per filter and position) has no netdsl "
+                           "equivalent in conv", src.at("sharedbiases"))  # fmt: skip
+        opts = [*window_options(src, inputs, ctx), *learn_options(src, ctx)]
+        return [NetLine("conv", name, opts, inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import conv
 

@@ -29,6 +29,34 @@ class Dropout(LayerType):
 
         return ctx.masks.get(layer.name, np.ones(x.shape, np.uint8))
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("dropout",)
+    cudaconvnet_types = ("dropout", "dropout2")
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine, number
+        from ...interop.darknet import float_opt
+
+        p = float_opt(src, "probability", 0.5)
+        if not 0 <= p < 1:
+            raise NetError("probability must be at least 0 and below 1", src.at("probability"))
+        # Darknet's dropout scales the kept units by 1/(1-p) in training, as netdsl's does
+        return [NetLine("dropout", name, [number(p)], inputs)]
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine, number
+        from ...interop.cudaconvnet import float_opt
+
+        keep = float_opt(src, "keep", 0.5)
+        if not 0 < keep <= 1:
+            raise NetError("keep must be above 0 and at most 1", src.at("keep"))
+        comment = ""
+        if src.kind == "dropout2":
+            comment = "dropout2 scales by keep at test time instead: the same net up to that factor"
+        return [NetLine("dropout", name, [number(1 - keep)], inputs, comment)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import dropout
 

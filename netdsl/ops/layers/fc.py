@@ -66,6 +66,31 @@ class Fc(LayerType):
     def fans(self, layer, weight):
         return weight[1], weight[0]
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("connected",)
+    cudaconvnet_types = ("fc",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.darknet import activation, int_opt, lr_options
+
+        n, act = int_opt(src, "output", 1, lo=1), activation(src)
+        if int_opt(src, "batch_normalize", 0):
+            fc = NetLine("fc", name, [str(n), "bias off", *lr_options(src, bias=False)], inputs)
+            bn = NetLine("bn", f"{name}_bn", ["momentum 0.01", *([act] if act else []),
+                                              *lr_options(src, bias=False)])  # fmt: skip
+            return [fc, bn]
+        return [NetLine("fc", name, [str(n), *([act] if act else []), *lr_options(src)],
+                        inputs)]  # fmt: skip
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.cudaconvnet import int_opt, learn_options, one_input
+
+        one_input(src)
+        opts = [str(int_opt(src, "outputs", None, lo=1)), *learn_options(src, ctx)]
+        return [NetLine("fc", name, opts, inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import fc
 

@@ -57,6 +57,38 @@ class Loss(LayerType):
     def kernel_text(self, layer):
         return layer.attrs["kind"]
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("cost",)
+    cudaconvnet_types = ("cost.logreg", "cost.crossent")
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine
+        from ...interop.darknet import refuse, softmax_checks
+
+        if src.kind == "softmax":  # the last layer: Darknet's softmax trains as cross-entropy
+            refuse(src, {"groups": 1, "temperature": 1, "spatial": 0})
+            softmax_checks(src, inputs, ctx)
+            why = "Darknet's [softmax]: softmax and cross-entropy in training"
+            return [NetLine("loss", name, ["cross_entropy"], inputs, why)]
+        refuse(src, {"scale": 1})
+        softmax_checks(src, inputs, ctx)
+        kind = src.params.get("type", "sse")
+        if kind != "sse":
+            raise NetError(
+                f"cost type '{kind}' has no netdsl equivalent",
+                src.at("type"),
+                hint="netdsl's losses: cross_entropy and mse (Darknet's sse)",
+            )
+        why = "Darknet's sse; its gradient is that of half the squared error, as here"
+        return [NetLine("loss", name, ["mse"], inputs, why)]
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+
+        return [NetLine("loss", name, ["cross_entropy"], inputs,
+                        "the softmax it reads is part of netdsl's cross-entropy loss")]  # fmt: skip
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import loss
 

@@ -55,6 +55,34 @@ class Lrn(LayerType):
     def kernel_text(self, layer):
         return f"n{layer.attrs['size']} k{layer.attrs['k']:g}"
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    cudaconvnet_types = ("cmrnorm",)
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine, number
+        from ...interop.cudaconvnet import check_channels, float_opt, input_shape, int_opt
+
+        check_channels(src, input_shape(ctx, inputs)[0])
+        size = int_opt(src, "size", None, lo=1)
+        if size % 2 == 0:  # cuda-convnet's window is then c-size/2 .. c+size/2-1
+            raise NetError(f"size={size}: an even window is lopsided in cuda-convnet; "
+                           "netdsl's lrn window is centred (odd)", src.at("size"))  # fmt: skip
+        if src.params.get("blocked", "0").strip().lower() in ("1", "true"):
+            raise NetError("blocked cross-map normalisation has no netdsl equivalent",
+                           src.at("blocked"))  # fmt: skip
+        need = " in the layer-params file (--params)"
+        scale, pow_ = float_opt(src, "scale", None, need), float_opt(src, "pow", None, need)
+        k = float_opt(src, "minDiv", 1.0)
+        if scale < 0 or pow_ < 0 or k <= 0:
+            bad = "scale" if scale < 0 else "pow" if pow_ < 0 else "mindiv"
+            raise NetError(f"{bad} is out of range for netdsl's lrn", src.at(bad))
+        # cuda-convnet divides scale by the window size; netdsl's alpha is not divided
+        alpha = f"{number(scale)}/{size}" if scale else "0"
+        opts = [f"size {size}", f"k {number(k)}", f"alpha {alpha}", f"beta {number(pow_)}"]
+        why = f"cuda-convnet's scale={src.params['scale']} is divided by size {size}"
+        return [NetLine("lrn", name, opts, inputs, why)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import lrn
 

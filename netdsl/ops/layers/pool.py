@@ -126,6 +126,103 @@ class Pool(LayerType):
             parts.append(" ceil")
         return "".join(parts)
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("maxpool", "avgpool")
+    cudaconvnet_types = ("pool",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine
+        from ...interop.darknet import input_shape, int_opt
+
+        if src.kind == "avgpool":  # Darknet's average pooling is always global
+            return [NetLine("pool", name, ["avg", "global"], inputs)]
+        stride = int_opt(src, "stride", 1, lo=1)
+        size = int_opt(src, "size", stride, lo=1)
+        padding = int_opt(src, "padding", size - 1, lo=0)
+        _, h, w = input_shape(ctx, inputs)
+        # Darknet: out = (in + padding - size) / stride + 1, rounded down, the first window
+        # starting padding/2 before the image; pixels outside are skipped. netdsl's pool
+        # starts at -pad and pads both sides alike: pad = padding/2 and floor or ceil
+        # rounding give Darknet's windows exactly when they give its count.
+        p = padding // 2
+        want = [(n + padding - size) // stride + 1 for n in (h, w)]
+        if min(want) < 1 or p >= size or size > min(h, w) + 2 * p:
+            raise NetError(
+                f"Darknet's maxpool {size}x{size}/{stride} with padding {padding} reaches past "
+                f"this {h}x{w} input; netdsl's pool window must fit in the input padded by "
+                f"{p} on each side",
+                src.loc,
+                hint="netdsl cannot import this maxpool exactly",
+            )
+        floor = [(n + 2 * p - size) // stride + 1 for n in (h, w)]
+        ceil = [-(-(n + 2 * p - size) // stride) + 1 for n in (h, w)]
+        ceil = [c - 1 if (c - 1) * stride >= n + p else c for c, n in zip(ceil, (h, w))]
+        opts = [f"max {size}x{size}", f"stride {stride}", *([f"pad {p}"] if p else [])]
+        if want == floor:
+            opts += ["floor"] if floor != ceil else []
+        elif want == ceil:
+            opts += ["ceil"]
+        else:
+            netdsl = " or ".join(sorted({f"{a}x{b}" for a, b in (floor, ceil)}))
+            raise NetError(
+                f"Darknet's maxpool {size}x{size}/{stride} gives {want[0]}x{want[1]} on this "
+                f"{h}x{w} input (it pads {p} before and {padding - p} after); netdsl's pool "
+                f"pads both sides alike and gives {netdsl}",
+                src.loc,
+                hint="netdsl cannot import this maxpool exactly",
+            )
+        comment = ""
+        if floor != ceil or p:
+            comment = f"Darknet: out = (in + {padding} - {size})/{stride} + 1"
+        return [NetLine("pool", name, opts, inputs, comment)]
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine
+        from ...interop.cudaconvnet import check_channels, input_shape, int_opt
+
+        c, h, _ = input_shape(ctx, inputs)
+        check_channels(src, c)
+        mode = src.params.get("pool", "").strip()
+        if mode not in ("max", "avg"):
+            raise NetError(f"pool={mode or '(none)'}: netdsl pools by max, avg or sum",
+                           src.at("pool"))  # fmt: skip
+        if mode == "avg" and src.params.get("sum", "0").strip().lower() in ("1", "true"):
+            mode = "sum"
+        size, stride = int_opt(src, "sizeX", None, lo=1), int_opt(src, "stride", None, lo=1)
+        start = int_opt(src, "start", 0)
+        if start > 0:
+            raise NetError(f"start={start} skips the first pixels; netdsl's windows start at "
+                           "or before the image", src.at("start"))  # fmt: skip
+        # cuda-convnet: windows at start + i*stride, clipped to the image (max ignores and
+        # avg does not count what is outside); outputsX=0 means ceil((h - start - sizeX)
+        # / stride) + 1 of them. netdsl's pool with pad -start has the same windows; its
+        # floor or ceil rounding must give the same count.
+        p = -start
+        want = int_opt(src, "outputsX", 0, lo=0) or -(-(h - start - size) // stride) + 1
+        floor = (h + 2 * p - size) // stride + 1 if h + 2 * p >= size else 0
+        ceil = -(-(h + 2 * p - size) // stride) + 1
+        ceil -= 1 if (ceil - 1) * stride >= h + p else 0
+        if p >= size or want not in (floor, ceil) or want < 1:
+            raise NetError(
+                f"cuda-convnet's pool gives {want}x{want} here; netdsl's pool with the same "
+                f"windows gives {floor}x{floor} (floor) or {ceil}x{ceil} (ceil)",
+                src.at("outputsx") if "outputsx" in src.params else src.loc,
+            )
+        opts = [f"{mode} {size}x{size}", f"stride {stride}", *([f"pad {p}"] if p else [])]
+        if floor != ceil:
+            opts.append("floor" if want == floor else "ceil")
+        clipped = bool(p) or (want == ceil and floor != ceil)
+        comment = "cuda-convnet rounds up: the last window may be clipped" if want == ceil \
+            and floor != ceil else ""  # fmt: skip
+        if mode == "avg" and clipped:
+            # cuda-convnet2 divides a clipped window's sum by the pixels inside it, as
+            # netdsl's avg does; the first cuda-convnet (2011) divided by sizeX*sizeX
+            comment = ("clipped windows average the pixels inside (cuda-convnet2); "
+                       "cuda-convnet 2011 divided by sizeX^2")  # fmt: skip
+        return [NetLine("pool", name, opts, inputs, comment)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import pool
 

@@ -27,6 +27,23 @@ class Softmax(LayerType):
     def needed_interval(self, layer, lo, hi, cin, gpus):
         return all_channels(lo, cin)
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("softmax",)
+    cudaconvnet_types = ("softmax",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+        from ...interop.darknet import refuse, softmax_checks
+
+        refuse(src, {"groups": 1, "temperature": 1, "spatial": 0})
+        softmax_checks(src, inputs, ctx)
+        return [NetLine("softmax", name, [], inputs)]
+
+    def import_cudaconvnet(self, src, inputs, name, ctx):
+        from ...interop import NetLine
+
+        return [NetLine("softmax", name, [], inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import softmax
 

@@ -35,6 +35,24 @@ class Upsample(LayerType):
         fh, fw = layer.attrs["factor"]
         return f"x{fh}" if fh == fw else f"x{fh}x{fw}"
 
+    # ---------------------------------------------------------------- import: Darknet, cuda-convnet
+    darknet_types = ("upsample",)
+
+    def import_darknet(self, src, inputs, name, ctx):
+        from ...errors import NetError
+        from ...interop import NetLine
+        from ...interop.darknet import int_opt, refuse
+
+        refuse(src, {"scale": 1})
+        stride = int_opt(src, "stride", 2)
+        if not 1 <= stride <= MAX_FACTOR:
+            raise NetError(
+                f"upsample stride={stride}: netdsl upsamples by 1 to {MAX_FACTOR}",
+                src.at("stride"),
+                hint="a negative stride (Darknet's downsampling) is `pool` in netdsl",
+            )
+        return [NetLine("upsample", name, [str(stride)], inputs)]
+
     def ref_forward(self, layer, xs, p, ctx):
         from .. import upsample
 
