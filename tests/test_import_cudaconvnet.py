@@ -22,7 +22,6 @@ import netdsl
 from netdsl.cli import main
 from netdsl.errors import NetError
 from netdsl.interop.cli import ImportOptions, convert
-from netdsl.ops import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "tests" / "interop" / "cudaconvnet"
@@ -30,10 +29,6 @@ IMAGENET = (DIR / "layers-imagenet-1gpu.cfg", DIR / "layer-params-imagenet-1gpu.
 CIFAR = (DIR / "layers-cifar10-11pct.cfg", DIR / "layer-params-cifar10-11pct.cfg")
 SEC80 = (DIR / "layers-80sec.cfg", DIR / "layer-params-80sec.cfg")  # the 2011 cuda-convnet
 PCT18 = (DIR / "layers-18pct.cfg", DIR / "layer-params-18pct.cfg")
-# `local` is the locally connected layer type another part of issue 16 adds; until it is
-# in the registry the CIFAR-10 net (two [local] layers) cannot import.
-needs_local = pytest.mark.skipif("local" not in registry.types(),
-                                 reason="the `local` layer type is not in this build")  # fmt: skip
 
 
 def cfg(path: Path) -> configparser.RawConfigParser:
@@ -140,7 +135,6 @@ def test_within_map_response_normalisation_is_refused_at_its_type():
     assert "across maps" in e.value.hint
 
 
-@needs_local
 def test_the_cifar10_net_has_cuda_convnets_shapes_and_counts(capsys, tmp_path):
     report = summary_json(capsys, tmp_path, *CIFAR, "3x24x24")
     check_against_convnet(report, CIFAR[0], 3, 24)
@@ -251,15 +245,6 @@ def test_an_input_whose_windows_overhang_is_refused_with_one_that_fits(capsys):
     assert err.startswith(f"{IMAGENET[0]}:{line}:12: error: cuda-convnet gives this conv 55x55 "
                           "outputs on a 224x224 input")  # fmt: skip
     assert "e.g. 227x227 here" in err
-
-
-@pytest.mark.skipif("local" in registry.types(), reason="local imports once it exists")
-def test_local_layers_wait_for_the_local_type():
-    with pytest.raises(NetError) as e:
-        convert(str(CIFAR[0]), opts=ImportOptions((3, 24, 24), params=str(CIFAR[1])))
-    lines = CIFAR[0].read_text().splitlines()
-    assert e.value.loc.line == lines.index("type=local") + 1
-    assert e.value.loc.col == 6
 
 
 HEAD = ("[data]\ntype=data\ndataIdx=0\n\n[labels]\ntype=data\ndataIdx=1\n\n"

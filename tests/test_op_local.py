@@ -311,58 +311,6 @@ def imported(fmt: str, params: dict, shape=(64, 8, 8)) -> netdsl.Network:
     return netdsl.loads(write_net(ctx.net), "imported.net")
 
 
-def test_cudaconvnet_local_keeps_its_parameter_count() -> None:
-    """cuda-convnet's layers-conv-local-11pct local3: its LocalUnsharedLayerParser makes
-    modules*filterPixels*filterChannels x filters weights and modules*filters biases."""
-    params = {"type": "local", "inputs": "norm2", "channels": 64, "filters": 64, "padding": 1,
-              "stride": 1, "filterSize": 3, "neuron": "relu", "initW": 0.04}  # fmt: skip
-    lyr = imported("cudaconvnet", params).layer("local3")
-    modules_x = 1 + -(-(2 * 1 + 8 - 3) // 1)  # cuda-convnet's rule (rounded up)
-    modules = modules_x**2
-    assert lyr.out_shape == (64, modules_x, modules_x)
-    assert lyr.n_params == modules * 9 * 64 * 64 + modules * 64
-    assert lyr.attrs["activation"][0] == "relu"
-    ctx = context("cudaconvnet")
-    (line,) = get("local").import_cudaconvnet(foreign("local", params), None, "local3", ctx)
-    assert line.text() == ("local local3: 64 filters 3x3, pad 1, relu, "
-                           "init gaussian(std=0.04)")  # fmt: skip
-
-
-def test_cudaconvnet_groups_negative_padding_and_tanh() -> None:
-    params = {"channels": 8, "filters": 16, "groups": 2, "padding": -2, "stride": 1,
-              "filterSize": 5, "neuron": "tanh[1.7159,0.6667]"}  # fmt: skip
-    net = imported("cudaconvnet", params, (8, 6, 6))
-    lyr = net.layer("local3")
-    assert lyr.attrs["filters"] == 32 and lyr.attrs["groups"] == 2  # filters per group x G
-    assert lyr.attrs["pad_tl"] == (2, 2) and lyr.out_shape == (32, 6, 6)
-    assert lyr.attrs["activation"] == ("scaled_tanh", 1.7159, 0.6667)
-    (line,) = get("local").import_cudaconvnet(foreign("local", params), None, "local3",
-                                              context("cudaconvnet", (8, 6, 6)))  # fmt: skip
-    assert line.comment == "cuda-convnet's padding=-2 (a start offset) is pad 2"
-
-
-@pytest.mark.parametrize(
-    ("params", "key", "message"),
-    [
-        ({"channels": 64, "filters": 64, "filterSize": 3, "stride": 2, "padding": 0}, "stride",
-         "cuda-convnet's output here is 4x4 (rounded up), netdsl's 3x3"),
-        ({"channels": 32, "filters": 64, "filterSize": 3}, "channels",
-         "channels=32 but the input has 64 channels"),
-        ({"channels": 64, "filters": 64, "filterSize": 3, "neuron": "softrelu"}, "neuron",
-         "neuron 'softrelu' has no netdsl activation"),
-        ({"channels": 64, "filters": "x", "filterSize": 3}, "filters",
-         "'filters' expects a whole number, found 'x'"),
-        ({"channels": 64, "filters": 64}, "filterSize", "layer local3 needs 'filterSize'"),
-    ],
-)  # fmt: skip
-def test_cudaconvnet_errors_point_into_the_source(params, key, message) -> None:
-    src = foreign("local", params)
-    with pytest.raises(NetError) as info:
-        get("local").import_cudaconvnet(src, None, "local3", context("cudaconvnet"))
-    assert info.value.message == message
-    assert info.value.loc == src.at(key) and info.value.loc.file == "layers.cfg"
-
-
 def test_darknet_local() -> None:
     params = {"filters": 10, "size": 3, "stride": 2, "pad": 1, "activation": "leaky"}
     lyr = imported("darknet", params, (3, 9, 9)).layer("local3")
@@ -416,19 +364,53 @@ def test_kernels_compile_for_a_real_gpu(tmp_path) -> None:
     assert len(lines) >= 5 and all(line.startswith("ok") for line in lines), out.stdout
 
 
-def test_cudaconvnet_local_after_other_lines_reads_their_output_shape() -> None:
-    """The size checks use the shape of the layer the local reads, by netdsl's own rules."""
-    from netdsl.interop import NetLine
+CUDACONVNET = """[data]
+type=data
+dataIdx=0
 
-    ctx = context("cudaconvnet", (3, 16, 16))
-    ctx.net.lines.append(NetLine("conv", "conv1", ["16 filters 3x3", "pad 1"]))
-    ctx.net.lines.append(NetLine("pool", "pool1", ["max 2x2", "stride 2"]))  # 16x8x8
-    params = {"channels": 16, "filters": 16, "filterSize": 3, "stride": 2, "padding": 0}
-    src = foreign("local", params)
-    with pytest.raises(NetError) as info:  # (8 - 3) / 2 rounds: up 4, down 3
-        get("local").import_cudaconvnet(src, ["pool1"], "local3", ctx)
-    assert info.value.message == "cuda-convnet's output here is 4x4 (rounded up), netdsl's 3x3"
-    src = foreign("local", {**params, "channels": 3})
-    with pytest.raises(NetError) as info:
-        get("local").import_cudaconvnet(src, None, "local3", ctx)  # None: the layer before
-    assert info.value.message == "channels=3 but the input has 16 channels"
+[labels]
+type=data
+dataIdx=1
+
+[local3]
+type=local
+inputs=data
+channels=8
+filters=16
+groups=2
+padding=2
+stride=1
+filterSize=5
+neuron=tanh[1.7159,0.6667]
+initW=0.04
+
+[fc]
+type=fc
+inputs=local3
+outputs=10
+
+[probs]
+type=softmax
+inputs=fc
+
+[cost]
+type=cost.logreg
+inputs=labels,probs
+"""
+
+
+def test_cudaconvnet_local_keeps_its_parameter_count(tmp_path) -> None:
+    """cuda-convnet's LocalUnsharedLayerParser: filters=F with groups=G makes F*G filters,
+    modules*filterPixels*filterChannels x filters weights and modules*filters biases."""
+    from netdsl.interop.cli import ImportOptions, convert
+
+    src = tmp_path / "layers.cfg"
+    src.write_text(CUDACONVNET)
+    net = netdsl.loads(convert(str(src), opts=ImportOptions((8, 6, 6))), "imported.net")
+    lyr = net.layer("local3")
+    modules_x = 1 + -(-(2 * 2 + 6 - 5) // 1)  # cuda-convnet's rule (rounded up)
+    assert lyr.out_shape == (32, modules_x, modules_x)
+    filter_channels = 8 // 2
+    assert lyr.n_params == modules_x**2 * 25 * filter_channels * 32 + modules_x**2 * 32
+    assert lyr.attrs["groups"] == 2
+    assert lyr.attrs["activation"] == ("scaled_tanh", 1.7159, 0.6667)

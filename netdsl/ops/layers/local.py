@@ -160,151 +160,36 @@ class Local(LayerType):
 
     # ------------------------------------------------------------------------------- import
     def import_cudaconvnet(self, src, inputs, name, ctx):
-        """cuda-convnet's `type=local`: filters, filterSize, padding, stride, channels, groups,
-        neuron, initW (and initB). Its output size is 1 + ceil((2*padding + size -
-        filterSize) / stride), the netdsl rule with the division rounded up; a layer where the
-        two differ is refused (it reads past the padded input)."""
-        from ...interop import NetLine, number
+        """cuda-convnet's `type=local`: the geometry, init and rates as conv's (its filters=F
+        with groups=G makes F*G filters; the output size is checked against cuda-convnet's
+        rounding), one bias per filter and position as LocalUnsharedLayerParser makes; the
+        importer adds `neuron=` as the activation."""
+        from ...interop import NetLine
+        from ...interop.cudaconvnet import learn_options, window_options
 
-        filters = _int(src, "filters")
-        groups = _int(src, "groups", 1)
-        size = _int(src, "filterSize")
-        stride = _int(src, "stride", 1)
-        pad = _int(src, "padding", 0, lo=None)
-        comment = ""
-        if pad < 0:  # the parser's internal form (a negative start offset), in saved models
-            pad, comment = -pad, f"cuda-convnet's padding={pad} (a start offset) is pad {-pad}"
-        if inputs and len(inputs) > 1:
-            from ...interop import unsupported
-
-            raise unsupported(src, ctx.fmt, "netdsl's local layer takes one input; join the "
-                                            "inputs with concat first")  # fmt: skip
-        shape = _input_shape(ctx, inputs)
-        if shape is not None:
-            c, h = shape[0], shape[1]
-            if "channels" in src.params and _int(src, "channels") != c:
-                raise _error(src, "channels", f"channels={_int(src, 'channels')} but the "
-                             f"input has {c} channels")  # fmt: skip
-            floor_out = (h + 2 * pad - size) // stride + 1
-            ceil_out = 1 + -(-(h + 2 * pad - size) // stride)
-            if floor_out != ceil_out:
-                raise _error(src, "stride", f"cuda-convnet's output here is {ceil_out}x"
-                             f"{ceil_out} (rounded up), netdsl's {floor_out}x{floor_out}",
-                             "use a stride that divides 2*padding + size - filterSize")  # fmt: skip
-        # cuda-convnet's filters=F with groups=G makes F*G filters (LocalLayerParser)
-        opts = [f"{filters * groups} filters {size}x{size}"]
-        if stride != 1:
-            opts.append(f"stride {stride}")
-        if pad:
-            opts.append(f"pad {pad}")
-        if groups > 1:
-            opts.append(f"groups {groups}")
-        act = _cudaconvnet_neuron(src)
-        if act:
-            opts.append(act)
-        if "initW" in src.params:
-            opts.append(f"init gaussian(std={number(_float(src, 'initW'))})")
-        if "initB" in src.params:
-            opts.append(f"bias_init {number(_float(src, 'initB'))}")
-        return [NetLine("local", name, opts, inputs, comment)]
+        opts = [*window_options(src, inputs, ctx), *learn_options(src, ctx)]
+        return [NetLine("local", name, opts, inputs)]
 
     def import_darknet(self, src, inputs, name, ctx):
         """Darknet's [local]: filters, size, stride, pad, activation. Darknet pads `pad`
         pixels but sizes the output (h-1)/stride + 1 whenever pad is not 0 (local_layer.c),
         which is the padded window's size only when size = 2*pad + 1; other pads are refused."""
+        from ...errors import NetError
         from ...interop import NetLine
+        from ...interop.darknet import activation, int_opt, lr_options
 
-        filters = _int(src, "filters", 1)
-        size = _int(src, "size", 1)
-        stride = _int(src, "stride", 1)
-        pad = _int(src, "pad", 0, lo=0)
+        filters, size = int_opt(src, "filters", 1, lo=1), int_opt(src, "size", 1, lo=1)
+        stride, pad = int_opt(src, "stride", 1, lo=1), int_opt(src, "pad", 0, lo=0)
         if pad and size != 2 * pad + 1:
-            raise _error(src, "pad", f"Darknet's [local] with pad={pad} and size={size} pads "
-                         f"{pad} pixels but sizes its output as if it padded {(size - 1) / 2:g}",
-                         f"use pad=0, or size={2 * pad + 1}")  # fmt: skip
+            raise NetError(f"Darknet's [local] with pad={pad} and size={size} pads {pad} "
+                           f"pixels but sizes its output as if it padded {(size - 1) / 2:g}",
+                           src.at("pad"), hint=f"use pad=0, or size={2 * pad + 1}")  # fmt: skip
         opts = [f"{filters} filters {size}x{size}"]
-        if stride != 1:
-            opts.append(f"stride {stride}")
-        if pad:
-            opts.append(f"pad {pad}")
-        act = _darknet_activation(src)
-        if act:
-            opts.append(act)
-        return [NetLine("local", name, opts, inputs)]
-
-
-def _error(src, key: str, message: str, hint: str | None = None):
-    from ...errors import NetError
-
-    return NetError(message, src.at(key), hint=hint)
-
-
-def _int(src, key: str, default: int | None = None, lo: int | None = 1) -> int:
-    """Option `key` of a foreign layer as a whole number (at least `lo`), located when bad."""
-    raw = src.params.get(key)
-    if raw is None:
-        if default is None:
-            raise _error(src, key, f"layer {src.name or src.kind} needs '{key}'")
-        return default
-    try:
-        v = int(str(raw).strip())
-    except ValueError:
-        raise _error(src, key, f"'{key}' expects a whole number, found '{raw}'") from None
-    if lo is not None and v < lo:
-        raise _error(src, key, f"'{key}' must be at least {lo}, got {v}")
-    return v
-
-
-def _float(src, key: str) -> float:
-    raw = str(src.params[key]).strip()
-    try:
-        return float(raw.split(",")[0])  # one value per input; local takes one input
-    except ValueError:
-        raise _error(src, key, f"'{key}' expects a number, found '{raw}'") from None
-
-
-def _input_shape(ctx, inputs):
-    """The (C, H, W) the layer reads, when the net so far can tell (None otherwise)."""
-    from ...errors import NetdslError
-
-    target = inputs[0] if inputs else (ctx.net.lines[-1].name if ctx.net.lines
-                                        else ctx.net.input_name)  # fmt: skip
-    if target == ctx.net.input_name:
-        return tuple(ctx.net.input_shape)
-    try:
-        return ctx.shape(target)
-    except (NetdslError, KeyError):  # the lines so far do not check yet: the whole net will
-        return None
-
-
-# cuda-convnet's neurons and Darknet's activations with a netdsl spelling
-_CC_NEURONS = {"relu": "relu", "logistic": "sigmoid", "linear": "", "ident": ""}
-_DARKNET_ACTS = {"relu": "relu", "leaky": "leaky(0.1)", "logistic": "sigmoid", "tanh": "tanh",
-                 "linear": "", "elu": "elu"}  # fmt: skip
-
-
-def _cudaconvnet_neuron(src) -> str:
-    raw = str(src.params.get("neuron", "ident")).strip()
-    if raw in _CC_NEURONS:
-        return _CC_NEURONS[raw]
-    if raw.startswith("tanh[") and raw.endswith("]"):  # a*tanh(b*x)
-        from ...interop import number
-
-        try:
-            a, b = (float(v) for v in raw[5:-1].split(","))
-        except ValueError:
-            raise _error(src, "neuron", f"neuron '{raw}' expects tanh[a,b]") from None
-        return f"scaled_tanh(A={number(a)}, S={number(b)})"
-    raise _error(src, "neuron", f"neuron '{raw}' has no netdsl activation",
-                 "netdsl fuses relu, logistic (sigmoid), tanh[a,b] and ident")  # fmt: skip
-
-
-def _darknet_activation(src) -> str:
-    raw = str(src.params.get("activation", "logistic")).strip()  # Darknet's default
-    if raw in _DARKNET_ACTS:
-        return _DARKNET_ACTS[raw]
-    raise _error(src, "activation", f"activation '{raw}' has no netdsl activation",
-                 "netdsl has relu, leaky, logistic, tanh, elu and linear")  # fmt: skip
+        opts += [f"stride {stride}"] if stride != 1 else []
+        opts += [f"pad {pad}"] if pad else []
+        act = activation(src)  # Darknet's default: logistic
+        return [NetLine("local", name, [*opts, *([act] if act else []), *lr_options(src)],
+                        inputs)]  # fmt: skip
 
 
 LAYER = Local()
