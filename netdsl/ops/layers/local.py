@@ -232,6 +232,112 @@ class Local(LayerType):
             opts.append(act)
         return [NetLine("local", name, opts, inputs)]
 
+    # ------------------------------------------------------------------------------- export
+    LOCAL_SOURCE = '''
+    class LocallyConnected2d(nn.Module):
+        """A convolution whose filters are not shared between output locations (netdsl's
+        `local`): output (o, i, j) has its own filter weight[o, i, j] (C/groups, kh, kw) and
+        its own bias[o, i, j]. padding: an int, (ph, pw), or F.pad's (left, right, top,
+        bottom)."""
+
+        def __init__(self, in_channels, out_channels, out_size, kernel_size, stride=1,
+                     padding=0, groups=1, bias=True):
+            super().__init__()
+            pair = self._pair
+            (kh, kw), (ho, wo), pad = pair(kernel_size), pair(out_size), pair(padding)
+            self.kernel_size, self.stride, self.groups = (kh, kw), pair(stride), groups
+            self.padding = (pad[1], pad[1], pad[0], pad[0]) if len(pad) == 2 else pad
+            shape = (out_channels, ho, wo, in_channels // groups, kh, kw)
+            bound = (in_channels // groups * kh * kw) ** -0.5  # nn.Conv2d's default range
+            self.weight = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+            self.bias = (nn.Parameter(torch.empty(shape[:3]).uniform_(-bound, bound))
+                         if bias else None)
+
+        @staticmethod
+        def _pair(v):
+            return (v, v) if isinstance(v, int) else tuple(v)
+
+        def forward(self, x):
+            o, ho, wo = self.weight.shape[:3]
+            n, g = x.shape[0], self.groups
+            if any(self.padding):
+                x = F.pad(x, self.padding)
+            cols = F.unfold(x, self.kernel_size, stride=self.stride)  # (N, C*kh*kw, Ho*Wo)
+            cols = cols.reshape(n, g, -1, ho * wo)  # (N, G, Cg*kh*kw, L), taps (c, ky, kx)
+            w = self.weight.reshape(g, o // g, ho * wo, -1)  # (G, Og, L, Cg*kh*kw)
+            y = torch.einsum("ngkl,golk->ngol", cols, w).reshape(n, o, ho, wo)
+            return y if self.bias is None else y + self.bias
+    '''
+
+    def onnx_nodes(self, layer, g):
+        """im2col by a depthwise Conv with fixed one-hot kernels (input map c gives the
+        kh*kw channels c*kh*kw + ky*kw + kx: F.unfold's order; exact, as x*1 + 0s), then one
+        batched MatMul over (group, location): (G, L, N, K) @ (G, L, K, Og), K = Cg*kh*kw."""
+        import numpy as np
+
+        from ...export.common import window_pads
+
+        a, p = layer.attrs, g.tensors(layer)
+        c = layer.in_shapes[0][0]
+        o, ho, wo, cg, kh, kw = p["weight"].shape
+        gr, k, n_loc = a["groups"], kh * kw, ho * wo
+        eye = np.eye(k, dtype=np.float32).reshape(k, 1, kh, kw)  # tap t reads (ky, kx)
+        taps = g.const(np.tile(eye, (c, 1, 1, 1)), f"{layer.name}.taps")  # (C*K, 1, kh, kw)
+        cols = g.node("Conv", [g.x(layer, 0, 4), taps], name=f"{layer.name}.im2col",
+                      kernel_shape=[kh, kw], strides=list(a["stride"]),
+                      pads=list(window_pads(layer)), group=c)  # fmt: skip
+        shape = g.const([0, gr, cg * k, n_loc], f"{layer.name}.cols_shape")
+        cols = g.node("Reshape", [cols, shape], name=f"{layer.name}.cols")  # (N, G, K', L)
+        cols = g.node("Transpose", [cols], name=f"{layer.name}.cols_t", perm=[1, 3, 0, 2])
+        # (O, Ho, Wo, Cg, kh, kw) -> (G, L, Cg*kh*kw, Og): one (K', Og) matrix per location
+        w = p["weight"].reshape(gr, o // gr, n_loc, cg * k).transpose(0, 2, 3, 1)
+        w = g.param(layer, "weight", np.ascontiguousarray(w))
+        y = g.node("MatMul", [cols, w], name=f"{layer.name}.matmul")  # (G, L, N, Og)
+        y = g.node("Transpose", [y], name=f"{layer.name}.y_t", perm=[2, 0, 3, 1])  # N,G,Og,L
+        y = g.node("Reshape", [y, g.const([0, o, ho, wo], f"{layer.name}.y_shape")])
+        if "bias" in p:  # (O, Ho, Wo), broadcast over the batch
+            y = g.node("Add", [y, g.param(layer, "bias")], name=f"{layer.name}.bias_add")
+        return y, 4
+
+    def _torch_padding(self, layer) -> str:
+        """The helper's padding argument: (ph, pw) when symmetric padding gives the layer's
+        output size, else F.pad's (left, right, top, bottom) ('same' with an odd total)."""
+        from ...export.common import window_pads
+
+        a, (_, h, w) = layer.attrs, layer.in_shapes[0]
+        (pt, pl), (kh, kw), (sh, sw) = a["pad_tl"], a["kernel"], a["stride"]
+        if ((h + 2 * pt - kh) // sh + 1, (w + 2 * pl - kw) // sw + 1) == tuple(a["out_hw"]):
+            return "" if (pt, pl) == (0, 0) else f", padding={_pair(pt, pl)}"
+        pt, pl, pb, pr = window_pads(layer)
+        return f", padding=({pl}, {pr}, {pt}, {pb})"
+
+    def torch_module_lines(self, layer, t):
+        a = layer.attrs
+        t.helper("LocallyConnected2d", self.LOCAL_SOURCE)
+        args = (f"{layer.in_shapes[0][0]}, {a['filters']}, {_pair(*a['out_hw'])}, "
+                f"{_pair(*a['kernel'])}")  # fmt: skip
+        if tuple(a["stride"]) != (1, 1):
+            args += f", stride={_pair(*a['stride'])}"
+        args += self._torch_padding(layer)
+        if a["groups"] != 1:
+            args += f", groups={a['groups']}"
+        if not a["bias"]:
+            args += ", bias=False"
+        return f"LocallyConnected2d({args})"
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer, 0, 4)})", 4
+
+    def state_dict_items(self, layer, tensors):
+        # netdsl's own layouts, which LocallyConnected2d keeps: weight (O, Ho, Wo, C/g, kh,
+        # kw), bias (O, Ho, Wo)
+        return [(f"{layer.name}.{k}", k, tensors[k]) for k in ("weight", "bias") if k in tensors]
+
+
+def _pair(a: int, b: int) -> str:
+    """3, 3 -> "3"; 3, 2 -> "(3, 2)": an argument of the generated module's source."""
+    return str(a) if a == b else f"({a}, {b})"
+
 
 def _error(src, key: str, message: str, hint: str | None = None):
     from ...errors import NetError
