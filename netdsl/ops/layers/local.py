@@ -270,33 +270,47 @@ class Local(LayerType):
     '''
 
     def onnx_nodes(self, layer, g):
-        """im2col by a depthwise Conv with fixed one-hot kernels (input map c gives the
-        kh*kw channels c*kh*kw + ky*kw + kx: F.unfold's order; exact, as x*1 + 0s), then one
-        batched MatMul over (group, location): (G, L, N, K) @ (G, L, K, Og), K = Cg*kh*kw."""
+        """ONNX has no locally connected op: the input is padded and laid out (G, Hp, Wp,
+        N, Cg), each tap (ky, kx) is a strided Slice of it (G, Ho, Wo, N, Cg), the taps are
+        concatenated on the last axis into patches (G, L, N, K) (K = kh*kw*Cg, tap-major),
+        and one batched MatMul by the weights laid out (G, L, K, Og) gives every location's
+        outputs. Only data movement besides that MatMul (exact), and no large transpose:
+        the one before the slices moves the input, the one after the MatMul the output."""
         import numpy as np
 
         from ...export.common import window_pads
 
-        a, p = layer.attrs, g.tensors(layer)
-        c = layer.in_shapes[0][0]
+        a, p, name = layer.attrs, g.tensors(layer), layer.name
         o, ho, wo, cg, kh, kw = p["weight"].shape
-        gr, k, n_loc = a["groups"], kh * kw, ho * wo
-        eye = np.eye(k, dtype=np.float32).reshape(k, 1, kh, kw)  # tap t reads (ky, kx)
-        taps = g.const(np.tile(eye, (c, 1, 1, 1)), f"{layer.name}.taps")  # (C*K, 1, kh, kw)
-        cols = g.node("Conv", [g.x(layer, 0, 4), taps], name=f"{layer.name}.im2col",
-                      kernel_shape=[kh, kw], strides=list(a["stride"]),
-                      pads=list(window_pads(layer)), group=c)  # fmt: skip
-        shape = g.const([0, gr, cg * k, n_loc], f"{layer.name}.cols_shape")
-        cols = g.node("Reshape", [cols, shape], name=f"{layer.name}.cols")  # (N, G, K', L)
-        cols = g.node("Transpose", [cols], name=f"{layer.name}.cols_t", perm=[1, 3, 0, 2])
-        # (O, Ho, Wo, Cg, kh, kw) -> (G, L, Cg*kh*kw, Og): one (K', Og) matrix per location
-        w = p["weight"].reshape(gr, o // gr, n_loc, cg * k).transpose(0, 2, 3, 1)
-        w = g.param(layer, "weight", np.ascontiguousarray(w))
-        y = g.node("MatMul", [cols, w], name=f"{layer.name}.matmul")  # (G, L, N, Og)
-        y = g.node("Transpose", [y], name=f"{layer.name}.y_t", perm=[2, 0, 3, 1])  # N,G,Og,L
-        y = g.node("Reshape", [y, g.const([0, o, ho, wo], f"{layer.name}.y_shape")])
+        gr, (sh, sw), (_, h, w) = a["groups"], a["stride"], layer.in_shapes[0]
+        x = g.x(layer, 0, 4)
+        pt, pl, pb, pr = window_pads(layer)
+        if (pt, pl, pb, pr) != (0, 0, 0, 0):
+            pads = g.const([0, 0, pt, pl, 0, 0, pb, pr], f"{name}.pads")
+            x = g.node("Pad", [x, pads], name=f"{name}.pad")
+        x = g.node("Reshape", [x, g.const([0, gr, cg, h + pt + pb, w + pl + pr],
+                                          f"{name}.groups")], name=f"{name}.grouped")  # fmt: skip
+        x = g.node("Transpose", [x], name=f"{name}.hwnc", perm=[1, 3, 4, 0, 2], rank=5)
+        axes, steps = g.const([1, 2], f"{name}.axes"), g.const([sh, sw], f"{name}.steps")
+        taps = []
+        for ky in range(kh):
+            for kx in range(kw):  # rows ky, ky+sh, ... (Ho of them); columns likewise
+                starts = g.const([ky, kx], f"{name}.start")
+                ends = g.const([ky + (ho - 1) * sh + 1, kx + (wo - 1) * sw + 1], f"{name}.end")
+                taps.append(g.node("Slice", [x, starts, ends, axes, steps],
+                                   name=f"{name}.tap", rank=5))  # fmt: skip
+        cols = taps[0] if len(taps) == 1 else g.node("Concat", taps, name=f"{name}.taps",
+                                                      axis=-1, rank=5)  # fmt: skip
+        shape = g.const([gr, ho * wo, -1, kh * kw * cg], f"{name}.cols_shape")
+        cols = g.node("Reshape", [cols, shape], name=f"{name}.cols", rank=4)  # (G, L, N, K)
+        # (O, Ho, Wo, Cg, kh, kw) -> (G, L, kh, kw, Cg, Og) -> (G, L, K, Og): the taps' order
+        wt = p["weight"].reshape(gr, o // gr, ho * wo, cg, kh, kw).transpose(0, 2, 4, 5, 3, 1)
+        wt = g.param(layer, "weight", np.ascontiguousarray(wt).reshape(gr, ho * wo, -1, o // gr))
+        y = g.node("MatMul", [cols, wt], name=f"{name}.matmul")  # (G, L, N, Og)
+        y = g.node("Transpose", [y], name=f"{name}.ngol", perm=[2, 0, 3, 1])  # (N, G, Og, L)
+        y = g.node("Reshape", [y, g.const([0, o, ho, wo], f"{name}.y_shape")])
         if "bias" in p:  # (O, Ho, Wo), broadcast over the batch
-            y = g.node("Add", [y, g.param(layer, "bias")], name=f"{layer.name}.bias_add")
+            y = g.node("Add", [y, g.param(layer, "bias")], name=f"{name}.bias_add")
         return y, 4
 
     def _torch_padding(self, layer) -> str:
