@@ -35,6 +35,9 @@ TINY = [
         "4x7x7",
     ),
     ("conv_table", "conv c: 3 filters 3x3, connect [[0], [1, 2], [0, 2, 3]], sigmoid", "4x7x7"),
+    ("local", "local l: 4 filters 3x3, stride 2, pad 1, groups 2, relu", "4x7x7"),
+    ("local_same_nobias", "local l: 3 filters 2x2, stride 1x2, pad same, bias false", "2x5x6"),
+    ("local_after_fc", "fc h: 12\nlocal l: 2 filters 1x1, groups 2, sigmoid", "2x3x3"),
     ("pool_max_ceil", "pool p: max 3x3, stride 2, ceil", "3x8x8"),
     ("pool_max_pad", "pool p: max 3x3, stride 2, pad 1, floor", "3x8x8"),
     ("pool_max_wide_pad", "pool p: max 3x3, stride 2, pad 2, ceil", "3x8x8"),
@@ -226,6 +229,32 @@ def test_state_dict_names_and_layouts(tmp_path):
     np.testing.assert_array_equal(got["h.weight"], cnet.params["h.weight"])
     assert got["b.num_batches_tracked"].dtype == np.int64
     assert not list(tmp_path.glob(".*.tmp"))  # written through a temp file, none left
+
+
+def test_local_state_dict_layout_and_the_generated_module_round_trip(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    pytest.importorskip("torch")
+    from netdsl.export.pytorch import load_generated
+    from netdsl.export.safetensors import init_compiled
+
+    body = "local l: 4 filters 3x3, stride 2, groups 2\nlocal m: 2 filters 1x1, bias false"
+    net_file = tiny_net(tmp_path, "loc", body, "2x5x5")
+    cnet = netdsl.compile(net_file, batch=1)
+    save_checkpoint(tmp_path / "c.npz", random_weights(cnet), {})
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(net_file), str(tmp_path / "c.npz"), "--safetensors", str(out),
+                 "--pytorch", str(tmp_path / "m.py")]) == 0  # fmt: skip
+    got = {k: v.numpy() for k, v in st.load_file(str(out)).items()}
+    shapes = {"l.weight": (4, 2, 2, 1, 3, 3), "l.bias": (4, 2, 2), "m.weight": (2, 2, 2, 4, 1, 1),
+              "out.weight": (5, 8), "out.bias": (5,)}  # fmt: skip
+    assert {k: v.shape for k, v in got.items()} == shapes  # (O, Ho, Wo, C/g, kh, kw), (O, Ho, Wo)
+    np.testing.assert_array_equal(got["l.weight"], cnet.params["l.weight"])
+    # the generated module's own (PyTorch) init has those names and shapes: --init-from takes it
+    model = load_generated(tmp_path / "m.py")
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    st.save_file(model.state_dict(), str(tmp_path / "pt.safetensors"))
+    init_compiled(cnet, tmp_path / "pt.safetensors")
+    np.testing.assert_array_equal(cnet.params["m.weight"], model.m.weight.detach().numpy())
 
 
 def test_connection_table_is_exported_with_zeroed_links(tmp_path):

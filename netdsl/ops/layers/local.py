@@ -191,5 +191,125 @@ class Local(LayerType):
         return [NetLine("local", name, [*opts, *([act] if act else []), *lr_options(src)],
                         inputs)]  # fmt: skip
 
+    # ------------------------------------------------------------------------------- export
+    LOCAL_SOURCE = '''
+    class LocallyConnected2d(nn.Module):
+        """A convolution whose filters are not shared between output locations (netdsl's
+        `local`): output (o, i, j) has its own filter weight[o, i, j] (C/groups, kh, kw) and
+        its own bias[o, i, j]. padding: an int, (ph, pw), or F.pad's (left, right, top,
+        bottom)."""
+
+        def __init__(self, in_channels, out_channels, out_size, kernel_size, stride=1,
+                     padding=0, groups=1, bias=True):
+            super().__init__()
+            pair = self._pair
+            (kh, kw), (ho, wo), pad = pair(kernel_size), pair(out_size), pair(padding)
+            self.kernel_size, self.stride, self.groups = (kh, kw), pair(stride), groups
+            self.padding = (pad[1], pad[1], pad[0], pad[0]) if len(pad) == 2 else pad
+            shape = (out_channels, ho, wo, in_channels // groups, kh, kw)
+            bound = (in_channels // groups * kh * kw) ** -0.5  # nn.Conv2d's default range
+            self.weight = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+            self.bias = (nn.Parameter(torch.empty(shape[:3]).uniform_(-bound, bound))
+                         if bias else None)
+
+        @staticmethod
+        def _pair(v):
+            return (v, v) if isinstance(v, int) else tuple(v)
+
+        def forward(self, x):
+            o, ho, wo = self.weight.shape[:3]
+            n, g = x.shape[0], self.groups
+            if any(self.padding):
+                x = F.pad(x, self.padding)
+            cols = F.unfold(x, self.kernel_size, stride=self.stride)  # (N, C*kh*kw, Ho*Wo)
+            cols = cols.reshape(n, g, -1, ho * wo)  # (N, G, Cg*kh*kw, L), taps (c, ky, kx)
+            w = self.weight.reshape(g, o // g, ho * wo, -1)  # (G, Og, L, Cg*kh*kw)
+            y = torch.einsum("ngkl,golk->ngol", cols, w).reshape(n, o, ho, wo)
+            return y if self.bias is None else y + self.bias
+    '''
+
+    def onnx_nodes(self, layer, g):
+        """ONNX has no locally connected op: the input is padded and laid out (G, Hp, Wp,
+        N, Cg), each tap (ky, kx) is a strided Slice of it (G, Ho, Wo, N, Cg), the taps are
+        concatenated on the last axis into patches (G, L, N, K) (K = kh*kw*Cg, tap-major),
+        and one batched MatMul by the weights laid out (G, L, K, Og) gives every location's
+        outputs. Only data movement besides that MatMul (exact), and no large transpose:
+        the one before the slices moves the input, the one after the MatMul the output."""
+        import numpy as np
+
+        from ...export.common import window_pads
+
+        a, p, name = layer.attrs, g.tensors(layer), layer.name
+        o, ho, wo, cg, kh, kw = p["weight"].shape
+        gr, (sh, sw), (_, h, w) = a["groups"], a["stride"], layer.in_shapes[0]
+        x = g.x(layer, 0, 4)
+        pt, pl, pb, pr = window_pads(layer)
+        if (pt, pl, pb, pr) != (0, 0, 0, 0):
+            pads = g.const([0, 0, pt, pl, 0, 0, pb, pr], f"{name}.pads")
+            x = g.node("Pad", [x, pads], name=f"{name}.pad")
+        x = g.node("Reshape", [x, g.const([0, gr, cg, h + pt + pb, w + pl + pr],
+                                          f"{name}.groups")], name=f"{name}.grouped")  # fmt: skip
+        x = g.node("Transpose", [x], name=f"{name}.hwnc", perm=[1, 3, 4, 0, 2], rank=5)
+        axes, steps = g.const([1, 2], f"{name}.axes"), g.const([sh, sw], f"{name}.steps")
+        taps = []
+        for ky in range(kh):
+            for kx in range(kw):  # rows ky, ky+sh, ... (Ho of them); columns likewise
+                starts = g.const([ky, kx], f"{name}.start")
+                ends = g.const([ky + (ho - 1) * sh + 1, kx + (wo - 1) * sw + 1], f"{name}.end")
+                taps.append(g.node("Slice", [x, starts, ends, axes, steps],
+                                   name=f"{name}.tap", rank=5))  # fmt: skip
+        cols = taps[0] if len(taps) == 1 else g.node("Concat", taps, name=f"{name}.taps",
+                                                      axis=-1, rank=5)  # fmt: skip
+        shape = g.const([gr, ho * wo, -1, kh * kw * cg], f"{name}.cols_shape")
+        cols = g.node("Reshape", [cols, shape], name=f"{name}.cols", rank=4)  # (G, L, N, K)
+        # (O, Ho, Wo, Cg, kh, kw) -> (G, L, kh, kw, Cg, Og) -> (G, L, K, Og): the taps' order
+        wt = p["weight"].reshape(gr, o // gr, ho * wo, cg, kh, kw).transpose(0, 2, 4, 5, 3, 1)
+        wt = g.param(layer, "weight", np.ascontiguousarray(wt).reshape(gr, ho * wo, -1, o // gr))
+        y = g.node("MatMul", [cols, wt], name=f"{name}.matmul")  # (G, L, N, Og)
+        y = g.node("Transpose", [y], name=f"{name}.ngol", perm=[2, 0, 3, 1])  # (N, G, Og, L)
+        y = g.node("Reshape", [y, g.const([0, o, ho, wo], f"{name}.y_shape")])
+        if "bias" in p:  # (O, Ho, Wo), broadcast over the batch
+            y = g.node("Add", [y, g.param(layer, "bias")], name=f"{name}.bias_add")
+        return y, 4
+
+    def _torch_padding(self, layer) -> str:
+        """The helper's padding argument: (ph, pw) when symmetric padding gives the layer's
+        output size, else F.pad's (left, right, top, bottom) ('same' with an odd total)."""
+        from ...export.common import window_pads
+
+        a, (_, h, w) = layer.attrs, layer.in_shapes[0]
+        (pt, pl), (kh, kw), (sh, sw) = a["pad_tl"], a["kernel"], a["stride"]
+        if ((h + 2 * pt - kh) // sh + 1, (w + 2 * pl - kw) // sw + 1) == tuple(a["out_hw"]):
+            return "" if (pt, pl) == (0, 0) else f", padding={_pair(pt, pl)}"
+        pt, pl, pb, pr = window_pads(layer)
+        return f", padding=({pl}, {pr}, {pt}, {pb})"
+
+    def torch_module_lines(self, layer, t):
+        a = layer.attrs
+        t.helper("LocallyConnected2d", self.LOCAL_SOURCE)
+        args = (f"{layer.in_shapes[0][0]}, {a['filters']}, {_pair(*a['out_hw'])}, "
+                f"{_pair(*a['kernel'])}")  # fmt: skip
+        if tuple(a["stride"]) != (1, 1):
+            args += f", stride={_pair(*a['stride'])}"
+        args += self._torch_padding(layer)
+        if a["groups"] != 1:
+            args += f", groups={a['groups']}"
+        if not a["bias"]:
+            args += ", bias=False"
+        return f"LocallyConnected2d({args})"
+
+    def torch_forward_expr(self, layer, t):
+        return f"{t.mod(layer)}({t.x(layer, 0, 4)})", 4
+
+    def state_dict_items(self, layer, tensors):
+        # netdsl's own layouts, which LocallyConnected2d keeps: weight (O, Ho, Wo, C/g, kh,
+        # kw), bias (O, Ho, Wo)
+        return [(f"{layer.name}.{k}", k, tensors[k]) for k in ("weight", "bias") if k in tensors]
+
+
+def _pair(a: int, b: int) -> str:
+    """3, 3 -> "3"; 3, 2 -> "(3, 2)": an argument of the generated module's source."""
+    return str(a) if a == b else f"({a}, {b})"
+
 
 LAYER = Local()
