@@ -52,7 +52,10 @@ def run(args) -> int:
                                f"{layer.name} are NaN or infinite (did its training "
                                "diverge?)")  # fmt: skip
     columns = net.gpus if net.gpus > 1 and len(layer.gpus) == net.gpus else 1
-    rgb = weight.shape[1] == 3 and not args.channels
+    # colour only for kernels over the input's three channels (a grouped layer's three
+    # channels per group are feature maps, not red, green and blue)
+    rgb = (weight.shape[1] == 3 and net.input.out_shape[0] == 3 and not args.channels
+           and layer.inputs == [net.input.name])  # fmt: skip
     summary = filters_summary(net, layer.name, weight, columns, rgb, args.scale)
     if args.json:
         common.print_json(summary)

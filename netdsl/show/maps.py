@@ -141,6 +141,9 @@ def draw(net: Network, image: np.ndarray, maps: dict[str, np.ndarray], about: di
     ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray", interpolation="nearest")
     ax.set_title(f"input {'x'.join(map(str, image.shape))}", fontsize=9)
     ax.set_axis_off()
+    from matplotlib import colormaps
+
+    colours = colormaps["viridis"].with_extremes(bad="white")  # the gaps between maps
     for k, (name, y) in enumerate(maps.items(), start=2):
         ax = fig.add_subplot(rows, cols, k)
         if y.ndim == 1 or y.shape[1:] == (1, 1):  # a vector: its values as a strip of cells
@@ -154,9 +157,8 @@ def draw(net: Network, image: np.ndarray, maps: dict[str, np.ndarray], about: di
             grid = map_grid(y[:n])
             count = f"{n} of {len(y)} maps" if n < len(y) else f"{len(y)} maps"
         lo, hi = float(np.nanmin(grid)) + 0.0, float(np.nanmax(grid)) + 0.0  # no -0
-        img = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=lo,
-                        vmax=hi if hi > lo else lo + 1, interpolation="nearest")  # fmt: skip
-        img.cmap.set_bad("white")
+        ax.imshow(np.ma.masked_invalid(grid), cmap=colours, vmin=lo, vmax=hi if hi > lo else lo + 1,
+                  interpolation="nearest")  # fmt: skip
         size = "x".join(map(str, y.shape[1:])) if y.ndim == 3 else ""
         ax.set_title(f"{name} ({net.layer(name).type}) {count} {size}\n"
                      f"range {lo:.3g} to {hi:.3g}", fontsize=8)  # fmt: skip
