@@ -89,7 +89,9 @@ def draw(grid: np.ndarray, summary: dict[str, Any], shape, columns: int, out: Pa
         what = "one tile per filter"
     else:
         what = "one row per filter, one column per input channel"
-    fig.suptitle(f"{summary['layer']}: {o} filters {c}x{kh}x{kw} \n{what}, "
+    if summary["groups"] > 1:
+        what += f" (groups {summary['groups']}: each filter sees {c} input maps)"
+    fig.suptitle(f"{summary['layer']}: {o} filters {c}x{kh}x{kw}\n{what}, "
                  f"{summary['scale']}-scaled from {summary['min']:.3g} to "
                  f"{summary['max']:.3g}", fontsize=9, y=1 - 0.05 / height, va="top")  # fmt: skip
     if columns > 1:

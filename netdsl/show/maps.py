@@ -132,11 +132,14 @@ def draw(net: Network, image: np.ndarray, maps: dict[str, np.ndarray], about: di
     panels = 1 + len(maps)
     rows = math.ceil(panels / 5)
     cols = math.ceil(panels / rows)
-    fig = common.new_figure(3.2 * cols, 3.3 * rows + 0.4)
+    height = 3.5 * rows + 0.85
+    fig = common.new_figure(3.2 * cols, height)
+    cells = fig.add_gridspec(rows, cols, left=0.01, right=0.99, bottom=0.01,
+                             top=1 - 0.85 / height, hspace=0.3, wspace=0.05)  # fmt: skip
     label = f", label {about['label_name']}" if "label" in about else ""
     fig.suptitle(f"{net.name}: feature maps of {about['image']}{label}, predicted class "
-                 f"{about['prediction']}", fontsize=10)  # fmt: skip
-    ax = fig.add_subplot(rows, cols, 1)
+                 f"{about['prediction']}", fontsize=10, y=1 - 0.1 / height, va="top")  # fmt: skip
+    ax = fig.add_subplot(cells[0, 0])
     shown = common.to_display(image)
     ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray", interpolation="nearest")
     ax.set_title(f"input {'x'.join(map(str, image.shape))}", fontsize=9)
@@ -144,8 +147,8 @@ def draw(net: Network, image: np.ndarray, maps: dict[str, np.ndarray], about: di
     from matplotlib import colormaps
 
     colours = colormaps["viridis"].with_extremes(bad="white")  # the gaps between maps
-    for k, (name, y) in enumerate(maps.items(), start=2):
-        ax = fig.add_subplot(rows, cols, k)
+    for k, (name, y) in enumerate(maps.items(), start=1):
+        ax = fig.add_subplot(cells[divmod(k, cols)])
         if y.ndim == 1 or y.shape[1:] == (1, 1):  # a vector: its values as a strip of cells
             v = y.reshape(-1)
             side = math.ceil(math.sqrt(len(v)))
@@ -163,5 +166,4 @@ def draw(net: Network, image: np.ndarray, maps: dict[str, np.ndarray], about: di
         ax.set_title(f"{name} ({net.layer(name).type}) {count} {size}\n"
                      f"range {lo:.3g} to {hi:.3g}", fontsize=8)  # fmt: skip
         ax.set_axis_off()
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3.3 * rows + 0.4)))
     common.save_png(fig, out, dpi=80)
