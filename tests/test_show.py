@@ -8,6 +8,7 @@ data behind it against an independent computation.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -151,6 +152,10 @@ def test_show_filters_rgb_gpu_net(rgb, tmp_path, capsys):
     assert got["gpu_columns"] == [[0, 3], [3, 6]]
     png(out)
     assert f"wrote {out}" in err
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # no temporary file left
     # the grouped layer: one row per filter, one tile per channel of its group
     code, text, err = run_cli(capsys, "filters", path, ckpt, "--layer", "c2", "--json")
     assert code == 0 and not err
@@ -173,12 +178,15 @@ def test_show_filters_rgb_gpu_net(rgb, tmp_path, capsys):
             "error: grey cannot show filters of layer 'f1'; filters can be shown for: c1, c2",
         ),  # fmt: skip
         (["-o", "x.jpg"], 2, "x.jpg: show writes PNG pictures; name the output file .png"),
+        (["-o", "nodir/x.png"], 1, "error: nodir/x.png: cannot write: No such file or directory"),
     ],
 )
-def test_show_filters_errors(grey, capsys, argv, code, message):
+def test_show_filters_errors(grey, capsys, tmp_path, monkeypatch, argv, code, message):
     path, ckpt, _ = grey
+    monkeypatch.chdir(tmp_path)
     got, out, err = run_cli(capsys, "filters", path, ckpt, *argv)
     assert got == code and message in err and not out
+    assert not list(tmp_path.iterdir())  # no picture, no temporary file
 
 
 def test_checkpoint_of_another_net_is_refused(grey, rgb, capsys):

@@ -91,6 +91,8 @@ def save_png(fig, path: Path, dpi: int = 100) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                    dir=path.parent if str(path.parent) else ".")  # fmt: skip
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file private (0600); a picture gets a new file's usual mode
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             fig.savefig(f, format="png", dpi=dpi)
         os.replace(tmp, path)
         tmp = None
@@ -102,6 +104,13 @@ def save_png(fig, path: Path, dpi: int = 100) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def wrote(path: Path) -> None:
