@@ -369,7 +369,7 @@ def test_without_matplotlib_json_works_and_pictures_say_what_to_install(grey, ca
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
     code, text, err = run_cli(capsys, "filters", path, ckpt, "--json")
-    assert code == 0 and json.loads(text)["layer"] == "c1"
+    assert code == 0 and json.loads(text)["layer"] == "c1" and json.loads(text)["mode"] == "grey"
     code, text, err = run_cli(capsys, "confusion", path, ckpt)
     assert code == 1
     assert err.strip().splitlines()[-1] == (

@@ -120,12 +120,20 @@ def wrote(path: Path) -> None:
 
 def print_json(obj: dict[str, Any]) -> None:
     """The --json output, one object, floats rounded to what a reader needs; a list of
-    numbers (a shape, a matrix row) stays on one line."""
+    numbers (a shape, a matrix row) and a short record stay on one line."""
     print(_dumps(_rounded(obj), ""))
 
 
 def _dumps(v: Any, indent: str) -> str:
     inner = indent + "  "
+    flat = json.dumps(v)
+    if (
+        indent
+        and isinstance(v, dict)
+        and len(flat) <= 90
+        and not any(isinstance(x, (dict, list)) for x in v.values())
+    ):  # a short record of numbers (a confused pair): one line
+        return flat
     if isinstance(v, dict) and v:
         items = [f"{inner}{json.dumps(k)}: {_dumps(x, inner)}" for k, x in v.items()]
         return "{\n" + ",\n".join(items) + f"\n{indent}}}"

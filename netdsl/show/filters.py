@@ -29,7 +29,7 @@ def filters_summary(net: Network, layer: str, weight: np.ndarray, columns: int,
         "type": lyr.type,
         "shape": list(weight.shape),
         "groups": int(lyr.attrs.get("groups", 1) or 1),
-        "mode": "rgb" if rgb else "channels",
+        "mode": "rgb" if rgb else "grey" if weight.shape[1] == 1 else "channels",
         "scale": scale,
         "min": float(weight.min()),
         "max": float(weight.max()),
@@ -85,7 +85,7 @@ def draw(grid: np.ndarray, summary: dict[str, Any], shape, columns: int, out: Pa
     o, c, kh, kw = shape
     if summary["mode"] == "rgb":
         what = "in colour"
-    elif c == 1:
+    elif summary["mode"] == "grey":
         what = "one tile per filter"
     else:
         what = "one row per filter, one column per input channel"

@@ -75,7 +75,7 @@ def run(args) -> int:
     idx, dist = nearest(q, base, args.k)
     t2 = time.perf_counter()
     print(f"features of {len(base):,} training images at {layer.name} ({base.shape[1]:,} "
-          f"values each): {t1 - t0:.1f}s; nearest {idx.shape[1]} of {len(qi)} queries: "
+          f"values each): {t1 - t0:.1f}s; the {idx.shape[1]} nearest to {len(qi)} queries: "
           f"{t2 - t1:.2f}s", file=sys.stderr)  # fmt: skip
     names = common.class_names(data, (data.record or {}).get("name"), data.num_classes)
     summary = {
