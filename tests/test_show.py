@@ -200,6 +200,18 @@ def test_checkpoint_of_another_net_is_refused(grey, rgb, capsys):
         ]
 
 
+def test_checkpoint_with_extra_weights_is_refused(grey, tmp_path, capsys):
+    path, ckpt, _ = grey
+    from netdsl.train.checkpoint import load_checkpoint
+
+    arrays, meta = load_checkpoint(ckpt)
+    save_checkpoint(tmp_path / "more.npz", {**arrays, "param.zz.weight": np.ones(3)}, meta)
+    code, out, err = run_cli(capsys, "filters", path, tmp_path / "more.npz")
+    assert code == 1 and not out
+    assert err.strip() == (f"error: {tmp_path / 'more.npz'}: does not fit this network: it "
+                           "has zz.weight, which the network grey has no place for")  # fmt: skip
+
+
 # ------------------------------------------------------------------ maps
 
 

@@ -183,6 +183,11 @@ def checkpoint_params(net: Network, path: str) -> tuple[dict[str, np.ndarray], d
                 raise DataError(f"{where}: does not fit this network: {key} is "
                                 f"{tuple(params[key].shape)}, the network {net.name} needs "
                                 f"{tuple(shape)}")  # fmt: skip
+    needed = {f"{lyr.name}.{name}" for lyr in net.layers for name in lyr.params}
+    extra = sorted(set(params) - needed)
+    if extra:
+        raise DataError(f"{where}: does not fit this network: it has {extra[0]}, which the "
+                        f"network {net.name} has no place for")  # fmt: skip
     return arrays, meta
 
 

@@ -162,7 +162,7 @@ def draw(net: Network, image: np.ndarray, maps: dict[str, np.ndarray], about: di
         lo, hi = float(np.nanmin(grid)) + 0.0, float(np.nanmax(grid)) + 0.0  # no -0
         ax.imshow(np.ma.masked_invalid(grid), cmap=colours, vmin=lo, vmax=hi if hi > lo else lo + 1,
                   interpolation="nearest")  # fmt: skip
-        size = "x".join(map(str, y.shape[1:])) if y.ndim == 3 else ""
+        size = "x".join(map(str, y.shape[1:])) if count.endswith("maps") else ""
         ax.set_title(f"{name} ({net.layer(name).type}) {count} {size}\n"
                      f"range {lo:.3g} to {hi:.3g}", fontsize=8)  # fmt: skip
         ax.set_axis_off()
