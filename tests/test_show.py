@@ -344,6 +344,12 @@ def test_show_neighbours_of_training_images_include_themselves(rgb, tmp_path, ca
     code, text, err = run_cli(capsys, "neighbours", path, ckpt, "--layer", "c2", "--json")
     assert code == 0 and json.loads(text)["features"] == 4 * 4 * 4
     assert "features of 40 training images at c2" in err
+    code, text, err = run_cli(capsys, "neighbours", path, ckpt, "--k", "33")
+    assert code == 2 and not text
+    assert err.strip() == ("error: a picture holds at most 32 neighbours (--k) of 64 queries "
+                           "(--queries); ask --json for more")  # fmt: skip
+    code, text, err = run_cli(capsys, "neighbours", path, ckpt, "--k", "99", "--json")
+    assert code == 0 and len(json.loads(text)["queries"][0]["neighbours"]) == N_TRAIN
 
 
 # ------------------------------------------------------------------ confusion

@@ -20,6 +20,7 @@ from ..ir import Network
 from . import common
 
 CHUNK = 8192  # training vectors per matrix product: (Q x CHUNK) distances at a time
+MAX_DRAWN = (32, 64)  # neighbours and queries a picture can show legibly
 
 
 def nearest(queries: np.ndarray, base: np.ndarray, k: int,
@@ -60,6 +61,11 @@ def run(args) -> int:
     net = common.load_net(args.file)
     valid = common.hidden_layers(net)
     layer = common.layer_named(net, args.layer or common.last_hidden(net), valid, "neighbours")
+    drawing = not args.json or args.output
+    if drawing and (args.k > MAX_DRAWN[0] or args.queries > MAX_DRAWN[1]):
+        raise common.ShowUsageError(f"a picture holds at most {MAX_DRAWN[0]} neighbours (--k) "
+                                    f"of {MAX_DRAWN[1]} queries (--queries); ask --json for "
+                                    "more")  # fmt: skip
     arrays, meta = common.checkpoint_params(net, args.checkpoint)
     data = common.load_data(net, args.checkpoint, meta, args.data, args.allow_other_data)
     if args.query_split == "train":
