@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-KERNEL_COMMANDS = ("compile", "train", "eval", "predict", "bench")
+KERNEL_COMMANDS = ("compile", "train", "eval", "predict", "bench", "show")
 
 
 def _one_blas_thread() -> None:
