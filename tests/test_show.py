@@ -267,6 +267,8 @@ def test_show_maps_cli(grey, tmp_path, capsys):
         assert g["max"] == pytest.approx(y.max(), rel=1e-4, abs=1e-5)
         assert g["mean"] == pytest.approx(y.mean(), rel=1e-4, abs=1e-5)
     png(out)
+    code, text, err = run_cli(capsys, "maps", path, ckpt, "train:3", "--json")
+    assert code == 0 and json.loads(text)["label"] == int(data.train.y[3])
     # an image file, a chosen list of layers (a vector layer too)
     raw = np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8)
     np.save(tmp_path / "one.npy", raw)
