@@ -205,10 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # the training commands are not built yet
         return p
     add_commands(sub)
+    from .show.cli import add_command as add_show_command  # netdsl show (netdsl/show/)
+
+    add_show_command(sub)
     return p
 
 
-KERNEL_COMMANDS = ("compile", "train", "eval", "predict", "bench")
+KERNEL_COMMANDS = ("compile", "train", "eval", "predict", "bench", "show")
 
 
 def _one_blas_thread() -> None:

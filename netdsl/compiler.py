@@ -236,6 +236,13 @@ class CompiledNet:
         y = self.out[last.name][:n]
         return y.reshape(n, -1).copy() if last.out_shape[1:] == (1, 1) else y.copy()
 
+    def layer_output(self, layer: str, n: int | None = None) -> np.ndarray:
+        """A host copy of `layer`'s output from the last forward pass: (n, C, H, W), the
+        first n images of the batch (all by default). netdsl show maps/neighbours read it."""
+        buf = self.out[layer]
+        host = buf.copy_to_host() if hasattr(buf, "copy_to_host") else buf  # a GPU buffer
+        return np.array(host[: self.batch if n is None else n])
+
     def _output_layer(self):
         layers = self.net.layers
         return layers[-2] if registry.of(layers[-1]).is_loss else layers[-1]
