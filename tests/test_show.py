@@ -292,7 +292,7 @@ def test_show_maps_reads_a_png_through_pillow(grey, tmp_path, capsys):
     [
         ("test:24", 2, "error: test:24: the test set has 24 images, numbered 0 to 23"),
         ("bad.npy", 1, "bad.npy: not an .npy file (no NUMPY signature)"),
-        ("bad.png", 1, "bad.png: cannot read the image: not a picture Pillow can read"),
+        ("bad.png", 1, "bad.png: cannot decode image"),
         ("missing.npy", 1, "missing.npy"),
     ],
 )

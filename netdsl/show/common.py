@@ -4,9 +4,7 @@ that keep chosen layers' outputs, and PNG output written atomically."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import numpy as np
 from ..errors import DataError, NetdslError
 from ..ir import Layer, Network
 from ..ops import registry
-from ..train.paths import os_problem, show_path
+from ..train.paths import show_path
 
 # Class names of the data sets that have well-known ones (their files carry none).
 KNOWN_CLASS_NAMES = {
@@ -83,34 +81,12 @@ def output_path(given: str | None, default: Path) -> Path:
 
 
 def save_png(fig, path: Path, dpi: int = 100) -> None:
-    """Write `fig` to `path` atomically: a temporary file beside it, then os.replace, so a
-    failed write never leaves a partial picture that looks complete."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                   dir=path.parent if str(path.parent) else ".")  # fmt: skip
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp makes the file private (0600); a picture gets a new file's usual mode
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise DataError(f"{show_path(path)}: cannot write: {os_problem(e)}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    """Write `fig` to `path` whole or not at all (netdsl.files): a failed write never
+    leaves a partial picture that looks complete."""
+    from ..files import atomic_output
 
-
-def _umask() -> int:
-    """The process's umask (read by setting it and setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    with atomic_output(path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 
 def wrote(path: Path) -> None:

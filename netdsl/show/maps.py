@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, NetdslError
+from ..errors import DataError
 from ..ir import Network
 from ..train.paths import show_path
 from . import common
@@ -30,7 +30,7 @@ def read_image(net: Network, spec: str, args, meta) -> tuple[np.ndarray, dict[st
     m = INDEX.match(spec.strip())
     if m:
         return _from_data(net, m.group(1), int(m.group(2)), spec, args, meta)
-    return _from_file(net, spec), {"image": spec}
+    return _from_file(net, spec, meta), {"image": spec}
 
 
 def _from_data(net: Network, split: str, i: int, spec: str, args, meta):
@@ -44,44 +44,26 @@ def _from_data(net: Network, split: str, i: int, spec: str, args, meta):
     return part.x[i : i + 1], {"image": spec, "label": label, "label_name": names[label]}
 
 
-def _from_file(net: Network, path: str) -> np.ndarray:
+def _from_file(net: Network, path: str, meta: dict[str, Any]) -> np.ndarray:
+    """One image from a file, normalised: a picture (PNG, JPEG ...) gets exactly the
+    test-time preprocessing of `netdsl predict` (the run's decode size, the centre crop of
+    the input); an .npy / .npz / IDX array is taken as it is."""
+    from ..train.augment import center_crop
     from ..train.data import read_images, to_float
+    from ..train.predict import PredictInputs, image_batches
 
     c, h, w = net.input.out_shape
     suffix = Path(path).suffix.lower()
     if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
-        x = _read_picture(path, c, h, w)
-    else:
-        x = read_images(path, channels=c)[:1]
-        if x.shape[1] != c:
-            raise DataError(f"{show_path(path)}: the image has {x.shape[1]} channel(s), the "
-                            f"network takes {c}")  # fmt: skip
+        record = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        _, x = next(image_batches(PredictInputs([(path, path)]), net, record, 1))
+        return center_crop(x, (h, w)) if x.shape[2:] != (h, w) else x
+    x = read_images(path, channels=c)[:1]
+    if x.shape[1] != c:
+        raise DataError(f"{show_path(path)}: the image has {x.shape[1]} channel(s), the "
+                        f"network takes {c}")  # fmt: skip
     norm = net.train["normalize"] or {"mean": [0.0], "std": [1.0]}
     return to_float(x, norm["mean"], norm["std"])
-
-
-def _read_picture(path: str, c: int, h: int, w: int) -> np.ndarray:
-    """A PNG/JPEG (...) file through Pillow, converted to the net's channels and resized
-    to its input: (1, C, H, W) uint8."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise NetdslError(f"{show_path(path)}: reading {Path(path).suffix} pictures needs "
-                          "Pillow, which is not installed; install it with: pip install "
-                          "Pillow (or give the image as .npy)") from None  # fmt: skip
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if c == 3 else "L")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            a = np.asarray(im, np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        why = "not a picture Pillow can read" if isinstance(e, UnidentifiedImageError) else e
-        raise DataError(f"{show_path(path)}: cannot read the image: {why}") from None
-    if c not in (1, 3):
-        raise DataError(f"{show_path(path)}: the network takes {c} channels; a picture file "
-                        "gives 1 or 3 (give the image as .npy)")  # fmt: skip
-    return (a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]).copy()
 
 
 def layer_stats(net: Network, name: str, y: np.ndarray) -> dict[str, Any]:
