@@ -261,6 +261,9 @@ class Transform:
         n = len(raw)
         params = self.draw(job.key, job.total) if job.key is not None and self.augment else []
         lo = job.offset
+        if params and self._fused():
+            self._crop_flip_light(raw, params, lo, out)
+            return
         x: np.ndarray | None = None  # the float batch once made
         cropped = False
         _, h, w = self.input_shape
@@ -298,6 +301,39 @@ class Transform:
                 self._center(raw, out)
             elif x is not out:
                 np.copyto(out, _center_view(x, h, w))
+
+    def _fused(self) -> bool:
+        """Whether the augmentation is AlexNet's: a crop without padding of images at
+        least the input's size first, then flip and lighting in any order."""
+        kinds = [a["kind"] for a in self.augment]
+        return (not self.needs_fit and kinds[0] == "crop" and int(self.augment[0]["pad"]) == 0
+                and "crop" not in kinds[1:])  # fmt: skip
+
+    def _crop_flip_light(self, raw: np.ndarray, params: list[Any], lo: int,
+                         out: np.ndarray) -> None:  # fmt: skip
+        """Crop, flip, light and normalise image by image while it is in the cache:
+        ``crop * (k/std) + (lighting - mean/std)`` per channel, two passes over the crop
+        (the arithmetic of normalise() then adding the lighting, up to rounding)."""
+        n, (_, h, w) = len(raw), self.input_shape
+        m, s, k = self._coeffs()
+        scale = (k if raw.dtype == np.uint8 else np.float32(1)) / s
+        shift = np.tile(-m / s, (n, 1)).astype(np.float64)
+        flip = np.zeros(n, bool)
+        top, left = params[0][0][lo : lo + n], params[0][1][lo : lo + n]
+        for a, p in zip(self.augment[1:], params[1:], strict=True):
+            if a["kind"] == "flip":
+                flip = p[lo : lo + n]
+            else:  # lighting
+                eigval, eigvec = self.pca
+                shift += (p[lo : lo + n] * np.asarray(eigval, np.float64)) @ np.asarray(eigvec).T
+        shift = shift.astype(np.float32)
+        for i in range(n):
+            src = raw[i, :, top[i] : top[i] + h, left[i] : left[i] + w]
+            if flip[i]:
+                src = src[:, :, ::-1]
+            for c in range(src.shape[0]):
+                np.multiply(src[c], scale[c], out=out[i, c], dtype=np.float32)
+                out[i, c] += shift[i, c]
 
     def _eval(self, raw: np.ndarray, out: np.ndarray) -> None:
         if self.ten_views:

@@ -1,0 +1,256 @@
+"""Images per second delivered for AlexNet-style training batches, netdsl vs torchvision.
+
+Each batch: 128 random 227x227 crops of 256x256 images, a random flip, PCA lighting
+(std 0.1) and per-channel normalisation to float32, as netdsl's `augment crop(227),
+flip, lighting(0.1)` makes them. Sources:
+
+- a packed store: uint8 N x 3 x 256 x 256 in memory-mapped shard files (``.npy``
+  shards until netdsl's own store format is on main; ``--store PATH`` names one made
+  by ``netdsl pack`` when it is: see ``open_store``);
+- an image folder of JPEGs (ImageNet's layout), decoded with Pillow in the loader's
+  workers, the shorter side resized to 256 and centre-cropped (as ``netdsl pack`` does);
+- torchvision's ``ImageFolder`` + ``DataLoader`` on the same folder with the same
+  transforms, run by another Python (``--torch-python``, a venv with torch and
+  torchvision: they are not netdsl dependencies).
+
+    python benchmarks/loader.py --torch-python /work/venv-tv/bin/python
+
+The folder and shards are generated under ``--dir`` (kept between runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from netdsl.train.loader import Job, Loader, Transform  # noqa: E402
+
+SIZE, CROP, BATCH = 256, 227, 128
+# ImageNet's RGB statistics on the [0, 1] scale (AlexNet's lighting: fb.resnet.torch's values)
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+                   [-0.5836, -0.6948, 0.4203]])  # fmt: skip
+AUGMENT = (
+    {"kind": "crop", "size": CROP, "pad": 0},
+    {"kind": "flip", "p": 0.5},
+    {"kind": "lighting", "std": 0.1},
+)
+
+
+# ------------------------------------------------------------------ data
+
+
+def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
+    """n JPEGs of 300-500 px sides (smooth random colour fields), ImageNet's layout."""
+    from PIL import Image
+
+    folder = root / "jpeg" / "train"
+    done = folder / ".complete"
+    if done.exists() and int(done.read_text()) == n:
+        return folder
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = rng.integers(300, 501, 2)
+        small = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((int(w), int(h)), Image.BILINEAR)
+        d = folder / f"class{i % classes:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        img.save(d / f"img{i:06d}.JPEG", quality=90)
+    done.write_text(str(n))
+    return folder
+
+
+def decode(path: Path) -> np.ndarray:
+    """One image file as 3 x 256 x 256 uint8: the shorter side resized to 256, centre crop."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = SIZE / min(w, h)
+        im = im.resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - SIZE) // 2, (h - SIZE) // 2
+        im = im.crop((left, top, left + SIZE, top + SIZE))
+        return np.asarray(im).transpose(2, 0, 1)
+
+
+class FolderSource:
+    """An image folder as an image source: files decoded when read (in the workers)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = str(folder)
+        self.files = sorted(p for p in folder.glob("*/*") if p.suffix == ".JPEG")
+        self.shape = (len(self.files), 3, SIZE, SIZE)
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, idx):
+        return np.stack([decode(self.files[int(i)]) for i in np.atleast_1d(idx)])
+
+
+class ShardSource:
+    """Memory-mapped .npy shards of uint8 N x 3 x 256 x 256 as one image source."""
+
+    def __init__(self, shards: list[Path]) -> None:
+        self.path = str(shards[0].parent)
+        self.parts = [np.load(p, mmap_mode="r") for p in shards]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.starts[-1]), 3, SIZE, SIZE)
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        idx = np.atleast_1d(idx)
+        shard = np.searchsorted(self.starts, idx, side="right") - 1
+        out = np.empty((len(idx), 3, SIZE, SIZE), np.uint8)
+        for s in np.unique(shard):
+            m = shard == s
+            out[m] = self.parts[s][idx[m] - self.starts[s]]
+        return out
+
+
+def pack_shards(folder: Path, root: Path, shard: int = 500) -> list[Path]:
+    """The folder decoded once into .npy shards (what a packed store holds)."""
+    out = root / "shards"
+    src = FolderSource(folder)
+    paths = [out / f"shard{i:04d}.npy" for i in range(0, len(src), shard)]
+    if all(p.exists() for p in paths) and (out / ".complete").exists():
+        return paths
+    out.mkdir(parents=True, exist_ok=True)
+    for p, start in zip(paths, range(0, len(src), shard), strict=True):
+        np.save(p, src[np.arange(start, min(start + shard, len(src)))])
+    (out / ".complete").write_text("")
+    return paths
+
+
+def open_store(path: str):
+    """A store made by `netdsl pack` (its training split), when netdsl has one."""
+    from netdsl.train.data import load_dataset
+
+    return load_dataset(path).x_train
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def netdsl_rate(source, workers: int, batches: int) -> float:
+    """Images/s the netdsl loader delivers (after one warm-up batch, which starts workers)."""
+    t = Transform(MEAN, STD, (3, CROP, CROP), (3, SIZE, SIZE), "train", AUGMENT,
+                  (EIGVAL, EIGVEC), seed=0)  # fmt: skip
+    order = np.random.default_rng(0).permutation(len(source))
+    n = min(batches + 1, len(source) // BATCH)
+    jobs = [Job(order[s * BATCH : (s + 1) * BATCH], (0, s), 0, BATCH) for s in range(n)]
+    with Loader({"train": (source, t)}, BATCH, workers=workers) as loader:
+        it = loader.run("train", jobs)
+        next(it)
+        t0 = time.perf_counter()
+        count = sum(len(b) for b in it)
+        return count / (time.perf_counter() - t0)
+
+
+TORCH = r"""
+import json, sys, time
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms as T
+
+folder, workers, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+eigval = torch.tensor([0.2175, 0.0188, 0.0045])
+eigvec = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]])
+
+def lighting(x):  # AlexNet's PCA noise, on the [0, 1] tensor
+    alpha = torch.normal(0.0, 0.1, (3,))
+    return x + (eigvec @ (alpha * eigval))[:, None, None]
+
+tf = T.Compose([T.Resize(256), T.CenterCrop(256), T.RandomCrop(227), T.RandomHorizontalFlip(),
+                T.ToTensor(), T.Lambda(lighting),
+                T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+torch.set_num_threads(1)
+ds = datasets.ImageFolder(folder, tf)
+dl = DataLoader(ds, batch_size=128, shuffle=True, num_workers=workers, drop_last=True)
+it = iter(dl)
+next(it)
+t0 = time.perf_counter()
+count = 0
+for i, (x, y) in enumerate(it):
+    count += len(x)
+    if i + 1 >= batches:
+        break
+print(json.dumps({"rate": count / (time.perf_counter() - t0), "torch": torch.__version__}))
+"""
+
+
+def torch_rate(python: str, folder: Path, workers: int, batches: int) -> float:
+    p = subprocess.run([python, "-c", TORCH, str(folder), str(workers), str(batches)],
+                       capture_output=True, text=True, timeout=3600)  # fmt: skip
+    if p.returncode:
+        raise RuntimeError(f"torchvision run failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.splitlines()[-1])["rate"]
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other processes share the cores)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default="/tmp/netdsl-loader-bench", help="where data is made")
+    ap.add_argument("--images", type=int, default=2000, help="JPEGs in the folder")
+    ap.add_argument("--batches", type=int, default=8, help="timed batches per run")
+    ap.add_argument("--workers", default="1,2", help="worker counts to measure")
+    ap.add_argument("--store", help="a store made by `netdsl pack` (default: .npy shards)")
+    ap.add_argument("--torch-python", help="a Python with torch and torchvision")
+    args = ap.parse_args(argv)
+    root = Path(args.dir)
+    folder = make_folder(root, args.images)
+    store = open_store(args.store) if args.store else ShardSource(pack_shards(folder, root))
+    folder_src = FolderSource(folder)
+    workers = [int(w) for w in args.workers.split(",")]
+    where = args.store or store.path
+    cpus = len(os.sched_getaffinity(0))
+    print(f"# {len(folder_src)} JPEGs in {folder}; store {where}; batch {BATCH}, crop {CROP} "
+          f"of {SIZE}, flip, lighting, normalise; {args.batches} timed batches; cpus {cpus}, "
+          f"load {_load()}")  # fmt: skip
+    rows = []
+    for w in workers:
+        r = {"workers": w, "store": netdsl_rate(store, w, args.batches),
+             "folder": netdsl_rate(folder_src, w, args.batches)}  # fmt: skip
+        if args.torch_python:
+            r["torch"] = torch_rate(args.torch_python, folder, w, args.batches)
+        rows.append(r)
+    print("| workers | netdsl store img/s | netdsl JPEG folder img/s | torchvision JPEG folder "
+          "img/s | store / torchvision | folder / torchvision |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        tv = r.get("torch")
+        cells = [f"{r['store']:.0f}", f"{r['folder']:.0f}", "-", "-", "-"]
+        if tv:
+            cells[2:] = [f"{tv:.0f}", f"{r['store'] / tv:.2f}x", f"{r['folder'] / tv:.2f}x"]
+        print(f"| {r['workers']} | " + " | ".join(cells) + " |")
+    print(f"# load after: {_load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
