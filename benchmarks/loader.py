@@ -205,6 +205,93 @@ def torch_rate(python: str, folder: Path, workers: int, batches: int) -> float:
     return json.loads(p.stdout.splitlines()[-1])["rate"]
 
 
+# ------------------------------------------------------------------ memory
+
+MEMORY_NET = """
+network memtiny
+input image: 3x28x28
+conv c1: 4 filters 5x5, stride 4, relu
+fc   out: 10
+loss cross_entropy
+
+train {
+  data "store"
+  batch 256
+  epochs 1
+  optimizer sgd(lr=0.01, momentum=0.9)
+  augment crop(28), flip
+  normalize mean=0.5, std=0.25
+  seed 1
+}
+"""
+
+# run in a fresh process per store size: one epoch of the trainer from the memmapped
+# store, then the peak resident sizes of this process and of its loader workers
+MEMORY_RUN = r"""
+import resource, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from netdsl.train import trainer
+from netdsl.train.data import Dataset
+
+store, net, out, workers = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+
+def load_dataset(spec, base_dir=None):  # a packed store: images memory-mapped, never read whole
+    x = np.load(f"{store}/x.npy", mmap_mode="r")
+    y = np.load(f"{store}/y.npy")
+    ds = Dataset(x, y, x[:1000], y[:1000], 10, "store")
+    ds.fingerprint = "blake2b:" + store  # a store's own fingerprint: no pass over the images
+    return ds
+
+trainer.load_dataset = load_dataset
+r = trainer.fit_file(net, out=out, quiet=True, workers=workers, overwrite=True)
+me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(f"{me} {kids} {r['train_loss']:.4f} {r['seconds']:.1f}")
+"""
+
+
+def make_store(root: Path, n: int) -> Path:
+    """n random 3x32x32 uint8 images (and labels) as a memory-mappable .npy pair."""
+    d = root / f"store{n}"
+    if not (d / "y.npy").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(n)
+        x = np.lib.format.open_memmap(d / "x.npy", "w+", np.uint8, (n, 3, 32, 32))
+        for start in range(0, n, 50_000):
+            stop = min(start + 50_000, n)
+            x[start:stop] = rng.integers(0, 256, (stop - start, 3, 32, 32), dtype=np.uint8)
+        x.flush()
+        del x
+        np.save(d / "y.npy", rng.integers(0, 10, n))
+    return d
+
+
+def memory(root: Path, sizes: list[int], workers: list[int]) -> None:
+    """Peak RSS (MiB) of one training epoch from stores of each size, in fresh processes."""
+    net = root / "memtiny.net"
+    root.mkdir(parents=True, exist_ok=True)
+    net.write_text(MEMORY_NET)
+    repo = str(Path(__file__).resolve().parent.parent)
+    print(f"# peak RSS, one epoch of {net.name} from a memmapped 3x32x32 uint8 store; "
+          f"load {_load()}")  # fmt: skip
+    print("| images | store size | workers | trainer peak RSS | workers' peak RSS | "
+          "train loss | epoch s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for w in workers:
+        for n in sizes:
+            d = make_store(root, n)
+            p = subprocess.run([sys.executable, "-c", MEMORY_RUN, repo, str(d), str(net),
+                                str(root / f"run{n}_{w}"), str(w)], capture_output=True,
+                               text=True, timeout=3600)  # fmt: skip
+            if p.returncode:
+                raise RuntimeError(p.stderr[-3000:])
+            me, kids, loss, secs = p.stdout.split()[-4:]
+            print(f"| {n:,} | {n * 3072 / 2**20:.0f} MiB | {w} | {int(me) / 1024:.0f} MiB | "
+                  f"{int(kids) / 1024:.0f} MiB | {loss} | {secs} |")  # fmt: skip
+    print(f"# load after: {_load()}")
+
+
 def _load() -> str:
     """The 1, 5 and 15 minute load averages (other processes share the cores)."""
     try:
@@ -221,8 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts to measure")
     ap.add_argument("--store", help="a store made by `netdsl pack` (default: .npy shards)")
     ap.add_argument("--torch-python", help="a Python with torch and torchvision")
+    ap.add_argument("--memory", metavar="N,N", help="instead: peak RSS of training from "
+                    "memmapped stores of these sizes (e.g. 100000,400000)")  # fmt: skip
     args = ap.parse_args(argv)
     root = Path(args.dir)
+    if args.memory:
+        memory(root, [int(v) for v in args.memory.split(",")],
+               [int(w) for w in args.workers.split(",")])  # fmt: skip
+        return 0
     folder = make_folder(root, args.images)
     store = open_store(args.store) if args.store else ShardSource(pack_shards(folder, root))
     folder_src = FolderSource(folder)
