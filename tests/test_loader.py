@@ -401,3 +401,27 @@ def test_the_streaming_pca_equals_the_whole_set_pca(tiny):
     expected = augment.pca_of_pixels(data.train.x)  # today's: over the normalised set
     for a, b in zip(data.pca, expected, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_two_mpi_ranks_with_workers_train_as_one_process(tiny):
+    """Each rank's workers make only its share of each global batch (crop, flip, lighting
+    drawn for the whole batch): 2 ranks with a worker each reach one process's weights."""
+    pytest.importorskip("mpi4py")
+    from netdsl.train.distributed import SIZE_VARS, find_mpiexec
+
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec (pip install 'netdsl[mpi]')")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for var in SIZE_VARS:
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "netdsl", "train", str(tiny / "tiny.net"), "--quiet"]
+    one = subprocess.run([*cmd, "--out", str(tiny / "one"), "--workers", "0"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=LIMIT_S * 2)  # fmt: skip
+    two = subprocess.run([mpiexec, "-n", "2", *cmd, "--out", str(tiny / "two"), "--workers",
+                          "1"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=LIMIT_S * 2)  # fmt: skip
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a, b = params(tiny / "one" / "checkpoint.npz"), params(tiny / "two" / "checkpoint.npz")
+    for k in a:  # up to float32 summation order
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
