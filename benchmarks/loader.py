@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=2000, help="JPEGs in the folder")
     ap.add_argument("--batches", type=int, default=8, help="timed batches per run")
     ap.add_argument("--workers", default="1,2", help="worker counts to measure")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each; medians are shown")
     ap.add_argument("--store", help="a store made by `netdsl pack` (default: .npy shards)")
     ap.add_argument("--torch-python", help="a Python with torch and torchvision")
     ap.add_argument("--memory", metavar="N,N", help="instead: peak RSS of training from "
@@ -460,11 +461,19 @@ def main(argv: list[str] | None = None) -> int:
           f"load {_load()}")  # fmt: skip
     rows = []
     for w in workers:
-        r = {"workers": w, "store": netdsl_rate(store, w, args.batches),
-             "folder": netdsl_rate(folder_src, w, args.batches)}  # fmt: skip
-        if args.torch_python:
-            r["torch"] = torch_rate(args.torch_python, folder, w, args.batches)
-        rows.append(r)
+        # the three alternate, `--runs` times: a load that comes and goes hits all alike
+        runs: dict[str, list[float]] = {"store": [], "folder": [], "torch": []}
+        for _ in range(args.runs):
+            runs["store"].append(netdsl_rate(store, w, args.batches))
+            runs["folder"].append(netdsl_rate(folder_src, w, args.batches))
+            if args.torch_python:
+                runs["torch"].append(torch_rate(args.torch_python, folder, w, args.batches))
+        print(
+            f"# {w} worker(s), each run: "
+            + "; ".join(f"{k} {', '.join(f'{v:.0f}' for v in vs)}" for k, vs in runs.items() if vs)
+        )
+        rows.append({"workers": w, **{k: float(np.median(v)) for k, v in runs.items() if v}})
+    print(f"# medians of {args.runs} runs")
     print("| workers | netdsl store img/s | netdsl JPEG folder img/s | torchvision JPEG folder "
           "img/s | store / torchvision | folder / torchvision |")  # fmt: skip
     print("|---|---|---|---|---|---|")

@@ -677,4 +677,5 @@ def _worker(wid: int, streams, shm_name: str, slot_bytes: int, tasks, results,
                 msg = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
                 results.put((seq, (kind, msg, traceback.format_exc())))
     finally:
+        results.cancel_join_thread()  # at shutdown nobody reads: never wait on the pipe
         shm.close()
