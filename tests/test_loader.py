@@ -425,3 +425,41 @@ def test_two_mpi_ranks_with_workers_train_as_one_process(tiny):
     a, b = params(tiny / "one" / "checkpoint.npz"), params(tiny / "two" / "checkpoint.npz")
     for k in a:  # up to float32 summation order
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_ctrl_c_in_netdsl_train_with_workers_exits_130_and_leaves_nothing(tiny):
+    before = shm_segments()
+    cmd = [sys.executable, "-m", "netdsl", "train", str(tiny / "tiny.net"), "--out",
+           str(tiny / "run"), "--quiet", "--workers", "2", "--epochs", "100000"]  # fmt: skip
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert p.stdout.readline().startswith("epoch 1/")  # the workers are running
+        workers = [c.pid for c in _children(p.pid)]
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=LIMIT_S)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and "Traceback" not in err
+    time.sleep(0.5)
+    assert shm_segments() <= before
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+
+
+class _Child:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+def _children(pid: int) -> list[_Child]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [_Child(int(c)) for c in path.read_text().split()] if path.exists() else []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
