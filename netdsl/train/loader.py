@@ -171,7 +171,7 @@ def default_workers(source: Any, ranks: int = 1) -> int:
     """Worker processes for a source: none for images in memory (normalising a batch
     of small images costs less than handing it between processes: see
     benchmarks/RESULTS.md), else the cores this process may use, less one for the
-    training loop, shared among the MPI ranks of this machine."""
+    training loop, divided by the MPI ranks (as if they all ran on this machine)."""
     if in_memory(source):
         return 0
     try:
