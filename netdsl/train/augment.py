@@ -13,12 +13,15 @@ returns a new array and leaves its input untouched; all are vectorised over the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 __all__ = [
     "center_crop",
     "hflip",
     "pca_lighting",
+    "pca_of_batches",
     "pca_of_pixels",
     "random_crop",
     "ten_crop",
@@ -117,19 +120,35 @@ def pca_of_pixels(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndar
     ((3,), (3, 3), True)
     """
     _check_batch(x)
-    n, c = x.shape[:2]
-    scale = 1 / 255 if x.dtype == np.uint8 else 1.0
-    total = np.zeros(c)
-    outer = np.zeros((c, c))
+    return pca_of_batches(x[start : start + chunk] for start in range(0, len(x), chunk))
+
+
+def pca_of_batches(batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pca_of_pixels` over batches of images read one at a time (streaming: a
+    data set too large for memory is never held whole).
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((6, 3, 4, 4))
+    >>> a, b = pca_of_batches([x[:2], x[2:]]), pca_of_pixels(x)
+    >>> bool(np.allclose(a[0], b[0]))
+    True
+    """
+    total: np.ndarray | None = None
+    outer: np.ndarray | None = None
     count = 0
-    for start in range(0, n, chunk):
-        # (pixels, C) for this chunk of images
-        p = x[start : start + chunk].astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, c)
+    for x in batches:
+        _check_batch(x)
+        c = x.shape[1]
+        scale = 1 / 255 if x.dtype == np.uint8 else 1.0
+        # (pixels, C) of this batch
+        p = x.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, c)
         p *= scale
+        if total is None or outer is None:
+            total, outer = np.zeros(c), np.zeros((c, c))
         total += p.sum(axis=0)
         outer += p.T @ p
         count += p.shape[0]
-    if count < 2:
+    if count < 2 or total is None or outer is None:
         raise ValueError("need at least two pixels to estimate a covariance")
     mean = total / count
     cov = (outer - count * np.outer(mean, mean)) / (count - 1)

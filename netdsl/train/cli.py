@@ -28,6 +28,19 @@ def plot_output(text: str) -> str:
     return text
 
 
+# ---- --workers (the data loader, loader.py)
+WORKERS_HELP = ("processes that read and augment batches ahead of the training loop (0: "
+                "in this process; default: none for a data set in memory, else the cores "
+                "less one)")  # fmt: skip
+
+
+def workers_arg(text: str) -> int:
+    """A whole number >= 0 of loader processes."""
+    from ..cli import _whole
+
+    return _whole(text, 0, "a whole number")
+
+
 def add_commands(sub) -> None:
     """Register the training commands on the CLI's subparsers; every argument has help."""
     c = sub.add_parser("compile", help="build the execution plan, warm the kernels, print it")
@@ -59,6 +72,7 @@ def add_commands(sub) -> None:
                         "recorded")  # fmt: skip
     t.add_argument("--limit", type=positive_int, help="use only the first N training images")
     t.add_argument("--quiet", action="store_true", help="one line per epoch, no live bar")
+    t.add_argument("--workers", type=workers_arg, metavar="N", help=WORKERS_HELP)
     t.add_argument("--distributed", choices=["none", "mpi"],
                    help="data-parallel over MPI ranks (mpiexec -n N netdsl train FILE); default: "
                         "mpi when launched as more than one rank, else none")  # fmt: skip
@@ -89,6 +103,7 @@ def add_commands(sub) -> None:
         help="evaluate on data that differs from the data the checkpoint recorded",
     )
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
+    e.add_argument("--workers", type=workers_arg, metavar="N", help=WORKERS_HELP)
     e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify images: JPEG/PNG files, folders of them, "
@@ -168,7 +183,8 @@ def cmd_train(args) -> int:
                      resume=args.resume, quiet=args.quiet, limit=args.limit,
                      comm=comm, overwrite=args.overwrite, validate=args.validate,
                      allow_other_data=args.allow_other_data, init_from=args.init_from,
-                     init_partial=args.init_partial, tensorboard=args.tensorboard)  # fmt: skip
+                     init_partial=args.init_partial, tensorboard=args.tensorboard,
+                     workers=args.workers)  # fmt: skip
     if comm.is_root and "epoch" in r:
         print(f"done: {closing_figures(r)} after {plural(r['epoch'], 'epoch')}, "
               f"{r['wall_seconds']:.1f}s; checkpoint {r['out']}/checkpoint.npz")  # fmt: skip
@@ -209,16 +225,24 @@ def _load_with_meta(args, batch=None):
 
 
 def cmd_eval(args) -> int:
+    from .loader import Loader, default_workers
     from .trainer import LOSS_NAMES, evaluate, loss_kind, recorded_data
 
     net, cnet, meta = _load_with_meta(args, args.batch)
     data = recorded_data(net, args.checkpoint, meta, args.data, training=False,
                          allow_other_data=args.allow_other_data)  # fmt: skip
     loss = LOSS_NAMES[loss_kind(net)]
-    for label, split in (("validation", data.val), ("test", data.test)):
-        if split is None:
-            continue
-        r = evaluate(cnet, split, crops=net.train["test_crops"])
+    crops = net.train["test_crops"]
+    splits = {k: s for k, s in (("validation", data.val), ("test", data.test)) if s is not None}
+    workers = args.workers
+    if workers is None:
+        workers = max(default_workers(s.images) for s in splits.values())
+    streams = {k: (s.images, s.transform(crops)) for k, s in splits.items()}
+    with Loader(streams, cnet.batch, workers=workers) as loader:
+        results = {k: evaluate(cnet, s, crops=crops, loader=loader, stream=k)
+                   for k, s in splits.items()}  # fmt: skip
+    for label, split in splits.items():
+        r = results[label]
         print(f"{label}: {len(split.y):,} images  {loss} loss {r['loss']:.4f}  "
               f"top-1 error {100 * r['top1_error']:.2f}%  "
               f"top-5 error {100 * r['top5_error']:.2f}%  "

@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,12 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .data import Dataset, check_finite, load_dataset, to_float
+from .data import Dataset, load_dataset
 from .distributed import Communicator, NullStream, local_batch, shard_bounds
+from .loader import Job, Loader, Transform, default_workers, subset, take
 from .metrics import METRICS_FILE, LogTee, MetricsWriter, StepLog, read_metrics, write_metrics
 from .optimizer import Optimizer
+from .paths import show_path
 from .progress import (
     ProgressBar,
     format_count,
@@ -79,8 +82,22 @@ class TrainingDiverged(NetdslError):
 
 @dataclass
 class Split:
-    x: np.ndarray  # (N, C, H, W) float32, normalised
+    """A split's raw images (an image source, loader.py: uint8 or float32, never converted
+    whole), its labels and how its batches are made."""
+
+    images: Any  # (N, C, H, W) image source as the reader gives it
     y: np.ndarray  # (N,) int64
+    prep: Transform  # normalise, fit to the input, centre crop (evaluation)
+
+    @property
+    def x(self) -> np.ndarray:
+        """The whole split normalised and fitted to the input, float32 (in memory: for
+        small sets only; training and evaluation read batches)."""
+        return self.prep.fit(take(self.images, np.arange(len(self.y))))
+
+    def transform(self, crops: int = 1) -> Transform:
+        """How evaluation batches are made: the centre crop, or whole images for ten views."""
+        return replace(self.prep, mode="ten" if crops == 10 else "center")
 
 
 @dataclass
@@ -107,11 +124,16 @@ class Data:
 
 def prepare_data(net: Network, spec: str | None = None, limit: int | None = None,
                  validate: int | None = None) -> Data:  # fmt: skip
-    """Load the dataset of the train section (or `spec`), normalised and fitted to the input.
+    """Load the dataset of the train section (or `spec`) for training batch by batch.
 
-    `validate` (default: the train section's) holds out the last N training images
-    (after `limit`) for validation. Pixels that normalisation makes infinite are refused.
-    The result's `record` describes the data (runinfo.py) for run.json and checkpoints.
+    The images stay as the reader gives them (uint8, a memory-mapped store, ...): each
+    batch is normalised and fitted to the input when it is made (loader.py), so no
+    float32 copy of the data set is made. `validate` (default: the train section's)
+    holds out the last N training images (after `limit`) for validation. Pixels that
+    normalisation would make infinite are refused. The PCA of `lighting` comes from the
+    data set's stats when it has them, else from one streaming pass over the training
+    images. The result's `record` describes the data (runinfo.py) for run.json and
+    checkpoints.
     """
     t = net.train
     base = Path(net.file).parent
@@ -129,32 +151,33 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
                         f"layer {net.input.name} takes {c}")  # fmt: skip
     # the readers (data.py) refuse NaN/inf pixels; what normalisation makes infinite is checked
     n_val = t["validate"] if validate is None else validate
+    prep = Transform(mean=tuple(np.ravel(norm["mean"])), std=tuple(np.ravel(norm["std"])),
+                     input_shape=tuple(net.input.out_shape),
+                     image_shape=tuple(ds.x_train.shape[1:]))  # fmt: skip
 
-    def prep(x: np.ndarray, where: str, what: str) -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):  # check_finite reports it
-            out = _fit_to_input(to_float(x, norm["mean"], norm["std"]), net, train=True)
-        check_finite(where, out, f"the {what} images",
-                     f" after normalize mean={norm['mean']}, std={norm['std']} (a std too small "
-                     "for the pixel values?)")  # fmt: skip
-        return out
+    def split(x: Any, y: np.ndarray, where: str, what: str) -> Split:
+        _check_normalised(where, x, prep, what,
+                          f" after normalize mean={norm['mean']}, std={norm['std']} (a std "
+                          "too small for the pixel values?)")  # fmt: skip
+        return Split(x, y.astype(np.int64), prep)
 
     x_train, y_train = ds.x_train, ds.y_train
     if limit:
-        x_train, y_train = x_train[:limit], y_train[:limit]
+        x_train, y_train = subset(x_train, 0, limit), y_train[:limit]
     val = None
+    n = len(y_train)
     if n_val:
-        if n_val >= len(x_train):
+        if n_val >= n:
             raise DataError(f"{ds.name}: validate {n_val} leaves no training images")
-        val = Split(prep(x_train[-n_val:], train_file, "validation"),
-                    y_train[-n_val:].astype(np.int64))  # fmt: skip
-        x_train, y_train = x_train[:-n_val], y_train[:-n_val]
+        val = split(subset(x_train, n - n_val, n), y_train[-n_val:], train_file, "validation")
+        x_train, y_train = subset(x_train, 0, n - n_val), y_train[:-n_val]
     test = None
     if ds.has_test:
-        test = Split(prep(ds.x_test, test_file, "test"), ds.y_test.astype(np.int64))
+        test = split(ds.x_test, ds.y_test, test_file, "test")
     elif val is None:
         raise DataError(f"{ds.name}: no test set; add `validate N` to the train section "
                         "(or pass --validate N) to hold out N training images")  # fmt: skip
-    train = Split(prep(x_train, train_file, "training"), y_train.astype(np.int64))
+    train = split(x_train, y_train, train_file, "training")
     k = net.loss.in_shapes[0][0] if net.loss else ds.num_classes
     top = max(int(s.y.max()) for s in (train, val, test) if s is not None)
     if top >= k:
@@ -162,11 +185,14 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
                         f"has {k} outputs")  # fmt: skip
     pca = None
     if any(a["kind"] == "lighting" for a in t["augment"]):
-        pca = augment.pca_of_pixels(train.x)
+        pca = _pca(getattr(ds, "stats", None), train, prep)
+    fingerprint = getattr(ds, "fingerprint", None)  # a packed store knows its own
+    if not isinstance(fingerprint, str):
+        fingerprint = data_fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test)
     record = {
         "spec": resolved,
         "name": ds.name,
-        "fingerprint": data_fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test),
+        "fingerprint": fingerprint,
         "images": {"train": int(len(ds.y_train)), "test": int(len(ds.y_test))},
         "image_shape": list(ds.image_shape),
         "classes": int(k),
@@ -179,6 +205,75 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
         "validate": int(n_val or 0),
     }
     return Data(train, test, k, pca, val=val, record=record)
+
+
+CHUNK = 1024  # images per read when a split is scanned whole (statistics, checks)
+
+
+def _chunks(images: Any, prep: Transform) -> Iterator[np.ndarray]:
+    """A split's images normalised and fitted, CHUNK at a time."""
+    for start in range(0, len(images), CHUNK):
+        yield prep.fit(take(images, np.arange(start, min(start + CHUNK, len(images)))))
+
+
+def _pca(stats: Any, train: Split, prep: Transform) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of the normalised pixels' channel covariance for
+    `lighting`: from a store's stats (of [0, 1] pixels, rescaled by the normalisation's
+    std) when it has them, else one streaming pass over the training images."""
+    eigval, eigvec = _stat(stats, "eigval"), _stat(stats, "eigvec")
+    if eigval is None or eigvec is None:
+        return augment.pca_of_batches(_chunks(train.images, prep))
+    c = len(eigval)
+    scale = 1.0 / np.resize(np.asarray(prep.std, np.float64), c)
+    cov = (np.asarray(eigvec) * np.asarray(eigval)) @ np.asarray(eigvec).T
+    cov = cov * scale[:, None] * scale[None, :]
+    val, vec = np.linalg.eigh(cov)
+    order = np.argsort(val)[::-1]
+    return np.maximum(val[order], 0.0), vec[:, order]
+
+
+def _stat(stats: Any, name: str) -> np.ndarray | None:
+    """A statistic of a store's stats (an object or a mapping), or None."""
+    if stats is None:
+        return None
+    v = stats.get(name) if isinstance(stats, dict) else getattr(stats, name, None)
+    return None if v is None else np.asarray(v, np.float64)
+
+
+def _check_normalised(where: str, images: Any, prep: Transform, what: str,
+                      cause: str) -> None:  # fmt: skip
+    """Refuse images that normalisation makes NaN or infinite (a tiny std), as
+    data.check_finite words it. Normalising is monotone per channel, so only each
+    channel's extreme pixels are checked (uint8: 0 and 255, read from no file); the
+    images are scanned only to report the bad ones."""
+    c = prep.image_shape[0]
+    if images.dtype == np.uint8:
+        lo, hi = np.zeros(c), np.ones(c)
+    else:
+        lo, hi = np.full(c, np.inf), np.full(c, -np.inf)
+        for start in range(0, len(images), CHUNK):
+            part = take(images, np.arange(start, min(start + CHUNK, len(images))))
+            lo = np.minimum(lo, part.min(axis=(0, 2, 3)))
+            hi = np.maximum(hi, part.max(axis=(0, 2, 3)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ends = prep.normalise(np.stack([lo, hi]).astype(np.float32)[:, :, None, None])
+        if np.isfinite(ends).all():
+            return
+        nan = inf = 0
+        first = -1
+        for start, x in zip(range(0, len(images), CHUNK), _chunks(images, prep), strict=True):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                n_nan = int(np.isnan(x).sum())
+                nan, inf = nan + n_nan, inf + int(bad.sum()) - n_nan
+                if first < 0:
+                    first = start + int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))
+    if nan or inf:
+        counts = " and ".join(f"{n:,} {kind} value{'s' if n != 1 else ''}"
+                              for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)  # fmt: skip
+        raise DataError(f"{show_path(where)}: the {what} images hold {counts}{cause} (the first "
+                        f"in image {first}); training needs finite pixels: fix or drop those "
+                        "images")  # fmt: skip
 
 
 def _split_files(resolved: str) -> tuple[str, str]:
@@ -199,23 +294,6 @@ def _fit_to_input(x: np.ndarray, net: Network, train: bool) -> np.ndarray:
     return x
 
 
-def augment_batch(x: np.ndarray, specs, shape, rng: np.random.Generator, pca) -> np.ndarray:
-    """Random crop to the input size, flip, lighting, in the order written."""
-    _, h, w = shape
-    cropped = False
-    for a in specs:
-        if a["kind"] == "crop":
-            x = augment.random_crop(x, (h, w), rng, pad=a["pad"])
-            cropped = True
-        elif a["kind"] == "flip":
-            x = augment.hflip(x, rng, p=a["p"])
-        elif a["kind"] == "lighting":
-            x = augment.pca_lighting(x, rng, a["std"], *pca)
-    if not cropped and x.shape[2:] != (h, w):
-        x = augment.center_crop(x, (h, w))
-    return x
-
-
 def loss_kind(net: Network) -> str:
     """The net's declared loss: "cross_entropy" or "mse" (cross-entropy without a loss layer)."""
     return net.loss.attrs["kind"] if net.loss is not None else "cross_entropy"
@@ -224,42 +302,53 @@ def loss_kind(net: Network) -> str:
 LOSS_NAMES = {"cross_entropy": "cross-entropy", "mse": "mse"}
 
 
-def evaluate(cnet, split: Split, crops: int = 1, comm=None) -> dict[str, float]:
+def evaluate(cnet, split: Split, crops: int = 1, comm=None, loader: Loader | None = None,
+             stream: str | None = None) -> dict[str, float]:  # fmt: skip
     """The net's own loss (cross-entropy or mse), top-1 and top-5 error over a split
     (eval mode; ten views with crops=10).
 
     The mse loss is the training loss's, ``1/2 sum_k (onehot_k - o_k)^2`` per image, and
     its errors rank the outputs. With a communicator each rank takes a contiguous share
-    of the split and the sums are added over the ranks.
+    of the split and the sums are added over the ranks. Batches come from `loader`'s
+    `stream` (made with split.transform(crops)), else are made in this process.
     """
     shape = cnet.net.input.out_shape
     mse = loss_kind(cnet.net) == "mse"
     n, b = len(split.y), cnet.batch
     lo, hi = (0, n) if comm is None else shard_bounds(comm.rank, comm.size, n)
     loss_sum, err1, err5 = 0.0, 0, 0
-    for i in range(lo, hi, b):
-        xb, yb = split.x[i : min(i + b, hi)], split.y[i : min(i + b, hi)]
-        if crops == 10 and xb.shape[2:] != shape[1:]:
-            views = [cnet.forward(v).astype(np.float64)
-                     for v in augment.ten_crop(xb, shape[1:])]  # fmt: skip
-            if mse:
-                scores = np.mean(views, axis=0)
+    starts = range(lo, hi, b)
+    jobs = [Job(np.arange(i, min(i + b, hi))) for i in starts]
+    own = loader is None
+    if own:
+        stream = "eval"
+        loader = Loader({stream: (split.images, split.transform(crops))}, b, workers=0)
+    assert loader is not None and stream is not None
+    try:
+        for i, xb in zip(starts, loader.run(stream, jobs), strict=True):
+            yb = split.y[i : min(i + b, hi)]
+            if xb.shape[2:] != shape[1:]:  # whole images: the ten views
+                views = [cnet.forward(v).astype(np.float64)
+                         for v in augment.ten_crop(xb, shape[1:])]  # fmt: skip
+                if mse:
+                    scores = np.mean(views, axis=0)
+                else:
+                    probs = np.mean([_softmax(v) for v in views], axis=0)
+                    scores = np.log(np.maximum(probs, 1e-30))
             else:
-                probs = np.mean([_softmax(v) for v in views], axis=0)
-                scores = np.log(np.maximum(probs, 1e-30))
-        else:
-            if xb.shape[2:] != shape[1:]:
-                xb = augment.center_crop(xb, shape[1:])
-            scores = cnet.forward(xb).astype(np.float64)
-        if mse:
-            t = np.zeros_like(scores)
-            t[np.arange(len(yb)), yb] = 1.0
-            loss_sum += float(0.5 * np.square(t - scores).sum())
-        else:
-            logp = scores - _logsumexp(scores)
-            loss_sum += float(-logp[np.arange(len(yb)), yb].sum())
-        err1 += topk_errors(scores, yb, 1)
-        err5 += topk_errors(scores, yb, min(5, scores.shape[1]))
+                scores = cnet.forward(xb).astype(np.float64)
+            if mse:
+                t = np.zeros_like(scores)
+                t[np.arange(len(yb)), yb] = 1.0
+                loss_sum += float(0.5 * np.square(t - scores).sum())
+            else:
+                logp = scores - _logsumexp(scores)
+                loss_sum += float(-logp[np.arange(len(yb)), yb].sum())
+            err1 += topk_errors(scores, yb, 1)
+            err5 += topk_errors(scores, yb, min(5, scores.shape[1]))
+    finally:
+        if own:
+            loader.close()
     if comm is not None:
         loss_sum, err1, err5 = comm.reduce_sums([loss_sum, err1, err5])
     return {"loss": loss_sum / n, "top1_error": err1 / n, "top5_error": err5 / n}
@@ -279,8 +368,8 @@ class Trainer:
     """Trains a compiled net on prepared data, writing metrics and checkpoints to `out`."""
 
     def __init__(self, cnet, data: Data, out: str | Path, epochs: int, lr: float | None = None,
-                 quiet: bool = False, stream=None,
-                 comm: Communicator | None = None) -> None:  # fmt: skip
+                 quiet: bool = False, stream=None, comm: Communicator | None = None,
+                 workers: int | None = None) -> None:  # fmt: skip
         self.cnet, self.data = cnet, data
         # data-parallel ranks (distributed.py): cnet.batch is this rank's share of the batch
         self.comm = comm or Communicator()
@@ -299,7 +388,12 @@ class Trainer:
             opt, cnet.slots, cnet.theta.size, device=cnet.device, like=cnet.theta
         )
         self.schedule = Schedule(t["schedule"], opt["lr"], epochs)
-        self.rng = np.random.default_rng(cnet.seed)  # shuffling and augmentation
+        self.rng = np.random.default_rng(cnet.seed)  # shuffling
+        # augmentation: a generator per batch from (seed, epoch, batch), loader.py
+        self.augment_seed = cnet.seed
+        # loader processes (loader.py); None: as many as the machine and the data suit
+        self.workers = (default_workers(data.train.images, self.comm.size)
+                        if workers is None else workers)  # fmt: skip
         self.epoch = 0  # epochs completed
         self.quiet, self.stream = quiet, stream
         self.history: list[dict[str, Any]] = []
@@ -309,6 +403,7 @@ class Trainer:
         self.is_tty, self.terminal = self._find_terminal()
         # more logs of rank 0 (tensorboard.py), each given every line metrics.jsonl gets
         self.loggers: list[Any] = []
+        self.loader: Loader | None = None  # while fit() runs
 
     def _find_terminal(self) -> tuple[bool | None, str | None]:
         """(is_tty for the progress bar, the launcher's terminal under mpiexec).
@@ -374,6 +469,8 @@ class Trainer:
         load_weights(self.cnet, arrays, path)
         self.optimizer.load_state(arrays, int(meta["optim_t"]))
         self.rng = restore_rng(meta["rng"], path)
+        if isinstance(meta.get("seed"), int):  # the run's augmentation, whatever --seed says
+            self.augment_seed = int(meta["seed"])
         self.cnet.rng = restore_rng(meta["dropout_rng"], path)
         if self.comm.size > 1:
             rank, states = self.comm.rank, meta.get("dropout_rngs") or []
@@ -438,7 +535,8 @@ class Trainer:
         if comm.is_root and self.loggers:
             writer = LogTee(writer, *self.loggers)
         overhead = 0.0  # seconds an epoch spends evaluating and saving, for the run's ETA
-        with writer as metrics:
+        # closed on every way out (an error, Ctrl-C): no worker or shared memory outlives it
+        with writer as metrics, self._make_loader() as self.loader:
             while self.epoch < self.epochs:
                 width = terminal_columns(self.terminal) if self.terminal else None
                 bar = ProgressBar(steps, self.epoch + 1, self.epochs, stream=self.stream,
@@ -451,11 +549,36 @@ class Trainer:
                 overhead = time.perf_counter() - t0 - train_time
         return last
 
+    def _make_loader(self) -> Loader:
+        """The loader of this run's splits: training batches augmented as the train
+        section says, evaluation batches centre-cropped (or whole, for ten views)."""
+        t, data = self.net.train, self.data
+        train = replace(data.train.prep, mode="train", augment=tuple(t["augment"]),
+                        pca=data.pca, seed=self.augment_seed)  # fmt: skip
+        streams = {"train": (data.train.images, train)}
+        for name, split in (("val", data.val), ("test", data.test)):
+            if split is not None:
+                streams[name] = (split.images, split.transform(t["test_crops"]))
+        return Loader(streams, self.cnet.batch, workers=self.workers)
+
+    def epoch_jobs(self, order: np.ndarray, steps: int, epoch: int) -> list[Job]:
+        """This rank's share [r*b/W, (r+1)*b/W) of each global batch of an epoch's order.
+
+        Random augmentation is drawn for the whole global batch from (seed, epoch, batch)
+        and then cut to the share, so W ranks see exactly the images one process would
+        while each reads only its own.
+        """
+        gb, (lo, hi) = self.global_batch, self.shard
+        augmented = bool(self.net.train["augment"])
+        return [Job(order[s * gb : (s + 1) * gb][lo:hi], (epoch, s) if augmented else None,
+                    lo, gb) for s in range(steps)]  # fmt: skip
+
     def _train_epoch(self, bar: ProgressBar, steps: int) -> tuple[dict[str, Any], float]:
         """One pass over the training set: (sums of loss, errors, images), last lr."""
-        c, comm, e, gb = self.cnet, self.comm, self.epoch, self.global_batch
-        shape = self.net.input.out_shape
+        c, comm, e = self.cnet, self.comm, self.epoch
         order = self.rng.permutation(len(self.data.train.y))
+        jobs = self.epoch_jobs(order, steps, e)
+        batches = self.loader.run("train", jobs)
         compiling = not self.stepped
         if compiling:
             bar.message(f"epoch {e + 1}/{self.epochs}  compiling kernels for {self.net.name} "
@@ -471,7 +594,7 @@ class Trainer:
         lr = self.schedule.lr(e, 0.0)
         for s in range(steps + 1):
             if s < steps:
-                xb, yb = self._rank_batch(order[s * gb : (s + 1) * gb], shape)
+                xb, yb = next(batches), self.data.train.y[jobs[s].idx]
                 lr = self.schedule.lr(e, s / steps)
                 c.start_step(xb, yb)
                 comm.average_(c.grad)  # one Allreduce: the mean gradient over the ranks
@@ -501,6 +624,8 @@ class Trainer:
                     bar.update(ps, loss_sum / (ps + 1), err=wrong / seen, images_per_s=rate,
                                lr=plr)  # fmt: skip
             pending = (s, lr, len(yb)) if s < steps else None
+        for _ in batches:  # the end of the epoch's batches (the loader's slots are free)
+            pass
         if comm.size > 1:  # the epoch's sums over every rank's share of the batches
             comm.average_state_(c.state)  # batch-norm running statistics
             loss_sum, wrong, seen = comm.reduce_sums([loss_sum / comm.size, wrong, seen])
@@ -513,7 +638,8 @@ class Trainer:
     def _evaluate(self, split: Split, name: str) -> dict[str, float]:
         """Evaluate a split; a NaN or infinite loss stops the run (exit 3), unsaved."""
         ev = evaluate(self.cnet, split, crops=self.net.train["test_crops"],
-                      comm=self.comm if self.comm.size > 1 else None)  # fmt: skip
+                      comm=self.comm if self.comm.size > 1 else None, loader=self.loader,
+                      stream=name)  # fmt: skip
         if not math.isfinite(ev["loss"]):
             what = {"val": "validation", "test": "test"}[name]
             raise TrainingDiverged(
@@ -571,22 +697,6 @@ class Trainer:
             print(f"  validation error stopped improving: learning rate x"
                   f"{t['schedule']['factor']:g}", file=self.stream)  # fmt: skip
         return last
-
-    def _rank_batch(self, idx: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's slice [r*b/W, (r+1)*b/W) of the global batch idx, augmented.
-
-        Random augmentation runs over the whole global batch on every rank (then sliced),
-        so every rank's generator draws the same numbers and W ranks see exactly the
-        images one process would; without it only this rank's images are read.
-        """
-        t, train = self.net.train, self.data.train
-        lo, hi = self.shard
-        if t["augment"]:
-            xb = augment_batch(train.x[idx], t["augment"], shape, self.rng, self.data.pca)
-            return xb[lo:hi], train.y[idx[lo:hi]]
-        idx = idx[lo:hi]
-        xb = augment_batch(train.x[idx], t["augment"], shape, self.rng, self.data.pca)
-        return xb, train.y[idx]
 
     def _last_good(self) -> str:
         """Names the checkpoint this run wrote or resumed from, never an older run's."""
@@ -684,7 +794,7 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
              comm: Communicator | None = None, overwrite: bool = False,
              validate: int | None = None, allow_other_data: bool = False,
              tensorboard: str | Path | bool | None = None, init_from: str | Path | None = None,
-             init_partial: bool = False) -> dict[str, Any]:  # fmt: skip
+             init_partial: bool = False, workers: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Train a .net file as `netdsl train` does; flags override the train section.
 
     The output folder belongs to one run: a folder holding another run's files
@@ -694,6 +804,8 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     `allow_other_data`. `validate` overrides the train section's `validate N`.
     `tensorboard` (a folder, or True for OUT/tensorboard) also logs every metrics line
     and the first conv layer's filters for TensorBoard (tensorboard.py; needs tensorboardX).
+    `workers` loader processes make the batches (loader.py; default: by the data's kind
+    and the machine's cores; 0: in this process).
 
     With an MPI communicator (distributed.py) the batch is the global batch, split
     evenly over the ranks; only rank 0 prints and writes.
@@ -743,7 +855,7 @@ def fit_file(path: str | Path, *, epochs: int | None = None, batch: int | None =
     else:
         ds = prepare_data(net, data, limit=limit, validate=validate)
     trainer = Trainer(cnet, ds, out, epochs or t["epochs"], lr=lr, quiet=quiet, stream=stream,
-                      comm=comm)  # fmt: skip
+                      comm=comm, workers=workers)  # fmt: skip
     info = {"netdsl": __version__, "started": now_iso(), "command": command_line(),
             "network": net.name, "net_file": str(Path(path).resolve()),
             "net_sha256": file_sha256(path), "loss": loss_kind(net), "seed": seed,
