@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, NetdslError
+from .sources import SubsetSource, describe_source, take
 
 # a generator per batch is seeded by (seed, AUGMENT_KEY, epoch, batch): the key keeps
 # these streams apart from the run's other generators seeded by (seed, ...)
@@ -57,113 +58,10 @@ class LoaderError(NetdslError):
 # ------------------------------------------------------------------ image sources
 
 
-def take(source: Any, idx: np.ndarray) -> np.ndarray:
-    """The images ``source[idx]`` as an ``(n, C, H, W)`` array, read in index order.
-
-    Sorted reads keep a memory-mapped file's access sequential; the images come back
-    in the order of ``idx``. A file memory-mapped whole is read with pread, not through
-    the map: pages touched through a map count in the reading process's resident size,
-    which would grow to the size of the data set over an epoch.
-    """
-    idx = np.asarray(idx, dtype=np.int64)
-    if idx.ndim == 1 and _file_rows(source):
-        return _pread_rows(source, idx)
-    if idx.size > 1 and np.any(idx[1:] < idx[:-1]):
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((idx.size, *source.shape[1:]), source.dtype)
-        out[order] = source[idx[order]]
-        return out
-    return np.asarray(source[idx])
-
-
-def _file_rows(a: Any) -> bool:
-    """Whether a source is a C-ordered np.memmap of a whole file region (its offset its
-    own, not a view of another memmap), so its rows can be read from the file."""
-    return (isinstance(a, np.memmap) and bool(a.filename) and a.ndim >= 1
-            and a.flags.c_contiguous and not isinstance(a.base, np.ndarray))  # fmt: skip
-
-
-def _pread_rows(a: np.memmap, idx: np.ndarray) -> np.ndarray:
-    """Rows ``a[idx]`` read from ``a``'s file, runs of consecutive rows in one read."""
-    n = a.shape[0]
-    if idx.size and (idx.min() < -n or idx.max() >= n):
-        raise IndexError(f"index {int(idx.max())} is out of range for {n} images")
-    idx = np.where(idx < 0, idx + n, idx)
-    order = np.argsort(idx, kind="stable")
-    rows = idx[order]
-    out = np.empty((idx.size, *a.shape[1:]), a.dtype)
-    row = int(np.prod(a.shape[1:])) * a.dtype.itemsize
-    buf = out.view(np.uint8).reshape(idx.size, row)
-    with open(a.filename, "rb", buffering=0) as f:
-        j = 0
-        while j < rows.size:
-            k = j + 1
-            while k < rows.size and rows[k] == rows[k - 1] + 1:
-                k += 1
-            want = (k - j) * row
-            view = memoryview(buf[j:k].reshape(-1))
-            got = os.preadv(f.fileno(), [view], a.offset + int(rows[j]) * row)
-            if got != want:
-                raise OSError(f"the file ends early: {got} of {want} bytes at image {rows[j]}")
-            j = k
-    if np.any(order[1:] < order[:-1]):
-        unsorted = np.empty_like(out)
-        unsorted[order] = out
-        return unsorted
-    return out
-
-
-class Subset:
-    """Images ``start..stop`` of a source, read only when indexed (``--limit``,
-    ``validate N``): slicing an arbitrary source could read every image."""
-
-    def __init__(self, source: Any, start: int, stop: int) -> None:
-        self.source, self.start, self.stop = source, int(start), int(stop)
-        self.shape = (self.stop - self.start, *source.shape[1:])
-        self.dtype = source.dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        if isinstance(idx, slice):
-            idx = np.arange(*idx.indices(len(self)))
-        idx = np.asarray(idx, dtype=np.int64)
-        if idx.ndim == 0:
-            return take(self.source, idx[None] + self.start)[0]
-        return take(self.source, idx + self.start)
-
-    def __repr__(self) -> str:
-        return f"Subset({describe_source(self.source)}, {self.start}, {self.stop})"
-
-
-def subset(source: Any, start: int, stop: int) -> Any:
-    """Images ``start..stop`` of a source: a view of an array in memory, else a lazy
-    Subset (a memmap too: its rows are then still read from its file)."""
-    if isinstance(source, np.ndarray) and not _file_rows(source):
-        return source[start:stop]
-    if isinstance(source, Subset):
-        return Subset(source.source, source.start + start, source.start + stop)
-    return Subset(source, start, stop)
-
-
-def describe_source(source: Any) -> str:
-    """The file (or folder) a source reads, for messages; a plain description if none."""
-    if isinstance(source, Subset):
-        return describe_source(source.source)
-    for name in ("filename", "path", "root", "name"):
-        v = getattr(source, name, None)
-        if isinstance(v, str | os.PathLike) and str(v):
-            return str(v)
-    if isinstance(source, np.ndarray):
-        return f"{'x'.join(map(str, source.shape))} {source.dtype} array in memory"
-    return type(source).__name__
-
-
 def in_memory(source: Any) -> bool:
     """Whether a source is an ordinary array in memory (not a file read on demand)."""
-    while isinstance(source, Subset):
-        source = source.source
+    while isinstance(source, SubsetSource):
+        source = source.parent
     return isinstance(source, np.ndarray) and not isinstance(source, np.memmap)
 
 
@@ -627,8 +525,8 @@ class _MemmapRef:
 def _portable(source: Any) -> Any:
     """A source that spawned workers can unpickle cheaply: a memory-mapped file mapped
     whole is passed by name (pickling an np.memmap would copy its data)."""
-    if isinstance(source, Subset):
-        return Subset(_portable(source.source), source.start, source.stop)
+    if isinstance(source, SubsetSource):
+        return SubsetSource(_portable(source.parent), source.start, source.stop)
     if (isinstance(source, np.memmap) and source.filename
             and not isinstance(source.base, np.ndarray)):  # fmt: skip
         return _MemmapRef(source)  # not a view of another memmap: its offset is its own
@@ -638,8 +536,8 @@ def _portable(source: Any) -> Any:
 def _opened(source: Any) -> Any:
     if isinstance(source, _MemmapRef):
         return source.open()
-    if isinstance(source, Subset):
-        return Subset(_opened(source.source), source.start, source.stop)
+    if isinstance(source, SubsetSource):
+        return SubsetSource(_opened(source.parent), source.start, source.stop)
     return source
 
 

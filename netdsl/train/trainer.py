@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .data import Dataset, load_dataset
 from .distributed import Communicator, NullStream, local_batch, shard_bounds
-from .loader import Job, Loader, Transform, default_workers, subset, take
+from .loader import Job, Loader, Transform, default_workers
 from .metrics import METRICS_FILE, LogTee, MetricsWriter, StepLog, read_metrics, write_metrics
 from .optimizer import Optimizer
 from .paths import show_path
@@ -58,7 +58,6 @@ from .runinfo import (
     clear_run_files,
     command_line,
     data_differences,
-    data_fingerprint,
     describe_data,
     file_sha256,
     now_iso,
@@ -67,6 +66,7 @@ from .runinfo import (
     write_json_atomic,
 )
 from .schedule import Schedule
+from .sources import subset, take
 
 CHECKPOINT = "checkpoint.npz"
 # a first step slower than this compiled the kernels (loading them from numba's disk
@@ -186,9 +186,7 @@ def prepare_data(net: Network, spec: str | None = None, limit: int | None = None
     pca = None
     if any(a["kind"] == "lighting" for a in t["augment"]):
         pca = _pca(getattr(ds, "stats", None), train, prep)
-    fingerprint = getattr(ds, "fingerprint", None)  # a packed store knows its own
-    if not isinstance(fingerprint, str):
-        fingerprint = data_fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    fingerprint = ds.fingerprint()  # a packed store knows its own: nothing is read
     record = {
         "spec": resolved,
         "name": ds.name,
