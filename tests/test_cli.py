@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -362,25 +361,22 @@ def test_a_bad_file_does_not_import_numba(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("path", NETS)
-def test_check_answers_quickly(path):
-    """The whole `python -m netdsl check FILE` (interpreter start included) in under 2 s.
+# What would make `check` slow to answer (about 0.1 s per net, interpreter start included,
+# measured): the kernels' compiler and the optional libraries. Tests never assert on time,
+# so this asserts on what is imported.
+HEAVY = ("numba", "llvmlite", "scipy", "torch", "matplotlib", "PIL", "onnx", "onnxruntime",
+         "tensorboardX", "safetensors")  # fmt: skip
 
-    Typical figures are ~0.1 s per net; the bound is generous for slow CI machines.
-    """
-    start = time.perf_counter()
-    r = subprocess.run(
-        [sys.executable, "-m", "netdsl", "check", path],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
+
+@pytest.mark.parametrize("path", NETS)
+def test_check_imports_no_compiler_or_optional_library(path):
+    r = python(
+        f"import sys; from netdsl.cli import main; code = main(['check', {path!r}]); "
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
+        "assert code == 0, code; assert not heavy, heavy"
     )
-    wall = time.perf_counter() - start
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{path}: ok")
-    assert wall < 2.0, f"netdsl check {path} took {wall:.2f} s"
 
 
 def test_netdsl_debug_prints_the_ir_after_each_pass(capsys, monkeypatch):
