@@ -22,9 +22,10 @@ spills, shared memory) -> `cuobjdump -sass` (the machine code). Printed per laun
   f x the FP32 peak (67 TFLOP/s for H100/H200 SXM, 132 SMs at 1.98 GHz); the blocks are
   spread over the SMs in whole blocks (a grid of fewer blocks than SMs leaves SMs idle),
   tiles padded past the matrix edge count as work, and the FLOPs counted as useful are
-  netdsl's MAC counts (2 x MACs x batch per GEMM). Latency, memory bandwidth and the other
-  kernels (memory-bound: pools, LRN, activations, reductions) are not modelled: the
-  estimate is a ceiling the code's instruction mix allows, per layer and per step.
+  netdsl's MAC counts (2 x MACs x batch per GEMM; a column's share in a split plan).
+  Latency, memory bandwidth and the other kernels (memory-bound: pools, LRN, activations,
+  reductions) are not modelled: the estimate is a ceiling the code's instruction mix
+  allows, per layer and per step.
 
     python benchmarks/gpu_static.py nets/alexnet.net                 # gpus 2: two columns
     python benchmarks/gpu_static.py nets/alexnet.net --one-column --batch 128
@@ -94,7 +95,8 @@ def blocks_per_sm(threads: int, registers: int, shared: int) -> tuple[int, str]:
     by_regs = (REGS_PER_SM // per_warp) // warps
     per_block = -(-(shared + SMEM_RESERVED) // SMEM_UNIT) * SMEM_UNIT
     by_smem = SMEM_PER_SM // per_block
-    return min((by_threads, "threads"), (by_regs, "registers"), (by_smem, "shared"))
+    limits = [(by_threads, "threads"), (by_regs, "registers"), (by_smem, "shared")]
+    return min(limits, key=lambda t: t[0])  # the first of equal limits
 
 
 _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P(?:T|\d)\s+)?([A-Z][A-Z0-9_]*)([.A-Z0-9_]*)"
@@ -350,12 +352,12 @@ def record(net_path: str, batch: int, one_column: bool) -> dict:
         place(net)
     cnet = compile_network(net, device="cuda", batch=batch, seed=0)
     opt = Optimizer(dict(net.train["optimizer"]), cnet.slots, cnet.theta.size, "cuda")
-    where: list[tuple[str, str, int]] = [("(plan)", "", 0)]
+    where: list[tuple[str, str]] = [("(plan)", "")]
     for r in cnet.runners:
         for phase in ("forward", "backward"):
             run = getattr(r, phase)
 
-            def tagged(*args, run=run, tag=(r.layer.name, phase, int(r.layer.macs))):
+            def tagged(*args, run=run, tag=(r.layer.name, phase)):
                 where.append(tag)
                 try:
                     return run(*args)
@@ -366,9 +368,9 @@ def record(net_path: str, batch: int, one_column: bool) -> dict:
     launches = []
 
     def sink(launch, args) -> None:
-        layer, phase, macs = where[-1]
+        layer, phase = where[-1]
         launches.append({
-            "layer": layer, "phase": phase, "macs": macs, "name": launch.name,
+            "layer": layer, "phase": phase, "name": launch.name,
             "key": (launch.factory.__module__, launch.factory.__name__, launch.cfg, launch.name,
                     tuple(cudakit._describe(a) for a in args)),
             "grid": _dims(launch.grid), "block": _dims(launch.block),
@@ -376,7 +378,7 @@ def record(net_path: str, batch: int, one_column: bool) -> dict:
 
     with cudakit.capturing(sink):
         cnet._launch_train()
-        where.append(("(optimizer)", "update", 0))
+        where.append(("(optimizer)", "update"))
         opt.step(cnet.theta, cnet.grad, 0.01)
     return {"net": net.name, "batch": batch, "gpus": declared, "plan": type(cnet).__name__,
             "columns": 1 if one_column else declared, "launches": launches}  # fmt: skip
@@ -464,9 +466,20 @@ def k_slices(key: tuple, tile: tuple) -> int:
     return chunk // bk  # conv_backward_weights: a split of `chunk` output pixels
 
 
+def useful_flops(key: tuple) -> float:
+    """2 x the MACs of the layer (or, in a split plan, the column's share) a GEMM serves:
+    netdsl's MAC count, the same for its forward, backward-data and backward-weights GEMMs."""
+    module, _, cfg, _, _ = key
+    if module == "netdsl.ops.fc":
+        m, n, k = cfg[:3]
+        return 2.0 * m * n * k
+    n, c, _, _, o, groups, kh, kw = cfg[:8]
+    ho, wo = cfg[14], cfg[15]
+    return 2.0 * n * o * ho * wo * (c // groups) * kh * kw
+
+
 def analyse(rec: dict, compiled: dict[tuple, dict]) -> dict:
     kernels, layers = [], {}
-    batch = rec["batch"]
     for lc in rec["launches"]:
         key = lc["key"]
         if key not in compiled:
@@ -482,7 +495,7 @@ def analyse(rec: dict, compiled: dict[tuple, dict]) -> dict:
              "blocks": blocks, "blocks_per_sm": bps, "occupancy_limit": limit,
              "ffma_share": round(loop["ffma_share"], 4), "loop": loop}  # fmt: skip
         if c["tile"] is not None and loop["kind"] == "per K slice":
-            flops = 2.0 * lc["macs"] * batch  # useful: netdsl's MAC count
+            flops = useful_flops(key)
             warps = -(-threads // 32)
             # issue-bound: the busiest SM runs ceil(blocks / SMs) blocks' warp-instructions
             # at 4 per cycle (with fewer warps than schedulers, fewer: one per warp)
@@ -504,7 +517,7 @@ def analyse(rec: dict, compiled: dict[tuple, dict]) -> dict:
     step = {"gemm_gflop": gflop, "gemm_est_ms": est_us / 1e3,
             "gemm_est_tflops": gflop / est_us * 1e3 if est_us else 0.0,
             "launches": len(rec["launches"]), "distinct_kernels": len(compiled)}  # fmt: skip
-    return {"net": rec["net"], "batch": batch, "arch": ARCH, "plan": rec["plan"],
+    return {"net": rec["net"], "batch": rec["batch"], "arch": ARCH, "plan": rec["plan"],
             "columns": rec["columns"], "kernels": kernels, "layers": list(layers.values()),
             "step": step}  # fmt: skip
 
