@@ -155,7 +155,8 @@ def find_loops(insns: list[Insn]) -> list[Loop]:
     each with its children."""
     ends: dict[int, int] = {}
     for i in insns:
-        if i.op == "BRA" and i.target is not None and i.target <= i.addr:
+        # (a branch to itself is the trap after the last EXIT, not a loop)
+        if i.op == "BRA" and i.target is not None and i.target < i.addr:
             ends[i.target] = max(ends.get(i.target, -1), i.addr)
     loops = sorted((Loop(s, e) for s, e in ends.items()), key=lambda lp: (lp.start, -lp.end))
     roots: list[Loop] = []
@@ -215,9 +216,9 @@ def main_loop_mix(sass: str, tile: tuple[int, int, int, int, int] | None = None)
     """The main loop's instruction mix of one kernel's SASS (see the module doc).
 
     tile = (bm, bn, bk, tm, tn) for a GEMM: the main loop is the innermost loop holding an
-    FFMA and a barrier (one K slice); the child loop with the FFMAs runs until the slice's
-    tm*tn*bk FFMAs are issued, the other children (the A then B tile fills) run
-    bm*bk / threads and bk*bn / threads times on average.
+    FFMA and a barrier (one K slice; the whole kernel when K fits one slice); the child loop
+    with the FFMAs runs until the slice's tm*tn*bk FFMAs are issued, the other children (the
+    A then B tile fills) run bm*bk / threads and bk*bn / threads times on average.
     """
     insns = parse_sass(sass)
     loops = list(_walk(find_loops(insns)))
@@ -231,10 +232,14 @@ def main_loop_mix(sass: str, tile: tuple[int, int, int, int, int] | None = None)
     if tile is not None:
         slices = [lp for lp in loops if has[id(lp)][0] and has[id(lp)][1]]
         if slices:
-            main = min(slices, key=lambda lp: lp.end - lp.start)
+            main, kind = min(slices, key=lambda lp: lp.end - lp.start), "per K slice"
+        elif insns:  # K fits one slice: no K loop, the kernel's body is the slice
+            main = Loop(insns[0].addr, insns[-1].addr, find_loops(insns))
+            kind = "one K slice"
+        if main is not None:
             bm, bn, bk, tm, tn = tile
             threads = (bm // tm) * (bn // tn)
-            fma_children = [c for c in main.children if has[id(c)][0]]
+            fma_children = [c for c in main.children if _count(insns, c.start, c.end, "FFMA")]
             # a grid-stride fill of E elements by T threads: E / T iterations per thread on
             # average (fewer elements than threads: some warps skip it)
             fills = iter([bm * bk / threads, bk * bn / threads])
@@ -246,7 +251,6 @@ def main_loop_mix(sass: str, tile: tuple[int, int, int, int, int] | None = None)
                 outside = _mix(insns, main, {**trips, c.start: 0})["ffma"]
                 inner = _mix(insns, c, {})["ffma"]
                 trips[c.start] = max(1, round((tm * tn * bk - outside) / inner))
-            kind = "per K slice"
     if main is None:
         with_ffma = [lp for lp in loops if has[id(lp)][0]]
         if with_ffma:
@@ -494,7 +498,7 @@ def analyse(rec: dict, compiled: dict[tuple, dict]) -> dict:
              "stack": c["stack"], "shared_bytes": c["shared_bytes"], "threads": threads,
              "blocks": blocks, "blocks_per_sm": bps, "occupancy_limit": limit,
              "ffma_share": round(loop["ffma_share"], 4), "loop": loop}  # fmt: skip
-        if c["tile"] is not None and loop["kind"] == "per K slice":
+        if c["tile"] is not None and loop["kind"].endswith("K slice"):
             flops = useful_flops(key)
             warps = -(-threads // 32)
             # issue-bound: the busiest SM runs ceil(blocks / SMs) blocks' warp-instructions

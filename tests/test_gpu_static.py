@@ -77,10 +77,9 @@ SASS = """
 
 
 def test_loops_are_found_by_their_backward_branches():
-    (outer, spin) = gs.find_loops(gs.parse_sass(SASS))
+    (outer,) = gs.find_loops(gs.parse_sass(SASS))  # not the self-loop after EXIT
     assert (outer.start, outer.end) == (0x40, 0x150)
     assert [(c.start, c.end) for c in outer.children] == [(0x50, 0x70), (0xA0, 0xF0)]
-    assert (spin.start, spin.end) == (0x170, 0x170)  # the end-of-code self-loop
 
 
 def test_main_loop_mix_of_a_gemm_slice():
@@ -167,7 +166,8 @@ def test_lenet5_kernels_for_sm90():
     for k in kernels:
         if k["name"] in ("conv_forward", "gemm"):  # a GEMM: shared tiles, FFMAs, an estimate
             assert k["shared_bytes"] > 0 and k["ffma_share"] > 0, k
-            assert k["loop"]["kind"] == "per K slice" and k["loop"]["bar"] >= 1, k
+            assert k["loop"]["kind"] in ("per K slice", "one K slice"), k
+            assert k["loop"]["bar"] >= 1, k
             assert 0 < k["est_tflops"] <= 67.0, k
         else:
             assert k["ffma_share"] == 0.0, k  # max pooling multiplies nothing
