@@ -409,8 +409,10 @@ def gemm_tile(key: tuple) -> tuple[int, int, int, int, int] | None:
     return tuple(int(v) for v in cfg[geo : geo + 5])
 
 
-def compile_kernels(keys: list[tuple], tools: dict[str, str], keep: str | None) -> list[dict]:
-    """Compile each kernel for sm_90 and analyse it; one dict per key, in order."""
+def compile_kernels(keys: list[tuple[int, tuple]], tools: dict[str, str],
+                    keep: str | None) -> list[dict]:  # fmt: skip
+    """Compile each (number, kernel) for sm_90 and analyse it; one dict per kernel, in order.
+    With `keep`, its PTX, cubin and SASS are kept as DIR/<number>_<module>_<kernel>.*"""
     import importlib
 
     from numba import cuda
@@ -426,7 +428,7 @@ def compile_kernels(keys: list[tuple], tools: dict[str, str], keep: str | None) 
     env["PATH"] = os.pathsep.join([str(Path(tools["nvdisasm"]).parent), env.get("PATH", "")])
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n, key in enumerate(keys):
+        for n, key in keys:
             module, factory, cfg, name, args = key
             kern = getattr(getattr(importlib.import_module(module), factory)(*cfg), name)
             ptx, _ = cuda.compile_ptx(kern.py_func, tuple(_type(a) for a in args), cc=CC)
@@ -600,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if a._compile:
-            keys = pickle.loads(Path(a._compile[0]).read_bytes())
+            keys = pickle.loads(Path(a._compile[0]).read_bytes())  # [(number, key)]
             result = compile_kernels(keys, find_tools(), a.keep)
             Path(a._compile[1]).write_bytes(pickle.dumps(result))
             return 0
@@ -634,7 +636,13 @@ def _command(a) -> int:
         rec = pickle.loads(rec_path.read_bytes())
         wanted = [lc for lc in rec["launches"] if not a.kernels or re.search(a.kernels, lc["name"])]
         keys = list(dict.fromkeys(lc["key"] for lc in wanted))
-        parts = [keys[i :: max(1, a.jobs)] for i in range(max(1, a.jobs))]
+        if a.keep:  # which file is which kernel of which layer
+            index = [f"{n:03d} {k[3]} {k[0]} {list(k[2])}: " + " ".join(sorted({
+                f"{lc['layer']}/{lc['phase']}" for lc in wanted if lc["key"] == k})) + "\n"
+                for n, k in enumerate(keys)]  # fmt: skip
+            (Path(a.keep) / "index.txt").write_text("".join(index))
+        numbered = list(enumerate(keys))
+        parts = [numbered[i :: max(1, a.jobs)] for i in range(max(1, a.jobs))]
         procs = []
         for i, part in enumerate(p for p in parts if p):
             kp, op = Path(tmp) / f"keys{i}.pkl", Path(tmp) / f"out{i}.pkl"
@@ -655,7 +663,7 @@ def _command(a) -> int:
                 else:
                     failure = failure or RuntimeError(f"compiling failed:\n{err.strip()}")
             else:
-                compiled.update(zip(part, pickle.loads(op.read_bytes())))
+                compiled.update(zip((k for _, k in part), pickle.loads(op.read_bytes())))
         if failure is not None:
             raise failure
     res = analyse(rec, compiled)
