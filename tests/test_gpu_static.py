@@ -143,12 +143,13 @@ def _tools_present() -> str | None:
 
 
 @pytest.mark.slow
-def test_lenet5_kernels_for_sm90():
+def test_lenet5_kernels_for_sm90(tmp_path):
     why = _tools_present()
     if why:
         pytest.skip(why)
     cmd = [sys.executable, str(SCRIPT), str(ROOT / "nets" / "lenet5.net"), "--batch", "8",
-           "--json", "--jobs", "2", "--kernels", "conv_forward|gemm|pool_forward"]  # fmt: skip
+           "--json", "--jobs", "2", "--kernels", "conv_forward|gemm|pool_forward",
+           "--keep", str(tmp_path / "sass")]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
@@ -175,3 +176,11 @@ def test_lenet5_kernels_for_sm90():
     c1 = next(lay for lay in res["layers"] if lay["layer"] == "c1")
     assert c1["gflop"] == pytest.approx(2 * 6 * 28 * 28 * 25 * 8 / 1e9)
     assert 0 < res["step"]["gemm_est_tflops"] <= 67.0
+    # --keep: every distinct kernel's PTX, cubin and SASS, and an index naming their layers
+    index = (tmp_path / "sass" / "index.txt").read_text().splitlines()
+    assert len(index) == res["step"]["distinct_kernels"]
+    assert any(line.split()[1] == "conv_forward" and "c1/forward" in line for line in index)
+    for line in index:
+        stem = f"{line[:3]}_{line.split()[2].rsplit('.', 1)[-1]}_{line.split()[1]}"
+        sass = (tmp_path / "sass" / f"{stem}.sass").read_text()
+        assert "FFMA" in sass or "pool" in stem, stem
