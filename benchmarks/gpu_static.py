@@ -431,7 +431,10 @@ def compile_kernels(keys: list[tuple[int, tuple]], tools: dict[str, str],
         for n, key in keys:
             module, factory, cfg, name, args = key
             kern = getattr(getattr(importlib.import_module(module), factory)(*cfg), name)
-            ptx, _ = cuda.compile_ptx(kern.py_func, tuple(_type(a) for a in args), cc=CC)
+            try:
+                ptx, _ = cuda.compile_ptx(kern.py_func, tuple(_type(a) for a in args), cc=CC)
+            except ImportError as e:  # numba-cuda's NvvmSupportError: no libNVVM
+                raise ToolError(f"NVVM not found ({e}): {EXTRA}") from None
             stem = Path(keep or tmp) / f"{n:03d}_{module.rsplit('.', 1)[-1]}_{name}"
             stem.with_suffix(".ptx").write_text(ptx)
             cubin = stem.with_suffix(".cubin")
@@ -610,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     except ToolError as e:
         print(f"gpu_static: {e}", file=sys.stderr)
         return 3 if (a._record or a._compile) else 1
+    except RuntimeError as e:  # a recording or compiling process failed: its own message
+        print(f"gpu_static: {e}", file=sys.stderr)
+        return 1
 
 
 def _command(a) -> int:
@@ -658,10 +664,7 @@ def _command(a) -> int:
             if proc.returncode == 3:
                 failure = ToolError((err.strip().splitlines() or [""])[-1])
             elif proc.returncode:
-                if "nvvm" in err.lower() and "not found" in err.lower():
-                    failure = ToolError(f"NVVM not found: {EXTRA}")
-                else:
-                    failure = failure or RuntimeError(f"compiling failed:\n{err.strip()}")
+                failure = failure or RuntimeError(f"compiling failed:\n{err.strip()}")
             else:
                 compiled.update(zip((k for _, k in part), pickle.loads(op.read_bytes())))
         if failure is not None:
