@@ -460,6 +460,21 @@ def compile_kernels(keys: list[tuple[int, tuple]], tools: dict[str, str],
 # ---------------------------------------------------------------------------------------------
 
 
+def gemm_shape(key: tuple) -> tuple[int, int, int]:
+    """(M, N, K) of one of netdsl's GEMM kernels (per group, for a grouped conv)."""
+    module, _, cfg, name, _ = key
+    if module == "netdsl.ops.fc":
+        return tuple(int(v) for v in cfg[:3])
+    n, c, h, w, o, groups, kh, kw = cfg[:8]
+    ho, wo = cfg[14], cfg[15]
+    cg, og = c // groups, o // groups
+    if name == "conv_forward":
+        return og, n * ho * wo, cg * kh * kw
+    if name == "conv_backward_data":
+        return cg, n * h * w, og * kh * kw
+    return og, cg * kh * kw, n * ho * wo  # conv_backward_weights
+
+
 def k_slices(key: tuple, tile: tuple) -> int:
     """K slices one block of a GEMM runs."""
     module, _, cfg, name, _ = key
@@ -512,8 +527,9 @@ def analyse(rec: dict, compiled: dict[tuple, dict]) -> dict:
             resident = min(bps, -(-blocks // SMS))
             rate = min(4, warps * resident)  # warp-instructions per cycle per SM
             seconds = -(-blocks // SMS) * per_block / rate / CLOCK
-            k.update(tile=c["tile"], gflop=flops / 1e9, est_us=1e6 * seconds,
-                     est_tflops=flops / seconds / 1e12 if seconds else 0.0)  # fmt: skip
+            tflops = flops / seconds / 1e12 if seconds else 0.0
+            k.update(tile=c["tile"], gemm_mnk=gemm_shape(key), gflop=flops / 1e9,
+                     est_us=1e6 * seconds, est_tflops=tflops)  # fmt: skip
             lay = layers.setdefault(lc["layer"], {"layer": lc["layer"], "gflop": 0.0,
                                                   "est_us": 0.0})  # fmt: skip
             lay["gflop"] += flops / 1e9
@@ -536,23 +552,20 @@ def render(res: dict) -> str:
     lines = [f"{res['net']}: batch {res['batch']}, {res['plan']} ({res['columns']} column(s)), "
              f"{res['arch']}; {res['step']['launches']} launches per training step, "
              f"{res['step']['distinct_kernels']} distinct kernels compiled", "",
-             f"{'kernel':<22} {'layer':<12} {'phase':<8} {'regs':>4} {'spill':>5} "
+             f"{'kernel':<22} {'layer':<14} {'phase':<8} {'regs':>4} {'spill':>5} "
              f"{'smem':>6} {'thr':>4} {'blocks':>7} {'blk/SM':>6} {'loop':>5} {'FFMA%':>6} "
-             f"{'LDS/F':>5} {'LDG/F':>5} {'est TFLOP/s':>11}"]  # fmt: skip
-    seen = set()
+             f"{'LDS/F':>5} {'LDG/F':>5} {'est TFLOP/s':>11}  GEMM M x N x K"]  # fmt: skip
     for k in res["kernels"]:
-        row = (k["name"], k["layer"], k["phase"])
-        if row in seen:  # the same launch again (fan-out additions)
-            continue
-        seen.add(row)
         lp = k["loop"]
         lds = "-" if lp["lds_per_ffma"] is None else f"{lp['lds_per_ffma']:.2f}"
         ldg = "-" if lp["ldg_per_ffma"] is None else f"{lp['ldg_per_ffma']:.2f}"
         est = f"{k['est_tflops']:7.2f}" if "est_tflops" in k else ""
-        lines.append(f"{k['name']:<22} {k['layer']:<12} {k['phase']:<8} {k['registers']:>4} "
+        mnk = " x ".join(map(str, k["gemm_mnk"])) if "gemm_mnk" in k else ""
+        lines.append(f"{k['name']:<22} {k['layer']:<14} {k['phase']:<8} {k['registers']:>4} "
                      f"{k['spills']:>5} {k['shared_bytes']:>6} {k['threads']:>4} "
-                     f"{k['blocks']:>7} {k['blocks_per_sm']:>6} {lp['instructions']:>5} "
-                     f"{100 * k['ffma_share']:>5.1f}% {lds:>5} {ldg:>5} {est:>11}")  # fmt: skip
+                     f"{k['blocks']:>7} {k['blocks_per_sm']:>6} {lp['instructions']:>5.0f} "
+                     f"{100 * k['ffma_share']:>5.1f}% {lds:>5} {ldg:>5} {est:>11}  "
+                     f"{mnk}")  # fmt: skip
     lines += ["", "loop: issued instructions per iteration of the main loop (per K slice for "
               "the GEMMs); FFMA%: its FFMA share; est: issue-bound ceiling (module doc)", "",
               f"{'layer':<14} {'GEMM GFLOP':>10} {'est us':>9} {'est TFLOP/s':>11} "
