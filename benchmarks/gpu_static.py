@@ -385,7 +385,8 @@ def record(net_path: str, batch: int, one_column: bool) -> dict:
         where.append(("(optimizer)", "update"))
         opt.step(cnet.theta, cnet.grad, 0.01)
     return {"net": net.name, "batch": batch, "gpus": declared, "plan": type(cnet).__name__,
-            "columns": 1 if one_column else declared, "launches": launches}  # fmt: skip
+            "columns": net.gpus if type(cnet).__name__ == "GroupedCudaNet" else 1,
+            "launches": launches}  # fmt: skip
 
 
 def _dims(d) -> tuple[int, int, int]:
