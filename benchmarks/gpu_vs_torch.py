@@ -1,14 +1,15 @@
 """Training-step time of netdsl on CUDA versus PyTorch eager (cuDNN) on the same GPU.
 
 Each measurement runs in its own process on random data of the net's input shape; a step is
-forward + backward + SGD update; netdsl runs with its training step replayed as a CUDA graph
-(the default) and once more launching kernels one by one. Every step is timed alone (the
-device synchronised before and after) and the median over the steps after a warm-up is
-reported. PyTorch runs twice, with TF32 off (IEEE float32, what netdsl computes) and on
-(cuDNN / cuBLAS may use TF32 tensor cores), with cudnn.benchmark on. Reported per net: the
-medians, the ratios netdsl / PyTorch, and the achieved FLOP/s of netdsl's largest conv
-layers (forward, and backward data + weights) against the H100's 67 TFLOP/s float32
-(non-tensor-core) peak.
+the batch's upload (images and labels, from pinned host memory, in both engines: netdsl's
+step_grads uploads its batch, so PyTorch's step does too) + forward + backward + SGD update;
+netdsl runs with its training step replayed as a CUDA graph (the default) and once more
+launching kernels one by one. Every step is timed alone (the device synchronised before and
+after) and the median over the steps after a warm-up is reported. PyTorch runs twice, with
+TF32 off (IEEE float32, what netdsl computes) and on (cuDNN / cuBLAS may use TF32 tensor
+cores), with cudnn.benchmark on. Reported per net: the medians, the ratios netdsl / PyTorch,
+and the achieved FLOP/s of each of netdsl's conv and fc layers (forward, and backward data +
+weights) against the H100 / H200's 67 TFLOP/s float32 (non-tensor-core) peak.
 
 A second measurement times a training loop: steps back to back, each uploading its batch
 from the host and reading its loss, one synchronisation at the end. netdsl runs it as its
@@ -16,15 +17,19 @@ trainer does (start_step / finish_step: a step's loss is read one step late, so 
 prepares the next batch while the GPU computes); PyTorch runs the usual loop (`.to(device)`,
 forward, backward, step, `loss.item()`).
 
-A net that declares `gpus 2` (AlexNet) is benchmarked on ONE GPU by default, as PyTorch
-runs it; --split runs netdsl's model-parallel plan (logical GPUs sharing the device).
+A net that declares `gpus N` (AlexNet: `gpus 2`) is timed twice on netdsl: as the file
+declares it, the model-parallel plan `netdsl train` runs (N columns, logical GPUs sharing the
+physical ones present), and as one column on one GPU, as PyTorch runs it (same layers, same
+`groups`); --plan declared / one keeps one of them.
 
     python benchmarks/gpu_vs_torch.py                       # lenet5 and alexnet, batch 128
     python benchmarks/gpu_vs_torch.py --nets lenet5 --steps 50
+    python benchmarks/gpu_vs_torch.py --nets alexnet --plan declared
     python benchmarks/gpu_vs_torch.py --dry-run             # no GPU: the logic, simulated
 
-Without a GPU it says so and exits 0. --dry-run runs every code path on a tiny net instead:
-netdsl in Numba's CUDA simulator, PyTorch on the CPU (timings meaningless).
+Without a GPU it says so and exits 0. --dry-run runs every code path on a tiny net that
+declares `gpus 2` instead: netdsl in Numba's CUDA simulator, PyTorch on the CPU (timings
+meaningless).
 """
 
 from __future__ import annotations
@@ -40,11 +45,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-H100_FP32_PEAK = 67e12  # FLOP/s, float32 without tensor cores (H100 SXM)
-TOP_CONVS = 3  # conv layers (by MACs) whose FLOP/s is reported
+H100_FP32_PEAK = 67e12  # FLOP/s, float32 without tensor cores (H100 / H200 SXM)
 
 TINY = """
 network tiny_lenet
+gpus 2
 input image: 1x12x12
 conv c1: 4 filters 5x5, pad 2, relu
 pool s2: max 2x2, stride 2
@@ -84,13 +89,22 @@ def _loop_ms(step, finish, steps: int) -> float:
     return 1e3 * (time.perf_counter() - t0) / steps
 
 
-def conv_flops(cnet, warmup: int, reps: int) -> list[dict]:
-    """Achieved FLOP/s of the largest conv layers, forward and backward, on netdsl."""
-    convs = sorted((r for r in cnet.runners if r.layer.type == "conv"),
-                   key=lambda r: -r.layer.macs)[:TOP_CONVS]  # fmt: skip
+def share_macs(cnet, r) -> float:
+    """MACs per image of a runner's layer: in a split plan, its column's share of them (a
+    share's layer keeps the whole layer's count; its output channels are split)."""
+    share = getattr(r, "share", None)
+    if share is None:
+        return float(r.layer.macs)
+    name, lo, hi = share
+    return r.layer.macs * (hi - lo) / cnet.net.layer(name).out_shape[0]
+
+
+def layer_flops(cnet, warmup: int, reps: int) -> list[dict]:
+    """Achieved FLOP/s of every conv and fc layer (each column's share in a split plan),
+    forward and backward, on netdsl."""
     out = []
-    for r in convs:
-        flops = 2.0 * r.layer.macs * cnet.batch  # one GEMM pass over the batch
+    for r in (r for r in cnet.runners if r.layer.type in ("conv", "fc")):
+        flops = 2.0 * share_macs(cnet, r) * cnet.batch  # one GEMM pass over the batch
 
         def fwd(r=r):
             r.forward(True)
@@ -101,7 +115,7 @@ def conv_flops(cnet, warmup: int, reps: int) -> list[dict]:
         tf, _ = _median_step(fwd, cnet.sync, warmup, reps)
         tb, _ = _median_step(bwd, cnet.sync, warmup, reps)
         passes = 2 if r.dx[0] is not None else 1  # data gradient (unless the input's) + weights
-        out.append({"layer": r.layer.name, "gflop_fwd": flops / 1e9,
+        out.append({"layer": r.layer.name, "type": r.layer.type, "gflop_fwd": flops / 1e9,
                     "fwd_tflops": flops / tf / 1e12, "bwd_tflops": passes * flops / tb / 1e12,
                     "fwd_ms": 1e3 * tf, "bwd_ms": 1e3 * tb})  # fmt: skip
     return out
@@ -115,8 +129,8 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
     import netdsl
 
     net = netdsl.load(net_path)
-    if not split:
-        net.gpus = 1  # one device, like PyTorch (the layers' `groups` are unchanged)
+    if not split and net.gpus > 1:
+        net.gpus = 1  # one column on one device, like PyTorch (the layers' `groups` stay)
         from netdsl.passes.placement import place
 
         place(net)
@@ -155,8 +169,10 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
             pending.clear()
             cnet.sync()
 
-        extra = {"convs": conv_flops(cnet, warmup, max(2, steps // 2)),
-                 "graph_replays": cnet.step_graph.replays,
+        # (every conv and fc layer: in the simulator one timed pass each is enough)
+        per_layer = layer_flops(cnet, warmup, 1 if dry else max(2, steps // 2))
+        extra = {"layers": per_layer, "convs": [c for c in per_layer if c["type"] == "conv"],
+                 "plan": type(cnet).__name__, "graph_replays": cnet.step_graph.replays,
                  "loop_ms": _loop_ms(loop_step, loop_finish, steps)}  # fmt: skip
     else:
         import torch
@@ -173,10 +189,16 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
         o = net.train["optimizer"]
         sgd = torch.optim.SGD(model.parameters(), lr=0.01, momentum=o.get("momentum", 0.9),
                               weight_decay=o.get("weight_decay", 0.0))  # fmt: skip
-        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        # the batch is uploaded in every step, as netdsl's step_grads uploads its own: from
+        # pinned host memory, without waiting (netdsl's staging buffers are pinned too)
+        xh, yh = torch.from_numpy(x), torch.from_numpy(y)
+        if device == "cuda":
+            xh, yh = xh.pin_memory(), yh.pin_memory()
         model.train()
 
         def step():
+            xt = xh.to(device, non_blocking=True) if device == "cuda" else xh.clone()
+            yt = yh.to(device, non_blocking=True) if device == "cuda" else yh.clone()
             sgd.zero_grad(set_to_none=True)
             model.loss(model(xt), yt).backward()
             sgd.step()
@@ -185,7 +207,8 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
             _sync_torch(torch, device)
 
         def loop_step():  # the usual loop: batch uploaded, loss read for the log
-            xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            xb = xh.to(device, non_blocking=True) if device == "cuda" else xh.clone()
+            yb = yh.to(device, non_blocking=True) if device == "cuda" else yh.clone()
             sgd.zero_grad(set_to_none=True)
             loss = model.loss(model(xb), yb)
             loss.backward()
@@ -262,12 +285,23 @@ def medians(runs: list[dict]) -> dict:
                             for k in ("step_ms", "loop_ms")})  # fmt: skip
 
 
-def report(name: str, nd: dict, eager: dict, torch_runs: dict[bool, dict | None]) -> list[str]:
+def declared_gpus(path: str) -> int:
+    """The `gpus N` a .net file declares (netdsl.load imports no numba)."""
+    sys.path.insert(0, str(ROOT))
+    import netdsl
+
+    return netdsl.load(path).gpus
+
+
+def report(name: str, nd: dict, eager: dict | None,
+           torch_runs: dict[bool, dict | None]) -> list[str]:  # fmt: skip
     lines = [f"{name}: netdsl {nd['step_ms']:8.2f} ms/step ({nd['images_per_s']:,.0f} img/s, "
              f"first step incl. compilation {nd['first_step_s']:.1f}s; CUDA graph replayed "
-             f"{nd['graph_replays']} steps)",
-             f"  netdsl without the graph {eager['step_ms']:8.2f} ms/step (kernels launched one "
-             f"by one; graph speed-up {eager['step_ms'] / nd['step_ms']:.2f}x)"]  # fmt: skip
+             f"{nd['graph_replays']} steps)"]  # fmt: skip
+    if eager is not None:
+        speedup = eager["step_ms"] / nd["step_ms"]
+        lines.append(f"  netdsl without the graph {eager['step_ms']:8.2f} ms/step (kernels "
+                     f"launched one by one; graph speed-up {speedup:.2f}x)")  # fmt: skip
     for tf32, r in torch_runs.items():
         if r is None:
             continue
@@ -279,7 +313,7 @@ def report(name: str, nd: dict, eager: dict, torch_runs: dict[bool, dict | None]
         if r is not None:
             lines.append(f"    torch TF32 {'on ' if tf32 else 'off'} {r['loop_ms']:.2f} ms/step, "
                          f"netdsl / torch {nd['loop_ms'] / r['loop_ms']:.2f}")  # fmt: skip
-    for c in nd["convs"]:
+    for c in nd["layers"]:
         lines.append(f"  {c['layer']:8} {c['gflop_fwd']:7.2f} GFLOP fwd: {c['fwd_tflops']:6.2f} "
                      f"TFLOP/s ({100 * c['fwd_tflops'] * 1e12 / H100_FP32_PEAK:4.1f}% of 67), "
                      f"bwd {c['bwd_tflops']:6.2f} TFLOP/s "
@@ -293,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--runs", type=int, default=1, help="processes per engine (medians of medians)")
-    ap.add_argument("--split", action="store_true", help="run `gpus N` nets model-parallel")
+    ap.add_argument("--plan", choices=["both", "declared", "one"], default="both",
+                    help="for a net declaring `gpus N`: time netdsl's plan as declared (N "
+                    "columns), as one column,\nor both (default)")  # fmt: skip
+    ap.add_argument("--split", action="store_true", help=argparse.SUPPRESS)  # a worker's plan
     ap.add_argument(
         "--dry-run",
         action="store_true",
@@ -329,17 +366,32 @@ def main(argv: list[str] | None = None) -> int:
         if not torch_ok:
             print("PyTorch (with CUDA) not installed: netdsl timings only")
         for name, path in nets.items():
-            nd = medians([run_worker("netdsl", path, batch, steps, False, a.split, a.dry_run)
-                          for _ in range(a.runs)])  # fmt: skip
-            nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
-            eager = run_worker("netdsl", path, batch, steps, False, a.split, a.dry_run, False)
+            gpus = declared_gpus(path)
+            plans = [(name, False)]  # (label, split)
+            if gpus > 1:
+                plans = {"both": [(name, True), (f"{name} as one column", False)],
+                         "declared": [(name, True)],
+                         "one": [(f"{name} as one column", False)]}[a.plan]  # fmt: skip
+            # PyTorch runs the net one way (its model has the layers' groups, no columns)
             torch_runs: dict[bool, dict | None] = {False: None, True: None}
             if torch_ok:
                 for tf32 in (False, True):
                     torch_runs[tf32] = medians([run_worker("torch", path, batch, steps, tf32,
-                                                           a.split, a.dry_run)
+                                                           False, a.dry_run)
                                                 for _ in range(a.runs)])  # fmt: skip
-            print("\n".join(report(name, nd, eager, torch_runs)))
+            for i, (label, split) in enumerate(plans):
+                nd = medians([run_worker("netdsl", path, batch, steps, False, split, a.dry_run)
+                              for _ in range(a.runs)])  # fmt: skip
+                nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
+                eager = None  # (the dry run launches one by one once: the code path is the same)
+                if not (a.dry_run and i):
+                    eager = run_worker("netdsl", path, batch, steps, False, split, a.dry_run, False)
+                if gpus > 1:
+                    print(f"{label}: " + (f"gpus {gpus} as the file declares ({nd['plan']}: "
+                                          f"{gpus} columns, logical GPUs sharing the GPUs here)"
+                                          if split else f"one column on one GPU ({nd['plan']}), "
+                                          "as PyTorch runs it"))  # fmt: skip
+                print("\n".join(report(label, nd, eager, torch_runs)))
     return 0
 
 
