@@ -88,3 +88,8 @@ def test_torch_column_beside_each_layer(tiny, capsys):
         fwd, bwd, ratio = t[name][-3:]
         assert float(fwd) > 0 and float(bwd) >= 0 and ratio.endswith("x"), t[name]
     assert t["image"][-3:] == ["-", "-", "-"]  # the input has no PyTorch layer
+
+
+def test_torch_on_a_gpu_is_a_usage_error(tiny, capsys):
+    assert main(["bench", tiny, "--torch", "--device", "cuda"]) == 2
+    assert "--torch compares CPU times" in capsys.readouterr().err

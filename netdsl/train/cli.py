@@ -267,6 +267,10 @@ def _class_name(names, k: int) -> str:
 def cmd_bench(args) -> int:
     from .bench import bench_file
 
+    if args.torch and args.device != "cpu":
+        print("netdsl bench: error: --torch compares CPU times: use it with --device cpu",
+              file=sys.stderr)  # fmt: skip
+        return 2
     print(
         bench_file(
             args.file, batch=args.batch, iters=args.iters, device=args.device, torch=args.torch
