@@ -89,7 +89,7 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
             loss = loss_fn(model(xt), yt)
             loss.backward()
             opt.step()
-            return float(loss)
+            return loss.item()  # netdsl's step returns its loss too
 
     loss = step()
     first_end = time.time()  # the parent subtracts its launch time
