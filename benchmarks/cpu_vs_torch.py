@@ -1,13 +1,28 @@
-"""Training throughput of netdsl on the CPU versus PyTorch on the CPU, same net and batch.
+"""Training-step time of netdsl on the CPU against idiomatic PyTorch, same net and batch.
 
-Each measurement runs in its own process with the same thread count (NUMBA_NUM_THREADS,
-OMP_NUM_THREADS, torch.set_num_threads), on random data of the net's input shape;
-a step is forward + backward + SGD update. Reported: median images/s over several runs,
-the ratio netdsl / PyTorch, and netdsl's time to the first batch cold (empty Numba
-cache: JIT compiling) and warm (cached).
+The competitor is benchmarks/torch_nets.py: each net written by hand as a PyTorch user
+would (tests/test_torch_nets.py checks each gives netdsl's forward from netdsl's weights),
+trained with torch.optim.SGD at the file's settings. A step is forward + backward + SGD
+update on one random batch of the net's input shape (fixed seed, random labels).
 
-    python benchmarks/cpu_vs_torch.py                      # lenet5 and cifar10, 2 threads
-    python benchmarks/cpu_vs_torch.py --nets lenet5 --runs 5 --steps 100
+Every measurement is its own process, the engines alternating (netdsl first on even runs,
+PyTorch first on odd ones), with the same number of threads (netdsl: NUMBA_NUM_THREADS and
+one BLAS thread, as `netdsl train` runs; PyTorch: torch.set_num_threads and OMP/MKL).
+Reported per engine: the median step time (median over a run's steps, then over runs), the
+images/s ratio netdsl / PyTorch, peak RSS (getrusage in the child), and the time from
+launching the process to the end of its first step, cold (netdsl: an empty Numba cache, so
+every kernel compiles; PyTorch: its first process here, import included) and warm (the
+median of the later runs).
+
+Runs are not comparable while other programs use the CPU (they hurt the two engines
+unequally: PyTorch's spinning OpenMP threads suffer most), so before each run the CPU's
+busy share is measured for a second from /proc/stat (and /proc/loadavg read): a run that
+starts with more than --max-busy cores busy is flagged, left out of the medians while
+unflagged runs exist, and the table says so.
+
+    python benchmarks/cpu_vs_torch.py --nets lenet5                # 2 threads, 3 runs
+    python benchmarks/cpu_vs_torch.py --nets all --runs 3          # the issue 15 table
+    python benchmarks/cpu_vs_torch.py --nets cifar10 --batch 64 --steps 20 --json out.json
 """
 
 from __future__ import annotations
@@ -23,134 +38,221 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# the batch sizes of issue 15's table
+BATCH = {"lenet5": 128, "lenet5-1998": 128, "cifar10": 128, "alexnet": 16, "resnet18": 8,
+         "vgg16": 4}  # fmt: skip
+ALL = ["lenet5", "lenet5-1998", "cifar10", "alexnet", "resnet18", "vgg16"]
 
 
-def worker(engine: str, net_path: str, batch: int, steps: int, threads: int) -> dict:
+# ------------------------------------------------------------------------------- the worker
+def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: dict) -> dict:
+    """One engine's run in this process: first step, `steps` timed steps, peak RSS. `spec`:
+    the net's input shape, classes and optimizer (the PyTorch process imports no netdsl)."""
+    import resource
+
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
-    import netdsl
-
-    t_start = time.perf_counter()
-    net = netdsl.load(net_path)
     rng = np.random.default_rng(0)
-    k = net.loss.in_shapes[0][0]
-    x = rng.standard_normal((batch, *net.input.out_shape)).astype(np.float32)
-    y = rng.integers(0, k, batch)
+    x = rng.standard_normal((batch, *spec["shape"])).astype(np.float32)
+    y = rng.integers(0, spec["classes"], batch)
+    opt_spec = spec["optimizer"]
     if engine == "netdsl":
+        sys.path.insert(0, str(ROOT))
+        import netdsl
         from netdsl.backends import compile_network
         from netdsl.train.optimizer import Optimizer
 
+        net = netdsl.load(str(ROOT / "nets" / f"{name}.net"))
         cnet = compile_network(net, batch=batch, seed=0)
         opt = Optimizer(dict(net.train["optimizer"]), cnet.slots, cnet.theta.size)
 
-        def step():
-            cnet.step_grads(x, y)
-            opt.step(cnet.theta, cnet.grad, 0.01)
+        def step() -> float:
+            loss = cnet.step_grads(x, y)
+            opt.step(cnet.theta, cnet.grad, opt_spec["lr"])
+            return loss
     else:
         import torch
 
+        sys.path.insert(0, str(ROOT))
+        from benchmarks import torch_nets
+
         torch.set_num_threads(threads)
-        from netdsl.torch_ref import build
-
-        model = build(net)
-        for p in model.parameters():
-            torch.nn.init.normal_(p, 0.0, 0.05)
-        o = net.train["optimizer"]
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=0.01,
-            momentum=o.get("momentum", 0.9),
-            weight_decay=o.get("weight_decay", 0.0),
-        )
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        torch.manual_seed(0)
+        model = torch_nets.build(name)  # PyTorch's own initialisation
         model.train()
+        opt = torch_nets.sgd(model, opt_spec)
+        loss_fn = torch_nets.loss_fn(name)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
-        def step():
+        def step() -> float:
             opt.zero_grad(set_to_none=True)
-            loss = model.loss(model(xt), yt)
+            loss = loss_fn(model(xt), yt)
             loss.backward()
             opt.step()
+            return loss.item()  # netdsl's step returns its loss too
 
-    step()
-    first = time.perf_counter() - t_start
-    for _ in range(3):
+    loss = step()
+    first_end = time.time()  # the parent subtracts its launch time
+    for _ in range(2):
         step()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(steps):
-        step()
-    dt = time.perf_counter() - t0
-    return {"engine": engine, "images_per_s": batch * steps / dt, "first_batch_s": first}
+        t = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t)
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"engine": engine, "step_s": statistics.median(times), "first_end": first_end,
+            "rss_mib": rss_kib / 1024, "loss_finite": bool(np.isfinite(loss))}  # fmt: skip
 
 
-def run_worker(engine, net, batch, steps, threads, cache_dir) -> dict:
-    # netdsl's conv layers bring their own threads and run BLAS on one (as `netdsl train`
-    # does); PyTorch gets the same number of threads through torch.set_num_threads
+# ------------------------------------------------------------------------------ the parent
+def cpu_busy(seconds: float = 1.0) -> tuple[float, float]:
+    """(cores busy over the next `seconds` by /proc/stat, the 1-minute load average)."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = read()
+        time.sleep(seconds)
+        t1, i1 = read()
+        with open("/proc/loadavg") as f:
+            load1 = float(f.read().split()[0])
+    except OSError:  # no /proc: no check
+        return 0.0, 0.0
+    return (1.0 - (i1 - i0) / max(1, t1 - t0)) * (os.cpu_count() or 1), load1
+
+
+def net_spec(name: str) -> dict:
+    """What a worker needs of nets/<name>.net: input shape, classes, optimizer settings."""
+    sys.path.insert(0, str(ROOT))
+    import netdsl
+
+    net = netdsl.load(str(ROOT / "nets" / f"{name}.net"))
+    return {"shape": list(net.input.out_shape), "classes": net.loss.in_shapes[0][0],
+            "optimizer": dict(net.train["optimizer"])}  # fmt: skip
+
+
+def run_worker(engine: str, name: str, batch: int, steps: int, threads: int,
+               cache_dir: str) -> dict:  # fmt: skip
+    # netdsl's kernels bring their own threads and run BLAS on one (as `netdsl train`
+    # does); PyTorch gets the same number through torch.set_num_threads and OpenMP
     blas = "1" if engine == "netdsl" else str(threads)
-    env = dict(
-        os.environ,
-        NUMBA_NUM_THREADS=str(threads),
-        OMP_NUM_THREADS=blas,
-        OPENBLAS_NUM_THREADS=blas,
-        MKL_NUM_THREADS=blas,
-        NUMBA_CACHE_DIR=cache_dir,
-    )
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        engine,
-        "--net",
-        net,
-        "--batch",
-        str(batch),
-        "--steps",
-        str(steps),
-        "--threads",
-        str(threads),
-    ]
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=blas,
+               OPENBLAS_NUM_THREADS=blas, MKL_NUM_THREADS=blas,
+               NUMBA_CACHE_DIR=cache_dir)  # fmt: skip
+    cmd = [sys.executable, __file__, "--worker", engine, "--nets", name, "--batch", str(batch),
+           "--steps", str(steps), "--threads", str(threads),
+           "--spec", json.dumps(net_spec(name))]  # fmt: skip
+    busy, load1 = cpu_busy()
+    launched = time.time()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise SystemExit(f"{engine} worker failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{engine} worker failed on {name}:\n{out.stderr}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["first_s"] = r.pop("first_end") - launched
+    r["busy"], r["load1"] = busy, load1
+    return r
+
+
+def bench_net(name: str, batch: int, runs: int, steps: int, threads: int,
+              max_busy: float) -> dict:  # fmt: skip
+    """Cold runs, then `runs` alternating runs of each engine: the summary of one net."""
+    rec: dict = {"net": name, "batch": batch, "threads": threads, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="netdsl-cache-") as cache:
+        cold = {"netdsl": run_worker("netdsl", name, batch, 2, threads, cache),
+                "torch": run_worker("torch", name, batch, 2, threads, cache)}  # fmt: skip
+        res: dict[str, list[dict]] = {"netdsl": [], "torch": []}
+        for i in range(runs):
+            for eng in ("netdsl", "torch") if i % 2 == 0 else ("torch", "netdsl"):
+                r = run_worker(eng, name, batch, steps, threads, cache)
+                r["loaded"] = r["busy"] > max_busy
+                res[eng].append(r)
+                flag = "  LOADED" if r["loaded"] else ""
+                print(f"  {name} run {i + 1} {eng:6}: step {1e3 * r['step_s']:9.2f} ms, "
+                      f"first step {r['first_s']:.2f} s, RSS {r['rss_mib']:.0f} MiB, "
+                      f"{r['busy']:.2f} cores busy before (load {r['load1']:.2f}){flag}",
+                      flush=True)  # fmt: skip
+    summary = {}
+    for eng, rs in res.items():
+        quiet = [r for r in rs if not r["loaded"]]
+        use = quiet or rs
+        summary[eng] = {
+            "step_s": statistics.median(r["step_s"] for r in use),
+            "rss_mib": max(r["rss_mib"] for r in use),
+            "first_cold_s": cold[eng]["first_s"],
+            "first_warm_s": statistics.median(r["first_s"] for r in use),
+            "runs_used": len(use), "runs_loaded": len(rs) - len(quiet),
+            "loss_finite": all(r["loss_finite"] for r in rs),
+        }  # fmt: skip
+    rec["runs"] = res
+    rec["cold"] = cold
+    rec["summary"] = summary
+    return rec
+
+
+def table(records: list[dict]) -> str:
+    """The issue 15 table (Markdown)."""
+    lines = ["| net, batch | netdsl step | PyTorch step | ratio (img/s) | peak RSS netdsl / "
+             "PyTorch | first step netdsl cold / warm | PyTorch cold / warm (incl. import) "
+             "| runs used (loaded) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for rec in records:
+        n, t = rec["summary"]["netdsl"], rec["summary"]["torch"]
+        ms = lambda s: f"{1e3 * s:.1f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
+        loaded = n["runs_loaded"] + t["runs_loaded"]
+        lines.append(
+            f"| {rec['net']}, {rec['batch']} | {ms(n['step_s'])} | {ms(t['step_s'])} | "
+            f"{t['step_s'] / n['step_s']:.2f}x | {n['rss_mib']:,.0f} / {t['rss_mib']:,.0f} MiB "
+            f"| {n['first_cold_s']:.1f} s / {n['first_warm_s']:.2f} s | "
+            f"{t['first_cold_s']:.1f} s / {t['first_warm_s']:.2f} s | "
+            f"{n['runs_used']} + {t['runs_used']} ({loaded}) |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--nets", nargs="+", default=["lenet5", "cifar10"])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--nets", nargs="+", default=["lenet5"],
+                    help=f"net names, or all ({', '.join(ALL)})")  # fmt: skip
+    ap.add_argument("--batch", type=int, help="batch size (default: issue 15's for each net)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    ap.add_argument("--runs", type=int, default=3, help="runs per engine (medians)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--worker", choices=["netdsl", "torch"])
-    ap.add_argument("--net")
+    ap.add_argument("--max-busy", type=float, default=0.3,
+                    help="cores busy before a run above which it is flagged "
+                         "(default 0.3)")  # fmt: skip
+    ap.add_argument("--json", help="also write every run's numbers here")
+    ap.add_argument("--worker", choices=["netdsl", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.net, a.batch, a.steps, a.threads)))
+        spec = json.loads(a.spec)
+        print(json.dumps(worker(a.worker, a.nets[0], a.batch, a.steps, a.threads, spec)))
         return
-    print(f"batch {a.batch}, {a.threads} threads, {a.steps} steps per run, median of {a.runs} runs")
-    for name in a.nets:
-        path = str(ROOT / "nets" / f"{name}.net")
-        with tempfile.TemporaryDirectory() as cache:
-            cold = run_worker("netdsl", path, a.batch, 2, a.threads, cache)["first_batch_s"]
-            res = {"netdsl": [], "torch": []}
-            firsts = []
-            for _ in range(a.runs):
-                for eng in ("netdsl", "torch"):
-                    r = run_worker(eng, path, a.batch, a.steps, a.threads, cache)
-                    res[eng].append(r["images_per_s"])
-                    if eng == "netdsl":
-                        firsts.append(r["first_batch_s"])
-        nd, pt = statistics.median(res["netdsl"]), statistics.median(res["torch"])
-        print(
-            f"{name:8} netdsl {nd:10,.0f} img/s   torch {pt:10,.0f} img/s   "
-            f"ratio {nd / pt:5.2f}   netdsl first batch: cold {cold:.1f}s, "
-            f"warm {statistics.median(firsts):.2f}s"
-        )
-        print(
-            f"         runs netdsl {[round(v) for v in res['netdsl']]}  "
-            f"torch {[round(v) for v in res['torch']]}"
-        )
+    names = ALL if a.nets == ["all"] else a.nets
+    unknown = [n for n in names if n not in BATCH]
+    if unknown:
+        ap.error(f"unknown nets {unknown}: choose from {', '.join(ALL)} or all")
+    load = open("/proc/loadavg").read().strip() if os.path.exists("/proc/loadavg") else "?"
+    print(f"{a.threads} threads, {a.steps} steps per run, {a.runs} runs per engine; "
+          f"{os.cpu_count()} cores, /proc/loadavg at start: {load}")  # fmt: skip
+    records = []
+    for name in names:
+        records.append(bench_net(name, a.batch or BATCH[name], a.runs, a.steps, a.threads,
+                                 a.max_busy))  # fmt: skip
+    print()
+    print(table(records))
+    if any(r["summary"][e]["runs_loaded"] for r in records for e in ("netdsl", "torch")):
+        print("\nsome runs started with other load on the CPU (LOADED above): they are left "
+              "out where quiet runs exist; a table from loaded runs only is not "
+              "comparable")  # fmt: skip
+    if any(not r["summary"][e]["loss_finite"] for r in records for e in ("netdsl", "torch")):
+        print("\nnote: a loss became non-finite during a run (random data, the file's lr)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(records, indent=1))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ def add_commands(sub) -> None:
     b.add_argument("--iters", type=positive_int, default=20,
                    help="timed iterations; medians are reported (default 20)")  # fmt: skip
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
+    b.add_argument("--torch", action="store_true",
+                   help="put PyTorch's time for each layer alone beside its row (CPU; needs "
+                        "PyTorch: pip install 'netdsl[torch]')")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
     pl = sub.add_parser("plot", help="plot runs' loss, error and learning rate to PNG "
@@ -288,7 +291,15 @@ def _class_name(names, k: int) -> str:
 def cmd_bench(args) -> int:
     from .bench import bench_file
 
-    print(bench_file(args.file, batch=args.batch, iters=args.iters, device=args.device))
+    if args.torch and args.device != "cpu":
+        print("netdsl bench: error: --torch compares CPU times: use it with --device cpu",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    print(
+        bench_file(
+            args.file, batch=args.batch, iters=args.iters, device=args.device, torch=args.torch
+        )
+    )
     return 0
 
 
