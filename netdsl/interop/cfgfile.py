@@ -81,35 +81,48 @@ def read_sections(src: Source, fold_case: bool = False, what: str = "file",
     return sections
 
 
-def to_int(sec: Section, key: str, default: int | None = None, lo: int | None = None) -> int:
-    """Option `key` as a whole number (at least `lo`), or `default` when not written."""
-    if key not in sec.values:
+def _values(src) -> dict[str, str]:
+    return src.values if isinstance(src, Section) else src.params
+
+
+def _needs(src, key: str, what: str = "") -> NetError:
+    who = f"[{src.header}]" if isinstance(src, Section) else f"layer '{src.name}' (type={src.kind})"
+    return NetError(f"{who} needs `{key}=`{what}", src.loc)
+
+
+def int_value(src, key: str, default: int | None = None, lo: int | None = None) -> int:
+    """Option `key` of a Section or a ForeignLayer as a whole number (at least `lo`), or
+    `default` when not written (required when there is none): errors at the value."""
+    values = _values(src)
+    if key not in values:
         if default is None:
-            raise NetError(f"[{sec.header}] needs `{key}=`", sec.loc)
+            raise _needs(src, key)
         return default
-    text = sec.values[key]
+    text = values[key].strip()
     try:
         v = int(text)
     except ValueError:
-        raise NetError(f"{key} must be a whole number, got '{text}'", sec.at(key)) from None
+        raise NetError(f"{key} must be a whole number, got '{text}'", src.at(key)) from None
     if lo is not None and v < lo:
-        raise NetError(f"{key} must be at least {lo}, got {v}", sec.at(key))
+        raise NetError(f"{key} must be at least {lo}, got {v}", src.at(key))
     return v
 
 
-def to_float(sec: Section, key: str, default: float | None = None) -> float:
-    """Option `key` as a finite number, or `default` when not written."""
-    if key not in sec.values:
+def float_value(src, key: str, default: float | None = None) -> float:
+    """Option `key` of a Section or a ForeignLayer as a finite number, or `default` when
+    not written (required when there is none): errors at the value."""
+    values = _values(src)
+    if key not in values:
         if default is None:
-            raise NetError(f"[{sec.header}] needs `{key}=`", sec.loc)
+            raise _needs(src, key)
         return default
-    text = sec.values[key]
+    text = values[key].strip()
     try:
         v = float(text)
     except ValueError:
-        raise NetError(f"{key} must be a number, got '{text}'", sec.at(key)) from None
-    if v != v or v in (float("inf"), float("-inf")):
-        raise NetError(f"{key} must be a finite number, got '{text}'", sec.at(key))
+        raise NetError(f"{key} must be a number, got '{text}'", src.at(key)) from None
+    if v != v or abs(v) == float("inf"):
+        raise NetError(f"{key} must be a finite number, got '{text}'", src.at(key))
     return v
 
 

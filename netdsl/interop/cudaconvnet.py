@@ -39,7 +39,7 @@ from . import (
     number,
     unsupported,
 )
-from .cfgfile import Section, check_in_source, read_sections
+from .cfgfile import Section, check_in_source, int_value, read_sections
 
 WEIGHT_TYPES = ("conv", "local", "fc")
 COST_TYPES = ("cost.logreg", "cost.crossent")
@@ -197,20 +197,9 @@ def _merge_params(path: str, by_name: dict[str, Section]) -> dict[str, Section]:
 
 
 def int_opt(src, key: str, default: int | None, lo: int | None = None) -> int:
-    """Option `key` (lower case) of a layer as a whole number; required if no default."""
-    key = key.lower()
-    if key not in src.params:
-        if default is None:
-            raise NetError(f"layer '{src.name}' (type={src.kind}) needs `{key}=`", src.loc)
-        return default
-    text = src.params[key].strip()
-    try:
-        v = int(text)
-    except ValueError:
-        raise NetError(f"{key} must be a whole number, got '{text}'", src.at(key)) from None
-    if lo is not None and v < lo:
-        raise NetError(f"{key} must be at least {lo}, got {v}", src.at(key))
-    return v
+    """Option `key` (any case: ConfigParser folds it) of a layer as a whole number;
+    required if no default."""
+    return int_value(src, key.lower(), default, lo)
 
 
 def float_opt(src, key: str, default: float | None, what: str = "") -> float:

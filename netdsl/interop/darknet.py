@@ -29,7 +29,7 @@ from . import (
     number,
     write_net,
 )
-from .cfgfile import Section, check_in_source, read_sections, relocated
+from .cfgfile import Section, check_in_source, float_value, int_value, read_sections, relocated
 
 # Darknet's other spellings of a section word (string_to_layer_type in parser.c).
 ALIASES = {"conv": "convolutional", "conn": "connected", "max": "maxpool", "avg": "avgpool",
@@ -176,34 +176,10 @@ def _input_shape(sec: Section, opts) -> tuple[int, int, int]:
     return c, h, w
 
 
-def int_opt(src, key: str, default: int, lo: int | None = None) -> int:
-    """Option `key` of a section (a Section or a ForeignLayer) as a whole number."""
-    values = src.values if isinstance(src, Section) else src.params
-    if key not in values:
-        return default
-    text = values[key]
-    try:
-        v = int(text)
-    except ValueError:
-        raise NetError(f"{key} must be a whole number, got '{text}'", src.at(key)) from None
-    if lo is not None and v < lo:
-        raise NetError(f"{key} must be at least {lo}, got {v}", src.at(key))
-    return v
-
-
-def float_opt(src, key: str, default: float) -> float:
-    """Option `key` of a section (a Section or a ForeignLayer) as a finite number."""
-    values = src.values if isinstance(src, Section) else src.params
-    if key not in values:
-        return default
-    text = values[key]
-    try:
-        v = float(text)
-    except ValueError:
-        raise NetError(f"{key} must be a number, got '{text}'", src.at(key)) from None
-    if v != v or abs(v) == float("inf"):
-        raise NetError(f"{key} must be a finite number, got '{text}'", src.at(key))
-    return v
+# Option readers (a Section or a ForeignLayer; errors at the value), named as the layer
+# modules (netdsl/ops/layers/) import them.
+int_opt = int_value
+float_opt = float_value
 
 
 def activation(src: ForeignLayer, default: str = "logistic") -> str | None:
