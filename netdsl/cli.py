@@ -148,15 +148,20 @@ def write_text_file(path: str, text: str) -> None:
     write_atomic(path, text)
 
 
+def emit_text(output: str | None, text: str) -> None:
+    """A command's text result: into the file `output` (whole or not at all; its name on
+    standard error), or to standard output when there is none."""
+    if output:
+        write_text_file(output, text)
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 def cmd_graph(args) -> int:
     from .report import graph_dot
 
-    dot = graph_dot(_load(args.file))
-    if args.output:
-        write_text_file(args.output, dot)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(dot)
+    emit_text(args.output, graph_dot(_load(args.file)))
     return 0
 
 

@@ -101,3 +101,14 @@ def window_pads(layer: Layer) -> tuple[int, int, int, int]:
     pb = max(0, (ho - 1) * sh + dh * (kh - 1) + 1 - h - pt)
     pr = max(0, (wo - 1) * sw + dw * (kw - 1) + 1 - w - pl)
     return pt, pl, pb, pr
+
+
+def fresh_name(base: str, used: set[str]) -> str:
+    """`base`, or `base_2`, `base_3` ... : the first not in `used`, which it joins (ONNX
+    tensor and node names, the generated PyTorch module's variables)."""
+    name, i = base, 1
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name

@@ -17,7 +17,7 @@ from typing import Any
 from ..files import write_atomic
 from ..ir import Layer, Network
 from ..ops import activations, registry
-from .common import need, own
+from .common import fresh_name, need, own
 
 OPSET = 17  # onnxruntime >= 1.12 runs it; every op used here exists there unchanged
 
@@ -47,12 +47,7 @@ class OnnxGraph:
     # ---- names
     def fresh(self, base: str) -> str:
         """A tensor or node name not used yet, from `base`."""
-        name, i = base, 1
-        while name in self._used:
-            i += 1
-            name = f"{base}_{i}"
-        self._used.add(name)
-        return name
+        return fresh_name(base, self._used)
 
     # ---- tensors
     def tensors(self, layer: Layer) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ..errors import NetdslError
 from ..files import write_atomic
 from ..ir import Layer, Network
 from ..ops import activations, registry
+from .common import fresh_name
 
 _RESERVED = {"x", "self", "F", "torch", "nn", "math"}
 
@@ -82,12 +83,7 @@ class TorchSource:
         base = re.sub(r"\W", "_", name)
         if not base or base[0].isdigit() or keyword.iskeyword(base):
             base = "v_" + base
-        v, i = base, 1
-        while v in self._used:
-            i += 1
-            v = f"{base}_{i}"
-        self._used.add(v)
-        return v
+        return fresh_name(base, self._used)
 
 
 def class_name(net: Network) -> str:

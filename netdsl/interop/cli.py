@@ -128,17 +128,13 @@ def add_command(sub: Any) -> None:
 
 
 def cmd_import(args) -> int:
-    from ..cli import write_text_file
+    from ..cli import emit_text
 
     opts = ImportOptions(args.input_shape, args.solver, args.params, args.name)
     if getattr(args, "weights", None):  # Darknet .weights: the checkpoint beside the .net
         return _import_with_weights(args, opts)
     text = convert(args.source, args.format, opts)
-    if args.output:
-        write_text_file(args.output, text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    emit_text(args.output, text)
     return 0
 
 
