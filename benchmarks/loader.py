@@ -229,6 +229,7 @@ def memory(root: Path, sizes: list[int], workers: list[int], batch: int = 256) -
           "train loss | epoch s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for w in workers:
+        first = None
         for n in sizes:
             net = root / f"memtiny{n}.net"
             net.write_text(MEMORY_NET.replace("STORE", str(stores[n].resolve()))
@@ -240,8 +241,12 @@ def memory(root: Path, sizes: list[int], workers: list[int], batch: int = 256) -
                 raise RuntimeError(p.stderr[-3000:])
             me, kids, loss, secs = p.stdout.split()[-4:]
             size = sum(f.stat().st_size for f in stores[n].glob("train-*.npy"))
-            print(f"| {n:,} | {size / 2**20:.0f} MiB | {w} | {int(me) / 1024:.0f} MiB | "
-                  f"{int(kids) / 1024:.0f} MiB | {loss} | {secs} |")  # fmt: skip
+            peak = int(me) / 1024
+            grew = f" ({peak / first - 1:+.1%})" if first else ""
+            first = first or peak
+            kids_cell = f"{int(kids) / 1024:.0f} MiB" if w else "-"  # no workers: no children
+            print(f"| {n:,} | {size / 2**20:.0f} MiB | {w} | {peak:.0f} MiB{grew} | "
+                  f"{kids_cell} | {loss} | {secs} |")  # fmt: skip
     print(f"# load after: {_load()}")
 
 
