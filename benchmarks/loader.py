@@ -81,13 +81,14 @@ def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0,
 
 
 def pack_store(src: Path, out: Path, size: int | None = None, quiet: bool = True) -> Path:
-    """``netdsl pack SRC OUT [--size SIZE]`` (kept between runs: a store whose manifest
-    names the same source and size is reused); returns OUT."""
+    """``netdsl pack SRC OUT [--size SIZE]`` (kept between runs: a store packed from the
+    same source, generated alike, at the same size is reused); returns OUT."""
     from netdsl.train.pack import pack, summary_line
     from netdsl.train.store import is_store, read_manifest
 
     stamp = out.with_name(out.name + ".source")
-    key = f"{src.resolve()} {size}"
+    made = src / "train" / ".complete"  # what make_folder generated there, if it did
+    key = f"{src.resolve()} {size} {made.read_text() if made.exists() else src.stat().st_mtime}"
     if is_store(out) and stamp.exists() and stamp.read_text() == key:
         return out
     r = pack(src, out, size=size, overwrite=True, workers=_cpus())
@@ -208,7 +209,7 @@ def make_npz_store(root: Path, n: int) -> Path:
     store = root / f"store{n}"
     npz = root / f"random{n}.npz"
     stamp = store.with_name(store.name + ".source")
-    if not (stamp.exists() and stamp.read_text() == f"{npz.resolve()} None"):
+    if not (stamp.exists() and stamp.read_text().startswith(f"{npz.resolve()} None ")):
         rng = np.random.default_rng(n)
         x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         np.savez(npz, x=x, y=rng.integers(0, 10, n))
