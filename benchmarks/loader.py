@@ -4,18 +4,24 @@ Each batch: 128 random 227x227 crops of 256x256 images, a random flip, PCA light
 (std 0.1) and per-channel normalisation to float32, as netdsl's `augment crop(227),
 flip, lighting(0.1)` makes them. Sources:
 
-- a packed store: uint8 N x 3 x 256 x 256 in memory-mapped shard files (``.npy``
-  shards until netdsl's own store format is on main; ``--store PATH`` names one made
-  by ``netdsl pack`` when it is: see ``open_store``);
-- an image folder of JPEGs (ImageNet's layout), decoded with Pillow in the loader's
-  workers, the shorter side resized to 256 and centre-cropped (as ``netdsl pack`` does);
+- a packed store made by ``netdsl pack FOLDER STORE --size 256`` (uint8 N x 3 x 256 x
+  256 in ``.npy`` shards, read with ``pread``), opened as ``data "STORE"`` opens it
+  (``load_dataset``);
+- the image folder of JPEGs itself (ImageNet's layout: ``data "FOLDER"``), decoded with
+  Pillow in the loader's workers, the shorter side resized to 256 and centre-cropped
+  (what ``netdsl pack`` does);
 - torchvision's ``ImageFolder`` + ``DataLoader`` on the same folder with the same
   transforms, run by another Python (``--torch-python``, a venv with torch and
   torchvision: they are not netdsl dependencies).
 
     python benchmarks/loader.py --torch-python /work/venv-tv/bin/python
 
-The folder and shards are generated under ``--dir`` (kept between runs).
+``--memory 100000,400000`` instead measures the peak RSS of one training epoch from
+stores of those sizes (``netdsl pack`` of an .npz of random 3x32x32 images, trained
+through ``data "STORE"``); ``--e2e N`` trains an AlexNet-shaped net for one epoch from
+N JPEGs packed with ``netdsl pack --size 72``; ``--smoke`` runs the speed and memory
+modes at toy sizes (tests/test_loader_bench.py). The folders and stores are generated
+under ``--dir`` and kept between runs.
 """
 
 from __future__ import annotations
@@ -51,114 +57,65 @@ AUGMENT = (
 # ------------------------------------------------------------------ data
 
 
-def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
-    """n JPEGs of 300-500 px sides (smooth random colour fields), ImageNet's layout."""
+def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0,
+                sides: tuple[int, int] = (300, 500)) -> Path:  # fmt: skip
+    """n JPEGs of 300-500 px sides (smooth random colour fields) in ImageNet's layout:
+    ``root/jpeg/train/CLASS/*.JPEG``; returns ``root/jpeg``, an image folder."""
     from PIL import Image
 
-    folder = root / "jpeg" / "train"
+    top = root / "jpeg"
+    folder = top / "train"
     done = folder / ".complete"
-    if done.exists() and int(done.read_text()) == n:
-        return folder
+    if done.exists() and done.read_text() == f"{n} {sides}":
+        return top
     rng = np.random.default_rng(seed)
     for i in range(n):
-        h, w = rng.integers(300, 501, 2)
+        h, w = rng.integers(sides[0], sides[1] + 1, 2)
         small = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
         img = Image.fromarray(small).resize((int(w), int(h)), Image.BILINEAR)
         d = folder / f"class{i % classes:02d}"
         d.mkdir(parents=True, exist_ok=True)
         img.save(d / f"img{i:06d}.JPEG", quality=90)
-    done.write_text(str(n))
-    return folder
+    done.write_text(f"{n} {sides}")
+    return top
 
 
-def decode(path: Path, size: int = SIZE) -> np.ndarray:
-    """One image file as 3 x size x size uint8: the shorter side resized, centre crop."""
-    from PIL import Image
+def pack_store(src: Path, out: Path, size: int | None = None, quiet: bool = True) -> Path:
+    """``netdsl pack SRC OUT [--size SIZE]`` (kept between runs: a store packed from the
+    same source, generated alike, at the same size is reused); returns OUT."""
+    from netdsl.train.pack import pack, summary_line
+    from netdsl.train.store import is_store, read_manifest
 
-    SIZE = size  # noqa: N806 - the module's default, overridden
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = SIZE / min(w, h)
-        im = im.resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - SIZE) // 2, (h - SIZE) // 2
-        im = im.crop((left, top, left + SIZE, top + SIZE))
-        return np.asarray(im).transpose(2, 0, 1)
-
-
-class FolderSource:
-    """An image folder as an image source: files decoded when read (in the workers)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = str(folder)
-        self.files = sorted(p for p in folder.glob("*/*") if p.suffix == ".JPEG")
-        self.shape = (len(self.files), 3, SIZE, SIZE)
-        self.dtype = np.dtype(np.uint8)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, idx):
-        return np.stack([decode(self.files[int(i)]) for i in np.atleast_1d(idx)])
-
-
-class ShardSource:
-    """Memory-mapped .npy shards of uint8 N x 3 x 256 x 256 as one image source."""
-
-    def __init__(self, shards: list[Path]) -> None:
-        self.path = str(shards[0].parent)
-        self.parts = [np.load(p, mmap_mode="r") for p in shards]
-        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
-        self.shape = (int(self.starts[-1]), 3, SIZE, SIZE)
-        self.dtype = np.dtype(np.uint8)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, idx):
-        idx = np.atleast_1d(idx)
-        shard = np.searchsorted(self.starts, idx, side="right") - 1
-        out = np.empty((len(idx), 3, SIZE, SIZE), np.uint8)
-        for s in np.unique(shard):
-            m = shard == s
-            out[m] = self.parts[s][idx[m] - self.starts[s]]
+    stamp = out.with_name(out.name + ".source")
+    made = src / "train" / ".complete"  # what make_folder generated there, if it did
+    key = f"{src.resolve()} {size} {made.read_text() if made.exists() else src.stat().st_mtime}"
+    if is_store(out) and stamp.exists() and stamp.read_text() == key:
         return out
+    r = pack(src, out, size=size, overwrite=True, workers=_cpus())
+    if not quiet:
+        print(f"# {summary_line(r)}")
+    stamp.write_text(key)
+    read_manifest(out)  # a store now, or a DataError naming what is wrong
+    return out
 
 
-def pack_shards(folder: Path, root: Path, shard: int = 500) -> list[Path]:
-    """The folder decoded once into .npy shards (what a packed store holds)."""
-    out = root / "shards"
-    src = FolderSource(folder)
-    paths = [out / f"shard{i:04d}.npy" for i in range(0, len(src), shard)]
-    if all(p.exists() for p in paths) and (out / ".complete").exists():
-        return paths
-    out.mkdir(parents=True, exist_ok=True)
-    for p, start in zip(paths, range(0, len(src), shard), strict=True):
-        np.save(p, src[np.arange(start, min(start + shard, len(src)))])
-    (out / ".complete").write_text("")
-    return paths
-
-
-def open_store(path: str):
-    """A store made by `netdsl pack` (its training split), when netdsl has one."""
-    from netdsl.train.data import load_dataset
-
-    return load_dataset(path).x_train
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 # ------------------------------------------------------------------ measuring
 
 
-def netdsl_rate(source, workers: int, batches: int) -> float:
+def netdsl_rate(source, workers: int, batches: int, batch: int = BATCH) -> float:
     """Images/s the netdsl loader delivers (after one warm-up batch, which starts workers)."""
     t = Transform(MEAN, STD, (3, CROP, CROP), (3, SIZE, SIZE), "train", AUGMENT,
                   (EIGVAL, EIGVEC), seed=0)  # fmt: skip
     order = np.random.default_rng(0).permutation(len(source))
-    n = min(batches + 1, len(source) // BATCH)
-    jobs = [Job(order[s * BATCH : (s + 1) * BATCH], (0, s), 0, BATCH) for s in range(n)]
-    with Loader({"train": (source, t)}, BATCH, workers=workers) as loader:
+    n = min(batches + 1, len(source) // batch)
+    if n < 2:
+        raise SystemExit(f"{len(source)} images make fewer than 2 batches of {batch}")
+    jobs = [Job(order[s * batch : (s + 1) * batch], (0, s), 0, batch) for s in range(n)]
+    with Loader({"train": (source, t)}, batch, workers=workers) as loader:
         it = loader.run("train", jobs)
         next(it)
         t0 = time.perf_counter()
@@ -217,35 +174,26 @@ fc   out: 10
 loss cross_entropy
 
 train {
-  data "store"
-  batch 256
+  data "STORE"
+  batch BATCH
   epochs 1
   optimizer sgd(lr=0.01, momentum=0.9)
   augment crop(28), flip
   normalize mean=0.5, std=0.25
+  validate 1000
   seed 1
 }
 """
 
-# run in a fresh process per store size: one epoch of the trainer from the memmapped
-# store, then the peak resident sizes of this process and of its loader workers
+# run in a fresh process per store: one epoch of `netdsl train` (fit_file, the function
+# behind it) from the store, then the peak resident sizes of this process and of its
+# loader workers
 MEMORY_RUN = r"""
 import resource, sys
-import numpy as np
 sys.path.insert(0, sys.argv[1])
 from netdsl.train import trainer
-from netdsl.train.data import Dataset
 
-store, net, out, workers = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-
-def load_dataset(spec, base_dir=None):  # a packed store: images memory-mapped, never read whole
-    x = np.load(f"{store}/x.npy", mmap_mode="r")
-    y = np.load(f"{store}/y.npy")
-    ds = Dataset(x, y, x[:1000], y[:1000], 10, "store")
-    ds.fingerprint = "blake2b:" + store  # a store's own fingerprint: no pass over the images
-    return ds
-
-trainer.load_dataset = load_dataset
+net, out, workers = sys.argv[2], sys.argv[3], int(sys.argv[4])
 r = trainer.fit_file(net, out=out, quiet=True, workers=workers, overwrite=True)
 # this process's own peak (VmHWM: ru_maxrss would carry over its parent's peak across exec)
 status = open("/proc/self/status").read()
@@ -255,44 +203,51 @@ print(f"{me} {kids} {r['train_loss']:.4f} {r['seconds']:.1f}")
 """
 
 
-def make_store(root: Path, n: int) -> Path:
-    """n random 3x32x32 uint8 images (and labels) as a memory-mappable .npy pair."""
-    d = root / f"store{n}"
-    if not (d / "y.npy").exists():
-        d.mkdir(parents=True, exist_ok=True)
+def make_npz_store(root: Path, n: int) -> Path:
+    """n random 3x32x32 uint8 images and labels saved as an .npz, then packed into a
+    store with ``netdsl pack`` (the .npz is removed afterwards: only the store is read)."""
+    store = root / f"store{n}"
+    npz = root / f"random{n}.npz"
+    stamp = store.with_name(store.name + ".source")
+    if not (stamp.exists() and stamp.read_text().startswith(f"{npz.resolve()} None ")):
         rng = np.random.default_rng(n)
-        with open(d / "x.npy", "wb") as f:  # written in chunks: this process stays small
-            header = {"descr": "|u1", "fortran_order": False, "shape": (n, 3, 32, 32)}
-            np.lib.format.write_array_header_1_0(f, header)
-            for start in range(0, n, 20_000):
-                stop = min(start + 20_000, n)
-                f.write(rng.integers(0, 256, (stop - start, 3, 32, 32), dtype=np.uint8).data)
-        np.save(d / "y.npy", rng.integers(0, 10, n))
-    return d
+        x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        np.savez(npz, x=x, y=rng.integers(0, 10, n))
+        del x
+        pack_store(npz, store)
+        npz.unlink()
+    return store
 
 
-def memory(root: Path, sizes: list[int], workers: list[int]) -> None:
+def memory(root: Path, sizes: list[int], workers: list[int], batch: int = 256) -> None:
     """Peak RSS (MiB) of one training epoch from stores of each size, in fresh processes."""
-    net = root / "memtiny.net"
     root.mkdir(parents=True, exist_ok=True)
-    net.write_text(MEMORY_NET)
     repo = str(Path(__file__).resolve().parent.parent)
-    print(f"# peak RSS, one epoch of {net.name} from a memmapped 3x32x32 uint8 store; "
-          f"load {_load()}")  # fmt: skip
+    stores = {n: make_npz_store(root, n) for n in sizes}
+    print(f"# peak RSS, one epoch of memtiny (batch {batch}) from netdsl stores of random "
+          f"3x32x32 uint8 images (`netdsl pack` of an .npz); load {_load()}")  # fmt: skip
     print("| images | store size | workers | trainer peak RSS | workers' peak RSS | "
           "train loss | epoch s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for w in workers:
+        first = None
         for n in sizes:
-            d = make_store(root, n)
-            p = subprocess.run([sys.executable, "-c", MEMORY_RUN, repo, str(d), str(net),
+            net = root / f"memtiny{n}.net"
+            net.write_text(MEMORY_NET.replace("STORE", str(stores[n].resolve()))
+                           .replace("BATCH", str(batch)))  # fmt: skip
+            p = subprocess.run([sys.executable, "-c", MEMORY_RUN, repo, str(net),
                                 str(root / f"run{n}_{w}"), str(w)], capture_output=True,
                                text=True, timeout=3600)  # fmt: skip
             if p.returncode:
                 raise RuntimeError(p.stderr[-3000:])
             me, kids, loss, secs = p.stdout.split()[-4:]
-            print(f"| {n:,} | {n * 3072 / 2**20:.0f} MiB | {w} | {int(me) / 1024:.0f} MiB | "
-                  f"{int(kids) / 1024:.0f} MiB | {loss} | {secs} |")  # fmt: skip
+            size = sum(f.stat().st_size for f in stores[n].glob("train-*.npy"))
+            peak = int(me) / 1024
+            grew = f" ({peak / first - 1:+.1%})" if first else ""
+            first = first or peak
+            kids_cell = f"{int(kids) / 1024:.0f} MiB" if w else "-"  # no workers: no children
+            print(f"| {n:,} | {size / 2**20:.0f} MiB | {w} | {peak:.0f} MiB{grew} | "
+                  f"{kids_cell} | {loss} | {secs} |")  # fmt: skip
     print(f"# load after: {_load()}")
 
 
@@ -320,39 +275,28 @@ fc    fc8: 10
 loss  cross_entropy
 
 train {
-  data "store"
-  batch 64
+  data "STORE"
+  batch BATCH
   epochs 1
   optimizer sgd(lr=0.02, momentum=0.9, weight_decay=5e-4)
   augment crop(64), flip, lighting(0.1)
   normalize mean=0.5, std=0.25
   test_crops 10
-  validate 320
+  validate VALIDATE
   seed 1
 }
 """
 
 E2E_RUN = r"""
 import sys, time
-import numpy as np
 sys.path.insert(0, sys.argv[1])
 import netdsl
 from netdsl.backends import compile_network
 from netdsl.train import trainer
-from netdsl.train.data import Dataset
 
-store, net, out, workers = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-
-def load_dataset(spec, base_dir=None):  # the packed images, memory-mapped
-    x = np.load(f"{store}/x.npy", mmap_mode="r")
-    y = np.load(f"{store}/y.npy")
-    ds = Dataset(x, y, x[:0], y[:0], 10, "packed")
-    ds.fingerprint = "blake2b:" + store
-    return ds
-
-trainer.load_dataset = load_dataset
+net, out, workers, batch = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 data = trainer.prepare_data(netdsl.load(net))
-cnet = compile_network(netdsl.load(net), batch=64, seed=1)  # the run's initial weights
+cnet = compile_network(netdsl.load(net), batch=batch, seed=1)  # the run's initial weights
 before = trainer.evaluate(cnet, data.val, crops=10)
 t0 = time.perf_counter()
 r = trainer.fit_file(net, out=out, quiet=True, workers=workers, overwrite=True)
@@ -363,13 +307,15 @@ print(f"RESULT {before['loss']:.4f} {before['top1_error']:.4f} {r['train_loss']:
 
 def make_class_folder(root: Path, n: int, classes: int = 10, seed: int = 1) -> Path:
     """n JPEGs (80-120 px) of `classes` kinds: a bright square whose place and colour
-    say the class, on a noisy background, in ImageNet's folder layout."""
+    say the class, on a noisy background, in ImageNet's layout; returns the image
+    folder (``root/classes``, holding ``train/CLASS/*.JPEG``)."""
     from PIL import Image
 
-    folder = root / "classes" / "train"
+    top = root / "classes"
+    folder = top / "train"
     done = folder / ".complete"
     if done.exists() and int(done.read_text()) == n:
-        return folder
+        return top
     rng = np.random.default_rng(seed)
     colours = rng.integers(60, 256, (classes, 3))
     for i in range(n):
@@ -384,40 +330,33 @@ def make_class_folder(root: Path, n: int, classes: int = 10, seed: int = 1) -> P
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(d / f"img{i:06d}.JPEG", quality=90)
     done.write_text(str(n))
-    return folder
+    return top
 
 
-def end_to_end(root: Path, n: int, workers: int) -> None:
-    """Pack a JPEG folder to 72x72 (x.npy, memory-mapped) and train the AlexNet-shaped
-    net on it for one epoch; print the validation loss before and after."""
+def end_to_end(root: Path, n: int, workers: int, batch: int = 64) -> dict[str, float]:
+    """``netdsl pack --size 72`` a folder of n JPEGs and train the AlexNet-shaped net on
+    the store for one epoch; print (and return) the validation loss before and after."""
     folder = make_class_folder(root, n)
-    store = root / f"packed{n}"
-    files = sorted(p for p in folder.glob("*/*") if p.suffix == ".JPEG")
-    if not (store / "y.npy").exists():
-        store.mkdir(parents=True, exist_ok=True)
-        order = np.random.default_rng(0).permutation(len(files))  # classes mixed
-        x = np.lib.format.open_memmap(store / "x.npy", "w+", np.uint8, (len(files), 3, 72, 72))
-        for j, i in enumerate(order):
-            x[j] = decode(files[i], 72)
-        x.flush()
-        del x
-        np.save(store / "y.npy", np.array([int(files[i].parent.name[5:]) for i in order]))
+    store = pack_store(folder, root / f"packed{n}", size=72)
+    validate = min(320, n // 8)
     net = root / "alexmini.net"
-    net.write_text(E2E_NET)
+    net.write_text(E2E_NET.replace("STORE", str(store.resolve())).replace("BATCH", str(batch))
+                   .replace("VALIDATE", str(validate)))  # fmt: skip
     repo = str(Path(__file__).resolve().parent.parent)
-    p = subprocess.run([sys.executable, "-c", E2E_RUN, repo, str(store), str(net),
-                        str(root / "alexmini-run"), str(workers)], capture_output=True,
-                       text=True, timeout=3600)  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", E2E_RUN, repo, str(net), str(root / "alexmini-run"),
+                        str(workers), str(batch)], capture_output=True, text=True,
+                       timeout=3600)  # fmt: skip
     if p.returncode:
         raise RuntimeError(p.stderr[-3000:])
     vals = [line for line in p.stdout.splitlines() if line.startswith("RESULT")][-1].split()[1:]
     b_loss, b_err, tr_loss, v_loss, v_err, secs, wall = vals
-    print(f"# alexmini, {len(files)} JPEGs packed to 72x72 ({store}/x.npy, memory-mapped), "
-          f"{len(files) - 320} train / 320 validation, batch 64, crop 64, flip, lighting, ten "
-          f"views, {workers} worker(s); load {_load()}")  # fmt: skip
+    print(f"# alexmini, {n} JPEGs packed to 72x72 (`netdsl pack --size 72`: {store}), "
+          f"{n - validate} train / {validate} validation, batch {batch}, crop 64, flip, "
+          f"lighting, ten views, {workers} worker(s); load {_load()}")  # fmt: skip
     print(f"validation before: loss {b_loss} error {float(b_err):.1%}; after one epoch: "
           f"train loss {tr_loss}, validation loss {v_loss} error {float(v_err):.1%}; epoch "
           f"{secs} s (training), {wall} s with compiling and evaluation")  # fmt: skip
+    return {"before": float(b_loss), "after": float(v_loss), "train": float(tr_loss)}
 
 
 def _load() -> str:
@@ -428,52 +367,39 @@ def _load() -> str:
         return "?"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dir", default="/tmp/netdsl-loader-bench", help="where data is made")
-    ap.add_argument("--images", type=int, default=2000, help="JPEGs in the folder")
-    ap.add_argument("--batches", type=int, default=8, help="timed batches per run")
-    ap.add_argument("--workers", default="1,2", help="worker counts to measure")
-    ap.add_argument("--runs", type=int, default=3, help="runs of each; medians are shown")
-    ap.add_argument("--store", help="a store made by `netdsl pack` (default: .npy shards)")
-    ap.add_argument("--torch-python", help="a Python with torch and torchvision")
-    ap.add_argument("--memory", metavar="N,N", help="instead: peak RSS of training from "
-                    "memmapped stores of these sizes (e.g. 100000,400000)")  # fmt: skip
-    ap.add_argument("--e2e", type=int, metavar="N", help="instead: train an AlexNet-shaped "
-                    "net for one epoch on N packed JPEGs")  # fmt: skip
-    args = ap.parse_args(argv)
-    root = Path(args.dir)
-    if args.e2e:
-        end_to_end(root, args.e2e, int(args.workers.split(",")[0]))
-        return 0
-    if args.memory:
-        memory(root, [int(v) for v in args.memory.split(",")],
-               [int(w) for w in args.workers.split(",")])  # fmt: skip
-        return 0
-    folder = make_folder(root, args.images)
-    store = open_store(args.store) if args.store else ShardSource(pack_shards(folder, root))
-    folder_src = FolderSource(folder)
-    workers = [int(w) for w in args.workers.split(",")]
-    where = args.store or store.path
-    cpus = len(os.sched_getaffinity(0))
-    print(f"# {len(folder_src)} JPEGs in {folder}; store {where}; batch {BATCH}, crop {CROP} "
-          f"of {SIZE}, flip, lighting, normalise; {args.batches} timed batches; cpus {cpus}, "
-          f"load {_load()}")  # fmt: skip
+# ------------------------------------------------------------------ the speed table
+
+
+def speed(root: Path, images: int, batches: int, workers: list[int], runs: int,
+          torch_python: str | None, batch: int = BATCH,
+          sides: tuple[int, int] = (300, 500)) -> list[dict[str, float]]:  # fmt: skip
+    """The speed comparison: the generated JPEG folder read by netdsl (decoded in the
+    loader's workers), the same folder packed by ``netdsl pack`` (read from the store's
+    shards) and, with ``torch_python``, torchvision; returns the medians per worker count."""
+    from netdsl.train.data import load_dataset
+
+    folder = make_folder(root, images, sides=sides)
+    store = pack_store(folder, root / "store", size=SIZE)
+    store_src = load_dataset(str(store)).x_train
+    folder_src = load_dataset(str(folder), image_size=SIZE).x_train
+    print(f"# {len(folder_src)} JPEGs in {folder}; store {store} (`netdsl pack --size {SIZE}`);"
+          f" batch {batch}, crop {CROP} of {SIZE}, flip, lighting, normalise; {batches} timed "
+          f"batches; cpus {_cpus()}, load {_load()}")  # fmt: skip
     rows = []
     for w in workers:
-        # the three alternate, `--runs` times: a load that comes and goes hits all alike
-        runs: dict[str, list[float]] = {"store": [], "folder": [], "torch": []}
-        for _ in range(args.runs):
-            runs["store"].append(netdsl_rate(store, w, args.batches))
-            runs["folder"].append(netdsl_rate(folder_src, w, args.batches))
-            if args.torch_python:
-                runs["torch"].append(torch_rate(args.torch_python, folder, w, args.batches))
+        # the three alternate, `runs` times: a load that comes and goes hits all alike
+        got: dict[str, list[float]] = {"store": [], "folder": [], "torch": []}
+        for _ in range(runs):
+            got["store"].append(netdsl_rate(store_src, w, batches, batch))
+            got["folder"].append(netdsl_rate(folder_src, w, batches, batch))
+            if torch_python:
+                got["torch"].append(torch_rate(torch_python, folder / "train", w, batches))
         print(
             f"# {w} worker(s), each run: "
-            + "; ".join(f"{k} {', '.join(f'{v:.0f}' for v in vs)}" for k, vs in runs.items() if vs)
+            + "; ".join(f"{k} {', '.join(f'{v:.0f}' for v in vs)}" for k, vs in got.items() if vs)
         )
-        rows.append({"workers": w, **{k: float(np.median(v)) for k, v in runs.items() if v}})
-    print(f"# medians of {args.runs} runs")
+        rows.append({"workers": w, **{k: float(np.median(v)) for k, v in got.items() if v}})
+    print(f"# medians of {runs} run(s)")
     print("| workers | netdsl store img/s | netdsl JPEG folder img/s | torchvision JPEG folder "
           "img/s | store / torchvision | folder / torchvision |")  # fmt: skip
     print("|---|---|---|---|---|---|")
@@ -484,6 +410,45 @@ def main(argv: list[str] | None = None) -> int:
             cells[2:] = [f"{tv:.0f}", f"{r['store'] / tv:.2f}x", f"{r['folder'] / tv:.2f}x"]
         print(f"| {r['workers']} | " + " | ".join(cells) + " |")
     print(f"# load after: {_load()}")
+    return rows
+
+
+def smoke(root: Path) -> int:
+    """Every mode at toy sizes, no torchvision: that the script still runs against
+    netdsl's current store, loader and trainer (tests/test_loader_bench.py)."""
+    speed(root, images=32, batches=1, workers=[0, 1], runs=1, torch_python=None, batch=8,
+          sides=(256, 280))  # fmt: skip
+    memory(root, [1100, 1300], [0], batch=50)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default="/tmp/netdsl-loader-bench", help="where data is made")
+    ap.add_argument("--images", type=int, default=2000, help="JPEGs in the folder")
+    ap.add_argument("--batches", type=int, default=8, help="timed batches per run")
+    ap.add_argument("--workers", default="1,2", help="worker counts to measure")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each; medians are shown")
+    ap.add_argument("--torch-python", help="a Python with torch and torchvision")
+    ap.add_argument("--memory", metavar="N,N", help="instead: peak RSS of training from "
+                    "stores of these sizes (e.g. 100000,400000)")  # fmt: skip
+    ap.add_argument("--e2e", type=int, metavar="N", help="instead: train an AlexNet-shaped "
+                    "net for one epoch on N packed JPEGs")  # fmt: skip
+    ap.add_argument("--smoke", action="store_true", help="instead: every mode but --e2e at "
+                    "toy sizes, without torchvision (a test that the script runs)")  # fmt: skip
+    args = ap.parse_args(argv)
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    workers = [int(w) for w in args.workers.split(",")]
+    if args.smoke:
+        return smoke(root)
+    if args.e2e:
+        end_to_end(root, args.e2e, workers[0])
+        return 0
+    if args.memory:
+        memory(root, [int(v) for v in args.memory.split(",")], workers)
+        return 0
+    speed(root, args.images, args.batches, workers, args.runs, args.torch_python)
     return 0
 
 
