@@ -93,10 +93,15 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
 
     loss = step()
     first_end = time.time()  # the parent subtracts its launch time
-    for _ in range(2):
+    # Warm up for 5 steps or 0.5 s, then time at least `steps` steps and 2 s: 20 steps of
+    # a 5 ms LeNet step are 0.1 s, where one scheduler hiccup moved the median by 50 %.
+    warm_until, n = time.perf_counter() + 0.5, 0
+    while n < 5 or time.perf_counter() < warm_until:
         step()
-    times = []
-    for _ in range(steps):
+        n += 1
+    times: list[float] = []
+    timed_until = time.perf_counter() + 2.0
+    while len(times) < steps or time.perf_counter() < timed_until:
         t = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t)
@@ -218,7 +223,12 @@ def main() -> None:
     ap.add_argument("--nets", nargs="+", default=["lenet5"],
                     help=f"net names, or all ({', '.join(ALL)})")  # fmt: skip
     ap.add_argument("--batch", type=int, help="batch size (default: issue 15's for each net)")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        help="timed steps per run, at least (and at least 2 s of them)",
+    )
     ap.add_argument("--runs", type=int, default=3, help="runs per engine (medians)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-busy", type=float, default=0.3,
