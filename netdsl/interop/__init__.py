@@ -85,13 +85,27 @@ class ImportContext:
     net: ImportedNet
     names: dict[str, str] = field(default_factory=dict)  # source name -> .net name
 
+    _checked: tuple[str, Any] | None = None  # (.net text, its Network): the last one checked
+
     def shape(self, name: str) -> tuple[int, ...]:
         """The output shape (C, H, W) of .net layer `name` of the lines so far, computed by
-        netdsl's own shape rules (so a format's conversions can depend on a size)."""
+        netdsl's own shape rules (so a format's conversions can depend on a size). The
+        lines so far are checked once for as long as they stay the same."""
         from .. import loads
 
-        net = loads(write_net(self.net, with_loss=False), name=f"<import of {self.net.source}>")
-        return tuple(net.layer(name).out_shape)
+        text = write_net(self.net, with_loss=False)
+        if self._checked is None or self._checked[0] != text:
+            self._checked = (text, loads(text, name=f"<import of {self.net.source}>"))
+        return tuple(self._checked[1].layer(name).out_shape)
+
+    def input_shape(self, inputs: list[str] | None) -> tuple[int, ...]:
+        """The shape (C, H, W) a layer being imported reads: its first input's, or (None)
+        the line before's, or the network input's."""
+        net = self.net
+        name = inputs[0] if inputs else (net.lines[-1].name if net.lines else net.input_name)
+        if name == net.input_name:
+            return tuple(net.input_shape)
+        return self.shape(name)
 
 
 def layer_type_for(fmt: str, word: str):

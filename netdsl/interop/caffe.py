@@ -623,15 +623,3 @@ def needs_fans(lyr: ForeignLayer) -> bool:
             if str(v.get("weight_filler", {}).get("type", "")) in ("xavier", "msra"):
                 return True
     return False
-
-
-def input_shape(ctx: ImportContext, inputs: list[str] | None) -> tuple[int, ...]:
-    """The shape (C, H, W) a layer being imported reads (its first input's)."""
-    net = ctx.net
-    if inputs:
-        name = inputs[0]
-    else:
-        name = net.lines[-1].name if net.lines else net.input_name
-    if name == net.input_name:
-        return net.input_shape
-    return ctx.shape(name)

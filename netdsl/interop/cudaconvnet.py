@@ -251,7 +251,7 @@ def window_geometry(src: ForeignLayer, inputs: list[str] | None,
     """(filters, filterSize, stride, padding, groups) of a conv or local layer, checked to
     give cuda-convnet's output size with netdsl's (symmetric, floor) window rule."""
     one_input(src)
-    c, h, _ = input_shape(ctx, inputs)
+    c, h, _ = ctx.input_shape(inputs)
     check_channels(src, c)
     fs = int_opt(src, "filterSize", None, lo=1)
     stride, pad = int_opt(src, "stride", 1, lo=1), int_opt(src, "padding", 0, lo=0)
@@ -314,15 +314,6 @@ def _ratio(a: float, b: float) -> str:
     r = a / b
     short = f"{r:.6g}"
     return number(r) if float(short) == r else f"{number(a)}/{number(b)}"
-
-
-def input_shape(ctx: ImportContext, inputs: list[str] | None) -> tuple[int, ...]:
-    """The shape a layer reading `inputs` (None: the line before) gets."""
-    if inputs:
-        return ctx.shape(inputs[0])
-    if ctx.net.lines:
-        return ctx.shape(ctx.net.lines[-1].name)
-    return ctx.net.input_shape
 
 
 # ------------------------------------------------------------------------------- neurons

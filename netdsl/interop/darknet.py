@@ -220,15 +220,6 @@ def lr_options(src: ForeignLayer, bias: bool = True) -> list[str]:
     return out + [f"bias_lr_mult {number(scale)}"] if bias else out
 
 
-def input_shape(ctx: ImportContext, inputs: list[str] | None) -> tuple[int, ...]:
-    """The shape a layer reading `inputs` (None: the line before) gets."""
-    if inputs:
-        return ctx.shape(inputs[0])
-    if ctx.net.lines:
-        return ctx.shape(ctx.net.lines[-1].name)
-    return ctx.net.input_shape
-
-
 def _refs(sec: Section, key: str, idx: int, outputs: list[str], single: bool = False):
     """The .net names of the layers a route (`layers=`) or shortcut (`from=`) names; a
     negative number counts back from this layer's own number `idx`."""
@@ -343,7 +334,7 @@ def _train(sec: Section, net: ImportedNet) -> None:
 
 def softmax_checks(src: ForeignLayer, inputs: list[str] | None, ctx: ImportContext) -> None:
     """Darknet's softmax and cost run over all of their input; netdsl's over a vector."""
-    c, h, w = input_shape(ctx, inputs)
+    c, h, w = ctx.input_shape(inputs)
     if (h, w) != (1, 1):
         raise NetError(
             f"this {src.kind} reads a {c}x{h}x{w} map; netdsl's softmax and loss read a "

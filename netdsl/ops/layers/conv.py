@@ -77,7 +77,7 @@ class Conv(LayerType):
             opts.append("bias off")
         fans = None
         if caffe.needs_fans(src):  # Caffe's fans: count/num and count/channels of the weight
-            c = caffe.input_shape(ctx, inputs)[0]
+            c = ctx.input_shape(inputs)[0]
             fans = (c // g * k[0] * k[1], o * k[0] * k[1])
         init, notes = caffe.init_options(src, fans)
         opts += init + caffe.learn_options(src, 2 if bias else 1)

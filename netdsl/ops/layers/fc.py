@@ -40,7 +40,7 @@ class Fc(LayerType):
         opts = [str(o)] + ([] if bias else ["bias off"])
         fans = None
         if caffe.needs_fans(src):
-            c, h, w = caffe.input_shape(ctx, inputs)
+            c, h, w = ctx.input_shape(inputs)
             fans = (c * h * w, o)
         init, notes = caffe.init_options(src, fans)
         opts += init + caffe.learn_options(src, 2 if bias else 1)

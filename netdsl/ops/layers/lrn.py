@@ -61,9 +61,9 @@ class Lrn(LayerType):
     def import_cudaconvnet(self, src, inputs, name, ctx):
         from ...errors import NetError
         from ...interop import NetLine, number
-        from ...interop.cudaconvnet import check_channels, float_opt, input_shape, int_opt
+        from ...interop.cudaconvnet import check_channels, float_opt, int_opt
 
-        check_channels(src, input_shape(ctx, inputs)[0])
+        check_channels(src, ctx.input_shape(inputs)[0])
         size = int_opt(src, "size", None, lo=1)
         if size % 2 == 0:  # cuda-convnet's window is then c-size/2 .. c+size/2-1
             raise NetError(f"size={size}: an even window is lopsided in cuda-convnet; "

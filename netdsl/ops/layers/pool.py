@@ -70,7 +70,7 @@ class Pool(LayerType):
         rounding = str(p.get("round_mode", "CEIL")).lower()
         if rounding == "ceil" and pad == (0, 0) and (s[0] > k[0] or s[1] > k[1]):
             # without padding Caffe keeps a last window that starts beyond the input
-            h, w = caffe.input_shape(ctx, inputs)[1:]
+            h, w = ctx.input_shape(inputs)[1:]
             for size, kk, ss in ((h, k[0], s[0]), (w, k[1], s[1])):
                 if -(-(size - kk) // ss) * ss >= size:
                     raise NetError("Caffe's ceil rounding here makes a last window that lies "
@@ -133,14 +133,14 @@ class Pool(LayerType):
     def import_darknet(self, src, inputs, name, ctx):
         from ...errors import NetError
         from ...interop import NetLine
-        from ...interop.darknet import input_shape, int_opt
+        from ...interop.darknet import int_opt
 
         if src.kind == "avgpool":  # Darknet's average pooling is always global
             return [NetLine("pool", name, ["avg", "global"], inputs)]
         stride = int_opt(src, "stride", 1, lo=1)
         size = int_opt(src, "size", stride, lo=1)
         padding = int_opt(src, "padding", size - 1, lo=0)
-        _, h, w = input_shape(ctx, inputs)
+        _, h, w = ctx.input_shape(inputs)
         # Darknet: out = (in + padding - size) / stride + 1, rounded down, the first window
         # starting padding/2 before the image; pixels outside are skipped. netdsl's pool
         # starts at -pad and pads both sides alike: pad = padding/2 and floor or ceil
@@ -180,9 +180,9 @@ class Pool(LayerType):
     def import_cudaconvnet(self, src, inputs, name, ctx):
         from ...errors import NetError
         from ...interop import NetLine
-        from ...interop.cudaconvnet import check_channels, input_shape, int_opt
+        from ...interop.cudaconvnet import check_channels, int_opt
 
-        c, h, _ = input_shape(ctx, inputs)
+        c, h, _ = ctx.input_shape(inputs)
         check_channels(src, c)
         mode = src.params.get("pool", "").strip()
         if mode not in ("max", "avg"):
