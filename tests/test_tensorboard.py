@@ -20,7 +20,7 @@ from netdsl.cli import main
 from netdsl.errors import DataError
 from netdsl.train.checkpoint import load_checkpoint
 from netdsl.train.metrics import read_metrics
-from netdsl.train.tensorboard import filter_grid
+from netdsl.train.tensorboard import filters_image
 from netdsl.train.trainer import fit_file
 from tests.test_mpi import needs_mpi
 from tests.test_train import TINY, make_data
@@ -67,23 +67,6 @@ def train(tiny: Path, out: str, *flags) -> tuple[int, str]:
     return main([str(a) for a in argv])
 
 
-def test_filter_grid_holds_the_kernels_rescaled():
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(5, 1, 3, 3))
-    grid = filter_grid(w)  # 5 grey tiles, 3 columns, 1-pixel white gaps
-    assert grid.shape == (2 * 3 + 1, 3 * 3 + 2)
-    scaled = (w - w.min()) / (w.max() - w.min())
-    for i in range(5):
-        r, c = divmod(i, 3)
-        np.testing.assert_allclose(grid[4 * r : 4 * r + 3, 4 * c : 4 * c + 3], scaled[i, 0])
-    assert grid.min() == 0.0 and grid.max() == 1.0
-    rgb = filter_grid(rng.normal(size=(4, 3, 2, 2)), scale=3)  # RGB tiles, enlarged 3x
-    assert rgb.shape == (2 * 6 + 1, 2 * 6 + 1, 3)
-    per_channel = filter_grid(rng.normal(size=(2, 4, 2, 2)))  # a row of 4 tiles per filter
-    assert per_channel.shape == (2 * 2 + 1, 4 * 2 + 3)
-    assert np.all(filter_grid(np.ones((1, 1, 2, 2))) == 0.5)
-
-
 def test_the_events_hold_the_metrics_and_one_filter_image_per_epoch(tiny, capsys):
     pytest.importorskip("tensorboardX")
     assert train(tiny, "run", "--epochs", "2", "--tensorboard") == 0
@@ -103,7 +86,7 @@ def test_the_events_hold_the_metrics_and_one_filter_image_per_epoch(tiny, capsys
     assert [(tag, step) for tag, step, _ in images] == [("filters/c1", 1), ("filters/c1", 2)]
     # the last image is the checkpoint's kernels (4 filters 3x3), tiled and rescaled
     arrays, _ = load_checkpoint(run / "checkpoint.npz")
-    want = filter_grid(arrays["param.c1.weight"], scale=32 // 3)
+    want = filters_image(arrays["param.c1.weight"])
     img = images[-1][2].astype(np.float64) / 255.0
     img = img if img.ndim == 2 else img[..., 0]  # a grey image may come back as RGB(A)
     assert img.shape == want.shape

@@ -9,8 +9,9 @@ every line metrics.jsonl gets and writes the same numbers as TensorBoard scalars
   (the line's ``"steps"``), at step = the training step counted from the run's start;
 
 and, once per epoch, ``filters/<layer>``: the first conv layer's kernels tiled into one
-image (filter_grid). The writer is tensorboardX, the optional ``tensorboard`` extra;
-it is imported only here, and only rank 0 of an MPI run writes.
+image (filters_image: the layout of `netdsl show filters`). The writer is tensorboardX,
+the optional ``tensorboard`` extra; it is imported only here, and only rank 0 of an MPI
+run writes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from ..errors import DataError, NetdslError
 from .paths import check_output_dir, show_path
 
-__all__ = ["EVENTS_GLOB", "TensorBoardLogger", "check_board_dir", "filter_grid", "first_conv"]
+__all__ = ["EVENTS_GLOB", "TensorBoardLogger", "check_board_dir", "filters_image", "first_conv"]
 
 EVENTS_GLOB = "events.out.tfevents.*"  # the event files a TensorBoard writer names
 TILE_PIXELS = 32  # kernels are enlarged (nearest neighbour) to about this size on screen
@@ -61,49 +62,27 @@ def check_board_dir(path: str | os.PathLike, resume: bool = False,
 
 
 def first_conv(cnet) -> tuple[str, np.ndarray] | None:
-    """(layer name, host copy of its weight (O, C/groups, kh, kw)) of the net's first conv
-    layer, None when it has none. Copies that one parameter only, from the GPU too."""
+    """(layer name, host copy of its weight (O, C/groups, kh, kw)) of the net's first layer
+    with kernels to show (a 4-D weight, as `netdsl show filters` picks them), None when it
+    has none. Copies that one parameter only, from the GPU too."""
     slots = {s.key: s for s in cnet.slots}
     for layer in cnet.net.layers:
         slot = slots.get(f"{layer.name}.weight")
-        if layer.type == "conv" and slot is not None:
+        if slot is not None and len(slot.shape) == 4:
             flat = cnet.theta[slot.offset : slot.offset + slot.size]
             host = flat.copy_to_host() if hasattr(flat, "copy_to_host") else np.array(flat)
             return layer.name, host.reshape(slot.shape)
     return None
 
 
-def filter_grid(weight: np.ndarray, scale: int = 1, gap: int = 1) -> np.ndarray:
-    """Conv kernels (O, C, kh, kw) as one image in [0, 1]: an RGB tile (H, W, 3) per
-    filter when C is 3, else a grey tile per filter and channel (one row of C tiles per
-    filter when C > 1), laid out in a near-square grid, ``gap`` white pixels apart, each
-    pixel repeated ``scale`` times each way.
+def filters_image(weight: np.ndarray) -> np.ndarray:
+    """The kernels tiled as `netdsl show filters` tiles them (netdsl/show/grid.py: one
+    rescaling for the layer, RGB tiles for 3 input channels), each pixel enlarged so a
+    kernel is about TILE_PIXELS wide on screen."""
+    from ..show.grid import filter_grid
 
-    The whole weight is rescaled by one affine map (its minimum to 0, its maximum to 1;
-    all equal: 0.5), so tiles compare: a dim tile is a small filter.
-
-    >>> filter_grid(np.arange(8.0).reshape(2, 1, 2, 2)).shape
-    (2, 5)
-    """
-    w = np.asarray(weight, np.float64)
-    if w.ndim != 4:
-        raise ValueError(f"expected a conv weight (O, C, kh, kw), got shape {w.shape}")
-    lo, hi = float(w.min()), float(w.max())
-    w = (w - lo) / (hi - lo) if hi > lo else np.full_like(w, 0.5)
-    o, c, kh, kw = w.shape
-    if c == 3:
-        tiles, cols = w.transpose(0, 2, 3, 1), math.ceil(math.sqrt(o))  # (O, kh, kw, 3)
-    else:
-        tiles = w.reshape(o * c, kh, kw)[..., None]
-        cols = c if c > 1 else math.ceil(math.sqrt(o))
-    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
-    n, th, tw, ch = tiles.shape
-    rows = math.ceil(n / cols)
-    grid = np.ones((rows * (th + gap) - gap, cols * (tw + gap) - gap, ch))
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[r * (th + gap) : r * (th + gap) + th, q * (tw + gap) : q * (tw + gap) + tw] = tiles[i]
-    return grid if ch == 3 else grid[..., 0]
+    k = max(1, TILE_PIXELS // max(weight.shape[2:]))
+    return filter_grid(weight).repeat(k, axis=0).repeat(k, axis=1)
 
 
 def _is_number(v: Any) -> bool:
@@ -153,7 +132,7 @@ class TensorBoardLogger:
                         w.add_scalar(f"step/{tag}", value, step)
         if self.cnet is not None and (conv := first_conv(self.cnet)) is not None:
             name, weight = conv
-            grid = filter_grid(weight, scale=max(1, TILE_PIXELS // max(weight.shape[2:])))
+            grid = filters_image(weight)
             w.add_image(f"filters/{name}", grid.astype(np.float32), epoch,
                         dataformats="HWC" if grid.ndim == 3 else "HW")  # fmt: skip
         w.flush()
