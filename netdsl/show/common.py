@@ -89,6 +89,16 @@ def save_png(fig, path: Path, dpi: int = 100) -> None:
         fig.savefig(f, format="png", dpi=dpi)
 
 
+def picture_path(args: Any, summary: dict[str, Any], name: str) -> Path | None:
+    """With --json, `summary` is printed first. The PNG's path (-o, or `name` beside the
+    checkpoint), or None when --json alone was asked for (no picture)."""
+    if args.json:
+        print_json(summary)
+        if not args.output:
+            return None
+    return output_path(args.output, Path(args.checkpoint).parent / name)
+
+
 def wrote(path: Path) -> None:
     """Tell the user where the picture went (stderr: stdout may carry --json)."""
     print(f"wrote {path}", file=sys.stderr)

@@ -77,18 +77,16 @@ def run(args) -> int:
             for t, p, c in pairs
         ],
     }
-    if args.json:
-        common.print_json(summary)
-        if not args.output:
-            return 0
-    else:
+    if not args.json:
         print(f"{split_name}: {n:,} images, accuracy {100 * summary['accuracy']:.2f}%")
         if pairs:
             print("most confused (true -> predicted):")
         for row in summary["most_confused"]:
             print(f"  {row['true']} -> {row['predicted']}: {row['count']:,} images "
                   f"({100 * row['fraction_of_true']:.1f}% of {row['true']})")  # fmt: skip
-    out = common.output_path(args.output, Path(args.checkpoint).parent / "confusion.png")
+    out = common.picture_path(args, summary, "confusion.png")
+    if out is None:
+        return 0
     draw(net, counts, names, summary, out)
     common.wrote(out)
     return 0

@@ -57,12 +57,9 @@ def run(args) -> int:
     rgb = (weight.shape[1] == 3 and net.input.out_shape[0] == 3 and not args.channels
            and layer.inputs == [net.input.name])  # fmt: skip
     summary = filters_summary(net, layer.name, weight, columns, rgb, args.scale)
-    if args.json:
-        common.print_json(summary)
-        if not args.output:
-            return 0
-    default = Path(args.checkpoint).parent / f"filters-{layer.name}.png"
-    out = common.output_path(args.output, default)
+    out = common.picture_path(args, summary, f"filters-{layer.name}.png")
+    if out is None:
+        return 0
     grid = filter_grid(weight, columns=columns, rgb=rgb, scale=args.scale)
     draw(grid, summary, weight.shape, columns, out)
     common.wrote(out)

@@ -97,11 +97,9 @@ def run(args) -> int:
     scores = outs[scores_layer][0].reshape(-1)
     about["prediction"] = int(np.argmax(scores))
     about["layers"] = [layer_stats(net, n, outs[n][0]) for n in names]
-    if args.json:
-        common.print_json(about)
-        if not args.output:
-            return 0
-    out = common.output_path(args.output, Path(args.checkpoint).parent / "maps.png")
+    out = common.picture_path(args, about, "maps.png")
+    if out is None:
+        return 0
     draw(net, common.fit_views(net, x)[0], {n: outs[n][0] for n in names}, about,
          args.max_maps, out)  # fmt: skip
     common.wrote(out)

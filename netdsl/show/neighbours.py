@@ -100,12 +100,9 @@ def run(args) -> int:
             for r, i in enumerate(qi)
         ],
     }
-    if args.json:
-        common.print_json(summary)
-        if not args.output:
-            return 0
-    default = Path(args.checkpoint).parent / f"neighbours-{layer.name}.png"
-    out = common.output_path(args.output, default)
+    out = common.picture_path(args, summary, f"neighbours-{layer.name}.png")
+    if out is None:
+        return 0
     draw(net, split.x, data.train.x, summary, names, out)
     common.wrote(out)
     return 0
