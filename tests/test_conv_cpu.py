@@ -153,7 +153,8 @@ def test_block_is_capped_by_the_workspace(threads, monkeypatch) -> None:
     monkeypatch.setattr(conv, "WIDE_MAX", -1)  # gathered: 25 columns an image, 36 rows
     monkeypatch.setattr(conv, "BLOCK_BYTES", 3 * 4 * (4 * 9) * 25)  # 3 images' columns
     result = run(8, 4, 5, 5, 3, (3, 3), p=(1, 1), extra=(1, 1))
-    assert result[0].block == 3 and result[0].col.nbytes <= conv.BLOCK_BYTES
+    layer = result[0]
+    assert layer.block == 3 and 4 * np.prod(layer.shapes["col"]) <= conv.BLOCK_BYTES
     check(result)
 
 
@@ -186,3 +187,33 @@ def test_connection_table_in_blocks(threads) -> None:
     assert np.all(grads["c1.weight"][mask == 0] == 0)
     for k in grads:
         assert_close(grads[k], ref_grads[k], 1e-4, k)
+
+
+def test_layers_sharing_scratch(threads) -> None:
+    """Two layers on one Scratch, called in turn: neither may depend on what the other left
+    in the shared buffers (zero borders of the wide layout, gradient sums)."""
+    threads(2)
+    scratch = conv.Scratch()
+    shapes = [(4, 3, 6, 6, 5, 3, 1), (4, 5, 9, 7, 4, 5, 2)]  # (n, c, h, w, o, k, pad)
+    layers, data = [], []
+    rng = np.random.default_rng(3)
+    for n, c, h, w, o, k, p in shapes:
+        out_hw = (h + 2 * p - k + 1, w + 2 * p - k + 1)
+        layer = conv.ConvCPU(n, c, h, w, o, k, k, (1, 1), (p, p), (1, 1), 1, out_hw, True, scratch)
+        assert layer.geo[10]  # wide: xpad's borders matter
+        layers.append(layer)
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        wt = rng.standard_normal((o, c, k, k)).astype(np.float32)
+        b = rng.standard_normal(o).astype(np.float32)
+        dy = rng.standard_normal((n, o, *out_hw)).astype(np.float32)
+        data.append((x, wt, b, dy, ((1, 1), (p, p), (1, 1), 1, out_hw)))
+    for _ in range(2):
+        for layer, (x, wt, b, dy, geo) in zip(layers, data, strict=True):
+            y = np.empty_like(dy)
+            layer.forward(x, wt, b, y)
+            assert_close(y, conv.ref_forward(x, wt, b, *geo), 1e-4, "forward")
+            dx, dw, db = np.empty_like(x), np.empty_like(wt), np.empty_like(b)
+            layer.backward(dy, x, wt, dx, dw, db)
+            for got, ref, what in zip((dx, dw, db), conv.ref_backward(dy, x, wt, *geo),
+                                      ("dx", "dw", "db"), strict=True):  # fmt: skip
+                assert_close(got, ref, 1e-4, what)

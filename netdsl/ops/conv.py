@@ -192,11 +192,35 @@ SMALL_GEMM = 1_000_000
 TRANSPOSED_DW_OG = 256
 # The wide layout (stride 1; see conv_cpu) computes (Wp - Wo) garbage columns per output row
 # to copy contiguous runs instead of gathering: worth it while Og * (Wp - Wo) <= this * Wo.
-WIDE_MAX = 32
+WIDE_MAX = 16
+
+
+class Scratch:
+    """Flat float32 work buffers shared by the CPU conv layers of one net.
+
+    The layers of a net run one at a time and every call overwrites the workspace it reads
+    (zero borders and sums are reset by the kernels), so one set of buffers, as big as the
+    largest layer needs, serves them all: ResNet-18's conv workspaces at batch 8 were 241 MiB
+    as one set per layer. A buffer grows when a bigger layer asks for it (during
+    compilation); layers take views at each call, so no view keeps an outgrown buffer alive.
+    Not for layers that run at the same time (two threads stepping one net).
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of `shape` on buffer `key` (contents: whatever was left there)."""
+        size = int(np.prod(shape))
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < size:
+            buf = self._bufs[key] = np.zeros(max(size, 1), np.float32)
+        return buf[:size].reshape(shape)
 
 
 class ConvCPU:
-    """float32 convolution on the CPU for fixed shapes; all workspaces allocated here.
+    """float32 convolution on the CPU for fixed shapes; workspaces sized here, on `scratch`
+    (shared with the net's other conv layers; a private one by default).
 
     The batch is split into T contiguous slices, one per worker thread; each worker takes its
     images `block` at a time (im2col of the block side by side, then one GEMM per group, see
@@ -221,6 +245,7 @@ class ConvCPU:
         groups: int,
         out_hw: Pair,
         bias: bool,
+        scratch: Scratch | None = None,
     ) -> None:
         if c % groups or o % groups:
             raise ValueError(f"channels {c} -> {o} do not divide into {groups} groups")
@@ -253,20 +278,27 @@ class ConvCPU:
         self.tr = og < TRANSPOSED_DW_OG and self.k >= 64 and not self.direct
         cols = 1 if self.direct else self.block * npix  # workspace columns
         npad = hp * wp + (kw - 1) * dilation[1] if wide else 1  # slack: last row's taps
-        self.col = np.zeros((nt, 1 if self.direct else self.k, cols), np.float32)  # (T, K, B*P)
-        self.yw = np.zeros((nt, og, cols), np.float32)  # (T, Og, B*P): y or dy of a block
-        self.ywt = np.zeros((nt, cols if self.tr else 1, og), np.float32)  # (T, B*P, Og) dy.T
-        self.xpad = np.zeros((nt, cg * npad), np.float32)  # (T, Cg*Hp*Wp + slack), 0 borders
-        self.dxpad = np.zeros((nt, npad), np.float32)  # (T, Hp*Wp + slack) one channel
-        # worker 0 sums into dw itself, the others into dwt, added after; when tr, each worker
-        # into dwt transposed, added into dwt[0] and transposed into dw
-        if self.tr:
-            self.dwt = np.zeros((nt, groups, self.k, og), np.float32)  # (T, G, K, Og)
-        else:
-            self.dwt = np.zeros((nt - 1, groups, og, self.k), np.float32)  # (T-1, G, Og, K)
-        self.dbt = np.zeros((nt, o), np.float32)  # (T, O): db is optional, so all T here
+        # Each worker's workspaces (shapes; the arrays are views of `scratch`, see Scratch).
+        # Worker 0 sums the weight gradient into dw itself, the others into dwt, added after;
+        # when tr, each worker into dwt transposed, added into the first and transposed into dw.
+        self.shapes = {
+            "col": (1 if self.direct else self.k, cols),  # (K, B*P) column matrix
+            "yw": (og, cols),  # (Og, B*P): y or dy of a block
+            "ywt": (cols if self.tr else 1, og),  # (B*P, Og): dy of a block, transposed
+            "xpad": (cg * npad,),  # (Cg*Hp*Wp + slack,) the zero-bordered image (wide)
+            "dxpad": (npad,),  # (Hp*Wp + slack,) one channel's padded dx (wide)
+            "dwt": (groups, self.k, og) if self.tr else (groups, og, self.k),
+            "dbt": (o,),
+        }
+        self.scratch = Scratch() if scratch is None else scratch
+        for t in range(nt):  # size the shared buffers now (views are taken per call)
+            self._workspace(t)
         self.no_b = np.zeros(o, np.float32)  # (O,) stands in for b without bias
         self.no_dx = np.zeros((1, 1, 1, 1), np.float32)  # stands in for dx when not wanted
+
+    def _workspace(self, t: int) -> dict[str, np.ndarray]:
+        """Worker t's workspaces: views of the current scratch buffers."""
+        return {k: self.scratch.get(f"{k}{t}", shape) for k, shape in self.shapes.items()}
 
     def forward(
         self,
@@ -278,11 +310,11 @@ class ConvCPU:
         """y = conv(x, w) + b. All arrays C-contiguous."""
         w3 = w.reshape(self.groups, self.og, self.k)  # (G, Og, K) view
         bb = b if self.bias and b is not None else self.no_b
-        jobs = [
-            (n0, n1, self.block, self.direct, x, w3, bb, y, self.col[t], self.yw[t], self.xpad[t],
-             self.geo)
-            for t, (n0, n1) in enumerate(self.jobs)
-        ]  # fmt: skip
+        jobs = []
+        for t, (n0, n1) in enumerate(self.jobs):
+            ws = self._workspace(t)
+            jobs.append((n0, n1, self.block, self.direct, x, w3, bb, y, ws["col"], ws["yw"],
+                         ws["xpad"], self.geo))  # fmt: skip
         self.workers.run(self._k.forward_images, jobs)
 
     def backward(
@@ -302,19 +334,23 @@ class ConvCPU:
         dw3 = dw.reshape(w3.shape)
         want = dx is not None
         dxx = dx if want else self.no_dx
-        dwt = list(self.dwt) if self.tr else [dw3, *self.dwt]  # each worker's sum
-        jobs = [
-            (n0, n1, self.block, self.direct, self.tr, dy, x, w3, dxx, want, self.col[t],
-             self.yw[t], self.ywt[t], self.xpad[t], self.dxpad[t], dwt[t], self.dbt[t], self.geo)
-            for t, (n0, n1) in enumerate(self.jobs)
-        ]  # fmt: skip
+        jobs, dwt, dbt = [], [], []
+        for t, (n0, n1) in enumerate(self.jobs):
+            ws = self._workspace(t)
+            dwt.append(dw3 if t == 0 and not self.tr else ws["dwt"])  # this worker's sum
+            dbt.append(ws["dbt"])
+            jobs.append((n0, n1, self.block, self.direct, self.tr, dy, x, w3, dxx, want,
+                         ws["col"], ws["yw"], ws["ywt"], ws["xpad"], ws["dxpad"], dwt[t], dbt[t],
+                         self.geo))  # fmt: skip
         self.workers.run(self._k.backward_images, jobs)
         for t in range(1, len(dwt)):  # fixed order over workers
             dwt[0] += dwt[t]
         if self.tr:
             np.copyto(dw3, dwt[0].transpose(0, 2, 1))
         if db is not None:
-            np.sum(self.dbt, axis=0, out=db)
+            np.copyto(db, dbt[0])
+            for t in range(1, len(dbt)):
+                db += dbt[t]
 
 
 # ---- CUDA kernels
@@ -666,17 +702,22 @@ class ConvCPURunner(Runner):
         super().__init__(layer, plan)
         a = layer.attrs
         n, (c, h, w), o = plan.batch, layer.in_shapes[0], layer.out_shape[0]
+        if not hasattr(plan, "conv_cpu_scratch"):  # one for all the plan's conv layers
+            plan.conv_cpu_scratch = Scratch()
         self.op = ConvCPU(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
-                          a["groups"], a["out_hw"], a["bias"])  # fmt: skip
+                          a["groups"], a["out_hw"], a["bias"], plan.conv_cpu_scratch)  # fmt: skip
         self.mask = plan.masks.get(layer.name)  # (O, C, 1, 1) for a connection table
-        self.dz = np.empty_like(self.y) if self.fused_act else None
+        self.op.scratch.get("dz", self.y.shape)  # the gradient before the fused activation
+
+    def _dz(self) -> np.ndarray | None:
+        return self.op.scratch.get("dz", self.y.shape) if self.fused_act else None
 
     def forward(self, train):
         self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
         self._act_forward()
 
     def backward(self):
-        dz = self._act_backward(self.dz)
+        dz = self._act_backward(self._dz())
         self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
                          self.g.get("bias"))  # fmt: skip
         if self.mask is not None:

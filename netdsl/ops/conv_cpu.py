@@ -168,7 +168,8 @@ def forward_images(n0, n1, bs, direct, x, w3, b, y, col, yt, xpad, geo):
     """Worker: y[n0:n1] = conv(x[n0:n1]) + b, `bs` images per GEMM.
 
     x (N, C, H, W); w3 (G, Og, K); b (O,) (zeros: no bias); y (N, O, Ho, Wo); col (K, bs*P)
-    column matrix, yt (Og, bs*P) GEMM output, xpad (Cg*Hp*Wp + slack,). direct: a 1x1
+    column matrix, yt (Og, bs*P) GEMM output, xpad (Cg*Hp*Wp + slack,) whose borders are
+    zeroed here (the interior is rewritten per image). direct: a 1x1
     stride-1 unpadded conv, whose column matrix of image n is x[n, group] itself (col, yt
     and xpad unused: one GEMM per image straight from x into y).
     """
@@ -181,6 +182,8 @@ def forward_images(n0, n1, bs, direct, x, w3, b, y, col, yt, xpad, geo):
     npix = ho * wv  # P
     pitch = col.shape[1]
     xf, yf, wf, ytf = x.reshape(-1), y.reshape(-1), w3.reshape(-1), yt.reshape(-1)
+    if geo[10]:
+        xpad[:] = 0.0  # its borders: the buffer is shared with other layers
     for nb in range(n0, n1, bs):
         m = min(bs, n1 - nb)  # images in this block
         for g in range(ng):
@@ -231,6 +234,8 @@ def backward_images(n0, n1, bs, direct, tr, dy, x, w3, dx, want_dx, col, dyt, dy
     dxf, dwf, colf, dyttf = dx.reshape(-1), dwt.reshape(-1), col.reshape(-1), dytt.reshape(-1)
     dwt[:] = 0.0
     dbt[:] = 0.0
+    if geo[10]:
+        xpad[:] = 0.0  # its borders: the buffer is shared with other layers
     for nb in range(n0, n1, bs):
         m = min(bs, n1 - nb)
         for g in range(ng):
