@@ -181,7 +181,9 @@ def ref_backward(
 # 1.65x faster; one image of 320 columns ran 5% faster alone than two side by side) ...
 BLOCK_COLUMNS = 512
 # ... while a worker's column matrix stays under this many bytes (its dy / output block is
-# smaller by K / Og), so the workspaces stay below PyTorch's for the same layer.
+# smaller by K / Og): the net's shared workspace (Scratch) is sized by its largest layer, so
+# the cap bounds what blocks add to it (one image's columns can be larger: VGG's first
+# layers, 111 MiB a worker; splitting an image's rows is not done yet).
 BLOCK_BYTES = 8 << 20
 # ... and, for GEMMs small enough for OpenBLAS's small-matrix kernels (M*N*K up to 1e6 for
 # one image), under that size too: they run 2x faster than the general path (Og 16, K 150).
@@ -201,7 +203,7 @@ class Scratch:
     The layers of a net run one at a time and every call overwrites the workspace it reads
     (zero borders and sums are reset by the kernels), so one set of buffers, as big as the
     largest layer needs, serves them all: ResNet-18's conv workspaces at batch 8 were 241 MiB
-    as one set per layer. A buffer grows when a bigger layer asks for it (during
+    as one set per layer, 46 MiB shared. A buffer grows when a bigger layer asks for it (during
     compilation); layers take views at each call, so no view keeps an outgrown buffer alive.
     Not for layers that run at the same time (two threads stepping one net).
     """
@@ -707,7 +709,8 @@ class ConvCPURunner(Runner):
         self.op = ConvCPU(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
                           a["groups"], a["out_hw"], a["bias"], plan.conv_cpu_scratch)  # fmt: skip
         self.mask = plan.masks.get(layer.name)  # (O, C, 1, 1) for a connection table
-        self.op.scratch.get("dz", self.y.shape)  # the gradient before the fused activation
+        if self.fused_act:  # the gradient before the fused activation: sized now
+            self.op.scratch.get("dz", self.y.shape)
 
     def _dz(self) -> np.ndarray | None:
         return self.op.scratch.get("dz", self.y.shape) if self.fused_act else None
