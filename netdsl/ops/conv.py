@@ -720,18 +720,14 @@ class ConvCPURunner(Runner):
         self.op = ConvCPU(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
                           a["groups"], a["out_hw"], a["bias"], plan.conv_cpu_scratch)  # fmt: skip
         self.mask = plan.masks.get(layer.name)  # (O, C, 1, 1) for a connection table
-        if self.fused_act:  # the gradient before the fused activation: sized now
-            self.op.scratch.get("dz", self.y.shape)
-
-    def _dz(self) -> np.ndarray | None:
-        return self.op.scratch.get("dz", self.y.shape) if self.fused_act else None
+        self.dz = np.empty_like(self.y) if self.fused_act else None
 
     def forward(self, train):
         self.op.forward(self.x[0], self.p["weight"], self.p.get("bias"), self.y)
         self._act_forward()
 
     def backward(self):
-        dz = self._act_backward(self._dz())
+        dz = self._act_backward(self.dz)
         self.op.backward(dz, self.x[0], self.p["weight"], self.dx[0], self.g["weight"],
                          self.g.get("bias"))  # fmt: skip
         if self.mask is not None:

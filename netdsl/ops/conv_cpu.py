@@ -65,7 +65,7 @@ def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
             a.ctypes, lda, ab[1:].ctypes, c.ctypes, ldc)  # fmt: skip
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")  # compiled inside its callers
 def _col_range(ox, sw, w_in, wo):  # ints -> (j0, j1)
     """Output columns j in [j0, j1) whose input column ox + j*sw lies in [0, w_in)."""
     j0 = 0 if ox >= 0 else min(wo, (sw - 1 - ox) // sw)  # first j with ox + j*sw >= 0
