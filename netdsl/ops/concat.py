@@ -14,6 +14,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 
 
 def _offsets(channels: Sequence[int], total: int) -> list[int]:
@@ -62,7 +63,7 @@ def concat_backward(dy: np.ndarray, dxs: Sequence[np.ndarray]) -> None:
 cuda = None  # numba.cuda, bound by _cuda_kernels() and _cuda_fill()
 
 
-@functools.cache
+@generated("concat")
 def _cuda_kernels(n: int, c_src: int, s0: int, c_dst: int, d0: int, nch: int, plane: int,
                   accumulate: bool):  # fmt: skip
     """move_channels: dst[:, d0:d0+nch] (+)= src[:, s0:s0+nch] for flat (N*C*P,) f32 buffers
@@ -90,7 +91,7 @@ def _cuda_kernels(n: int, c_src: int, s0: int, c_dst: int, d0: int, nch: int, pl
 _cuda_kernels.geometry_args = 7
 
 
-@functools.cache
+@generated("fill")
 def _cuda_fill():
     """fill(dst, value): a plain grid-stride loop, deliberately generic over the length (a
     constant length would buy nothing here and cost a compilation per buffer size)."""

@@ -17,13 +17,13 @@ Backward, with S[c] = k + alpha * sum(...) (the "scale" the forward kernel saves
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
@@ -140,7 +140,7 @@ def lrn_backward(dy, x, y, scale, dx, n, k, alpha, beta):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("lrn")
 def _cuda_kernels(batch: int, channels: int, plane: int, n: int, k: float, alpha: float,
                   beta: float):  # fmt: skip
     """LRN kernels for one layer: flat (batch*channels*plane,) float32 arrays."""

@@ -11,13 +11,13 @@ candidate, as in the reference.
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -103,7 +103,7 @@ def maxout_backward(dy, idx, dx, k):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("maxout")
 def _cuda_kernels(groups: int, k: int, plane: int):
     """Maxout forward (one thread per output) and backward (one thread per input) for
     x (groups*k*plane,) -> y (groups*plane,), groups = N*C."""

@@ -24,6 +24,7 @@ from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
 from netdsl.ops.activation import LINEAR
+from netdsl.ops.codegen import generated
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
@@ -300,7 +301,7 @@ def _cuda_window_math():
     return span, outputs_over
 
 
-@functools.cache
+@generated("pool")
 def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int,
                   sw: int, ph: int, pw: int, mode: str, act_code: int = LINEAR):  # fmt: skip
     """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat.

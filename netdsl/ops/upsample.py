@@ -9,13 +9,13 @@ for the backward (it reads only dy).
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -86,7 +86,7 @@ def upsample_backward(dy, dx, fh, fw):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("upsample")
 def _cuda_kernels(planes: int, h: int, w: int, fh: int, fw: int):
     """Upsample forward (one thread per output) and backward (one thread per input, summing
     its block: no atomics) for x (planes*h*w,) <-> y (planes*h*fh*w*fw,)."""
