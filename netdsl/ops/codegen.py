@@ -81,12 +81,63 @@ def kernel_module(kind: str, text: str) -> ModuleType:
     EVENTS.append((name, str(path), how))
     if os.environ.get("NETDSL_DEBUG"):
         print(f"netdsl: kernel source {how}: {path}", file=sys.stderr)
+        _report_at_exit()
     spec = importlib.util.spec_from_file_location(f"{PACKAGE}.{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # netdsl.ops.jit binds @kernel through sys.modules
     spec.loader.exec_module(module)
     _LOADED[name] = module
     return module
+
+
+def numba_stats(module: ModuleType) -> dict[str, tuple[int, int]]:
+    """{kernel: (compiled, loaded from Numba's cache)} for the kernels of a generated module
+    that Numba has compiled or loaded in this process (counted per signature; the CUDA
+    simulator and kernels not yet called have none)."""
+    out = {}
+    for attr, value in vars(module).items():
+        value = getattr(value, "_dispatcher", None) or value  # a netdsl.ops.jit.kernel
+        stats = getattr(value, "stats", None)
+        fn = getattr(value, "py_func", None)
+        if stats is None or getattr(fn, "__module__", None) != module.__name__:
+            continue  # not a dispatcher, or one this module imported
+        misses = sum(getattr(stats, "cache_misses", {}).values())
+        hits = sum(getattr(stats, "cache_hits", {}).values())
+        if misses or hits:
+            out[attr] = (misses, hits)
+    return out
+
+
+def summary() -> str:
+    """One line on the kernel modules of this process: how many were generated now, how many
+    came from the cache, and what Numba compiled or loaded from its own cache."""
+    generated = sum(1 for _, _, how in EVENTS if how == "generated")
+    reused = sum(1 for _, _, how in EVENTS if how == "reused")
+    compiled = loaded = 0
+    for module in _LOADED.values():
+        for misses, hits in numba_stats(module).values():
+            compiled, loaded = compiled + misses, loaded + hits
+    numba = (f"; Numba: {compiled} kernels compiled, {loaded} loaded from its cache"
+             if compiled or loaded else "")  # fmt: skip
+    return (f"kernels: {generated} generated, {reused} from the cache; {len(_LOADED)} "
+            f"distinct in this process{numba}")  # fmt: skip
+
+
+@cache
+def _report_at_exit() -> None:
+    """NETDSL_DEBUG: at exit, per module what Numba compiled or loaded, then summary()."""
+    import atexit
+
+    def report() -> None:
+        for name, module in _LOADED.items():
+            stats = numba_stats(module)
+            if stats:
+                what = ", ".join(f"{k} {'compiled' if m else 'loaded from cache'}"
+                                 for k, (m, _) in stats.items())  # fmt: skip
+                print(f"netdsl: numba: {name}: {what}", file=sys.stderr)
+        print(f"netdsl: {summary()}", file=sys.stderr)
+
+    atexit.register(report)
 
 
 def _write(name: str, text: str) -> tuple[Path, str]:
