@@ -121,9 +121,9 @@ def _cuda_entries(launches: dict[int, tuple[Any, str]]) -> list[dict]:
 def _cpu_entries(cnet) -> list[dict]:
     """The generated modules this process loaded, with the layers whose runner can reach one
     of their kernels (its attributes, its class's module, a kernel module it holds)."""
-    from ..ops import codegen
-
     import types
+
+    from ..ops import codegen
 
     users: dict[str, list[str]] = {}
     for r in cnet.runners:
@@ -145,7 +145,8 @@ def _cpu_entries(cnet) -> list[dict]:
         kernels = [k for k, v in vars(module).items() if _generated_module_of(v) == full
                    and not k.startswith("_")] if module else []  # fmt: skip
         entries.append({"file": Path(path).name, "path": path, "factory": name.split("_")[0],
-                        "config": [], "kernels": kernels, "layers": users.get(full, [])})  # fmt: skip
+                        "config": [], "kernels": kernels,
+                        "layers": users.get(full, [])})  # fmt: skip
     return entries
 
 
