@@ -187,9 +187,9 @@ def test_compile_emit_cuda_writes_readable_modules_and_an_index(tmp_path):
     out = tmp_path / "kernels"
     env = _env(tmp_path / "cache")
     env.pop("NUMBA_ENABLE_CUDASIM")  # the user's shell: no simulator, no GPU
-    res = subprocess.run([sys.executable, "-m", "netdsl", "compile", "nets/lenet5.net",
-                          "--emit", str(out), "--device", "cuda", "--batch", "2"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    cmd = [sys.executable, "-m", "netdsl", "compile", "nets/lenet5.net", "--emit", str(out),
+           "--device", "cuda", "--batch", "2"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     index = json.loads((out / "index.json").read_text())
     assert index["net"] == "lenet5" and index["device"] == "cuda" and index["batch"] == 2
@@ -226,7 +226,8 @@ def test_compile_emit_cpu(tmp_path):
 def _nvvm_available() -> bool:
     code = "from cuda.pathfinder import load_nvidia_dynamic_lib as l; l('nvvm'); l('nvrtc')"
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    return res.returncode == 0
 
 
 def test_numba_cache_serves_a_generated_cuda_kernel_in_a_second_process(tmp_path):
