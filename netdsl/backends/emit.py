@@ -41,8 +41,10 @@ def add_emit_option(parser) -> None:
 
 def cmd_emit(args) -> int:
     """The --emit branch of `netdsl compile`."""
+    from .. import load
     from ..backends import resolve_device
 
+    load(args.file)  # a mistake in the file is reported here, at its line (exit 2)
     device = "cuda" if args.device == "cuda" else resolve_device(args.device)
     out = Path(args.emit)
     if device == "cuda":
@@ -227,12 +229,16 @@ def _child_index(net_path: str, batch: int | None) -> dict:
     cmd = [sys.executable, "-m", "netdsl.backends.emit", net_path]
     if batch:
         cmd += ["--batch", str(batch)]
+    from ..errors import NetdslError
+
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode:
-        sys.stderr.write(res.stderr)
-        raise RuntimeError(f"building the CUDA plan of {net_path} to emit its kernels failed "
-                           f"(exit {res.returncode})")  # fmt: skip
-    sys.stderr.write(res.stderr)  # NETDSL_DEBUG's lines
+        last = (res.stderr.strip().splitlines() or ["(no message)"])[-1]
+        if os.environ.get("NETDSL_DEBUG"):
+            sys.stderr.write(res.stderr)
+        raise NetdslError(f"building the CUDA plan of {net_path} to list its kernels failed "
+                          f"(exit {res.returncode}): {last}")  # fmt: skip
+    sys.stderr.write(res.stderr)  # NETDSL_DEBUG's lines, placement notes
     return json.loads(res.stdout)
 
 

@@ -75,8 +75,12 @@ def kernel_module(kind: str, text: str) -> ModuleType:
     from the same code gives the same module, in this process and the next.
     """
     name = module_name(kind, text)
-    if name in _LOADED:
-        return _LOADED[name]
+    if name not in _LOADED:
+        _LOADED[name] = _load(name, text)
+    return _LOADED[name]
+
+
+def _load(name: str, text: str) -> ModuleType:
     path, how = _write(name, text)
     EVENTS.append((name, str(path), how))
     if os.environ.get("NETDSL_DEBUG"):
@@ -86,7 +90,6 @@ def kernel_module(kind: str, text: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # netdsl.ops.jit binds @kernel through sys.modules
     spec.loader.exec_module(module)
-    _LOADED[name] = module
     return module
 
 
