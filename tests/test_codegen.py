@@ -252,3 +252,18 @@ def test_numba_cache_serves_a_generated_cuda_kernel_in_a_second_process(tmp_path
     assert first[:2] == ["1", "0"] and second[:2] == ["0", "1"]
     assert Path(first[2]) == tmp_path / "cache" / "kernels" / "__pycache__"
     assert list(Path(first[2]).glob("softmax_*.softmax_forward-*.nbi"))
+
+
+def test_debug_says_what_numba_compiled_and_what_it_loaded(tmp_path):
+    """The CPU activation kernels (a generated module): compiled by the first process, loaded
+    from Numba's cache by the second, as NETDSL_DEBUG's last lines say."""
+    code = ("import numpy as np\n"
+            "from netdsl.ops import act_codegen\n"
+            "x = np.ones(4, np.float32)\n"
+            "act_codegen.load().act_forward(x, x, 0, np.float32(0), np.float32(0))\n")  # fmt: skip
+    env = _env(tmp_path / "cache", NETDSL_DEBUG="1")
+    first, second = _python(code, env).stderr, _python(code, env).stderr
+    assert "act_forward compiled" in first
+    assert "kernels: 1 generated, 0 from the cache; 1 distinct in this process; Numba: " in first
+    assert "act_forward loaded from cache" in second
+    assert "Numba: 0 kernels compiled" in second
