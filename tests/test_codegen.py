@@ -232,16 +232,19 @@ def _nvvm_available() -> bool:
 
 def test_numba_cache_serves_a_generated_cuda_kernel_in_a_second_process(tmp_path):
     """Compiled in one process through the dispatcher (to PTX: no driver here), the kernel
-    is loaded from Numba's cache beside the generated file in the next: a hit, no compile."""
+    is loaded from Numba's cache beside the generated file in the next: a hit, no compile.
+    pool_backward calls device functions built elsewhere (the activation chain, made by
+    exec in netdsl/ops/activation.py; the window math): they are inlined, so it caches."""
     if not _nvvm_available():
         pytest.skip("NVVM / NVRTC libraries not installed (pip install '.[ptx]')")
     code = (
         "from numba import types\n"
         "from netdsl.backends.cuda_ptx import no_driver\n"
-        "from netdsl.ops import softmax\n"
-        "k = softmax._cuda_kernels(4, 10).softmax_forward\n"
+        "from netdsl.ops import pool\n"
+        f"k = pool._cuda_kernels(*{POOL_CFG!r}, 0).pool_backward\n"
+        "f32, i32 = types.float32[::1], types.int32[::1]\n"
         "with no_driver((9, 0)):\n"
-        "    k.compile((types.float32[::1], types.float32[::1]))\n"
+        "    k.compile((f32, i32, f32, f32, types.float32, types.float32))\n"
         "s = k.stats\n"
         "print(sum(s.cache_misses.values()), sum(s.cache_hits.values()), s.cache_path)\n"
     )
@@ -251,7 +254,7 @@ def test_numba_cache_serves_a_generated_cuda_kernel_in_a_second_process(tmp_path
     second = _python(code, env).stdout.split()
     assert first[:2] == ["1", "0"] and second[:2] == ["0", "1"]
     assert Path(first[2]) == tmp_path / "cache" / "kernels" / "__pycache__"
-    assert list(Path(first[2]).glob("softmax_*.softmax_forward-*.nbi"))
+    assert list(Path(first[2]).glob("pool_*.pool_backward-*.nbi"))
 
 
 def test_debug_says_what_numba_compiled_and_what_it_loaded(tmp_path):
