@@ -130,9 +130,11 @@ def _cpu_entries(cnet) -> list[dict]:
     users: dict[str, list[str]] = {}
     for r in cnet.runners:
         values = list(vars(r).values()) + list(vars(sys.modules[type(r).__module__]).values())
-        # a module the runner holds (its kernels' module, looked up once): its globals too
-        values += [x for v in vars(r).values() if isinstance(v, types.ModuleType)
-                   for x in vars(v).values()]  # fmt: skip
+        # a module the runner holds (its kernels' module, looked up once): its globals too;
+        # the base runner holds the activation module for a fused activation, used only then
+        if getattr(r, "fused_act", True):
+            values += [x for v in vars(r).values() if isinstance(v, types.ModuleType)
+                       for x in vars(v).values()]  # fmt: skip
         for v in values:
             name = _generated_module_of(v)
             if name and r.layer.name not in users.setdefault(name, []):
@@ -265,21 +267,24 @@ def render(index: dict, out: Path) -> str:
     files = [e for e in index["modules"] if e["file"]]
     closures = [e for e in index["modules"] if not e["file"]]
     batch = f", batch {index['batch']}"
-    lines = [f"{index['net']}: {len(files)} generated kernel modules ({index['device']}{batch}) "
-             f"written to {out}/ (index: {out / INDEX})"]  # fmt: skip
+    from ..train.progress import plural
+
+    lines = [f"{index['net']}: {plural(len(files), 'generated kernel module')} "
+             f"({index['device']}{batch}) written to {out}/ (index: {out / INDEX})"]  # fmt: skip
     width = max((len(e["file"]) for e in files), default=4)
     for e in files:
         what = ", ".join(e["kernels"]) or "-"
         lines.append(f"  {e['file']:<{width}}  {what}  <- {', '.join(e['layers']) or '-'}")
     if closures:
-        lines.append(f"not generated (closures built in-process): {len(closures)} "
-                     "configurations")  # fmt: skip
+        lines.append(f"not generated (closures built in-process): "
+                     f"{plural(len(closures), 'configuration')}")  # fmt: skip
         by_factory: dict[str, list[dict]] = {}
         for e in closures:
             by_factory.setdefault(e["factory"], []).append(e)
         for factory, group in by_factory.items():
             layers = list(dict.fromkeys(x for e in group for x in e["layers"]))
-            lines.append(f"  {factory}: {len(group)} configurations <- {', '.join(layers)}")
+            lines.append(f"  {factory}: {plural(len(group), 'configuration')} <- "
+                         f"{', '.join(layers)}")  # fmt: skip
     return "\n".join(lines)
 
 
