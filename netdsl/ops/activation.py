@@ -25,6 +25,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import act_codegen, activations
+from netdsl.ops.codegen import generated
 
 ACTIVATIONS: tuple[str, ...] = tuple(activations.kinds())
 
@@ -129,7 +130,7 @@ def cuda_element_math():
     return cuda.jit(**inline)(act), cuda.jit(**inline)(act_grad)
 
 
-@functools.cache
+@generated("activation")
 def _cuda_kernels():
     """The activation kernels (grid-stride loops over flat float32 arrays)."""
     global cuda

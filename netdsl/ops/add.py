@@ -11,7 +11,6 @@ it). The same kernel also accumulates gradients where one tensor feeds several l
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -55,7 +55,7 @@ def add_forward(a, b, y):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("add")
 def _cuda_kernels():
     """Elementwise add (with an optional fused activation), accumulate and copy."""
     global cuda

@@ -17,7 +17,6 @@ vectorise the float64 sums, ~3x faster, and only changes the summation order.
 
 from __future__ import annotations
 
-import functools
 import math
 import types
 
@@ -26,6 +25,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 DEFAULT_EPS = 1e-5
@@ -216,7 +216,7 @@ def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("batchnorm")
 def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: float,
                   act_params: tuple, threads: int, code: int):  # fmt: skip
     """BN kernels for one layer on flat (batch*channels*plane,) arrays; code, act_params: the fused

@@ -1,10 +1,12 @@
 """Shared pieces of the CUDA kernels: launch configurations, the launch wrapper, the simulator.
 
-Every op module keeps its CUDA kernels in a section at its end, built by a cached factory
-``_cuda_kernels()`` on first use, so importing an op never imports numba (``netdsl check``
-stays numba-free). The factories bind the module global ``cuda`` (``global cuda; from numba
-import cuda``) rather than a local name: Numba's CUDA simulator swaps the ``cuda`` module in
-a kernel's *globals* for its per-launch fake, and a closure variable would escape the swap.
+Every op module keeps its CUDA kernels in a section at its end, built by a factory
+``_cuda_kernels(*cfg)`` on first use, so importing an op never imports numba (``netdsl check``
+stays numba-free). The factories are decorated ``@generated("<op>")`` (netdsl/ops/codegen.py):
+their body is emitted as a module per configuration, with the kernels at module level and
+``cache=True``, so Numba's on-disk cache serves them to the next process. The body binds
+``cuda`` by ``from numba import cuda`` as a module global, never a closure variable: Numba's
+CUDA simulator swaps the ``cuda`` module in a kernel's *globals* for its per-launch fake.
 
 :class:`Launch` is a kernel with its launch configuration fixed when a runner is built
 (nothing is computed per call). It can also record the argument types of every launch
@@ -50,11 +52,12 @@ def cdiv(a: int, b: int) -> int:
 
 
 class Launch:
-    """A kernel of a cached factory with its launch configuration: call it with the arguments.
+    """A kernel of a factory with its launch configuration: call it with the arguments.
 
-    factory(*cfg) returns a namespace of kernels; `name` picks one. Keeping the factory, its
-    configuration and the name (not just the kernel) is what lets a recorded launch be
-    rebuilt and compiled in another process.
+    factory(*cfg) returns a namespace of kernels (memoised per cfg); `name` picks one. Keeping
+    the factory, its configuration and the name (not just the kernel) is what lets a recorded
+    launch be rebuilt and compiled in another process (cuda_ptx, benchmarks/gpu_static.py)
+    and `netdsl compile --emit` name the generated module a layer uses.
     """
 
     def __init__(self, factory: Callable[..., Any], name: str, grid, block, cfg: tuple = ()):

@@ -14,7 +14,6 @@ reading out of bounds.
 
 from __future__ import annotations
 
-import functools
 import math
 import types
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -137,7 +137,7 @@ def topk_errors(z: np.ndarray, labels: np.ndarray, k: int) -> int:
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("loss")
 def _cuda_kernels(rows: int, classes: int):
     """Loss kernels for flat (rows*classes,) float32 scores."""
     global cuda

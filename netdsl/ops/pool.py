@@ -24,6 +24,7 @@ from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
 from netdsl.ops.activation import LINEAR
+from netdsl.ops.codegen import generated
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
@@ -274,10 +275,11 @@ class PoolCPU:
 # outputs whose windows hold it (at most ceil(k/s)^2 of them), so overlapping windows need no
 # atomics and the result is deterministic. Arrays are flat; plane pl of x starts at pl*H*W.
 #
-# The kernels are specialised on the layer: mode, planes (N*C), sizes and window geometry are
-# closure constants (compile-time constants to Numba), so the index divisions are by constants,
-# the loop bounds are known and the other modes' code is gone. The price is one compilation
-# per distinct layer geometry, on first use on a GPU.
+# The kernels are specialised on the layer: mode, sizes and window geometry are constants of
+# the generated module (compile-time constants to Numba), so the index divisions are by
+# constants and the other modes' code is gone. The price is one compilation per distinct
+# layer geometry (cached on disk); the number of planes (N*C) is the arrays', so layers of one
+# geometry and different channel counts or batch sizes share the kernels.
 
 cuda = None  # numba.cuda, bound by _cuda_window_math() and _cuda_kernels()
 
@@ -300,10 +302,11 @@ def _cuda_window_math():
     return span, outputs_over
 
 
-@functools.cache
-def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int,
-                  sw: int, ph: int, pw: int, mode: str, act_code: int = LINEAR):  # fmt: skip
-    """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat.
+@generated("pool")
+def _cuda_kernels(h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int, sw: int,
+                  ph: int, pw: int, mode: str, act_code: int = LINEAR):  # fmt: skip
+    """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat; the number
+    of planes (N*C) is the arrays' (y.size / (ho*wo)), so layers of one geometry share them.
 
     act_code: the activation fused into the layer that produced x, when this pool is that
     layer's only reader. The backward then returns the gradient before that activation,
@@ -323,7 +326,7 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
     @cuda.jit
     def pool_forward(x, y, arg):
         # x (P*H*W,), y (P*Ho*Wo,) f32; arg (P*Ho*Wo,) int32 out (max only; else unused)
-        for e in range(cuda.grid(1), planes * howo, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             pl, q = e // howo, e % howo
             i, j = q // wo, q % wo
             r0, r1 = span(i, kh, sh, ph, h)
@@ -353,7 +356,7 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
     def pool_backward(dy, arg, dx, x, p0, p1):
         # dy (P*Ho*Wo,), arg (P*Ho*Wo,) int32 (max), dx (P*H*W,) f32 out (overwritten);
         # x (P*H*W,) the forward input, read only with a fused activation (act_code)
-        for e in range(cuda.grid(1), planes * hw, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             pl, q = e // hw, e % hw
             r, c = q // w, q % w
             i0, i1 = outputs_over(r, kh, sh, ph, ho)
@@ -379,8 +382,8 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
     return types.SimpleNamespace(pool_forward=pool_forward, pool_backward=pool_backward)
 
 
-# cuda_ptx.compile_records: the first 11 arguments are the layer's geometry (see there)
-_cuda_kernels.geometry_args = 11
+# cuda_ptx.compile_records: the first 10 arguments are the layer's geometry (see there)
+_cuda_kernels.geometry_args = 10
 
 
 class PoolCUDA:
@@ -401,7 +404,7 @@ class PoolCUDA:
         planes, (ho, wo) = n * c, out_hw
         self.act_code = ACT_CODE[act]
         self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
-        geo = (int(v) for v in (planes, h, w, ho, wo, *kernel, *stride, *pad))
+        geo = (int(v) for v in (h, w, ho, wo, *kernel, *stride, *pad))
         cfg = (*geo, mode, self.act_code)
         size = planes * ho * wo if mode == "max" else 1  # unused unless max
         self.arg = _cuda.device_array(size, np.int32)  # (N*C*Ho*Wo,) argmax, in-plane index

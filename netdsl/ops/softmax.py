@@ -9,7 +9,6 @@ its gradient ``softmax - onehot`` is exact where chaining these two would cancel
 
 from __future__ import annotations
 
-import functools
 import math
 import types
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -73,7 +73,7 @@ def softmax_backward(dy, y, dx):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("softmax")
 def _cuda_kernels(rows: int, classes: int):
     """Softmax kernels for flat (rows*classes,) float32 arrays."""
     global cuda
