@@ -309,18 +309,20 @@ class BnCUDA:
     """Batch norm with a fused activation on flat (N*C*H*W,) float32 device arrays.
 
     `splits` forces the number of chunks each channel's sums are cut into (tests; see
-    netdsl/ops/reduce_cuda.py), `shuffles` the warp-shuffle path (else: on a GPU only).
+    netdsl/ops/reduce_cuda.py), `shuffles` the warp-shuffle path (else: on a GPU only),
+    `threads` the reducing kernels' block size (a multiple of 32).
     """
 
     def __init__(self, n: int, channels: int, plane: int, eps: float, momentum: float,
                  act_code: int = 4, act_params: tuple = (0.0, 0.0), splits: int | None = None,
-                 shuffles: bool | None = None) -> None:  # fmt: skip
+                 shuffles: bool | None = None, threads: int | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
         from netdsl.ops import reduce_cuda
         from netdsl.ops.cudakit import Launch, grid_1d
 
-        threads, shuffles0, simulated = reduce_cuda.launch_config()
+        threads0, shuffles0, simulated = reduce_cuda.launch_config()
+        threads = threads0 if threads is None else int(threads)
         shuffles = shuffles0 if shuffles is None else bool(shuffles)
         pair = activations.as_pair(act_params)
         cfg = (int(n), int(channels), int(plane), float(eps), float(momentum), pair,

@@ -139,6 +139,7 @@ def topk_errors(z: np.ndarray, labels: np.ndarray, k: int) -> int:
 # nothing), as the simulator's fallback reductions synchronise the block.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
+# (float64(0.0) starts a float64 sum in the simulator too: there 0.0 + float32 is a float32)
 
 
 @functools.cache
@@ -190,7 +191,7 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
                 wrong = top1_part(z, row, label, zl, lane)
             top = float32(warp_max(float64(top), buf, t))  # exact both ways
             wrong = warp_max(wrong, buf, t)
-            acc = 0.0  # float64
+            acc = float64(0.0)
             if ok:
                 for j in range(lane, classes, WARP):
                     e = math.exp(z[row + j] - top)
@@ -231,7 +232,7 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
             bad = label < 0 or label >= classes
             row = n * classes
             wrong = 0.0
-            acc = 0.0  # float64
+            acc = float64(0.0)
             if active:
                 if bad:
                     wrong = 1.0
@@ -280,10 +281,12 @@ _cuda_kernels.geometry_args = 2
 class LossCUDA:
     """Fused loss + gradient on (N, K) float32 device scores; `stats` (3,) float64 on the device.
 
-    `shuffles` forces the warp-shuffle path (else: on a GPU only; tests emulate it).
+    `shuffles` forces the warp-shuffle path (else: on a GPU only; tests emulate it),
+    `threads` the block size (a multiple of 32; a warp per row).
     """
 
-    def __init__(self, kind: str, n: int, classes: int, shuffles: bool | None = None) -> None:
+    def __init__(self, kind: str, n: int, classes: int, shuffles: bool | None = None,
+                 threads: int | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
         from netdsl.ops.cudakit import WARP, Launch, cdiv, row_threads, use_shuffles
@@ -294,7 +297,7 @@ class LossCUDA:
         self.stats = _cuda.device_array(3, np.float64)  # (3,) loss, top-1 errors, bad labels
         self.probs = _cuda.device_array(n * classes, np.float32)  # (N*K,) softmax
         name = "loss_xent_rows" if kind == "cross_entropy" else "loss_mse_rows"
-        threads = row_threads()
+        threads = row_threads() if threads is None else int(threads)
         shuffles = use_shuffles() if shuffles is None else bool(shuffles)
         cfg = (int(n), int(classes), threads, shuffles)
         self._rows = Launch(_cuda_kernels, name, cdiv(n, threads // WARP), threads, cfg)

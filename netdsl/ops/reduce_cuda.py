@@ -122,6 +122,10 @@ def combine(part, k, c, splits, per):
 # CUDA kernels, built on first use (see netdsl/ops/cudakit.py)
 # ---------------------------------------------------------------------------------------------
 
+# Accumulators start as float64(0.0), not 0.0: compiled, both are float64, but in the
+# simulator a Python float plus a NumPy float32 is a float32 (NumPy 2), so a sum started at
+# 0.0 would run in float32 there.
+
 cuda = None  # numba.cuda, bound by the factories
 
 
@@ -161,7 +165,7 @@ def _cuda_kernels(threads: int, shuffles: bool):
         q = s * chunk + t
         end = min(s * chunk + chunk, count)
         addr, p = w_begin(q, plane, cp, c)
-        acc = 0.0
+        acc = float64(0.0)
         while q < end:
             acc += x[addr]
             q += threads
@@ -176,7 +180,7 @@ def _cuda_kernels(threads: int, shuffles: bool):
         # column j over row chunk s
         j, s = cuda.blockIdx.x * threads + cuda.threadIdx.x, cuda.blockIdx.y
         if j < width:
-            acc = 0.0
+            acc = float64(0.0)
             for r in range(s * rchunk, min(s * rchunk + rchunk, rows)):
                 acc += x[r * width + j]
             part[0, s, j] = acc
@@ -192,8 +196,8 @@ def _cuda_kernels(threads: int, shuffles: bool):
         q = s * chunk + t
         end = min(s * chunk + chunk, count)
         addr, p = w_begin(q, plane, cp, c)
-        a1 = 0.0
-        a2 = 0.0
+        a1 = float64(0.0)
+        a2 = float64(0.0)
         while q < end:
             d = x[addr] - shift
             a1 += d
@@ -212,8 +216,8 @@ def _cuda_kernels(threads: int, shuffles: bool):
         j, s = cuda.blockIdx.x * threads + cuda.threadIdx.x, cuda.blockIdx.y
         if j < width:
             shift = float64(x[(j // plane) * plane])  # image 0, pixel 0 of j's channel
-            a1 = 0.0
-            a2 = 0.0
+            a1 = float64(0.0)
+            a2 = float64(0.0)
             for r in range(s * rchunk, min(s * rchunk + rchunk, rows)):
                 d = x[r * width + j] - shift
                 a1 += d
@@ -260,8 +264,8 @@ def _grad_kernels(threads: int, shuffles: bool, code: int, p0: float, p1: float)
         q = s * chunk + t
         end = min(s * chunk + chunk, count)
         addr, p = w_begin(q, plane, cp, c)
-        a1 = 0.0
-        a2 = 0.0
+        a1 = float64(0.0)
+        a2 = float64(0.0)
         while q < end:
             d = dy[addr] * act_grad(y[addr], code, ap0, ap1)
             a1 += d
@@ -280,8 +284,8 @@ def _grad_kernels(threads: int, shuffles: bool, code: int, p0: float, p1: float)
         j, s = cuda.blockIdx.x * threads + cuda.threadIdx.x, cuda.blockIdx.y
         if j < width:
             mu = mean[j // plane]
-            a1 = 0.0
-            a2 = 0.0
+            a1 = float64(0.0)
+            a2 = float64(0.0)
             for r in range(s * rchunk, min(s * rchunk + rchunk, rows)):
                 e = r * width + j
                 d = dy[e] * act_grad(y[e], code, ap0, ap1)

@@ -74,6 +74,7 @@ def softmax_backward(dy, y, dx):
 # the last row reduces nothing), as the simulator's fallback reductions synchronise the block.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
+# (float64(0.0) starts a float64 sum in the simulator too: there 0.0 + float32 is a float32)
 
 
 @functools.cache
@@ -103,7 +104,7 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
                 for j in range(lane, classes, WARP):
                     top = max(top, x[row + j])
             top = float32(warp_max(float64(top), buf, t))  # exact both ways
-            acc = 0.0  # float64
+            acc = float64(0.0)
             if active:
                 for j in range(lane, classes, WARP):
                     e = math.exp(x[row + j] - top)
@@ -124,7 +125,7 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
             n = base + t // WARP
             active = n < rows
             row = n * classes
-            acc = 0.0  # float64
+            acc = float64(0.0)
             if active:
                 for j in range(lane, classes, WARP):
                     acc += dy[row + j] * y[row + j]
@@ -143,13 +144,15 @@ _cuda_kernels.geometry_args = 2
 class SoftmaxCUDA:
     """Row softmax of (N, K) float32 device arrays, kernels specialised on N and K.
 
-    `shuffles` forces the warp-shuffle path (else: on a GPU only; tests emulate it).
+    `shuffles` forces the warp-shuffle path (else: on a GPU only; tests emulate it),
+    `threads` the block size (a multiple of 32; a warp per row).
     """
 
-    def __init__(self, n: int, classes: int, shuffles: bool | None = None) -> None:
+    def __init__(self, n: int, classes: int, shuffles: bool | None = None,
+                 threads: int | None = None) -> None:  # fmt: skip
         from netdsl.ops.cudakit import WARP, Launch, cdiv, row_threads, use_shuffles
 
-        threads = row_threads()
+        threads = row_threads() if threads is None else int(threads)
         shuffles = use_shuffles() if shuffles is None else bool(shuffles)
         cfg = (int(n), int(classes), threads, shuffles)
         blocks = cdiv(n, threads // WARP)
