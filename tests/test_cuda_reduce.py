@@ -109,9 +109,9 @@ def test_butterfly_gives_every_lane_the_fallbacks_bits(seed):
         lanes = butterfly(values, op)
         assert len(set(lanes.tolist())) == 1  # the same bits in every lane
         assert lanes[0] == tree(values, op)
-    assert abs(butterfly(values, lambda a, b: a + b)[0] - values.sum()) <= 1e-12 * np.abs(
-        values
-    ).sum()
+    assert (
+        abs(butterfly(values, lambda a, b: a + b)[0] - values.sum()) <= 1e-12 * np.abs(values).sum()
+    )
 
 
 # --------------------------------------------------------------------- partition and index walk
@@ -122,11 +122,12 @@ def walked_addresses(pt: reduce_cuda.Partition, c: int) -> list[int]:
     plane, count, chunk, cp, jump, step_p, wrap = pt.args
     out = []
     for s in range(pt.splits):
-        end = min(s * chunk + chunk, count)
         for t in range(pt.threads):
-            q = s * chunk + t
+            q = s * chunk + t  # the value the thread is at: checked against its address
             addr, p = reduce_cuda.walk_begin(q, plane, cp, c)
-            while q < end:
+            stop, _ = reduce_cuda.walk_begin(min(s * chunk + chunk, count), plane, cp, c)
+            while addr < stop:
+                assert q < min(s * chunk + chunk, count)
                 assert 0 <= p < plane and addr == (q // plane) * cp + c * plane + q % plane
                 out.append(addr)
                 q += pt.threads
@@ -354,7 +355,9 @@ def test_softmax_shuffle_path_gives_the_fallbacks_bits(emulated_shuffles):
 def _nvvm_available() -> bool:
     code = "from cuda.pathfinder import load_nvidia_dynamic_lib as l; l('nvvm'); l('nvrtc')"
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    return (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    )
 
 
 def test_shuffle_kernels_compile_to_ptx(emulated_shuffles, tmp_path):

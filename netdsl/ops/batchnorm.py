@@ -232,7 +232,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     from netdsl.ops.reduce_cuda import device_helpers
 
     act, act_grad = cuda_element_math()
-    _, _, combine = device_helpers()  # part (2, S, width) -> one channel's float64 sum
+    combine = device_helpers()[2]  # part (2, S, width) -> one channel's float64 sum
     # float32 constants: the values (and the mixed float32/float64 arithmetic) the kernels had
     # when these came as float32 arguments
     eps32, mom32 = np.float32(eps), np.float32(momentum)

@@ -90,7 +90,8 @@ class Partition:
 
 def walk_begin(q, plane, cp, c):
     """(address, pixel) of value q (= image * plane + pixel) of channel c in x (N, C, plane)
-    flat, cp = C * plane. The one division of a thread's walk."""
+    flat, cp = C * plane. The one division of a thread's walk (two: the kernels also take the
+    address of the chunk's end, where the walk stops, as addresses grow with q)."""
     img = q // plane
     p = q - img * plane
     return img * cp + c * plane + p, p
@@ -131,18 +132,20 @@ cuda = None  # numba.cuda, bound by the factories
 
 @functools.cache
 def device_helpers():
-    """(walk_begin, walk_next, combine) as inlined device functions; in the simulator the
-    plain functions (they use nothing of cuda, and there calling a device function costs
-    microseconds: it swaps the cuda module in and out)."""
+    """(walk_begin, walk_next, combine, u64): the first three as inlined device functions,
+    u64 numba's uint64 (an array index of that type skips Numba's negative-index wraparound,
+    a 64-bit compare and select per load). In the simulator: the plain functions and int
+    (there calling a device function or a Numba cast costs microseconds, and these change
+    no value: the indices are never negative)."""
     global cuda
-    from numba import cuda
+    from numba import cuda, uint64
 
     from netdsl.ops.cudakit import simulator
 
     if simulator():
-        return walk_begin, walk_next, combine
-    return tuple(cuda.jit(device=True, inline="always")(f) for f in (walk_begin, walk_next,
-                                                                      combine))  # fmt: skip
+        return walk_begin, walk_next, combine, int
+    jit = cuda.jit(device=True, inline="always")
+    return jit(walk_begin), jit(walk_next), jit(combine), uint64
 
 
 @functools.cache
@@ -155,21 +158,30 @@ def _cuda_kernels(threads: int, shuffles: bool):
     from netdsl.ops.cudakit import block_summer
 
     block_total = block_summer(threads, shuffles)
-    w_begin, w_next, comb = device_helpers()
+    w_begin, w_next, comb, u64 = device_helpers()
+    zero = np.float32(0.0)
 
     @cuda.jit
     def channel_sums_flat(x, part, plane, count, chunk, cp, jump, step_p, wrap):
         # grid (splits, C). x: (N*C*plane,) f32; part[0, s, c] = sum of chunk s of channel c
         s, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
-        q = s * chunk + t
-        end = min(s * chunk + chunk, count)
-        addr, p = w_begin(q, plane, cp, c)
+        addr, p = w_begin(s * chunk + t, plane, cp, c)
+        stop, _ = w_begin(min(s * chunk + chunk, count), plane, cp, c)  # see walk_begin
         acc = float64(0.0)
-        while q < end:
-            acc += x[addr]
-            q += threads
-            addr, p = w_next(addr, p, plane, jump, step_p, wrap)
+        while addr < stop:  # 4 values a step: their loads are in flight together
+            e1, p = w_next(addr, p, plane, jump, step_p, wrap)
+            e2, p = w_next(e1, p, plane, jump, step_p, wrap)
+            e3, p = w_next(e2, p, plane, jump, step_p, wrap)
+            v0 = x[u64(addr)]
+            v1 = x[u64(e1)] if e1 < stop else zero
+            v2 = x[u64(e2)] if e2 < stop else zero
+            v3 = x[u64(e3)] if e3 < stop else zero
+            acc += v0
+            acc += v1
+            acc += v2
+            acc += v3
+            addr, p = w_next(e3, p, plane, jump, step_p, wrap)
         total = block_total(acc, buf, t)
         if t == 0:
             part[0, s, c] = total
@@ -181,8 +193,18 @@ def _cuda_kernels(threads: int, shuffles: bool):
         j, s = cuda.blockIdx.x * threads + cuda.threadIdx.x, cuda.blockIdx.y
         if j < width:
             acc = float64(0.0)
-            for r in range(s * rchunk, min(s * rchunk + rchunk, rows)):
-                acc += x[r * width + j]
+            e = s * rchunk * width + j  # row s * rchunk, column j
+            stop = min(s * rchunk + rchunk, rows) * width
+            while e < stop:  # 4 rows a step: their loads are in flight together
+                v0 = x[u64(e)]
+                v1 = x[u64(e + width)] if e + width < stop else zero
+                v2 = x[u64(e + 2 * width)] if e + 2 * width < stop else zero
+                v3 = x[u64(e + 3 * width)] if e + 3 * width < stop else zero
+                acc += v0
+                acc += v1
+                acc += v2
+                acc += v3
+                e += 4 * width
             part[0, s, j] = acc
 
     @cuda.jit
@@ -192,18 +214,29 @@ def _cuda_kernels(threads: int, shuffles: bool):
         # the combine step's E[d^2] - E[d]^2 does not cancel (d is small when x is far from 0)
         s, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
-        shift = float64(x[c * plane])
-        q = s * chunk + t
-        end = min(s * chunk + chunk, count)
-        addr, p = w_begin(q, plane, cp, c)
+        s32 = x[c * plane]  # the shift, channel c's first value
+        shift = float64(s32)
+        addr, p = w_begin(s * chunk + t, plane, cp, c)
+        stop, _ = w_begin(min(s * chunk + chunk, count), plane, cp, c)  # see walk_begin
         a1 = float64(0.0)
         a2 = float64(0.0)
-        while q < end:
-            d = x[addr] - shift
-            a1 += d
-            a2 += d * d
-            q += threads
-            addr, p = w_next(addr, p, plane, jump, step_p, wrap)
+        while addr < stop:  # 4 values a step; past the chunk's end d = 0
+            e1, p = w_next(addr, p, plane, jump, step_p, wrap)
+            e2, p = w_next(e1, p, plane, jump, step_p, wrap)
+            e3, p = w_next(e2, p, plane, jump, step_p, wrap)
+            d0 = x[u64(addr)] - shift
+            d1 = (x[u64(e1)] if e1 < stop else s32) - shift
+            d2 = (x[u64(e2)] if e2 < stop else s32) - shift
+            d3 = (x[u64(e3)] if e3 < stop else s32) - shift
+            a1 += d0
+            a2 += d0 * d0
+            a1 += d1
+            a2 += d1 * d1
+            a1 += d2
+            a2 += d2 * d2
+            a1 += d3
+            a2 += d3 * d3
+            addr, p = w_next(e3, p, plane, jump, step_p, wrap)
         a1 = block_total(a1, buf, t)
         a2 = block_total(a2, buf, t)
         if t == 0:
@@ -215,13 +248,26 @@ def _cuda_kernels(threads: int, shuffles: bool):
         # grid (cdiv(width, threads), splits): the column path of bn_moments_flat
         j, s = cuda.blockIdx.x * threads + cuda.threadIdx.x, cuda.blockIdx.y
         if j < width:
-            shift = float64(x[(j // plane) * plane])  # image 0, pixel 0 of j's channel
+            s32 = x[(j // plane) * plane]  # the shift: image 0, pixel 0 of j's channel
+            shift = float64(s32)
             a1 = float64(0.0)
             a2 = float64(0.0)
-            for r in range(s * rchunk, min(s * rchunk + rchunk, rows)):
-                d = x[r * width + j] - shift
-                a1 += d
-                a2 += d * d
+            e = s * rchunk * width + j
+            stop = min(s * rchunk + rchunk, rows) * width
+            while e < stop:  # 4 rows a step; past the chunk's end d = 0
+                d0 = x[u64(e)] - shift
+                d1 = (x[u64(e + width)] if e + width < stop else s32) - shift
+                d2 = (x[u64(e + 2 * width)] if e + 2 * width < stop else s32) - shift
+                d3 = (x[u64(e + 3 * width)] if e + 3 * width < stop else s32) - shift
+                a1 += d0
+                a2 += d0 * d0
+                a1 += d1
+                a2 += d1 * d1
+                a1 += d2
+                a2 += d2 * d2
+                a1 += d3
+                a2 += d3 * d3
+                e += 4 * width
             part[0, s, j] = a1
             part[1, s, j] = a2
 
@@ -252,7 +298,16 @@ def _grad_kernels(threads: int, shuffles: bool, code: int, p0: float, p1: float)
     _, act_grad = cuda_element_math()
     ap0, ap1 = np.float32(p0), np.float32(p1)
     block_total = block_summer(threads, shuffles)
-    w_begin, w_next, _ = device_helpers()
+    w_begin, w_next, _, u64 = device_helpers()
+    zero = np.float32(0.0)
+
+    @cuda.jit(device=True, inline="always")
+    def term(dy, y, x, mu, e, stop):
+        # (dz, x - mean) at address e, dz = dy * act'(y); (0, 0) past the chunk's end
+        if e < stop:
+            i = u64(e)
+            return dy[i] * act_grad(y[i], code, ap0, ap1), x[i] - mu
+        return zero, zero
 
     @cuda.jit
     def bn_grad_flat(dy, y, x, mean, part, plane, count, chunk, cp, jump, step_p, wrap):
@@ -261,17 +316,27 @@ def _grad_kernels(threads: int, shuffles: bool, code: int, p0: float, p1: float)
         s, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
         mu = mean[c]
-        q = s * chunk + t
-        end = min(s * chunk + chunk, count)
-        addr, p = w_begin(q, plane, cp, c)
+        addr, p = w_begin(s * chunk + t, plane, cp, c)
+        stop, _ = w_begin(min(s * chunk + chunk, count), plane, cp, c)  # see walk_begin
         a1 = float64(0.0)
         a2 = float64(0.0)
-        while q < end:
-            d = dy[addr] * act_grad(y[addr], code, ap0, ap1)
-            a1 += d
-            a2 += d * (x[addr] - mu)
-            q += threads
-            addr, p = w_next(addr, p, plane, jump, step_p, wrap)
+        while addr < stop:  # 4 values a step: their loads are in flight together
+            e1, p = w_next(addr, p, plane, jump, step_p, wrap)
+            e2, p = w_next(e1, p, plane, jump, step_p, wrap)
+            e3, p = w_next(e2, p, plane, jump, step_p, wrap)
+            d0, c0 = term(dy, y, x, mu, addr, stop)
+            d1, c1 = term(dy, y, x, mu, e1, stop)
+            d2, c2 = term(dy, y, x, mu, e2, stop)
+            d3, c3 = term(dy, y, x, mu, e3, stop)
+            a1 += d0
+            a2 += d0 * c0
+            a1 += d1
+            a2 += d1 * c1
+            a1 += d2
+            a2 += d2 * c2
+            a1 += d3
+            a2 += d3 * c3
+            addr, p = w_next(e3, p, plane, jump, step_p, wrap)
         a1 = block_total(a1, buf, t)
         a2 = block_total(a2, buf, t)
         if t == 0:
@@ -286,11 +351,22 @@ def _grad_kernels(threads: int, shuffles: bool, code: int, p0: float, p1: float)
             mu = mean[j // plane]
             a1 = float64(0.0)
             a2 = float64(0.0)
-            for r in range(s * rchunk, min(s * rchunk + rchunk, rows)):
-                e = r * width + j
-                d = dy[e] * act_grad(y[e], code, ap0, ap1)
-                a1 += d
-                a2 += d * (x[e] - mu)
+            e = s * rchunk * width + j
+            stop = min(s * rchunk + rchunk, rows) * width
+            while e < stop:  # 4 rows a step: their loads are in flight together
+                d0, c0 = term(dy, y, x, mu, e, stop)
+                d1, c1 = term(dy, y, x, mu, e + width, stop)
+                d2, c2 = term(dy, y, x, mu, e + 2 * width, stop)
+                d3, c3 = term(dy, y, x, mu, e + 3 * width, stop)
+                a1 += d0
+                a2 += d0 * c0
+                a1 += d1
+                a2 += d1 * c1
+                a1 += d2
+                a2 += d2 * c2
+                a1 += d3
+                a2 += d3 * c3
+                e += 4 * width
             part[0, s, j] = a1
             part[1, s, j] = a2
 
