@@ -212,12 +212,12 @@ def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
 # (deterministic, no atomics) into the statistics; the forward's variance comes from sums
 # around a shift (the channel's first value), so it does not cancel when |mean| >> std.
 # The elementwise passes apply the saved per-channel coefficients and the layer's fused
-# activation. These kernels are specialised on the layer: batch, channels, plane, eps,
-# momentum and the activation are compile-time constants (constant index divisions and
-# loop bounds, the other activations' code gone); the reducing kernels take sizes as
-# arguments and are shared by every layer.
+# activation. They are specialised on the layer: batch, channels, plane, eps and the
+# activation are compile-time constants (constant index divisions and loop bounds, the other
+# activations' code gone); the reducing and combining kernels take sizes as arguments and
+# are shared by every layer of a plan (the gradient sums: by the layers of one activation).
 
-cuda = None  # numba.cuda, bound by _cuda_kernels()
+cuda = None  # numba.cuda, bound by _cuda_kernels() and _finish_kernels()
 
 
 @functools.cache
@@ -229,32 +229,13 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     from numba import cuda, float64
 
     from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.reduce_cuda import device_helpers
 
     act, act_grad = cuda_element_math()
-    combine = device_helpers()[2]  # part (2, S, width) -> one channel's float64 sum
     # float32 constants: the values (and the mixed float32/float64 arithmetic) the kernels had
     # when these came as float32 arguments
-    eps32, mom32 = np.float32(eps), np.float32(momentum)
+    eps32 = np.float32(eps)
     ap0, ap1 = (np.float32(v) for v in act_params)  # the kind's (p0, p1)
-    size, count = batch * channels * plane, batch * plane  # count: values per channel
-
-    @cuda.jit
-    def bn_stats_finish(part, x, gamma, mean, invstd, coef, rm, rv, splits, per):
-        # a thread per channel. part: (2, S, width) f64 from reduce_cuda's bn_moments_*: sums of
-        # d and d^2, d = x - x[channel's first value]; gamma, rm, rv: (C,) f32 (rm, rv
-        # updated); mean, invstd, coef = gamma*invstd: (C,) f32 out
-        for c in range(cuda.grid(1), channels, cuda.gridsize(1)):
-            m = combine(part, 0, c, splits, per) / count  # mean of d
-            var = max(combine(part, 1, c, splits, per) / count - m * m, 0.0)
-            mu = float64(x[c * plane]) + m
-            inv = 1.0 / math.sqrt(var + eps32)
-            mean[c] = mu
-            invstd[c] = inv
-            coef[c] = gamma[c] * inv
-            unbiased = var * count / (count - 1) if count > 1 else var
-            rm[c] = (1.0 - mom32) * rm[c] + mom32 * mu
-            rv[c] = (1.0 - mom32) * rv[c] + mom32 * unbiased
+    size = batch * channels * plane
 
     @cuda.jit
     def bn_eval_coef(gamma, rv, coef):  # (C,) f32 each; coef = gamma / sqrt(rv + eps)
@@ -269,7 +250,54 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
             y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, ap0, ap1)
 
     @cuda.jit
-    def bn_grad_finish(part, invstd, gamma, dgamma, dbeta, ws, splits, per):
+    def bn_grad_apply(dy, y, x, mean, ws, dx):
+        # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
+        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+            c = (e // plane) % channels
+            d = dy[e] * act_grad(y[e], code, ap0, ap1)
+            dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
+
+    return types.SimpleNamespace(
+        bn_eval_coef=bn_eval_coef, bn_apply=bn_apply, bn_grad_apply=bn_grad_apply
+    )
+
+
+# cuda_ptx.compile_records: the first 6 arguments are the layer's geometry and hyperparameters,
+# the constants folded into the code (see there)
+_cuda_kernels.geometry_args = 6
+
+
+@functools.cache
+def _finish_kernels():
+    """The per-channel combine steps after reduce_cuda's partial sums: sizes and
+    hyperparameters are arguments, so every layer of a plan shares these two kernels."""
+    global cuda
+    from numba import cuda, float64
+
+    from netdsl.ops.reduce_cuda import device_helpers
+
+    combine = device_helpers()[2]  # part (2, S, width) -> one channel's float64 sum
+
+    @cuda.jit
+    def bn_stats_finish(part, x, gamma, mean, invstd, coef, rm, rv, splits, per, channels, plane,
+                        count, eps32, mom32):  # fmt: skip
+        # a thread per channel. part: (2, S, width) f64 from reduce_cuda's bn_moments_*: sums of
+        # d and d^2, d = x - x[channel's first value]; gamma, rm, rv: (C,) f32 (rm, rv
+        # updated); mean, invstd, coef = gamma*invstd: (C,) f32 out; eps32, mom32: float32
+        for c in range(cuda.grid(1), channels, cuda.gridsize(1)):
+            m = combine(part, 0, c, splits, per) / count  # mean of d
+            var = max(combine(part, 1, c, splits, per) / count - m * m, 0.0)
+            mu = float64(x[c * plane]) + m
+            inv = 1.0 / math.sqrt(var + eps32)
+            mean[c] = mu
+            invstd[c] = inv
+            coef[c] = gamma[c] * inv
+            unbiased = var * count / (count - 1) if count > 1 else var
+            rm[c] = (1.0 - mom32) * rm[c] + mom32 * mu
+            rv[c] = (1.0 - mom32) * rv[c] + mom32 * unbiased
+
+    @cuda.jit
+    def bn_grad_finish(part, invstd, gamma, dgamma, dbeta, ws, splits, per, channels, count):
         # a thread per channel. part: (2, S, width) f64 from reduce_cuda's bn_grad_*: sums of dz
         # and dz * (x - mean); dgamma, dbeta: (C,) f32 out; ws: (3, C) f32 out, the
         # coefficients of bn_grad_apply
@@ -283,26 +311,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
             ws[1, c] = sum_dy / count
             ws[2, c] = sum_dy_xhat * inv / count
 
-    @cuda.jit
-    def bn_grad_apply(dy, y, x, mean, ws, dx):
-        # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
-            c = (e // plane) % channels
-            d = dy[e] * act_grad(y[e], code, ap0, ap1)
-            dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
-
-    return types.SimpleNamespace(
-        bn_stats_finish=bn_stats_finish,
-        bn_eval_coef=bn_eval_coef,
-        bn_apply=bn_apply,
-        bn_grad_finish=bn_grad_finish,
-        bn_grad_apply=bn_grad_apply,
-    )
-
-
-# cuda_ptx.compile_records: the first 6 arguments are the layer's geometry and hyperparameters,
-# the constants folded into the code (see there)
-_cuda_kernels.geometry_args = 6
+    return types.SimpleNamespace(bn_stats_finish=bn_stats_finish, bn_grad_finish=bn_grad_finish)
 
 
 class BnCUDA:
@@ -340,10 +349,13 @@ class BnCUDA:
                                threads, rcfg)  # fmt: skip
         self._gsums = Launch(reduce_cuda._grad_kernels, f"bn_grad_{path}", pt.grid, threads,
                              (*rcfg, int(act_code), float(pair[0]), float(pair[1])))  # fmt: skip
-        self._stats = Launch(_cuda_kernels, "bn_stats_finish", *grid_1d(channels), cfg)
+        self._stats = Launch(_finish_kernels, "bn_stats_finish", *grid_1d(channels))
         self._eval = Launch(_cuda_kernels, "bn_eval_coef", *grid_1d(channels), cfg)
         self._apply = Launch(_cuda_kernels, "bn_apply", *grid_1d(size), cfg)
-        self._gstats = Launch(_cuda_kernels, "bn_grad_finish", *grid_1d(channels), cfg)
+        self._gstats = Launch(_finish_kernels, "bn_grad_finish", *grid_1d(channels))
+        # the finish kernels' size arguments; eps and momentum as float32, as before
+        self.sizes = (int(channels), int(plane), int(n * plane))
+        self.hyper = (np.float32(eps), np.float32(momentum))
         self._gapply = Launch(_cuda_kernels, "bn_grad_apply", *grid_1d(size), cfg)
 
     def forward_train(self, x, gamma, beta, y, rm, rv) -> None:
@@ -351,7 +363,7 @@ class BnCUDA:
         pt = self.pt
         self._moments(x, self.part, *pt.args)
         self._stats(self.part, x, gamma, self.mean, self.invstd, self.coef, rm, rv, pt.splits,
-                    pt.per)  # fmt: skip
+                    pt.per, *self.sizes, *self.hyper)  # fmt: skip
         self._apply(x, y, self.mean, self.coef, beta)
 
     def forward_eval(self, x, gamma, beta, rm, rv, y) -> None:
@@ -363,8 +375,8 @@ class BnCUDA:
         """Training gradients through the fused activation (from y) and BN; dx may be dy."""
         pt = self.pt
         self._gsums(dy, y, x, self.mean, self.part, *pt.args)
-        self._gstats(self.part, self.invstd, gamma, dgamma, dbeta, self.ws,
-                     pt.splits, pt.per)  # fmt: skip
+        self._gstats(self.part, self.invstd, gamma, dgamma, dbeta, self.ws, pt.splits, pt.per,
+                     self.sizes[0], self.sizes[2])  # fmt: skip
         self._gapply(dy, y, x, self.mean, self.ws, dx)
 
 
