@@ -141,7 +141,7 @@ def walked_addresses(pt: reduce_cuda.Partition, c: int) -> list[int]:
 ])  # fmt: skip
 def test_flat_walk_visits_each_value_of_its_channel_once(n, c, plane, splits):
     pt = reduce_cuda.Partition(n, c, plane, 256, splits)  # the GPU's block size
-    assert not pt.columns and pt.grid == (pt.splits, c) and pt.per == 1 and pt.width == c
+    assert not pt.columns and pt.grid == (c, pt.splits) and pt.per == 1 and pt.width == c
     for ch in range(c):
         want = (np.arange(n)[:, None] * c * plane + ch * plane + np.arange(plane)).ravel()
         got = walked_addresses(pt, ch)
@@ -150,7 +150,7 @@ def test_flat_walk_visits_each_value_of_its_channel_once(n, c, plane, splits):
 
 def test_partition_fills_the_gpu_and_bounds_its_work():
     big = reduce_cuda.Partition(256, 64, 56 * 56, 256)  # ResNet-18's first stage, batch 256
-    assert big.splits * 64 >= 1000 and big.grid == (big.splits, 64)
+    assert big.splits * 64 >= 1000 and big.grid == (64, big.splits)
     fc = reduce_cuda.Partition(128, 4096, 1, 256)  # an fc bias, (N, O)
     assert fc.columns and fc.grid[0] * 256 >= 4096 and fc.per == 1 and fc.width == 4096
     assert fc.splits * 8 >= 128 > (fc.splits - 1) * 8  # 8 rows per split

@@ -5,7 +5,7 @@ sums x and x^2 (forward) and two products of dy (backward) the same way. One blo
 channel leaves most of an H100 idle and makes each block walk 800k values (ResNet-18's
 first stage at batch 256), so the values of a channel are cut into `splits` chunks:
 
-* **flat** (a plane of at least 32 pixels): grid (splits, C). Block (s, c) sums the s-th
+* **flat** (a plane of at least 32 pixels): grid (C, splits). Block (c, s) sums the s-th
   chunk of channel c's N*plane values, its threads striding over (image, pixel) with a
   counter and no division in the loop (a warp reads consecutive pixels), then reduces the
   block's partial sums by warp shuffles (cudakit.block_summer) into part[k, s, c];
@@ -18,10 +18,17 @@ A second small kernel then combines part (K, splits, width) per channel in a fix
 Values are loaded as float32 and summed in float64 (the per-thread sums, the shuffles and
 the combine), as the one-block kernels did.
 
-:class:`ChannelSumsCUDA` is the bias gradient (conv and fc); :class:`Partition` is how a
-reduction is split (batch norm's kernels in netdsl/ops/batchnorm.py use it too, with their
-own combine step). None of these kernels fold a layer's sizes into their code: sizes are
-arguments, so one compilation serves every layer of a plan.
+:class:`ChannelSumsCUDA` is the bias gradient (conv and fc), built once with the layer::
+
+    sums = ChannelSumsCUDA(n, o, ho * wo)   # conv: dy (N, O, Ho, Wo); an fc layer: (n, o, 1)
+    sums(dy, db)                            # db (O,) float32 = dy summed per channel
+
+:class:`Partition` is how a reduction is split (batch norm's kernels in
+netdsl/ops/batchnorm.py use it too, with their own combine step). None of these kernels
+fold a layer's sizes into their code: sizes are arguments, so one compilation serves every
+layer of a plan. Each thread loads 4 values per loop step (4 loads in flight) with uint64
+indices. In Numba's simulator the warp step is a shared-memory tree giving the same bits
+(netdsl/ops/cudakit.py); tests/test_cuda_reduce.py runs both paths.
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ class Partition:
             cp = c * plane
             step_img, step_p = divmod(threads, plane)  # a thread's stride in (image, pixel)
             self.splits, self.per, self.width = cdiv(count, chunk), 1, c
-            self.grid = (self.splits, c)
+            self.grid = (c, self.splits)  # C on x: no 65,535 limit
             self.args = (plane, count, chunk, cp, step_img * cp + step_p, step_p, cp - plane)
         self.threads = threads
 
@@ -163,8 +170,8 @@ def _cuda_kernels(threads: int, shuffles: bool):
 
     @cuda.jit
     def channel_sums_flat(x, part, plane, count, chunk, cp, jump, step_p, wrap):
-        # grid (splits, C). x: (N*C*plane,) f32; part[0, s, c] = sum of chunk s of channel c
-        s, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+        # grid (C, splits). x: (N*C*plane,) f32; part[0, s, c] = sum of chunk s of channel c
+        c, s, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
         addr, p = w_begin(s * chunk + t, plane, cp, c)
         stop, _ = w_begin(min(s * chunk + chunk, count), plane, cp, c)  # see walk_begin
@@ -209,10 +216,10 @@ def _cuda_kernels(threads: int, shuffles: bool):
 
     @cuda.jit
     def bn_moments_flat(x, part, plane, count, chunk, cp, jump, step_p, wrap):
-        # grid (splits, C). part[0, s, c] = sum of d, part[1, s, c] = sum of d*d over chunk s,
+        # grid (C, splits). part[0, s, c] = sum of d, part[1, s, c] = sum of d*d over chunk s,
         # d = x - shift, shift = channel c's first value: the same shift in every block, so
         # the combine step's E[d^2] - E[d]^2 does not cancel (d is small when x is far from 0)
-        s, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+        c, s, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
         s32 = x[c * plane]  # the shift, channel c's first value
         shift = float64(s32)
@@ -311,9 +318,9 @@ def _grad_kernels(threads: int, shuffles: bool, code: int, p0: float, p1: float)
 
     @cuda.jit
     def bn_grad_flat(dy, y, x, mean, part, plane, count, chunk, cp, jump, step_p, wrap):
-        # grid (splits, C). dz = dy * act'(y); part[0, s, c] = sum dz, part[1, s, c] =
+        # grid (C, splits). dz = dy * act'(y); part[0, s, c] = sum dz, part[1, s, c] =
         # sum dz * (x - mean[c]) over chunk s of channel c
-        s, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+        c, s, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
         mu = mean[c]
         addr, p = w_begin(s * chunk + t, plane, cp, c)
