@@ -114,6 +114,35 @@ def test_butterfly_gives_every_lane_the_fallbacks_bits(seed):
     )
 
 
+@pytest.mark.parametrize("shuffles", [True, False])
+def test_block_and_warp_reducers_in_a_kernel(emulated_shuffles, monkeypatch, shuffles):
+    """block_reducer (the old API prelu, subsample and conv use) and warp_max over a block of
+    two warps, on either path: every thread gets the same bits, the fallback's bits."""
+    from numba import float64
+
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(64) * 10.0 ** rng.integers(-6, 6, 64)
+    monkeypatch.setattr(cudakit, "use_shuffles", lambda: shuffles)
+    block_sum = cudakit.block_reducer(64)
+    _, warp_max = cudakit.warp_reducer(shuffles)
+
+    @cuda.jit
+    def kernel(v, sums, maxes):
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(64, float64)
+        buf[t] = v[t]
+        sums[t] = block_sum(buf, t)
+        maxes[t] = warp_max(v[t], buf, t)
+
+    sums, maxes = np.zeros(64), np.zeros(64)
+    kernel[1, 64](v, sums, maxes)
+    assert len(set(sums.tolist())) == 1
+    want = tree([tree(v[:32], lambda a, b: a + b), tree(v[32:], lambda a, b: a + b)] + [0.0] * 30,
+                lambda a, b: a + b)  # fmt: skip
+    assert sums[0] == want and abs(want - v.sum()) <= 1e-12 * np.abs(v).sum()
+    assert (maxes[:32] == v[:32].max()).all() and (maxes[32:] == v[32:].max()).all()
+
+
 # --------------------------------------------------------------------- partition and index walk
 
 

@@ -384,16 +384,20 @@ def block_summer(threads: int, shuffles: bool):
     return block_total
 
 
-@functools.cache
 def block_reducer(threads: int):
     """Device function block_sum(buf, t): the sum of buf[0:threads], a shared float64 array in
     which each thread t of the block has written its partial sum, returned to every thread
     (warp shuffles and one shared step on a GPU, see block_summer; `threads` a multiple of
     32). buf may be written again afterwards."""
+    return _block_reducer(threads, use_shuffles())  # cached per path, not only per size
+
+
+@functools.cache
+def _block_reducer(threads: int, shuffles: bool):
     global cuda
     from numba import cuda
 
-    block_total = block_summer(threads, use_shuffles())
+    block_total = block_summer(threads, shuffles)
 
     @cuda.jit(device=True)
     def block_sum(buf, t):
