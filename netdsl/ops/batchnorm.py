@@ -206,61 +206,36 @@ def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
 
 # ---- CUDA kernels
 # Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
-# Statistics: one block per channel, float64 partial sums per thread, then a tree in shared
-# memory (a fixed order, so the result is deterministic; no atomics). The elementwise passes
-# apply the saved per-channel coefficients and the layer's fused activation.
-# The kernels are specialised on the layer: batch, channels, plane, eps, momentum and the
+# Statistics: the per-channel sums are cut over the batch and pixels into many blocks
+# (netdsl/ops/reduce_cuda.py: float64 partial sums, warp shuffles within a block), and a
+# kernel with a thread per channel combines each channel's partial sums in a fixed order
+# (deterministic, no atomics) into the statistics; the forward's variance comes from sums
+# around a shift (the channel's first value), so it does not cancel when |mean| >> std.
+# The elementwise passes apply the saved per-channel coefficients and the layer's fused
+# activation. They are specialised on the layer: batch, channels, plane, eps and the
 # activation are compile-time constants (constant index divisions and loop bounds, the other
-# activations' code gone), at the price of one compilation per distinct layer on a GPU.
+# activations' code gone); the reducing and combining kernels take sizes as arguments and
+# are shared by every layer of a plan (the gradient sums: by the layers of one activation).
 
-cuda = None  # numba.cuda, bound by _cuda_kernels()
+cuda = None  # numba.cuda, bound by _cuda_kernels() and _finish_kernels()
 
 
 @generated("batchnorm")
 def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: float,
-                  act_params: tuple, threads: int, code: int):  # fmt: skip
+                  act_params: tuple, code: int):  # fmt: skip
     """BN kernels for one layer on flat (batch*channels*plane,) arrays; code, act_params: the fused
-    activation; `threads` per block of the per-channel reductions (a power of two)."""
+    activation."""
     global cuda
     from numba import cuda, float64
 
     from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.cudakit import block_reducer
 
     act, act_grad = cuda_element_math()
     # float32 constants: the values (and the mixed float32/float64 arithmetic) the kernels had
     # when these came as float32 arguments
-    eps32, mom32 = np.float32(eps), np.float32(momentum)
+    eps32 = np.float32(eps)
     ap0, ap1 = (np.float32(v) for v in act_params)  # the kind's (p0, p1)
-    size, count = batch * channels * plane, batch * plane  # count: values per channel
-
-    block_sum = block_reducer(threads)  # buf: (threads,) f64 shared -> its sum, to every thread
-
-    @cuda.jit
-    def bn_stats(x, gamma, mean, invstd, coef, rm, rv):
-        # grid = C blocks. x: (N*C*P,) f32; gamma, rm, rv: (C,) f32 (rm, rv updated);
-        # mean, invstd, coef = gamma*invstd: (C,) f32 out
-        c, t = cuda.blockIdx.x, cuda.threadIdx.x
-        buf = cuda.shared.array(threads, float64)
-        total = 0.0
-        for q in range(t, count, threads):
-            total += x[((q // plane) * channels + c) * plane + q % plane]
-        buf[t] = total
-        mu = block_sum(buf, t) / count
-        sq = 0.0  # second pass around the mean: no cancellation
-        for q in range(t, count, threads):
-            d = x[((q // plane) * channels + c) * plane + q % plane] - mu
-            sq += d * d
-        buf[t] = sq
-        var = block_sum(buf, t) / count
-        if t == 0:
-            inv = 1.0 / math.sqrt(var + eps32)
-            mean[c] = mu
-            invstd[c] = inv
-            coef[c] = gamma[c] * inv
-            unbiased = var * count / (count - 1) if count > 1 else var
-            rm[c] = (1.0 - mom32) * rm[c] + mom32 * mu
-            rv[c] = (1.0 - mom32) * rv[c] + mom32 * unbiased
+    size = batch * channels * plane
 
     @cuda.jit
     def bn_eval_coef(gamma, rv, coef):  # (C,) f32 each; coef = gamma / sqrt(rv + eps)
@@ -275,33 +250,6 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
             y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, ap0, ap1)
 
     @cuda.jit
-    def bn_grad_stats(dy, y, x, mean, invstd, gamma, dgamma, dbeta, ws):
-        # grid = C blocks. dy, y, x: (N*C*P,) f32; dz = dy * act'(y) (the fused activation);
-        # dgamma, dbeta: (C,) f32 out; ws: (3, C) f32 out, the coefficients of bn_grad_apply
-        c, t = cuda.blockIdx.x, cuda.threadIdx.x
-        buf = cuda.shared.array(threads, float64)
-        mu = mean[c]
-        s_dy = 0.0
-        s_xc = 0.0
-        for q in range(t, count, threads):
-            e = ((q // plane) * channels + c) * plane + q % plane
-            d = dy[e] * act_grad(y[e], code, ap0, ap1)
-            s_dy += d
-            s_xc += d * (x[e] - mu)
-        buf[t] = s_dy
-        sum_dy = block_sum(buf, t)
-        buf[t] = s_xc
-        sum_xc = block_sum(buf, t)
-        if t == 0:
-            inv = float64(invstd[c])
-            sum_dy_xhat = sum_xc * inv
-            dbeta[c] = sum_dy
-            dgamma[c] = sum_dy_xhat
-            ws[0, c] = gamma[c] * inv
-            ws[1, c] = sum_dy / count
-            ws[2, c] = sum_dy_xhat * inv / count
-
-    @cuda.jit
     def bn_grad_apply(dy, y, x, mean, ws, dx):
         # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
         for e in range(cuda.grid(1), size, cuda.gridsize(1)):
@@ -310,11 +258,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
             dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
 
     return types.SimpleNamespace(
-        bn_stats=bn_stats,
-        bn_eval_coef=bn_eval_coef,
-        bn_apply=bn_apply,
-        bn_grad_stats=bn_grad_stats,
-        bn_grad_apply=bn_grad_apply,
+        bn_eval_coef=bn_eval_coef, bn_apply=bn_apply, bn_grad_apply=bn_grad_apply
     )
 
 
@@ -323,33 +267,103 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
 _cuda_kernels.geometry_args = 6
 
 
+@generated("batchnorm_finish")
+def _finish_kernels():
+    """The per-channel combine steps after reduce_cuda's partial sums: sizes and
+    hyperparameters are arguments, so every layer of a plan shares these two kernels."""
+    global cuda
+    from numba import cuda, float64
+
+    from netdsl.ops.reduce_cuda import device_helpers
+
+    combine = device_helpers()[2]  # part (2, S, width) -> one channel's float64 sum
+
+    @cuda.jit
+    def bn_stats_finish(part, x, gamma, mean, invstd, coef, rm, rv, splits, per, channels, plane,
+                        count, eps32, mom32):  # fmt: skip
+        # a thread per channel. part: (2, S, width) f64 from reduce_cuda's bn_moments_*: sums of
+        # d and d^2, d = x - x[channel's first value]; gamma, rm, rv: (C,) f32 (rm, rv
+        # updated); mean, invstd, coef = gamma*invstd: (C,) f32 out; eps32, mom32: float32
+        for c in range(cuda.grid(1), channels, cuda.gridsize(1)):
+            m = combine(part, 0, c, splits, per) / count  # mean of d
+            var = max(combine(part, 1, c, splits, per) / count - m * m, 0.0)
+            mu = float64(x[c * plane]) + m
+            inv = 1.0 / math.sqrt(var + eps32)
+            mean[c] = mu
+            invstd[c] = inv
+            coef[c] = gamma[c] * inv
+            unbiased = var * count / (count - 1) if count > 1 else var
+            rm[c] = (1.0 - mom32) * rm[c] + mom32 * mu
+            rv[c] = (1.0 - mom32) * rv[c] + mom32 * unbiased
+
+    @cuda.jit
+    def bn_grad_finish(part, invstd, gamma, dgamma, dbeta, ws, splits, per, channels, count):
+        # a thread per channel. part: (2, S, width) f64 from reduce_cuda's bn_grad_*: sums of dz
+        # and dz * (x - mean); dgamma, dbeta: (C,) f32 out; ws: (3, C) f32 out, the
+        # coefficients of bn_grad_apply
+        for c in range(cuda.grid(1), channels, cuda.gridsize(1)):
+            sum_dy = combine(part, 0, c, splits, per)
+            inv = float64(invstd[c])
+            sum_dy_xhat = combine(part, 1, c, splits, per) * inv
+            dbeta[c] = sum_dy
+            dgamma[c] = sum_dy_xhat
+            ws[0, c] = gamma[c] * inv
+            ws[1, c] = sum_dy / count
+            ws[2, c] = sum_dy_xhat * inv / count
+
+    return types.SimpleNamespace(bn_stats_finish=bn_stats_finish, bn_grad_finish=bn_grad_finish)
+
+
 class BnCUDA:
-    """Batch norm with a fused activation on flat (N*C*H*W,) float32 device arrays."""
+    """Batch norm with a fused activation on flat (N*C*H*W,) float32 device arrays.
+
+    `splits` forces the number of chunks each channel's sums are cut into (tests; see
+    netdsl/ops/reduce_cuda.py), `shuffles` the warp-shuffle path (else: on a GPU only),
+    `threads` the reducing kernels' block size (a multiple of 32).
+    """
 
     def __init__(self, n: int, channels: int, plane: int, eps: float, momentum: float,
-                 act_code: int = 4, act_params: tuple = (0.0, 0.0)) -> None:  # fmt: skip
+                 act_code: int = 4, act_params: tuple = (0.0, 0.0), splits: int | None = None,
+                 shuffles: bool | None = None, threads: int | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
-        from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
+        from netdsl.ops import reduce_cuda
+        from netdsl.ops.cudakit import Launch, grid_1d
 
-        threads = SIM_THREADS if simulator() else THREADS
-        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum),
-               activations.as_pair(act_params),
-               threads, int(act_code))  # fmt: skip
+        threads0, shuffles0, simulated = reduce_cuda.launch_config()
+        threads = threads0 if threads is None else int(threads)
+        shuffles = shuffles0 if shuffles is None else bool(shuffles)
+        pair = activations.as_pair(act_params)
+        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum), pair,
+               int(act_code))  # fmt: skip
         size = n * channels * plane
         self.mean = _cuda.device_array(channels, np.float32)  # (C,) batch mean, for backward
         self.invstd = _cuda.device_array(channels, np.float32)  # (C,) for backward
         self.coef = _cuda.device_array(channels, np.float32)  # (C,) gamma * invstd
         self.ws = _cuda.device_array((3, channels), np.float32)  # (3, C) backward coefficients
-        self._stats = Launch(_cuda_kernels, "bn_stats", channels, threads, cfg)
+        self.pt = pt = reduce_cuda.Partition(n, channels, plane, threads, splits, simulated)
+        self.part = _cuda.device_array((2, pt.splits, pt.width), np.float64)  # partial sums
+        path = "cols" if pt.columns else "flat"
+        rcfg = (threads, shuffles)
+        self._moments = Launch(reduce_cuda._cuda_kernels, f"bn_moments_{path}", pt.grid,
+                               threads, rcfg)  # fmt: skip
+        self._gsums = Launch(reduce_cuda._grad_kernels, f"bn_grad_{path}", pt.grid, threads,
+                             (*rcfg, int(act_code), float(pair[0]), float(pair[1])))  # fmt: skip
+        self._stats = Launch(_finish_kernels, "bn_stats_finish", *grid_1d(channels))
         self._eval = Launch(_cuda_kernels, "bn_eval_coef", *grid_1d(channels), cfg)
         self._apply = Launch(_cuda_kernels, "bn_apply", *grid_1d(size), cfg)
-        self._gstats = Launch(_cuda_kernels, "bn_grad_stats", channels, threads, cfg)
+        self._gstats = Launch(_finish_kernels, "bn_grad_finish", *grid_1d(channels))
+        # the finish kernels' size arguments; eps and momentum as float32, as before
+        self.sizes = (int(channels), int(plane), int(n * plane))
+        self.hyper = (np.float32(eps), np.float32(momentum))
         self._gapply = Launch(_cuda_kernels, "bn_grad_apply", *grid_1d(size), cfg)
 
     def forward_train(self, x, gamma, beta, y, rm, rv) -> None:
         """y = act(BN(x)) with batch statistics; rm, rv (C,) updated; y must not alias x."""
-        self._stats(x, gamma, self.mean, self.invstd, self.coef, rm, rv)
+        pt = self.pt
+        self._moments(x, self.part, *pt.args)
+        self._stats(self.part, x, gamma, self.mean, self.invstd, self.coef, rm, rv, pt.splits,
+                    pt.per, *self.sizes, *self.hyper)  # fmt: skip
         self._apply(x, y, self.mean, self.coef, beta)
 
     def forward_eval(self, x, gamma, beta, rm, rv, y) -> None:
@@ -359,7 +373,10 @@ class BnCUDA:
 
     def backward(self, dy, y, x, gamma, dx, dgamma, dbeta) -> None:
         """Training gradients through the fused activation (from y) and BN; dx may be dy."""
-        self._gstats(dy, y, x, self.mean, self.invstd, gamma, dgamma, dbeta, self.ws)
+        pt = self.pt
+        self._gsums(dy, y, x, self.mean, self.part, *pt.args)
+        self._gstats(self.part, self.invstd, gamma, dgamma, dbeta, self.ws, pt.splits, pt.per,
+                     self.sizes[0], self.sizes[2])  # fmt: skip
         self._gapply(dy, y, x, self.mean, self.ws, dx)
 
 
