@@ -40,10 +40,12 @@ from .cuda_graph import StepGraph
 from .cuda_runner import (  # noqa: F401 - the runner base and helpers, as before
     Runner,
     Staging,
+    Uploads,
     _cuda,
     _simulator_speedup,
     device_zeros,
     upload,
+    uploading,
 )
 
 
@@ -90,6 +92,7 @@ class CudaNet(CompiledNet):
         self._stats_staging = Staging(3, np.float64)  # the loss kernel's stats come back here
         self._stats_ready = [cuda.event() for _ in self._stats_staging.slots]
         self._accumulators: dict[int, add.AddCUDA] = {}
+        self.uploads = [Uploads()]  # per device: the upload stream (domain 0's, in a group)
         self.step_graph = StepGraph()  # the train step's launches, replayed as a CUDA graph
         self._replayed = False  # the last step was a graph replay
 
@@ -137,20 +140,40 @@ class CudaNet(CompiledNet):
         self._x_host = self._x_staging.next()
         self._x_host[:n] = x
         self._x_host[n:] = 0.0
-        upload(self.out[self.net.input.name], self._x_host)
+        self._upload_input(self._x_host)
         return n
 
+    def _upload_input(self, host: np.ndarray) -> None:
+        """Queue the batch's upload (once per device, in a group)."""
+        self._put(self.out[self.net.input.name], host)
+
+    def _put(self, dst, host: np.ndarray) -> None:
+        """Queue dst <- host on the upload stream of the device whose context is current."""
+        self.uploads[self._domain()].put(dst, host)
+
+    def _domain(self) -> int:
+        return 0
+
     def _prepare(self, train: bool) -> None:
-        """The step's uploads besides the batch: labels, dropout masks."""
+        """The step's uploads besides the batch (labels, dropout masks), then every queued
+        upload landed on the kernels' stream: what the step's launches read is in place."""
         self._upload_labels(train)
+        with uploading(self._put):
+            self._prepare_runners(train)
+        self._land()
+
+    def _prepare_runners(self, train: bool) -> None:
         for r in self.runners:
             r.prepare(train)
+
+    def _land(self) -> None:
+        self.uploads[0].land()
 
     def _upload_labels(self, train: bool) -> None:
         if train:
             host = self._labels_staging.next()
             host[...] = self.labels
-            upload(self.labels_d, host)
+            self._put(self.labels_d, host)
 
     def _launch_forward(self, train: bool) -> None:
         super()._forward(train)
