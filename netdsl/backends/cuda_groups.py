@@ -325,6 +325,17 @@ class GroupedCudaNet(CudaNet):
         prod = self.net.layer(src)
         plt = registry.of(prod)
         elementwise = registry.of(sh.layer).split_mode == "elementwise"
+        whole = (0, prod.out_shape[0])
+        if (
+            plt.source
+            and not elementwise
+            and len(ivs) == 1
+            and tuple(ivs[0]) == tuple(hull) == whole
+        ):
+            # the whole input, which this GPU's device holds and no kernel writes: read it in
+            # place (as one GPU does), with no copy and no gradient
+            sub.out[name] = self.outs[src, sh.g]
+            return name
         if not plt.source and not plt.gathered and (lo, hi) == hull and len(ivs) == 1:
             sub.out[name] = self.outs[src, sh.g]
             scratch = device_zeros(sub.out[name].shape)
@@ -399,8 +410,8 @@ class GroupedCudaNet(CudaNet):
         return self.devices.on(self.devices.of_gpu(gpu))
 
     def _upload_input(self, host: np.ndarray) -> None:
-        """ "The input is loaded on every GPU": once per device, into the one input buffer its
-        logical GPUs share."""
+        """Load the input on every GPU: once per device, into the one input buffer that the
+        device's logical GPUs share."""
         for d, buf in enumerate(self.inputs):
             with self.devices.on(d):
                 self._put(buf, host)

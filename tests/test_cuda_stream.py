@@ -1,0 +1,229 @@
+"""The upload stream (netdsl/backends/cuda_runner.py `Uploads`): a step's batch, labels and
+dropout keep-masks are copied on a stream of their own while the step before runs, and the
+kernels' stream waits for them on an event; `gpus N` uploads the input once per device.
+
+The simulator runs every copy and kernel at once, in program order, so these tests check what
+it can: that results are bitwise those of the old default-stream path, how many copies go up,
+and -- from a trace of the stream and event calls the plan makes -- that the order of copies,
+records, waits and launches is the one that makes the overlap race-free on a real GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import netdsl
+from netdsl.backends import compile_network
+from netdsl.backends.cuda_graph import StepGraph
+from netdsl.backends.cuda_groups import GroupedCudaNet
+from netdsl.ops import cudakit
+from netdsl.train.optimizer import Optimizer
+from tests.test_compiler import data
+
+cudakit.fast_simulator_barrier()
+
+simulated = pytest.mark.skipif(not cudakit.simulator(),
+                               reason="traces the simulator's copies and events")  # fmt: skip
+
+TINY = """
+network tiny
+gpus GPUS
+input image: 2x4x4
+conv c1: 4 filters 3x3, pad 1, relu
+dropout d1: 0.5
+fc   out: 3
+loss cross_entropy
+"""
+
+
+def plan(gpus: int = 1, graphs: str = "off", batch: int = 2):
+    net = netdsl.loads(TINY.replace("GPUS", str(gpus)), "tiny.net")
+    cn = compile_network(net, device="cuda", batch=batch, seed=0)
+    cn.step_graph = StepGraph(graphs)
+    return cn
+
+
+def default_stream_path(cn) -> None:
+    """Make `cn` upload as before the upload stream: every copy straight into its buffer on the
+    default stream, nothing to land."""
+    cn._put = lambda dst, host: dst.copy_to_device(host, stream=cuda.legacy_default_stream())
+    cn._land = lambda: None
+
+
+def train(cn, steps: int = 3) -> list[tuple[float, int]]:
+    """The trainer's loop (netdsl/train/trainer.py): start step s, update, then read step s-1's
+    loss; returns every step's (loss, top-1 errors)."""
+    spec = {"kind": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
+    opt = Optimizer(spec, cn.slots, cn.theta.size, "cuda", like=cn.theta)
+    out = []
+    for s in range(steps + 1):
+        if s < steps:
+            x, y = data(cn, seed=s)
+            cn.start_step(x, y)
+            opt.step(cn.theta, cn.grad, 0.05)
+        if s > 0:
+            out.append(cn.finish_step())
+    return out
+
+
+@pytest.mark.parametrize("gpus, graphs", [(1, "off"), (1, "replay"), (2, "off"), (2, "replay")])
+def test_upload_stream_trains_bitwise_like_the_default_stream(gpus, graphs):
+    """Steps in flight two at a time, new masks and batches each step, weights updated between:
+    losses, errors, weights and the eval output are bit for bit the default-stream path's,
+    with the step launched eagerly or replayed from its capture, on one column or two."""
+    new, old = plan(gpus, graphs), plan(gpus, graphs)
+    default_stream_path(old)
+    assert isinstance(new, GroupedCudaNet) == (gpus > 1)
+    got, want = train(new), train(old)
+    assert got == want and len({loss for loss, _ in got}) == 3
+    assert np.array_equal(new.theta.copy_to_host(), old.theta.copy_to_host())
+    x, _ = data(new, seed=9)
+    assert np.array_equal(new.forward(x), old.forward(x))
+    assert new.step_graph.replays == (2 if graphs == "replay" else 0)
+    assert sum(u.h2d for u in new.uploads) > 0  # the new path did the copying
+
+
+def _count_uploads(monkeypatch, cn, steps: int = 2) -> tuple[dict[tuple, int], list]:
+    """Host-to-device copies during `steps` training steps, by the copied array's shape, and
+    the steps' results."""
+    counts: dict[tuple, int] = {}
+    fake = type(cuda.to_device(np.zeros(1)))  # the simulator's device array
+    copy = fake.copy_to_device
+
+    def counted(self, ary, stream=0):
+        if not isinstance(ary, fake):  # from the host
+            counts[tuple(ary.shape)] = counts.get(tuple(ary.shape), 0) + 1
+        return copy(self, ary, stream)
+
+    monkeypatch.setattr(fake, "copy_to_device", counted)
+    results = train(cn, steps)
+    monkeypatch.setattr(fake, "copy_to_device", copy)
+    return counts, results
+
+
+@simulated
+def test_two_columns_on_one_gpu_upload_the_input_once(monkeypatch):
+    """`gpus 2` on one (simulated) GPU: one host-to-device copy of the batch per step, into the
+    input buffer both columns read in place; with each column a device of its own, one per
+    device. The two placements train bit for bit alike."""
+    x_shape = (2, 2, 4, 4)
+    two = plan(2)
+    assert two.devices.count == 1 and len(two.inputs) == 1
+    assert two.outs["image", 0] is two.outs["image", 1] is two.inputs[0]
+    counts, results = _count_uploads(monkeypatch, two)
+    assert counts[x_shape] == 2  # two steps, one copy each (two columns used to copy twice)
+    assert counts[(2,)] == 2  # the labels, for the loss on GPU 0
+    assert "c1           gpu 1  channels [2, 4)  in place" in two.describe()
+
+    monkeypatch.setattr(GroupedCudaNet, "separate_domains", True)
+    apart = plan(2)
+    assert apart.devices.count == 2 and apart.inputs[0] is not apart.inputs[1]
+    counts, apart_results = _count_uploads(monkeypatch, apart)
+    assert counts[x_shape] == 4  # once per device and step
+    assert apart_results == results
+
+
+class _Stream:
+    """A named stand-in for a numba stream (the simulator's run everything at once anyway)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def synchronize(self) -> None:
+        pass
+
+
+class _Trace:
+    """Records, in order, every copy, event record / wait / synchronize and kernel launch."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.log: list[tuple] = []
+        self.names: dict[int, str] = {}  # id(event) -> role, filled in after compiling
+        compute, upload = _Stream("compute"), _Stream("upload")
+        trace = self
+
+        def stream_name(s) -> str:
+            return "compute" if s in (0, None) else s.name
+
+        class Event:
+            def record(self, stream=0):
+                trace.log.append(("record", trace.name(self), stream_name(stream)))
+
+            def wait(self, stream=0):
+                trace.log.append(("wait", trace.name(self), stream_name(stream)))
+
+            def synchronize(self):
+                trace.log.append(("sync", trace.name(self)))
+
+        fake = type(cuda.to_device(np.zeros(1)))
+        copy, run = fake.copy_to_device, cudakit.Launch.run
+
+        def copy_to_device(dst, ary, stream=0):
+            kind = "d2d" if isinstance(ary, fake) else "h2d"
+            trace.log.append((kind, stream_name(stream), tuple(dst.shape)))
+            return copy(dst, ary, stream)
+
+        def launch(self, *args):
+            trace.log.append(("launch", self.name))
+            return run(self, *args)
+
+        monkeypatch.setattr(cuda, "event", lambda *a, **k: Event())
+        monkeypatch.setattr(cuda, "stream", lambda: upload)
+        monkeypatch.setattr(cuda, "legacy_default_stream", lambda: compute)
+        monkeypatch.setattr(fake, "copy_to_device", copy_to_device)
+        monkeypatch.setattr(cudakit.Launch, "run", launch)
+
+    def name(self, event) -> str:
+        return self.names.get(id(event), "other")
+
+    def find(self, entry: tuple, start: int = 0) -> int:
+        return self.log.index(entry, start)
+
+
+@simulated
+@pytest.mark.parametrize("graphs", ["off", "replay"])
+def test_the_next_batch_goes_up_while_the_step_runs(monkeypatch, graphs):
+    """The trace of the trainer's loop (start s+1 before finishing s) shows, for every step:
+
+    * its batch, labels and mask go up on the upload stream, never the kernels' stream, and
+      the copy of step s+1 is issued before the host waits for step s's loss;
+    * the upload stream first waits for the event that frees its landing buffers (recorded
+      on the kernels' stream after the step two back landed them);
+    * the kernels' stream waits on the event recorded after the copies, before it lands them
+      (device-to-device) and before the step's first kernel.
+    """
+    t = _Trace(monkeypatch)
+    cn = plan(1, graphs)
+    up = cn.uploads[0]
+    for i, (c, ld) in enumerate(zip(up.copied, up.landed, strict=True)):
+        t.names[id(c)], t.names[id(ld)] = f"copied{i}", f"landed{i}"
+    for i, e in enumerate(cn._stats_ready):
+        t.names[id(e)] = f"result{i}"
+    t.log.clear()
+    train(cn, steps=4)
+    log = t.log
+    x_shape = (2, 2, 4, 4)
+    h2d = [i for i, e in enumerate(log) if e[0] == "h2d"]
+    assert h2d and all(log[i][1] == "upload" for i in h2d)  # nothing goes up on "compute"
+    starts = [i for i in h2d if log[i][2] == x_shape]  # each step's batch copy
+    results = [i for i, e in enumerate(log) if e[0] == "sync" and e[1].startswith("result")]
+    assert len(starts) == len(results) == 4
+    for s in range(3):
+        assert starts[s + 1] < results[s]  # batch s+1 queued before step s's loss is awaited
+    for s, i in enumerate(starts):
+        slot = (s + 1) % 2
+        end = starts[s + 1] if s + 1 < 4 else len(log)
+        step = log[i:end]
+        # the upload stream waited for the slot's landing buffers right before the copies
+        assert log[i - 1] == ("wait", f"landed{slot}", "upload")
+        rec = step.index(("record", f"copied{slot}", "upload"))
+        wait = step.index(("wait", f"copied{slot}", "compute"))
+        lands = [j for j, e in enumerate(step) if e[0] == "d2d"]
+        first = next(j for j, e in enumerate(step) if e[0] == "launch")
+        freed = step.index(("record", f"landed{slot}", "compute"))
+        assert rec < wait < min(lands) and max(lands) < freed < first
+        assert {e[1] for e in step[:rec] if e[0] == "h2d"} == {"upload"}
+        assert len(lands) == 3 and {step[j][1] for j in lands} == {"compute"}  # x, labels, mask
+        assert not [e for e in step[rec:] if e[0] == "h2d"]  # all of the step's copies before
