@@ -19,11 +19,30 @@ windows straddle the conv's GEMM tiles (and overlap, in AlexNet), and the conv's
 must be stored for the backward anyway, so fusing would save only the pool's one read of
 it.
 
-Kernels queue on the default stream. Per-step uploads (batch, labels, keep-masks) and the
-loss download go through pinned staging buffers used in turn (`Staging`), so none of them
-makes the host wait: `start_step` returns once the step is queued and `finish_step` waits
-for its three numbers. The trainer reads each loss one step late, so the host reads and
-augments batch s+1 while the GPU computes step s. `sync()` waits explicitly (for timing).
+Streams. Kernels queue on the legacy default stream (the kernels' stream); the per-step
+uploads (the batch, the labels, the dropout keep-masks) go on an upload stream of their own,
+one per device, created non-blocking so that it never synchronises with the kernels' stream
+(`Uploads` in netdsl/backends/cuda_runner.py). For step s+1:
+
+1. the host fills pinned staging buffers (`Staging`, two used in turn) and queues each copy
+   on the upload stream into a *landing* buffer on the device, slot (s+1) % 2 of two. First
+   the upload stream waits for the event `landed` of that slot, recorded on the kernels'
+   stream when step s-1 moved it out, so a copy never overwrites data not yet used;
+2. after the last copy the upload stream records the event `copied`; the kernels' stream
+   waits for it, copies each landing buffer into the buffer the kernels read (device to
+   device: ~4 TB/s against PCIe's ~50 GB/s), and records `landed`;
+3. then the step's launches (eagerly, or one CUDA-graph replay) and the loss download.
+
+The trainer queues step s+1 before it reads step s's loss (`start_step` / `finish_step`),
+so the batch crosses PCIe while step s's kernels run, and the host never waits for a copy.
+The kernels only ever read buffers that the kernels' stream itself wrote, which is what
+keeps the overlap free of races and lets a CUDA graph, captured with the fixed buffers,
+replay unchanged. The price is one device-to-device copy per upload and two landing buffers
+per uploaded buffer. The loss download goes through pinned staging buffers too: `finish_step`
+waits for its three numbers only. `sync()` waits explicitly (for timing).
+
+With `gpus N` the input is uploaded once per physical device, into one buffer that the
+logical GPUs on that device share and read in place (netdsl/backends/cuda_groups.py).
 
 Runners do their host work (uploads) in `prepare`, and only launch
 kernels in `forward` / `backward`, so from the second step on the training step's launches

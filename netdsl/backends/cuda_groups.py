@@ -4,7 +4,9 @@ This executes the placement model of netdsl/passes/placement.py (AlexNet's two c
 
 * logical GPU g owns output channels [ceil(g*C/G), ceil((g+1)*C/G)) of every split layer and
   keeps only those maps (and their gradients) in buffers of its own, (N, C_g, H, W);
-* the input is loaded on every logical GPU; the loss and a softmax run on GPU 0, whole;
+* the input is loaded on every logical GPU: uploaded once per physical device into one
+  buffer that the logical GPUs there share, read in place where a share takes all of it;
+  the loss and a softmax run on GPU 0, whole;
 * each layer's share on GPU g is an ordinary single-device runner (netdsl/backends/cuda.py)
   on a sliced layer: a conv or fc keeps filter rows [lo, hi) (a contiguous view of theta and
   grad), a grouped conv whose groups are a multiple of G keeps groups/G groups and reads only
