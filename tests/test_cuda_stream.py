@@ -10,6 +10,8 @@ records, waits and launches is the one that makes the overlap race-free on a rea
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from numba import cuda
@@ -227,3 +229,40 @@ def test_the_next_batch_goes_up_while_the_step_runs(monkeypatch, graphs):
         assert {e[1] for e in step[:rec] if e[0] == "h2d"} == {"upload"}
         assert len(lands) == 3 and {step[j][1] for j in lands} == {"compute"}  # x, labels, mask
         assert not [e for e in step[rec:] if e[0] == "h2d"]  # all of the step's copies before
+
+
+# ------------------------------------------------------------------------ benchmarks/gpu_check.sh
+
+
+def test_gpu_check_script_runs_its_documented_steps(tmp_path):
+    """The real-GPU script's steps are the ones its header documents, it refuses bad usage, and
+    its control flow works here: a dry run with no time left runs the setup, skips every
+    other step, says so in its summary and exits non-zero (a skipped check is no pass). The
+    whole dry run (`bash benchmarks/gpu_check.sh --dry-run`, 2-3 minutes) is too slow for
+    the suite."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    script = Path("benchmarks/gpu_check.sh")
+    text = script.read_text()
+    documented = re.findall(r"^#\s+\d\.\s+(\w+)\s", text, re.M)
+    assert documented == ["setup", "tests", "train", "lenet5", "alexnet"]
+    assert set(re.findall(r"run_step ([a-z]\w*) ", text)) == set(documented[1:])
+    assert "/.gpu/" in Path(".gitignore").read_text().splitlines()  # where the wheels go
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+    env = dict(os.environ, GPU_CHECK_BUDGET="1", PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "out")], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert summary.startswith("setup: ok"), summary
+    for step in ("tests", "train", "lenet5"):
+        assert f"{step}: SKIPPED (no time left)" in summary
+    assert summary in out.stdout and (tmp_path / "out" / "gpu_check.log").exists()
+    assert len(list((tmp_path / "out").iterdir())) <= 8  # what the device tool brings back
