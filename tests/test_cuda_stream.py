@@ -231,9 +231,146 @@ def test_the_next_batch_goes_up_while_the_step_runs(monkeypatch, graphs):
         assert not [e for e in step[rec:] if e[0] == "h2d"]  # all of the step's copies before
 
 
+class _TwoStreams:
+    """The simulator with streams that run apart, as on a GPU: kernel launches, event records
+    and copies given a stream are queued on that stream ("compute": the legacy default stream;
+    "upload": the plan's upload stream); a wait blocks its stream until the event's record point
+    has run on the other; host synchronisation (event.synchronize, a copy without a stream,
+    cuda.synchronize) runs what it waits for. `eager` names the stream that runs at once; the
+    other runs only when waited for. Any ordering the plan forgets then shows up as stale or
+    overwritten data, hence as different losses."""
+
+    def __init__(self, monkeypatch, eager: str) -> None:
+        from collections import deque
+
+        self.queues = {"compute": deque(), "upload": deque()}
+        self.eager, self.done, self.busy, self.count = eager, set(), set(), 0
+        fake = type(cuda.to_device(np.zeros(1)))
+        to_device, to_host, run = fake.copy_to_device, fake.copy_to_host, cudakit.Launch.run
+        compute, upload, model = _Stream("compute"), _Stream("upload"), self
+
+        def on(stream) -> str | None:  # None: no stream given, a synchronous copy
+            return None if stream in (0, None) else stream.name
+
+        class Event:
+            mark = None
+
+            def record(self, stream=0):
+                model.count += 1
+                self.mark = model.count
+                model.enqueue(on(stream) or "compute", ("mark", self.mark))
+
+            def wait(self, stream=0):
+                if self.mark is not None:
+                    model.enqueue(on(stream) or "compute", ("wait", self.mark))
+
+            def synchronize(self):
+                if self.mark is not None:
+                    model.run_until(self.mark)
+
+        def copy_to_device(dst, ary, stream=0):
+            if on(stream) is None:
+                model.advance("compute")  # a synchronous copy follows the queued work
+                return to_device(dst, ary)
+            model.enqueue(on(stream), ("op", lambda: to_device(dst, ary)))
+
+        def copy_to_host(src, ary=None, stream=0):
+            if on(stream) is None:
+                model.advance("compute")
+                return to_host(src, ary)
+            model.enqueue(on(stream), ("op", lambda: to_host(src, ary)))
+            return ary
+
+        def launch(self, *args):
+            model.enqueue("compute", ("op", lambda: run(self, *args)))
+
+        monkeypatch.setattr(cuda, "event", lambda *a, **k: Event())
+        monkeypatch.setattr(cuda, "stream", lambda: upload)
+        monkeypatch.setattr(cuda, "legacy_default_stream", lambda: compute)
+        monkeypatch.setattr(cuda, "synchronize", lambda: [model.advance(s) for s in model.queues])
+        monkeypatch.setattr(fake, "copy_to_device", copy_to_device)
+        monkeypatch.setattr(fake, "copy_to_host", copy_to_host)
+        monkeypatch.setattr(cudakit.Launch, "run", launch)
+
+    def enqueue(self, stream: str, op: tuple) -> None:
+        self.queues[stream].append(op)
+        self.advance(self.eager)
+
+    def advance(self, stream: str, until: int | None = None) -> None:
+        """Run `stream` to its end (or until record point `until` has run); a wait for the
+        other stream runs that one just far enough."""
+        if stream in self.busy:  # each waits for the other
+            raise AssertionError(f"deadlock: {stream} is waiting already")
+        self.busy.add(stream)
+        try:
+            q = self.queues[stream]
+            while q and (until is None or until not in self.done):
+                kind, x = q[0]
+                if kind == "wait" and x not in self.done:
+                    self.advance("upload" if stream == "compute" else "compute", until=x)
+                    if x not in self.done:  # the record point is queued nowhere: a plan error
+                        raise AssertionError(f"{stream} waits for an event never reached")
+                q.popleft()
+                if kind == "op":
+                    x()
+                elif kind == "mark":
+                    self.done.add(x)
+        finally:
+            self.busy.discard(stream)
+
+    def run_until(self, mark: int) -> None:
+        for name, q in self.queues.items():
+            if ("mark", mark) in q:
+                self.advance(name, until=mark)
+
+
+def naive_uploads(cn) -> None:
+    """What the landing buffers prevent: copies on the upload stream straight into the
+    buffers the kernels read, ordered by events, but not against the step still reading."""
+    up = cn.uploads[0]
+
+    def put(dst, host):
+        dst.copy_to_device(host, stream=up.stream)
+
+    def land():
+        up.copied[0].record(up.stream)
+        up.copied[0].wait(cuda.legacy_default_stream())
+
+    cn._put, cn._land = put, land
+
+
+@simulated
+@pytest.mark.parametrize("eager", ["upload", "compute"])
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_no_race_when_the_streams_run_apart(monkeypatch, eager, gpus):
+    """With the two streams running apart -- the copies as early as they may (the step before
+    still queued), or the kernels as early as they may (the copies held back until waited
+    for) -- the trainer's loop gives the losses, errors and weights of the plain synchronous
+    run: every step reads exactly its own batch, labels and masks."""
+    ref = plan(gpus)
+    want = train(ref, steps=4)
+    _TwoStreams(monkeypatch, eager)
+    cn = plan(gpus, "replay")
+    assert train(cn, steps=4) == want
+    assert np.array_equal(cn.theta.copy_to_host(), ref.theta.copy_to_host())
+
+
+@simulated
+def test_the_stream_model_catches_a_race(monkeypatch):
+    """The check above can fail: copying the next batch straight into the input buffer while
+    the step before is still queued hands that step the wrong images."""
+    want = train(plan(1), steps=3)
+    _TwoStreams(monkeypatch, "upload")
+    cn = plan(1)
+    naive_uploads(cn)
+    got = train(cn, steps=3)
+    assert got[0] != want[0]  # step 0 ran on batch 1
+
+
 # ------------------------------------------------------------------------ benchmarks/gpu_check.sh
 
 
+@pytest.mark.skipif(cudakit.real_gpu_requested(), reason="not a GPU test")
 def test_gpu_check_script_runs_its_documented_steps(tmp_path):
     """The real-GPU script's steps are the ones its header documents, it refuses bad usage, and
     its control flow works here: a dry run with no time left runs the setup, skips every
