@@ -169,10 +169,19 @@ TRAIN_PID=$!
 # ------------------------------------------------------------------------------ 2. tests
 cat > "$WORK/gpu_shard.py" <<'EOF'
 """pytest plugin: run shard GPU_SHARD of GPU_SHARDS (round robin over the collected tests, the
-real-GPU-only ones first, in shard 0)."""
+real-GPU-only ones first, in shard 0), and log each test's outcome to GPU_SHARD_LOG as it
+ends (what a shard stopped by its time limit had done)."""
 import os
 
 K, I = int(os.environ.get("GPU_SHARDS", "1")), int(os.environ.get("GPU_SHARD", "0"))
+LOG = os.environ.get("GPU_SHARD_LOG")
+
+
+def pytest_runtest_logreport(report):
+    if LOG and (report.when == "call" or report.outcome != "passed"):
+        with open(LOG, "a") as f:
+            f.write(f"{report.outcome.upper():7s} {report.when:8s} {report.duration:7.2f}s "
+                    f"{report.nodeid}\n")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -196,7 +205,8 @@ shards() {  # every shard in the background, each one's output to a scratch log;
   local i pids=() rc=0 r
   for ((i = 0; i < SHARDS; i++)); do
     ( [[ $DRY == 1 ]] || export NETDSL_REAL_GPU=1
-      GPU_SHARDS=$SHARDS GPU_SHARD=$i NUMBA_NUM_THREADS=2 PYTHONPATH="$WORK:$PYTHONPATH" \
+      GPU_SHARDS=$SHARDS GPU_SHARD=$i GPU_SHARD_LOG="$WORK/progress$i.txt" NUMBA_NUM_THREADS=2 \
+        PYTHONPATH="$WORK:$PYTHONPATH" \
         "$PY" -m pytest "${TESTS[@]}" -q -p gpu_shard -p no:cacheprovider -rfEs \
         > "$WORK/shard$i.log" 2>&1 ) &
     pids+=($!)
@@ -212,10 +222,10 @@ shards() {  # every shard in the background, each one's output to a scratch log;
 export -f shards
 export DRY SHARDS WORK PY
 NOTE="($SHARDS shards)" run_step tests "$(budget 170 250)" bash -c "TESTS=(${TESTS[*]}); shards"
-cat "$WORK"/shard*.log > "$OUTDIR/tests-full.log" 2> /dev/null
-grep -hE "^(FAILED|ERROR) " "$WORK"/shard*.log >> "$OUTDIR/summary.txt" 2> /dev/null
-grep -hE "^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)" "$WORK"/shard*.log 2> /dev/null \
-  | sed 's/^/  /' >> "$OUTDIR/summary.txt"
+cat "$WORK"/progress*.txt "$WORK"/shard*.log > "$OUTDIR/tests-full.log" 2> /dev/null
+record "  test outcomes (all shards, as logged when each test ended):" \
+  "$(cat "$WORK"/progress*.txt 2> /dev/null | awk '{print tolower($1)}' | sort | uniq -c | tr -s ' \n' ' ')"
+grep -hvE "^PASSED|^SKIPPED" "$WORK"/progress*.txt 2> /dev/null | sed 's/^/  /' >> "$OUTDIR/summary.txt"
 
 wait "$TRAIN_PID"
 ACC=$("$PY" -c "import json; print(f\"{100 * (1 - json.load(open('$WORK/lenet5_run/result.json'))['test_err']):.2f}\")" 2> /dev/null)
