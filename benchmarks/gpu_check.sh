@@ -148,6 +148,14 @@ if ! (( DRY )) && ! "$PY" -c "from numba import cuda; import sys; sys.exit(not c
 fi
 record "setup: $SETUP (wheels: ${WHEEL_DIR:-none})"
 if [[ "$SETUP" != ok ]]; then say "setup failed: $SETUP"; cat "$OUTDIR/summary.txt"; exit 1; fi
+if ! (( DRY )); then  # the upload stream must not synchronise with the kernels' stream
+  record "  upload stream: $(timeout 60 "$PY" -c "
+from numba.cuda.cudadrv import driver as drv
+from netdsl.backends.cuda_runner import upload_stream
+flags = drv.driver.cuStreamGetFlags(upload_stream().handle)
+print('non-blocking' if int(flags) & 1 else 'BLOCKING (no overlap with the kernels)', '(flags', flags, end=')')
+" 2>&1 | tail -1)"
+fi
 
 # ------------------------------------------------------------------- 3. train (in the background)
 if (( DRY )); then  # MNIST's shape, a few random images: the run's code paths, not its accuracy
