@@ -25,13 +25,13 @@ from netdsl.ops.jit import kernel
 {imports}
 
 
-@kernel
+@kernel(inline="always")
 def act_scalar(v, code, p0, p1):
     """Activation of one float32 value."""
 {scalar}
 
 
-@kernel
+@kernel(inline="always")
 def act_grad_from_output(y, code, p0, p1):
     """Derivative of the activation, expressed through its output y."""
 {grad}
@@ -72,8 +72,15 @@ def _chain(arg: str, fn: str, count: int) -> str:
 def source() -> str:
     """The generated module's text for the registered kinds, in code order."""
     kinds = list(activations.kinds().values())
-    imports = "\n".join(f"from {type(k).__module__} import f as _f{i}, df as _df{i}"
-                        for i, k in enumerate(kinds))  # fmt: skip
+    # each kind's f and df inlined into the chain, and the chain into the two kernels (as
+    # the CUDA chain is): compiled as separate functions, the 2 x 7 element functions and
+    # the two chains cost ~1.5 s of a cold start, and LLVM inlined them all anyway
+    imports = "\n".join(
+        f"from {type(k).__module__} import f as _pf{i}, df as _pdf{i}\n"
+        f'_f{i} = kernel(_pf{i}.py_func, inline="always")\n'
+        f'_df{i} = kernel(_pdf{i}.py_func, inline="always")'
+        for i, k in enumerate(kinds)
+    )
     return _TEMPLATE.format(imports=imports, scalar=_chain("v", "_f", len(kinds)),
                             grad=_chain("y", "_df", len(kinds)))  # fmt: skip
 
