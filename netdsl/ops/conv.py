@@ -185,7 +185,7 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(inline="always")  # compiled inside its callers: a cold start compiles less
 def _col_range(ox, sw, w_in, wo):  # ints -> (j0, j1)
     """Output columns j in [j0, j1) whose input column ox + j*sw lies in [0, w_in)."""
     j0 = 0 if ox >= 0 else min(wo, (sw - 1 - ox) // sw)  # first j with ox + j*sw >= 0

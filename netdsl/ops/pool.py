@@ -113,14 +113,14 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(inline="always")  # compiled inside its callers: a cold start compiles less
 def window_range(i, k, s, p, size):  # ints -> (lo, hi)
     """Input index range [lo, hi) of output position i along one axis, clipped to [0, size)."""
     lo = i * s - p  # first tap, possibly in the padding
     return max(lo, 0), max(min(lo + k, size), 0)
 
 
-@kernel
+@kernel(inline="always")
 def fast_extent(geo, h, w, ho, wo):  # -> (hf, wf)
     """Output rows i < hf and columns j < wf have whole 2x2/stride-2 windows (else (0, 0))."""
     if geo[0] == 2 and geo[1] == 2 and geo[2] == 2 and geo[3] == 2 and geo[4] == 0 and geo[5] == 0:
