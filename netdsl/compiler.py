@@ -112,10 +112,6 @@ class CompiledNet:
         """A zeroed float32 buffer of this backend's memory (device arrays on CUDA)."""
         return _host_zeros(shape)
 
-    def _scratch_like(self, buf):
-        """A zeroed buffer like `buf` for fan-out accumulation."""
-        return self._zeros(buf.shape)
-
     def runner_class(self, layer) -> type:
         """The runner of `layer` on this backend (each layer type names its own)."""
         return registry.of(layer).cpu_runner()
@@ -128,19 +124,20 @@ class CompiledNet:
         written: dict[str, bool] = {}
         order = list(self.net.layers)
         plans: dict[str, list[Any]] = {}
+        fanout: dict[str, list[tuple[int, str]]] = {}  # layer -> (its input index, producer)
         for lyr in reversed(order):
             dxs, adds = [], []
-            for src in lyr.inputs:
+            for i, src in enumerate(lyr.inputs):
                 if registry.of(self.net.layer(src)).source:  # no gradient for the input
                     dxs.append(None)
                 elif not written.get(src):
                     dxs.append(self.dout[src])
                     written[src] = True
                 else:
-                    scratch = self._scratch_like(self.dout[src])
-                    dxs.append(scratch)
-                    adds.append((scratch, self.dout[src]))
+                    dxs.append(None)  # a scratch buffer, placed below
+                    fanout.setdefault(lyr.name, []).append((i, src))
             plans[lyr.name] = [dxs, adds]
+        self._place_fanout_scratch(fanout, plans)
         del pending
         for lyr in order:
             try:
@@ -151,8 +148,33 @@ class CompiledNet:
             r = cls(lyr, self)
             r.dx, r.adds = plans[lyr.name]
             r.dy = self.dout.get(lyr.name)
+            if not self.consumers[lyr.name]:  # a dead end: its dy must stay zero
+                r.act_grad_in_place = False
             self.runners.append(r)
         self.loss_runner = self.runners[-1] if registry.of(order[-1]).is_loss else None
+
+    def _place_fanout_scratch(self, fanout: dict[str, list[tuple[int, str]]],
+                              plans: dict[str, list[Any]]) -> None:  # fmt: skip
+        """Give each fan-out gradient a scratch view into ONE flat array.
+
+        A scratch is written by its layer's backward and added into the producer's gradient
+        right after it (`adds`), so only one layer's scratches are ever in use: every layer's
+        can start at offset 0 (several inputs of one layer lie side by side).
+        """
+        if not fanout:
+            return
+        sizes = {name: sum(self.dout[src].size for _, src in items)
+                 for name, items in fanout.items()}  # fmt: skip
+        flat = self._zeros(max(sizes.values()))
+        for name, items in fanout.items():
+            dxs, adds = plans[name]
+            offset = 0
+            for i, src in items:
+                dst = self.dout[src]
+                scratch = flat[offset : offset + dst.size].reshape(dst.shape)
+                offset += dst.size
+                dxs[i] = scratch
+                adds.append((scratch, dst))
 
     # ---- views
     def layer_params(self, layer: str) -> dict[str, np.ndarray]:

@@ -47,13 +47,27 @@ class Runner:
             v = self.y.reshape(-1)
             self._act.act_forward(v, v, self.act_code, *self.act_params)
 
-    def _act_backward(self, scratch: np.ndarray) -> np.ndarray:
-        """Gradient before the fused activation (into `scratch`), or dy itself."""
+    # dz = dy * act'(y) overwrites dy: the plan's dy buffer has no reader after this layer's
+    # backward (netdsl/compiler.py, gradient_buffers), so the runners' `dz` scratch, allocated
+    # with np.empty_like, is never touched and costs no resident memory. The plan turns this
+    # off for a dead end, whose dy is a zero buffer that must stay zero.
+    act_grad_in_place = True
+    _dead_end_dz: np.ndarray | None = None  # a dead end's dz, when its runner keeps none
+
+    def _act_backward(self, scratch: np.ndarray | None = None) -> np.ndarray:
+        """Gradient before the fused activation (into dy, or `scratch`), or dy itself."""
         if not self.fused_act:
             return self.dy
-        self._act.act_backward(self.dy.reshape(-1), self.y.reshape(-1), scratch.reshape(-1),
+        dz = self.dy
+        if not self.act_grad_in_place:
+            if scratch is None:
+                if self._dead_end_dz is None:
+                    self._dead_end_dz = np.empty_like(self.dy)
+                scratch = self._dead_end_dz
+            dz = scratch
+        self._act.act_backward(self.dy.reshape(-1), self.y.reshape(-1), dz.reshape(-1),
                                 self.act_code, *self.act_params)  # fmt: skip
-        return scratch
+        return dz
 
 
 class SourceRunner(Runner):
