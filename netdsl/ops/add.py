@@ -18,7 +18,8 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
-from netdsl.ops import activations
+from netdsl.ops import activation, activations, fused
+from netdsl.ops.activation import act_grad_from_output, act_scalar
 from netdsl.ops.jit import kernel
 
 
@@ -113,22 +114,77 @@ class AddCUDA:
 # ---------------------------------------------------------------------------------------------
 
 
+# The CPU runner's kernels: the sum and the activation in one pass, and the activation's
+# gradient written to every input in one pass. Plain functions calling the activation chain,
+# compiled with it into one generated file (netdsl/ops/fused.py); each takes a flat index
+# range [i0, i1), so the runner splits big arrays over worker threads (conv.Workers).
+
+
+def add_act_range(i0, i1, a, b, y, code, p0, p1):
+    """y[i] = act(a[i] + b[i]) for i in [i0, i1). a, b, y: (size,) f32; y may be a or b."""
+    for i in range(i0, i1):
+        y[i] = act_scalar(a[i] + b[i], code, p0, p1)
+
+
+def add_act_grad_range(i0, i1, dy, y, dx0, dx1, both, has_act, code, p0, p1):
+    """dx0[i] (and dx1[i] if both) = dy[i] * act'(y[i]) for i in [i0, i1); has_act False:
+    = dy[i] (y unread). dy, y, dx0, dx1: (size,) f32."""
+    for i in range(i0, i1):
+        g = dy[i]
+        if has_act:
+            g = g * act_grad_from_output(y[i], code, p0, p1)
+        dx0[i] = g
+        if both:
+            dx1[i] = g
+
+
+@functools.cache
+def _cpu_kernels():
+    return fused.module("add", [(add_act_range, "nogil=True"), (add_act_grad_range, "nogil=True")])
+
+
+# An elementwise pass goes to several threads only above this many elements (~0.1 ms alone).
+ELEMENTWISE_MIN = 1 << 18
+
+
 class AddCPURunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
-        self.dz = np.empty_like(self.y) if self.fused_act else None
+        from netdsl.ops.conv import Workers, num_threads, split
+
+        size = self.y.size
+        self.k = _cpu_kernels()
+        self.workers = Workers(1 if size < ELEMENTWISE_MIN else num_threads())
+        self.ranges = split(size, self.workers.n)
+        xf, yf = [x.reshape(-1) for x in self.x], self.y.reshape(-1)
+        linear = np.int64(activation.LINEAR)
+        self.fwd_jobs = []  # one list of jobs per pairwise sum; the activation on the last
+        for j in range(1, len(xf)):
+            code = np.int64(self.act_code) if j == len(xf) - 1 else linear
+            a = xf[0] if j == 1 else yf
+            self.fwd_jobs.append([(i0, i1, a, xf[j], yf, code, *self.act_params)
+                                  for i0, i1 in self.ranges])  # fmt: skip
+        self._bwd = None  # (jobs, extra dx to copy into), built on the first backward
 
     def forward(self, train):
-        add_forward(self.x[0], self.x[1], self.y)
-        for extra in self.x[2:]:
-            add_forward(self.y, extra, self.y)
-        self._act_forward()
+        for jobs in self.fwd_jobs:
+            self.workers.run(self.k.add_act_range, jobs)
 
     def backward(self):
-        dz = self._act_backward(self.dz)
-        for dx in self.dx:  # d(a + b)/da = 1: every input gets dy
-            if dx is not None:
-                np.copyto(dx, dz)
+        if self._bwd is None:  # the plan sets dx after construction
+            dxs = [d.reshape(-1) for d in self.dx if d is not None]
+            jobs = []
+            if dxs:
+                dyf, yf, second = self.dy.reshape(-1), self.y.reshape(-1), dxs[min(1, len(dxs) - 1)]
+                jobs = [(i0, i1, dyf, yf, dxs[0], second, len(dxs) > 1, self.fused_act,
+                         np.int64(self.act_code), *self.act_params)
+                        for i0, i1 in self.ranges]  # fmt: skip
+            self._bwd = (jobs, dxs[:1], dxs[2:])
+        jobs, first, rest = self._bwd
+        if jobs:  # d(a + b)/da = 1: every input gets dz = dy * act'(y)
+            self.workers.run(self.k.add_act_grad_range, jobs)
+        for dx in rest:
+            np.copyto(dx, first[0])
 
 
 # ---------------------------------------------------------------------------------------------
