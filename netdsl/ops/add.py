@@ -116,26 +116,37 @@ class AddCUDA:
 
 # The CPU runner's kernels: the sum and the activation in one pass, and the activation's
 # gradient written to every input in one pass. Plain functions calling the activation chain,
-# compiled with it into one generated file (netdsl/ops/fused.py); each takes a flat index
-# range [i0, i1), so the runner splits big arrays over worker threads (conv.Workers).
+# compiled with it into one generated file and specialised per kind (netdsl/ops/fused.py);
+# each takes a flat index range [i0, i1), so the runner splits big arrays over worker
+# threads (conv.Workers). They loop over slices from 0: a loop index that might be negative
+# (range(i0, i1)) keeps Numba's wraparound check in the loop, which stops LLVM vectorising.
 
 
 def add_act_range(i0, i1, a, b, y, code, p0, p1):
     """y[i] = act(a[i] + b[i]) for i in [i0, i1). a, b, y: (size,) f32; y may be a or b."""
-    for i in range(i0, i1):
-        y[i] = act_scalar(a[i] + b[i], code, p0, p1)
+    av, bv, yv = a[i0:i1], b[i0:i1], y[i0:i1]
+    for i in range(yv.size):
+        yv[i] = act_scalar(av[i] + bv[i], code, p0, p1)
 
 
 def add_act_grad_range(i0, i1, dy, y, dx0, dx1, both, has_act, code, p0, p1):
     """dx0[i] (and dx1[i] if both) = dy[i] * act'(y[i]) for i in [i0, i1); has_act False:
     = dy[i] (y unread). dy, y, dx0, dx1: (size,) f32."""
-    for i in range(i0, i1):
-        g = dy[i]
-        if has_act:
-            g = g * act_grad_from_output(y[i], code, p0, p1)
-        dx0[i] = g
-        if both:
-            dx1[i] = g
+    d, yv, g0, g1 = dy[i0:i1], y[i0:i1], dx0[i0:i1], dx1[i0:i1]
+    if has_act and both:
+        for i in range(d.size):
+            g = d[i] * act_grad_from_output(yv[i], code, p0, p1)
+            g0[i] = g
+            g1[i] = g
+    elif has_act:
+        for i in range(d.size):
+            g0[i] = d[i] * act_grad_from_output(yv[i], code, p0, p1)
+    elif both:
+        for i in range(d.size):
+            g0[i] = d[i]
+            g1[i] = d[i]
+    else:
+        g0[:] = d
 
 
 @functools.cache
@@ -153,22 +164,23 @@ class AddCPURunner(Runner):
         from netdsl.ops.conv import Workers, num_threads, split
 
         size = self.y.size
-        self.k = _cpu_kernels()
+        k = _cpu_kernels()
+        self.bwd = fused.kernel_for(k, "add_act_grad_range", self.act_code)
         self.workers = Workers(1 if size < ELEMENTWISE_MIN else num_threads())
         self.ranges = split(size, self.workers.n)
         xf, yf = [x.reshape(-1) for x in self.x], self.y.reshape(-1)
-        linear = np.int64(activation.LINEAR)
-        self.fwd_jobs = []  # one list of jobs per pairwise sum; the activation on the last
+        self.fwd_jobs = []  # (kernel, jobs) per pairwise sum; the activation on the last one
         for j in range(1, len(xf)):
-            code = np.int64(self.act_code) if j == len(xf) - 1 else linear
+            code = self.act_code if j == len(xf) - 1 else activation.LINEAR
             a = xf[0] if j == 1 else yf
-            self.fwd_jobs.append([(i0, i1, a, xf[j], yf, code, *self.act_params)
-                                  for i0, i1 in self.ranges])  # fmt: skip
+            jobs = [(i0, i1, a, xf[j], yf, np.int64(code), *self.act_params)
+                    for i0, i1 in self.ranges]  # fmt: skip
+            self.fwd_jobs.append((fused.kernel_for(k, "add_act_range", code), jobs))
         self._bwd = None  # (jobs, extra dx to copy into), built on the first backward
 
     def forward(self, train):
-        for jobs in self.fwd_jobs:
-            self.workers.run(self.k.add_act_range, jobs)
+        for fn, jobs in self.fwd_jobs:
+            self.workers.run(fn, jobs)
 
     def backward(self):
         if self._bwd is None:  # the plan sets dx after construction
@@ -182,7 +194,7 @@ class AddCPURunner(Runner):
             self._bwd = (jobs, dxs[:1], dxs[2:])
         jobs, first, rest = self._bwd
         if jobs:  # d(a + b)/da = 1: every input gets dz = dy * act'(y)
-            self.workers.run(self.k.add_act_grad_range, jobs)
+            self.workers.run(self.bwd, jobs)
         for dx in rest:
             np.copyto(dx, first[0])
 

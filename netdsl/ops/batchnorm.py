@@ -107,20 +107,22 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 # float32 CPU kernels
 # ---------------------------------------------------------------------------------------------
-# Plain functions calling the activation chain, compiled with it into one generated file
-# (netdsl/ops/fused.py): the layer's fused activation is applied inside the normalising loop
-# and its gradient inside the two backward loops (no separate pass, no dz buffer). Each
-# kernel takes a channel range [c0, c1), so the runner splits the channels over worker
-# threads. Statistics take ONE pass over x: float64 sums of x - K and (x - K)^2 with K the
-# channel's first value (the shifted-data algorithm: no cancellation unless the mean is very
-# far from K compared with the spread, and float64 absorbs that).
+# Plain functions calling the activation chain, compiled with it into one generated file and
+# specialised per kind (netdsl/ops/fused.py): the layer's fused activation is applied inside
+# the normalising loop and its gradient inside the two backward loops (no separate pass, no
+# dz buffer). Each kernel takes a channel range [c0, c1), so the runner splits the channels
+# over worker threads (indexing the whole C-contiguous arrays: a slice [:, c0:c1] is not
+# contiguous, and its loops did not vectorise). Statistics take ONE pass over x: float64
+# sums of x - K and (x - K)^2 with K the channel's first value (the shifted-data algorithm:
+# no cancellation unless the mean is very far from K compared with the spread, and float64
+# absorbs that).
 # fastmath={"reassoc"} only: reorders the float64 sums so they vectorise; unlike full fastmath
 # it assumes nothing about NaN or inf, so a diverging net still shows NaN.
 _REDUCE = 'nogil=True, fastmath={"reassoc"}'
 
 
 def bn_train_range(c0, c1, x, gamma, beta, y, mean, invstd, running_mean, running_var, eps,
-                     momentum, code, p0, p1):  # fmt: skip
+                   momentum, code, p0, p1):  # fmt: skip
     """Training forward of channels [c0, c1), then the activation (code, p0, p1).
 
     x: (N, C, H, W) f32; gamma, beta: (C,) f32; y: (N, C, H, W) f32 out (must not alias x,
@@ -134,7 +136,7 @@ def bn_train_range(c0, c1, x, gamma, beta, y, mean, invstd, running_mean, runnin
     count = n_batch * plane
     for c in range(c0, c1):
         shift = np.float64(x3[0, c, 0])
-        total = 0.0  # float64 accumulators of x - shift and its square
+        total = 0.0  # float64 sums of x - shift and of its square
         sq = 0.0
         for n in range(n_batch):
             for p in range(plane):
@@ -175,8 +177,8 @@ def bn_eval_range(c0, c1, x, gamma, beta, running_mean, running_var, y, eps, cod
                 y3[n, c, p] = act_scalar((x3[n, c, p] - m32) * a32 + b32, code, p0, p1)
 
 
-def bn_backward_range(c0, c1, dy, y, x, gamma, mean, invstd, dx, dgamma, dbeta, has_act, code, p0,
-                p1):  # fmt: skip
+def bn_backward_range(c0, c1, dy, y, x, gamma, mean, invstd, dx, dgamma, dbeta, has_act, code,
+                      p0, p1):  # fmt: skip
     """Training backward of channels [c0, c1), through the activation when has_act.
 
     dy, y, x: (N, C, H, W) f32 (y: the forward output, read only when has_act); gamma, mean,
@@ -193,15 +195,19 @@ def bn_backward_range(c0, c1, dy, y, x, gamma, mean, invstd, dx, dgamma, dbeta, 
     for c in range(c0, c1):
         mu = mean[c]
         inv = invstd[c]
-        sum_dy = 0.0  # float64 accumulators of dz = dy * act'(y)
+        sum_dy = 0.0  # float64 sums of dz = dy * act'(y)
         sum_dy_xc = 0.0  # sum dz * (x - mean); times invstd gives sum dz * xhat
         for n in range(n_batch):
-            for p in range(plane):
-                d = d3[n, c, p]
-                if has_act:
-                    d = d * act_grad_from_output(y3[n, c, p], code, p0, p1)
-                sum_dy += d
-                sum_dy_xc += d * (x3[n, c, p] - mu)
+            if has_act:
+                for p in range(plane):
+                    d = d3[n, c, p] * act_grad_from_output(y3[n, c, p], code, p0, p1)
+                    sum_dy += d
+                    sum_dy_xc += d * (x3[n, c, p] - mu)
+            else:
+                for p in range(plane):
+                    d = d3[n, c, p]
+                    sum_dy += d
+                    sum_dy_xc += d * (x3[n, c, p] - mu)
         sum_dy_xhat = sum_dy_xc * inv
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
@@ -210,11 +216,13 @@ def bn_backward_range(c0, c1, dy, y, x, gamma, mean, invstd, dx, dgamma, dbeta, 
         mean_dy = np.float32(sum_dy / count)
         k32 = np.float32(sum_dy_xhat * inv / count)  # multiplies (x - mean)
         for n in range(n_batch):
-            for p in range(plane):
-                d = d3[n, c, p]
-                if has_act:
-                    d = d * act_grad_from_output(y3[n, c, p], code, p0, p1)
-                g3[n, c, p] = a32 * (d - mean_dy - (x3[n, c, p] - mu) * k32)
+            if has_act:
+                for p in range(plane):
+                    d = d3[n, c, p] * act_grad_from_output(y3[n, c, p], code, p0, p1)
+                    g3[n, c, p] = a32 * (d - mean_dy - (x3[n, c, p] - mu) * k32)
+            else:
+                for p in range(plane):
+                    g3[n, c, p] = a32 * (d3[n, c, p] - mean_dy - (x3[n, c, p] - mu) * k32)
 
 
 @functools.cache
@@ -227,22 +235,26 @@ def cpu_kernels():
 _LINEAR = (np.int64(LINEAR), np.float32(0.0), np.float32(0.0))  # no activation
 
 
+def _linear(name: str):
+    return fused.kernel_for(cpu_kernels(), name, LINEAR)
+
+
 def bn_forward_train(x, gamma, beta, y, mean, invstd, running_mean, running_var, eps, momentum):
     """Training forward over every channel, no activation (bn_train_range's arguments)."""
-    cpu_kernels().bn_train_range(0, x.shape[1], x, gamma, beta, y, mean, invstd, running_mean,
-                                 running_var, eps, momentum, *_LINEAR)  # fmt: skip
+    _linear("bn_train_range")(0, x.shape[1], x, gamma, beta, y, mean, invstd, running_mean,
+                              running_var, eps, momentum, *_LINEAR)  # fmt: skip
 
 
 def bn_forward_eval(x, gamma, beta, running_mean, running_var, y, eps):
     """Evaluation forward over every channel, no activation (bn_eval_range's arguments)."""
-    cpu_kernels().bn_eval_range(0, x.shape[1], x, gamma, beta, running_mean, running_var, y, eps,
-                                *_LINEAR)  # fmt: skip
+    _linear("bn_eval_range")(0, x.shape[1], x, gamma, beta, running_mean, running_var, y, eps,
+                             *_LINEAR)  # fmt: skip
 
 
 def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
     """Training backward over every channel, no activation (bn_backward_range's arguments)."""
-    cpu_kernels().bn_backward_range(0, x.shape[1], dy, dy, x, gamma, mean, invstd, dx, dgamma,
-                                    dbeta, False, *_LINEAR)  # fmt: skip
+    _linear("bn_backward_range")(0, x.shape[1], dy, dy, x, gamma, mean, invstd, dx, dgamma,
+                                 dbeta, False, *_LINEAR)  # fmt: skip
 
 
 # ---- CUDA kernels
@@ -423,7 +435,11 @@ class BnCPURunner(Runner):
         self.invstd = np.zeros(c, np.float32)  # (C,) 1/sqrt(var + eps), saved for backward
         self.xhat_src = self.x[0]
         self.no_dx = np.empty_like(self.x[0])  # written only when dx is not wanted: untouched
-        self.k = cpu_kernels()
+        k = cpu_kernels()
+        self.train_k, self.eval_k, self.bwd_k = (
+            fused.kernel_for(k, name, self.act_code)
+            for name in ("bn_train_range", "bn_eval_range", "bn_backward_range")
+        )
         self.code = np.int64(self.act_code)
         # each worker normalises a range of channels (work ~ 3 passes over the map)
         small = 3 * self.y.size < PARALLEL_MIN_WORK
@@ -435,18 +451,18 @@ class BnCPURunner(Runner):
         if train:
             jobs = [(c0, c1, x, g, b, self.y, self.mean, self.invstd, self.rm, self.rv, self.eps,
                      self.momentum, *act) for c0, c1 in self.ranges]  # fmt: skip
-            self.workers.run(self.k.bn_train_range, jobs)
+            self.workers.run(self.train_k, jobs)
         else:
             jobs = [(c0, c1, x, g, b, self.rm, self.rv, self.y, self.eps, *act)
                     for c0, c1 in self.ranges]  # fmt: skip
-            self.workers.run(self.k.bn_eval_range, jobs)
+            self.workers.run(self.eval_k, jobs)
 
     def backward(self):
         dx = self.no_dx if self.dx[0] is None else self.dx[0]
         jobs = [(c0, c1, self.dy, self.y, self.x[0], self.p["weight"], self.mean, self.invstd,
                  dx, self.g["weight"], self.g["bias"], self.fused_act, self.code,
                  *self.act_params) for c0, c1 in self.ranges]  # fmt: skip
-        self.workers.run(self.k.bn_backward_range, jobs)
+        self.workers.run(self.bwd_k, jobs)
 
 
 # ---------------------------------------------------------------------------------------------
