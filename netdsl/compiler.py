@@ -15,6 +15,7 @@ The plan imports no backend: netdsl.backends.compile_network picks the class for
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class CompiledNet:
 
     backend_name = "CPU"
     device_kind = "cpu"  # the device this class runs on (CudaNet: "cuda")
+    fold_activations = True  # fold standalone activations into their producers (CPU only)
 
     def __init__(self, net: Network, device: str = "cpu", batch: int | None = None,
                  seed: int = 0) -> None:  # fmt: skip
@@ -98,15 +100,56 @@ class CompiledNet:
 
     def _allocate(self) -> None:
         n = self.batch
-        self.out = {lyr.name: self._zeros((n, *lyr.out_shape)) for lyr in self.net.layers}
         consumers: dict[str, list[str]] = {lyr.name: [] for lyr in self.net.layers}
         for lyr in self.net.layers:
             for src in lyr.inputs:
                 consumers[src].append(lyr.name)
         self.consumers = consumers
+        self.folded = self._activation_folds()
+        self.out = {}
+        for lyr in self.net.layers:  # a folded activation's output is its producer's
+            src = self.folded.get(lyr.name)
+            self.out[lyr.name] = self.out[src] if src else self._zeros((n, *lyr.out_shape))
         # gradient of each layer's output (the input layer needs none), sharing memory
         # between gradients whose lifetimes in the backward pass do not overlap
-        self.dout = gradient_buffers(self.net, consumers, n, self._zeros)
+        self.dout = gradient_buffers(self.net, consumers, n, self._zeros, self.folded)
+
+    def _activation_folds(self) -> dict[str, str]:
+        """{activation layer: producer} for each standalone activation (`relu r1`) whose
+        producer it alone reads, when the producer's type takes a fused activation and has
+        none: the producer's runner applies it (its forward's epilogue, its backward's first
+        step), the activation layer's runner does nothing, and the two share one output and
+        one gradient buffer. One pass over the map and one buffer fewer each way.
+
+        On the CPU only (a CUDA plan's runners pick kernels per layer). The producer's output
+        is then the activated map: `layer_output(producer)` returns what the activation
+        layer would.
+        """
+        if self.device_kind != "cpu" or not self.fold_activations:
+            return {}
+        from .ops.activation import ActCPURunner
+
+        folds = {}
+        for lyr in self.net.layers:
+            lt = registry.of(lyr)
+            if lt.source or lt.is_loss or not issubclass(lt.cpu_runner(), ActCPURunner):
+                continue
+            if len(lyr.inputs) != 1 or not self.consumers[lyr.name]:
+                continue  # a dead end keeps its own zero gradient
+            src = lyr.inputs[0]
+            plt = registry.of(self.net.layer(src))
+            p_act = self.net.layer(src).attrs.get("activation") or ("linear",)
+            # a type whose language takes `, relu`, or whose CPU runner applies one (pool)
+            takes = "activation" in plt.schema.opts or getattr(plt.cpu_runner(), "takes_act", 0)
+            if (
+                self.consumers[src] == [lyr.name]
+                and not plt.source
+                and not issubclass(plt.cpu_runner(), ActCPURunner)
+                and takes
+                and p_act[0] == "linear"
+            ):
+                folds[lyr.name] = src
+        return folds
 
     def _zeros(self, shape) -> np.ndarray:
         """A zeroed float32 buffer of this backend's memory (device arrays on CUDA)."""
@@ -139,12 +182,20 @@ class CompiledNet:
             plans[lyr.name] = [dxs, adds]
         self._place_fanout_scratch(fanout, plans)
         del pending
+        from .backends.cpu import FoldedRunner  # a plain Runner subclass (no kernels)
+
+        into = {src: act for act, src in self.folded.items()}  # producer -> its activation
         for lyr in order:
             try:
                 cls = self.runner_class(lyr)
             except NotImplementedError:
                 raise NetError(f"layer type {lyr.type} has no {self.backend_name} kernel",
                                lyr.loc) from None  # fmt: skip
+            if lyr.name in self.folded:
+                cls = FoldedRunner
+            elif lyr.name in into:  # the producer runs with the activation it absorbed
+                act = self.net.layer(into[lyr.name]).attrs["activation"]
+                lyr = dataclasses.replace(lyr, attrs={**lyr.attrs, "activation": act})
             r = cls(lyr, self)
             r.dx, r.adds = plans[lyr.name]
             r.dy = self.dout.get(lyr.name)
@@ -339,6 +390,22 @@ class CompiledNet:
         """dst += scratch: one fan-out gradient into the producer's (step_grads does this)."""
         dst += scratch
 
+    def plan_bytes(self) -> dict[str, int]:
+        """Bytes of the plan's buffers, each array counted once however many views it has:
+        outputs (shared by a folded activation and its producer), output gradients (sharing
+        arrays whose lifetimes do not overlap) and the fan-out gradients' scratch."""
+
+        def owner(b):  # the array a view lives in (device arrays: themselves)
+            base = getattr(b, "base", None)
+            return b if base is None else owner(base)
+
+        def total(bufs) -> int:
+            return sum(o.nbytes for o in {id(owner(b)): owner(b) for b in bufs}.values())
+
+        scratch = [s for r in self.runners for s, _ in r.adds]
+        return {"outputs": total(self.out.values()), "gradients": total(self.dout.values()),
+                "scratch": total(scratch)}  # fmt: skip
+
     def describe(self) -> str:
         """The plan as text (NETDSL_DEBUG prints it)."""
         lines = [f"plan for {self.net.name}: device {self.device}, batch {self.batch}, "
@@ -349,11 +416,9 @@ class CompiledNet:
                   for d in r.dx]  # fmt: skip
             lines.append(f"  {lyr.name:18} {type(r).__name__:16} out {tuple(r.y.shape)} "
                          f"dx {dx}")  # fmt: skip
-        # gradients of layers whose lifetimes do not overlap share one array (gradient_buffers)
-        owners = [getattr(b, "base", None) for b in self.dout.values()]  # device arrays: None
-        owners = [o if o is not None else b for o, b in zip(owners, self.dout.values())]
-        bases = {id(o): o for o in owners}
-        nbytes = sum(b.nbytes for b in self.out.values()) + sum(b.nbytes for b in bases.values())
+        for act, src in self.folded.items():
+            lines.append(f"  {act} is folded into {src} (one output, one gradient buffer)")
+        nbytes = sum(self.plan_bytes().values())
         lines.append(f"  activation + gradient buffers: {nbytes / 2**20:.2f} MiB")
         return "\n".join(lines)
 
@@ -385,7 +450,8 @@ def _host_zeros(shape) -> np.ndarray:
 
 
 def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
-                     zeros=_host_zeros) -> dict[str, np.ndarray]:  # fmt: skip
+                     zeros=_host_zeros, folded: dict[str, str] | None = None,
+                     ) -> dict[str, np.ndarray]:  # fmt: skip
     """Output-gradient buffers, (N, C, H, W) views into as few flat arrays as lifetimes allow.
 
     The backward pass visits layers in reverse. dout[L] is first written when the first of
@@ -394,7 +460,11 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
     allocates: host or device arrays). Every backward
     kernel overwrites its outputs, so a reused buffer needs no clearing. A layer nobody
     consumes (a dead end) keeps a private zero buffer: its backward must see dy = 0.
+    `folded` ({activation layer: producer}, CompiledNet._activation_folds): the producer
+    reads the activation layer's gradient, so the two share one buffer, live until the
+    producer's backward.
     """
+    folded = folded or {}
     free: list[np.ndarray] = []  # flat float32 arrays not in use at this point
     dout: dict[str, np.ndarray] = {}
     arena: dict[str, np.ndarray] = {}  # layer -> the flat array its view lives in
@@ -414,6 +484,12 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
             continue
         if lyr.name not in dout:  # nothing writes it: a dead end, or the loss itself
             dout[lyr.name] = zeros((batch, *lyr.out_shape))
+        if lyr.name in folded:  # the producer's backward reads this very buffer
+            src = folded[lyr.name]
+            dout[src] = dout[lyr.name]
+            if lyr.name in arena:
+                arena[src] = arena.pop(lyr.name)
+            continue
         for src in lyr.inputs:  # this backward writes them: their lifetimes start here
             if src not in dout and not registry.of(net.layer(src)).source:
                 take(src)

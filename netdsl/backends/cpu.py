@@ -78,3 +78,14 @@ class SourceRunner(Runner):
 
     def backward(self):
         pass
+
+
+class FoldedRunner(Runner):
+    """A standalone activation folded into its producer (CompiledNet._activation_folds): the
+    producer's runner applies it and writes this layer's output; nothing is left to do."""
+
+    def forward(self, train):
+        pass
+
+    def backward(self):
+        pass

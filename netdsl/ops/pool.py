@@ -499,12 +499,17 @@ class PoolCPURunner(Runner):
         self.op = PoolCPU(plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"], a["pad_tl"],
                           a["out_hw"])  # fmt: skip
 
+    # the plan folds a standalone activation that alone reads this pool's output into it
+    # (CompiledNet._activation_folds; the language gives pool no activation of its own)
+    takes_act = True
+
     def forward(self, train):
         self.op.forward(self.x[0], self.y)
+        self._act_forward()
 
     def backward(self):
         if self.dx[0] is not None:
-            self.op.backward(self.dy, self.dx[0])
+            self.op.backward(self._act_backward(), self.dx[0])
 
 
 # ---------------------------------------------------------------------------------------------
