@@ -3,10 +3,13 @@
 The plan, in order:
   1. lay out every trainable tensor in ONE flat float32 buffer (and its gradient in
      another), so the optimizer update is one kernel over one array;
-  2. allocate every layer's output and output-gradient buffer once, for a fixed batch;
+  2. allocate every layer's output and output-gradient buffer once, for a fixed batch
+     (on the CPU a standalone activation that alone reads its producer is folded into
+     it: the two share both buffers, _activation_folds);
   3. decide where each backward writes its input gradient: straight into the
      producer's gradient buffer when the producer has one consumer, else into a
-     scratch buffer that is then added (residual fan-out);
+     scratch buffer that is then added (residual fan-out; all scratch buffers are views
+     of one array, as only one layer's are in use at a time);
   4. bind a runner per layer, the one its layer type names for this backend (the CPU's
      here; netdsl/backends/cuda.py's CudaNet subclass keeps every buffer on the GPU).
 The plan imports no backend: netdsl.backends.compile_network picks the class for a device.
@@ -311,7 +314,9 @@ class CompiledNet:
 
     def layer_output(self, layer: str, n: int | None = None) -> np.ndarray:
         """A host copy of `layer`'s output from the last forward pass: (n, C, H, W), the
-        first n images of the batch (all by default). netdsl show maps/neighbours read it."""
+        first n images of the batch (all by default). netdsl show maps/neighbours read it.
+        A layer whose standalone activation is folded into it (self.folded) holds the
+        activated map, as a layer with a fused activation does."""
         buf = self.out[layer]
         host = buf.copy_to_host() if hasattr(buf, "copy_to_host") else buf  # a GPU buffer
         return np.array(host[: self.batch if n is None else n])
