@@ -44,8 +44,8 @@ class Runner:
 
     def _act_forward(self) -> None:
         if self.fused_act:
-            v = self.y.reshape(-1)
-            self._act.act_forward(v, v, self.act_code, *self.act_params)
+            fwd, _ = self._act.in_place_kernels(self.act_code)
+            fwd(self.y.reshape(-1), self.act_code, *self.act_params)
 
     # dz = dy * act'(y) overwrites dy: the plan's dy buffer has no reader after this layer's
     # backward (netdsl/compiler.py, gradient_buffers), so the runners' `dz` scratch, allocated
@@ -58,16 +58,17 @@ class Runner:
         """Gradient before the fused activation (into dy, or `scratch`), or dy itself."""
         if not self.fused_act:
             return self.dy
-        dz = self.dy
-        if not self.act_grad_in_place:
-            if scratch is None:
-                if self._dead_end_dz is None:
-                    self._dead_end_dz = np.empty_like(self.dy)
-                scratch = self._dead_end_dz
-            dz = scratch
-        self._act.act_backward(self.dy.reshape(-1), self.y.reshape(-1), dz.reshape(-1),
+        if self.act_grad_in_place:
+            _, bwd = self._act.in_place_kernels(self.act_code)
+            bwd(self.dy.reshape(-1), self.y.reshape(-1), self.act_code, *self.act_params)
+            return self.dy
+        if scratch is None:
+            if self._dead_end_dz is None:
+                self._dead_end_dz = np.empty_like(self.dy)
+            scratch = self._dead_end_dz
+        self._act.act_backward(self.dy.reshape(-1), self.y.reshape(-1), scratch.reshape(-1),
                                 self.act_code, *self.act_params)  # fmt: skip
-        return dz
+        return scratch
 
 
 class SourceRunner(Runner):
