@@ -237,3 +237,26 @@ def test_fc_on_several_threads_matches_one(shape) -> None:
     ref_dx, ref_dw, ref_db = fc.ref_backward(dy, x, w)
     for got, want in zip(outs[1][1:], (ref_dx, ref_dw, ref_db)):
         assert rel_error(got, want) < 1e-5
+
+
+def test_worker_threads_give_the_single_thread_result(monkeypatch) -> None:
+    """add and bn split their passes over worker threads for big maps (fc: big GEMMs);
+    forced on for this small net, the plan gives what one thread gives."""
+    one = compiled()
+    x, y = data(one)
+    loss1, grads1 = one.loss_and_grads(x, y)
+    from netdsl.ops import conv
+
+    monkeypatch.setattr(conv, "num_threads", lambda: 3)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(add, "ELEMENTWISE_MIN", 0)
+    monkeypatch.setattr(fc, "FC_PARALLEL_MIN", 0)
+    many = compiled()
+    kinds = {type(r).__name__: r for r in many.runners}
+    for name in ("AddCPURunner", "BnCPURunner"):
+        assert kinds[name].workers.n == 3, name
+    assert kinds["FcCPURunner"].op.workers.n == 3
+    loss3, grads3 = many.loss_and_grads(x, y)
+    assert abs(loss3 - loss1) <= 1e-6 * max(1.0, abs(loss1))
+    for key in grads1:
+        assert_close(grads3[key], grads1[key], 1e-5, key)
