@@ -78,11 +78,18 @@ def uploading(put: Callable[[object, np.ndarray], None]) -> Iterator[None]:
         _PUT.reset(token)
 
 
+def numba_simulator() -> bool:
+    """numba.cuda really is the CUDA simulator. Not cudakit.simulator(): benchmarks/gpu_static.py
+    and `compile --emit` make that say False, to build the GPU's tile configs in the simulator,
+    whose event and stream API stays the simulator's."""
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
 def _event():
     """An event for ordering only (no timing: cheaper to record and wait on)."""
-    from ..ops.cudakit import simulator
-
-    return _cuda().event() if simulator() else _cuda().event(timing=False)
+    return _cuda().event() if numba_simulator() else _cuda().event(timing=False)
 
 
 def upload_stream():
@@ -90,10 +97,10 @@ def upload_stream():
     kernels' stream): Numba's `cuda.stream()` creates a blocking one, whose copies would wait
     for every queued kernel and hold up every later one. The simulator's streams are
     synchronous, so there `cuda.stream()` serves."""
-    from ..ops.cudakit import say_once, simulator
+    from ..ops.cudakit import say_once
 
     cuda = _cuda()
-    if simulator():
+    if numba_simulator():
         return cuda.stream()
     try:  # numba-cuda's own Context.create_stream, with the non-blocking flag
         from numba.cuda.cudadrv import driver as drv

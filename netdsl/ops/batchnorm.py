@@ -17,6 +17,7 @@ vectorise the float64 sums, ~3x faster, and only changes the summation order.
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 
@@ -24,9 +25,9 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
-from netdsl.ops import activations
+from netdsl.ops import activations, fused
+from netdsl.ops.activation import LINEAR, act_grad_from_output, act_scalar
 from netdsl.ops.codegen import generated
-from netdsl.ops.jit import kernel
 
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
@@ -107,16 +108,26 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 # float32 CPU kernels
 # ---------------------------------------------------------------------------------------------
-
-
+# Plain functions calling the activation chain, compiled with it into one generated file and
+# specialised per kind (netdsl/ops/fused.py): the layer's fused activation is applied inside
+# the normalising loop and its gradient inside the two backward loops (no separate pass, no
+# dz buffer). Each kernel takes a channel range [c0, c1), so the runner splits the channels
+# over worker threads (indexing the whole C-contiguous arrays: a slice [:, c0:c1] is not
+# contiguous, and its loops did not vectorise). Statistics take ONE pass over x: float64
+# sums of x - K and (x - K)^2 with K the channel's first value (the shifted-data algorithm:
+# no cancellation unless the mean is very far from K compared with the spread, and float64
+# absorbs that).
 # fastmath={"reassoc"} only: reorders the float64 sums so they vectorise; unlike full fastmath
 # it assumes nothing about NaN or inf, so a diverging net still shows NaN.
-@kernel(fastmath={"reassoc"})
-def bn_forward_train(x, gamma, beta, y, mean, invstd, running_mean, running_var, eps, momentum):
-    """Training forward.
+_REDUCE = 'nogil=True, fastmath={"reassoc"}'
+
+
+def bn_train_range(c0, c1, x, gamma, beta, y, mean, invstd, running_mean, running_var, eps,
+                   momentum, code, p0, p1):  # fmt: skip
+    """Training forward of channels [c0, c1), then the activation (code, p0, p1).
 
     x: (N, C, H, W) f32; gamma, beta: (C,) f32; y: (N, C, H, W) f32 out (must not alias x,
-    which backward needs); mean, invstd: (C,) f32 out, saved for bn_backward;
+    which backward needs); mean, invstd: (C,) f32 out, saved for bn_backward_range;
     running_mean, running_var: (C,) f32, updated in place.
     """
     n_batch, channels = x.shape[0], x.shape[1]
@@ -124,84 +135,127 @@ def bn_forward_train(x, gamma, beta, y, mean, invstd, running_mean, running_var,
     x3 = x.reshape(n_batch, channels, plane)  # (N, C, H*W) views
     y3 = y.reshape(n_batch, channels, plane)
     count = n_batch * plane
-    for c in range(channels):
-        total = 0.0  # float64 accumulators
-        for n in range(n_batch):
-            for p in range(plane):
-                total += x3[n, c, p]
-        mu = total / count
-        # Second pass around the mean: no cancellation, unlike E[x^2] - E[x]^2.
+    for c in range(c0, c1):
+        shift = np.float64(x3[0, c, 0])
+        total = 0.0  # float64 sums of x - shift and of its square
         sq = 0.0
         for n in range(n_batch):
             for p in range(plane):
-                d = x3[n, c, p] - mu
+                d = x3[n, c, p] - shift
+                total += d
                 sq += d * d
-        var = sq / count
+        md = total / count
+        mu = shift + md
+        var = max(sq / count - md * md, 0.0)
         inv = 1.0 / np.sqrt(var + eps)
         mean[c] = mu
         invstd[c] = inv
         unbiased = var * count / (count - 1) if count > 1 else var
         running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
-        # y = (x - mean) * (gamma * invstd) + beta, in float32 for a vectorisable loop.
+        # y = act((x - mean) * (gamma * invstd) + beta), in float32 for a vectorisable loop.
         m32 = np.float32(mu)
         a32 = np.float32(gamma[c] * inv)
         b32 = beta[c]
         for n in range(n_batch):
             for p in range(plane):
-                y3[n, c, p] = (x3[n, c, p] - m32) * a32 + b32
+                y3[n, c, p] = act_scalar((x3[n, c, p] - m32) * a32 + b32, code, p0, p1)
 
 
-@kernel
-def bn_forward_eval(x, gamma, beta, running_mean, running_var, y, eps):
-    """Evaluation forward. x: (N, C, H, W) f32; gamma, beta, running_*: (C,) f32;
-    y: (N, C, H, W) f32 out (may be x)."""
+def bn_eval_range(c0, c1, x, gamma, beta, running_mean, running_var, y, eps, code, p0, p1):
+    """Evaluation forward of channels [c0, c1), then the activation. x: (N, C, H, W) f32;
+    gamma, beta, running_*: (C,) f32; y: (N, C, H, W) f32 out (may be x)."""
     n_batch, channels = x.shape[0], x.shape[1]
     plane = x.shape[2] * x.shape[3]
     x3 = x.reshape(n_batch, channels, plane)  # (N, C, H*W) views
     y3 = y.reshape(n_batch, channels, plane)
-    for c in range(channels):
+    for c in range(c0, c1):
         m32 = running_mean[c]
         a32 = np.float32(gamma[c] / np.sqrt(np.float64(running_var[c]) + eps))
         b32 = beta[c]
         for n in range(n_batch):
             for p in range(plane):
-                y3[n, c, p] = (x3[n, c, p] - m32) * a32 + b32
+                y3[n, c, p] = act_scalar((x3[n, c, p] - m32) * a32 + b32, code, p0, p1)
 
 
-@kernel(fastmath={"reassoc"})
-def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
-    """Training backward.
+def bn_backward_range(c0, c1, dy, y, x, gamma, mean, invstd, dx, dgamma, dbeta, has_act, code,
+                      p0, p1):  # fmt: skip
+    """Training backward of channels [c0, c1), through the activation when has_act.
 
-    dy, x: (N, C, H, W) f32; gamma, mean, invstd: (C,) f32 (mean, invstd from bn_forward_train);
-    dx: (N, C, H, W) f32 out (may be dy); dgamma, dbeta: (C,) f32 out (overwritten, not added).
+    dy, y, x: (N, C, H, W) f32 (y: the forward output, read only when has_act); gamma, mean,
+    invstd: (C,) f32 (mean, invstd from bn_train_range); dx: (N, C, H, W) f32 out (may be
+    dy); dgamma, dbeta: (C,) f32 out (overwritten, not added).
     """
     n_batch, channels = x.shape[0], x.shape[1]
     plane = x.shape[2] * x.shape[3]
     d3 = dy.reshape(n_batch, channels, plane)  # (N, C, H*W) views
+    y3 = y.reshape(n_batch, channels, plane)
     x3 = x.reshape(n_batch, channels, plane)
     g3 = dx.reshape(n_batch, channels, plane)
     count = n_batch * plane
-    for c in range(channels):
+    for c in range(c0, c1):
         mu = mean[c]
         inv = invstd[c]
-        sum_dy = 0.0  # float64 accumulators
-        sum_dy_xc = 0.0  # sum dy * (x - mean); times invstd gives sum dy * xhat
+        sum_dy = 0.0  # float64 sums of dz = dy * act'(y)
+        sum_dy_xc = 0.0  # sum dz * (x - mean); times invstd gives sum dz * xhat
         for n in range(n_batch):
-            for p in range(plane):
-                d = d3[n, c, p]
-                sum_dy += d
-                sum_dy_xc += d * (x3[n, c, p] - mu)
+            if has_act:
+                for p in range(plane):
+                    d = d3[n, c, p] * act_grad_from_output(y3[n, c, p], code, p0, p1)
+                    sum_dy += d
+                    sum_dy_xc += d * (x3[n, c, p] - mu)
+            else:
+                for p in range(plane):
+                    d = d3[n, c, p]
+                    sum_dy += d
+                    sum_dy_xc += d * (x3[n, c, p] - mu)
         sum_dy_xhat = sum_dy_xc * inv
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
-        # dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+        # dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat))
         a32 = np.float32(gamma[c] * inv)
         mean_dy = np.float32(sum_dy / count)
         k32 = np.float32(sum_dy_xhat * inv / count)  # multiplies (x - mean)
         for n in range(n_batch):
-            for p in range(plane):
-                g3[n, c, p] = a32 * (d3[n, c, p] - mean_dy - (x3[n, c, p] - mu) * k32)
+            if has_act:
+                for p in range(plane):
+                    d = d3[n, c, p] * act_grad_from_output(y3[n, c, p], code, p0, p1)
+                    g3[n, c, p] = a32 * (d - mean_dy - (x3[n, c, p] - mu) * k32)
+            else:
+                for p in range(plane):
+                    g3[n, c, p] = a32 * (d3[n, c, p] - mean_dy - (x3[n, c, p] - mu) * k32)
+
+
+@functools.cache
+def cpu_kernels():
+    """The module of the three kernels above, compiled with the activation chain."""
+    return fused.module("bn", [(bn_train_range, _REDUCE), (bn_eval_range, "nogil=True"),
+                               (bn_backward_range, _REDUCE)])  # fmt: skip
+
+
+_LINEAR = (np.int64(LINEAR), np.float32(0.0), np.float32(0.0))  # no activation
+
+
+def _linear(name: str):
+    return fused.kernel_for(cpu_kernels(), name, LINEAR)
+
+
+def bn_forward_train(x, gamma, beta, y, mean, invstd, running_mean, running_var, eps, momentum):
+    """Training forward over every channel, no activation (bn_train_range's arguments)."""
+    _linear("bn_train_range")(0, x.shape[1], x, gamma, beta, y, mean, invstd, running_mean,
+                              running_var, eps, momentum, *_LINEAR)  # fmt: skip
+
+
+def bn_forward_eval(x, gamma, beta, running_mean, running_var, y, eps):
+    """Evaluation forward over every channel, no activation (bn_eval_range's arguments)."""
+    _linear("bn_eval_range")(0, x.shape[1], x, gamma, beta, running_mean, running_var, y, eps,
+                             *_LINEAR)  # fmt: skip
+
+
+def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
+    """Training backward over every channel, no activation (bn_backward_range's arguments)."""
+    _linear("bn_backward_range")(0, x.shape[1], dy, dy, x, gamma, mean, invstd, dx, dgamma,
+                                 dbeta, False, *_LINEAR)  # fmt: skip
 
 
 # ---- CUDA kernels
@@ -388,6 +442,8 @@ class BnCUDA:
 class BnCPURunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
+        from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
+
         c = layer.out_shape[0]
         self.eps = np.float32(layer.attrs["eps"])
         self.momentum = np.float32(layer.attrs["momentum"])
@@ -396,24 +452,35 @@ class BnCPURunner(Runner):
         self.mean = np.zeros(c, np.float32)  # (C,) batch mean, saved for backward
         self.invstd = np.zeros(c, np.float32)  # (C,) 1/sqrt(var + eps), saved for backward
         self.xhat_src = self.x[0]
-        self.dz = np.empty_like(self.y) if self.fused_act else None
-        self.no_dx = np.empty_like(self.x[0])
+        self.no_dx = np.empty_like(self.x[0])  # written only when dx is not wanted: untouched
+        k = cpu_kernels()
+        self.train_k, self.eval_k, self.bwd_k = (
+            fused.kernel_for(k, name, self.act_code)
+            for name in ("bn_train_range", "bn_eval_range", "bn_backward_range")
+        )
+        self.code = np.int64(self.act_code)
+        # each worker normalises a range of channels (work ~ 3 passes over the map)
+        small = 3 * self.y.size < PARALLEL_MIN_WORK
+        self.workers = Workers(1 if small else min(c, num_threads()))
+        self.ranges = split(c, self.workers.n)
 
     def forward(self, train):
+        x, g, b, act = self.x[0], self.p["weight"], self.p["bias"], (self.code, *self.act_params)
         if train:
-            bn_forward_train(self.x[0], self.p["weight"], self.p["bias"], self.y,
-                                       self.mean, self.invstd, self.rm, self.rv, self.eps,
-                                       self.momentum)  # fmt: skip
+            jobs = [(c0, c1, x, g, b, self.y, self.mean, self.invstd, self.rm, self.rv, self.eps,
+                     self.momentum, *act) for c0, c1 in self.ranges]  # fmt: skip
+            self.workers.run(self.train_k, jobs)
         else:
-            bn_forward_eval(self.x[0], self.p["weight"], self.p["bias"], self.rm,
-                                      self.rv, self.y, self.eps)  # fmt: skip
-        self._act_forward()
+            jobs = [(c0, c1, x, g, b, self.rm, self.rv, self.y, self.eps, *act)
+                    for c0, c1 in self.ranges]  # fmt: skip
+            self.workers.run(self.eval_k, jobs)
 
     def backward(self):
-        dz = self._act_backward(self.dz)
         dx = self.no_dx if self.dx[0] is None else self.dx[0]
-        bn_backward(dz, self.x[0], self.p["weight"], self.mean, self.invstd, dx,
-                              self.g["weight"], self.g["bias"])  # fmt: skip
+        jobs = [(c0, c1, self.dy, self.y, self.x[0], self.p["weight"], self.mean, self.invstd,
+                 dx, self.g["weight"], self.g["bias"], self.fused_act, self.code,
+                 *self.act_params) for c0, c1 in self.ranges]  # fmt: skip
+        self.workers.run(self.bwd_k, jobs)
 
 
 # ---------------------------------------------------------------------------------------------
