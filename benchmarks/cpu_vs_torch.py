@@ -10,9 +10,15 @@ PyTorch first on odd ones), with the same number of threads (netdsl: NUMBA_NUM_T
 one BLAS thread, as `netdsl train` runs; PyTorch: torch.set_num_threads and OMP/MKL).
 Reported per engine: the median step time (median over a run's steps, then over runs), the
 images/s ratio netdsl / PyTorch, peak RSS (getrusage in the child), and the time from
-launching the process to the end of its first step, cold (netdsl: an empty Numba cache, so
-every kernel compiles; PyTorch: its first process here, import included) and warm (the
-median of the later runs).
+launching the process to the end of its first step, cold (netdsl: empty caches, Numba's
+NUMBA_CACHE_DIR and netdsl's generated-kernel NETDSL_CACHE_DIR, so every kernel is generated
+and compiled; PyTorch: its first process here, import included) and warm (the median of the
+later runs), each as wall time and as the process's CPU time (getrusage: user + system, the
+interpreter's start included), which other load inflates much less than the wall time.
+
+--startup measures only that: `--runs` rounds per net of a cold netdsl process (fresh empty
+caches), a warm one (the caches it left) and a PyTorch process, each stopping after its first
+step; medians of wall and CPU time.
 
 Runs are not comparable while other programs use the CPU (they hurt the two engines
 unequally: PyTorch's spinning OpenMP threads suffer most), so before each run the CPU's
@@ -23,6 +29,7 @@ unflagged runs exist, and the table says so.
     python benchmarks/cpu_vs_torch.py --nets lenet5                # 2 threads, 3 runs
     python benchmarks/cpu_vs_torch.py --nets all --runs 3          # the issue 15 table
     python benchmarks/cpu_vs_torch.py --nets cifar10 --batch 64 --steps 20 --json out.json
+    python benchmarks/cpu_vs_torch.py --startup --nets lenet5 alexnet --runs 3  # first step
 """
 
 from __future__ import annotations
@@ -93,6 +100,11 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
 
     loss = step()
     first_end = time.time()  # the parent subtracts its launch time
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    first_cpu = usage.ru_utime + usage.ru_stime  # this process's CPU time so far
+    if steps == 0:  # --startup: the first step is all that is measured
+        return {"engine": engine, "first_end": first_end, "first_cpu_s": first_cpu,
+                "loss_finite": bool(np.isfinite(loss))}  # fmt: skip
     # Warm up for 5 steps or 0.5 s, then time at least `steps` steps and 2 s: 20 steps of
     # a 5 ms LeNet step are 0.1 s, where one scheduler hiccup moved the median by 50 %.
     warm_until, n = time.perf_counter() + 0.5, 0
@@ -107,7 +119,8 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
         times.append(time.perf_counter() - t)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"engine": engine, "step_s": statistics.median(times), "first_end": first_end,
-            "rss_mib": rss_kib / 1024, "loss_finite": bool(np.isfinite(loss))}  # fmt: skip
+            "first_cpu_s": first_cpu, "rss_mib": rss_kib / 1024,
+            "loss_finite": bool(np.isfinite(loss))}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ the parent
@@ -147,7 +160,8 @@ def run_worker(engine: str, name: str, batch: int, steps: int, threads: int,
     blas = "1" if engine == "netdsl" else str(threads)
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=blas,
                OPENBLAS_NUM_THREADS=blas, MKL_NUM_THREADS=blas,
-               NUMBA_CACHE_DIR=cache_dir)  # fmt: skip
+               NUMBA_CACHE_DIR=os.path.join(cache_dir, "numba"),
+               NETDSL_CACHE_DIR=os.path.join(cache_dir, "netdsl"))  # fmt: skip
     cmd = [sys.executable, __file__, "--worker", engine, "--nets", name, "--batch", str(batch),
            "--steps", str(steps), "--threads", str(threads),
            "--spec", json.dumps(net_spec(name))]  # fmt: skip
@@ -189,6 +203,8 @@ def bench_net(name: str, batch: int, runs: int, steps: int, threads: int,
             "rss_mib": max(r["rss_mib"] for r in use),
             "first_cold_s": cold[eng]["first_s"],
             "first_warm_s": statistics.median(r["first_s"] for r in use),
+            "first_cold_cpu_s": cold[eng]["first_cpu_s"],
+            "first_warm_cpu_s": statistics.median(r["first_cpu_s"] for r in use),
             "runs_used": len(use), "runs_loaded": len(rs) - len(quiet),
             "loss_finite": all(r["loss_finite"] for r in rs),
         }  # fmt: skip
@@ -196,6 +212,39 @@ def bench_net(name: str, batch: int, runs: int, steps: int, threads: int,
     rec["cold"] = cold
     rec["summary"] = summary
     return rec
+
+
+def bench_startup(name: str, batch: int, runs: int, threads: int) -> dict:
+    """`runs` rounds of: a cold netdsl process (new empty caches), a warm one, PyTorch."""
+    rows: dict[str, list[dict]] = {"cold": [], "warm": [], "torch": []}
+    for i in range(runs):
+        with tempfile.TemporaryDirectory(prefix="netdsl-cache-") as cache:
+            for kind, eng in (("cold", "netdsl"), ("warm", "netdsl"), ("torch", "torch")):
+                r = run_worker(eng, name, batch, 0, threads, cache)
+                rows[kind].append(r)
+                print(f"  {name} round {i + 1} {kind:5}: first step {r['first_s']:6.2f} s wall, "
+                      f"{r['first_cpu_s']:6.2f} s CPU; {r['busy']:.2f} cores busy before "
+                      f"(load {r['load1']:.2f})", flush=True)  # fmt: skip
+    med = {k: {"wall_s": statistics.median(r["first_s"] for r in v),
+               "cpu_s": statistics.median(r["first_cpu_s"] for r in v),
+               "busy": statistics.median(r["busy"] for r in v)}
+           for k, v in rows.items()}  # fmt: skip
+    return {"net": name, "batch": batch, "threads": threads, "runs": rows, "startup": med}
+
+
+def startup_table(records: list[dict]) -> str:
+    """Time to the end of the first training step (Markdown): medians, wall and CPU."""
+    lines = ["| net, batch | netdsl cold: wall / CPU | netdsl warm: wall / CPU | "
+             "PyTorch (incl. import): wall / CPU | cores busy before (worst median) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for rec in records:
+        m = rec["startup"]
+        cells = [
+            f"{m[k]['wall_s']:.2f} s / {m[k]['cpu_s']:.2f} s" for k in ("cold", "warm", "torch")
+        ]
+        busy = max(m[k]["busy"] for k in m)
+        lines.append(f"| {rec['net']}, {rec['batch']} | {' | '.join(cells)} | {busy:.2f} |")
+    return "\n".join(lines)
 
 
 def table(records: list[dict]) -> str:
@@ -235,6 +284,9 @@ def main() -> None:
                     help="cores busy before a run above which it is flagged "
                          "(default 0.3)")  # fmt: skip
     ap.add_argument("--json", help="also write every run's numbers here")
+    ap.add_argument("--startup", action="store_true",
+                    help="measure only the time to the first step: per round a cold and a "
+                         "warm netdsl process and a PyTorch one")  # fmt: skip
     ap.add_argument("--worker", choices=["netdsl", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -249,6 +301,14 @@ def main() -> None:
     load = open("/proc/loadavg").read().strip() if os.path.exists("/proc/loadavg") else "?"
     print(f"{a.threads} threads, {a.steps} steps per run, {a.runs} runs per engine; "
           f"{os.cpu_count()} cores, /proc/loadavg at start: {load}")  # fmt: skip
+    if a.startup:
+        records = [bench_startup(name, a.batch or BATCH[name], a.runs, a.threads)
+                   for name in names]  # fmt: skip
+        print()
+        print(startup_table(records))
+        if a.json:
+            Path(a.json).write_text(json.dumps(records, indent=1))
+        return
     records = []
     for name in names:
         records.append(bench_net(name, a.batch or BATCH[name], a.runs, a.steps, a.threads,

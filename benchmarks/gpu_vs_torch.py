@@ -25,7 +25,11 @@ physical ones present), and as one column on one GPU, as PyTorch runs it (same l
     python benchmarks/gpu_vs_torch.py                       # lenet5 and alexnet, batch 128
     python benchmarks/gpu_vs_torch.py --nets lenet5 --steps 50
     python benchmarks/gpu_vs_torch.py --nets alexnet --plan declared
+    python benchmarks/gpu_vs_torch.py --nets alexnet --no-eager --steps 10   # quicker
     python benchmarks/gpu_vs_torch.py --dry-run             # no GPU: the logic, simulated
+
+Each worker's numbers are printed as one line the moment it ends (flushed), so a run stopped
+by a time limit still shows what it measured (benchmarks/gpu_check.sh relies on that).
 
 Without a GPU it says so and exits 0. --dry-run runs every code path on a tiny net that
 declares `gpus 2` instead: netdsl in Numba's CUDA simulator, PyTorch on the CPU (timings
@@ -254,7 +258,14 @@ def run_worker(engine, net, batch, steps, tf32, split, dry, graphs=True) -> dict
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{engine} worker failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    what = (f"netdsl {'declared plan' if split else 'one column'}"
+            f"{'' if graphs else ' eager'}" if engine == "netdsl"
+            else f"torch TF32 {'on' if tf32 else 'off'}")  # fmt: skip
+    print(f"  [worker {Path(net).stem}, {what}: {result['step_ms']:.2f} ms/step, loop "
+          f"{result['loop_ms']:.2f} ms/step, first step {result['first_step_s']:.1f} s]",
+          flush=True)  # fmt: skip
+    return result
 
 
 def gpu_present() -> str | None:
@@ -330,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plan", choices=["both", "declared", "one"], default="both",
                     help="for a net declaring `gpus N`: time netdsl's plan as declared (N "
                     "columns), as one column,\nor both (default)")  # fmt: skip
+    ap.add_argument("--no-eager", action="store_true",
+                    help="skip netdsl's second run without the CUDA graph (one process less per "
+                    "plan)")  # fmt: skip
     ap.add_argument("--split", action="store_true", help=argparse.SUPPRESS)  # a worker's plan
     ap.add_argument(
         "--dry-run",
@@ -384,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                               for _ in range(a.runs)])  # fmt: skip
                 nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
                 eager = None  # (the dry run launches one by one once: the code path is the same)
-                if not (a.dry_run and i):
+                if not (a.dry_run and i) and not a.no_eager:
                     eager = run_worker("netdsl", path, batch, steps, False, split, a.dry_run, False)
                 if gpus > 1:
                     print(f"{label}: " + (f"gpus {gpus} as the file declares ({nd['plan']}: "

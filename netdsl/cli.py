@@ -222,7 +222,9 @@ KERNEL_COMMANDS = ("compile", "train", "eval", "predict", "bench", "show")
 def _one_blas_thread() -> None:
     """The conv layers run their own worker threads; BLAS threads spinning beside them
     slow every step (measured: 7.4 ms vs 5.5 ms per LeNet-5 step), so BLAS gets one
-    thread unless the user chose otherwise. Must run before numpy is imported."""
+    thread unless the user chose otherwise. The fc layers still use every core: a big one
+    splits its GEMMs over those same worker threads, one BLAS call each (netdsl/ops/fc.py,
+    FcCPU). Must run before numpy is imported."""
     if "numpy" not in sys.modules:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, "1")

@@ -3,10 +3,13 @@
 The plan, in order:
   1. lay out every trainable tensor in ONE flat float32 buffer (and its gradient in
      another), so the optimizer update is one kernel over one array;
-  2. allocate every layer's output and output-gradient buffer once, for a fixed batch;
+  2. allocate every layer's output and output-gradient buffer once, for a fixed batch
+     (on the CPU a standalone activation that alone reads its producer is folded into
+     it: the two share both buffers, _activation_folds);
   3. decide where each backward writes its input gradient: straight into the
      producer's gradient buffer when the producer has one consumer, else into a
-     scratch buffer that is then added (residual fan-out);
+     scratch buffer that is then added (residual fan-out; all scratch buffers are views
+     of one array, as only one layer's are in use at a time);
   4. bind a runner per layer, the one its layer type names for this backend (the CPU's
      here; netdsl/backends/cuda.py's CudaNet subclass keeps every buffer on the GPU).
 The plan imports no backend: netdsl.backends.compile_network picks the class for a device.
@@ -15,6 +18,7 @@ The plan imports no backend: netdsl.backends.compile_network picks the class for
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -54,6 +58,7 @@ class CompiledNet:
 
     backend_name = "CPU"
     device_kind = "cpu"  # the device this class runs on (CudaNet: "cuda")
+    fold_activations = True  # fold standalone activations into their producers (CPU only)
 
     def __init__(self, net: Network, device: str = "cpu", batch: int | None = None,
                  seed: int = 0) -> None:  # fmt: skip
@@ -98,23 +103,60 @@ class CompiledNet:
 
     def _allocate(self) -> None:
         n = self.batch
-        self.out = {lyr.name: self._zeros((n, *lyr.out_shape)) for lyr in self.net.layers}
         consumers: dict[str, list[str]] = {lyr.name: [] for lyr in self.net.layers}
         for lyr in self.net.layers:
             for src in lyr.inputs:
                 consumers[src].append(lyr.name)
         self.consumers = consumers
+        self.folded = self._activation_folds()
+        self.out = {}
+        for lyr in self.net.layers:  # a folded activation's output is its producer's
+            src = self.folded.get(lyr.name)
+            self.out[lyr.name] = self.out[src] if src else self._zeros((n, *lyr.out_shape))
         # gradient of each layer's output (the input layer needs none), sharing memory
         # between gradients whose lifetimes in the backward pass do not overlap
-        self.dout = gradient_buffers(self.net, consumers, n, self._zeros)
+        self.dout = gradient_buffers(self.net, consumers, n, self._zeros, self.folded)
+
+    def _activation_folds(self) -> dict[str, str]:
+        """{activation layer: producer} for each standalone activation (`relu r1`) whose
+        producer it alone reads, when the producer's type takes a fused activation and has
+        none: the producer's runner applies it (its forward's epilogue, its backward's first
+        step), the activation layer's runner does nothing, and the two share one output and
+        one gradient buffer. One pass over the map and one buffer fewer each way.
+
+        On the CPU only (a CUDA plan's runners pick kernels per layer). The producer's output
+        is then the activated map: `layer_output(producer)` returns what the activation
+        layer would.
+        """
+        if self.device_kind != "cpu" or not self.fold_activations:
+            return {}
+        from .ops.activation import ActCPURunner
+
+        folds = {}
+        for lyr in self.net.layers:
+            lt = registry.of(lyr)
+            if lt.source or lt.is_loss or not issubclass(lt.cpu_runner(), ActCPURunner):
+                continue
+            if len(lyr.inputs) != 1 or not self.consumers[lyr.name]:
+                continue  # a dead end keeps its own zero gradient
+            src = lyr.inputs[0]
+            plt = registry.of(self.net.layer(src))
+            p_act = self.net.layer(src).attrs.get("activation") or ("linear",)
+            # a type whose language takes `, relu`, or whose CPU runner applies one (pool)
+            takes = "activation" in plt.schema.opts or getattr(plt.cpu_runner(), "takes_act", 0)
+            if (
+                self.consumers[src] == [lyr.name]
+                and not plt.source
+                and not issubclass(plt.cpu_runner(), ActCPURunner)
+                and takes
+                and p_act[0] == "linear"
+            ):
+                folds[lyr.name] = src
+        return folds
 
     def _zeros(self, shape) -> np.ndarray:
         """A zeroed float32 buffer of this backend's memory (device arrays on CUDA)."""
         return _host_zeros(shape)
-
-    def _scratch_like(self, buf):
-        """A zeroed buffer like `buf` for fan-out accumulation."""
-        return self._zeros(buf.shape)
 
     def runner_class(self, layer) -> type:
         """The runner of `layer` on this backend (each layer type names its own)."""
@@ -128,31 +170,65 @@ class CompiledNet:
         written: dict[str, bool] = {}
         order = list(self.net.layers)
         plans: dict[str, list[Any]] = {}
+        fanout: dict[str, list[tuple[int, str]]] = {}  # layer -> (its input index, producer)
         for lyr in reversed(order):
             dxs, adds = [], []
-            for src in lyr.inputs:
+            for i, src in enumerate(lyr.inputs):
                 if registry.of(self.net.layer(src)).source:  # no gradient for the input
                     dxs.append(None)
                 elif not written.get(src):
                     dxs.append(self.dout[src])
                     written[src] = True
                 else:
-                    scratch = self._scratch_like(self.dout[src])
-                    dxs.append(scratch)
-                    adds.append((scratch, self.dout[src]))
+                    dxs.append(None)  # a scratch buffer, placed below
+                    fanout.setdefault(lyr.name, []).append((i, src))
             plans[lyr.name] = [dxs, adds]
+        self._place_fanout_scratch(fanout, plans)
         del pending
+        from .backends.cpu import FoldedRunner  # a plain Runner subclass (no kernels)
+
+        into = {src: act for act, src in self.folded.items()}  # producer -> its activation
         for lyr in order:
             try:
                 cls = self.runner_class(lyr)
             except NotImplementedError:
                 raise NetError(f"layer type {lyr.type} has no {self.backend_name} kernel",
                                lyr.loc) from None  # fmt: skip
+            if lyr.name in self.folded:
+                cls = FoldedRunner
+            elif lyr.name in into:  # the producer runs with the activation it absorbed
+                act = self.net.layer(into[lyr.name]).attrs["activation"]
+                lyr = dataclasses.replace(lyr, attrs={**lyr.attrs, "activation": act})
             r = cls(lyr, self)
             r.dx, r.adds = plans[lyr.name]
             r.dy = self.dout.get(lyr.name)
+            if not self.consumers[lyr.name]:  # a dead end: its dy must stay zero
+                r.act_grad_in_place = False
             self.runners.append(r)
         self.loss_runner = self.runners[-1] if registry.of(order[-1]).is_loss else None
+
+    def _place_fanout_scratch(self, fanout: dict[str, list[tuple[int, str]]],
+                              plans: dict[str, list[Any]]) -> None:  # fmt: skip
+        """Give each fan-out gradient a scratch view into ONE flat array.
+
+        A scratch is written by its layer's backward and added into the producer's gradient
+        right after it (`adds`), so only one layer's scratches are ever in use: every layer's
+        can start at offset 0 (several inputs of one layer lie side by side).
+        """
+        if not fanout:
+            return
+        sizes = {name: sum(self.dout[src].size for _, src in items)
+                 for name, items in fanout.items()}  # fmt: skip
+        flat = self._zeros(max(sizes.values()))
+        for name, items in fanout.items():
+            dxs, adds = plans[name]
+            offset = 0
+            for i, src in items:
+                dst = self.dout[src]
+                scratch = flat[offset : offset + dst.size].reshape(dst.shape)
+                offset += dst.size
+                dxs[i] = scratch
+                adds.append((scratch, dst))
 
     # ---- views
     def layer_params(self, layer: str) -> dict[str, np.ndarray]:
@@ -238,7 +314,9 @@ class CompiledNet:
 
     def layer_output(self, layer: str, n: int | None = None) -> np.ndarray:
         """A host copy of `layer`'s output from the last forward pass: (n, C, H, W), the
-        first n images of the batch (all by default). netdsl show maps/neighbours read it."""
+        first n images of the batch (all by default). netdsl show maps/neighbours read it.
+        A layer whose standalone activation is folded into it (self.folded) holds the
+        activated map, as a layer with a fused activation does."""
         buf = self.out[layer]
         host = buf.copy_to_host() if hasattr(buf, "copy_to_host") else buf  # a GPU buffer
         return np.array(host[: self.batch if n is None else n])
@@ -317,6 +395,22 @@ class CompiledNet:
         """dst += scratch: one fan-out gradient into the producer's (step_grads does this)."""
         dst += scratch
 
+    def plan_bytes(self) -> dict[str, int]:
+        """Bytes of the plan's buffers, each array counted once however many views it has:
+        outputs (shared by a folded activation and its producer), output gradients (sharing
+        arrays whose lifetimes do not overlap) and the fan-out gradients' scratch."""
+
+        def owner(b):  # the array a view lives in (device arrays: themselves)
+            base = getattr(b, "base", None)
+            return b if base is None else owner(base)
+
+        def total(bufs) -> int:
+            return sum(o.nbytes for o in {id(owner(b)): owner(b) for b in bufs}.values())
+
+        scratch = [s for r in self.runners for s, _ in r.adds]
+        return {"outputs": total(self.out.values()), "gradients": total(self.dout.values()),
+                "scratch": total(scratch)}  # fmt: skip
+
     def describe(self) -> str:
         """The plan as text (NETDSL_DEBUG prints it)."""
         lines = [f"plan for {self.net.name}: device {self.device}, batch {self.batch}, "
@@ -327,11 +421,9 @@ class CompiledNet:
                   for d in r.dx]  # fmt: skip
             lines.append(f"  {lyr.name:18} {type(r).__name__:16} out {tuple(r.y.shape)} "
                          f"dx {dx}")  # fmt: skip
-        # gradients of layers whose lifetimes do not overlap share one array (gradient_buffers)
-        owners = [getattr(b, "base", None) for b in self.dout.values()]  # device arrays: None
-        owners = [o if o is not None else b for o, b in zip(owners, self.dout.values())]
-        bases = {id(o): o for o in owners}
-        nbytes = sum(b.nbytes for b in self.out.values()) + sum(b.nbytes for b in bases.values())
+        for act, src in self.folded.items():
+            lines.append(f"  {act} is folded into {src} (one output, one gradient buffer)")
+        nbytes = sum(self.plan_bytes().values())
         lines.append(f"  activation + gradient buffers: {nbytes / 2**20:.2f} MiB")
         return "\n".join(lines)
 
@@ -363,7 +455,8 @@ def _host_zeros(shape) -> np.ndarray:
 
 
 def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
-                     zeros=_host_zeros) -> dict[str, np.ndarray]:  # fmt: skip
+                     zeros=_host_zeros, folded: dict[str, str] | None = None,
+                     ) -> dict[str, np.ndarray]:  # fmt: skip
     """Output-gradient buffers, (N, C, H, W) views into as few flat arrays as lifetimes allow.
 
     The backward pass visits layers in reverse. dout[L] is first written when the first of
@@ -372,7 +465,11 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
     allocates: host or device arrays). Every backward
     kernel overwrites its outputs, so a reused buffer needs no clearing. A layer nobody
     consumes (a dead end) keeps a private zero buffer: its backward must see dy = 0.
+    `folded` ({activation layer: producer}, CompiledNet._activation_folds): the producer
+    reads the activation layer's gradient, so the two share one buffer, live until the
+    producer's backward.
     """
+    folded = folded or {}
     free: list[np.ndarray] = []  # flat float32 arrays not in use at this point
     dout: dict[str, np.ndarray] = {}
     arena: dict[str, np.ndarray] = {}  # layer -> the flat array its view lives in
@@ -392,6 +489,12 @@ def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,
             continue
         if lyr.name not in dout:  # nothing writes it: a dead end, or the loss itself
             dout[lyr.name] = zeros((batch, *lyr.out_shape))
+        if lyr.name in folded:  # the producer's backward reads this very buffer
+            src = folded[lyr.name]
+            dout[src] = dout[lyr.name]
+            if lyr.name in arena:
+                arena[src] = arena.pop(lyr.name)
+            continue
         for src in lyr.inputs:  # this backward writes them: their lifetimes start here
             if src not in dout and not registry.of(net.layer(src)).source:
                 take(src)

@@ -33,6 +33,38 @@ def sample(spec: dict[str, Any], shape, fan_in: float, fan_out: float,
     raise ValueError(f"unknown initialiser {kind}")
 
 
+# Values drawn per chunk: AlexNet's 61M float64 draws at once were a 488 MB temporary,
+# written three times (draw, scale, shift) before the cast; chunks stay in the cache.
+CHUNK = 1 << 20
+
+
+def sample_into(out: np.ndarray, spec: dict[str, Any], fan_in: float, fan_out: float,
+                rng: np.random.Generator, chunk: int = CHUNK) -> None:  # fmt: skip
+    """out[...] = sample(spec, out.shape, ...) cast to out's dtype, bit for bit the same
+    values (the generator's stream is consumed in order, chunk after chunk, and
+    ``loc + scale * z`` is computed in float64 as numpy's Generator.normal/uniform do), with
+    no full-size float64 temporary. `out`: C-contiguous."""
+    kind = spec["kind"]
+    if kind == "gaussian":
+        loc, scale, draw = spec.get("mean", 0.0), spec["std"], rng.standard_normal
+    elif kind == "he":
+        loc, scale, draw = 0.0, math.sqrt(2.0 / fan_in), rng.standard_normal
+    elif kind in ("uniform", "xavier"):
+        a = spec["scale"] if kind == "uniform" else math.sqrt(6.0 / (fan_in + fan_out))
+        loc, scale, draw = -a, a - -a, rng.random  # low + (high - low) * U[0, 1)
+    else:
+        out[...] = sample(spec, out.shape, fan_in, fan_out, rng)
+        return
+    flat = out.reshape(-1)  # a view: out is contiguous
+    buf = np.empty(min(chunk, flat.size))
+    for lo in range(0, flat.size, chunk):
+        part = buf[: min(chunk, flat.size - lo)]
+        draw(out=part)
+        part *= scale
+        part += loc
+        flat[lo : lo + part.size] = part
+
+
 def init_params(net: Network, slots, theta: np.ndarray, rng: np.random.Generator,
                 masks: dict[str, np.ndarray]) -> None:  # fmt: skip
     """Fill the flat parameter buffer in layer order, reproducibly from `rng`."""
@@ -48,6 +80,6 @@ def init_params(net: Network, slots, theta: np.ndarray, rng: np.random.Generator
             spec = layer.attrs.get("init") or defaults["weight"]
         fan_in, fan_out = lt.fans(layer, layer.params["weight"])
         spec = lt.init_spec(layer, pname, spec, fan_in)  # bn: gamma 1, beta 0
-        view[...] = sample(spec, s.shape, fan_in, fan_out, rng)
+        sample_into(view, spec, fan_in, fan_out, rng)
         if pname == "weight" and layer.name in masks:
             view[...] *= masks[layer.name]

@@ -396,3 +396,24 @@ def test_without_matplotlib_json_works_and_pictures_say_what_to_install(grey, ca
         "error: drawing pictures needs matplotlib, but matplotlib is not installed; "
         "install it with: pip install 'netdsl[plot]'"
     )
+
+
+def test_maps_of_a_producer_are_its_own_when_a_standalone_activation_follows():
+    """The CPU plan folds `act r1: relu` into c1 (one buffer); maps must still show c1's own
+    output, negatives included, and r1's as relu of it."""
+    from netdsl.backends import compile_network
+
+    net = netdsl.loads(
+        "network folded\ninput image: 1x6x6\nconv c1: 3 filters 3x3, pad 1\nact r1: relu\n"
+        "fc out: 2\nloss cross_entropy\n"
+    )
+    x = np.random.default_rng(0).normal(size=(2, 1, 6, 6)).astype(np.float32)
+    params = {f"param.{k}": v for k, v in compile_network(net, batch=2).params.items()}
+    folded = common.compiled(net, params, "none.npz", batch=2)
+    assert folded.fold_activations  # what the training plan does
+    cnet = common.compiled(net, params, "none.npz", batch=2, every_map=True)
+    got = common.forward_layers(cnet, x, ["c1", "r1"])
+    assert np.any(got["c1"] < 0)
+    np.testing.assert_array_equal(got["r1"], np.maximum(got["c1"], 0))
+    both = common.forward_layers(folded, x, ["r1"])
+    np.testing.assert_array_equal(both["r1"], got["r1"])  # the same net either way

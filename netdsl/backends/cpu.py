@@ -44,13 +44,28 @@ class Runner:
 
     def _act_forward(self) -> None:
         if self.fused_act:
-            v = self.y.reshape(-1)
-            self._act.act_forward(v, v, self.act_code, *self.act_params)
+            fwd, _ = self._act.in_place_kernels(self.act_code)
+            fwd(self.y.reshape(-1), self.act_code, *self.act_params)
 
-    def _act_backward(self, scratch: np.ndarray) -> np.ndarray:
-        """Gradient before the fused activation (into `scratch`), or dy itself."""
+    # dz = dy * act'(y) overwrites dy: the plan's dy buffer has no reader after this layer's
+    # backward (netdsl/compiler.py, gradient_buffers), so the runners' `dz` scratch, allocated
+    # with np.empty_like, is never touched and costs no resident memory. The plan turns this
+    # off for a dead end, whose dy is a zero buffer that must stay zero.
+    act_grad_in_place = True
+    _dead_end_dz: np.ndarray | None = None  # a dead end's dz, when its runner keeps none
+
+    def _act_backward(self, scratch: np.ndarray | None = None) -> np.ndarray:
+        """Gradient before the fused activation (into dy, or `scratch`), or dy itself."""
         if not self.fused_act:
             return self.dy
+        if self.act_grad_in_place:
+            _, bwd = self._act.in_place_kernels(self.act_code)
+            bwd(self.dy.reshape(-1), self.y.reshape(-1), self.act_code, *self.act_params)
+            return self.dy
+        if scratch is None:
+            if self._dead_end_dz is None:
+                self._dead_end_dz = np.empty_like(self.dy)
+            scratch = self._dead_end_dz
         self._act.act_backward(self.dy.reshape(-1), self.y.reshape(-1), scratch.reshape(-1),
                                 self.act_code, *self.act_params)  # fmt: skip
         return scratch
@@ -58,6 +73,17 @@ class Runner:
 
 class SourceRunner(Runner):
     """The network's input: the plan loads its output buffer; nothing to compute."""
+
+    def forward(self, train):
+        pass
+
+    def backward(self):
+        pass
+
+
+class FoldedRunner(Runner):
+    """A standalone activation folded into its producer (CompiledNet._activation_folds): the
+    producer's runner applies it and writes this layer's output; nothing is left to do."""
 
     def forward(self, train):
         pass

@@ -19,11 +19,38 @@ windows straddle the conv's GEMM tiles (and overlap, in AlexNet), and the conv's
 must be stored for the backward anyway, so fusing would save only the pool's one read of
 it.
 
-Kernels queue on the default stream. Per-step uploads (batch, labels, keep-masks) and the
-loss download go through pinned staging buffers used in turn (`Staging`), so none of them
-makes the host wait: `start_step` returns once the step is queued and `finish_step` waits
-for its three numbers. The trainer reads each loss one step late, so the host reads and
-augments batch s+1 while the GPU computes step s. `sync()` waits explicitly (for timing).
+Streams. Kernels queue on the legacy default stream (the kernels' stream); the per-step
+uploads (the batch, the labels, the dropout keep-masks) go on an upload stream of their own,
+one per device, created non-blocking so that it never synchronises with the kernels' stream
+(`Uploads` in netdsl/backends/cuda_runner.py). For step s+1:
+
+1. the host fills pinned staging buffers (`Staging`, two used in turn) and queues each copy
+   on the upload stream into a *landing* buffer on the device, slot (s+1) % 2 of two. First
+   the upload stream waits for the event `landed` of that slot, recorded on the kernels'
+   stream when step s-1 moved it out, so a copy never overwrites data not yet used;
+2. after the last copy the upload stream records the event `copied`; the kernels' stream
+   waits for it, copies each landing buffer into the buffer the kernels read (device to
+   device: ~4 TB/s against PCIe's ~50 GB/s), and records `landed`;
+3. then the step's launches (eagerly, or one CUDA-graph replay) and the loss download.
+
+The trainer queues step s+1 before it reads step s's loss (`start_step` / `finish_step`),
+so the batch crosses PCIe while step s's kernels run, and the host never waits for a copy.
+The kernels only ever read buffers that the kernels' stream itself wrote, which is what
+keeps the overlap free of races and lets a CUDA graph, captured with the fixed buffers,
+replay unchanged. The price is one device-to-device copy per upload and two landing buffers
+per uploaded buffer. The loss download goes through pinned staging buffers too: `finish_step`
+waits for its three numbers only. `sync()` waits explicitly (for timing).
+
+With `gpus N` the input is uploaded once per physical device, into one buffer that the
+logical GPUs on that device share and read in place (netdsl/backends/cuda_groups.py).
+For AlexNet at batch 128 the batch is 79 MB: about 1.6 ms over PCIe, now beside the step,
+against about 40 us for its landing copy on the kernels' stream (estimates from the link's
+and the memory's bandwidth, not measured here).
+
+Numba's CUDA simulator runs every copy the moment it is queued, so tests/test_cuda_stream.py
+checks the order of the copies, event records and waits the plan issues, and replays them
+through a model of two streams that run apart (the copies as early as they may, or the
+kernels), in which a missing wait gives the wrong losses.
 
 Runners do their host work (uploads) in `prepare`, and only launch
 kernels in `forward` / `backward`, so from the second step on the training step's launches
@@ -40,10 +67,12 @@ from .cuda_graph import StepGraph
 from .cuda_runner import (  # noqa: F401 - the runner base and helpers, as before
     Runner,
     Staging,
+    Uploads,
     _cuda,
     _simulator_speedup,
     device_zeros,
     upload,
+    uploading,
 )
 
 
@@ -90,6 +119,7 @@ class CudaNet(CompiledNet):
         self._stats_staging = Staging(3, np.float64)  # the loss kernel's stats come back here
         self._stats_ready = [cuda.event() for _ in self._stats_staging.slots]
         self._accumulators: dict[int, add.AddCUDA] = {}
+        self.uploads = [Uploads()]  # per device: the upload stream (domain 0's, in a group)
         self.step_graph = StepGraph()  # the train step's launches, replayed as a CUDA graph
         self._replayed = False  # the last step was a graph replay
 
@@ -137,20 +167,40 @@ class CudaNet(CompiledNet):
         self._x_host = self._x_staging.next()
         self._x_host[:n] = x
         self._x_host[n:] = 0.0
-        upload(self.out[self.net.input.name], self._x_host)
+        self._upload_input(self._x_host)
         return n
 
+    def _upload_input(self, host: np.ndarray) -> None:
+        """Queue the batch's upload (once per device, in a group)."""
+        self._put(self.out[self.net.input.name], host)
+
+    def _put(self, dst, host: np.ndarray) -> None:
+        """Queue dst <- host on the upload stream of the device whose context is current."""
+        self.uploads[self._domain()].put(dst, host)
+
+    def _domain(self) -> int:
+        return 0
+
     def _prepare(self, train: bool) -> None:
-        """The step's uploads besides the batch: labels, dropout masks."""
+        """The step's uploads besides the batch (labels, dropout masks), then every queued
+        upload landed on the kernels' stream: what the step's launches read is in place."""
         self._upload_labels(train)
+        with uploading(self._put):
+            self._prepare_runners(train)
+        self._land()
+
+    def _prepare_runners(self, train: bool) -> None:
         for r in self.runners:
             r.prepare(train)
+
+    def _land(self) -> None:
+        self.uploads[0].land()
 
     def _upload_labels(self, train: bool) -> None:
         if train:
             host = self._labels_staging.next()
             host[...] = self.labels
-            upload(self.labels_d, host)
+            self._put(self.labels_d, host)
 
     def _launch_forward(self, train: bool) -> None:
         super()._forward(train)

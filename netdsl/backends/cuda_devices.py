@@ -163,9 +163,9 @@ def _with_offsets(ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int,
 
 def _event():
     """An event to order work across devices (no timing: cheaper to record and wait on)."""
-    from ..ops.cudakit import simulator
+    from .cuda_runner import _event as ordering_event
 
-    return _cuda().event() if simulator() else _cuda().event(timing=False)
+    return ordering_event()
 
 
 def rows(buf, a: int, b: int):

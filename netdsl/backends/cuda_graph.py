@@ -7,7 +7,8 @@ kernels; a CUDA graph replays all of them with one launch.
 
 What is captured: the forward (train mode) and backward launches of a step, nothing else.
 What stays outside, every step: the uploads before the replay (the batch, the labels, the
-dropout keep-masks, which are drawn on the host so the random stream is the CPU's), the
+dropout keep-masks, which are drawn on the host so the random stream is the CPU's; copied on
+the upload stream and landed on the kernels' stream before the replay), the
 download of the loss after it, and the optimizer's one kernel, whose learning rate (and
 Adam's step count) change between steps while a graph freezes its launch arguments. The
 buffers a graph reads and writes are the plan's, allocated once, so replays see each
@@ -85,8 +86,8 @@ class _CudaGraph:
         finally:
             builder.end_building()
         self.graph = builder.complete()
-        # The legacy default stream: Numba's uploads and downloads use it, so the replay is
-        # ordered after this step's uploads and before the loss download.
+        # The legacy default stream, the kernels' stream: it has waited for this step's
+        # uploads and landed them (cuda_runner.Uploads), and the loss download follows there.
         self.stream = dev.default_stream
 
     def launch(self) -> None:

@@ -4,7 +4,9 @@ This executes the placement model of netdsl/passes/placement.py (AlexNet's two c
 
 * logical GPU g owns output channels [ceil(g*C/G), ceil((g+1)*C/G)) of every split layer and
   keeps only those maps (and their gradients) in buffers of its own, (N, C_g, H, W);
-* the input is loaded on every logical GPU; the loss and a softmax run on GPU 0, whole;
+* the input is loaded on every logical GPU: uploaded once per physical device into one
+  buffer that the logical GPUs there share, read in place where a share takes all of it;
+  the loss and a softmax run on GPU 0, whole;
 * each layer's share on GPU g is an ordinary single-device runner (netdsl/backends/cuda.py)
   on a sliced layer: a conv or fc keeps filter rows [lo, hi) (a contiguous view of theta and
   grad), a grouped conv whose groups are a multiple of G keeps groups/G groups and reads only
@@ -133,6 +135,9 @@ class GroupedCudaNet(CudaNet):
         self.devices = dev = Devices(g, self.physical, separate=self.separate_domains)
         with dev.on(0):
             self._allocate_common()
+        for d in range(1, dev.count):  # an upload stream (and its events) per device
+            with dev.on(d):
+                self.uploads.append(single.Uploads())
         if dev.count == 1:
             say_once(f"gpus {g}: the {g} logical GPUs share physical GPU 0 ({self.physical} "
                      "present); maps and gradients still move between them only where the "
@@ -150,6 +155,11 @@ class GroupedCudaNet(CudaNet):
         self.own: dict[tuple[str, int], tuple[int, int]] = {}
         self.outs: dict[tuple[str, int], object] = {}
         self.douts: dict[tuple[str, int], object] = {}
+        # the input: one buffer per device, which that device's logical GPUs share (read only)
+        self.inputs = []
+        for d in range(dev.count):
+            with dev.on(d):
+                self.inputs.append(device_zeros((n, *self.net.input.out_shape)))
         for lyr in self.net.layers:
             c = lyr.out_shape[0]
             lt = registry.of(lyr)
@@ -161,7 +171,9 @@ class GroupedCudaNet(CudaNet):
                 else:
                     lo, hi = _own(gpu, c, g)
                 self.own[lyr.name, gpu] = (lo, hi)
-                if hi > lo:
+                if lyr is self.net.input:
+                    self.outs[lyr.name, gpu] = self.inputs[dev.of_gpu(gpu)]
+                elif hi > lo:
                     shape = (n, hi - lo, *lyr.out_shape[1:])
                     with dev.on(dev.of_gpu(gpu)):
                         self.outs[lyr.name, gpu] = device_zeros(shape)
@@ -315,6 +327,17 @@ class GroupedCudaNet(CudaNet):
         prod = self.net.layer(src)
         plt = registry.of(prod)
         elementwise = registry.of(sh.layer).split_mode == "elementwise"
+        whole = (0, prod.out_shape[0])
+        if (
+            plt.source
+            and not elementwise
+            and len(ivs) == 1
+            and tuple(ivs[0]) == tuple(hull) == whole
+        ):
+            # the whole input, which this GPU's device holds and no kernel writes: read it in
+            # place (as one GPU does), with no copy and no gradient
+            sub.out[name] = self.outs[src, sh.g]
+            return name
         if not plt.source and not plt.gathered and (lo, hi) == hull and len(ivs) == 1:
             sub.out[name] = self.outs[src, sh.g]
             scratch = device_zeros(sub.out[name].shape)
@@ -388,12 +411,20 @@ class GroupedCudaNet(CudaNet):
         """The device context of logical GPU `gpu` (nothing to switch on one device)."""
         return self.devices.on(self.devices.of_gpu(gpu))
 
-    def _load_input(self, x: np.ndarray) -> int:
-        n = super()._load_input(x)  # into GPU 0's copy of the input
-        for gpu in range(1, self.gpus):  # "the input is loaded on every GPU"
-            with self._on(gpu):
-                single.upload(self.outs[self.net.input.name, gpu], self._x_host)
-        return n
+    def _upload_input(self, host: np.ndarray) -> None:
+        """Load the input on every GPU: once per device, into the one input buffer that the
+        device's logical GPUs share."""
+        for d, buf in enumerate(self.inputs):
+            with self.devices.on(d):
+                self._put(buf, host)
+
+    def _domain(self) -> int:
+        return self.devices.current
+
+    def _land(self) -> None:
+        for d, uploads in enumerate(self.uploads):
+            with self.devices.on(d):
+                uploads.land()
 
     def _move(self, m: Move, sh: Share, backward: bool) -> None:
         gin, dgin = m.into if m.into is not None else (sh.gin, sh.dgin)
@@ -411,9 +442,8 @@ class GroupedCudaNet(CudaNet):
         if m.remote:
             self.bytes_moved += m.nbytes
 
-    def _prepare(self, train: bool) -> None:
+    def _prepare_runners(self, train: bool) -> None:
         self._masks = {}  # each dropout layer's mask is drawn anew (once for all its shares)
-        self._upload_labels(train)  # GPU 0 computes the loss
         for shares in self.shares:
             for sh in shares:
                 if sh.runner is not None:

@@ -15,8 +15,10 @@ geometry, the first K of each family (see compile_records).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -85,6 +87,40 @@ def compile_records(records: list[tuple], cc: tuple[int, int] = (9, 0),
     lines.append(f"compiled {len(lines)} distinct kernels, skipped {skipped} more geometries "
                  f"of their families (per_family={per_family})")  # fmt: skip
     return lines
+
+
+@contextlib.contextmanager
+def no_driver(cc: tuple[int, int] = (9, 0)) -> Iterator[None]:
+    """Compile CUDA kernels through their dispatchers, Numba's on-disk cache included, on a
+    machine without a GPU or a driver: within the block Numba sees a device of compute
+    capability `cc`, and a compiled kernel is taken as far as PTX (NVVM) and not linked to a
+    cubin nor loaded (that needs the driver). The cache key's "codegen magic" is then
+    ("no driver", cc) where a GPU's is (CUDA runtime version, cc): the entries written here
+    serve only this mode, never a real GPU. What it shows without a GPU is that the kernels of
+    the generated modules are cachable at all (a source file, no closure, picklable
+    constants) and that a second process finds them: dispatcher.stats counts the hits.
+    """
+    from numba.cuda import codegen, dispatcher
+
+    class _Device:
+        compute_capability = cc
+        id = 0
+
+    def bind(kernel) -> None:  # what a cache entry needs: the PTX; no cubin, nothing loaded
+        kernel._codelibrary.get_asm_strs(cc=cc)
+
+    saved = [(dispatcher, "get_current_device"), (codegen.JITCUDACodegen, "magic_tuple"),
+             (dispatcher._Kernel, "bind"), (codegen.CUDACodeLibrary, "_ensure_cc")]  # fmt: skip
+    old = [getattr(owner, name) for owner, name in saved]
+    dispatcher.get_current_device = lambda: _Device()
+    codegen.JITCUDACodegen.magic_tuple = lambda self: ("no driver", cc)
+    dispatcher._Kernel.bind = bind
+    codegen.CUDACodeLibrary._ensure_cc = lambda self, want: cc if want is None else want
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(saved, old):
+            setattr(owner, name, value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import act_codegen, activations
+from netdsl.ops.codegen import generated
 
 ACTIVATIONS: tuple[str, ...] = tuple(activations.kinds())
 
@@ -105,6 +106,34 @@ act_forward = _CPU.act_forward
 act_backward = _CPU.act_backward
 
 
+# In-place kernels for the runners' fused activations (netdsl/backends/cpu.py): y = act(y)
+# after a layer's forward, dy *= act'(y) before its backward. Called with x is y, act_forward
+# and act_backward above ran LLVM's scalar loop (its runtime alias test sees the overlap),
+# ~3x slower; these read one array and write it. Compiled with the chain and specialised per
+# kind (netdsl/ops/fused.py).
+
+
+def act_in_place(v, code, p0, p1):
+    """v[i] = act(v[i]). v: (size,) f32."""
+    for i in range(v.size):
+        v[i] = act_scalar(v[i], code, p0, p1)
+
+
+def act_grad_in_place(dy, y, code, p0, p1):
+    """dy[i] *= act'(y[i]). dy, y: (size,) f32, distinct arrays."""
+    for i in range(dy.size):
+        dy[i] = dy[i] * act_grad_from_output(y[i], code, p0, p1)
+
+
+@functools.cache
+def in_place_kernels(code: int):
+    """(act_in_place, act_grad_in_place) specialised for activation `code`."""
+    from netdsl.ops import fused
+
+    k = fused.module("actip", [(act_in_place, ""), (act_grad_in_place, "")])
+    return fused.kernel_for(k, "act_in_place", code), fused.kernel_for(k, "act_grad_in_place", code)
+
+
 # ---- CUDA kernels
 # Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
 # The element math above is compiled a second time, as CUDA device functions, from the very
@@ -129,7 +158,7 @@ def cuda_element_math():
     return cuda.jit(**inline)(act), cuda.jit(**inline)(act_grad)
 
 
-@functools.cache
+@generated("activation")
 def _cuda_kernels():
     """The activation kernels (grid-stride loops over flat float32 arrays)."""
     global cuda

@@ -18,7 +18,9 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
-from netdsl.ops import activations
+from netdsl.ops import activation, activations, fused
+from netdsl.ops.activation import act_grad_from_output, act_scalar
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -55,7 +57,7 @@ def add_forward(a, b, y):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("add")
 def _cuda_kernels():
     """Elementwise add (with an optional fused activation), accumulate and copy."""
     global cuda
@@ -113,22 +115,89 @@ class AddCUDA:
 # ---------------------------------------------------------------------------------------------
 
 
+# The CPU runner's kernels: the sum and the activation in one pass, and the activation's
+# gradient written to every input in one pass. Plain functions calling the activation chain,
+# compiled with it into one generated file and specialised per kind (netdsl/ops/fused.py);
+# each takes a flat index range [i0, i1), so the runner splits big arrays over worker
+# threads (conv.Workers). They loop over slices from 0: a loop index that might be negative
+# (range(i0, i1)) keeps Numba's wraparound check in the loop, which stops LLVM vectorising.
+
+
+def add_act_range(i0, i1, a, b, y, code, p0, p1):
+    """y[i] = act(a[i] + b[i]) for i in [i0, i1). a, b, y: (size,) f32; y may be a or b."""
+    av, bv, yv = a[i0:i1], b[i0:i1], y[i0:i1]
+    for i in range(yv.size):
+        yv[i] = act_scalar(av[i] + bv[i], code, p0, p1)
+
+
+def add_act_grad_range(i0, i1, dy, y, dx0, dx1, both, has_act, code, p0, p1):
+    """dx0[i] (and dx1[i] if both) = dy[i] * act'(y[i]) for i in [i0, i1); has_act False:
+    = dy[i] (y unread). dy, y, dx0, dx1: (size,) f32."""
+    d, yv, g0, g1 = dy[i0:i1], y[i0:i1], dx0[i0:i1], dx1[i0:i1]
+    if has_act and both:
+        for i in range(d.size):
+            g = d[i] * act_grad_from_output(yv[i], code, p0, p1)
+            g0[i] = g
+            g1[i] = g
+    elif has_act:
+        for i in range(d.size):
+            g0[i] = d[i] * act_grad_from_output(yv[i], code, p0, p1)
+    elif both:
+        for i in range(d.size):
+            g0[i] = d[i]
+            g1[i] = d[i]
+    else:
+        g0[:] = d
+
+
+@functools.cache
+def _cpu_kernels():
+    return fused.module("add", [(add_act_range, "nogil=True"), (add_act_grad_range, "nogil=True")])
+
+
+# An elementwise pass goes to several threads only above this many elements (~0.1 ms alone).
+ELEMENTWISE_MIN = 1 << 18
+
+
 class AddCPURunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
-        self.dz = np.empty_like(self.y) if self.fused_act else None
+        from netdsl.ops.conv import Workers, num_threads, split
+
+        size = self.y.size
+        k = _cpu_kernels()
+        self.bwd = fused.kernel_for(k, "add_act_grad_range", self.act_code)
+        self.workers = Workers(1 if size < ELEMENTWISE_MIN else num_threads())
+        self.ranges = split(size, self.workers.n)
+        xf, yf = [x.reshape(-1) for x in self.x], self.y.reshape(-1)
+        self.fwd_jobs = []  # (kernel, jobs) per pairwise sum; the activation on the last one
+        for j in range(1, len(xf)):
+            code = self.act_code if j == len(xf) - 1 else activation.LINEAR
+            a = xf[0] if j == 1 else yf
+            jobs = [(i0, i1, a, xf[j], yf, np.int64(code), *self.act_params)
+                    for i0, i1 in self.ranges]  # fmt: skip
+            self.fwd_jobs.append((fused.kernel_for(k, "add_act_range", code), jobs))
+        self._bwd = None  # (jobs, extra dx to copy into), built on the first backward
 
     def forward(self, train):
-        add_forward(self.x[0], self.x[1], self.y)
-        for extra in self.x[2:]:
-            add_forward(self.y, extra, self.y)
-        self._act_forward()
+        for fn, jobs in self.fwd_jobs:
+            self.workers.run(fn, jobs)
 
     def backward(self):
-        dz = self._act_backward(self.dz)
-        for dx in self.dx:  # d(a + b)/da = 1: every input gets dy
-            if dx is not None:
-                np.copyto(dx, dz)
+        if self._bwd is None:  # the plan sets dx after construction
+            dxs = [d.reshape(-1) for d in self.dx if d is not None]
+            jobs = []
+            if dxs:
+                dyf, yf, second = self.dy.reshape(-1), self.y.reshape(-1), dxs[min(1, len(dxs) - 1)]
+                jobs = [(i0, i1, dyf, yf, dxs[0], second, len(dxs) > 1, self.fused_act,
+                         np.int64(self.act_code), *self.act_params)
+                        for i0, i1 in self.ranges]  # fmt: skip
+            self._bwd = (jobs, dxs[:1], dxs[2:])
+        jobs, first, rest = self._bwd
+        if jobs:  # d(a + b)/da = 1: every input gets dz = dy * act'(y)
+            self.workers.run(self.bwd, jobs)
+        for dx in rest:
+            np.copyto(dx, first[0])
 
 
 # ---------------------------------------------------------------------------------------------

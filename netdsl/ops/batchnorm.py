@@ -25,8 +25,9 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
-from netdsl.ops import activations
-from netdsl.ops.jit import kernel
+from netdsl.ops import activations, fused
+from netdsl.ops.activation import LINEAR, act_grad_from_output, act_scalar
+from netdsl.ops.codegen import generated
 
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
@@ -107,16 +108,26 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 # float32 CPU kernels
 # ---------------------------------------------------------------------------------------------
-
-
+# Plain functions calling the activation chain, compiled with it into one generated file and
+# specialised per kind (netdsl/ops/fused.py): the layer's fused activation is applied inside
+# the normalising loop and its gradient inside the two backward loops (no separate pass, no
+# dz buffer). Each kernel takes a channel range [c0, c1), so the runner splits the channels
+# over worker threads (indexing the whole C-contiguous arrays: a slice [:, c0:c1] is not
+# contiguous, and its loops did not vectorise). Statistics take ONE pass over x: float64
+# sums of x - K and (x - K)^2 with K the channel's first value (the shifted-data algorithm:
+# no cancellation unless the mean is very far from K compared with the spread, and float64
+# absorbs that).
 # fastmath={"reassoc"} only: reorders the float64 sums so they vectorise; unlike full fastmath
 # it assumes nothing about NaN or inf, so a diverging net still shows NaN.
-@kernel(fastmath={"reassoc"})
-def bn_forward_train(x, gamma, beta, y, mean, invstd, running_mean, running_var, eps, momentum):
-    """Training forward.
+_REDUCE = 'nogil=True, fastmath={"reassoc"}'
+
+
+def bn_train_range(c0, c1, x, gamma, beta, y, mean, invstd, running_mean, running_var, eps,
+                   momentum, code, p0, p1):  # fmt: skip
+    """Training forward of channels [c0, c1), then the activation (code, p0, p1).
 
     x: (N, C, H, W) f32; gamma, beta: (C,) f32; y: (N, C, H, W) f32 out (must not alias x,
-    which backward needs); mean, invstd: (C,) f32 out, saved for bn_backward;
+    which backward needs); mean, invstd: (C,) f32 out, saved for bn_backward_range;
     running_mean, running_var: (C,) f32, updated in place.
     """
     n_batch, channels = x.shape[0], x.shape[1]
@@ -124,143 +135,161 @@ def bn_forward_train(x, gamma, beta, y, mean, invstd, running_mean, running_var,
     x3 = x.reshape(n_batch, channels, plane)  # (N, C, H*W) views
     y3 = y.reshape(n_batch, channels, plane)
     count = n_batch * plane
-    for c in range(channels):
-        total = 0.0  # float64 accumulators
-        for n in range(n_batch):
-            for p in range(plane):
-                total += x3[n, c, p]
-        mu = total / count
-        # Second pass around the mean: no cancellation, unlike E[x^2] - E[x]^2.
+    for c in range(c0, c1):
+        shift = np.float64(x3[0, c, 0])
+        total = 0.0  # float64 sums of x - shift and of its square
         sq = 0.0
         for n in range(n_batch):
             for p in range(plane):
-                d = x3[n, c, p] - mu
+                d = x3[n, c, p] - shift
+                total += d
                 sq += d * d
-        var = sq / count
+        md = total / count
+        mu = shift + md
+        var = max(sq / count - md * md, 0.0)
         inv = 1.0 / np.sqrt(var + eps)
         mean[c] = mu
         invstd[c] = inv
         unbiased = var * count / (count - 1) if count > 1 else var
         running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
-        # y = (x - mean) * (gamma * invstd) + beta, in float32 for a vectorisable loop.
+        # y = act((x - mean) * (gamma * invstd) + beta), in float32 for a vectorisable loop.
         m32 = np.float32(mu)
         a32 = np.float32(gamma[c] * inv)
         b32 = beta[c]
         for n in range(n_batch):
             for p in range(plane):
-                y3[n, c, p] = (x3[n, c, p] - m32) * a32 + b32
+                y3[n, c, p] = act_scalar((x3[n, c, p] - m32) * a32 + b32, code, p0, p1)
 
 
-@kernel
-def bn_forward_eval(x, gamma, beta, running_mean, running_var, y, eps):
-    """Evaluation forward. x: (N, C, H, W) f32; gamma, beta, running_*: (C,) f32;
-    y: (N, C, H, W) f32 out (may be x)."""
+def bn_eval_range(c0, c1, x, gamma, beta, running_mean, running_var, y, eps, code, p0, p1):
+    """Evaluation forward of channels [c0, c1), then the activation. x: (N, C, H, W) f32;
+    gamma, beta, running_*: (C,) f32; y: (N, C, H, W) f32 out (may be x)."""
     n_batch, channels = x.shape[0], x.shape[1]
     plane = x.shape[2] * x.shape[3]
     x3 = x.reshape(n_batch, channels, plane)  # (N, C, H*W) views
     y3 = y.reshape(n_batch, channels, plane)
-    for c in range(channels):
+    for c in range(c0, c1):
         m32 = running_mean[c]
         a32 = np.float32(gamma[c] / np.sqrt(np.float64(running_var[c]) + eps))
         b32 = beta[c]
         for n in range(n_batch):
             for p in range(plane):
-                y3[n, c, p] = (x3[n, c, p] - m32) * a32 + b32
+                y3[n, c, p] = act_scalar((x3[n, c, p] - m32) * a32 + b32, code, p0, p1)
 
 
-@kernel(fastmath={"reassoc"})
-def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
-    """Training backward.
+def bn_backward_range(c0, c1, dy, y, x, gamma, mean, invstd, dx, dgamma, dbeta, has_act, code,
+                      p0, p1):  # fmt: skip
+    """Training backward of channels [c0, c1), through the activation when has_act.
 
-    dy, x: (N, C, H, W) f32; gamma, mean, invstd: (C,) f32 (mean, invstd from bn_forward_train);
-    dx: (N, C, H, W) f32 out (may be dy); dgamma, dbeta: (C,) f32 out (overwritten, not added).
+    dy, y, x: (N, C, H, W) f32 (y: the forward output, read only when has_act); gamma, mean,
+    invstd: (C,) f32 (mean, invstd from bn_train_range); dx: (N, C, H, W) f32 out (may be
+    dy); dgamma, dbeta: (C,) f32 out (overwritten, not added).
     """
     n_batch, channels = x.shape[0], x.shape[1]
     plane = x.shape[2] * x.shape[3]
     d3 = dy.reshape(n_batch, channels, plane)  # (N, C, H*W) views
+    y3 = y.reshape(n_batch, channels, plane)
     x3 = x.reshape(n_batch, channels, plane)
     g3 = dx.reshape(n_batch, channels, plane)
     count = n_batch * plane
-    for c in range(channels):
+    for c in range(c0, c1):
         mu = mean[c]
         inv = invstd[c]
-        sum_dy = 0.0  # float64 accumulators
-        sum_dy_xc = 0.0  # sum dy * (x - mean); times invstd gives sum dy * xhat
+        sum_dy = 0.0  # float64 sums of dz = dy * act'(y)
+        sum_dy_xc = 0.0  # sum dz * (x - mean); times invstd gives sum dz * xhat
         for n in range(n_batch):
-            for p in range(plane):
-                d = d3[n, c, p]
-                sum_dy += d
-                sum_dy_xc += d * (x3[n, c, p] - mu)
+            if has_act:
+                for p in range(plane):
+                    d = d3[n, c, p] * act_grad_from_output(y3[n, c, p], code, p0, p1)
+                    sum_dy += d
+                    sum_dy_xc += d * (x3[n, c, p] - mu)
+            else:
+                for p in range(plane):
+                    d = d3[n, c, p]
+                    sum_dy += d
+                    sum_dy_xc += d * (x3[n, c, p] - mu)
         sum_dy_xhat = sum_dy_xc * inv
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
-        # dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+        # dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat))
         a32 = np.float32(gamma[c] * inv)
         mean_dy = np.float32(sum_dy / count)
         k32 = np.float32(sum_dy_xhat * inv / count)  # multiplies (x - mean)
         for n in range(n_batch):
-            for p in range(plane):
-                g3[n, c, p] = a32 * (d3[n, c, p] - mean_dy - (x3[n, c, p] - mu) * k32)
+            if has_act:
+                for p in range(plane):
+                    d = d3[n, c, p] * act_grad_from_output(y3[n, c, p], code, p0, p1)
+                    g3[n, c, p] = a32 * (d - mean_dy - (x3[n, c, p] - mu) * k32)
+            else:
+                for p in range(plane):
+                    g3[n, c, p] = a32 * (d3[n, c, p] - mean_dy - (x3[n, c, p] - mu) * k32)
+
+
+@functools.cache
+def cpu_kernels():
+    """The module of the three kernels above, compiled with the activation chain."""
+    return fused.module("bn", [(bn_train_range, _REDUCE), (bn_eval_range, "nogil=True"),
+                               (bn_backward_range, _REDUCE)])  # fmt: skip
+
+
+_LINEAR = (np.int64(LINEAR), np.float32(0.0), np.float32(0.0))  # no activation
+
+
+def _linear(name: str):
+    return fused.kernel_for(cpu_kernels(), name, LINEAR)
+
+
+def bn_forward_train(x, gamma, beta, y, mean, invstd, running_mean, running_var, eps, momentum):
+    """Training forward over every channel, no activation (bn_train_range's arguments)."""
+    _linear("bn_train_range")(0, x.shape[1], x, gamma, beta, y, mean, invstd, running_mean,
+                              running_var, eps, momentum, *_LINEAR)  # fmt: skip
+
+
+def bn_forward_eval(x, gamma, beta, running_mean, running_var, y, eps):
+    """Evaluation forward over every channel, no activation (bn_eval_range's arguments)."""
+    _linear("bn_eval_range")(0, x.shape[1], x, gamma, beta, running_mean, running_var, y, eps,
+                             *_LINEAR)  # fmt: skip
+
+
+def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
+    """Training backward over every channel, no activation (bn_backward_range's arguments)."""
+    _linear("bn_backward_range")(0, x.shape[1], dy, dy, x, gamma, mean, invstd, dx, dgamma,
+                                 dbeta, False, *_LINEAR)  # fmt: skip
 
 
 # ---- CUDA kernels
 # Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
-# Statistics: one block per channel, float64 partial sums per thread, then a tree in shared
-# memory (a fixed order, so the result is deterministic; no atomics). The elementwise passes
-# apply the saved per-channel coefficients and the layer's fused activation.
-# The kernels are specialised on the layer: batch, channels, plane, eps, momentum and the
+# Statistics: the per-channel sums are cut over the batch and pixels into many blocks
+# (netdsl/ops/reduce_cuda.py: float64 partial sums, warp shuffles within a block), and a
+# kernel with a thread per channel combines each channel's partial sums in a fixed order
+# (deterministic, no atomics) into the statistics; the forward's variance comes from sums
+# around a shift (the channel's first value), so it does not cancel when |mean| >> std.
+# The elementwise passes apply the saved per-channel coefficients and the layer's fused
+# activation. They are specialised on the layer: batch, channels, plane, eps and the
 # activation are compile-time constants (constant index divisions and loop bounds, the other
-# activations' code gone), at the price of one compilation per distinct layer on a GPU.
+# activations' code gone); the reducing and combining kernels take sizes as arguments and
+# are shared by every layer of a plan (the gradient sums: by the layers of one activation).
 
-cuda = None  # numba.cuda, bound by _cuda_kernels()
+cuda = None  # numba.cuda, bound by _cuda_kernels() and _finish_kernels()
 
 
-@functools.cache
+@generated("batchnorm")
 def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: float,
-                  act_params: tuple, threads: int, code: int):  # fmt: skip
+                  act_params: tuple, code: int):  # fmt: skip
     """BN kernels for one layer on flat (batch*channels*plane,) arrays; code, act_params: the fused
-    activation; `threads` per block of the per-channel reductions (a power of two)."""
+    activation."""
     global cuda
     from numba import cuda, float64
 
     from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.cudakit import block_reducer
 
     act, act_grad = cuda_element_math()
     # float32 constants: the values (and the mixed float32/float64 arithmetic) the kernels had
     # when these came as float32 arguments
-    eps32, mom32 = np.float32(eps), np.float32(momentum)
+    eps32 = np.float32(eps)
     ap0, ap1 = (np.float32(v) for v in act_params)  # the kind's (p0, p1)
-    size, count = batch * channels * plane, batch * plane  # count: values per channel
-
-    block_sum = block_reducer(threads)  # buf: (threads,) f64 shared -> its sum, to every thread
-
-    @cuda.jit
-    def bn_stats(x, gamma, mean, invstd, coef, rm, rv):
-        # grid = C blocks. x: (N*C*P,) f32; gamma, rm, rv: (C,) f32 (rm, rv updated);
-        # mean, invstd, coef = gamma*invstd: (C,) f32 out
-        c, t = cuda.blockIdx.x, cuda.threadIdx.x
-        buf = cuda.shared.array(threads, float64)
-        total = 0.0
-        for q in range(t, count, threads):
-            total += x[((q // plane) * channels + c) * plane + q % plane]
-        buf[t] = total
-        mu = block_sum(buf, t) / count
-        sq = 0.0  # second pass around the mean: no cancellation
-        for q in range(t, count, threads):
-            d = x[((q // plane) * channels + c) * plane + q % plane] - mu
-            sq += d * d
-        buf[t] = sq
-        var = block_sum(buf, t) / count
-        if t == 0:
-            inv = 1.0 / math.sqrt(var + eps32)
-            mean[c] = mu
-            invstd[c] = inv
-            coef[c] = gamma[c] * inv
-            unbiased = var * count / (count - 1) if count > 1 else var
-            rm[c] = (1.0 - mom32) * rm[c] + mom32 * mu
-            rv[c] = (1.0 - mom32) * rv[c] + mom32 * unbiased
+    size = batch * channels * plane
 
     @cuda.jit
     def bn_eval_coef(gamma, rv, coef):  # (C,) f32 each; coef = gamma / sqrt(rv + eps)
@@ -275,33 +304,6 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
             y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, ap0, ap1)
 
     @cuda.jit
-    def bn_grad_stats(dy, y, x, mean, invstd, gamma, dgamma, dbeta, ws):
-        # grid = C blocks. dy, y, x: (N*C*P,) f32; dz = dy * act'(y) (the fused activation);
-        # dgamma, dbeta: (C,) f32 out; ws: (3, C) f32 out, the coefficients of bn_grad_apply
-        c, t = cuda.blockIdx.x, cuda.threadIdx.x
-        buf = cuda.shared.array(threads, float64)
-        mu = mean[c]
-        s_dy = 0.0
-        s_xc = 0.0
-        for q in range(t, count, threads):
-            e = ((q // plane) * channels + c) * plane + q % plane
-            d = dy[e] * act_grad(y[e], code, ap0, ap1)
-            s_dy += d
-            s_xc += d * (x[e] - mu)
-        buf[t] = s_dy
-        sum_dy = block_sum(buf, t)
-        buf[t] = s_xc
-        sum_xc = block_sum(buf, t)
-        if t == 0:
-            inv = float64(invstd[c])
-            sum_dy_xhat = sum_xc * inv
-            dbeta[c] = sum_dy
-            dgamma[c] = sum_dy_xhat
-            ws[0, c] = gamma[c] * inv
-            ws[1, c] = sum_dy / count
-            ws[2, c] = sum_dy_xhat * inv / count
-
-    @cuda.jit
     def bn_grad_apply(dy, y, x, mean, ws, dx):
         # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
         for e in range(cuda.grid(1), size, cuda.gridsize(1)):
@@ -310,11 +312,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
             dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
 
     return types.SimpleNamespace(
-        bn_stats=bn_stats,
-        bn_eval_coef=bn_eval_coef,
-        bn_apply=bn_apply,
-        bn_grad_stats=bn_grad_stats,
-        bn_grad_apply=bn_grad_apply,
+        bn_eval_coef=bn_eval_coef, bn_apply=bn_apply, bn_grad_apply=bn_grad_apply
     )
 
 
@@ -323,33 +321,103 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
 _cuda_kernels.geometry_args = 6
 
 
+@generated("batchnorm_finish")
+def _finish_kernels():
+    """The per-channel combine steps after reduce_cuda's partial sums: sizes and
+    hyperparameters are arguments, so every layer of a plan shares these two kernels."""
+    global cuda
+    from numba import cuda, float64
+
+    from netdsl.ops.reduce_cuda import device_helpers
+
+    combine = device_helpers()[2]  # part (2, S, width) -> one channel's float64 sum
+
+    @cuda.jit
+    def bn_stats_finish(part, x, gamma, mean, invstd, coef, rm, rv, splits, per, channels, plane,
+                        count, eps32, mom32):  # fmt: skip
+        # a thread per channel. part: (2, S, width) f64 from reduce_cuda's bn_moments_*: sums of
+        # d and d^2, d = x - x[channel's first value]; gamma, rm, rv: (C,) f32 (rm, rv
+        # updated); mean, invstd, coef = gamma*invstd: (C,) f32 out; eps32, mom32: float32
+        for c in range(cuda.grid(1), channels, cuda.gridsize(1)):
+            m = combine(part, 0, c, splits, per) / count  # mean of d
+            var = max(combine(part, 1, c, splits, per) / count - m * m, 0.0)
+            mu = float64(x[c * plane]) + m
+            inv = 1.0 / math.sqrt(var + eps32)
+            mean[c] = mu
+            invstd[c] = inv
+            coef[c] = gamma[c] * inv
+            unbiased = var * count / (count - 1) if count > 1 else var
+            rm[c] = (1.0 - mom32) * rm[c] + mom32 * mu
+            rv[c] = (1.0 - mom32) * rv[c] + mom32 * unbiased
+
+    @cuda.jit
+    def bn_grad_finish(part, invstd, gamma, dgamma, dbeta, ws, splits, per, channels, count):
+        # a thread per channel. part: (2, S, width) f64 from reduce_cuda's bn_grad_*: sums of dz
+        # and dz * (x - mean); dgamma, dbeta: (C,) f32 out; ws: (3, C) f32 out, the
+        # coefficients of bn_grad_apply
+        for c in range(cuda.grid(1), channels, cuda.gridsize(1)):
+            sum_dy = combine(part, 0, c, splits, per)
+            inv = float64(invstd[c])
+            sum_dy_xhat = combine(part, 1, c, splits, per) * inv
+            dbeta[c] = sum_dy
+            dgamma[c] = sum_dy_xhat
+            ws[0, c] = gamma[c] * inv
+            ws[1, c] = sum_dy / count
+            ws[2, c] = sum_dy_xhat * inv / count
+
+    return types.SimpleNamespace(bn_stats_finish=bn_stats_finish, bn_grad_finish=bn_grad_finish)
+
+
 class BnCUDA:
-    """Batch norm with a fused activation on flat (N*C*H*W,) float32 device arrays."""
+    """Batch norm with a fused activation on flat (N*C*H*W,) float32 device arrays.
+
+    `splits` forces the number of chunks each channel's sums are cut into (tests; see
+    netdsl/ops/reduce_cuda.py), `shuffles` the warp-shuffle path (else: on a GPU only),
+    `threads` the reducing kernels' block size (a multiple of 32).
+    """
 
     def __init__(self, n: int, channels: int, plane: int, eps: float, momentum: float,
-                 act_code: int = 4, act_params: tuple = (0.0, 0.0)) -> None:  # fmt: skip
+                 act_code: int = 4, act_params: tuple = (0.0, 0.0), splits: int | None = None,
+                 shuffles: bool | None = None, threads: int | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
-        from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
+        from netdsl.ops import reduce_cuda
+        from netdsl.ops.cudakit import Launch, grid_1d
 
-        threads = SIM_THREADS if simulator() else THREADS
-        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum),
-               activations.as_pair(act_params),
-               threads, int(act_code))  # fmt: skip
+        threads0, shuffles0, simulated = reduce_cuda.launch_config()
+        threads = threads0 if threads is None else int(threads)
+        shuffles = shuffles0 if shuffles is None else bool(shuffles)
+        pair = activations.as_pair(act_params)
+        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum), pair,
+               int(act_code))  # fmt: skip
         size = n * channels * plane
         self.mean = _cuda.device_array(channels, np.float32)  # (C,) batch mean, for backward
         self.invstd = _cuda.device_array(channels, np.float32)  # (C,) for backward
         self.coef = _cuda.device_array(channels, np.float32)  # (C,) gamma * invstd
         self.ws = _cuda.device_array((3, channels), np.float32)  # (3, C) backward coefficients
-        self._stats = Launch(_cuda_kernels, "bn_stats", channels, threads, cfg)
+        self.pt = pt = reduce_cuda.Partition(n, channels, plane, threads, splits, simulated)
+        self.part = _cuda.device_array((2, pt.splits, pt.width), np.float64)  # partial sums
+        path = "cols" if pt.columns else "flat"
+        rcfg = (threads, shuffles)
+        self._moments = Launch(reduce_cuda._cuda_kernels, f"bn_moments_{path}", pt.grid,
+                               threads, rcfg)  # fmt: skip
+        self._gsums = Launch(reduce_cuda._grad_kernels, f"bn_grad_{path}", pt.grid, threads,
+                             (*rcfg, int(act_code), float(pair[0]), float(pair[1])))  # fmt: skip
+        self._stats = Launch(_finish_kernels, "bn_stats_finish", *grid_1d(channels))
         self._eval = Launch(_cuda_kernels, "bn_eval_coef", *grid_1d(channels), cfg)
         self._apply = Launch(_cuda_kernels, "bn_apply", *grid_1d(size), cfg)
-        self._gstats = Launch(_cuda_kernels, "bn_grad_stats", channels, threads, cfg)
+        self._gstats = Launch(_finish_kernels, "bn_grad_finish", *grid_1d(channels))
+        # the finish kernels' size arguments; eps and momentum as float32, as before
+        self.sizes = (int(channels), int(plane), int(n * plane))
+        self.hyper = (np.float32(eps), np.float32(momentum))
         self._gapply = Launch(_cuda_kernels, "bn_grad_apply", *grid_1d(size), cfg)
 
     def forward_train(self, x, gamma, beta, y, rm, rv) -> None:
         """y = act(BN(x)) with batch statistics; rm, rv (C,) updated; y must not alias x."""
-        self._stats(x, gamma, self.mean, self.invstd, self.coef, rm, rv)
+        pt = self.pt
+        self._moments(x, self.part, *pt.args)
+        self._stats(self.part, x, gamma, self.mean, self.invstd, self.coef, rm, rv, pt.splits,
+                    pt.per, *self.sizes, *self.hyper)  # fmt: skip
         self._apply(x, y, self.mean, self.coef, beta)
 
     def forward_eval(self, x, gamma, beta, rm, rv, y) -> None:
@@ -359,7 +427,10 @@ class BnCUDA:
 
     def backward(self, dy, y, x, gamma, dx, dgamma, dbeta) -> None:
         """Training gradients through the fused activation (from y) and BN; dx may be dy."""
-        self._gstats(dy, y, x, self.mean, self.invstd, gamma, dgamma, dbeta, self.ws)
+        pt = self.pt
+        self._gsums(dy, y, x, self.mean, self.part, *pt.args)
+        self._gstats(self.part, self.invstd, gamma, dgamma, dbeta, self.ws, pt.splits, pt.per,
+                     self.sizes[0], self.sizes[2])  # fmt: skip
         self._gapply(dy, y, x, self.mean, self.ws, dx)
 
 
@@ -371,6 +442,8 @@ class BnCUDA:
 class BnCPURunner(Runner):
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
+        from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
+
         c = layer.out_shape[0]
         self.eps = np.float32(layer.attrs["eps"])
         self.momentum = np.float32(layer.attrs["momentum"])
@@ -379,24 +452,35 @@ class BnCPURunner(Runner):
         self.mean = np.zeros(c, np.float32)  # (C,) batch mean, saved for backward
         self.invstd = np.zeros(c, np.float32)  # (C,) 1/sqrt(var + eps), saved for backward
         self.xhat_src = self.x[0]
-        self.dz = np.empty_like(self.y) if self.fused_act else None
-        self.no_dx = np.empty_like(self.x[0])
+        self.no_dx = np.empty_like(self.x[0])  # written only when dx is not wanted: untouched
+        k = cpu_kernels()
+        self.train_k, self.eval_k, self.bwd_k = (
+            fused.kernel_for(k, name, self.act_code)
+            for name in ("bn_train_range", "bn_eval_range", "bn_backward_range")
+        )
+        self.code = np.int64(self.act_code)
+        # each worker normalises a range of channels (work ~ 3 passes over the map)
+        small = 3 * self.y.size < PARALLEL_MIN_WORK
+        self.workers = Workers(1 if small else min(c, num_threads()))
+        self.ranges = split(c, self.workers.n)
 
     def forward(self, train):
+        x, g, b, act = self.x[0], self.p["weight"], self.p["bias"], (self.code, *self.act_params)
         if train:
-            bn_forward_train(self.x[0], self.p["weight"], self.p["bias"], self.y,
-                                       self.mean, self.invstd, self.rm, self.rv, self.eps,
-                                       self.momentum)  # fmt: skip
+            jobs = [(c0, c1, x, g, b, self.y, self.mean, self.invstd, self.rm, self.rv, self.eps,
+                     self.momentum, *act) for c0, c1 in self.ranges]  # fmt: skip
+            self.workers.run(self.train_k, jobs)
         else:
-            bn_forward_eval(self.x[0], self.p["weight"], self.p["bias"], self.rm,
-                                      self.rv, self.y, self.eps)  # fmt: skip
-        self._act_forward()
+            jobs = [(c0, c1, x, g, b, self.rm, self.rv, self.y, self.eps, *act)
+                    for c0, c1 in self.ranges]  # fmt: skip
+            self.workers.run(self.eval_k, jobs)
 
     def backward(self):
-        dz = self._act_backward(self.dz)
         dx = self.no_dx if self.dx[0] is None else self.dx[0]
-        bn_backward(dz, self.x[0], self.p["weight"], self.mean, self.invstd, dx,
-                              self.g["weight"], self.g["bias"])  # fmt: skip
+        jobs = [(c0, c1, self.dy, self.y, self.x[0], self.p["weight"], self.mean, self.invstd,
+                 dx, self.g["weight"], self.g["bias"], self.fused_act, self.code,
+                 *self.act_params) for c0, c1 in self.ranges]  # fmt: skip
+        self.workers.run(self.bwd_k, jobs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 
 
 def _offsets(channels: Sequence[int], total: int) -> list[int]:
@@ -53,44 +54,40 @@ def concat_backward(dy: np.ndarray, dxs: Sequence[np.ndarray]) -> None:
 
 
 # ---- CUDA kernels
-# Channel slices of NCHW are strided on the device too, so each piece is one channel move: a
-# kernel specialised on the move (batch, channel counts and offsets, plane size and whether it
-# adds are compile-time constants, so its index divisions are by constants). That costs one
-# compilation per distinct move on first use on a GPU; concat pieces and group exchanges
-# repeat few shapes.
+# Channel slices of NCHW are strided on the device too, so each piece is one channel move:
+# per image b, nch*plane contiguous floats from src[b, s0:] to dst[b, d0:]. A 2-D grid (x
+# along the piece, y over the images) needs no index division, so the move's geometry costs
+# nothing as run-time arguments: one kernel serves every move (two: copy and add), where a
+# kernel per move was compiled once per distinct move (37 in AlexNet's two-column plan).
 
 cuda = None  # numba.cuda, bound by _cuda_kernels() and _cuda_fill()
 
 
-@functools.cache
-def _cuda_kernels(n: int, c_src: int, s0: int, c_dst: int, d0: int, nch: int, plane: int,
-                  accumulate: bool):  # fmt: skip
-    """move_channels: dst[:, d0:d0+nch] (+)= src[:, s0:s0+nch] for flat (N*C*P,) f32 buffers
-    of c_src and c_dst channels."""
+@generated("concat")
+def _cuda_kernels(accumulate: bool):
+    """move_channels(src, dst, n, piece, src_image, src_at, dst_image, dst_at): for each of n
+    images b, dst[b * dst_image + dst_at + r] (+)= src[b * src_image + src_at + r] for r in
+    [0, piece); flat f32 buffers (image = channels * plane floats, at = first channel * plane).
+    """
     global cuda
     from numba import cuda
 
-    piece = nch * plane
-
     @cuda.jit
-    def move_channels(src, dst):
-        for i in range(cuda.grid(1), n * piece, cuda.gridsize(1)):
-            b, r = i // piece, i % piece
-            v = src[(b * c_src + s0) * plane + r]
-            j = (b * c_dst + d0) * plane + r
-            if accumulate:
-                dst[j] += v
-            else:
-                dst[j] = v
+    def move_channels(src, dst, n, piece, src_image, src_at, dst_image, dst_at):
+        first = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        step = cuda.gridDim.x * cuda.blockDim.x
+        for b in range(cuda.blockIdx.y, n, cuda.gridDim.y):
+            s, d = b * src_image + src_at, b * dst_image + dst_at
+            for r in range(first, piece, step):
+                if accumulate:
+                    dst[d + r] += src[s + r]
+                else:
+                    dst[d + r] = src[s + r]
 
     return types.SimpleNamespace(move_channels=move_channels)
 
 
-# cuda_ptx.compile_records: the first 7 arguments are the move's geometry (see there)
-_cuda_kernels.geometry_args = 7
-
-
-@functools.cache
+@generated("fill")
 def _cuda_fill():
     """fill(dst, value): a plain grid-stride loop, deliberately generic over the length (a
     constant length would buy nothing here and cost a compilation per buffer size)."""
@@ -112,21 +109,24 @@ class ChannelMoveCUDA:
 
     def __init__(self, n: int, c_src: int, s0: int, c_dst: int, d0: int, nch: int,
                  plane: int) -> None:  # fmt: skip
-        from netdsl.ops.cudakit import Launch, grid_1d
+        from netdsl.ops.cudakit import SIM_MAX_BLOCKS, Launch, grid_1d, simulator
 
-        geo = tuple(int(v) for v in (n, c_src, s0, c_dst, d0, nch, plane))
         self.nbytes = n * nch * plane * 4  # float32 moved per call
-        grid = grid_1d(n * nch * plane)
-        self._copy = Launch(_cuda_kernels, "move_channels", *grid, (*geo, False))
-        self._add = Launch(_cuda_kernels, "move_channels", *grid, (*geo, True))
+        piece = nch * plane
+        self._geo = tuple(np.int64(v) for v in (n, piece, c_src * plane, s0 * plane,
+                                                c_dst * plane, d0 * plane))  # fmt: skip
+        blocks, threads = grid_1d(piece)
+        grid = (blocks, min(n, SIM_MAX_BLOCKS if simulator() else 65535))
+        self._copy = Launch(_cuda_kernels, "move_channels", grid, threads, (False,))
+        self._add = Launch(_cuda_kernels, "move_channels", grid, threads, (True,))
 
     def copy(self, src, dst) -> None:
         """dst channels = src channels (device arrays of any shape, C-contiguous)."""
-        self._copy(src.reshape(-1), dst.reshape(-1))
+        self._copy(src.reshape(-1), dst.reshape(-1), *self._geo)
 
     def add(self, src, dst) -> None:
         """dst channels += src channels."""
-        self._add(src.reshape(-1), dst.reshape(-1))
+        self._add(src.reshape(-1), dst.reshape(-1), *self._geo)
 
 
 def fill_cuda(dst, value: float = 0.0) -> None:

@@ -1,10 +1,12 @@
 """Shared pieces of the CUDA kernels: launch configurations, the launch wrapper, the simulator.
 
-Every op module keeps its CUDA kernels in a section at its end, built by a cached factory
-``_cuda_kernels()`` on first use, so importing an op never imports numba (``netdsl check``
-stays numba-free). The factories bind the module global ``cuda`` (``global cuda; from numba
-import cuda``) rather than a local name: Numba's CUDA simulator swaps the ``cuda`` module in
-a kernel's *globals* for its per-launch fake, and a closure variable would escape the swap.
+Every op module keeps its CUDA kernels in a section at its end, built by a factory
+``_cuda_kernels(*cfg)`` on first use, so importing an op never imports numba (``netdsl check``
+stays numba-free). The factories are decorated ``@generated("<op>")`` (netdsl/ops/codegen.py):
+their body is emitted as a module per configuration, with the kernels at module level and
+``cache=True``, so Numba's on-disk cache serves them to the next process. The body binds
+``cuda`` by ``from numba import cuda`` as a module global, never a closure variable: Numba's
+CUDA simulator swaps the ``cuda`` module in a kernel's *globals* for its per-launch fake.
 
 :class:`Launch` is a kernel with its launch configuration fixed when a runner is built
 (nothing is computed per call). It can also record the argument types of every launch
@@ -50,11 +52,12 @@ def cdiv(a: int, b: int) -> int:
 
 
 class Launch:
-    """A kernel of a cached factory with its launch configuration: call it with the arguments.
+    """A kernel of a factory with its launch configuration: call it with the arguments.
 
-    factory(*cfg) returns a namespace of kernels; `name` picks one. Keeping the factory, its
-    configuration and the name (not just the kernel) is what lets a recorded launch be
-    rebuilt and compiled in another process.
+    factory(*cfg) returns a namespace of kernels (memoised per cfg); `name` picks one. Keeping
+    the factory, its configuration and the name (not just the kernel) is what lets a recorded
+    launch be rebuilt and compiled in another process (cuda_ptx, benchmarks/gpu_static.py)
+    and `netdsl compile --emit` name the generated module a layer uses.
     """
 
     def __init__(self, factory: Callable[..., Any], name: str, grid, block, cfg: tuple = ()):
@@ -205,7 +208,7 @@ def fast_simulator_barrier() -> bool:
 # the output are coalesced along the column (pixel) axis.
 # ---------------------------------------------------------------------------------------------
 
-cuda = None  # numba.cuda, bound by gemm_tile() and block_reducer()
+cuda = None  # numba.cuda, bound by gemm_tile() and the reducers below
 
 # (BM, BN, BK, TM, TN): every config has 256 threads; the smaller ones waste less on thin
 # layers (LeNet's 6 filters would fill a tenth of a 64-row tile).
@@ -256,25 +259,153 @@ def gemm_tile(bm: int, bn: int, bk: int, tm: int, tn: int):
     return fma_tile
 
 
+# ---------------------------------------------------------------------------------------------
+# Reductions within a warp and within a block.
+#
+# On a GPU a warp sums its 32 lanes with a butterfly of register shuffles (shfl_xor_sync with
+# lane masks 16, 8, 4, 2, 1): no shared memory, no barrier, and every lane ends with the same
+# bits (at each step a lane and its partner add the same two numbers, and IEEE addition
+# commutes). A block then needs one shared-memory step: each warp's lane 0 stores its sum,
+# and every warp reduces those `threads/32` partial sums the same way.
+#
+# Numba's simulator has no shuffles: there the warp step is a tree in shared memory whose
+# pairs (lane l with lane l + s, s = 16, 8, 4, 2, 1) are exactly the butterfly's for lane 0,
+# so it gives the same bits as the GPU. The block step is the same code on both. The
+# fallback synchronises the whole block, so every thread of the block must call these
+# helpers the same number of times (the kernels using them are written that way; so is the
+# GPU path's block step). tests/test_cuda_reduce.py runs the shuffle path too, in the
+# simulator with shuffles emulated lane by lane.
+# ---------------------------------------------------------------------------------------------
+
+WARP = 32
+FULL_MASK = 0xFFFFFFFF  # all 32 lanes take part in a shuffle
+
+
+def use_shuffles() -> bool:
+    """Whether kernels built now should use warp shuffles: on a GPU, not in the simulator."""
+    return not simulator()
+
+
+def row_threads() -> int:
+    """Threads per block of the warp-per-row kernels (loss, softmax): 8 rows per block on a
+    GPU, one in the simulator (each simulated thread is a Python thread)."""
+    return SIM_THREADS if simulator() else THREADS
+
+
 @functools.cache
-def block_reducer(threads: int):
-    """Device function block_sum(buf, t): the sum of buf[0:threads], a shared float64 array in
-    which each thread t of the block has written its partial sum, returned to every thread
-    (a tree of halvings; `threads` a power of two). buf may be written again afterwards."""
+def warp_reducer(shuffles: bool):
+    """Device functions (warp_sum, warp_max)(v, buf, t): v reduced over the 32 lanes of thread
+    t's warp, returned to every lane. buf: a shared float64 array with an entry per thread of
+    the block (only the fallback uses it); t: the thread's index in the block."""
     global cuda
     from numba import cuda
 
+    if shuffles:
+
+        @cuda.jit(device=True, inline="always")
+        def warp_sum(v, buf, t):
+            v += cuda.shfl_xor_sync(FULL_MASK, v, 16)  # written out: five shuffles, no loop
+            v += cuda.shfl_xor_sync(FULL_MASK, v, 8)
+            v += cuda.shfl_xor_sync(FULL_MASK, v, 4)
+            v += cuda.shfl_xor_sync(FULL_MASK, v, 2)
+            v += cuda.shfl_xor_sync(FULL_MASK, v, 1)
+            return v
+
+        @cuda.jit(device=True, inline="always")
+        def warp_max(v, buf, t):
+            v = max(v, cuda.shfl_xor_sync(FULL_MASK, v, 16))
+            v = max(v, cuda.shfl_xor_sync(FULL_MASK, v, 8))
+            v = max(v, cuda.shfl_xor_sync(FULL_MASK, v, 4))
+            v = max(v, cuda.shfl_xor_sync(FULL_MASK, v, 2))
+            v = max(v, cuda.shfl_xor_sync(FULL_MASK, v, 1))
+            return v
+
+        return warp_sum, warp_max
+
+    @cuda.jit(device=True)
+    def warp_sum(v, buf, t):
+        lane = t % WARP
+        cuda.syncthreads()  # the slots' previous readers are done
+        buf[t] = v
+        s = WARP // 2
+        while s > 0:
+            cuda.syncthreads()
+            if lane < s:
+                buf[t] += buf[t + s]  # lane l + s's partial joins lane l's, as in the butterfly
+            s //= 2
+        cuda.syncthreads()
+        v = buf[t - lane]
+        cuda.syncthreads()  # everyone has read before the slots are reused
+        return v
+
+    @cuda.jit(device=True)
+    def warp_max(v, buf, t):
+        lane = t % WARP
+        cuda.syncthreads()
+        buf[t] = v
+        s = WARP // 2
+        while s > 0:
+            cuda.syncthreads()
+            if lane < s:
+                buf[t] = max(buf[t], buf[t + s])
+            s //= 2
+        cuda.syncthreads()
+        v = buf[t - lane]
+        cuda.syncthreads()
+        return v
+
+    return warp_sum, warp_max
+
+
+@functools.cache
+def block_summer(threads: int, shuffles: bool):
+    """Device function block_total(v, buf, t): the sum of every thread's v over a block of
+    `threads` (a multiple of 32), returned to every thread, in a fixed order (deterministic).
+    buf: a shared float64 array of `threads` entries (the GPU path uses threads/32 of them),
+    reusable as soon as the call returns."""
+    global cuda
+    from numba import cuda
+
+    warp_sum, _ = warp_reducer(shuffles)
+    warps = threads // WARP
+    if threads % WARP:
+        raise ValueError(f"block_summer: {threads} threads is not a whole number of warps")
+
+    @cuda.jit(device=True)
+    def block_total(v, buf, t):
+        w = warp_sum(v, buf, t)
+        if warps == 1:
+            return w
+        lane = t % WARP
+        if lane == 0:
+            buf[t // WARP] = w
+        cuda.syncthreads()
+        total = warp_sum(buf[lane] if lane < warps else 0.0, buf, t)  # every warp, same bits
+        cuda.syncthreads()  # everyone has read buf before it is written again
+        return total
+
+    return block_total
+
+
+def block_reducer(threads: int):
+    """Device function block_sum(buf, t): the sum of buf[0:threads], a shared float64 array in
+    which each thread t of the block has written its partial sum, returned to every thread
+    (warp shuffles and one shared step on a GPU, see block_summer; `threads` a multiple of
+    32). buf may be written again afterwards."""
+    return _block_reducer(threads, use_shuffles())  # cached per path, not only per size
+
+
+@functools.cache
+def _block_reducer(threads: int, shuffles: bool):
+    global cuda
+    from numba import cuda
+
+    block_total = block_summer(threads, shuffles)
+
     @cuda.jit(device=True)
     def block_sum(buf, t):
-        cuda.syncthreads()
-        s = threads // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
-        total = buf[0]
-        cuda.syncthreads()  # everyone has read buf[0] before the buffer is reused
-        return total
+        v = buf[t]
+        cuda.syncthreads()  # every thread has its value before block_total reuses the slots
+        return block_total(v, buf, t)
 
     return block_sum

@@ -10,7 +10,6 @@ and restored bit for bit. Backward is the same product: ``dx = dy * mask * scale
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import add
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -76,7 +76,7 @@ dropout_backward = dropout_forward
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("dropout")
 def _cuda_kernels():
     global cuda
     from numba import cuda

@@ -4,7 +4,8 @@ Shapes: x (N, F) (the caller flattens C*H*W), w (O, F) (PyTorch layout), b (O,),
 
 The float32 CPU path is three BLAS GEMMs through NumPy (``np.dot(..., out=...)`` on
 contiguous float32 arrays and their transposes, which BLAS reads with a transpose flag
-instead of copying), so it needs no Numba kernel and nothing is allocated per call.
+instead of copying), so it needs no Numba kernel and nothing is allocated per call; a big
+layer splits each GEMM over netdsl's worker threads (FcCPU).
 """
 
 from __future__ import annotations
@@ -52,12 +53,57 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 
 
-class FcCPU:
-    """float32 linear layer on the CPU (BLAS via NumPy) for fixed shapes."""
+# Above this many multiply-adds per product an fc layer splits its GEMMs over worker threads
+# (conv.Workers, one BLAS thread each: BLAS is pinned to one thread because its own spinning
+# threads slowed the conv layers' workers); below it the hand-off (~50 us) costs more. LeNet's
+# fc layers (<= 6 M at batch 128) stay on one thread, AlexNet's and VGG's (>= 400 M) do not.
+FC_PARALLEL_MIN = 1 << 23
 
-    def __init__(self, n: int, f: int, o: int, bias: bool) -> None:
+
+def _forward_part(x, w, b, ws, y, o0, o1):
+    """y[:, o0:o1] = x @ w[o0:o1].T (+ b[o0:o1]) through the (N, o1 - o0) workspace ws."""
+    np.dot(x, w[o0:o1].T, out=ws)  # BLAS writes only C-contiguous outputs: ws, then copy
+    if b is not None:
+        np.add(ws, b[o0:o1], out=ws)
+    y[:, o0:o1] = ws
+
+
+def _dx_part(dy, w, out, o0, o1):
+    """out = dy[:, o0:o1] @ w[o0:o1]: a partial sum of dx over the rows of w (contiguous; a
+    column slice of w would make NumPy copy it before calling BLAS)."""
+    np.dot(dy[:, o0:o1], w[o0:o1], out=out)
+
+
+def _dw_part(dy, x, dw, o0, o1):
+    """dw[o0:o1] = dy[:, o0:o1].T @ x (rows of dw: contiguous, written in place)."""
+    np.dot(dy[:, o0:o1].T, x, out=dw[o0:o1])
+
+
+class FcCPU:
+    """float32 linear layer on the CPU (BLAS via NumPy) for fixed shapes.
+
+    Big layers split each product over T worker threads by rows of the weight, so each
+    thread streams its own part of it, which dominates at small batches: forward and dw by
+    output columns, dx as T partial sums over the outputs (added in a fixed order).
+    `threads`: T (default: 1 below FC_PARALLEL_MIN multiply-adds, else every thread netdsl
+    may use).
+    """
+
+    def __init__(self, n: int, f: int, o: int, bias: bool, threads: int | None = None) -> None:
+        from netdsl.ops.conv import Workers, num_threads, split
+
         self.shape = (n, f, o)
         self.bias = bias
+        if threads is None:
+            threads = 1 if n * f * o < FC_PARALLEL_MIN else num_threads()
+        self.workers = Workers(max(1, min(threads, o, f)))
+        t = self.workers.n
+        self.o_parts = split(o, t)
+        # workspaces: (N, part) outputs of the forward GEMMs (BLAS writes C-contiguous arrays
+        # only), copied into y; (N, F) partial sums of dx of workers 1.. (worker 0 writes dx)
+        parts = t > 1
+        self.y_ws = [np.zeros((n, b - a), np.float32) for a, b in self.o_parts if parts]
+        self.dx_ws = [np.zeros((n, f), np.float32) for _ in range(t - 1)]
 
     def forward(
         self,
@@ -67,9 +113,14 @@ class FcCPU:
         y: np.ndarray,  # (N, O) float32 C-contiguous, written
     ) -> None:
         """y = x @ w.T + b."""
-        np.dot(x, w.T, out=y)  # (N, F) @ (F, O)
-        if self.bias and b is not None:
-            np.add(y, b, out=y)  # broadcast over the batch
+        b = b if self.bias else None
+        if self.workers.n == 1:
+            np.dot(x, w.T, out=y)  # (N, F) @ (F, O)
+            if b is not None:
+                np.add(y, b, out=y)  # broadcast over the batch
+            return
+        jobs = [(x, w, b, ws, y, o0, o1) for ws, (o0, o1) in zip(self.y_ws, self.o_parts)]
+        self.workers.run(_forward_part, jobs)
 
     def backward(
         self,
@@ -81,9 +132,17 @@ class FcCPU:
         db: np.ndarray | None,  # (O,) float32 overwritten, or None without bias
     ) -> None:
         """Overwrite dx (unless None), dw and db (unless None) with the gradients."""
-        if dx is not None:
-            np.dot(dy, w, out=dx)  # (N, O) @ (O, F)
-        np.dot(dy.T, x, out=dw)  # (O, N) @ (N, F)
+        if self.workers.n == 1:
+            if dx is not None:
+                np.dot(dy, w, out=dx)  # (N, O) @ (O, F)
+            np.dot(dy.T, x, out=dw)  # (O, N) @ (N, F)
+        else:
+            if dx is not None:
+                outs = [dx, *self.dx_ws]
+                self.workers.run(_dx_part, [(dy, w, d, *r) for d, r in zip(outs, self.o_parts)])
+                for part in self.dx_ws:  # fixed order: deterministic for a thread count
+                    np.add(dx, part, out=dx)
+            self.workers.run(_dw_part, [(dy, x, dw, o0, o1) for o0, o1 in self.o_parts])
         if db is not None:
             np.sum(dy, axis=0, out=db)
 

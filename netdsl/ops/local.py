@@ -28,7 +28,6 @@ on 8x8 maps), so these direct kernels are not tiled.
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
@@ -36,6 +35,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
+from netdsl.ops.codegen import generated
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
@@ -302,7 +302,7 @@ class LocalCPU:
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("local")
 def _cuda_kernels(n: int, c: int, h: int, w: int, o: int, groups: int, kh: int, kw: int,
                   sh: int, sw: int, ph: int, pw: int, ho: int, wo: int, code: int):  # fmt: skip
     """local_forward, local_backward_data, local_backward_weights, local_bias_grad over flat

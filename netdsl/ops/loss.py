@@ -14,7 +14,6 @@ reading out of bounds.
 
 from __future__ import annotations
 
-import functools
 import math
 import types
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -127,121 +127,181 @@ def topk_errors(z: np.ndarray, labels: np.ndarray, k: int) -> int:
 
 
 # ---- CUDA kernels
-# One thread per row writes the row's loss (float64) and whether its top-1 guess is wrong
-# (the tie rule of topk_errors); one thread then sums the rows in order, so the loss is
-# deterministic. stats = (mean loss, top-1 errors, labels out of range) is all that comes
+# One warp per row: the lanes stride over the row's classes, and warp reductions (shuffles on
+# a GPU, cudakit.warp_reducer) give every lane the row's maximum, its sum of exponentials
+# and whether its top-1 guess is wrong (the tie rule of topk_errors); lane 0 writes the
+# row's loss (float64) and flags. One warp then sums the rows in a fixed order, so the loss
+# is deterministic. stats = (mean loss, top-1 errors, labels out of range) is all that comes
 # back to the host per step. A bad label cannot raise in a kernel: it is counted and the
 # host raises ValueError. Specialised on (rows, classes), compile-time constants (constant
-# loop bounds, row offsets and 1/N): one compilation per distinct shape on a GPU.
+# loop bounds, row offsets and 1/N): one compilation per distinct shape on a GPU. Every
+# thread of a block runs the same number of row steps (a warp past the last row reduces
+# nothing), as the simulator's fallback reductions synchronise the block.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
+# (float64(0.0) starts a float64 sum in the simulator too: there 0.0 + float32 is a float32)
 
 
-@functools.cache
-def _cuda_kernels(rows: int, classes: int):
-    """Loss kernels for flat (rows*classes,) float32 scores."""
+@generated("loss")
+def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
+    """Loss kernels for flat (rows*classes,) float32 scores; `threads` per block of the row
+    kernels (a warp per row), `shuffles`: warp shuffles (GPU) or the simulator's fallback."""
     global cuda
-    from numba import cuda
+    from numba import cuda, float32, float64
 
+    from netdsl.ops.cudakit import WARP, warp_reducer
+
+    warp_sum, warp_max = warp_reducer(shuffles)
     inv_n = np.float32(1.0 / rows)
+    neg_inf = np.float32(-np.inf)
+    warps = threads // WARP  # rows per block and step
 
     @cuda.jit(device=True)
-    def top1_wrong(z, row, label):  # z: (N*K,); 1 when the label is not the first argmax
-        zl = z[row + label]
-        if zl != zl:  # NaN
-            return 1
-        for j in range(classes):
-            if z[row + j] > zl or (z[row + j] == zl and j < label):
-                return 1
-        return 0
+    def top1_part(z, row, label, zl, lane):
+        # 1.0 when one of this lane's classes ranks before the label (or the label's score
+        # is NaN): the label is then not the first argmax
+        wrong = 0.0
+        if zl != zl:
+            wrong = 1.0
+        for j in range(lane, classes, WARP):
+            v = z[row + j]
+            if v > zl or (v == zl and j < label):
+                wrong = 1.0
+        return wrong
 
     @cuda.jit
-    def xent_rows(z, labels, dz, probs, row_loss, row_flags):
+    def loss_xent_rows(z, labels, dz, probs, row_loss, row_flags):
         # z: (N*K,) f32; labels: (N,) int64; dz, probs: (N*K,) f32 out (dz must not alias z);
         # row_loss: (N,) f64 out; row_flags: (N*2,) int32 out (top-1 wrong, bad label)
-        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        t = cuda.threadIdx.x
+        lane = t % WARP
+        buf = cuda.shared.array(threads, float64)
+        for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
+            n = base + t // WARP
+            active = n < rows
+            label = labels[n] if active else 0
+            ok = active and label >= 0 and label < classes
             row = n * classes
-            label = labels[n]
-            if label < 0 or label >= classes:
-                row_flags[2 * n] = 1
-                row_flags[2 * n + 1] = 1
-                row_loss[n] = 0.0
-                for j in range(classes):
+            zl = z[row + label] if ok else float32(0.0)
+            top = neg_inf
+            wrong = 0.0
+            if ok:
+                for j in range(lane, classes, WARP):
+                    top = max(top, z[row + j])
+                wrong = top1_part(z, row, label, zl, lane)
+            top = float32(warp_max(float64(top), buf, t))  # exact both ways
+            wrong = warp_max(wrong, buf, t)
+            acc = float64(0.0)
+            if ok:
+                for j in range(lane, classes, WARP):
+                    e = math.exp(z[row + j] - top)
+                    probs[row + j] = e
+                    acc += e
+            total = warp_sum(acc, buf, t)
+            if ok:
+                inv = np.float32(1.0 / total)
+                for j in range(lane, classes, WARP):
+                    p = probs[row + j] * inv
+                    probs[row + j] = p
+                    d = p * inv_n
+                    if j == label:
+                        d -= inv_n
+                    dz[row + j] = d
+                if lane == 0:
+                    row_loss[n] = math.log(total) + top - zl
+                    row_flags[2 * n] = 1 if wrong > 0.0 else 0
+                    row_flags[2 * n + 1] = 0
+            elif active:  # a label out of range: counted, no gradient
+                for j in range(lane, classes, WARP):
                     dz[row + j] = 0.0
-                continue
-            row_flags[2 * n] = top1_wrong(z, row, label)
-            row_flags[2 * n + 1] = 0
-            z_label = z[row + label]
-            top = z[row]
-            for j in range(1, classes):
-                top = max(top, z[row + j])
-            total = 0.0  # float64
-            for j in range(classes):
-                e = math.exp(z[row + j] - top)
-                probs[row + j] = e
-                total += e
-            row_loss[n] = math.log(total) + top - z_label
-            inv = np.float32(1.0 / total)
-            for j in range(classes):
-                p = probs[row + j] * inv
-                probs[row + j] = p
-                dz[row + j] = p * inv_n
-            dz[row + label] -= inv_n
+                if lane == 0:
+                    row_loss[n] = 0.0
+                    row_flags[2 * n] = 1
+                    row_flags[2 * n + 1] = 1
 
     @cuda.jit
-    def mse_rows(o, labels, do, row_loss, row_flags):
+    def loss_mse_rows(o, labels, do, row_loss, row_flags):
         # o: (N*K,) f32; labels: (N,) int64; do: (N*K,) f32 out (must not alias o)
-        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
-            row = n * classes
-            label = labels[n]
+        t = cuda.threadIdx.x
+        lane = t % WARP
+        buf = cuda.shared.array(threads, float64)
+        for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
+            n = base + t // WARP
+            active = n < rows
+            label = labels[n] if active else 0
             bad = label < 0 or label >= classes
-            row_flags[2 * n] = 1 if bad else top1_wrong(o, row, label)
-            row_flags[2 * n + 1] = 1 if bad else 0
-            total = 0.0  # float64
-            for j in range(classes):
-                diff = o[row + j] - (np.float32(1.0) if j == label else np.float32(0.0))
-                total += np.float64(diff) * diff
-                do[row + j] = diff * inv_n
-            row_loss[n] = 0.5 * total
+            row = n * classes
+            wrong = 0.0
+            acc = float64(0.0)
+            if active:
+                if bad:
+                    wrong = 1.0
+                else:
+                    wrong = top1_part(o, row, label, o[row + label], lane)
+                for j in range(lane, classes, WARP):
+                    diff = o[row + j] - (np.float32(1.0) if j == label else np.float32(0.0))
+                    acc += np.float64(diff) * diff
+                    do[row + j] = diff * inv_n
+            wrong = warp_max(wrong, buf, t)
+            total = warp_sum(acc, buf, t)
+            if active and lane == 0:
+                row_flags[2 * n] = 1 if wrong > 0.0 else 0
+                row_flags[2 * n + 1] = 1 if bad else 0
+                row_loss[n] = 0.5 * total
 
     @cuda.jit
-    def finish(row_loss, row_flags, stats):  # one thread: stats (3,) f64 = loss, wrong, bad
-        if cuda.grid(1) == 0:
-            total = 0.0
-            wrong = 0
-            bad = 0
-            for n in range(rows):
-                total += row_loss[n]
-                wrong += row_flags[2 * n]
-                bad += row_flags[2 * n + 1]
+    def loss_finish(row_loss, row_flags, stats):
+        # one warp: stats (3,) f64 = mean loss, top-1 errors, bad labels; lane-strided sums,
+        # then the warp's reduction (a fixed order)
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(WARP, float64)
+        total = 0.0
+        wrong = 0.0
+        bad = 0.0
+        for n in range(t, rows, WARP):
+            total += row_loss[n]
+            wrong += row_flags[2 * n]
+            bad += row_flags[2 * n + 1]
+        total = warp_sum(total, buf, t)
+        wrong = warp_sum(wrong, buf, t)
+        bad = warp_sum(bad, buf, t)
+        if t == 0:
             stats[0] = total / rows
             stats[1] = wrong
             stats[2] = bad
 
-    return types.SimpleNamespace(xent_rows=xent_rows, mse_rows=mse_rows, finish=finish)
+    return types.SimpleNamespace(loss_xent_rows=loss_xent_rows, loss_mse_rows=loss_mse_rows,
+                                 loss_finish=loss_finish)  # fmt: skip
 
 
-# cuda_ptx.compile_records: both arguments are geometry (see there)
+# cuda_ptx.compile_records: the first 2 arguments are geometry (see there)
 _cuda_kernels.geometry_args = 2
 
 
 class LossCUDA:
-    """Fused loss + gradient on (N, K) float32 device scores; `stats` (3,) float64 on the device."""
+    """Fused loss + gradient on (N, K) float32 device scores; `stats` (3,) float64 on the device.
 
-    def __init__(self, kind: str, n: int, classes: int) -> None:
+    `shuffles` forces the warp-shuffle path (else: on a GPU only; tests emulate it),
+    `threads` the block size (a multiple of 32; a warp per row).
+    """
+
+    def __init__(self, kind: str, n: int, classes: int, shuffles: bool | None = None,
+                 threads: int | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
-        from netdsl.ops.cudakit import Launch, grid_1d
+        from netdsl.ops.cudakit import WARP, Launch, cdiv, row_threads, use_shuffles
 
         self.kind = kind
         self.row_loss = _cuda.device_array(n, np.float64)  # (N,)
         self.row_flags = _cuda.device_array(2 * n, np.int32)  # (N*2,) wrong, bad label
         self.stats = _cuda.device_array(3, np.float64)  # (3,) loss, top-1 errors, bad labels
         self.probs = _cuda.device_array(n * classes, np.float32)  # (N*K,) softmax
-        name = "xent_rows" if kind == "cross_entropy" else "mse_rows"
-        cfg = (int(n), int(classes))
-        self._rows = Launch(_cuda_kernels, name, *grid_1d(n), cfg)
-        self._finish = Launch(_cuda_kernels, "finish", 1, 1, cfg)
+        name = "loss_xent_rows" if kind == "cross_entropy" else "loss_mse_rows"
+        threads = row_threads() if threads is None else int(threads)
+        shuffles = use_shuffles() if shuffles is None else bool(shuffles)
+        cfg = (int(n), int(classes), threads, shuffles)
+        self._rows = Launch(_cuda_kernels, name, cdiv(n, threads // WARP), threads, cfg)
+        self._finish = Launch(_cuda_kernels, "loss_finish", 1, WARP, cfg)
 
     def forward_backward(self, z, labels, dz) -> None:
         """Loss of z (N, K) against labels (N,) int64 into `stats`; dz (N, K) = its gradient."""

@@ -17,13 +17,13 @@ Backward, with S[c] = k + alpha * sum(...) (the "scale" the forward kernel saves
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
@@ -140,21 +140,21 @@ def lrn_backward(dy, x, y, scale, dx, n, k, alpha, beta):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
-def _cuda_kernels(batch: int, channels: int, plane: int, n: int, k: float, alpha: float,
-                  beta: float):  # fmt: skip
-    """LRN kernels for one layer: flat (batch*channels*plane,) float32 arrays."""
+@generated("lrn")
+def _cuda_kernels(channels: int, plane: int, n: int, k: float, alpha: float, beta: float):
+    """LRN kernels for one layer: flat (batch*channels*plane,) float32 arrays (the batch is
+    the arrays' size: one compilation serves every batch size)."""
     global cuda
     from numba import cuda
 
-    size, half = batch * channels * plane, n // 2
+    half = n // 2
     # float32 constants, the same values (and float32 arithmetic) as the CPU kernels'
     k32, alpha32, nbeta, coef = (np.float32(v) for v in (k, alpha, -beta, 2.0 * alpha * beta))
 
     @cuda.jit
     def lrn_forward(x, y, scale):
         # x, y, scale: (N*C*P,) f32 (y, scale out)
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             c = (e // plane) % channels
             base = e - c * plane  # element (b, 0, p)
             s = np.float32(0.0)
@@ -168,7 +168,7 @@ def _cuda_kernels(batch: int, channels: int, plane: int, n: int, k: float, alpha
     @cuda.jit
     def lrn_backward(dy, x, y, scale, dx):
         # dy, x, y, scale: (N*C*P,) f32; dx: (N*C*P,) f32 out; coef = 2 alpha beta
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             c = (e // plane) % channels
             base = e - c * plane
             acc = np.float32(0.0)
@@ -180,9 +180,9 @@ def _cuda_kernels(batch: int, channels: int, plane: int, n: int, k: float, alpha
     return types.SimpleNamespace(lrn_forward=lrn_forward, lrn_backward=lrn_backward)
 
 
-# cuda_ptx.compile_records: all 7 arguments are the layer's geometry and hyperparameters, the
+# cuda_ptx.compile_records: all 6 arguments are the layer's geometry and hyperparameters, the
 # constants folded into the code (see there)
-_cuda_kernels.geometry_args = 7
+_cuda_kernels.geometry_args = 6
 
 
 class LrnCUDA:
@@ -193,8 +193,7 @@ class LrnCUDA:
         from netdsl.ops.cudakit import Launch, grid_1d
 
         grid, block = grid_1d(n_batch * channels * h * w)
-        cfg = (int(n_batch), int(channels), int(h * w), int(n), float(k), float(alpha),
-               float(beta))  # fmt: skip
+        cfg = (int(channels), int(h * w), int(n), float(k), float(alpha), float(beta))
         self._fwd = Launch(_cuda_kernels, "lrn_forward", grid, block, cfg)
         self._bwd = Launch(_cuda_kernels, "lrn_backward", grid, block, cfg)
 

@@ -11,13 +11,13 @@ candidate, as in the reference.
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -103,17 +103,18 @@ def maxout_backward(dy, idx, dx, k):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
-def _cuda_kernels(groups: int, k: int, plane: int):
+@generated("maxout")
+def _cuda_kernels(k: int, plane: int):
     """Maxout forward (one thread per output) and backward (one thread per input) for
-    x (groups*k*plane,) -> y (groups*plane,), groups = N*C."""
+    x (groups*k*plane,) -> y (groups*plane,), groups = N*C: the arrays' sizes, so layers of
+    one k and plane share the kernels."""
     global cuda
     from numba import cuda
 
     @cuda.jit
     def maxout_forward(x, y, idx):
         # x: (N*C*k*P,) f32; y: (N*C*P,) f32 out; idx: (N*C*P,) int32 out; plane = H*W
-        for e in range(cuda.grid(1), groups * plane, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             nc, p = e // plane, e % plane  # nc = n*C + c, so group j starts at (nc*k + j)*P
             base = nc * k * plane + p
             best, at = x[base], 0
@@ -127,7 +128,7 @@ def _cuda_kernels(groups: int, k: int, plane: int):
     @cuda.jit
     def maxout_backward(dy, idx, dx):
         # dy: (N*C*P,) f32; idx: (N*C*P,) int32; dx: (N*C*k*P,) f32 out (overwritten)
-        for e in range(cuda.grid(1), groups * k * plane, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             q, p = e // plane, e % plane  # q = (n*C + c)*k + j
             o = (q // k) * plane + p
             dx[e] = dy[o] if idx[o] == q % k else np.float32(0.0)
@@ -135,8 +136,8 @@ def _cuda_kernels(groups: int, k: int, plane: int):
     return types.SimpleNamespace(maxout_forward=maxout_forward, maxout_backward=maxout_backward)
 
 
-# cuda_ptx.compile_records: all 3 arguments are the layer's geometry (see there)
-_cuda_kernels.geometry_args = 3
+# cuda_ptx.compile_records: both arguments are the layer's geometry (see there)
+_cuda_kernels.geometry_args = 2
 
 
 class MaxoutCUDA:
@@ -145,7 +146,7 @@ class MaxoutCUDA:
     def __init__(self, n: int, c_out: int, h: int, w: int, k: int) -> None:
         from netdsl.ops.cudakit import Launch, grid_1d
 
-        cfg = (int(n * c_out), int(k), int(h * w))
+        cfg = (int(k), int(h * w))
         self._fwd = Launch(_cuda_kernels, "maxout_forward", *grid_1d(n * c_out * h * w), cfg)
         self._bwd = Launch(_cuda_kernels, "maxout_backward", *grid_1d(n * c_out * k * h * w),
                            cfg)  # fmt: skip

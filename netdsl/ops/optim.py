@@ -25,13 +25,13 @@ Adam (Kingma & Ba 2015) with L2 weight decay added to the gradient (torch.optim.
 
 from __future__ import annotations
 
-import functools
 import math
 import types
 from collections.abc import Sequence
 
 import numpy as np
 
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 Segments = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -212,7 +212,7 @@ def adam_update(
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("optim")
 def _cuda_kernels():
     global cuda
     from numba import cuda

@@ -24,6 +24,7 @@ from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
 from netdsl.ops.activation import LINEAR
+from netdsl.ops.codegen import generated
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 
@@ -112,19 +113,73 @@ def ref_backward(
 # ---------------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(inline="always")  # compiled inside its callers: a cold start compiles less
 def window_range(i, k, s, p, size):  # ints -> (lo, hi)
     """Input index range [lo, hi) of output position i along one axis, clipped to [0, size)."""
     lo = i * s - p  # first tap, possibly in the padding
     return max(lo, 0), max(min(lo + k, size), 0)
 
 
-@kernel
+@kernel(inline="always")
 def fast_extent(geo, h, w, ho, wo):  # -> (hf, wf)
     """Output rows i < hf and columns j < wf have whole 2x2/stride-2 windows (else (0, 0))."""
     if geo[0] == 2 and geo[1] == 2 and geo[2] == 2 and geo[3] == 2 and geo[4] == 0 and geo[5] == 0:
         return min(ho, h // 2), min(wo, w // 2)
     return 0, 0
+
+
+@kernel
+def whole_range(k, s, p, size, out):  # ints -> (lo, hi)
+    """Outputs [lo, hi) along one axis whose window lies wholly inside the input."""
+    lo = min((p + s - 1) // s, out)  # first i with i*s - p >= 0
+    hi = max(min((size + p - k) // s + 1, out), lo)  # past the last with i*s - p + k <= size
+    return lo, hi
+
+
+@kernel
+def _avg_whole_rows(xp, yp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale):
+    """yp[i, j] = scale * (sum of the window) for outputs [i0, i1) x [j0, j1), all of whose
+    windows lie inside the input: tap by tap over a row of outputs (no per-output window
+    bounds, no division): half the generic loop's time at 3x3 windows."""
+    for i in range(i0, i1):
+        ys = yp[i, j0:j1]
+        ys[:] = 0.0
+        for ky in range(kh):
+            xr = xp[i * sh - ph + ky]
+            for kx in range(kw):
+                xs = xr[j0 * sw + kx - pw :]  # tap kx of output j0 first
+                for j in range(j1 - j0):  # unsigned indices: no wraparound test in the loop
+                    ys[np.uint64(j)] += xs[np.uint64(j * sw)]
+        ys *= scale
+
+
+@kernel
+def _avg_whole_rows_backward(gp, dp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale):
+    """dp[window of (i, j)] += scale * gp[i, j] for outputs [i0, i1) x [j0, j1) whose windows
+    lie inside the input (the backward of _avg_whole_rows), tap by tap."""
+    for i in range(i0, i1):
+        gs = gp[i, j0:j1]
+        for ky in range(kh):
+            dr = dp[i * sh - ph + ky]
+            for kx in range(kw):
+                ds = dr[j0 * sw + kx - pw :]  # tap kx of output j0 first
+                for j in range(j1 - j0):  # unsigned indices: no wraparound test in the loop
+                    ds[np.uint64(j * sw)] += scale * gs[np.uint64(j)]
+
+
+@kernel
+def _whole_part(geo, h, w, ho, wo, hf, mode):
+    """(i0, i1, j0, j1, use, scale): the outputs with whole windows that avg / sum pooling
+    computes tap by tap (use False for max, for global pooling, whose one window the generic
+    loop sums fastest, and where the 2x2 fast path runs), and the scale of their sums."""
+    kh, kw, sh, sw, ph, pw = geo
+    i0, i1 = whole_range(kh, sh, ph, h, ho)
+    j0, j1 = whole_range(kw, sw, pw, w, wo)
+    use = mode != 0 and hf == 0 and ho * wo > 1 and i1 > i0 and j1 > j0
+    if not use:
+        i0, i1, j0, j1 = 0, 0, 0, 0
+    scale = np.float32(1.0) / np.float32(kh * kw) if mode == 1 else np.float32(1.0)
+    return i0, i1, j0, j1, use, scale
 
 
 @kernel(nogil=True, fastmath=True)
@@ -137,6 +192,7 @@ def _pool_forward_planes(p0, p1, x, y, arg, mode, geo):
     h, w = x.shape[1], x.shape[2]
     ho, wo = y.shape[1], y.shape[2]
     hf, wf = fast_extent(geo, h, w, ho, wo)
+    i0, i1, j0, j1, whole, scale = _whole_part(geo, h, w, ho, wo, hf, mode)
     for pl in range(p0, p1):
         xp, yp, ap = x[pl], y[pl], arg[pl if mode == 0 else 0]  # (H, W), (Ho, Wo), (Ho, Wo)
         for i in range(hf):
@@ -152,9 +208,14 @@ def _pool_forward_planes(p0, p1, x, y, arg, mode, geo):
                 else:
                     s = (a + b) + (c + d)
                     yp[i, j] = s * np.float32(0.25) if mode == 1 else s
+        if whole:  # avg / sum: the outputs with whole windows, tap by tap
+            _avg_whole_rows(xp, yp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale)
         for i in range(ho):
             r0, r1 = window_range(i, kh, sh, ph, h)
-            for j in range(wf if i < hf else 0, wo):  # outputs the fast path did not cover
+            inner = i0 <= i < i1
+            for j in range(wf if i < hf else 0, wo):  # outputs the fast paths did not cover
+                if inner and j0 <= j < j1:
+                    continue
                 c0, c1 = window_range(j, kw, sw, pw, w)
                 if mode == 0:
                     best, at = np.float32(0.0), -1  # stays (0, -1) for an empty window
@@ -187,6 +248,7 @@ def _pool_backward_planes(p0, p1, dy, arg, dx, mode, geo):
     h, w = dx.shape[1], dx.shape[2]
     ho, wo = dy.shape[1], dy.shape[2]
     hf, wf = fast_extent(geo, h, w, ho, wo)
+    i0, i1, j0, j1, whole, scale = _whole_part(geo, h, w, ho, wo, hf, mode)
     for pl in range(p0, p1):
         gp, dp = dy[pl], dx[pl]  # (Ho, Wo), (H, W)
         dp[:] = 0.0
@@ -204,9 +266,14 @@ def _pool_backward_planes(p0, p1, dy, arg, dx, mode, geo):
                 dp[2 * i, 2 * j + 1] += g
                 dp[2 * i + 1, 2 * j] += g
                 dp[2 * i + 1, 2 * j + 1] += g
+        if whole:
+            _avg_whole_rows_backward(gp, dp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale)
         for i in range(ho):
             r0, r1 = window_range(i, kh, sh, ph, h)
+            inner = i0 <= i < i1
             for j in range(wf if i < hf else 0, wo):
+                if inner and j0 <= j < j1:
+                    continue
                 c0, c1 = window_range(j, kw, sw, pw, w)
                 g = gp[i, j]
                 if mode == 1 and r1 > r0 and c1 > c0:
@@ -274,10 +341,11 @@ class PoolCPU:
 # outputs whose windows hold it (at most ceil(k/s)^2 of them), so overlapping windows need no
 # atomics and the result is deterministic. Arrays are flat; plane pl of x starts at pl*H*W.
 #
-# The kernels are specialised on the layer: mode, planes (N*C), sizes and window geometry are
-# closure constants (compile-time constants to Numba), so the index divisions are by constants,
-# the loop bounds are known and the other modes' code is gone. The price is one compilation
-# per distinct layer geometry, on first use on a GPU.
+# The kernels are specialised on the layer: mode, sizes and window geometry are constants of
+# the generated module (compile-time constants to Numba), so the index divisions are by
+# constants and the other modes' code is gone. The price is one compilation per distinct
+# layer geometry (cached on disk); the number of planes (N*C) is the arrays', so layers of one
+# geometry and different channel counts or batch sizes share the kernels.
 
 cuda = None  # numba.cuda, bound by _cuda_window_math() and _cuda_kernels()
 
@@ -300,10 +368,11 @@ def _cuda_window_math():
     return span, outputs_over
 
 
-@functools.cache
-def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int,
-                  sw: int, ph: int, pw: int, mode: str, act_code: int = LINEAR):  # fmt: skip
-    """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat.
+@generated("pool")
+def _cuda_kernels(h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int, sw: int,
+                  ph: int, pw: int, mode: str, act_code: int = LINEAR):  # fmt: skip
+    """Pooling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat; the number
+    of planes (N*C) is the arrays' (y.size / (ho*wo)), so layers of one geometry share them.
 
     act_code: the activation fused into the layer that produced x, when this pool is that
     layer's only reader. The backward then returns the gradient before that activation,
@@ -323,7 +392,7 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
     @cuda.jit
     def pool_forward(x, y, arg):
         # x (P*H*W,), y (P*Ho*Wo,) f32; arg (P*Ho*Wo,) int32 out (max only; else unused)
-        for e in range(cuda.grid(1), planes * howo, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             pl, q = e // howo, e % howo
             i, j = q // wo, q % wo
             r0, r1 = span(i, kh, sh, ph, h)
@@ -353,7 +422,7 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
     def pool_backward(dy, arg, dx, x, p0, p1):
         # dy (P*Ho*Wo,), arg (P*Ho*Wo,) int32 (max), dx (P*H*W,) f32 out (overwritten);
         # x (P*H*W,) the forward input, read only with a fused activation (act_code)
-        for e in range(cuda.grid(1), planes * hw, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             pl, q = e // hw, e % hw
             r, c = q // w, q % w
             i0, i1 = outputs_over(r, kh, sh, ph, ho)
@@ -379,8 +448,8 @@ def _cuda_kernels(planes: int, h: int, w: int, ho: int, wo: int, kh: int, kw: in
     return types.SimpleNamespace(pool_forward=pool_forward, pool_backward=pool_backward)
 
 
-# cuda_ptx.compile_records: the first 11 arguments are the layer's geometry (see there)
-_cuda_kernels.geometry_args = 11
+# cuda_ptx.compile_records: the first 10 arguments are the layer's geometry (see there)
+_cuda_kernels.geometry_args = 10
 
 
 class PoolCUDA:
@@ -401,7 +470,7 @@ class PoolCUDA:
         planes, (ho, wo) = n * c, out_hw
         self.act_code = ACT_CODE[act]
         self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
-        geo = (int(v) for v in (planes, h, w, ho, wo, *kernel, *stride, *pad))
+        geo = (int(v) for v in (h, w, ho, wo, *kernel, *stride, *pad))
         cfg = (*geo, mode, self.act_code)
         size = planes * ho * wo if mode == "max" else 1  # unused unless max
         self.arg = _cuda.device_array(size, np.int32)  # (N*C*Ho*Wo,) argmax, in-plane index
@@ -433,12 +502,17 @@ class PoolCPURunner(Runner):
         self.op = PoolCPU(plan.batch, c, h, w, a["mode"], a["kernel"], a["stride"], a["pad_tl"],
                           a["out_hw"])  # fmt: skip
 
+    # the plan folds a standalone activation that alone reads this pool's output into it
+    # (CompiledNet._activation_folds; the language gives pool no activation of its own)
+    takes_act = True
+
     def forward(self, train):
         self.op.forward(self.x[0], self.y)
+        self._act_forward()
 
     def backward(self):
         if self.dx[0] is not None:
-            self.op.backward(self.dy, self.dx[0])
+            self.op.backward(self._act_backward(), self.dx[0])
 
 
 # ---------------------------------------------------------------------------------------------

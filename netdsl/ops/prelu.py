@@ -12,13 +12,13 @@ a * dy.
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class PReLUCPU:
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("prelu")
 def _cuda_kernels(planes: int, slopes: int, hw: int, threads: int):
     """PReLU kernels for x (planes * hw,) flat, plane pl using slope pl % slopes; `threads`
     per block of the slope-gradient reduction (a power of two)."""

@@ -9,7 +9,6 @@ its gradient ``softmax - onehot`` is exact where chaining these two would cancel
 
 from __future__ import annotations
 
-import functools
 import math
 import types
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -66,62 +66,98 @@ def softmax_backward(dy, y, dx):
 
 
 # ---- CUDA kernels
-# One thread per row: K is at most a few thousand, and a row's sum then has one fixed order.
-# Specialised on (rows, classes), compile-time constants (constant loop bounds and row
-# offsets): one compilation per distinct shape on first use on a GPU.
+# One warp per row: the lanes stride over the row's classes (a warp reads 32 consecutive
+# values) and warp reductions (shuffles on a GPU, cudakit.warp_reducer) give every lane the
+# row's maximum and sum in a fixed order. Specialised on (rows, classes), compile-time
+# constants (constant loop bounds and row offsets): one compilation per distinct shape on
+# first use on a GPU. Every thread of a block runs the same number of row steps (a warp past
+# the last row reduces nothing), as the simulator's fallback reductions synchronise the block.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
+# (float64(0.0) starts a float64 sum in the simulator too: there 0.0 + float32 is a float32)
 
 
-@functools.cache
-def _cuda_kernels(rows: int, classes: int):
-    """Softmax kernels for flat (rows*classes,) float32 arrays."""
+@generated("softmax")
+def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
+    """Softmax kernels for flat (rows*classes,) float32 arrays; `threads` per block (a warp
+    per row), `shuffles`: warp shuffles (GPU) or the simulator's fallback."""
     global cuda
-    from numba import cuda
+    from numba import cuda, float32, float64
+
+    from netdsl.ops.cudakit import WARP, warp_reducer
+
+    warp_sum, warp_max = warp_reducer(shuffles)
+    neg_inf = np.float32(-np.inf)
+    warps = threads // WARP  # rows per block and step
 
     @cuda.jit
-    def softmax_forward(x, y):  # x, y: (N*K,) f32; y may be x
-        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
+    def softmax_forward(x, y):  # x, y: (N*K,) f32; y may be x (a lane reads what it writes)
+        t = cuda.threadIdx.x
+        lane = t % WARP
+        buf = cuda.shared.array(threads, float64)
+        for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
+            n = base + t // WARP
+            active = n < rows
             row = n * classes
-            top = x[row]
-            for j in range(1, classes):
-                top = max(top, x[row + j])
-            total = 0.0  # float64
-            for j in range(classes):
-                e = math.exp(x[row + j] - top)
-                y[row + j] = e
-                total += e
-            inv = np.float32(1.0 / total)
-            for j in range(classes):
-                y[row + j] *= inv
+            top = neg_inf
+            if active:
+                for j in range(lane, classes, WARP):
+                    top = max(top, x[row + j])
+            top = float32(warp_max(float64(top), buf, t))  # exact both ways
+            acc = float64(0.0)
+            if active:
+                for j in range(lane, classes, WARP):
+                    e = math.exp(x[row + j] - top)
+                    y[row + j] = e
+                    acc += e
+            total = warp_sum(acc, buf, t)
+            if active:
+                inv = np.float32(1.0 / total)
+                for j in range(lane, classes, WARP):
+                    y[row + j] *= inv
 
     @cuda.jit
     def softmax_backward(dy, y, dx):  # dy, y, dx: (N*K,) f32; dx may be dy
-        for n in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        t = cuda.threadIdx.x
+        lane = t % WARP
+        buf = cuda.shared.array(threads, float64)
+        for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
+            n = base + t // WARP
+            active = n < rows
             row = n * classes
-            dot = 0.0  # float64
-            for j in range(classes):
-                dot += dy[row + j] * y[row + j]
-            d32 = np.float32(dot)
-            for j in range(classes):
-                dx[row + j] = y[row + j] * (dy[row + j] - d32)
+            acc = float64(0.0)
+            if active:
+                for j in range(lane, classes, WARP):
+                    acc += dy[row + j] * y[row + j]
+            d32 = np.float32(warp_sum(acc, buf, t))  # every lane has read dy before any writes
+            if active:
+                for j in range(lane, classes, WARP):
+                    dx[row + j] = y[row + j] * (dy[row + j] - d32)
 
     return types.SimpleNamespace(softmax_forward=softmax_forward, softmax_backward=softmax_backward)
 
 
-# cuda_ptx.compile_records: both arguments are geometry (see there)
+# cuda_ptx.compile_records: the first 2 arguments are geometry (see there)
 _cuda_kernels.geometry_args = 2
 
 
 class SoftmaxCUDA:
-    """Row softmax of (N, K) float32 device arrays, kernels specialised on N and K."""
+    """Row softmax of (N, K) float32 device arrays, kernels specialised on N and K.
 
-    def __init__(self, n: int, classes: int) -> None:
-        from netdsl.ops.cudakit import Launch, grid_1d
+    `shuffles` forces the warp-shuffle path (else: on a GPU only; tests emulate it),
+    `threads` the block size (a multiple of 32; a warp per row).
+    """
 
-        cfg = (int(n), int(classes))
-        self._fwd = Launch(_cuda_kernels, "softmax_forward", *grid_1d(n), cfg)
-        self._bwd = Launch(_cuda_kernels, "softmax_backward", *grid_1d(n), cfg)
+    def __init__(self, n: int, classes: int, shuffles: bool | None = None,
+                 threads: int | None = None) -> None:  # fmt: skip
+        from netdsl.ops.cudakit import WARP, Launch, cdiv, row_threads, use_shuffles
+
+        threads = row_threads() if threads is None else int(threads)
+        shuffles = use_shuffles() if shuffles is None else bool(shuffles)
+        cfg = (int(n), int(classes), threads, shuffles)
+        blocks = cdiv(n, threads // WARP)
+        self._fwd = Launch(_cuda_kernels, "softmax_forward", blocks, threads, cfg)
+        self._bwd = Launch(_cuda_kernels, "softmax_backward", blocks, threads, cfg)
 
     def forward(self, x, y) -> None:
         """y = softmax of the rows of x; x, y (N, K), y may be x."""

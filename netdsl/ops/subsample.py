@@ -10,7 +10,6 @@ columns [j*sw - pw, j*sw - pw + kw); taps outside the input are ignored. LeNet-5
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations, pool
+from netdsl.ops.codegen import generated
 from netdsl.ops.conv import PARALLEL_MIN_WORK, Workers, num_threads, split
 from netdsl.ops.jit import kernel
 from netdsl.ops.pool import fast_extent, window_range
@@ -204,7 +204,7 @@ class SubsampleCPU:
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
+@generated("subsample")
 def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, kh: int,
                   kw: int, sh: int, sw: int, ph: int, pw: int, act_params: tuple, threads: int,
                   code: int):  # fmt: skip

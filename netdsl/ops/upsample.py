@@ -9,13 +9,13 @@ for the backward (it reads only dy).
 
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
 
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 
@@ -86,10 +86,11 @@ def upsample_backward(dy, dx, fh, fw):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-@functools.cache
-def _cuda_kernels(planes: int, h: int, w: int, fh: int, fw: int):
+@generated("upsample")
+def _cuda_kernels(h: int, w: int, fh: int, fw: int):
     """Upsample forward (one thread per output) and backward (one thread per input, summing
-    its block: no atomics) for x (planes*h*w,) <-> y (planes*h*fh*w*fw,)."""
+    its block: no atomics) for x (planes*h*w,) <-> y (planes*h*fh*w*fw,); planes = N*C is the
+    arrays' (layers of one geometry share the kernels)."""
     global cuda
     from numba import cuda
 
@@ -98,7 +99,7 @@ def _cuda_kernels(planes: int, h: int, w: int, fh: int, fw: int):
     @cuda.jit
     def upsample_forward(x, y):
         # x: (N*C*H*W,) f32; y: (N*C*Ho*Wo,) f32 out
-        for e in range(cuda.grid(1), planes * ho * wo, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             q, j = e // wo, e % wo  # q = plane*Ho + i
             pl, i = q // ho, q % ho
             y[e] = x[(pl * h + i // fh) * w + j // fw]
@@ -106,7 +107,7 @@ def _cuda_kernels(planes: int, h: int, w: int, fh: int, fw: int):
     @cuda.jit
     def upsample_backward(dy, dx):
         # dy: (N*C*Ho*Wo,) f32; dx: (N*C*H*W,) f32 out (overwritten)
-        for e in range(cuda.grid(1), planes * h * w, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             q, b = e // w, e % w  # q = plane*H + a
             pl, a = q // h, q % h
             s = np.float32(0.0)
@@ -120,8 +121,8 @@ def _cuda_kernels(planes: int, h: int, w: int, fh: int, fw: int):
                                  upsample_backward=upsample_backward)  # fmt: skip
 
 
-# cuda_ptx.compile_records: all 5 arguments are the layer's geometry (see there)
-_cuda_kernels.geometry_args = 5
+# cuda_ptx.compile_records: all 4 arguments are the layer's geometry (see there)
+_cuda_kernels.geometry_args = 4
 
 
 class UpsampleCUDA:
@@ -130,7 +131,7 @@ class UpsampleCUDA:
     def __init__(self, n: int, c: int, h: int, w: int, fh: int, fw: int) -> None:
         from netdsl.ops.cudakit import Launch, grid_1d
 
-        cfg = (int(n * c), int(h), int(w), int(fh), int(fw))
+        cfg = (int(h), int(w), int(fh), int(fw))
         size = n * c * h * w
         self._fwd = Launch(_cuda_kernels, "upsample_forward", *grid_1d(size * fh * fw), cfg)
         self._bwd = Launch(_cuda_kernels, "upsample_backward", *grid_1d(size), cfg)

@@ -177,12 +177,19 @@ def checkpoint_params(net: Network, path: str) -> tuple[dict[str, np.ndarray], d
     return arrays, meta
 
 
-def compiled(net: Network, arrays: dict[str, np.ndarray], path: str, batch: int):
-    """The net compiled for the CPU at `batch`, holding the checkpoint's weights."""
+def compiled(net: Network, arrays: dict[str, np.ndarray], path: str, batch: int,
+             every_map: bool = False):  # fmt: skip
+    """The net compiled for the CPU at `batch`, holding the checkpoint's weights. With
+    `every_map`, no standalone activation is folded into its producer, so every layer's
+    output is its own map (a folded producer's would be the activation's)."""
     from ..backends import compile_network
+    from ..compiler import CompiledNet
     from ..train.trainer import load_weights
 
-    cnet = compile_network(net, device="cpu", batch=batch)
+    if every_map:
+        cnet = type("Unfolded", (CompiledNet,), {"fold_activations": False})(net, batch=batch)
+    else:
+        cnet = compile_network(net, device="cpu", batch=batch)
     load_weights(cnet, arrays, show_path(path))
     return cnet
 

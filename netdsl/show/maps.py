@@ -91,7 +91,7 @@ def run(args) -> int:
                                     f"some with --layers: {', '.join(valid)}")  # fmt: skip
     arrays, meta = common.checkpoint_params(net, args.checkpoint)
     x, about = read_image(net, args.image, args, meta)
-    cnet = common.compiled(net, arrays, args.checkpoint, batch=1)
+    cnet = common.compiled(net, arrays, args.checkpoint, batch=1, every_map=True)
     scores_layer = common.output_layer(net).name
     outs = common.forward_layers(cnet, x, list(dict.fromkeys([*names, scores_layer])))
     scores = outs[scores_layer][0].reshape(-1)

@@ -48,6 +48,9 @@ def add_commands(sub) -> None:
     c.add_argument("--batch", type=positive_int, help="batch size (default: the file's)")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
     c.set_defaults(func=cmd_compile)
+    from ..backends.emit import add_emit_option  # compile --emit DIR (backends/emit.py)
+
+    add_emit_option(c)
 
     t = sub.add_parser("train", help="train with the file's train section; flags override it")
     t.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")

@@ -1,0 +1,127 @@
+"""Start-up of training: a warm start compiles nothing, train imports no optional heavyweights,
+and the chunked initialisation draws the very values the one-shot one did.
+
+The start-up tests run `netdsl train` twice in fresh processes with the same Numba and
+netdsl kernel caches (NUMBA_CACHE_DIR, NETDSL_CACHE_DIR in a temporary folder): the first
+must compile (else the counter below proves nothing), the second must load every kernel
+from the caches. No assertion is on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netdsl.init import sample, sample_into
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# conv (fused relu) -> max pool -> standalone activation -> fc -> loss: the kernel families
+# of a small CNN, the generated activation module among them
+TINY_NET = """\
+network tiny
+input image: 1x8x8
+conv c1: 4 filters 3x3, pad 1, relu
+pool p1: max 2x2, stride 2
+act  a1: tanh
+fc   f1: 3
+loss cross_entropy
+
+train {
+  batch 4
+  epochs 1
+  optimizer sgd(lr=0.01, momentum=0.9)
+}
+"""
+
+# Runs `netdsl train` in this process, then reports what Numba compiled and loaded, which
+# generated kernel modules were written or reused, and which optional packages got imported.
+CHILD = textwrap.dedent("""\
+    import gc, json, sys
+    from netdsl.cli import main
+    status = main(sys.argv[1:])
+    from numba.core.dispatcher import Dispatcher
+    from netdsl.ops import codegen
+    misses, hits = [], 0
+    for d in gc.get_objects():
+        if isinstance(d, Dispatcher):
+            misses += [d.py_func.__qualname__] * sum(d.stats.cache_misses.values())
+            hits += sum(d.stats.cache_hits.values())
+    heavy = sorted(m for m in ("torch", "matplotlib", "tensorboardX", "onnx", "onnxruntime",
+                               "mpi4py", "PIL") if m in sys.modules)
+    print(json.dumps({"status": status, "misses": misses, "hits": hits, "heavy": heavy,
+                      "kernel_sources": [how for _, _, how in codegen.EVENTS]}))
+""")
+
+
+def run_train(tmp_path: Path, out: str) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               NETDSL_CACHE_DIR=str(tmp_path / "netdsl"), NUMBA_NUM_THREADS="1")  # fmt: skip
+    env.pop("NETDSL_DEBUG", None)
+    cmd = [sys.executable, "-c", CHILD, "train", str(tmp_path / "tiny.net"), "--data",
+           str(tmp_path / "tiny.npz"), "--validate", "4", "--out", str(tmp_path / out),
+           "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def two_starts(tmp_path_factory) -> tuple[dict, dict]:
+    """(cold, warm): the reports of two `netdsl train` processes sharing empty caches."""
+    tmp = tmp_path_factory.mktemp("coldstart")
+    (tmp / "tiny.net").write_text(TINY_NET)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 1, 8, 8)).astype(np.uint8)
+    np.savez(tmp / "tiny.npz", x=x, y=rng.integers(0, 3, 12))
+    return run_train(tmp, "run1"), run_train(tmp, "run2")
+
+
+def test_cold_start_compiles(two_starts):
+    cold, _ = two_starts
+    assert cold["status"] == 0
+    assert cold["misses"], "an empty cache compiled nothing: the miss counter is broken"
+    assert "generated" in cold["kernel_sources"]
+
+
+def test_warm_start_compiles_nothing(two_starts):
+    _, warm = two_starts
+    assert warm["status"] == 0
+    assert warm["misses"] == [], f"compiled again on a warm start: {warm['misses']}"
+    assert warm["hits"] > 0
+    assert warm["kernel_sources"] and set(warm["kernel_sources"]) == {"reused"}
+
+
+def test_train_imports_no_optional_packages(two_starts):
+    for report in two_starts:
+        assert report["heavy"] == [], f"netdsl train imported {report['heavy']}"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "gaussian", "std": 0.01, "mean": 0.0},
+        {"kind": "gaussian", "std": 0.3, "mean": -0.5},
+        {"kind": "he"},
+        {"kind": "uniform", "scale": 0.2},
+        {"kind": "xavier"},
+        {"kind": "constant", "value": 1.5},
+    ],
+)
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (4, 5, 3, 3)])
+def test_chunked_init_draws_the_same_values(spec, shape):
+    """sample_into, chunk by chunk, gives sample()'s float32 values bit for bit and leaves
+    the generator where sample() leaves it (the next tensor's values stay the same too)."""
+    one_shot, chunked = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
+    one_shot[...] = sample(spec, shape, 27.0, 36.0, r1)
+    sample_into(chunked, spec, 27.0, 36.0, r2, chunk=4)
+    assert one_shot.tobytes() == chunked.tobytes()
+    assert r1.random() == r2.random()
