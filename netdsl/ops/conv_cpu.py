@@ -1,0 +1,276 @@
+"""CPU convolution kernels (used by netdsl.ops.conv.ConvCPU): im2col of a block of images
+side by side, then one float32 BLAS GEMM per (block, group), called directly.
+
+Imported only when a ConvCPU is built (it imports numba at module level; `netdsl check`
+never gets here).
+
+Why blocks: at small maps one image's column matrix has few columns (Ho*Wo = 49 at 7x7),
+where BLAS runs far below its peak, and the weight gradient of one image is a GEMM whose
+inner dimension is those 49 pixels that rewrites the whole (O, K) weight gradient: at
+512 -> 512 channels 9.4 MB written per image. With B images side by side the GEMMs have
+B*Ho*Wo columns and the weight gradient is written once per block. B is chosen by the
+caller (ConvCPU) for a target column count under a workspace cap.
+
+Why direct sgemm calls (Numba's ``numba_xxgemm``, the wrapper of SciPy's BLAS that Numba's
+own np.dot uses; a named symbol, so the kernels stay in Numba's on-disk cache): leading
+dimensions, transposes and beta = 1 let the weight gradient accumulate in place (no
+per-image temporary and no transposed copies of dy or w), and let a 1x1 stride-1 unpadded
+convolution use the input and output arrays themselves as its matrices (no im2col at all).
+
+geo = (sh, sw, ph, pw, dh, dw, kh, kw, ho, wo, wide, hp, wp): stride, top/left padding,
+dilation, kernel size, output size, and the layout of the column matrix.
+
+The column matrix col (K, pitch) holds image b of a block in columns [b*P, (b+1)*P),
+P = Ho*Wv; row r = (c*kh + ky)*kw + kx (the flat index of w[o], so y = w @ col), column
+b*P + i*Wv + j for output pixel (i, j):
+- "wide" (stride 1): the image is copied into a zero-bordered buffer xpad (Cg, Hp, Wp) and
+  Wv = Wp, so row r of an image's columns is ONE contiguous run of xpad starting at tap
+  (c, ky*dh, kx*dw); columns j >= Wo are garbage that is computed and dropped (the GEMM is
+  Wp/Wo wider, so ConvCPU picks it only where that costs less than a gather).
+- otherwise Wv = Wo and the columns are gathered element by element, zero outside the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.np.linalg import ensure_blas
+
+ensure_blas()  # SciPy's BLAS, which numba_xxgemm loads on its first call
+
+_F32P = types.CPointer(types.float32)
+# numba_xxgemm(kind, transa, transb, m, n, k, alpha*, a*, lda, b*, ldb, beta*, c*, ldc): a
+# column-major ?gemm (numba/_lapack.c); kind 's' = float32
+_xxgemm = types.ExternalFunction(
+    "numba_xxgemm",
+    types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,
+               _F32P, _F32P, types.intp, _F32P, types.intp, _F32P, _F32P, types.intp),
+)  # fmt: skip
+
+_S, _N, _T = 115, 110, 116  # ord('s'), ord('n'), ord('t')
+
+
+@njit(cache=True, nogil=True)
+def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C = op(A) @ op(B) + beta * C, C (m, n) with row pitch ldc.
+
+    a, b, c: 1-D float32 views starting at each matrix's first element. A is (m, k) with row
+    pitch lda, or stored as (k, m) when ta; B is (k, n) with pitch ldb, or stored (n, k) when
+    tb. BLAS is column-major: the row-major product is C.T = op(B).T @ op(A).T.
+    """
+    ab = np.empty(2, np.float32)
+    ab[0] = 1.0
+    ab[1] = beta
+    _xxgemm(_S, _T if tb else _N, _T if ta else _N, n, m, k, ab.ctypes, b.ctypes, ldb,
+            a.ctypes, lda, ab[1:].ctypes, c.ctypes, ldc)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, inline="always")  # compiled inside its callers
+def _col_range(ox, sw, w_in, wo):  # ints -> (j0, j1)
+    """Output columns j in [j0, j1) whose input column ox + j*sw lies in [0, w_in)."""
+    j0 = 0 if ox >= 0 else min(wo, (sw - 1 - ox) // sw)  # first j with ox + j*sw >= 0
+    j1 = min(wo, (w_in - ox + sw - 1) // sw) if w_in > ox else 0  # first j with ox+j*sw >= w_in
+    return j0, max(j0, j1)
+
+
+# Inner loops index flat views with np.uint64: Numba tests every signed index for a negative
+# value to wrap around, and that test stops LLVM from vectorising short copy loops.
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def fill_col(x, n, c0, xpad, col, q0, geo):
+    """col[:, q0 : q0 + P] <- taps of x[n, c0 : c0+Cg] (x (N, C, H, W); col (K, pitch);
+    xpad (Cg*Hp*Wp + slack,) with zero borders, used in the wide layout)."""
+    sh, sw, ph, pw, dh, dw, kh, kw, ho, wo, wide, hp, wp = geo
+    c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
+    cg = col.shape[0] // (kh * kw)
+    pitch = col.shape[1]
+    npix = ho * (wp if wide else wo)  # P: this image's columns
+    xf, cf = x.reshape(-1), col.reshape(-1)  # flat views
+    for c in range(cg):
+        xc = ((n * c_all + c0 + c) * h) * w_in  # flat offset of x[n, c0 + c, 0, 0]
+        if wide:
+            for iy in range(h):
+                d = (c * hp + ph + iy) * wp + pw  # xpad offset of x[n, c0 + c, iy, 0]
+                for ix in range(w_in):
+                    xpad[np.uint64(d + ix)] = xf[np.uint64(xc + iy * w_in + ix)]
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (c * kh + ky) * kw + kx  # row of col
+                p0 = r * pitch + q0  # flat col index of this image's first column in row r
+                if wide:
+                    s = (c * hp + ky * dh) * wp + kx * dw  # xpad offset of output (0,0)'s tap
+                    for q in range(npix):
+                        cf[np.uint64(p0 + q)] = xpad[np.uint64(s + q)]
+                    continue
+                ox = kx * dw - pw  # input column read by output column 0
+                j0, j1 = _col_range(ox, sw, w_in, wo)
+                for i in range(ho):
+                    iy = i * sh + ky * dh - ph  # input row read by output row i
+                    p = p0 + i * wo  # flat col index of output (i, 0)
+                    if iy < 0 or iy >= h:
+                        for j in range(wo):
+                            cf[np.uint64(p + j)] = 0.0
+                        continue
+                    for j in range(j0):
+                        cf[np.uint64(p + j)] = 0.0
+                    s = xc + iy * w_in + ox  # flat x index of (iy, ox): j*sw added below
+                    for j in range(j0, j1):
+                        cf[np.uint64(p + j)] = xf[np.uint64(s + j * sw)]
+                    for j in range(j1, wo):
+                        cf[np.uint64(p + j)] = 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def add_col(col, q0, dx, n, c0, dxpad, geo):
+    """dx[n, c0 : c0+Cg] = the adjoint of fill_col applied to col[:, q0 : q0 + P]
+    (overwrites); dxpad (Hp*Wp + slack,) one channel's padded gradient (wide layout)."""
+    sh, sw, ph, pw, dh, dw, kh, kw, ho, wo, wide, hp, wp = geo
+    c_all, h, w_in = dx.shape[1], dx.shape[2], dx.shape[3]
+    cg = col.shape[0] // (kh * kw)
+    pitch = col.shape[1]
+    npix = ho * (wp if wide else wo)
+    df, cf = dx.reshape(-1), col.reshape(-1)  # flat views
+    for c in range(cg):
+        xc = ((n * c_all + c0 + c) * h) * w_in  # flat offset of dx[n, c0 + c, 0, 0]
+        if wide:
+            dxpad[:] = 0.0
+        else:
+            for q in range(h * w_in):
+                df[np.uint64(xc + q)] = 0.0
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (c * kh + ky) * kw + kx  # row of col
+                p0 = r * pitch + q0
+                if wide:
+                    s = ky * dh * wp + kx * dw  # dxpad offset of output (0,0)'s tap
+                    for q in range(npix):
+                        dxpad[np.uint64(s + q)] += cf[np.uint64(p0 + q)]
+                    continue
+                ox = kx * dw - pw  # input column of output column 0
+                j0, j1 = _col_range(ox, sw, w_in, wo)
+                for i in range(ho):
+                    iy = i * sh + ky * dh - ph  # input row of output row i
+                    if iy >= 0 and iy < h:
+                        p = p0 + i * wo  # flat col index of output (i, 0)
+                        s = xc + iy * w_in + ox  # flat dx index of (iy, ox)
+                        for j in range(j0, j1):
+                            df[np.uint64(s + j * sw)] += cf[np.uint64(p + j)]
+        if wide:
+            for iy in range(h):
+                d = (ph + iy) * wp + pw  # dxpad offset of dx[n, c0 + c, iy, 0]
+                for ix in range(w_in):
+                    df[np.uint64(xc + iy * w_in + ix)] = dxpad[np.uint64(d + ix)]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def forward_images(n0, n1, bs, direct, x, w3, b, y, col, yt, xpad, geo):
+    """Worker: y[n0:n1] = conv(x[n0:n1]) + b, `bs` images per GEMM.
+
+    x (N, C, H, W); w3 (G, Og, K); b (O,) (zeros: no bias); y (N, O, Ho, Wo); col (K, bs*P)
+    column matrix, yt (Og, bs*P) GEMM output, xpad (Cg*Hp*Wp + slack,) whose borders are
+    zeroed here (the interior is rewritten per image). direct: a 1x1
+    stride-1 unpadded conv, whose column matrix of image n is x[n, group] itself (col, yt
+    and xpad unused: one GEMM per image straight from x into y).
+    """
+    ng, og, kk = w3.shape
+    c_all, hw_in = x.shape[1], x.shape[2] * x.shape[3]
+    o_all, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    cg = c_all // ng
+    hw = ho * wo
+    wv = geo[12] if geo[10] else wo  # column pitch of an output row in col / yt
+    npix = ho * wv  # P
+    pitch = col.shape[1]
+    xf, yf, wf, ytf = x.reshape(-1), y.reshape(-1), w3.reshape(-1), yt.reshape(-1)
+    if geo[10]:
+        xpad[:] = 0.0  # its borders: the buffer is shared with other layers
+    for nb in range(n0, n1, bs):
+        m = min(bs, n1 - nb)  # images in this block
+        for g in range(ng):
+            wg = wf[g * og * kk :]
+            if direct:
+                for n in range(nb, nb + m):
+                    yo = (n * o_all + g * og) * hw  # flat y offset of y[n, g*og]
+                    gemm(False, False, og, hw, kk, wg, kk, xf[(n * c_all + g * cg) * hw_in :],
+                         hw_in, 0.0, yf[yo:], hw)  # fmt: skip
+                    for o in range(og):
+                        bo = b[g * og + o]
+                        for q in range(hw):
+                            yf[np.uint64(yo + o * hw + q)] += bo
+                continue
+            for i in range(m):
+                fill_col(x, nb + i, g * cg, xpad, col, i * npix, geo)
+            gemm(False, False, og, m * npix, kk, wg, kk, col.reshape(-1), pitch, 0.0, ytf, pitch)
+            for i in range(m):
+                for o in range(og):
+                    bo = b[g * og + o]
+                    d0 = ((nb + i) * o_all + g * og + o) * hw  # flat y offset of y[n, o]
+                    s0 = o * pitch + i * npix  # flat yt offset of that image's (0, 0)
+                    for r in range(ho):
+                        for j in range(wo):
+                            yf[np.uint64(d0 + r * wo + j)] = ytf[np.uint64(s0 + r * wv + j)] + bo
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def backward_images(n0, n1, bs, direct, tr, dy, x, w3, dx, want_dx, col, dyt, dytt, xpad,
+                    dxpad, dwt, dbt, geo):  # fmt: skip
+    """Worker: the weight gradient summed over images n0..n1 into dwt, overwritten: (G, Og, K)
+    or, when tr, its transpose (G, K, Og); dbt (O,) likewise; dx[n0:n1] when want_dx.
+
+    Workspaces as forward_images' plus dyt (Og, bs*P), one block's dy, and when tr dytt
+    (bs*P, Og), its transpose; both zero in the garbage columns so that those of col add
+    nothing. dxpad (Hp*Wp + slack,). tr: dw.T += col @ dytt, which OpenBLAS runs up to 2x
+    faster than dw += dyt @ col.T while Og is small (measured at Og 16-64; level at 512).
+    """
+    ng, og, kk = w3.shape
+    c_all, hw_in = x.shape[1], x.shape[2] * x.shape[3]
+    o_all, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    cg = c_all // ng
+    hw = ho * wo
+    wv = geo[12] if geo[10] else wo
+    npix = ho * wv
+    pitch = col.shape[1]
+    xf, dyf, wf, dytf = x.reshape(-1), dy.reshape(-1), w3.reshape(-1), dyt.reshape(-1)
+    dxf, dwf, colf, dyttf = dx.reshape(-1), dwt.reshape(-1), col.reshape(-1), dytt.reshape(-1)
+    dwt[:] = 0.0
+    dbt[:] = 0.0
+    if geo[10]:
+        xpad[:] = 0.0  # its borders: the buffer is shared with other layers
+    for nb in range(n0, n1, bs):
+        m = min(bs, n1 - nb)
+        for g in range(ng):
+            wg, dwg = wf[g * og * kk :], dwf[g * og * kk :]
+            for i in range(m):
+                for o in range(og):
+                    s0 = ((nb + i) * o_all + g * og + o) * hw  # flat dy offset of dy[n, o]
+                    acc = np.float32(0.0)
+                    for q in range(hw):
+                        acc += dyf[np.uint64(s0 + q)]
+                    dbt[g * og + o] += acc
+            if direct:  # never tr
+                for n in range(nb, nb + m):
+                    do = (n * o_all + g * og) * hw  # flat dy offset of dy[n, g*og]
+                    xo = (n * c_all + g * cg) * hw_in  # flat x offset of x[n, g*cg]
+                    gemm(False, True, og, kk, hw, dyf[do:], hw, xf[xo:], hw, 1.0, dwg, kk)
+                    if want_dx:
+                        gemm(True, False, kk, hw, og, wg, kk, dyf[do:], hw, 0.0, dxf[xo:], hw)
+                continue
+            for i in range(m):
+                for o in range(og):
+                    s0 = ((nb + i) * o_all + g * og + o) * hw
+                    d0 = o * pitch + i * npix  # flat dyt offset of that image's (0, 0)
+                    for r in range(ho):
+                        for j in range(wv):
+                            v = dyf[np.uint64(s0 + r * wo + j)] if j < wo else np.float32(0.0)
+                            dytf[np.uint64(d0 + r * wv + j)] = v
+                            if tr:
+                                dyttf[np.uint64((i * npix + r * wv + j) * og + o)] = v
+                fill_col(x, nb + i, g * cg, xpad, col, i * npix, geo)
+            if tr:
+                gemm(False, False, kk, og, m * npix, colf, pitch, dyttf, og, 1.0, dwg, og)
+            else:
+                gemm(False, True, og, kk, m * npix, dytf, pitch, colf, pitch, 1.0, dwg, kk)
+            if want_dx:
+                gemm(True, False, kk, m * npix, og, wg, kk, dytf, pitch, 0.0, colf, pitch)
+                for i in range(m):
+                    add_col(col, i * npix, dx, nb + i, g * cg, dxpad, geo)
