@@ -433,7 +433,11 @@ def compile_kernels(keys: list[tuple[int, tuple]], tools: dict[str, str],
             module, factory, cfg, name, args = key
             kern = getattr(getattr(importlib.import_module(module), factory)(*cfg), name)
             try:
-                ptx, _ = cuda.compile_ptx(kern.py_func, tuple(_type(a) for a in args), cc=CC)
+                # the kernel's own launch bounds (generated GEMMs declare them): ptxas budgets
+                # registers by them, as the driver's JIT would
+                bounds = getattr(kern, "targetoptions", {}).get("launch_bounds")
+                ptx, _ = cuda.compile_ptx(kern.py_func, tuple(_type(a) for a in args), cc=CC,
+                                          launch_bounds=bounds)  # fmt: skip
             except ImportError as e:  # numba-cuda's NvvmSupportError: no libNVVM
                 raise ToolError(f"NVVM not found ({e}): {EXTRA}") from None
             stem = Path(keep or tmp) / f"{n:03d}_{module.rsplit('.', 1)[-1]}_{name}"
