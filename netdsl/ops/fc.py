@@ -194,7 +194,7 @@ class FcCUDA:
 
         from netdsl.ops import gemm_cuda
         from netdsl.ops.activation import LINEAR
-        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, simulator
+        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile, simulator
 
         self.shape, self.bias = (n, f, o), bias
         self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
@@ -203,7 +203,7 @@ class FcCUDA:
 
         def gemm(m, cols, k, a_kfast, b_nfast, code=LINEAR):
             nonlocal work
-            t = gemm_cuda.pick(m, cols, simulator())
+            t = pick_tile(m, cols)
             blocks = cdiv(cols, t[1]) * cdiv(m, t[0])
             slices = cdiv(k, t[2])
             s = 1 if simulator() else split_k(blocks, slices)
@@ -222,7 +222,7 @@ class FcCUDA:
         self._dw = gemm(o, f, n, False, True)  # (O, F) = dy.T @ x (N, F)
         self.ws = _cuda.device_array(max(work, 1), np.float32)  # split-K partial tiles
         # db sums dy (N, O) over the batch: the column sums of an (N, O) product, as in forward
-        t = gemm_cuda.pick(n, o, simulator())
+        t = pick_tile(n, o)
         self._db = Launch(_cuda_kernels, "column_sums", *grid_1d(o), (n, o, f, *t, True, False,
                           LINEAR, 1))  # fmt: skip
         self.no_b = _cuda.to_device(np.zeros(1, np.float32))  # stands in without bias

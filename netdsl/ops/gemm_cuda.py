@@ -262,9 +262,9 @@ def source(kernel: Kernel) -> str:
                     e = f"{p}kq0 + kt + {q}" if q else f"{p}kq0 + kt"
                     img = f" + img * {op.istride}" if kernel.k.wrap and op.istride else ""
                     out += [f"{p}e = uint32(2 * ({e}))",
-                            f"{p}o = {op.tab}[{p}e]",
-                            f"{p}d = {op.tab}[{p}e + 1]",
-                            f"{p}ok = (uint32({p}y0 + ({p}d >> 16)) < {op.ly}) & "
+                            f"{p}o = int32({op.tab}[{p}e])",
+                            f"{p}d = int32({op.tab}[{p}e + 1])",
+                            f"{p}ok = (uint32({p}y0 + (({p}d >> 16) & 0xFFFF)) < {op.ly}) & "
                             f"(uint32({p}x0 + ({p}d & 0xFFFF)) < {op.lx})",
                             f"{p}v{j} = {op.arr}[uint32({p}base{img} + {p}o)] if {p}ok "
                             "else float32(0.0)"]  # fmt: skip
@@ -291,9 +291,9 @@ def source(kernel: Kernel) -> str:
     L.extend(advance(8))
     add("    cuda.syncthreads()")
     add("    cur = int32(0)")
-    add("    for s in range(nk):")
-    add("        more = s + 1 < nk")
-    add("        if more:  # slice s + 1 into registers, while slice s is multiplied")
+    add("    for ks in range(nk):")
+    add("        more = ks + 1 < nk")
+    add("        if more:  # slice ks + 1 into registers, while slice ks is multiplied")
     L.extend(loads(12))
     add(f"        pa = uint32(ra + cur * {bk * lda})")
     add(f"        pb = uint32(rb + cur * {bk * ldb})")
@@ -337,6 +337,16 @@ from numba import config, cuda, float32, int32, uint32
 from netdsl.ops.activation import cuda_element_math
 
 act, _act_grad = cuda_element_math()
+
+
+if config.ENABLE_CUDASIM:
+    # The simulator runs this as Python: plain ints with 32-bit wrap-around (a NumPy scalar per
+    # cast would be slow, and NumPy refuses a negative Python int as uint32)
+    def int32(v):
+        return ((int(v) + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+    def uint32(v):
+        return int(v) & 0xFFFFFFFF
 
 
 def _options(threads, min_blocks):
