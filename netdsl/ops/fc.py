@@ -206,7 +206,7 @@ class FcCUDA:
             t = pick_tile(m, cols)
             blocks = cdiv(cols, t[1]) * cdiv(m, t[0])
             slices = cdiv(k, t[2])
-            s = 1 if simulator() else split_k(blocks, slices)
+            s = split_k(blocks, slices)
             s = cdiv(slices, cdiv(slices, s))  # no empty split
             cfg = (m, cols, k, *t, a_kfast, b_nfast, int(code), s)
             run = Launch(_cuda_kernels, "gemm", (cdiv(cols, t[1]), cdiv(m, t[0]), s),
