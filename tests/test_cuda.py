@@ -285,7 +285,7 @@ def test_conv_fused_activation_and_table_mask():
 def test_gpu_tile_configs_in_the_simulator(monkeypatch):
     """Tiles with 256 threads the GPU uses (the simulator picks small ones)."""
     tiles = gemm_cuda.TILES
-    monkeypatch.setattr(cudakit, "pick_tile", lambda rows, cols: tiles[(64 if rows > 32 else 32, 32)])
+    monkeypatch.setattr(cudakit, "pick_tile", lambda m, n: tiles[(64 if m > 32 else 32, 32)])
     conv_case((3, 4, 4, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1), n=2, act_kind="relu")
     fc_case(3, 10, 70, "relu")
 

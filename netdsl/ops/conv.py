@@ -468,8 +468,8 @@ cuda = None  # numba.cuda, bound by _cuda_kernels()
 def _conv_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
                sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, ho: int, wo: int,
                tile: tuple, code: int) -> str:  # fmt: skip
-    """The generated module of one layer and tile: conv_forward, conv_backward_data,
-    conv_backward_weights (see ConvCUDA for their arguments)."""
+    """The generated module of one layer and tile: conv_forward, conv_backward_weights and
+    permute_weights (see ConvCUDA for their arguments)."""
     from netdsl.ops import gemm_cuda as G
 
     bk = tile[2]
@@ -493,35 +493,9 @@ tbase = im * {c * hw} + g * {cg * hw} + y0 * {wi} + x0"""),
         notes=["y (N, O, Ho, Wo) = act(w @ im2col(x) + b): M = output channels of group g "
                "(grid z), N = the batch's output pixels, K = Cg*kh*kw; flat arrays"],
     )  # fmt: skip
-    bwd_data = G.Kernel(
-        "conv_backward_data", "dy, w, dx, ta, tb, kt0, kp, tp, up, iyf, ixf", tile,
-        G.Gather("w", "ta", True, 1, 1, ok=f"mn < {cg}", setup=f"""
-y0 = 0
-x0 = 0
-tbase = g * {og * kc} + mn * {kh * kw}"""),
-        G.Gather("dy", "tb", False, ho, wo, ok="mn < cols", setup=f"""
-im = mn // (tp * up)
-t = (mn % (tp * up)) // up
-u = mn % up
-y0 = t
-x0 = u
-tbase = im * {o * howo} + g * {og * howo} + t * {wo} + u"""),
-        G.Epilogue("dx", f"ro = (g * {cg} + row) * {hw}\nrk = row < {cg}", f"""
-im = col // (tp * up)
-t = (col % (tp * up)) // up
-u = col % up
-co = im * {c * hw} + (iyf + t * {sh}) * {wi} + ixf + u * {sw}
-ck = col < cols"""),
-        G.Kloop(nk=f"(kp + {bk - 1}) // {bk}", kt0="kt0"),
-        prologue=f"g = bz\ncols = {n} * tp * up",
-        notes=["one phase of dx (N, C, H, W): the input pixels (iyf + t*sh, ixf + u*sw), "
-               "t < tp, u < up, and the kp taps (o, ky, kx) that reach them, tables from kt0"],
-    )  # fmt: skip
     bwd_w = G.Kernel(
         "conv_backward_weights", "dy, x, ws, ta, tb, ipb, splits", tile,
         G.Gather("dy", "ta", True, 1, 1, ok=f"mn < {og}", istride=o * howo, setup=f"""
-y0 = 0
-x0 = 0
 tbase = (g * {og} + mn) * {howo}"""),
         G.Gather("x", "tb", True, h, wi, ok=f"mn < {kc}", istride=c * hw, setup=f"""
 ci = mn // {kh * kw}
@@ -535,7 +509,67 @@ tbase = (g * {cg} + ci) * {hw} + y0 * {wi} + x0"""),
         notes=["dw partial sums ws (S, O, Cg*kh*kw) over the images [s*ipb, (s+1)*ipb): M = "
                "output channels, N = filter elements, K = pixels (Ho*Wo padded to BK per image)"],
     )  # fmt: skip
-    return G.module_text("conv", [fwd, bwd_data, bwd_w])
+    permute = """
+@cuda.jit(cache=True)
+def permute_weights(w, idx, wp):
+    # wp[e] = w[idx[e]], 0 where idx[e] < 0: the data gradient's weights, phase by phase
+    for e in range(cuda.grid(1), wp.size, cuda.gridsize(1)):
+        i = idx[e]
+        wp[e] = w[i] if i >= 0 else float32(0.0)
+"""
+    return G.module_text("conv", [fwd, bwd_w]) + permute
+
+
+def _conv_data_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
+                    sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, ho: int, wo: int,
+                    part: int, tile: tuple) -> str:  # fmt: skip
+    """The generated module of one phase of a layer's data gradient: conv_backward_data(dy,
+    wp, dx, tb), the phase's sizes and table positions folded in as constants."""
+    from netdsl.ops import gemm_cuda as G
+
+    bk = tile[2]
+    cg, og = c // groups, o // groups
+    hw, howo = h * wi, ho * wo
+    p = conv_tables(c, h, wi, o, groups, kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo),
+                    (bk, bk, bk))["phases"][part]  # fmt: skip
+    kt0, kp, tp, up, iyf, ixf = p["kt0"], p["kp"], p["tp"], p["up"], p["iyf"], p["ixf"]
+    wofs, kpp, cols = p["wofs"], p["kpp"], n * p["tp"] * p["up"]
+    bwd_data = G.Kernel(
+        "conv_backward_data", "dy, wp, dx, tb", tile,
+        # the phase's weights, permuted by permute_weights into (G, Cg, kpp) at wofs: A[ci, k]
+        G.Dense("wp", True, kpp, cg, kp + kt0, base=f"{wofs - kt0} + g * {kpp * cg}"),
+        G.Gather("dy", "tb", False, ho, wo, ok=f"mn < {cols}", setup=f"""
+im = mn // {tp * up}
+t = (mn % {tp * up}) // {up}
+u = mn % {up}
+y0 = t
+x0 = u
+tbase = im * {o * howo} + g * {og * howo} + t * {wo} + u"""),
+        G.Epilogue("dx", f"ro = (g * {cg} + row) * {hw}\nrk = row < {cg}", f"""
+im = col // {tp * up}
+t = (col % {tp * up}) // {up}
+u = col % {up}
+co = im * {c * hw} + ({iyf} + t * {sh}) * {wi} + {ixf} + u * {sw}
+ck = col < {cols}"""),
+        G.Kloop(nk=str(-(-kp // bk)), kt0=str(kt0)), prologue="g = bz",
+        notes=["one phase of dx (N, C, H, W): the input pixels (iyf + t*sh, ixf + u*sw), "
+               f"t < {tp}, u < {up}, and the {kp} taps (o, ky, kx) that reach them (dy's table "
+               f"from {kt0}; their weights at {wofs}, {kpp} per input channel)"],
+    )  # fmt: skip
+    return G.module_text("convd", [bwd_data])
+
+
+class _Kernels(types.SimpleNamespace):
+    """A layer's kernels; conv_backward_data's module is generated on first access."""
+
+    def __init__(self, data, **kernels) -> None:
+        super().__init__(**kernels)
+        self._data = data
+
+    def __getattr__(self, name: str):
+        if name == "conv_backward_data":
+            return self._data().conv_backward_data
+        raise AttributeError(name)
 
 
 @functools.cache
@@ -584,18 +618,23 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
     stride (sh, sw), top/left padding (ph, pw), dilation (dh, dw) and `groups`; tile (bm, bn,
     bk, tm, tn); activation `code`; `threads` (a power of two) per block of bias_grad.
 
-    `part` says which piece of the work a launch does (the weight gradient's images per
-    split, the data gradient's phase py*sw + px) for benchmarks/gpu_static.py; it does not
-    change the code (the generated text is the same for every part).
+    `part` says which piece of the work a launch does: the data gradient's phase py*sw + px
+    (its own generated module, the phase's sizes folded in), the weight gradient's images per
+    split (for benchmarks/gpu_static.py; the same code for every split).
     """
     from netdsl.ops.codegen import kernel_module
 
     text = _conv_text(n, c, h, wi, o, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
                       (bm, bn, bk, tm, tn), code)  # fmt: skip
     mod = kernel_module("conv", text)
+    geo = (n, c, h, wi, o, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+
+    def data():  # only a data-gradient launch (part = its phase) generates its module
+        return kernel_module("convd", _conv_data_text(*geo, part, (bm, bn, bk, tm, tn)))
+
     sum_splits, bias_grad = _cuda_reductions(n, o, (c // groups) * kh * kw, ho, wo, threads)
-    return types.SimpleNamespace(conv_forward=mod.conv_forward,
-                                 conv_backward_data=mod.conv_backward_data,
+    return _Kernels(data, conv_forward=mod.conv_forward,
+                                 permute_weights=mod.permute_weights,
                                  conv_backward_weights=mod.conv_backward_weights,
                                  sum_splits=sum_splits, bias_grad=bias_grad)  # fmt: skip
 
@@ -615,46 +654,68 @@ def data_phases(h: int, w: int, o: int, kh: int, kw: int, stride: Pair, pad: Pai
     of rows and columns (tp, up: iy = iyf + t*sh), and the taps: a list of (o, ky, kx, a, b)
     where (a, b) is the output pixel offset, oy = t + a and ox = u + b.
     """
-    (sh, sw), (ph, pw), (dh, dw), (ho, wo) = stride, pad, dilation, out_hw
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     phases = []
     for py in range(sh):
         for px in range(sw):
             iyf, ixf = (py - ph) % sh, (px - pw) % sw  # first iy with (iy + ph) % sh == py
             tp, up = -(-(h - iyf) // sh), -(-(w - ixf) // sw)
-            taps = [(oc, ky, kx, (iyf + ph - ky * dh) // sh, (ixf + pw - kx * dw) // sw)
-                    for oc in range(o) for ky in range(kh) for kx in range(kw)
-                    if (iyf + ph - ky * dh) % sh == 0 and (ixf + pw - kx * dw) % sw == 0]
+            taps = [
+                (oc, ky, kx, (iyf + ph - ky * dh) // sh, (ixf + pw - kx * dw) // sw)
+                for oc in range(o)
+                for ky in range(kh)
+                for kx in range(kw)
+                if (iyf + ph - ky * dh) % sh == 0 and (ixf + pw - kx * dw) % sw == 0
+            ]
             phases.append({"phase": py * sw + px, "iyf": iyf, "ixf": ixf, "tp": max(0, tp),
                            "up": max(0, up), "taps": taps})  # fmt: skip
     return phases
 
 
-def conv_tables(c: int, h: int, w: int, o: int, groups: int, kh: int, kw: int, stride: Pair,
-                pad: Pair, dilation: Pair, out_hw: Pair, bk: tuple[int, int, int]) -> dict:
+def conv_tables(
+    c: int,
+    h: int,
+    w: int,
+    o: int,
+    groups: int,
+    kh: int,
+    kw: int,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+    out_hw: Pair,
+    bk: tuple[int, int, int],
+) -> dict:
     """The host tables of the generated kernels (uint32 (K, 2), gemm_cuda.pack): forward
-    `fwd`; backward data `data_a` (weights) and `data_b` (dy), the phases concatenated,
-    each padded to its BK, with `phases` (data_phases plus kt0 and kp); weight gradient
+    `fwd`; backward data `data_b` (dy), the phases concatenated, each padded to its BK, with
+    `phases` (data_phases plus kt0, kp, and wofs and kpp: where the phase's weights start in
+    the permuted copy whose int32 source indices are `data_w`, -1 for zero); weight gradient
     `w_a` (dy) and `w_b` (x) over one image's output pixels, padded to BK. bk: the BK of
     the forward, data and weight tiles."""
     from netdsl.ops import gemm_cuda as G
 
-    (sh, sw), (ph, pw), (dh, dw), (ho, wo) = stride, pad, dilation, out_hw
+    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
     cg, og = c // groups, o // groups
     kc = cg * kh * kw
     ci, ky, kx = np.unravel_index(np.arange(kc), (cg, kh, kw))
     out = {"fwd": G.pack(ci * h * w + ky * dh * w + kx * dw, ky * dh, kx * dw, G.padded(kc, bk[0]))}
     phases = data_phases(h, w, og, kh, kw, stride, pad, dilation, out_hw)
-    ta, tb, kt = [], [], 0
+    tw, tb, kt, wofs = [], [], 0, 0
     for p in phases:
         t = np.array(p["taps"], np.int64).reshape(-1, 5)
         size = G.padded(len(t), bk[1])
         oc, y, x, a, b = t.T
-        ta.append(G.pack(oc * kc + y * kw + x, 0 * oc, 0 * oc, size))
         tb.append(G.pack(oc * ho * wo + a * wo + b, a, b, size))
-        p.update(kt0=kt, kp=len(t))
+        # weights of the phase, (G, Cg, size): w[g*og + oc, ci, ky, kx] at [g, ci, k]
+        idx = np.full((groups, cg, size), -1, np.int64)
+        g_, ci_ = np.arange(groups)[:, None, None], np.arange(cg)[None, :, None]
+        idx[:, :, : len(t)] = (g_ * og + oc[None, None, :]) * kc + ci_ * kh * kw + y * kw + x
+        tw.append(idx.reshape(-1))
+        p.update(kt0=kt, kp=len(t), wofs=wofs, kpp=size)
         kt += size
-    out["data_a"] = np.concatenate(ta) if kt else G.pack([], [], [], bk[1])
+        wofs += idx.size
     out["data_b"] = np.concatenate(tb) if kt else G.pack([], [], [], bk[1])
+    out["data_w"] = (np.concatenate(tw) if wofs else np.full(1, -1)).astype(np.int32)
     out["phases"] = phases
     pix = np.arange(ho * wo)
     oy, ox = pix // wo, pix % wo
@@ -722,16 +783,19 @@ class ConvCUDA:
         self.tab_f = dev(tabs["fwd"].reshape(-1))
         self._fwd = launch("conv_forward", (cdiv(npix, t_f[1]), cdiv(og, t_f[0]), groups), t_f,
                            code=act_code)  # fmt: skip
-        self.tab_da, self.tab_db = dev(tabs["data_a"].reshape(-1)), dev(tabs["data_b"].reshape(-1))
-        self._bwd_data = []  # (launch, its phase's scalar arguments)
+        self.tab_db = dev(tabs["data_b"].reshape(-1))
+        self.perm = dev(tabs["data_w"])
+        self.wp = _cuda.device_array(len(tabs["data_w"]), np.float32)  # permuted weights
+        blocks, block = grid_1d(len(tabs["data_w"]))
+        self._permute = launch("permute_weights", blocks, t_d, block=block)
+        self._bwd_data = []  # a launch per phase
         for p in tabs["phases"]:
             cols = n * p["tp"] * p["up"]
             if cols == 0:
                 continue  # no input pixel in this phase (an input smaller than the stride)
             run = launch("conv_backward_data", (cdiv(cols, t_d[1]), cdiv(cg, t_d[0]), groups),
                          t_d, part=p["phase"])  # fmt: skip
-            self._bwd_data.append((run, (p["kt0"], p["kp"], p["tp"], p["up"], p["iyf"],
-                                         p["ixf"])))  # fmt: skip
+            self._bwd_data.append(run)
         self.tab_wa, self.tab_wb = dev(tabs["w_a"].reshape(-1)), dev(tabs["w_b"].reshape(-1))
         grid_w = (cdiv(kcols, t_w[1]), cdiv(og, t_w[0]), groups * self.splits)
         self._bwd_w = launch("conv_backward_weights", grid_w, t_w, part=ipb)
@@ -758,9 +822,10 @@ class ConvCUDA:
         gradient BEFORE the fused activation's output, i.e. already through act'."""
         dyf = dy.reshape(-1)
         if dx is not None:
-            dxf, wf = dx.reshape(-1), w.reshape(-1)
-            for run, args in self._bwd_data:
-                run(dyf, wf, dxf, self.tab_da, self.tab_db, *args)
+            dxf = dx.reshape(-1)
+            self._permute(w.reshape(-1), self.perm, self.wp)
+            for run in self._bwd_data:
+                run(dyf, self.wp, dxf, self.tab_db)
         self._bwd_w(dyf, x.reshape(-1), self.ws, self.tab_wa, self.tab_wb, self.ipb, self.splits)
         self._sum(self.ws, dw.reshape(-1), self.mask, self.has_mask, self.splits)
         if db is not None:

@@ -117,14 +117,19 @@ def _fc_text(m: int, n: int, k: int, bm: int, bn: int, bk: int, tm: int, tn: int
     a = G.Dense("a", a_kfast, k if a_kfast else m, m, k)
     b = G.Dense("b", not b_nfast, k if not b_nfast else n, n, k)
     if splits == 1:
-        epi = G.Epilogue("c", f"ro = row * {n}\nrk = row < {m}", f"co = col\nck = col < {n}",
-                         f"act(v + bias[col] if has_bias else v, {code}, p0, p1)")
+        epi = G.Epilogue(
+            "c",
+            f"ro = row * {n}\nrk = row < {m}",
+            f"co = col\nck = col < {n}",
+            f"act(v + bias[col] if has_bias else v, {code}, p0, p1)",
+        )
     else:  # partial sums into ws (S, M, N)
-        epi = G.Epilogue("c", f"ro = bz * {m * n} + row * {n}\nrk = row < {m}",
-                         f"co = col\nck = col < {n}")
+        epi = G.Epilogue(
+            "c", f"ro = bz * {m * n} + row * {n}\nrk = row < {m}", f"co = col\nck = col < {n}"
+        )
     kern = G.Kernel(
         "gemm", "a, b, c, bias, has_bias, p0, p1", tile, a, b, epi,
-        G.Kloop(nk="min(%d, %d - bz * %d)" % (chunk, slices, chunk), kt0="bz * %d" % (chunk * bk)),
+        G.Kloop(nk=f"min({chunk}, {slices} - bz * {chunk})", kt0=f"bz * {chunk * bk}"),
         notes=[f"C ({m}, {n}) = A @ B over K {k} in {splits} split(s); a, b, c, bias flat f32"],
     )  # fmt: skip
     fin = f"""
@@ -194,7 +199,7 @@ class FcCUDA:
 
         from netdsl.ops import gemm_cuda
         from netdsl.ops.activation import LINEAR
-        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile, simulator
+        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
 
         self.shape, self.bias = (n, f, o), bias
         self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))

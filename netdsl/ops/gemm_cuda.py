@@ -54,6 +54,7 @@ SIM_TILES = {
 PAD = 4  # words added to each shared row (see the module doc)
 BIAS = 32768  # tap offsets are stored biased by this in 16-bit halves of a table word
 NO_TAP = 0xFFFFFFFF  # a table word whose tap lies outside every image (padding of the table)
+PRESENT = (BIAS << 16) | BIAS  # the word of a tap at (0, 0): a plain table entry
 
 
 def pick(rows: int, cols: int, simulator: bool) -> tuple[int, int, int, int, int]:
@@ -117,6 +118,12 @@ class Gather:
     setup: str
     ok: str
     istride: int = 0  # with counters over images (Kloop.wrap)
+
+    @property
+    def bounded(self) -> bool:
+        """False for a plain table lookup (ly = lx = 1 and every tap at (0, 0)): then the
+        test is only whether the table has the entry (fewer registers: no y0, x0)."""
+        return (self.ly, self.lx) != (1, 1)
 
 
 @dataclass(frozen=True)
@@ -228,11 +235,14 @@ def source(kernel: Kernel) -> str:
                 add(f"    {p}base = int32({op.base} + {p}kq0 * {op.ld} + mn)")
         else:
             L.extend(_indent(op.setup, 4))
-            add(f"    if not ({op.ok}):")
-            add("        y0 = 1 << 20  # a padding row or column: no tap is inside")
             add(f"    {p}base = int32(tbase)")
-            add(f"    {p}y0 = int32(y0 - {BIAS})")
-            add(f"    {p}x0 = int32(x0 - {BIAS})")
+            if op.bounded:
+                add(f"    if not ({op.ok}):")
+                add("        y0 = 1 << 20  # a padding row or column: no tap is inside")
+                add(f"    {p}y0 = int32(y0 - {BIAS})")
+                add(f"    {p}x0 = int32(x0 - {BIAS})")
+            else:  # only the table says which k exist; a padding row's mask hides them all
+                add(f"    {p}y0 = uint32(0 if {op.ok} else {NO_TAP})")
         # where this thread's elements go in shared memory (buffer 0)
         for j, q in enumerate(kq):
             add(f"    {p}st{j} = int32(({p}kq0 + {q}) * {ld} + {p}mn)")
@@ -261,11 +271,14 @@ def source(kernel: Kernel) -> str:
                 else:
                     e = f"{p}kq0 + kt + {q}" if q else f"{p}kq0 + kt"
                     img = f" + img * {op.istride}" if kernel.k.wrap and op.istride else ""
-                    out += [f"{p}e = uint32(2 * ({e}))",
-                            f"{p}o = int32({op.tab}[{p}e])",
-                            f"{p}d = int32({op.tab}[{p}e + 1])",
-                            f"{p}ok = (uint32({p}y0 + (({p}d >> 16) & 0xFFFF)) < {op.ly}) & "
-                            f"(uint32({p}x0 + ({p}d & 0xFFFF)) < {op.lx})",
+                    out += [f"{p}e = uint32(2 * ({e}))", f"{p}o = int32({op.tab}[{p}e])"]
+                    if op.bounded:
+                        out += [f"{p}d = int32({op.tab}[{p}e + 1])",
+                                f"{p}ok = (uint32({p}y0 + (({p}d >> 16) & 0xFFFF)) < {op.ly}) & "
+                                f"(uint32({p}x0 + ({p}d & 0xFFFF)) < {op.lx})"]  # fmt: skip
+                    else:  # an absent entry's offset is NO_TAP (its offsets are never -1)
+                        out += [f"{p}ok = uint32({p}o | {p}y0) != {NO_TAP}"]
+                    out += [
                             f"{p}v{j} = {op.arr}[uint32({p}base{img} + {p}o)] if {p}ok "
                             "else float32(0.0)"]  # fmt: skip
         return [" " * ind + s for s in out]
