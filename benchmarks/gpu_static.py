@@ -10,8 +10,9 @@ spills, shared memory) -> `cuobjdump -sass` (the machine code). Printed per laun
   runtime reserves per block, at most 32 blocks and 2,048 threads);
 - the instruction mix of the main loop, found in the SASS by its backward branch: for the
   GEMMs (conv forward / backward data / backward weights, fc) the loop over K slices, which
-  contains a barrier; its inner loops (the tile fills and the multiply-add steps) are
-  weighted by their trip counts, known from the tile config; every other kernel gets the
+  contains a barrier (netdsl/ops/gemm_cuda.py writes a slice out as straight-line code; a
+  kernel with inner loops in it, tile fills or multiply-add steps, has them weighted by
+  their trip counts, known from the tile config); every other kernel gets the
   innermost loop with an FFMA (else the largest loop, else its whole body), inner loops
   counted once. A loop's instructions are counted along its straight path: conditional
   forward branches fall through (the in-bounds side of a bounds check), unconditional ones

@@ -48,7 +48,7 @@ cudakit.fast_simulator_barrier()  # op tests launch kernels before any net is co
 N, C, H, W = 2, 3, 5, 5
 RNG = np.random.default_rng(0)
 TOL = 1e-4
-GPU_TILES = [(32, 32), (64, 128), (128, 128)]  # compiled for sm_90 by the PTX test
+GPU_TILES = [(32, 32), (128, 128)]  # compiled for sm_90 by the PTX test
 
 gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not real_gpu_requested() or simulator(),
