@@ -202,14 +202,6 @@ def fast_simulator_barrier() -> bool:
 cuda = None  # numba.cuda, bound by block_reducer()
 
 
-def gemm_tiles() -> dict[tuple[int, int], tuple[int, int, int, int, int]]:
-    """The tile configs (BM, BN, BK, TM, TN) a GEMM may get here, by (BM, BN): the GPU's,
-    or the simulator's small ones (same generated code, fewer Python threads)."""
-    from netdsl.ops import gemm_cuda
-
-    return gemm_cuda.SIM_TILES if simulator() else gemm_cuda.TILES
-
-
 def pick_tile(rows: int, cols: int) -> tuple[int, int, int, int, int]:
     """The tile config for a GEMM whose output is rows x cols (M x N)."""
     from netdsl.ops import gemm_cuda
