@@ -31,6 +31,7 @@ from netdsl.ops import (
     cudakit,
     dropout,
     fc,
+    gemm_cuda,
     loss,
     lrn,
     maxout,
@@ -47,6 +48,7 @@ cudakit.fast_simulator_barrier()  # op tests launch kernels before any net is co
 N, C, H, W = 2, 3, 5, 5
 RNG = np.random.default_rng(0)
 TOL = 1e-4
+GPU_TILES = [(32, 32), (128, 128)]  # compiled for sm_90 by the PTX test
 
 gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not real_gpu_requested() or simulator(),
@@ -281,8 +283,9 @@ def test_conv_fused_activation_and_table_mask():
 
 
 def test_gpu_tile_configs_in_the_simulator(monkeypatch):
-    """The 32- and 64-row tiles with 256 threads the GPU uses (the simulator picks small ones)."""
-    monkeypatch.setattr(cudakit, "pick_tile", lambda rows: cudakit.TILES[64 if rows > 32 else 32])
+    """Tiles with 256 threads the GPU uses (the simulator picks small ones)."""
+    tiles = gemm_cuda.TILES
+    monkeypatch.setattr(cudakit, "pick_tile", lambda m, n: tiles[(64 if m > 32 else 32, 32)])
     conv_case((3, 4, 4, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1), n=2, act_kind="relu")
     fc_case(3, 10, 70, "relu")
 
@@ -769,9 +772,9 @@ def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
         w = dev(f32(10))
         opt.sgd(w, w, dev(f32(10)), 0.1, 0.9, 0.0, False)
         opt.adam(w, w, dev(f32(10)), dev(np.abs(f32(10))), 0.1, 0.9, 0.99, 1e-8, 0.0, 1)
-        for rows in (16, 32, 64):  # the GPU's tile configs, not only the simulator's
+        for key in GPU_TILES:  # the GPU's tile configs, not only the simulator's
             monkey = cudakit.pick_tile
-            cudakit.pick_tile = lambda r, rows=rows: cudakit.TILES[rows]
+            cudakit.pick_tile = lambda r, c, key=key: gemm_cuda.TILES[key]
             try:
                 fc_case(2, 5, 3, "relu")
                 conv_case(CONVS[0])
@@ -797,7 +800,7 @@ def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
         geo, short = op._cuda_kernels.geometry_args, op.__name__.rsplit(".", 1)[-1] + "."
         cfgs = [ast.literal_eval(a + b) for name, a, b in labels if name.startswith(short)]
         tiles = {tuple(cfg[geo : geo + 5]) for cfg in cfgs}
-        assert all(cudakit.TILES[rows] in tiles for rows in (16, 32, 64)), (short, tiles)
+        assert all(gemm_cuda.TILES[key] in tiles for key in GPU_TILES), (short, tiles)
     print(f"{summary}; PTX in {time.perf_counter() - t0:.1f}s")
 
 

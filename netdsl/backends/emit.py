@@ -101,15 +101,16 @@ def _cuda_entries(launches: dict[int, tuple[Any, str]]) -> list[dict]:
     entries: dict[tuple, dict] = {}
     for launch, layer in launches.values():
         factory = launch.factory
-        key = (factory.__module__, factory.__qualname__, launch.cfg)
+        if isinstance(factory, GeneratedFactory):
+            path = factory.module(*launch.cfg).__file__
+        else:  # a factory gathering kernels of several generated modules (conv, fc)
+            name = _generated_module_of(launch.kernel)
+            path = sys.modules[name].__file__ if name else None
+        # one entry per file; a generated factory's cfg names its file, conv's and fc's
+        # launches with different cfgs (a phase, a split) may share one
+        key = (factory.__module__, factory.__qualname__, path or launch.cfg)
         e = entries.get(key)
         if e is None:
-            path = None
-            if isinstance(factory, GeneratedFactory):
-                path = factory.module(*launch.cfg).__file__
-            else:
-                name = _generated_module_of(launch.kernel)
-                path = sys.modules[name].__file__ if name else None
             e = entries[key] = {"file": Path(path).name if path else None, "path": path,
                                 "factory": f"{key[0]}.{key[1]}", "config": list(launch.cfg),
                                 "kernels": [], "layers": []}  # fmt: skip

@@ -37,6 +37,7 @@ import numpy as np
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
+from netdsl.ops.codegen import generated
 from netdsl.ops.jit import kernel
 
 Pair = tuple[int, int]
@@ -367,252 +368,184 @@ class ConvCPU:
 
 
 # ---- CUDA kernels
-# Implicit GEMM: no im2col matrix is ever stored. Per group g (grid z), with K = Cg*kh*kw and
-# the batch's output pixels as columns:
-#   forward    y[o, (n,p)]  = sum_k w[o, k] * col[k, (n,p)]        + bias, activation fused
-#   data grad  dx[c, (n,q)] = sum_(o,ky,kx) w[o, c, ky, kx] * dy[o, (n, tap)]
-#   weight grad dw[o, k]    = sum_(n,p) dy[o, (n,p)] * col[k, (n,p)]  split over S slices of
-#                             (n,p) into a workspace, then summed in a fixed order (no atomics)
+# Implicit GEMM on netdsl.ops.gemm_cuda's generated SGEMM core: no im2col matrix is ever
+# stored. Per group g, with K = Cg*kh*kw and the batch's output pixels as columns:
+#   forward     y[o, (n,p)]  = sum_k w[o, k] * col[k, (n,p)]        + bias, activation fused
+#   data grad   dx[c, (n,q)] = sum_(o,ky,kx) w[o, c, ky, kx] * dy[o, (n, tap)], STRIDE-AWARE:
+#               input pixels are split by phase (iy mod sh, ix mod sw); the pixels of one phase
+#               are reached by the same taps (ky, kx), at output offsets (a_ky, b_kx) that do not
+#               depend on the pixel, so each phase is a dense GEMM over only the taps that hit
+#               (a quarter of all taps at stride 2), one launch per phase;
+#   weight grad dw[o, k]     = sum_(n,p) dy[o, (n,p)] * col[k, (n,p)], split over S runs of
+#               whole images into a workspace, then summed in a fixed order (no atomics)
 # where col[k, (n,p)] is the input tap of filter element k for output pixel p of image n,
-# gathered straight from x into shared memory (zero in the padding). Tiles and the register
-# step are netdsl.ops.cudakit's.
+# gathered straight from x (zero in the padding). What depends on k comes from a table
+# computed here, on the host, once per layer (gemm_cuda.pack: the element's offset and its
+# (dy, dx) for the bounds test); what depends on the thread's row or column is decomposed once,
+# before the K loop; the weight gradient's K (pixels) runs over images by counters. No
+# division happens in a K loop.
 #
-# Every kernel is compiled for one layer: its whole geometry (batch, channels, sizes, kernel,
-# stride, padding, dilation, groups, the weight-gradient split), the tile config and the fused
-# activation are arguments of the cached factory, and the kernels close over them. Numba
-# freezes closure ints into the code, so the index arithmetic's divisions and modulos by
-# Ho*Wo, Wo, kh*kw and kw become multiply-shift sequences (or vanish, for a stride of 1), loop
-# bounds and bounds checks are constants, and no geometry is passed or read at run time. The
-# price: one compilation per distinct layer geometry, on the layer's first use (five kernels
-# per convolution, less than a second each), where one per tile config served every layer.
+# The geometry (batch, channels, sizes, kernel, stride, padding, dilation, groups), the tile
+# and the fused activation are constants of the generated text: one cached module per layer
+# geometry and tile (netdsl.ops.codegen), compiled once per machine. sum_splits is generated
+# from a factory (@generated, per O*K); the bias gradient is reduce_cuda's ChannelSumsCUDA
+# (many blocks per channel, warp shuffles, partials added in a fixed order).
 
-cuda = None  # numba.cuda, bound by _cuda_kernels()
+cuda = None  # numba.cuda, bound by _cuda_reductions()
+
+
+def _conv_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
+               sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, ho: int, wo: int,
+               tile: tuple, code: int) -> str:  # fmt: skip
+    """The generated module of one layer and tile: conv_forward, conv_backward_weights and
+    permute_weights (see ConvCUDA for their arguments)."""
+    from netdsl.ops import gemm_cuda as G
+
+    bk = tile[2]
+    cg, og = c // groups, o // groups
+    kc, hw, howo = cg * kh * kw, h * wi, ho * wo
+    npix = n * howo
+    hwpad = G.padded(howo, bk)
+    fwd = G.Kernel(
+        "conv_forward", "x, w, b, y, tab, has_bias, p0, p1", tile,
+        G.Dense("w", True, kc, og, kc, base=f"g * {og * kc}"),
+        G.Gather("x", "tab", False, h, wi, ok=f"mn < {npix}", setup=f"""
+im = mn // {howo}
+pix = mn % {howo}
+y0 = (pix // {wo}) * {sh} - {ph}
+x0 = (pix % {wo}) * {sw} - {pw}
+tbase = im * {c * hw} + g * {cg * hw} + y0 * {wi} + x0"""),
+        G.Epilogue("y", f"ro = (g * {og} + row) * {howo}\nrk = row < {og}",
+                   f"co = (col // {howo}) * {o * howo} + col % {howo}\nck = col < {npix}",
+                   f"act(v + b[g * {og} + row] if has_bias else v, {code}, p0, p1)"),
+        G.Kloop(nk=str(-(-kc // bk))), prologue="g = bz",
+        notes=["y (N, O, Ho, Wo) = act(w @ im2col(x) + b): M = output channels of group g "
+               "(grid z), N = the batch's output pixels, K = Cg*kh*kw; flat arrays"],
+    )  # fmt: skip
+    bwd_w = G.Kernel(
+        "conv_backward_weights", "dy, x, ws, ta, tb, ipb, splits", tile,
+        G.Gather("dy", "ta", True, 1, 1, ok=f"mn < {og}", istride=o * howo, setup=f"""
+tbase = (g * {og} + mn) * {howo}"""),
+        G.Gather("x", "tb", True, h, wi, ok=f"mn < {kc}", istride=c * hw, setup=f"""
+ci = mn // {kh * kw}
+y0 = ((mn % {kh * kw}) // {kw}) * {dh} - {ph}
+x0 = (mn % {kw}) * {dw} - {pw}
+tbase = (g * {cg} + ci) * {hw} + y0 * {wi} + x0"""),
+        G.Epilogue("ws", f"ro = sp * {o * kc} + (g * {og} + row) * {kc}\nrk = row < {og}",
+                   f"co = col\nck = col < {kc}"),
+        G.Kloop(nk=f"min(ipb, {n} - sp * ipb) * {hwpad // bk}", wrap=hwpad, img0="sp * ipb"),
+        prologue="g = bz // splits\nsp = bz % splits",
+        notes=["dw partial sums ws (S, O, Cg*kh*kw) over the images [s*ipb, (s+1)*ipb): M = "
+               "output channels, N = filter elements, K = pixels (Ho*Wo padded to BK per image)"],
+    )  # fmt: skip
+    permute = """
+@cuda.jit(cache=True)
+def permute_weights(w, idx, wp):
+    # wp[e] = w[idx[e]], 0 where idx[e] < 0: the data gradient's weights, phase by phase
+    for e in range(cuda.grid(1), wp.size, cuda.gridsize(1)):
+        i = idx[e]
+        wp[e] = w[i] if i >= 0 else float32(0.0)
+"""
+    return G.module_text("conv", [fwd, bwd_w]) + permute
+
+
+def _conv_data_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
+                    sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, ho: int, wo: int,
+                    part: int, tile: tuple) -> str:  # fmt: skip
+    """The generated module of one phase of a layer's data gradient: conv_backward_data(dy,
+    wp, dx, tb), the phase's sizes and table positions folded in as constants."""
+    from netdsl.ops import gemm_cuda as G
+
+    bk = tile[2]
+    cg, og = c // groups, o // groups
+    hw, howo = h * wi, ho * wo
+    p = conv_tables(c, h, wi, o, groups, kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo),
+                    (bk, bk, bk))["phases"][part]  # fmt: skip
+    kt0, kp, tp, up, iyf, ixf = p["kt0"], p["kp"], p["tp"], p["up"], p["iyf"], p["ixf"]
+    wofs, kpp, cols = p["wofs"], p["kpp"], n * p["tp"] * p["up"]
+    bwd_data = G.Kernel(
+        "conv_backward_data", "dy, wp, dx, tb", tile,
+        # the phase's weights, permuted by permute_weights into (G, Cg, kpp) at wofs: A[ci, k]
+        G.Dense("wp", True, kpp, cg, kp + kt0, base=f"{wofs - kt0} + g * {kpp * cg}"),
+        G.Gather("dy", "tb", False, ho, wo, ok=f"mn < {cols}", setup=f"""
+im = mn // {tp * up}
+t = (mn % {tp * up}) // {up}
+u = mn % {up}
+y0 = t
+x0 = u
+tbase = im * {o * howo} + g * {og * howo} + t * {wo} + u"""),
+        G.Epilogue("dx", f"ro = (g * {cg} + row) * {hw}\nrk = row < {cg}", f"""
+im = col // {tp * up}
+t = (col % {tp * up}) // {up}
+u = col % {up}
+co = im * {c * hw} + ({iyf} + t * {sh}) * {wi} + {ixf} + u * {sw}
+ck = col < {cols}"""),
+        G.Kloop(nk=str(-(-kp // bk)), kt0=str(kt0)), prologue="g = bz",
+        notes=["one phase of dx (N, C, H, W): the input pixels (iyf + t*sh, ixf + u*sw), "
+               f"t < {tp}, u < {up}, and the {kp} taps (o, ky, kx) that reach them (dy's table "
+               f"from {kt0}; their weights at {wofs}, {kpp} per input channel)"],
+    )  # fmt: skip
+    return G.module_text("convd", [bwd_data])
+
+
+class _Kernels(types.SimpleNamespace):
+    """A layer's kernels; conv_backward_data's module is generated on first access."""
+
+    def __init__(self, data, **kernels) -> None:
+        super().__init__(**kernels)
+        self._data = data
+
+    def __getattr__(self, name: str):
+        if name == "conv_backward_data":
+            return self._data().conv_backward_data
+        raise AttributeError(name)
+
+
+@generated("conv_sums")
+def _cuda_reductions(o: int, kcols: int):
+    """sum_splits of a layer: the weight gradient's split-K partials added in a fixed order."""
+    global cuda
+    from numba import cuda
+
+    @cuda.jit
+    def sum_splits(ws, out, mask, has_mask, splits):
+        # ws (S, O*K) flat -> out (O*K,) = sum over S in order, times mask (O*K,) for a table
+        for e in range(cuda.grid(1), o * kcols, cuda.gridsize(1)):
+            v = ws[e]
+            for s in range(1, splits):
+                v += ws[s * o * kcols + e]
+            out[e] = v * mask[e] if has_mask else v
+
+    return types.SimpleNamespace(sum_splits=sum_splits)
 
 
 @functools.cache
 def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
                   sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, ho: int, wo: int,
-                  chunk: int, bm: int, bn: int, bk: int, tm: int, tn: int, code: int,
-                  threads: int):  # fmt: skip
+                  part: int, bm: int, bn: int, bk: int, tm: int, tn: int,
+                  code: int):  # fmt: skip
     """The kernels of one layer: x (n, c, h, wi) -> y (n, o, ho, wo) with a (kh, kw) kernel,
-    stride (sh, sw), top/left padding (ph, pw), dilation (dh, dw) and `groups`; the weight
-    gradient sums `chunk` output pixels per split; tile (bm, bn, bk, tm, tn); activation `code`;
-    `threads` (a power of two) per block of bias_grad.
+    stride (sh, sw), top/left padding (ph, pw), dilation (dh, dw) and `groups`; tile (bm, bn,
+    bk, tm, tn); activation `code`.
 
-    The activation code is a constant too: with a run-time code, the five-way branch copied
-    into every cell of the unrolled epilogue made NVVM give up unrolling it, and the
-    accumulator tile went to local memory.
+    `part` says which piece of the work a launch does: the data gradient's phase py*sw + px
+    (its own generated module, the phase's sizes folded in), the weight gradient's images per
+    split (for benchmarks/gpu_static.py; the same code for every split).
     """
-    global cuda
-    from numba import cuda, float32, float64, int64, uint32
+    from netdsl.ops.codegen import kernel_module
 
-    from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.cudakit import block_reducer, gemm_tile, simulator
+    text = _conv_text(n, c, h, wi, o, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+                      (bm, bn, bk, tm, tn), code)  # fmt: skip
+    mod = kernel_module("conv", text)
+    geo = (n, c, h, wi, o, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
-    act, _ = cuda_element_math()
-    fma_tile = gemm_tile(bm, bn, bk, tm, tn)
-    block_sum = block_reducer(threads)
-    tx_n, ty_n = bn // tn, bm // tm
-    nt = tx_n * ty_n  # threads per block
-    cg, og = c // groups, o // groups  # input and output channels per group
-    kcols = cg * kh * kw  # K
-    npix = n * ho * wo  # output pixels of the batch: the forward GEMM's columns
-    splits = -(-npix // chunk)  # weight-gradient slices of the pixels, chunk a multiple of BK
+    def data():  # only a data-gradient launch (part = its phase) generates its module
+        return kernel_module("convd", _conv_data_text(*geo, part, (bm, bn, bk, tm, tn)))
 
-    if simulator():
-        # The simulator runs kernels as Python, where calling a device function swaps the
-        # cuda module in and out of its globals and a Numba integer cast builds a NumPy
-        # scalar (microseconds each): the helpers below made the conv tests 2-3x slower. They
-        # use no cuda and their casts change no value (see unravel): plain functions there.
-        device, u32, i64 = (lambda f: f), int, int
-    else:
-        device, u32, i64 = cuda.jit(device=True, inline="always"), uint32, int64
-
-    @device
-    def unravel(i, rows, cols):
-        # flat index i of an (*, rows, cols) array -> its 3 indices; rows and cols are the
-        # factory's constants. i is a pixel or filter index, never negative and far below
-        # 2**32: in unsigned 32 bits a division by a constant is a multiply-high and a shift,
-        # in int64 a 64-bit multiply-high (several instructions) with floor corrections. The
-        # results are int64 again, so taps that fall in the padding go negative, not wrap.
-        u, plane, row = u32(i), u32(rows * cols), u32(cols)
-        return i64(u // plane), i64((u % plane) // row), i64(u % row)
-
-    @device
-    def input_tap(x, g, k, col):
-        # col[k, col] of group g: x at filter element k = (c, ky, kx) for output pixel `col`
-        # = (n, oy, ox) of the batch, zero in the padding (forward and weight grad read it)
-        ci, ky, kx = unravel(k, kh, kw)
-        im, oy, ox = unravel(col, ho, wo)
-        iy = oy * sh - ph + ky * dh
-        ix = ox * sw - pw + kx * dw
-        if iy >= 0 and iy < h and ix >= 0 and ix < wi:
-            return x[im, g * cg + ci, iy, ix]
-        return float32(0.0)
-
-    @cuda.jit
-    def conv_forward(x, w, b, y, has_bias, p0, p1):
-        # x (N, C, H, W), w (O, Cg, kh, kw), b (O,), y (N, O, Ho, Wo), all f32.
-        # grid (cdiv(N*Ho*Wo, BN), cdiv(Og, BM), G), block (BN/TN, BM/TM)
-        tx, ty, g = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
-        tid = ty * tx_n + tx
-        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
-        As = cuda.shared.array((bk, bm), float32)
-        Bs = cuda.shared.array((bk, bn), float32)
-        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = 0.0
-        for k0 in range(0, kcols, bk):
-            for e in range(tid, bm * bk, nt):  # weights: consecutive threads, consecutive k
-                r, kq = e // bk, e % bk
-                oc, k = m0 + r, k0 + kq
-                v = float32(0.0)
-                if oc < og and k < kcols:
-                    ci, ky, kx = unravel(k, kh, kw)
-                    v = w[g * og + oc, ci, ky, kx]
-                As[kq, r] = v
-            for e in range(tid, bk * bn, nt):  # input taps: consecutive threads, pixels
-                kq, q = e // bn, e % bn
-                col, k = n0 + q, k0 + kq
-                v = float32(0.0)
-                if col < npix and k < kcols:
-                    v = input_tap(x, g, k, col)
-                Bs[kq, q] = v
-            cuda.syncthreads()
-            fma_tile(As, Bs, acc, tx, ty)
-            cuda.syncthreads()
-        for i in range(tm):
-            oc = m0 + ty + i * ty_n
-            if oc < og:
-                bias = b[g * og + oc] if has_bias else float32(0.0)
-                for j in range(tn):
-                    col = n0 + tx + j * tx_n
-                    if col < npix:
-                        im, oy, ox = unravel(col, ho, wo)
-                        y[im, g * og + oc, oy, ox] = act(acc[i, j] + bias, code, p0, p1)
-
-    @cuda.jit
-    def conv_backward_data(dy, w, dx):
-        # dy (N, O, Ho, Wo), w (O, Cg, kh, kw), dx (N, C, H, W) overwritten.
-        # grid (cdiv(N*H*W, BN), cdiv(Cg, BM), G); rows are input channels of group g,
-        # K runs over (o, ky, kx), and a tap that no output reads contributes zero.
-        tx, ty, g = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
-        tid = ty * tx_n + tx
-        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
-        As = cuda.shared.array((bk, bm), float32)
-        Bs = cuda.shared.array((bk, bn), float32)
-        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = 0.0
-        for k0 in range(0, og * kh * kw, bk):
-            for e in range(tid, bm * bk, nt):
-                r, kq = e // bk, e % bk
-                ci, k = m0 + r, k0 + kq
-                v = float32(0.0)
-                if ci < cg and k < og * kh * kw:
-                    oc, ky, kx = unravel(k, kh, kw)
-                    v = w[g * og + oc, ci, ky, kx]
-                As[kq, r] = v
-            for e in range(tid, bk * bn, nt):
-                kq, q = e // bn, e % bn
-                col, k = n0 + q, k0 + kq
-                v = float32(0.0)
-                if col < n * h * wi and k < og * kh * kw:
-                    im, iy, ix = unravel(col, h, wi)
-                    oc, ky, kx = unravel(k, kh, kw)
-                    oy = iy + ph - ky * dh  # = i * sh for the output row i
-                    ox = ix + pw - kx * dw
-                    if oy >= 0 and ox >= 0 and oy % sh == 0 and ox % sw == 0:
-                        oy //= sh
-                        ox //= sw
-                        if oy < ho and ox < wo:
-                            v = dy[im, g * og + oc, oy, ox]
-                Bs[kq, q] = v
-            cuda.syncthreads()
-            fma_tile(As, Bs, acc, tx, ty)
-            cuda.syncthreads()
-        for i in range(tm):
-            ci = m0 + ty + i * ty_n
-            if ci < cg:
-                for j in range(tn):
-                    col = n0 + tx + j * tx_n
-                    if col < n * h * wi:
-                        im, iy, ix = unravel(col, h, wi)
-                        dx[im, g * cg + ci, iy, ix] = acc[i, j]
-
-    @cuda.jit
-    def conv_backward_weights(dy, x, ws):
-        # dy (N, O, Ho, Wo), x (N, C, H, W), ws (S, O, Cg*kh*kw) partial sums out.
-        # grid (cdiv(Cg*kh*kw, BN), cdiv(Og, BM), G*S): block z = g*S + s sums the output
-        # pixels [s*chunk, (s+1)*chunk) of the batch.
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        tid = ty * tx_n + tx
-        g, s = cuda.blockIdx.z // splits, cuda.blockIdx.z % splits
-        r_lo = s * chunk
-        r_hi = min(npix, r_lo + chunk)
-        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
-        As = cuda.shared.array((bk, bm), float32)
-        Bs = cuda.shared.array((bk, bn), float32)
-        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = 0.0
-        for k0 in range(r_lo, r_hi, bk):
-            for e in range(tid, bm * bk, nt):  # dy: consecutive threads, consecutive pixels
-                r, kq = e // bk, e % bk
-                oc, col = m0 + r, k0 + kq
-                v = float32(0.0)
-                if oc < og and col < r_hi:
-                    im, oy, ox = unravel(col, ho, wo)
-                    v = dy[im, g * og + oc, oy, ox]
-                As[kq, r] = v
-            for e in range(tid, bk * bn, nt):
-                q, kq = e // bk, e % bk  # pixel fastest: neighbouring threads, neighbouring x
-                k, col = n0 + q, k0 + kq
-                v = float32(0.0)
-                if k < kcols and col < r_hi:
-                    v = input_tap(x, g, k, col)
-                Bs[kq, q] = v
-            cuda.syncthreads()
-            fma_tile(As, Bs, acc, tx, ty)
-            cuda.syncthreads()
-        for i in range(tm):
-            oc = m0 + ty + i * ty_n
-            if oc < og:
-                for j in range(tn):
-                    k = n0 + tx + j * tx_n
-                    if k < kcols:
-                        ws[s, g * og + oc, k] = acc[i, j]
-
-    @cuda.jit
-    def sum_splits(ws, out, mask, has_mask):
-        # ws (S, O, K) -> out (O*K,) = sum over S in order, times mask (O*K,) for a table
-        for e in range(cuda.grid(1), o * kcols, cuda.gridsize(1)):
-            oc, k = e // kcols, e % kcols
-            v = ws[0, oc, k]
-            for s in range(1, splits):
-                v += ws[s, oc, k]
-            out[e] = v * mask[e] if has_mask else v
-
-    @cuda.jit
-    def bias_grad(dy, db):
-        # grid = O blocks of `threads`: db[o] = sum of dy[:, o] (float64 partial sums)
-        oc, t = cuda.blockIdx.x, cuda.threadIdx.x
-        buf = cuda.shared.array(threads, float64)
-        total = 0.0
-        for col in range(t, npix, threads):
-            im, oy, ox = unravel(col, ho, wo)
-            total += dy[im, oc, oy, ox]
-        buf[t] = total
-        total = block_sum(buf, t)
-        if t == 0:
-            db[oc] = total
-
-    return types.SimpleNamespace(conv_forward=conv_forward, conv_backward_data=conv_backward_data,
-                                 conv_backward_weights=conv_backward_weights,
-                                 sum_splits=sum_splits, bias_grad=bias_grad)  # fmt: skip
+    sums = _cuda_reductions(o, (c // groups) * kh * kw)
+    return _Kernels(data, conv_forward=mod.conv_forward, permute_weights=mod.permute_weights,
+                    conv_backward_weights=mod.conv_backward_weights,
+                    sum_splits=sums.sum_splits)  # fmt: skip
 
 
 # netdsl.backends.cuda_ptx compiles only a few geometries of each kernel (per tile config,
@@ -620,13 +553,94 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
 _cuda_kernels.geometry_args = 17
 
 
+def data_phases(h: int, w: int, o: int, kh: int, kw: int, stride: Pair, pad: Pair,
+                dilation: Pair, out_hw: Pair) -> list[dict]:  # fmt: skip
+    """The backward-data phases of a convolution (host side; the tables' index math).
+
+    Input row iy is reached from output row oy = (iy + ph - ky*dh) / sh by the taps ky for
+    which that division is exact: which ones depends only on (iy + ph) mod sh. For each
+    phase (py, px) with input pixels: the first input row and column (iyf, ixf), the numbers
+    of rows and columns (tp, up: iy = iyf + t*sh), and the taps: a list of (o, ky, kx, a, b)
+    where (a, b) is the output pixel offset, oy = t + a and ox = u + b.
+    """
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    phases = []
+    for py in range(sh):
+        for px in range(sw):
+            iyf, ixf = (py - ph) % sh, (px - pw) % sw  # first iy with (iy + ph) % sh == py
+            tp, up = -(-(h - iyf) // sh), -(-(w - ixf) // sw)
+            taps = [
+                (oc, ky, kx, (iyf + ph - ky * dh) // sh, (ixf + pw - kx * dw) // sw)
+                for oc in range(o)
+                for ky in range(kh)
+                for kx in range(kw)
+                if (iyf + ph - ky * dh) % sh == 0 and (ixf + pw - kx * dw) % sw == 0
+            ]
+            phases.append({"phase": py * sw + px, "iyf": iyf, "ixf": ixf, "tp": max(0, tp),
+                           "up": max(0, up), "taps": taps})  # fmt: skip
+    return phases
+
+
+def conv_tables(
+    c: int,
+    h: int,
+    w: int,
+    o: int,
+    groups: int,
+    kh: int,
+    kw: int,
+    stride: Pair,
+    pad: Pair,
+    dilation: Pair,
+    out_hw: Pair,
+    bk: tuple[int, int, int],
+) -> dict:
+    """The host tables of the generated kernels (uint32 (K, 2), gemm_cuda.pack): forward
+    `fwd`; backward data `data_b` (dy), the phases concatenated, each padded to its BK, with
+    `phases` (data_phases plus kt0, kp, and wofs and kpp: where the phase's weights start in
+    the permuted copy whose int32 source indices are `data_w`, -1 for zero); weight gradient
+    `w_a` (dy) and `w_b` (x) over one image's output pixels, padded to BK. bk: the BK of
+    the forward, data and weight tiles."""
+    from netdsl.ops import gemm_cuda as G
+
+    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
+    cg, og = c // groups, o // groups
+    kc = cg * kh * kw
+    ci, ky, kx = np.unravel_index(np.arange(kc), (cg, kh, kw))
+    out = {"fwd": G.pack(ci * h * w + ky * dh * w + kx * dw, ky * dh, kx * dw, G.padded(kc, bk[0]))}
+    phases = data_phases(h, w, og, kh, kw, stride, pad, dilation, out_hw)
+    tw, tb, kt, wofs = [], [], 0, 0
+    for p in phases:
+        t = np.array(p["taps"], np.int64).reshape(-1, 5)
+        size = G.padded(len(t), bk[1])
+        oc, y, x, a, b = t.T
+        tb.append(G.pack(oc * ho * wo + a * wo + b, a, b, size))
+        # weights of the phase, (G, Cg, size): w[g*og + oc, ci, ky, kx] at [g, ci, k]
+        idx = np.full((groups, cg, size), -1, np.int64)
+        g_, ci_ = np.arange(groups)[:, None, None], np.arange(cg)[None, :, None]
+        idx[:, :, : len(t)] = (g_ * og + oc[None, None, :]) * kc + ci_ * kh * kw + y * kw + x
+        tw.append(idx.reshape(-1))
+        p.update(kt0=kt, kp=len(t), wofs=wofs, kpp=size)
+        kt += size
+        wofs += idx.size
+    out["data_b"] = np.concatenate(tb) if kt else G.pack([], [], [], bk[1])
+    out["data_w"] = (np.concatenate(tw) if wofs else np.full(1, -1)).astype(np.int32)
+    out["phases"] = phases
+    pix = np.arange(ho * wo)
+    oy, ox = pix // wo, pix % wo
+    hwpad = G.padded(ho * wo, bk[2])
+    out["w_a"] = G.pack(pix, 0 * pix, 0 * pix, hwpad)
+    out["w_b"] = G.pack(oy * sh * w + ox * sw, oy * sh, ox * sw, hwpad)
+    return out
+
+
 class ConvCUDA:
     """float32 convolution on the GPU for fixed shapes, with the activation fused in forward.
 
     Same arguments as ConvCPU plus the fused activation and an optional connection-table mask
-    (O, Cg, 1, 1) applied to the weight gradient. Launch configurations, the kernels' geometry
-    and the split-K workspace are fixed here, once: the arrays passed later must have exactly
-    the shapes given here.
+    (O, Cg, 1, 1) applied to the weight gradient. Launch configurations, the kernels' geometry,
+    their index tables and the split-K workspace are fixed here, once: the arrays passed later
+    must have exactly the shapes given here.
     """
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, kh: int, kw: int, stride: Pair,
@@ -635,53 +649,62 @@ class ConvCUDA:
                  mask: np.ndarray | None = None) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
+        from netdsl.ops import gemm_cuda
         from netdsl.ops.activation import LINEAR
-        from netdsl.ops.cudakit import (
-            SIM_THREADS,
-            THREADS,
-            Launch,
-            cdiv,
-            grid_1d,
-            pick_tile,
-            simulator,
-        )
+        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
+        from netdsl.ops.reduce_cuda import ChannelSumsCUDA
 
         if c % groups or o % groups:
             raise ValueError(f"channels {c} -> {o} do not divide into {groups} groups")
         ho, wo = out_hw
         cg, og = c // groups, o // groups
         kcols = cg * kh * kw
+        npix = n * ho * wo
         self.bias = bias
         self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
-        t_f, t_d, t_w = pick_tile(og), pick_tile(cg), pick_tile(og)
-        # split-K for the weight gradient: enough blocks to fill the GPU, each summing at least
-        # 8 BK-deep slices of the N*Ho*Wo pixels
-        npix, bk = n * ho * wo, t_w[2]
+        phases = data_phases(h, w, og, kh, kw, stride, pad, dilation, out_hw)
+        widest = max((n * p["tp"] * p["up"] for p in phases), default=1)
+        t_f, t_d, t_w = pick_tile(og, npix), pick_tile(cg, widest), pick_tile(og, kcols)
+        tabs = conv_tables(c, h, w, o, groups, kh, kw, stride, pad, dilation, out_hw,
+                           (t_f[2], t_d[2], t_w[2]))  # fmt: skip
+        # weight gradient split over whole images: enough blocks to fill the GPU
         tiles = cdiv(kcols, t_w[1]) * cdiv(og, t_w[0]) * groups
-        splits = max(1, min(cdiv(264, tiles), cdiv(npix, 8 * bk)))
-        chunk = cdiv(cdiv(npix, splits), bk) * bk
-        splits = cdiv(npix, chunk)
+        ipb = cdiv(n, max(1, min(n, cdiv(264, tiles))))  # images per split
+        self.splits = cdiv(n, ipb)
         geo = tuple(int(v) for v in (n, c, h, w, o, groups, kh, kw, *stride, *pad, *dilation,
-                                     ho, wo, chunk))  # fmt: skip
+                                     ho, wo))  # fmt: skip
 
-        threads = SIM_THREADS if simulator() else THREADS  # per block of bias_grad
-
-        def launch(name, grid, t, block=None, code=LINEAR):  # t: the tile config
+        def launch(name, grid, t, part=0, block=None, code=LINEAR):  # t: the tile config
             # only the forward kernel has the activation: the others are built with the linear
             # code, so that layers differing only in activation share them
-            block = (t[1] // t[4], t[0] // t[3]) if block is None else block
-            return Launch(_cuda_kernels, name, grid, block, (*geo, *t, int(code), threads))
+            block = gemm_cuda.threads_of(t) if block is None else block
+            return Launch(_cuda_kernels, name, grid, block, (*geo, part, *t, int(code)))
 
-        grid_f = (cdiv(npix, t_f[1]), cdiv(og, t_f[0]), groups)
-        self._fwd = launch("conv_forward", grid_f, t_f, code=act_code)
-        grid_d = (cdiv(n * h * w, t_d[1]), cdiv(cg, t_d[0]), groups)
-        self._bwd_data = launch("conv_backward_data", grid_d, t_d)
-        grid_w = (cdiv(kcols, t_w[1]), cdiv(og, t_w[0]), groups * splits)
-        self._bwd_w = launch("conv_backward_weights", grid_w, t_w)
-        self.ws = _cuda.device_array((splits, o, kcols), np.float32)  # (S, O, Cg*kh*kw)
+        dev = _cuda.to_device
+        self.tab_f = dev(tabs["fwd"].reshape(-1))
+        self._fwd = launch("conv_forward", (cdiv(npix, t_f[1]), cdiv(og, t_f[0]), groups), t_f,
+                           code=act_code)  # fmt: skip
+        self.tab_db = dev(tabs["data_b"].reshape(-1))
+        self.perm = dev(tabs["data_w"])
+        self.wp = _cuda.device_array(len(tabs["data_w"]), np.float32)  # permuted weights
+        blocks, block = grid_1d(len(tabs["data_w"]))
+        self._permute = launch("permute_weights", blocks, t_d, block=block)
+        self._bwd_data = []  # a launch per phase
+        for p in tabs["phases"]:
+            cols = n * p["tp"] * p["up"]
+            if cols == 0:
+                continue  # no input pixel in this phase (an input smaller than the stride)
+            run = launch("conv_backward_data", (cdiv(cols, t_d[1]), cdiv(cg, t_d[0]), groups),
+                         t_d, part=p["phase"])  # fmt: skip
+            self._bwd_data.append(run)
+        self.tab_wa, self.tab_wb = dev(tabs["w_a"].reshape(-1)), dev(tabs["w_b"].reshape(-1))
+        grid_w = (cdiv(kcols, t_w[1]), cdiv(og, t_w[0]), groups * self.splits)
+        self._bwd_w = launch("conv_backward_weights", grid_w, t_w, part=ipb)
+        self.ipb = ipb
+        self.ws = _cuda.device_array(self.splits * o * kcols, np.float32)  # (S, O, Cg*kh*kw)
         blocks, block = grid_1d(o * kcols)
-        self._sum = launch("sum_splits", blocks, t_w, block)
-        self._db = launch("bias_grad", o, t_w, threads)
+        self._sum = launch("sum_splits", blocks, t_w, block=block)
+        self._db = ChannelSumsCUDA(n, o, ho * wo)  # db (O,) = dy (N, O, Ho, Wo) summed
         full = np.ones((o, cg, kh, kw), np.float32) if mask is None else np.broadcast_to(
             np.asarray(mask, np.float32), (o, cg, kh, kw))  # fmt: skip
         self.mask = _cuda.to_device(np.ascontiguousarray(full).reshape(-1))  # (O*Cg*kh*kw,)
@@ -692,15 +715,20 @@ class ConvCUDA:
         """y = act(conv(x, w) + b). x (N, C, H, W), w (O, Cg, kh, kw), b (O,) or None,
         y (N, O, Ho, Wo): float32 device arrays."""
         bb = b if self.bias and b is not None else self.no_b
-        self._fwd(x, w, bb, y, self.bias and b is not None, *self.act_params)
+        self._fwd(x.reshape(-1), w.reshape(-1), bb, y.reshape(-1), self.tab_f,
+                  self.bias and b is not None, *self.act_params)  # fmt: skip
 
     def backward(self, dy, x, w, dx, dw, db) -> None:
         """Overwrite dx (unless None), dw and db (unless None). dy (N, O, Ho, Wo) is the
         gradient BEFORE the fused activation's output, i.e. already through act'."""
+        dyf = dy.reshape(-1)
         if dx is not None:
-            self._bwd_data(dy, w, dx)
-        self._bwd_w(dy, x, self.ws)
-        self._sum(self.ws, dw.reshape(-1), self.mask, self.has_mask)
+            dxf = dx.reshape(-1)
+            self._permute(w.reshape(-1), self.perm, self.wp)
+            for run in self._bwd_data:
+                run(dyf, self.wp, dxf, self.tab_db)
+        self._bwd_w(dyf, x.reshape(-1), self.ws, self.tab_wa, self.tab_wb, self.ipb, self.splits)
+        self._sum(self.ws, dw.reshape(-1), self.mask, self.has_mask, self.splits)
         if db is not None:
             self._db(dy, db)
 

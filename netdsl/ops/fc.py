@@ -148,105 +148,88 @@ class FcCPU:
 
 
 # ---- CUDA kernels
-# One tiled SGEMM (shared-memory tiles and the register step of netdsl.ops.cudakit) serves all
-# three products, reading the operands in place through their layouts (no transposed copies):
-#   forward  y (N, O)  = x (N, F) @ w.T       A = x, k fastest;  B[k, o] = w[o, k], k fastest
-#   dx       dx (N, F) = dy (N, O) @ w (O, F)  A = dy, k fastest; B = w, columns fastest
-#   dw       dw (O, F) = dy.T @ x              A[o, n] = dy[n, o], rows fastest; B = x
-# The sizes, the layout flags and the fused activation are compile-time constants of the kernel
-# (arguments of the cached factory, frozen into the code by Numba): the tile loaders' branches
-# fold away, the bounds and row strides are constants and the epilogue unrolls (see conv's
-# _cuda_kernels). Each layer compiles its own three GEMMs on first use.
+# The three products run on netdsl.ops.gemm_cuda's generated SGEMM core (double-buffered
+# shared tiles, 8 x 8 outputs per thread in registers, 32-bit index math), reading the
+# operands in place through their layouts (no transposed copies):
+#   forward  y (N, O)  = x (N, F) @ w.T        A = x, k fastest;  B[k, o] = w[o, k], k fastest
+#   dx       dx (N, F) = dy (N, O) @ w (O, F)   A = dy, k fastest; B = w, columns fastest
+#   dw       dw (O, F) = dy.T @ x               A[o, n] = dy[n, o], rows fastest; B = x
+# A product whose tiles are too few to fill the GPU (fc6/fc7 at batch 128: 32 tiles of
+# 128 x 128 for 132 SMs) is split over K into S slices: each block writes its partial tile
+# into a workspace (S, M, N), and `splitk_sum` adds the S partials in a fixed order (no
+# atomics: the result does not depend on scheduling), then the bias and the activation.
+# Sizes, layouts, tile and activation are constants of the generated text (one module per
+# product and tile, cached on disk by netdsl.ops.codegen).
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
+SMS_TO_FILL = 264  # blocks that keep a 132-SM GPU busy with 2 resident blocks per SM
+
+
+def _fc_text(m: int, n: int, k: int, bm: int, bn: int, bk: int, tm: int, tn: int,
+             a_kfast: bool, b_nfast: bool, code: int, splits: int) -> str:  # fmt: skip
+    """The generated module of one product (see _cuda_kernels)."""
+    from netdsl.ops import gemm_cuda as G
+
+    tile = (bm, bn, bk, tm, tn)
+    slices = -(-k // bk)
+    chunk = -(-slices // splits)  # K slices per split
+    a = G.Dense("a", a_kfast, k if a_kfast else m, m, k)
+    b = G.Dense("b", not b_nfast, k if not b_nfast else n, n, k)
+    if splits == 1:
+        epi = G.Epilogue(
+            "c",
+            f"ro = row * {n}\nrk = row < {m}",
+            f"co = col\nck = col < {n}",
+            f"act(v + bias[col] if has_bias else v, {code}, p0, p1)",
+        )
+    else:  # partial sums into ws (S, M, N)
+        epi = G.Epilogue(
+            "c", f"ro = bz * {m * n} + row * {n}\nrk = row < {m}", f"co = col\nck = col < {n}"
+        )
+    kern = G.Kernel(
+        "gemm", "a, b, c, bias, has_bias, p0, p1", tile, a, b, epi,
+        G.Kloop(nk=f"min({chunk}, {slices} - bz * {chunk})", kt0=f"bz * {chunk * bk}"),
+        notes=[f"C ({m}, {n}) = A @ B over K {k} in {splits} split(s); a, b, c, bias flat f32"],
+    )  # fmt: skip
+    fin = f"""
+@cuda.jit(cache=True)
+def splitk_sum(ws, c, bias, has_bias, p0, p1):
+    # c[e] = act(sum over the {splits} splits of ws[s, e], in order, + bias[column])
+    for e in range(cuda.grid(1), {m * n}, cuda.gridsize(1)):
+        v = ws[e]
+        for s in range(1, {splits}):
+            v += ws[s * {m * n} + e]
+        if has_bias:
+            v += bias[e % {n}]
+        c[e] = act(v, {code}, p0, p1)
+"""
+    return G.module_text("fc", [kern]) + fin
 
 
 @functools.cache
 def _cuda_kernels(m: int, n: int, k: int, bm: int, bn: int, bk: int, tm: int, tn: int,
-                  a_kfast: bool, b_nfast: bool, code: int):  # fmt: skip
+                  a_kfast: bool, b_nfast: bool, code: int, splits: int = 1):  # fmt: skip
     """gemm(a, b, c, bias, has_bias, p0, p1) for one (m, n, k) product, layout and activation:
     C[i, j] = act(sum_l A[i, l] B[l, j] + bias[j]) over flat float32 operands, where A[i, l] is
     a[i*k + l] (a_kfast) or a[l*m + i], B[l, j] is b[l*n + j] (b_nfast) or b[j*k + l], and
-    C[i, j] is c[i*n + j]. Also column_sums(c, out): out[j] = sum_i C[i, j] (a bias gradient).
+    C[i, j] is c[i*n + j]. With splits > 1, gemm writes partial products into c = a workspace
+    (splits, m, n) and splitk_sum(ws, c, bias, has_bias, p0, p1) finishes.
     """
-    global cuda
-    from numba import cuda, float32
+    from netdsl.ops.codegen import kernel_module
 
-    from netdsl.ops.activation import cuda_element_math
-    from netdsl.ops.cudakit import gemm_tile
-
-    act, _ = cuda_element_math()
-    fma_tile = gemm_tile(bm, bn, bk, tm, tn)
-    tx_n, ty_n = bn // tn, bm // tm
-    nt = tx_n * ty_n
-    lda = k if a_kfast else m  # row strides of the flat operands
-    ldb = n if b_nfast else k
-
-    @cuda.jit
-    def gemm(a, b, c, bias, has_bias, p0, p1):
-        # a, b, c, bias: flat f32; grid (cdiv(n, BN), cdiv(m, BM)), block (BN/TN, BM/TM)
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        tid = ty * tx_n + tx
-        m0, n0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
-        As = cuda.shared.array((bk, bm), float32)
-        Bs = cuda.shared.array((bk, bn), float32)
-        acc = cuda.local.array((tm, tn), float32)  # registers (see gemm_tile)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = 0.0
-        for k0 in range(0, k, bk):
-            for e in range(tid, bm * bk, nt):  # neighbouring threads read neighbouring words
-                if a_kfast:
-                    r, kq = e // bk, e % bk
-                else:
-                    kq, r = e // bm, e % bm
-                v = float32(0.0)
-                if m0 + r < m and k0 + kq < k:
-                    if a_kfast:
-                        v = a[(m0 + r) * lda + k0 + kq]
-                    else:
-                        v = a[(k0 + kq) * lda + m0 + r]
-                As[kq, r] = v
-            for e in range(tid, bk * bn, nt):
-                if b_nfast:
-                    kq, q = e // bn, e % bn
-                else:
-                    q, kq = e // bk, e % bk
-                v = float32(0.0)
-                if n0 + q < n and k0 + kq < k:
-                    if b_nfast:
-                        v = b[(k0 + kq) * ldb + n0 + q]
-                    else:
-                        v = b[(n0 + q) * ldb + k0 + kq]
-                Bs[kq, q] = v
-            cuda.syncthreads()
-            fma_tile(As, Bs, acc, tx, ty)
-            cuda.syncthreads()
-        for i in range(tm):
-            row = m0 + ty + i * ty_n
-            if row < m:
-                for j in range(tn):
-                    col = n0 + tx + j * tx_n
-                    if col < n:
-                        v = acc[i, j]
-                        if has_bias:
-                            v += bias[col]
-                        c[row * n + col] = act(v, code, p0, p1)
-
-    @cuda.jit
-    def column_sums(c, out):  # c (m*n,) f32, out (n,) f32: sums over the m rows (float64)
-        for j in range(cuda.grid(1), n, cuda.gridsize(1)):
-            total = 0.0
-            for i in range(m):
-                total += c[i * n + j]
-            out[j] = total
-
-    return types.SimpleNamespace(gemm=gemm, column_sums=column_sums)
+    mod = kernel_module("fc", _fc_text(m, n, k, bm, bn, bk, tm, tn, a_kfast, b_nfast, code, splits))
+    return types.SimpleNamespace(gemm=mod.gemm, splitk_sum=mod.splitk_sum)
 
 
 # netdsl.backends.cuda_ptx compiles only a few geometries of each kernel (per tile config,
 # layout and activation): the first 3 arguments are sizes, which decide no branch alone
 _cuda_kernels.geometry_args = 3
+
+
+def split_k(blocks: int, slices: int) -> int:
+    """K splits for a GEMM of `blocks` tiles and `slices` K slices: enough blocks to fill the
+    GPU, each split at least 16 slices deep (its partial tile costs a store and a load)."""
+    return max(1, min(-(-SMS_TO_FILL // blocks), slices // 16))
 
 
 class FcCUDA:
@@ -259,42 +242,64 @@ class FcCUDA:
                  act_params: tuple = (0.0, 0.0)) -> None:  # fmt: skip
         from numba import cuda as _cuda
 
+        from netdsl.ops import gemm_cuda
         from netdsl.ops.activation import LINEAR
         from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
+        from netdsl.ops.reduce_cuda import ChannelSumsCUDA
 
         self.shape, self.bias = (n, f, o), bias
         self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
         n, f, o = int(n), int(f), int(o)
+        work = 0
 
         def gemm(m, cols, k, a_kfast, b_nfast, code=LINEAR):
-            t = pick_tile(m)
-            grid, block = (cdiv(cols, t[1]), cdiv(m, t[0])), (t[1] // t[4], t[0] // t[3])
-            return Launch(_cuda_kernels, "gemm", grid, block, (m, cols, k, *t, a_kfast, b_nfast,
-                          int(code)))  # fmt: skip
+            nonlocal work
+            t = pick_tile(m, cols)
+            blocks = cdiv(cols, t[1]) * cdiv(m, t[0])
+            slices = cdiv(k, t[2])
+            s = split_k(blocks, slices)
+            s = cdiv(slices, cdiv(slices, s))  # no empty split
+            cfg = (m, cols, k, *t, a_kfast, b_nfast, int(code), s)
+            run = Launch(_cuda_kernels, "gemm", (cdiv(cols, t[1]), cdiv(m, t[0]), s),
+                         gemm_cuda.threads_of(t), cfg)  # fmt: skip
+            fin = None
+            if s > 1:
+                work = max(work, s * m * cols)
+                fin = Launch(_cuda_kernels, "splitk_sum", *grid_1d(m * cols), cfg)
+            return run, fin
 
         self._fwd = gemm(n, o, f, True, False, act_code)  # (N, O) = x (N, F) @ w.T
         self._dx = gemm(n, f, o, True, True)  # (N, F) = dy (N, O) @ w (O, F)
         self._dw = gemm(o, f, n, False, True)  # (O, F) = dy.T @ x (N, F)
-        # db sums dy (N, O) over the batch: the column sums of an (N, O) product, as in forward
-        self._db = Launch(_cuda_kernels, "column_sums", *grid_1d(o), (n, o, f, *pick_tile(n), True,
-                          False, LINEAR))  # fmt: skip
+        self.ws = _cuda.device_array(max(work, 1), np.float32)  # split-K partial tiles
+        self._db = ChannelSumsCUDA(n, o, 1)  # db (O,) = dy (N, O) summed over the batch
         self.no_b = _cuda.to_device(np.zeros(1, np.float32))  # stands in without bias
+
+    def _run(self, gemm, a, b, c, bias, has_bias, p0, p1) -> None:
+        run, fin = gemm
+        if fin is None:
+            run(a, b, c, bias, has_bias, p0, p1)
+            return
+        run(a, b, self.ws, bias, has_bias, p0, p1)
+        fin(self.ws, c, bias, has_bias, p0, p1)
 
     def forward(self, x, w, b, y) -> None:
         """y = act(x @ w.T + b). x (N, F), w (O, F), b (O,) or None, y (N, O): device arrays."""
         has_b = self.bias and b is not None
-        self._fwd(x.reshape(-1), w.reshape(-1), y.reshape(-1), b if has_b else self.no_b, has_b,
-                  *self.act_params)  # fmt: skip
+        self._run(self._fwd, x.reshape(-1), w.reshape(-1), y.reshape(-1),
+                  b if has_b else self.no_b, has_b, *self.act_params)  # fmt: skip
 
     def backward(self, dy, x, w, dx, dw, db) -> None:
         """Overwrite dx (unless None), dw and db (unless None); dy (N, O) is already through
         the fused activation's derivative."""
         zero = np.float32(0.0)
         if dx is not None:
-            self._dx(dy.reshape(-1), w.reshape(-1), dx.reshape(-1), self.no_b, False, zero, zero)
-        self._dw(dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, False, zero, zero)
+            self._run(self._dx, dy.reshape(-1), w.reshape(-1), dx.reshape(-1), self.no_b, False,
+                      zero, zero)  # fmt: skip
+        self._run(self._dw, dy.reshape(-1), x.reshape(-1), dw.reshape(-1), self.no_b, False,
+                  zero, zero)  # fmt: skip
         if db is not None:
-            self._db(dy.reshape(-1), db)
+            self._db(dy, db)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,270 @@
+"""The generated GEMM kernels of conv and fc (netdsl/ops/gemm_cuda.py).
+
+- every kernel against the float64 reference in the simulator (small tiles), on shapes with
+  strides 1/2/4, padding, dilation, groups, sizes that do not fill a tile, K not a multiple
+  of BK, split-K; and once with the GPU's 256-thread 128 x 128 tile;
+- the host-side index math of the real configs on the CPU: the im2col tables decoded against
+  NumPy's taps, the stride phases of the data gradient against the dense transposed conv;
+- the generated text: scalar accumulators, one barrier per K slice, no loop in the step;
+- with the sass tools installed, the compiled figures of an AlexNet-size conv forward.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba import cuda
+from opcheck import assert_close
+
+from netdsl.ops import activation, conv, cudakit, fc, gemm_cuda
+from netdsl.ops.cudakit import simulator
+
+cudakit.fast_simulator_barrier()
+ROOT = Path(__file__).resolve().parent.parent
+RNG = np.random.default_rng(7)
+TOL = 1e-4
+
+
+def f32(shape) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def dev(a: np.ndarray):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def empty(shape):
+    return cuda.to_device(np.full(shape, np.nan, np.float32))
+
+
+def out_size(h, k, s, p, d):
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def run_conv(n, c, h, w, o, kh, kw, st, pad, dil, g, act_kind="linear", bias=True):
+    ho, wo = out_size(h, kh, st[0], pad[0], dil[0]), out_size(w, kw, st[1], pad[1], dil[1])
+    x, wt, b, dy = f32((n, c, h, w)), f32((o, c // g, kh, kw)), f32(o), f32((n, o, ho, wo))
+    op = conv.ConvCUDA(n, c, h, w, o, kh, kw, st, pad, dil, g, (ho, wo), bias,
+                       activation.ACT_CODE[act_kind], 0.0)  # fmt: skip
+    y = empty((n, o, ho, wo))
+    op.forward(dev(x), dev(wt), dev(b), y)
+    ref = conv.ref_forward(x, wt, b if bias else None, st, pad, dil, g, (ho, wo))
+    assert_close(y.copy_to_host(), activation.ref_forward(ref, act_kind), TOL, "forward")
+    dx, dw, db = empty(x.shape), empty(wt.shape), empty(o)
+    op.backward(dev(dy), dev(x), dev(wt), dx, dw, db)
+    rdx, rdw, rdb = conv.ref_backward(dy, x, wt, st, pad, dil, g, (ho, wo))
+    assert_close(dx.copy_to_host(), rdx, TOL, "dx")
+    assert_close(dw.copy_to_host(), rdw, TOL, "dw")
+    assert_close(db.copy_to_host(), rdb, TOL, "db")
+    return op
+
+
+def run_fc(n, f, o, act_kind="relu"):
+    x, w, b, dy = f32((n, f)), f32((o, f)), f32(o), f32((n, o))
+    op = fc.FcCUDA(n, f, o, True, activation.ACT_CODE[act_kind], 0.0)
+    y = empty((n, o))
+    op.forward(dev(x), dev(w), dev(b), y)
+    assert_close(y.copy_to_host(), activation.ref_forward(fc.ref_forward(x, w, b), act_kind),
+                 TOL, "forward")  # fmt: skip
+    dx, dw, db = empty((n, f)), empty((o, f)), empty(o)
+    op.backward(dev(dy), dev(x), dev(w), dx, dw, db)
+    rdx, rdw, rdb = fc.ref_backward(dy, x, w)
+    assert_close(dx.copy_to_host(), rdx, TOL, "dx")
+    assert_close(dw.copy_to_host(), rdw, TOL, "dw")
+    assert_close(db.copy_to_host(), rdb, TOL, "db")
+    return op
+
+
+# n, c, h, w, o, kh, kw, stride, pad, dilation, groups
+CONVS = [
+    (2, 3, 7, 6, 5, 3, 3, (2, 2), (1, 1), (1, 1), 1),  # stride 2, odd sizes, K = 27
+    (1, 2, 11, 9, 3, 5, 3, (4, 4), (2, 1), (1, 1), 1),  # stride 4 (16 phases, some empty)
+    (2, 4, 6, 7, 6, 3, 2, (1, 2), (0, 1), (2, 1), 2),  # dilation, groups, mixed strides
+    (3, 3, 5, 5, 9, 1, 1, (2, 2), (0, 0), (1, 1), 1),  # 1x1 stride 2: phases without taps
+    (2, 5, 4, 4, 3, 3, 3, (1, 1), (2, 2), (1, 1), 1),  # padding wider than the kernel's half
+]
+
+
+@pytest.mark.parametrize("case", CONVS)
+def test_conv_kernels_match_the_reference(case):
+    run_conv(*case, act_kind="relu")
+
+
+def test_conv_without_bias_and_a_batch_of_one():
+    run_conv(1, 3, 5, 4, 2, 2, 2, (1, 1), (0, 0), (1, 1), 1, bias=False)
+
+
+def test_fc_split_k(monkeypatch):
+    """Several K splits summed in a fixed order by splitk_sum (bias and activation there)."""
+    monkeypatch.setattr(fc, "split_k", lambda blocks, slices: 3)
+    op = run_fc(3, 37, 5, "tanh")
+    assert op._fwd[1] is not None and op._fwd[0].grid[2] == 3
+
+
+@pytest.mark.parametrize("n,f,o", [(1, 1, 1), (5, 19, 9), (9, 8, 3)])
+def test_fc_kernels_match_the_reference(n, f, o):
+    run_fc(n, f, o)
+
+
+@pytest.mark.skipif(not simulator(), reason="the simulator picks small tiles; a GPU these")
+def test_the_gpu_128x128_tile_in_the_simulator(monkeypatch):
+    """The 256-thread 128 x 128 tile (8 x 8 per thread) once, on tiny shapes."""
+    tile = gemm_cuda.TILES[(128, 128)]
+    monkeypatch.setattr(cudakit, "pick_tile", lambda rows, cols: tile)
+    op = run_conv(1, 2, 5, 5, 3, 3, 3, (2, 2), (1, 1), (1, 1), 1, act_kind="relu")
+    assert op._fwd.block == 256
+    run_fc(2, 11, 3)
+
+
+# --------------------------------------------------------------- index math of the real configs
+
+
+def im2col(x, kh, kw, st, pad, dil, out_hw):
+    """NumPy im2col of one image group: (Cg*kh*kw, Ho*Wo) through conv.py's reference taps."""
+    xp = conv._padded(x[None], kh, kw, st, pad, dil, out_hw)[0]
+    rows = []
+    for c in range(x.shape[0]):
+        for ky in range(kh):
+            for kx in range(kw):
+                r, q = conv._tap(ky, kx, st, dil, out_hw)
+                rows.append(xp[c, r, q].reshape(-1))
+    return np.array(rows)
+
+
+GEOMETRIES = [  # c, h, w, o, groups, kh, kw, stride, pad, dilation
+    (3, 13, 11, 4, 1, 11, 11, (4, 4), (2, 2), (1, 1)),  # AlexNet conv1-like
+    (6, 9, 9, 4, 2, 5, 5, (1, 1), (2, 2), (1, 1)),
+    (4, 8, 7, 4, 1, 3, 3, (2, 2), (1, 1), (1, 1)),
+    (2, 7, 9, 2, 1, 3, 2, (2, 3), (0, 1), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("geo", GEOMETRIES)
+def test_forward_table_is_numpys_im2col(geo):
+    """What the forward kernel gathers for column (oy, ox) and filter element k, computed from
+    the table as the kernel does (thread part + table part, bounds by the biased dy/dx), is
+    NumPy's im2col: for the GPU's BK (8), padding entries past K included."""
+    c, h, w, o, groups, kh, kw, st, pad, dil = geo
+    ho, wo = out_size(h, kh, st[0], pad[0], dil[0]), out_size(w, kw, st[1], pad[1], dil[1])
+    cg = c // groups
+    tabs = conv.conv_tables(c, h, w, o, groups, kh, kw, st, pad, dil, (ho, wo), (8, 8, 8))
+    off, dy, dx, present = gemm_cuda.unpack(tabs["fwd"])
+    assert len(off) % 8 == 0 and present.sum() == cg * kh * kw and not present[cg * kh * kw :].any()
+    x = f32((cg, h, w))
+    xf = x.reshape(-1)
+    oy, ox = np.divmod(np.arange(ho * wo), wo)
+    y0, x0 = oy * st[0] - pad[0], ox * st[1] - pad[1]  # the thread's part (kernel setup)
+    iy, ix = y0[None, :] + dy[:, None], x0[None, :] + dx[:, None]
+    inside = present[:, None] & (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    addr = (y0 * w + x0)[None, :] + off[:, None]
+    got = np.where(inside, xf[np.where(inside, addr, 0)], 0.0)
+    want = im2col(x, kh, kw, st, pad, dil, (ho, wo))
+    np.testing.assert_array_equal(got[: cg * kh * kw], want)
+
+
+@pytest.mark.parametrize("geo", GEOMETRIES)
+def test_data_phases_cover_every_tap_once(geo):
+    """The stride phases of the data gradient: every (input pixel, output pixel, tap) pair of
+    the dense transposed convolution appears exactly once, and no phase holds a tap that
+    misses (so a stride-s layer does 1/s^2 of the dense work)."""
+    c, h, w, o, groups, kh, kw, st, pad, dil = geo
+    ho, wo = out_size(h, kh, st[0], pad[0], dil[0]), out_size(w, kw, st[1], pad[1], dil[1])
+    dense = set()
+    for iy, ix, ky, kx in itertools.product(range(h), range(w), range(kh), range(kw)):
+        oy, ry = divmod(iy + pad[0] - ky * dil[0], st[0])
+        ox, rx = divmod(ix + pad[1] - kx * dil[1], st[1])
+        if ry == 0 and rx == 0 and 0 <= oy < ho and 0 <= ox < wo:
+            dense.add((iy, ix, ky, kx))
+    got = []
+    for p in conv.data_phases(h, w, 1, kh, kw, st, pad, dil, (ho, wo)):
+        for t, u in itertools.product(range(p["tp"]), range(p["up"])):
+            iy, ix = p["iyf"] + t * st[0], p["ixf"] + u * st[1]
+            assert 0 <= iy < h and 0 <= ix < w
+            for _, ky, kx, a, b in p["taps"]:
+                assert iy + pad[0] - ky * dil[0] == (t + a) * st[0]  # the tap's output row
+                assert ix + pad[1] - kx * dil[1] == (u + b) * st[1]
+                if 0 <= t + a < ho and 0 <= u + b < wo:
+                    got.append((iy, ix, ky, kx))
+    assert sorted(got) == sorted(dense)
+    taps = sum(len(p["taps"]) for p in conv.data_phases(h, w, 1, kh, kw, st, pad, dil, (ho, wo)))
+    assert taps == kh * kw  # each tap belongs to exactly one phase
+
+
+def test_weight_gradient_tables_pad_each_image_to_bk():
+    tabs = conv.conv_tables(2, 7, 7, 3, 1, 3, 3, (2, 2), (1, 1), (1, 1), (4, 4), (8, 8, 8))
+    off, dy, dx, present = gemm_cuda.unpack(tabs["w_b"])
+    assert len(off) == 16 and present.sum() == 16  # 4 x 4 pixels fill two slices of 8
+    np.testing.assert_array_equal(dy[:4], [0, 0, 0, 0])
+    np.testing.assert_array_equal(dx[:4], [0, 2, 4, 6])
+    np.testing.assert_array_equal(off[4:6], [14, 16])  # oy = 1: row 2 of the input
+    tabs = conv.conv_tables(2, 5, 5, 3, 1, 3, 3, (2, 2), (1, 1), (1, 1), (3, 3), (8, 8, 8))
+    assert len(tabs["w_a"]) == 16 and gemm_cuda.unpack(tabs["w_a"])[3].sum() == 9
+
+
+def test_pack_round_trips_negative_offsets():
+    tab = gemm_cuda.pack([-5, 7], [-3, 2], [4, -1], 8)
+    off, dy, dx, present = gemm_cuda.unpack(tab)
+    assert list(off[:2]) == [-5, 7] and list(dy[:2]) == [-3, 2] and list(dx[:2]) == [4, -1]
+    assert list(present) == [True, True] + [False] * 6
+
+
+@pytest.mark.parametrize("rows,cols", [(6, 128 * 784), (96, 128 * 729), (4096, 9216), (10, 4096)])
+def test_real_tiles_have_256_threads(rows, cols):
+    t = gemm_cuda.pick(rows, cols, simulator=False)
+    assert gemm_cuda.threads_of(t) == 256 and t[2] == 8
+    assert t[0] >= min(rows, 32) and t[0] <= 128
+
+
+# --------------------------------------------------------------------------- the generated text
+
+
+@pytest.mark.parametrize("key", sorted(gemm_cuda.TILES))
+def test_every_tile_generates_scalar_unrolled_code(key):
+    tile = gemm_cuda.TILES[key]
+    text = conv._conv_text(2, 6, 9, 9, 8, 2, 3, 3, 2, 2, 1, 1, 1, 1, 5, 5, tile, 4)
+    text += fc._fc_text(4, 10, 30, *tile, False, True, 4, 2)
+    compile(text, "generated", "exec")
+    assert "local.array" not in text
+    bm, bn, bk, tm, tn = tile
+    for body in re.findall(r"    for ks in range\(nk\):\n(.*?)\n    [^ ]", text, re.S):
+        assert body.count("cuda.syncthreads()") == 1  # one barrier per K slice
+        assert body.count(" += a") == bk * tm * tn  # the step written out
+        assert " for " not in body and "//" not in body and "%" not in body
+
+
+# ------------------------------------------------------------------- compiled figures (sass)
+
+
+def test_alexnet_conv2_forward_compiles_to_the_roof(tmp_path):
+    """AlexNet's conv2 (one column of the two, batch 128) forward, compiled for sm_90 by
+    benchmarks/gpu_static.py: no spills, at least 2 blocks per SM, FFMA >= 70% of the K loop.
+    Needs the sass extra (NVVM, ptxas, cuobjdump); skipped without it."""
+    tile = gemm_cuda.TILES[(128, 128)]
+    cfg = (128, 48, 27, 27, 128, 1, 5, 5, 1, 1, 2, 2, 1, 1, 27, 27, 0, *tile, 0)
+    arr, flag, num = ("array", "<f4", 1, "C"), ("scalar", "bool"), ("scalar", "float32")
+    key = ("netdsl.ops.conv", "_cuda_kernels", cfg, "conv_forward",
+           (arr, arr, arr, arr, ("array", "<u4", 1, "C"), flag, num, num))  # fmt: skip
+    keys, out = tmp_path / "keys.pkl", tmp_path / "out.pkl"
+    keys.write_bytes(pickle.dumps([(0, key)]))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_static.py"), "-",
+                          "--_compile", str(keys), str(out)], env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    if res.returncode == 3 or "No module named 'cuda.pathfinder'" in res.stderr:
+        pytest.skip(f"sass tools missing: {res.stderr.strip().splitlines()[-1:]}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r,) = pickle.loads(out.read_bytes())
+    regs, shared = r["registers"], r["shared_bytes"]
+    blocks = 65536 // (-(-regs * 32 // 256) * 256) // 8  # sm_90: registers per SM / warps
+    assert r["spill_stores"] + r["spill_loads"] == 0, r
+    assert blocks >= 2 and shared * 2 < 228 * 1024, r
+    assert r["loop"]["kind"] == "per K slice" and r["loop"]["ffma_share"] >= 0.7, r["loop"]
