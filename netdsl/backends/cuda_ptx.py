@@ -18,6 +18,9 @@ import argparse
 import contextlib
 import importlib
 import pickle
+import subprocess
+import sys
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,12 +131,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("records", help="a pickled list of cudakit.recording() launches")
     parser.add_argument("--per-family", type=int, default=1, metavar="K",
                         help="at most K geometries of a kernel family (0: all)")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="compile in N processes (NVVM holds one core each)",
+    )
+    parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "i/N": one job's part
     opts = parser.parse_args(argv)
     with open(opts.records, "rb") as f:
         records = pickle.load(f)
+    if opts.jobs > 1 and opts.shard is None:
+        return _run_jobs(opts)
+    if opts.shard is not None:
+        i, n = (int(v) for v in opts.shard.split("/"))
+        records = [r for r in records if _shard_of(r, n) == i]
     lines = compile_records(records, per_family=opts.per_family)
     print("\n".join(lines))
     return 1 if any(line.startswith("FAIL") for line in lines) else 0
+
+
+def _shard_of(record: tuple, n: int) -> int:
+    """The job compiling a record: by kernel (module, factory, name), so a kernel's whole
+    family is in one job and is still compiled once."""
+    module, factory, _, name, _ = record
+    return zlib.crc32(f"{module}:{factory}:{name}".encode()) % n
+
+
+def _run_jobs(opts) -> int:
+    """Run `opts.jobs` shards of this command at once; print their lines and one summary."""
+    cmd = [sys.executable, "-m", "netdsl.backends.cuda_ptx", opts.records,
+           "--per-family", str(opts.per_family)]  # fmt: skip
+    procs = [subprocess.Popen([*cmd, "--shard", f"{i}/{opts.jobs}"], stdout=subprocess.PIPE,
+                              text=True) for i in range(opts.jobs)]  # fmt: skip
+    lines, compiled, skipped, failed = [], 0, 0, False
+    for p in procs:
+        out, _ = p.communicate()
+        failed |= p.returncode != 0
+        *body, summary = out.splitlines() or [""]
+        lines += body
+        nums = [int(w) for w in summary.split() if w.isdigit()]
+        if len(nums) >= 2:
+            compiled, skipped = compiled + nums[0], skipped + nums[1]
+    lines.append(f"compiled {compiled} distinct kernels, skipped {skipped} more geometries "
+                 f"of their families (per_family={opts.per_family}, {opts.jobs} jobs)")  # fmt: skip
+    print("\n".join(lines))
+    return 1 if failed or any(line.startswith("FAIL") for line in lines) else 0
 
 
 if __name__ == "__main__":
