@@ -360,18 +360,7 @@ def record(net_path: str, batch: int, one_column: bool) -> dict:
     cnet = compile_network(net, device="cuda", batch=batch, seed=0)
     opt = Optimizer(dict(net.train["optimizer"]), cnet.slots, cnet.theta.size, "cuda")
     where: list[tuple[str, str]] = [("(plan)", "")]
-    for r in cnet.runners:
-        for phase in ("forward", "backward"):
-            run = getattr(r, phase)
-
-            def tagged(*args, run=run, tag=(r.layer.name, phase)):
-                where.append(tag)
-                try:
-                    return run(*args)
-                finally:
-                    where.pop()
-
-            setattr(r, phase, tagged)
+    cudakit.tag_runners(cnet.runners, where)
     launches = []
 
     def sink(launch, args) -> None:

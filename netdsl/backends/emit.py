@@ -202,26 +202,15 @@ def _record_cuda(net, batch: int | None):
             launches.setdefault(id(launch), (launch, r.layer.name))
     for launch in _launches_of(opt):
         launches.setdefault(id(launch), (launch, "(optimizer)"))
-    where = ["(plan)"]
-    for r in cnet.runners:
-        for phase in ("forward", "backward"):
-            run = getattr(r, phase)
-
-            def tagged(*args, run=run, tag=r.layer.name):
-                where.append(tag)
-                try:
-                    return run(*args)
-                finally:
-                    where.pop()
-
-            setattr(r, phase, tagged)
+    where = [("(plan)", "")]
+    cudakit.tag_runners(cnet.runners, where)
 
     def sink(launch, args) -> None:
-        launches.setdefault(id(launch), (launch, where[-1]))
+        launches.setdefault(id(launch), (launch, where[-1][0]))
 
     with cudakit.capturing(sink):
         cnet._launch_train()
-        where.append("(optimizer)")
+        where.append(("(optimizer)", "update"))
         opt.step(cnet.theta, cnet.grad, 0.01)
     return cnet, launches
 

@@ -127,6 +127,24 @@ def capturing(sink: Callable[[Launch, tuple], None]) -> Iterator[None]:
         _CAPTURE = old
 
 
+def tag_runners(runners, where: list) -> None:
+    """Wrap each runner's forward and backward so that, while one runs, where[-1] is its
+    (layer name, phase): which layer made each launch that `capturing()` hands a sink
+    (`netdsl compile --emit`, benchmarks/gpu_static.py)."""
+    for r in runners:
+        for phase in ("forward", "backward"):
+            run = getattr(r, phase)
+
+            def tagged(*args, run=run, tag=(r.layer.name, phase)):
+                where.append(tag)
+                try:
+                    return run(*args)
+                finally:
+                    where.pop()
+
+            setattr(r, phase, tagged)
+
+
 _SAID: set[str] = set()
 
 
