@@ -58,7 +58,7 @@ def test_generation_is_deterministic_and_keyed_by_the_config():
 
 
 def test_the_name_follows_the_code_version(monkeypatch):
-    text = softmax._cuda_kernels.source(4, 10, 256, True)
+    text = softmax._cuda_kernels.source(10, 256, True)
     before = codegen.module_name("softmax", text)
     monkeypatch.setattr(codegen, "code_version", lambda: "0" * 16)
     assert codegen.module_name("softmax", text) != before

@@ -266,19 +266,20 @@ def bn_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
 # (deterministic, no atomics) into the statistics; the forward's variance comes from sums
 # around a shift (the channel's first value), so it does not cancel when |mean| >> std.
 # The elementwise passes apply the saved per-channel coefficients and the layer's fused
-# activation. They are specialised on the layer: batch, channels, plane, eps and the
-# activation are compile-time constants (constant index divisions and loop bounds, the other
-# activations' code gone); the reducing and combining kernels take sizes as arguments and
+# activation. They are specialised on the layer: channels, plane, eps and the activation are
+# compile-time constants (constant index divisions, the other activations' code gone); the
+# batch size is the arrays' (only a grid-stride loop's bound), so the training and evaluation
+# batch sizes share them. The reducing and combining kernels take sizes as arguments and
 # are shared by every layer of a plan (the gradient sums: by the layers of one activation).
 
 cuda = None  # numba.cuda, bound by _cuda_kernels() and _finish_kernels()
 
 
 @generated("batchnorm")
-def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: float,
-                  act_params: tuple, code: int):  # fmt: skip
+def _cuda_kernels(channels: int, plane: int, eps: float, act_params: tuple, code: int):
     """BN kernels for one layer on flat (batch*channels*plane,) arrays; code, act_params: the fused
-    activation."""
+    activation. The batch size is the arrays' (one compilation serves every batch size) and
+    the momentum is the finish kernel's argument."""
     global cuda
     from numba import cuda, float64
 
@@ -289,7 +290,6 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     # when these came as float32 arguments
     eps32 = np.float32(eps)
     ap0, ap1 = (np.float32(v) for v in act_params)  # the kind's (p0, p1)
-    size = batch * channels * plane
 
     @cuda.jit
     def bn_eval_coef(gamma, rv, coef):  # (C,) f32 each; coef = gamma / sqrt(rv + eps)
@@ -299,14 +299,14 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     @cuda.jit
     def bn_apply(x, y, mean, coef, beta):
         # x, y: (N*C*P,) f32 (y may be x); mean, coef, beta: (C,) f32
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             c = (e // plane) % channels
             y[e] = act((x[e] - mean[c]) * coef[c] + beta[c], code, ap0, ap1)
 
     @cuda.jit
     def bn_grad_apply(dy, y, x, mean, ws, dx):
         # dx = gamma invstd (dz - mean(dz) - (x - mean) k); dx may be dy
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             c = (e // plane) % channels
             d = dy[e] * act_grad(y[e], code, ap0, ap1)
             dx[e] = ws[0, c] * (d - ws[1, c] - (x[e] - mean[c]) * ws[2, c])
@@ -316,9 +316,9 @@ def _cuda_kernels(batch: int, channels: int, plane: int, eps: float, momentum: f
     )
 
 
-# cuda_ptx.compile_records: the first 6 arguments are the layer's geometry and hyperparameters,
+# cuda_ptx.compile_records: the first 4 arguments are the layer's geometry and hyperparameters,
 # the constants folded into the code (see there)
-_cuda_kernels.geometry_args = 6
+_cuda_kernels.geometry_args = 4
 
 
 @generated("batchnorm_finish")
@@ -388,8 +388,7 @@ class BnCUDA:
         threads = threads0 if threads is None else int(threads)
         shuffles = shuffles0 if shuffles is None else bool(shuffles)
         pair = activations.as_pair(act_params)
-        cfg = (int(n), int(channels), int(plane), float(eps), float(momentum), pair,
-               int(act_code))  # fmt: skip
+        cfg = (int(channels), int(plane), float(eps), pair, int(act_code))
         size = n * channels * plane
         self.mean = _cuda.device_array(channels, np.float32)  # (C,) batch mean, for backward
         self.invstd = _cuda.device_array(channels, np.float32)  # (C,) for backward

@@ -297,16 +297,18 @@ class LocalCPU:
 # ---- CUDA kernels
 # Built on first use (importing this module must not import numba); see netdsl/ops/cudakit.py.
 # The layer's sizes are compile-time constants of the factory (constant index divisions);
-# the activation code selects the forward's epilogue.
+# the activation code selects the forward's epilogue. The batch size is the arrays' (a loop
+# bound only), so the training and evaluation batch sizes share the kernels.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @generated("local")
-def _cuda_kernels(n: int, c: int, h: int, w: int, o: int, groups: int, kh: int, kw: int,
-                  sh: int, sw: int, ph: int, pw: int, ho: int, wo: int, code: int):  # fmt: skip
+def _cuda_kernels(c: int, h: int, w: int, o: int, groups: int, kh: int, kw: int, sh: int,
+                  sw: int, ph: int, pw: int, ho: int, wo: int, code: int):  # fmt: skip
     """local_forward, local_backward_data, local_backward_weights, local_bias_grad over flat
-    float32 arrays x (N*C*H*W), w (O*Ho*Wo*Cg*kh*kw), b and db (O*Ho*Wo), y (N*O*Ho*Wo)."""
+    float32 arrays x (N*C*H*W), w (O*Ho*Wo*Cg*kh*kw), b and db (O*Ho*Wo), y (N*O*Ho*Wo); N is
+    the arrays' (x.size / (C*H*W)), so every batch size shares the kernels."""
     global cuda
     from numba import cuda, float32
 
@@ -316,11 +318,12 @@ def _cuda_kernels(n: int, c: int, h: int, w: int, o: int, groups: int, kh: int, 
     cg, og = c // groups, o // groups
     k = cg * kh * kw  # taps per filter
     locs = ho * wo
+    chw, olocs = c * h * w, o * locs  # one image's input and output sizes
 
     @cuda.jit
     def local_forward(x, wt, b, y, has_bias, p0, p1):
         # one thread per output (n, o, i, j), the fused activation in the epilogue
-        for e in range(cuda.grid(1), n * o * locs, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             q, l = e // locs, e % locs  # q = n*O + oc
             im, oc = q // o, q % o
             i, j = l // wo, l % wo
@@ -343,7 +346,7 @@ def _cuda_kernels(n: int, c: int, h: int, w: int, o: int, groups: int, kh: int, 
     @cuda.jit
     def local_backward_data(dy, wt, dx):
         # one thread per input (n, c, iy, ix): the sum over the outputs whose taps read it
-        for e in range(cuda.grid(1), n * c * h * w, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             q, ix = e // w, e % w
             q, iy = q // h, q % h
             im, ci = q // c, q % c
@@ -367,6 +370,7 @@ def _cuda_kernels(n: int, c: int, h: int, w: int, o: int, groups: int, kh: int, 
     @cuda.jit
     def local_backward_weights(dy, x, dw):
         # one thread per weight (oc, l, tap): the sum over the batch
+        n = x.size // chw
         for e in range(cuda.grid(1), o * locs * k, cuda.gridsize(1)):
             q, tap = e // k, e % k
             oc, l = q // locs, q % locs
@@ -384,10 +388,11 @@ def _cuda_kernels(n: int, c: int, h: int, w: int, o: int, groups: int, kh: int, 
     @cuda.jit
     def local_bias_grad(dy, db):
         # one thread per bias (oc, l): the sum over the batch
-        for e in range(cuda.grid(1), o * locs, cuda.gridsize(1)):
+        n = dy.size // olocs
+        for e in range(cuda.grid(1), olocs, cuda.gridsize(1)):
             acc = float32(0.0)
             for im in range(n):
-                acc += dy[im * o * locs + e]
+                acc += dy[im * olocs + e]
             db[e] = acc
 
     return types.SimpleNamespace(local_forward=local_forward,
@@ -396,9 +401,9 @@ def _cuda_kernels(n: int, c: int, h: int, w: int, o: int, groups: int, kh: int, 
                                  local_bias_grad=local_bias_grad)  # fmt: skip
 
 
-# netdsl.backends.cuda_ptx compiles only a few geometries of each kernel: the first 14
+# netdsl.backends.cuda_ptx compiles only a few geometries of each kernel: the first 13
 # arguments are sizes, which decide no branch alone (the activation code does)
-_cuda_kernels.geometry_args = 14
+_cuda_kernels.geometry_args = 13
 
 
 class LocalCUDA:
@@ -418,7 +423,7 @@ class LocalCUDA:
         ho, wo = out_hw
         self.bias = bias
         self.act_params = tuple(np.float32(v) for v in activations.as_pair(act_params))
-        geo = tuple(int(v) for v in (n, c, h, w, o, groups, kh, kw, *stride, *pad, ho, wo))
+        geo = tuple(int(v) for v in (c, h, w, o, groups, kh, kw, *stride, *pad, ho, wo))
         locs, k = ho * wo, (c // groups) * kh * kw
 
         def launch(name, size, code=LINEAR):

@@ -133,8 +133,9 @@ def topk_errors(z: np.ndarray, labels: np.ndarray, k: int) -> int:
 # row's loss (float64) and flags. One warp then sums the rows in a fixed order, so the loss
 # is deterministic. stats = (mean loss, top-1 errors, labels out of range) is all that comes
 # back to the host per step. A bad label cannot raise in a kernel: it is counted and the
-# host raises ValueError. Specialised on (rows, classes), compile-time constants (constant
-# loop bounds, row offsets and 1/N): one compilation per distinct shape on a GPU. Every
+# host raises ValueError. Specialised on the number of classes, a compile-time constant
+# (constant loop bounds and row offsets); the number of rows (the batch size) is the arrays'
+# (scores.size / classes, row_loss.size), so every batch size shares one compilation. Every
 # thread of a block runs the same number of row steps (a warp past the last row reduces
 # nothing), as the simulator's fallback reductions synchronise the block.
 
@@ -143,16 +144,16 @@ cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @generated("loss")
-def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
-    """Loss kernels for flat (rows*classes,) float32 scores; `threads` per block of the row
-    kernels (a warp per row), `shuffles`: warp shuffles (GPU) or the simulator's fallback."""
+def _cuda_kernels(classes: int, threads: int, shuffles: bool):
+    """Loss kernels for flat (rows*classes,) float32 scores, rows = the arrays' size / classes;
+    `threads` per block of the row kernels (a warp per row), `shuffles`: warp shuffles (GPU)
+    or the simulator's fallback."""
     global cuda
     from numba import cuda, float32, float64
 
     from netdsl.ops.cudakit import WARP, warp_reducer
 
     warp_sum, warp_max = warp_reducer(shuffles)
-    inv_n = np.float32(1.0 / rows)
     neg_inf = np.float32(-np.inf)
     warps = threads // WARP  # rows per block and step
 
@@ -176,6 +177,8 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
         t = cuda.threadIdx.x
         lane = t % WARP
         buf = cuda.shared.array(threads, float64)
+        rows = z.size // classes
+        inv_n = np.float32(1.0 / rows)  # rounded as the float32 constant it was
         for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
             n = base + t // WARP
             active = n < rows
@@ -225,6 +228,8 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
         t = cuda.threadIdx.x
         lane = t % WARP
         buf = cuda.shared.array(threads, float64)
+        rows = o.size // classes
+        inv_n = np.float32(1.0 / rows)
         for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
             n = base + t // WARP
             active = n < rows
@@ -255,6 +260,7 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
         # then the warp's reduction (a fixed order)
         t = cuda.threadIdx.x
         buf = cuda.shared.array(WARP, float64)
+        rows = row_loss.size
         total = 0.0
         wrong = 0.0
         bad = 0.0
@@ -274,8 +280,8 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
                                  loss_finish=loss_finish)  # fmt: skip
 
 
-# cuda_ptx.compile_records: the first 2 arguments are geometry (see there)
-_cuda_kernels.geometry_args = 2
+# cuda_ptx.compile_records: the first argument is geometry (see there)
+_cuda_kernels.geometry_args = 1
 
 
 class LossCUDA:
@@ -299,7 +305,7 @@ class LossCUDA:
         name = "loss_xent_rows" if kind == "cross_entropy" else "loss_mse_rows"
         threads = row_threads() if threads is None else int(threads)
         shuffles = use_shuffles() if shuffles is None else bool(shuffles)
-        cfg = (int(n), int(classes), threads, shuffles)
+        cfg = (int(classes), threads, shuffles)
         self._rows = Launch(_cuda_kernels, name, cdiv(n, threads // WARP), threads, cfg)
         self._finish = Launch(_cuda_kernels, "loss_finish", 1, WARP, cfg)
 

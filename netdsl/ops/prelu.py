@@ -108,33 +108,33 @@ class PReLUCPU:
 # ---- CUDA kernels
 # Forward and dx: one thread per element (grid-stride). da: one block per slope, float64
 # partial sums reduced by a tree in shared memory (cudakit.block_reducer; fixed order, no
-# atomics). Arrays are flat; the sizes are compile-time constants.
+# atomics). Arrays are flat; the plane size and the number of slopes are compile-time
+# constants, the number of planes (N*C) is the arrays': one compilation serves every batch size.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @generated("prelu")
-def _cuda_kernels(planes: int, slopes: int, hw: int, threads: int):
+def _cuda_kernels(slopes: int, hw: int, threads: int):
     """PReLU kernels for x (planes * hw,) flat, plane pl using slope pl % slopes; `threads`
-    per block of the slope-gradient reduction (a power of two)."""
+    per block of the slope-gradient reduction (a power of two). The number of planes is the
+    arrays' (x.size / hw), so every batch size shares the kernels."""
     global cuda
     from numba import cuda, float64
 
     from netdsl.ops.cudakit import block_reducer
 
     block_sum = block_reducer(threads)
-    size = planes * hw
-    count = (planes // slopes) * hw  # elements per slope
 
     @cuda.jit
     def prelu_forward(x, a, y):  # x, y (P*HW,), a (K,) f32
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             v = x[e]
             y[e] = v if v > 0 else a[(e // hw) % slopes] * v
 
     @cuda.jit
     def prelu_backward_data(dy, x, a, dx):  # dy, x, dx (P*HW,), a (K,) f32
-        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             g = dy[e]
             dx[e] = g if x[e] > 0 else a[(e // hw) % slopes] * g
 
@@ -143,6 +143,7 @@ def _cuda_kernels(planes: int, slopes: int, hw: int, threads: int):
         # grid = K blocks: da[k] = sum of dy * min(x, 0) over the planes pl with pl % K == k
         k, t = cuda.blockIdx.x, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
+        count = x.size // slopes  # elements per slope: P / K planes of HW (K divides P)
         s = 0.0
         for q in range(t, count, threads):
             e = ((q // hw) * slopes + k) * hw + q % hw  # the q-th element of slope k
@@ -159,8 +160,8 @@ def _cuda_kernels(planes: int, slopes: int, hw: int, threads: int):
                                  prelu_backward_slopes=prelu_backward_slopes)  # fmt: skip
 
 
-# cuda_ptx.compile_records: the first 3 arguments are the layer's sizes (see there)
-_cuda_kernels.geometry_args = 3
+# cuda_ptx.compile_records: the first 2 arguments are the layer's sizes (see there)
+_cuda_kernels.geometry_args = 2
 
 
 class PReLUCUDA:
@@ -170,7 +171,7 @@ class PReLUCUDA:
         from netdsl.ops.cudakit import SIM_THREADS, THREADS, Launch, grid_1d, simulator
 
         threads = SIM_THREADS if simulator() else THREADS
-        cfg = (int(n * c), int(k), int(h * w), threads)
+        cfg = (int(k), int(h * w), threads)
         size = n * c * h * w
         self._fwd = Launch(_cuda_kernels, "prelu_forward", *grid_1d(size), cfg)
         self._bwd_x = Launch(_cuda_kernels, "prelu_backward_data", *grid_1d(size), cfg)

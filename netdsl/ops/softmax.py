@@ -68,9 +68,10 @@ def softmax_backward(dy, y, dx):
 # ---- CUDA kernels
 # One warp per row: the lanes stride over the row's classes (a warp reads 32 consecutive
 # values) and warp reductions (shuffles on a GPU, cudakit.warp_reducer) give every lane the
-# row's maximum and sum in a fixed order. Specialised on (rows, classes), compile-time
-# constants (constant loop bounds and row offsets): one compilation per distinct shape on
-# first use on a GPU. Every thread of a block runs the same number of row steps (a warp past
+# row's maximum and sum in a fixed order. Specialised on the number of classes, a
+# compile-time constant (constant loop bounds and row offsets); the number of rows (the batch
+# size) is the arrays' (x.size / classes), so every batch size shares one compilation. Every
+# thread of a block runs the same number of row steps (a warp past
 # the last row reduces nothing), as the simulator's fallback reductions synchronise the block.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
@@ -78,9 +79,10 @@ cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @generated("softmax")
-def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
-    """Softmax kernels for flat (rows*classes,) float32 arrays; `threads` per block (a warp
-    per row), `shuffles`: warp shuffles (GPU) or the simulator's fallback."""
+def _cuda_kernels(classes: int, threads: int, shuffles: bool):
+    """Softmax kernels for flat (rows*classes,) float32 arrays, rows = the arrays' size /
+    classes; `threads` per block (a warp per row), `shuffles`: warp shuffles (GPU) or the
+    simulator's fallback."""
     global cuda
     from numba import cuda, float32, float64
 
@@ -95,6 +97,7 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
         t = cuda.threadIdx.x
         lane = t % WARP
         buf = cuda.shared.array(threads, float64)
+        rows = x.size // classes
         for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
             n = base + t // WARP
             active = n < rows
@@ -121,6 +124,7 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
         t = cuda.threadIdx.x
         lane = t % WARP
         buf = cuda.shared.array(threads, float64)
+        rows = dx.size // classes
         for base in range(cuda.blockIdx.x * warps, rows, cuda.gridDim.x * warps):
             n = base + t // WARP
             active = n < rows
@@ -137,12 +141,13 @@ def _cuda_kernels(rows: int, classes: int, threads: int, shuffles: bool):
     return types.SimpleNamespace(softmax_forward=softmax_forward, softmax_backward=softmax_backward)
 
 
-# cuda_ptx.compile_records: the first 2 arguments are geometry (see there)
-_cuda_kernels.geometry_args = 2
+# cuda_ptx.compile_records: the first argument is geometry (see there)
+_cuda_kernels.geometry_args = 1
 
 
 class SoftmaxCUDA:
-    """Row softmax of (N, K) float32 device arrays, kernels specialised on N and K.
+    """Row softmax of (N, K) float32 device arrays, kernels specialised on K (N is the
+    arrays': any batch size runs on the same kernels; `n` sizes the grid).
 
     `shuffles` forces the warp-shuffle path (else: on a GPU only; tests emulate it),
     `threads` the block size (a multiple of 32; a warp per row).
@@ -154,7 +159,7 @@ class SoftmaxCUDA:
 
         threads = row_threads() if threads is None else int(threads)
         shuffles = use_shuffles() if shuffles is None else bool(shuffles)
-        cfg = (int(n), int(classes), threads, shuffles)
+        cfg = (int(classes), threads, shuffles)
         blocks = cdiv(n, threads // WARP)
         self._fwd = Launch(_cuda_kernels, "softmax_forward", blocks, threads, cfg)
         self._bwd = Launch(_cuda_kernels, "softmax_backward", blocks, threads, cfg)

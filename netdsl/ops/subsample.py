@@ -200,17 +200,19 @@ class SubsampleCPU:
 # float64 partial sums and a tree in shared memory (fixed order, no atomics). Arrays are flat.
 # As for pooling, the kernels are specialised on the layer (sizes, window geometry and the
 # fused activation are compile-time constants): one compilation per distinct layer on a GPU.
+# The number of planes (N*C) is the arrays', so every batch size shares the kernels.
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
 @generated("subsample")
-def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, kh: int,
-                  kw: int, sh: int, sw: int, ph: int, pw: int, act_params: tuple, threads: int,
+def _cuda_kernels(channels: int, h: int, w: int, ho: int, wo: int, kh: int, kw: int, sh: int,
+                  sw: int, ph: int, pw: int, act_params: tuple, threads: int,
                   code: int):  # fmt: skip
     """Subsampling kernels for one layer: x (planes, h, w) -> y (planes, ho, wo), flat; plane
     pl has channel pl % channels. code, act_params (p0, p1): the fused activation; `threads`
-    per block of the per-channel reduction (a power of two)."""
+    per block of the per-channel reduction (a power of two). The number of planes is the
+    arrays' (y.size / (ho*wo)), so every batch size shares the kernels."""
     global cuda
     from numba import cuda, float32, float64
 
@@ -223,7 +225,6 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
     span, outputs_over = pool._cuda_window_math()
     ap0, ap1 = (np.float32(v) for v in act_params)  # float32 constants, as on the CPU
     hw, howo = h * w, ho * wo
-    count = (planes // channels) * howo  # outputs per channel
 
     @cuda.jit(device=True, inline="always")
     def window_sum(x, pl, i, j):  # x (P*H*W,): sum of window (i, j) of plane pl
@@ -238,7 +239,7 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
     @cuda.jit
     def sub_forward(x, coef, bias, y):
         # x (P*H*W,), coef, bias (C,), y (P*Ho*Wo,) f32
-        for e in range(cuda.grid(1), planes * howo, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             pl, q = e // howo, e % howo
             ch = pl % channels
             s = window_sum(x, pl, q // wo, q % wo)
@@ -247,7 +248,7 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
     @cuda.jit
     def sub_backward_data(dy, coef, dx):
         # dy (P*Ho*Wo,), coef (C,), dx (P*H*W,) f32 out (overwritten)
-        for e in range(cuda.grid(1), planes * hw, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             pl, q = e // hw, e % hw
             r, c = q // w, q % w
             i0, i1 = outputs_over(r, kh, sh, ph, ho)
@@ -263,6 +264,7 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
         # grid = C blocks: dcoef[c] = sum dy * window sum, dbias[c] = sum dy over (n, i, j)
         ch, t = cuda.blockIdx.x, cuda.threadIdx.x
         buf = cuda.shared.array(threads, float64)
+        count = dy.size // channels  # outputs per channel (C divides the planes)
         sc = 0.0
         sb = 0.0
         for q in range(t, count, threads):
@@ -283,9 +285,9 @@ def _cuda_kernels(planes: int, channels: int, h: int, w: int, ho: int, wo: int, 
                                  sub_backward_params=sub_backward_params)  # fmt: skip
 
 
-# cuda_ptx.compile_records: the first 13 arguments are the layer's geometry and activation
+# cuda_ptx.compile_records: the first 12 arguments are the layer's geometry and activation
 # parameters, the constants folded into the code (see there)
-_cuda_kernels.geometry_args = 13
+_cuda_kernels.geometry_args = 12
 
 
 class SubsampleCUDA:
@@ -298,7 +300,7 @@ class SubsampleCUDA:
 
         threads = SIM_THREADS if simulator() else THREADS
         planes, (ho, wo) = n * c, out_hw
-        cfg = (*(int(v) for v in (planes, c, h, w, ho, wo, *kernel, *stride, *pad)),
+        cfg = (*(int(v) for v in (c, h, w, ho, wo, *kernel, *stride, *pad)),
                activations.as_pair(act_params), threads, int(act_code))  # fmt: skip
         self._fwd = Launch(_cuda_kernels, "sub_forward", *grid_1d(planes * ho * wo), cfg)
         self._bwd_x = Launch(_cuda_kernels, "sub_backward_data", *grid_1d(planes * h * w), cfg)
