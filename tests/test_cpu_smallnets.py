@@ -133,3 +133,35 @@ def test_max_pool_keeps_nan() -> None:
     x[0, 0, 2, 2] = np.nan  # the first tap of output (1, 1)
     y, _ = run_pool(x, "max", (3, 3), (2, 2), (0, 0), (3, 3), np.ones((1, 1, 3, 3), np.float32))
     assert np.isnan(y[0, 0, 1, 1])
+
+
+def test_blas_pinned_before_numpy_loads() -> None:
+    """`netdsl train/bench/...` pin BLAS to one thread before anything imports numpy (its
+    OpenBLAS reads the setting once, on import): building the parser imports numpy (compile's
+    --emit option), and with BLAS on every core an fc product of LeNet-5's size ran its own
+    spinning threads beside the layers' workers (an epoch 3 -> 22 s under load)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from netdsl import cli\n"
+        "seen = {}\n"
+        "build = cli.build_parser\n"
+        "def spy():\n"
+        "    seen['blas'] = os.environ.get('OPENBLAS_NUM_THREADS')\n"
+        "    seen['numpy'] = 'numpy' in sys.modules\n"
+        "    return build()\n"
+        "cli.build_parser = spy\n"
+        "try:\n"
+        "    cli.main(['train', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(seen['blas'], seen['numpy'], file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True)  # fmt: skip
+    assert r.stderr.split()[-2:] == ["1", "False"], r.stderr
