@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or bool(os.environ.get("NETDSL_DEBUG_TRACEBACK"))
     _printable_streams()
+    if any(a in KERNEL_COMMANDS for a in argv):  # before build_parser: it imports numpy
+        _one_blas_thread()  # (compile's --emit option), and then BLAS keeps its threads
     parser = build_parser()
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug

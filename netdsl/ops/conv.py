@@ -745,8 +745,13 @@ class ConvCPURunner(Runner):
         n, (c, h, w), o = plan.batch, layer.in_shapes[0], layer.out_shape[0]
         if not hasattr(plan, "conv_cpu_scratch"):  # one for all the plan's conv layers
             plan.conv_cpu_scratch = Scratch()
-        self.op = ConvCPU(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
-                          a["groups"], a["out_hw"], a["bias"], plan.conv_cpu_scratch)  # fmt: skip
+        # (s5-smallnets) a kernel covering the whole unpadded input (LeNet-5's C5) runs as the
+        # fc product it is (netdsl/ops/conv_fc.py); every other conv through ConvCPU
+        from netdsl.ops.conv_fc import whole_input
+
+        self.op = whole_input(n, c, h, w, o, a) or ConvCPU(
+            n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"], a["groups"],
+            a["out_hw"], a["bias"], plan.conv_cpu_scratch)  # fmt: skip
         self.mask = plan.masks.get(layer.name)  # (O, C, 1, 1) for a connection table
         self.dz = np.empty_like(self.y) if self.fused_act else None
 

@@ -108,10 +108,13 @@ def _sub_backward_planes(p0, p1, dy, x, coef, dx, want_dx, part, geo):
     ho, wo = dy.shape[1], dy.shape[2]
     hf, wf = fast_extent(geo, h, w, ho, wo)
     nc = coef.shape[0]
+    # the 2x2 windows (disjoint) of the fast path write every input's gradient once: then dx
+    # needs no zeroing first and they store rather than add (s2: 0.37 -> 0.25 ms, 1 thread)
+    tiled = 2 * hf == h and 2 * wf == w
     for pl in range(p0, p1):
         xp, gp, dp = x[pl], dy[pl], dx[pl if want_dx else 0]  # (H, W), (Ho, Wo), (H, W)
         a = coef[pl % nc]
-        if want_dx:
+        if want_dx and not tiled:
             dp[:] = 0.0
         sc, sb = np.float32(0.0), np.float32(0.0)  # plane sums for dcoef and dbias
         for i in range(hf):
@@ -122,11 +125,11 @@ def _sub_backward_planes(p0, p1, dy, x, coef, dx, want_dx, part, geo):
                 )
                 sc += g * s
                 sb += g
-                if want_dx:
-                    dp[2 * i, 2 * j] += a * g
-                    dp[2 * i, 2 * j + 1] += a * g
-                    dp[2 * i + 1, 2 * j] += a * g
-                    dp[2 * i + 1, 2 * j + 1] += a * g
+                if want_dx:  # disjoint windows: each input once
+                    dp[2 * i, 2 * j] = a * g
+                    dp[2 * i, 2 * j + 1] = a * g
+                    dp[2 * i + 1, 2 * j] = a * g
+                    dp[2 * i + 1, 2 * j + 1] = a * g
         for i in range(ho):
             r0, r1 = window_range(i, kh, sh, ph, h)
             for j in range(wf if i < hf else 0, wo):
