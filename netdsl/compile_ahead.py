@@ -21,12 +21,14 @@ Safe by construction, and never needed for correctness:
   two processes saving different signatures of one function could both name their data
   ``<fn>.1.nbc`` and leave an index entry pointing at the other's code. lock_numba_cache()
   makes that step one critical section per cache folder (flock), data before index.
-- Forking is only done where it is safe and useful: Linux, two or more cores, this process
-  single-threaded (no thread can hold a lock across the fork; no MPI), a writable Numba
-  cache, and a plan not seen warm before (a marker in the netdsl cache folder, written after
-  the first backward), so a warm start forks nothing.
+- Forking is only done where it is safe and useful: Linux, two or more cores and one of them
+  idle (by the 1-minute load average), this process single-threaded (no thread can hold a
+  lock across the fork; no MPI), a writable Numba cache, and a plan not seen warm before
+  (a marker in the netdsl cache folder, written after the first backward), so a warm start
+  forks nothing.
 
-``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks even for a plan marked warm.
+``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks even for a plan marked warm or a busy
+machine (still only where it is safe).
 """
 
 from __future__ import annotations
@@ -135,8 +137,11 @@ def _start(cnet: Any) -> Ahead:
         return Ahead(None, "off (NETDSL_COMPILE_AHEAD=0)")
     marker = _warm_marker(cnet)
     why_not = _unsafe()
-    if why_not is None and setting != "1" and marker is not None and marker.exists():
-        why_not = "warm (compiled before)"
+    if why_not is None and setting != "1":
+        if marker is not None and marker.exists():
+            why_not = "warm (compiled before)"
+        else:
+            why_not = _busy()
     if why_not is None:
         why_not = _cache_unwritable()
     if why_not is not None:
@@ -164,8 +169,7 @@ def _unsafe() -> str | None:
     """Why forking here would be unsafe or useless, or None."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return "not on Linux"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if (cores or 1) < 2:
+    if _cores() < 2:
         return "one core"
     if threading.active_count() > 1:
         return "other threads running"
@@ -173,6 +177,25 @@ def _unsafe() -> str | None:
         return "MPI"
     # Numba's own thread pool may be set up (numba.get_num_threads() does that) but has run
     # nothing: netdsl's CPU kernels use plain threads (netdsl.ops.conv.Workers), no prange.
+    return None
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _busy() -> str | None:
+    """Why no core is idle for the helper (by the 1-minute load average), or None."""
+    try:
+        with open("/proc/loadavg") as f:
+            load = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if load > _cores() - 0.5:  # a helper would only add CPU time to a full machine
+        return f"no idle core (load average {load:.2f} on {_cores()} cores)"
     return None
 
 
