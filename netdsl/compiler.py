@@ -76,10 +76,14 @@ class CompiledNet:
         self._pending: list = []  # results of queued training steps (start_step)
         self._layout()
         self.masks = _table_masks(net)
-        init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
+        ahead_first = self.device_kind == "cpu"  # CudaNet's _allocate uploads the weights
+        if not ahead_first:
+            init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
         self._allocate()
         self._bind()
         self._start_compile_ahead()
+        if ahead_first:  # runners hold views of theta: the helper starts before this (AlexNet 1 s)
+            init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
         if os.environ.get("NETDSL_DEBUG"):
             print(self.describe(), file=sys.stderr)
 
