@@ -27,8 +27,8 @@ Safe by construction, and never needed for correctness:
   (a marker in the netdsl cache folder, written after the first backward), so a warm start
   forks nothing.
 
-``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks even for a plan marked warm or a busy
-machine (still only where it is safe).
+``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks on a busy machine too (still only where
+it is safe, and never for a plan marked warm).
 """
 
 from __future__ import annotations
@@ -137,11 +137,10 @@ def _start(cnet: Any) -> Ahead:
         return Ahead(None, "off (NETDSL_COMPILE_AHEAD=0)")
     marker = _warm_marker(cnet)
     why_not = _unsafe()
+    if why_not is None and marker is not None and marker.exists():
+        why_not = "warm (compiled before)"
     if why_not is None and setting != "1":
-        if marker is not None and marker.exists():
-            why_not = "warm (compiled before)"
-        else:
-            why_not = _busy()
+        why_not = _busy()
     if why_not is None:
         why_not = _cache_unwritable()
     if why_not is not None:
