@@ -7,7 +7,7 @@ modules of netdsl.ops.codegen), keyed by source and argument types.
 
 So once a CPU plan is bound, the process forks (the child shares the plan for free: the
 same runners, buffers and kernel signatures). The child runs the plan's backward, last layer
-first, then one optimizer update, says so through a pipe, and goes on with the forward from
+first, says so through a pipe, and goes on with one optimizer update and the forward from
 the last layer back: each kernel it calls is compiled (or found) and saved into the cache;
 its numbers are thrown away. The parent meanwhile loads data and compiles its first forward
 (finding there what the child got to first); before its first backward it waits for the
@@ -253,12 +253,15 @@ def _compile_in_child(cnet: Any, done: int) -> None:
             r.backward()
             for scratch, dst in r.adds:
                 cnet.accumulate_into(dst, scratch)
+    os.write(done, f"{time.process_time():.3f}\n".encode())  # a child's CPU time starts at 0
+    # Then, until the parent ends it, what it needs later: the update `netdsl train` runs
+    # (after the signal: over VGG-16's 138 M parameters running it costs more than the
+    # parent's compiling it), then the forward from the last layer back.
     with contextlib.suppress(Exception):
-        from .train.optimizer import Optimizer  # the update `netdsl train` runs
+        from .train.optimizer import Optimizer
 
         opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, cnet.theta.size)
         opt.step(cnet.theta, cnet.grad, float(cnet.net.train["optimizer"].get("lr", 0.01)))
-    os.write(done, f"{time.process_time():.3f}\n".encode())  # a child's CPU time starts at 0
     for r in reversed(cnet.runners):
         with contextlib.suppress(Exception):
             r.forward(True)
