@@ -18,7 +18,12 @@ interpreter's start included), which other load inflates much less than the wall
 
 --startup measures only that: `--runs` rounds per net of a cold netdsl process (fresh empty
 caches), a warm one (the caches it left) and a PyTorch process, each stopping after its first
-step; medians of wall and CPU time.
+step; medians of wall and CPU time. A cold netdsl start compiles on two cores (a forked helper
+compiles the backward kernels, netdsl/compile_ahead.py): its CPU column counts this process
+only, "+ helper" the helper's CPU, and "2 idle cores" what the start would take on two idle
+cores, from the CPU times of both (this process's CPU plus the time it would wait for the
+helper): the figure to compare while the machine is loaded. --in-process adds per round a
+cold start with the helper off (NETDSL_COMPILE_AHEAD=0), the "before".
 
 Runs are not comparable while other programs use the CPU (they hurt the two engines
 unequally: PyTorch's spinning OpenMP threads suffer most), so before each run the CPU's
@@ -30,6 +35,7 @@ unflagged runs exist, and the table says so.
     python benchmarks/cpu_vs_torch.py --nets all --runs 3          # the issue 15 table
     python benchmarks/cpu_vs_torch.py --nets cifar10 --batch 64 --steps 20 --json out.json
     python benchmarks/cpu_vs_torch.py --startup --nets lenet5 alexnet --runs 3  # first step
+    python benchmarks/cpu_vs_torch.py --startup --in-process --nets lenet5 --runs 3
 """
 
 from __future__ import annotations
@@ -103,8 +109,19 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
     usage = resource.getrusage(resource.RUSAGE_SELF)
     first_cpu = usage.ru_utime + usage.ru_stime  # this process's CPU time so far
     if steps == 0:  # --startup: the first step is all that is measured
-        return {"engine": engine, "first_end": first_end, "first_cpu_s": first_cpu,
-                "loss_finite": bool(np.isfinite(loss))}  # fmt: skip
+        out = {"engine": engine, "first_end": first_end, "first_cpu_s": first_cpu,
+               "loss_finite": bool(np.isfinite(loss))}  # fmt: skip
+        ahead = getattr(cnet, "ahead", None) if engine == "netdsl" else None
+        if ahead is not None:  # the compile-ahead helper (ended by now: joined or never forked)
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+            est = ahead.two_core_estimate(first_cpu)
+            out.update(
+                ahead=ahead.reason,
+                helper_cpu_s=kids.ru_utime + kids.ru_stime,
+                waited_s=ahead.waited_s,
+                two_core_s=first_cpu if est is None else est,
+            )
+        return out
     # Warm up for 5 steps or 0.5 s, then time at least `steps` steps and 2 s: 20 steps of
     # a 5 ms LeNet step are 0.1 s, where one scheduler hiccup moved the median by 50 %.
     warm_until, n = time.perf_counter() + 0.5, 0
@@ -154,14 +171,14 @@ def net_spec(name: str) -> dict:
 
 
 def run_worker(engine: str, name: str, batch: int, steps: int, threads: int,
-               cache_dir: str) -> dict:  # fmt: skip
+               cache_dir: str, extra_env: dict | None = None) -> dict:  # fmt: skip
     # netdsl's kernels bring their own threads and run BLAS on one (as `netdsl train`
     # does); PyTorch gets the same number through torch.set_num_threads and OpenMP
     blas = "1" if engine == "netdsl" else str(threads)
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=blas,
                OPENBLAS_NUM_THREADS=blas, MKL_NUM_THREADS=blas,
                NUMBA_CACHE_DIR=os.path.join(cache_dir, "numba"),
-               NETDSL_CACHE_DIR=os.path.join(cache_dir, "netdsl"))  # fmt: skip
+               NETDSL_CACHE_DIR=os.path.join(cache_dir, "netdsl"), **(extra_env or {}))  # fmt: skip
     cmd = [sys.executable, __file__, "--worker", engine, "--nets", name, "--batch", str(batch),
            "--steps", str(steps), "--threads", str(threads),
            "--spec", json.dumps(net_spec(name))]  # fmt: skip
@@ -214,34 +231,52 @@ def bench_net(name: str, batch: int, runs: int, steps: int, threads: int,
     return rec
 
 
-def bench_startup(name: str, batch: int, runs: int, threads: int) -> dict:
-    """`runs` rounds of: a cold netdsl process (new empty caches), a warm one, PyTorch."""
-    rows: dict[str, list[dict]] = {"cold": [], "warm": [], "torch": []}
+def bench_startup(name: str, batch: int, runs: int, threads: int, in_process: bool) -> dict:
+    """`runs` rounds of: a cold netdsl process (new empty caches), a warm one, PyTorch; with
+    `in_process` first a cold one compiling everything itself (its own empty caches)."""
+    kinds = [("cold", "netdsl", {}), ("warm", "netdsl", {}), ("torch", "torch", {})]
+    if in_process:
+        kinds.insert(0, ("cold1", "netdsl", {"NETDSL_COMPILE_AHEAD": "0"}))
+    rows: dict[str, list[dict]] = {kind: [] for kind, _, _ in kinds}
     for i in range(runs):
-        with tempfile.TemporaryDirectory(prefix="netdsl-cache-") as cache:
-            for kind, eng in (("cold", "netdsl"), ("warm", "netdsl"), ("torch", "torch")):
-                r = run_worker(eng, name, batch, 0, threads, cache)
-                rows[kind].append(r)
-                print(f"  {name} round {i + 1} {kind:5}: first step {r['first_s']:6.2f} s wall, "
-                      f"{r['first_cpu_s']:6.2f} s CPU; {r['busy']:.2f} cores busy before "
-                      f"(load {r['load1']:.2f})", flush=True)  # fmt: skip
-    med = {k: {"wall_s": statistics.median(r["first_s"] for r in v),
-               "cpu_s": statistics.median(r["first_cpu_s"] for r in v),
-               "busy": statistics.median(r["busy"] for r in v)}
-           for k, v in rows.items()}  # fmt: skip
+        for kind, eng, env in kinds:
+            if kind != "warm":  # the warm start reuses the cold start's caches
+                cache = tempfile.TemporaryDirectory(prefix="netdsl-cache-")
+            r = run_worker(eng, name, batch, 0, threads, cache.name, env)
+            rows[kind].append(r)
+            helper = (f"; helper: {r['ahead']}, +{r['helper_cpu_s']:.2f} s CPU, 2 idle cores "
+                      f"{r['two_core_s']:.2f} s" if "ahead" in r else "")  # fmt: skip
+            print(f"  {name} round {i + 1} {kind:5}: first step {r['first_s']:6.2f} s wall, "
+                  f"{r['first_cpu_s']:6.2f} s CPU; {r['busy']:.2f} cores busy before "
+                  f"(load {r['load1']:.2f}){helper}", flush=True)  # fmt: skip
+            if kind in ("cold1", "warm", "torch"):
+                cache.cleanup()
+    med = {}
+    for k, v in rows.items():
+        med[k] = {"wall_s": statistics.median(r["first_s"] for r in v),
+                  "cpu_s": statistics.median(r["first_cpu_s"] for r in v),
+                  "busy": statistics.median(r["busy"] for r in v)}  # fmt: skip
+        if all("two_core_s" in r for r in v):
+            med[k]["helper_cpu_s"] = statistics.median(r["helper_cpu_s"] for r in v)
+            med[k]["two_core_s"] = statistics.median(r["two_core_s"] for r in v)
     return {"net": name, "batch": batch, "threads": threads, "runs": rows, "startup": med}
 
 
 def startup_table(records: list[dict]) -> str:
     """Time to the end of the first training step (Markdown): medians, wall and CPU."""
-    lines = ["| net, batch | netdsl cold: wall / CPU | netdsl warm: wall / CPU | "
+    one = any("cold1" in rec["startup"] for rec in records)
+    lines = ["| net, batch | " + ("netdsl cold in-process: wall / CPU | " if one else "")
+             + "netdsl cold: wall / CPU + helper / 2 idle cores | netdsl warm: wall / CPU | "
              "PyTorch (incl. import): wall / CPU | cores busy before (worst median) |",
-             "|---|---|---|---|---|"]  # fmt: skip
+             "|---|---|---|---|---|" + ("---|" if one else "")]  # fmt: skip
     for rec in records:
         m = rec["startup"]
-        cells = [
-            f"{m[k]['wall_s']:.2f} s / {m[k]['cpu_s']:.2f} s" for k in ("cold", "warm", "torch")
-        ]
+        cells = []
+        for k in ("cold1", "cold", "warm", "torch") if one else ("cold", "warm", "torch"):
+            cell = f"{m[k]['wall_s']:.2f} s / {m[k]['cpu_s']:.2f} s"
+            if k == "cold" and "two_core_s" in m[k]:
+                cell += f" + {m[k]['helper_cpu_s']:.2f} s / {m[k]['two_core_s']:.2f} s"
+            cells.append(cell)
         busy = max(m[k]["busy"] for k in m)
         lines.append(f"| {rec['net']}, {rec['batch']} | {' | '.join(cells)} | {busy:.2f} |")
     return "\n".join(lines)
@@ -287,6 +322,9 @@ def main() -> None:
     ap.add_argument("--startup", action="store_true",
                     help="measure only the time to the first step: per round a cold and a "
                          "warm netdsl process and a PyTorch one")  # fmt: skip
+    ap.add_argument("--in-process", action="store_true",
+                    help="with --startup: also a cold start with the compile-ahead helper off "
+                         "(NETDSL_COMPILE_AHEAD=0)")  # fmt: skip
     ap.add_argument("--worker", choices=["netdsl", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -302,7 +340,7 @@ def main() -> None:
     print(f"{a.threads} threads, {a.steps} steps per run, {a.runs} runs per engine; "
           f"{os.cpu_count()} cores, /proc/loadavg at start: {load}")  # fmt: skip
     if a.startup:
-        records = [bench_startup(name, a.batch or BATCH[name], a.runs, a.threads)
+        records = [bench_startup(name, a.batch or BATCH[name], a.runs, a.threads, a.in_process)
                    for name in names]  # fmt: skip
         print()
         print(startup_table(records))

@@ -76,11 +76,30 @@ class CompiledNet:
         self._pending: list = []  # results of queued training steps (start_step)
         self._layout()
         self.masks = _table_masks(net)
-        init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
+        ahead_first = self.device_kind == "cpu"  # CudaNet's _allocate uploads the weights
+        if not ahead_first:
+            init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
         self._allocate()
         self._bind()
+        self._start_compile_ahead()
+        if ahead_first:  # runners hold views of theta: the helper starts before this (AlexNet 1 s)
+            init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
         if os.environ.get("NETDSL_DEBUG"):
             print(self.describe(), file=sys.stderr)
+
+    # ---- compile ahead (netdsl/compile_ahead.py): a cold CPU start compiles on two cores
+    def _start_compile_ahead(self) -> None:
+        """Fork the helper that compiles the backward kernels into the cache (CPU plans)."""
+        self.ahead = None  # compile_ahead.Ahead: what became of the helper (tests read it)
+        self._ahead_pending = False  # the first training step has yet to wait for it
+        if self.device_kind == "cpu":
+            import weakref
+
+            from .compile_ahead import start
+
+            self.ahead = start(self)
+            self._ahead_pending = True
+            weakref.finalize(self, self.ahead.kill)  # never outlive the plan (eval-only use)
 
     # ---- planning
     def _layout(self) -> None:
@@ -364,7 +383,12 @@ class CompiledNet:
     def _train_step(self) -> None:
         """Forward in train mode and backward over the loaded batch (a backend may replay it)."""
         self._forward(train=True)
+        if self._ahead_pending:  # the first backward: wait for the helper's kernels
+            self.ahead.join()
         self._backward()
+        if self._ahead_pending:
+            self._ahead_pending = False
+            self.ahead.mark_warm()
 
     def _backward(self) -> None:
         for r in reversed(self.runners):

@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
+# One process per test: no compile-ahead helper forked from pytest (tests/test_coldstart.py
+# turns it on where it tests it); CI's cores stay with the tests.
+os.environ.setdefault("NETDSL_COMPILE_AHEAD", "0")
+
 if os.environ.get("NETDSL_REAL_GPU", "") in ("", "0"):
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
     # pytest imports numba.core (for the filterwarnings in pyproject.toml) before this file

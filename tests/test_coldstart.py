@@ -65,6 +65,7 @@ def run_train(tmp_path: Path, out: str) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
                NETDSL_CACHE_DIR=str(tmp_path / "netdsl"), NUMBA_NUM_THREADS="1")  # fmt: skip
     env.pop("NETDSL_DEBUG", None)
+    env.pop("NETDSL_COMPILE_AHEAD", None)  # as a user runs it: compile ahead where it helps
     cmd = [sys.executable, "-c", CHILD, "train", str(tmp_path / "tiny.net"), "--data",
            str(tmp_path / "tiny.npz"), "--validate", "4", "--out", str(tmp_path / out),
            "--quiet"]  # fmt: skip
@@ -125,3 +126,101 @@ def test_chunked_init_draws_the_same_values(spec, shape):
     sample_into(chunked, spec, 27.0, 36.0, r2, chunk=4)
     assert one_shot.tobytes() == chunked.tobytes()
     assert r1.random() == r2.random()
+
+
+# ---- compile ahead (netdsl/compile_ahead.py): a forked helper fills the cache with the
+# backward kernels. Each case is a fresh process with fresh caches; the first steps' losses
+# must be bit for bit those of compiling everything in-process, whatever becomes of the helper.
+
+AHEAD_CHILD = textwrap.dedent("""\
+    import gc, json, os, sys
+    import numpy as np
+    case, net_path = sys.argv[1], sys.argv[2]
+    if case == "cannot_save":  # the helper's cache writes fail, as on a read-only folder
+        from numba.core import caching
+        parent, real = os.getpid(), caching.IndexDataCacheFile._save_data
+        def save_data(self, name, data):
+            if os.getpid() != parent:
+                raise PermissionError(13, "read-only", name)
+            return real(self, name, data)
+        caching.IndexDataCacheFile._save_data = save_data
+    import netdsl
+    from netdsl.train.optimizer import Optimizer
+    cnet = netdsl.compile(net_path, device="cpu", batch=4, seed=0)
+    if case == "killed":  # the helper dies before it could finish
+        cnet.ahead.kill()
+    opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, cnet.theta.size)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 4)
+    losses = []
+    for _ in range(3):
+        losses.append(repr(cnet.step_grads(x, y)))
+        opt.step(cnet.theta, cnet.grad, 0.01)
+    from numba.core.dispatcher import Dispatcher
+    misses = hits = 0
+    for d in gc.get_objects():
+        if isinstance(d, Dispatcher):
+            misses += sum(d.stats.cache_misses.values())
+            hits += sum(d.stats.cache_hits.values())
+    a = cnet.ahead
+    print(json.dumps({"losses": losses, "reason": a.reason, "backward_done": a.backward_done,
+                      "exit": a.exit, "misses": misses, "hits": hits}))
+""")
+
+
+def run_ahead(tmp: Path, case: str, setting: str | None, caches: str) -> dict:
+    """One process compiling the tiny net and taking three steps; `setting`: the value of
+    NETDSL_COMPILE_AHEAD (None: unset); `caches`: the folder of its Numba and netdsl caches."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp / caches / "numba"),
+               NETDSL_CACHE_DIR=str(tmp / caches / "netdsl"), NUMBA_NUM_THREADS="1")  # fmt: skip
+    env.pop("NETDSL_DEBUG", None)
+    env.pop("NETDSL_COMPILE_AHEAD", None)
+    if setting is not None:
+        env["NETDSL_COMPILE_AHEAD"] = setting
+    cmd = [sys.executable, "-c", AHEAD_CHILD, case, str(tmp / "tiny.net")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory) -> tuple[Path, dict]:
+    """The reference: everything compiled in this process (NETDSL_COMPILE_AHEAD=0)."""
+    tmp = tmp_path_factory.mktemp("ahead")
+    (tmp / "tiny.net").write_text(TINY_NET)
+    ref = run_ahead(tmp, "plain", "0", "off")
+    assert ref["reason"].startswith("off") and ref["misses"] > 0
+    return tmp, ref
+
+
+FORKS = sys.platform.startswith("linux") and len(os.sched_getaffinity(0)) >= 2
+needs_fork = pytest.mark.skipif(not FORKS, reason="compile ahead forks on Linux, 2+ cores")
+
+
+@needs_fork
+def test_compile_ahead_same_losses_and_a_warm_start_forks_nothing(in_process):
+    tmp, ref = in_process
+    cold = run_ahead(tmp, "plain", "1", "shared")  # "1": a fork even on a loaded machine
+    assert cold["reason"] == "forked" and cold["backward_done"], cold
+    assert cold["hits"] > 0, "the helper left nothing in the cache that this process used"
+    assert cold["losses"] == ref["losses"]
+    warm = run_ahead(tmp, "plain", None, "shared")  # as a user runs it, load or not
+    assert warm["reason"] == "warm (compiled before)", warm
+    assert warm["misses"] == 0 and warm["losses"] == ref["losses"]
+
+
+@needs_fork
+@pytest.mark.parametrize("case", ["killed", "cannot_save"])
+def test_compile_ahead_falls_back_to_compiling_here(in_process, case):
+    """A helper killed at once, or one whose cache writes all fail: this process compiles
+    what it needs and computes the same losses."""
+    tmp, ref = in_process
+    r = run_ahead(tmp, case, "1", case)
+    assert r["reason"] == "forked", r
+    assert r["losses"] == ref["losses"]
+    assert r["misses"] > 0
+    if case == "killed":
+        assert r["exit"] == -9 and not r["backward_done"]
+    else:  # nothing landed in the cache: every kernel compiled here
+        assert r["hits"] == 0, r

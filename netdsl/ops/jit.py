@@ -66,3 +66,8 @@ def _bind_module(name: str, seen: set[str]) -> None:
         if isinstance(value, kernel) and value.fn is not None:
             namespace[attr] = value.dispatcher
             _bind_module(value.fn.__module__, seen)
+
+
+def probe() -> None:
+    """A plain function of netdsl.ops: netdsl.compile_ahead asks Numba where it would cache
+    this package's kernels (the same locators, in the same order, as for a real one)."""

@@ -1,0 +1,310 @@
+"""Compile ahead: a forked helper compiles the backward kernels while this process does the rest.
+
+A cold start (empty Numba cache) is almost all compiling, and Numba compiles under one lock
+per process, so a second thread cannot help; a second process can, through the on-disk
+cache: every CPU kernel is ``cache=True`` in a real file (netdsl.ops and the generated
+modules of netdsl.ops.codegen), keyed by source and argument types.
+
+So once a CPU plan is bound, the process forks (the child shares the plan for free: the
+same runners, buffers and kernel signatures). The child runs the plan's backward, last layer
+first, says so through a pipe, and goes on with one optimizer update and the forward from
+the last layer back: each kernel it calls is compiled (or found) and saved into the cache;
+its numbers are thrown away. The parent meanwhile loads data and compiles its first forward
+(finding there what the child got to first); before its first backward it waits for the
+child's word, ends the child, and loads the backward kernels from the cache instead of
+compiling them.
+
+Safe by construction, and never needed for correctness:
+- The parent computes every number itself; a kernel the child did not leave in the cache
+  (it died, was killed, could not write, ran past the time limit) is compiled in-process.
+- Numba saves a cache entry as read index, add entry, write index, write data, unlocked:
+  two processes saving different signatures of one function could both name their data
+  ``<fn>.1.nbc`` and leave an index entry pointing at the other's code. lock_numba_cache()
+  makes that step one critical section per cache folder (flock), data before index.
+- Forking is only done where it is safe and useful: Linux, two or more cores and one of them
+  idle (by the 1-minute load average), this process single-threaded (no thread can hold a
+  lock across the fork; no MPI), a writable Numba cache, and a plan not seen warm before
+  (a marker in the netdsl cache folder, written after the first backward), so a warm start
+  forks nothing.
+
+``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks on a busy machine too (still only where
+it is safe, and never for a plan marked warm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The parent stops waiting for the child after this long (a hung child costs at most this)
+# and compiles what is left itself.
+JOIN_LIMIT_S = 300.0
+
+
+@dataclass
+class Ahead:
+    """The helper process of one plan, as the parent sees it."""
+
+    pid: int | None  # None: no helper (see reason)
+    reason: str  # why there is none, or "forked"
+    done: int | None = None  # read end of the pipe the child writes to when its backward is done
+    backward_done: bool = False  # the child said so (else it died or ran out of time first)
+    exit: int | None = None  # the child's exit status once ended (negative: killed by signal)
+    waited_s: float = 0.0  # how long the parent's first backward waited for it
+    # CPU seconds, to tell what a start costs on two idle cores whatever the load now: this
+    # process's at the fork and when it began to wait, the child's when its backward was done
+    cpu_at_fork: float = 0.0
+    cpu_at_join: float = 0.0
+    child_cpu_s: float | None = None
+    marker: Path | None = field(default=None, repr=False)  # the plan's warm marker
+
+    def join(self, limit: float = JOIN_LIMIT_S) -> None:
+        """Wait until the child has compiled the backward (or died, or `limit` s passed),
+        then end it: what it would compile next, the parent has compiled already."""
+        if self.pid is None or self.exit is not None:
+            return
+        import select
+
+        self.cpu_at_join = time.process_time()
+        t0 = time.perf_counter()
+        try:
+            ready, _, _ = select.select([self.done], [], [], limit)
+            # its CPU seconds: done; end of file: the child died first
+            word = os.read(self.done, 64) if ready else b""
+            if word.endswith(b"\n"):
+                self.backward_done, self.child_cpu_s = True, float(word)
+        except (OSError, ValueError):
+            pass
+        self.waited_s = time.perf_counter() - t0
+        self.kill()
+
+    def two_core_estimate(self, cpu_now: float) -> float | None:
+        """The CPU seconds this process would have needed up to `cpu_now` (its process_time
+        at the end of the first step) on two idle cores, counting the wait for the child as
+        the child's CPU time beyond this process's own between fork and join."""
+        if self.child_cpu_s is None:
+            return None
+        own = self.cpu_at_join - self.cpu_at_fork
+        return cpu_now + max(0.0, self.child_cpu_s - own)
+
+    def kill(self) -> None:
+        """End the child now (it leaves at most Numba's uniquely named temporary files)."""
+        if self.done is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.done)
+            self.done = None
+        if self.pid is None or self.exit is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, 9)
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(self.pid, 0)
+            self.exit = os.waitstatus_to_exitcode(status)
+        if self.exit is None:
+            self.exit = -9
+
+    def mark_warm(self) -> None:
+        """Record that this plan's kernels are in the cache (the next start forks nothing)."""
+        if self.marker is None or self.marker.exists():
+            return
+        with contextlib.suppress(OSError):
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.marker.with_name(f".{self.marker.name}.{os.getpid()}.tmp")
+            tmp.write_text("warm\n")
+            os.replace(tmp, self.marker)
+
+
+def start(cnet: Any) -> Ahead:
+    """Fork the helper for a bound CPU plan, if that is safe and useful (see the module doc);
+    never raises: whatever goes wrong here only means compiling in this process."""
+    try:
+        return _start(cnet)
+    except Exception as e:
+        return Ahead(None, f"not started: {type(e).__name__}: {e}")
+
+
+def _start(cnet: Any) -> Ahead:
+    setting = os.environ.get("NETDSL_COMPILE_AHEAD", "")
+    if setting == "0":
+        return Ahead(None, "off (NETDSL_COMPILE_AHEAD=0)")
+    marker = _warm_marker(cnet)
+    why_not = _unsafe()
+    if why_not is None and marker is not None and marker.exists():
+        why_not = "warm (compiled before)"
+    if why_not is None and setting != "1":
+        why_not = _busy()
+    if why_not is None:
+        why_not = _cache_unwritable()
+    if why_not is not None:
+        return Ahead(None, why_not, marker=marker)
+    lock_numba_cache()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    done_r, done_w = os.pipe()
+    cpu_at_fork = time.process_time()
+    pid = os.fork()
+    if pid == 0:  # the child: compile, and leave without running the parent's exit handlers
+        code = 1
+        try:
+            os.close(done_r)
+            _quiet()
+            _compile_in_child(cnet, done_w)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(done_w)
+    return Ahead(pid, "forked", done=done_r, marker=marker, cpu_at_fork=cpu_at_fork)
+
+
+def _unsafe() -> str | None:
+    """Why forking here would be unsafe or useless, or None."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return "not on Linux"
+    if _cores() < 2:
+        return "one core"
+    if threading.active_count() > 1:
+        return "other threads running"
+    if "mpi4py.MPI" in sys.modules:
+        return "MPI"
+    # Numba's own thread pool may be set up (numba.get_num_threads() does that) but has run
+    # nothing: netdsl's CPU kernels use plain threads (netdsl.ops.conv.Workers), no prange.
+    return None
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _busy() -> str | None:
+    """Why no core is idle for the helper (by the 1-minute load average), or None."""
+    try:
+        with open("/proc/loadavg") as f:
+            load = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if load > _cores() - 0.5:  # a helper would only add CPU time to a full machine
+        return f"no idle core (load average {load:.2f} on {_cores()} cores)"
+    return None
+
+
+def _cache_unwritable() -> str | None:
+    """None if Numba would save netdsl's kernels to a folder this process can write."""
+    from numba.core.caching import FunctionCache
+
+    from .ops import jit
+
+    try:  # the folder Numba picks for a netdsl.ops kernel (the same locators, same order)
+        path = FunctionCache(jit.probe).cache_path
+    except Exception as e:  # no usable locator: Numba itself refuses to cache
+        return f"no Numba cache ({e})"
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return None if os.access(probe, os.W_OK) else f"Numba cache {path} not writable"
+
+
+def _warm_marker(cnet: Any) -> Path | None:
+    """The file saying this plan (its runners, shapes, batch, the code and Numba versions,
+    the cache folders) has been compiled before."""
+    try:
+        import numba
+
+        from .ops import codegen
+
+        parts = [codegen.code_version(), numba.__version__, sys.version, sys.executable,
+                 os.environ.get("NUMBA_CACHE_DIR", ""), str(codegen.cache_folder()),
+                 str(cnet.batch), cnet.describe()]  # fmt: skip
+        for r in cnet.runners:
+            parts.append(
+                f"{type(r).__module__}.{type(r).__qualname__}:{sorted(r.layer.attrs.items())!r}"
+            )
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+        return codegen.cache_folder() / "warm" / f"plan_{digest}"
+    except Exception:  # no marker: every start counts as cold (forks when safe)
+        return None
+
+
+def _quiet() -> None:
+    """The child prints nothing (unless NETDSL_DEBUG): its output would only confuse."""
+    if os.environ.get("NETDSL_DEBUG"):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
+def _compile_in_child(cnet: Any, done: int) -> None:
+    """Call every kernel of the plan once, backward first (the parent starts with the
+    forward), writing to `done` when the backward is through; a runner that fails here (say,
+    on buffers no forward filled) is skipped: the parent compiles what it needs."""
+    for r in reversed(cnet.runners):
+        with contextlib.suppress(Exception):
+            r.backward()
+            for scratch, dst in r.adds:
+                cnet.accumulate_into(dst, scratch)
+    os.write(done, f"{time.process_time():.3f}\n".encode())  # a child's CPU time starts at 0
+    # Then, until the parent ends it, what it needs later: the update `netdsl train` runs
+    # (after the signal: over VGG-16's 138 M parameters running it costs more than the
+    # parent's compiling it), then the forward from the last layer back.
+    with contextlib.suppress(Exception):
+        from .train.optimizer import Optimizer
+
+        opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, cnet.theta.size)
+        opt.step(cnet.theta, cnet.grad, float(cnet.net.train["optimizer"].get("lr", 0.01)))
+    for r in reversed(cnet.runners):
+        with contextlib.suppress(Exception):
+            r.forward(True)
+
+
+def lock_numba_cache() -> None:
+    """Make Numba's cache saves safe between processes: one flock per cache folder around
+    the read-modify-write of a function's index, the data file written before the index
+    names it. Idempotent; patches numba.core.caching.IndexDataCacheFile.save in place."""
+    from numba.core import caching
+
+    cls = caching.IndexDataCacheFile
+    if getattr(cls, "_netdsl_locked", False):
+        return
+
+    def save(self, key, data) -> None:
+        with _folder_lock(self._cache_path):
+            overloads = self._load_index()
+            name = overloads.get(key)
+            if name is None:
+                used = set(overloads.values())
+                name = next(n for n in map(self._data_name, itertools.count(1)) if n not in used)
+            self._save_data(name, data)  # before the index: an entry never names a missing file
+            if overloads.get(key) != name:
+                overloads[key] = name
+                self._save_index(overloads)
+
+    cls.save = save
+    cls._netdsl_locked = True
+
+
+@contextlib.contextmanager
+def _folder_lock(path: str):
+    """An exclusive flock on a folder (released by the kernel if the holder dies)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):  # no flock here: save as Numba does
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
