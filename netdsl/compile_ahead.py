@@ -22,7 +22,7 @@ Safe by construction, and never needed for correctness:
   ``<fn>.1.nbc`` and leave an index entry pointing at the other's code. lock_numba_cache()
   makes that step one critical section per cache folder (flock), data before index.
 - Forking is only done where it is safe and useful: Linux, two or more cores and one of them
-  idle (by the 1-minute load average), this process single-threaded (no thread can hold a
+  idle (by the 1-minute load average), twice the memory the child may copy available, this process single-threaded (no thread can hold a
   lock across the fork; no MPI), a writable Numba cache, and a plan not seen warm before
   (a marker in the netdsl cache folder, written after the first backward), so a warm start
   forks nothing.
@@ -143,6 +143,8 @@ def _start(cnet: Any) -> Ahead:
         why_not = _busy()
     if why_not is None:
         why_not = _cache_unwritable()
+    if why_not is None:
+        why_not = _short_of_memory(cnet)
     if why_not is not None:
         return Ahead(None, why_not, marker=marker)
     lock_numba_cache()
@@ -195,6 +197,23 @@ def _busy() -> str | None:
         return None
     if load > _cores() - 0.5:  # a helper would only add CPU time to a full machine
         return f"no idle core (load average {load:.2f} on {_cores()} cores)"
+    return None
+
+
+def _short_of_memory(cnet: Any) -> str | None:
+    """Why the child's copied pages might not fit, or None. The child writes the plan's
+    activations, gradients and the parameters' update: copy-on-write turns those pages into
+    its own, up to about the plan's bytes plus three copies of the parameters (VGG-16 at
+    batch 4: ~2.5 GiB). Fork only where that fits twice into the memory still available."""
+    try:
+        need = sum(cnet.plan_bytes().values()) + 3 * cnet.theta.nbytes
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        avail = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, AttributeError, TypeError):
+        return None  # unknown: the load and safety checks still apply
+    if 2 * need > avail:
+        return f"short of memory ({need / 2**20:.0f} MiB to copy, {avail / 2**20:.0f} available)"
     return None
 
 

@@ -224,3 +224,22 @@ def test_compile_ahead_falls_back_to_compiling_here(in_process, case):
         assert r["exit"] == -9 and not r["backward_done"]
     else:  # nothing landed in the cache: every kernel compiled here
         assert r["hits"] == 0, r
+
+
+def test_no_helper_where_its_copied_pages_would_not_fit():
+    """The child's copy-on-write pages can reach the plan's size: no fork unless twice that
+    fits into the memory available (read from /proc/meminfo)."""
+    import types
+
+    from netdsl import compile_ahead
+
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("no /proc/meminfo on this platform")
+
+    def plan(nbytes):
+        return types.SimpleNamespace(plan_bytes=lambda: {"outputs": nbytes},
+                                     theta=np.zeros(4, np.float32))  # fmt: skip
+
+    assert compile_ahead._short_of_memory(plan(1 << 20)) is None
+    why = compile_ahead._short_of_memory(plan(1 << 60))
+    assert why is not None and why.startswith("short of memory")
