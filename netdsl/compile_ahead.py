@@ -22,10 +22,10 @@ Safe by construction, and never needed for correctness:
   ``<fn>.1.nbc`` and leave an index entry pointing at the other's code. lock_numba_cache()
   makes that step one critical section per cache folder (flock), data before index.
 - Forking is only done where it is safe and useful: Linux, two or more cores and one of them
-  idle (by the 1-minute load average), twice the memory the child may copy available, this process single-threaded (no thread can hold a
-  lock across the fork; no MPI), a writable Numba cache, and a plan not seen warm before
-  (a marker in the netdsl cache folder, written after the first backward), so a warm start
-  forks nothing.
+  idle (by the 1-minute load average), twice the memory the child may copy available, this
+  process single-threaded (no thread can hold a lock across the fork; no MPI), a writable
+  Numba cache, and a plan not seen warm before (a marker in the netdsl cache folder, written
+  after the first backward), so a warm start forks nothing.
 
 ``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks on a busy machine too (still only where
 it is safe, and never for a plan marked warm).
