@@ -26,6 +26,7 @@ OpenBLAS threads (oversubscription). Training processes should limit BLAS to one
 from __future__ import annotations
 
 import functools
+import os
 import types
 import weakref
 from collections.abc import Callable, Sequence
@@ -196,6 +197,13 @@ TRANSPOSED_DW_OG = 256
 # The wide layout (stride 1; see conv_cpu) computes (Wp - Wo) garbage columns per output row
 # to copy contiguous runs instead of gathering: worth it while Og * (Wp - Wo) <= this * Wo.
 WIDE_MAX = 16
+# Winograd (3x3 stride 1, see ConvCPU): tiles (2x2 outputs) per GEMM column block ...
+WINO_TILE_COLUMNS = 256
+
+
+def use_winograd(cg: int, og: int, ho: int, wo: int) -> bool:
+    """Whether NETDSL_CONV_ALGO=auto runs a 3x3 stride-1 layer through Winograd."""
+    return cg >= 16 and og >= 16
 
 
 class Scratch:
@@ -301,6 +309,22 @@ class ConvCPU:
         self._views: tuple[int, list[dict[str, np.ndarray]]] = (-1, [])  # (version, views)
         self.no_b = np.zeros(o, np.float32)  # (O,) stands in for b without bias
         self.no_dx = np.zeros((1, 1, 1, 1), np.float32)  # stands in for dx when not wanted
+        # ---- Winograd F(2x2, 3x3) for 3x3 stride-1 layers (netdsl/ops/winograd_cpu.py): the
+        # forward and the data gradient; the weight gradient stays on the path above.
+        # NETDSL_CONV_ALGO=gemm|winograd|auto (read here, when the layer is built); auto uses
+        # it where measured faster (use_winograd). reuse_forward_weights: the runner's promise
+        # that backward's w is the forward's, unchanged (the filters are transformed once).
+        self.wino, self.reuse_forward_weights = None, False
+        algo = os.environ.get("NETDSL_CONV_ALGO", "auto").strip().lower() or "auto"
+        if algo not in ("gemm", "winograd", "auto"):
+            raise ValueError(f"NETDSL_CONV_ALGO={algo!r}: expected gemm, winograd or auto")
+        fits = (kh, kw, *stride, *dilation) == (3, 3, 1, 1, 1, 1)
+        if fits and (algo == "winograd" or (algo == "auto" and use_winograd(cg, og, ho, wo))):
+            from netdsl.ops.winograd_cpu import Winograd
+
+            self.wino = Winograd(n, c, h, w, o, pad, groups, out_hw, self.scratch, self.workers,
+                                 WINO_TILE_COLUMNS, BLOCK_BYTES)  # fmt: skip
+            self.no_c = np.zeros(c, np.float32)  # stands in for a bias in the data gradient
 
     def _workspace(self, t: int) -> dict[str, np.ndarray]:
         """Worker t's workspaces: views of the current scratch buffers."""
@@ -326,6 +350,8 @@ class ConvCPU:
         """y = conv(x, w) + b. All arrays C-contiguous."""
         w3 = w.reshape(self.groups, self.og, self.k)  # (G, Og, K) view
         bb = b if self.bias and b is not None else self.no_b
+        if self.wino is not None:  # Winograd (see __init__)
+            return self.wino.forward(x, w, bb, y)
         jobs = []
         for (n0, n1), ws in zip(self.jobs, self._workspaces(), strict=True):
             jobs.append((n0, n1, self.block, self.direct, x, w3, bb, y, ws["col"], ws["yw"],
@@ -343,8 +369,12 @@ class ConvCPU:
     ) -> None:
         """Overwrite dx (unless None), dw and db (unless None) with the gradients.
 
-        All arrays C-contiguous. Nothing from the forward is reused: any x may be passed.
+        All arrays C-contiguous. Nothing from the forward is reused (any x may be passed)
+        unless reuse_forward_weights is set (then w must be the forward's, unchanged).
         """
+        if self.wino is not None and dx is not None:  # Winograd data gradient (see __init__)
+            self.backward(dy, x, w, None, dw, db)
+            return self.wino.backward_data(dy, w, dx, self.reuse_forward_weights, self.no_c)
         w3 = w.reshape(self.groups, self.og, self.k)  # (G, Og, K) view
         dw3 = dw.reshape(w3.shape)
         want = dx is not None

@@ -1,0 +1,295 @@
+"""Winograd F(2x2, 3x3) convolution on the CPU, for 3x3 stride-1 dilation-1 layers (used by
+netdsl.ops.conv.ConvCPU for the forward pass and the data gradient; the weight gradient stays
+on conv_cpu's im2col + sgemm).
+
+Imported only when a ConvCPU picks it (numba at module level; `netdsl check` never gets here).
+
+Why: a 3x3 conv costs 9 multiply-adds per output pixel and input channel; F(2x2, 3x3) makes
+a 2x2 output tile from a 4x4 input tile with 16 multiplications, 2.25x fewer (1.7x at 7x7
+maps, whose 4x4 tiles overhang to 8x8). The multiplications are 16 independent GEMMs, one
+per element e of the 4x4 transformed tile:
+
+    V[e] (Ci, T) = (B^T d B)[e] of every input tile d (T tiles as columns)
+    U[e] (Co, Ci) = (G g G^T)[e] of every 3x3 filter g        (once per step)
+    M[e] (Co, T) = U[e] @ V[e]                                  (direct sgemm, conv_cpu.gemm)
+    y tile = A^T M A (2x2) + bias
+
+with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],
+[0,0,1]], A^T = [[1,1,1,0],[0,1,-1,-1]] (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2015).
+
+The data gradient of such a layer is the same kind of convolution of dy with the flipped,
+channel-transposed filters and top/left padding 2 - p. Flipping a filter permutes its
+transform: G J g J G^T = P (G g G^T) P^T with J the 3x3 reversal and P the swap of rows 0
+and 3 (G J = P G), so the data gradient's U[e] is the forward's U[perm(e)] transposed: the
+same U array serves both passes (a transposed sgemm), nothing is transformed again.
+
+Tiles are taken a whole tile row at a time: a worker owns the tile rows [r0, r1) of the
+batch (row r = image r // th, tile row r % th; th x tw tiles per image) and processes them
+in chunks of `rows` tile rows (tw columns each, across image boundaries at small maps, so
+the GEMMs have enough columns). Per chunk: the input transform into V, 16 (x groups) GEMMs
+into M, the output transform into y. Per worker, the workspaces V (16, Ci, cap), M (16, Co,
+cap), cap = rows * tw, and one padded 4-row strip of one input channel.
+
+geo = (ph, pw, th, tw, groups): top/left padding (any integer: output (i, j) reads input rows
+i - ph .. i - ph + 2), tiles per image, groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from netdsl.ops.conv_cpu import gemm
+
+# index e = 4 * a + b of the transformed tile -> that of the flipped filter's (0 <-> 3 in a, b)
+FLIP = np.array([(3 - a if a in (0, 3) else a) * 4 + (3 - b if b in (0, 3) else b)
+                 for a in range(4) for b in range(4)], np.int64)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def transform_weights(w, u, o0, o1):
+    """u[:, o, :] = G w[o, c] G^T for o in [o0, o1); w (O, Cg, 3, 3), u (16, O, Cg)."""
+    n_o, cg = w.shape[0], w.shape[1]
+    uf = u.reshape(-1)
+    plane = n_o * cg  # stride of e in u
+    t = np.empty((4, 3), np.float32)
+    for o in range(o0, o1):
+        for c in range(cg):
+            g = w[o, c]
+            for j in range(3):  # t = G g
+                t[0, j] = g[0, j]
+                t[1, j] = np.float32(0.5) * (g[0, j] + g[1, j] + g[2, j])
+                t[2, j] = np.float32(0.5) * (g[0, j] - g[1, j] + g[2, j])
+                t[3, j] = g[2, j]
+            base = o * cg + c
+            for i in range(4):  # u = t G^T
+                e = 4 * i
+                uf[(e + 0) * plane + base] = t[i, 0]
+                uf[(e + 1) * plane + base] = np.float32(0.5) * (t[i, 0] + t[i, 1] + t[i, 2])
+                uf[(e + 2) * plane + base] = np.float32(0.5) * (t[i, 0] - t[i, 1] + t[i, 2])
+                uf[(e + 3) * plane + base] = t[i, 2]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _input_transform(x, ra, rb, v, cap, strip, geo):
+    """v[e, c, (r - ra) * tw + tj] = (B^T d B)[e] of tile (r, tj) of channel c, r in [ra, rb)."""
+    ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
+    c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
+    xf, vf = x.reshape(-1), v.reshape(-1)
+    sw = 2 * tw + 2  # strip row length: input columns -pw .. 2 * tw + 1 - pw
+    plane = c_all * cap  # stride of e in v
+    j0 = max(0, pw)  # strip columns holding input columns 0 .. w_in - 1: [j0, j1)
+    j1 = min(sw, w_in + pw)
+    for c in range(c_all):
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            base = (n * c_all + c) * h * w_in
+            for i in range(4):  # the strip: zero outside the input
+                iy = 2 * ti - ph + i
+                s = i * sw
+                if iy < 0 or iy >= h:
+                    for j in range(sw):
+                        strip[np.uint64(s + j)] = 0.0
+                    continue
+                for j in range(j0):
+                    strip[np.uint64(s + j)] = 0.0
+                src = base + iy * w_in - pw
+                for j in range(j0, j1):
+                    strip[np.uint64(s + j)] = xf[np.uint64(src + j)]
+                for j in range(j1, sw):
+                    strip[np.uint64(s + j)] = 0.0
+            q0 = c * cap + (r - ra) * tw  # v offset of (e = 0, c, tile (r, 0))
+            for tj in range(tw):
+                k = 2 * tj
+                # t = B^T d, row by row (4 columns each)
+                a0 = strip[np.uint64(k)] - strip[np.uint64(2 * sw + k)]
+                a1 = strip[np.uint64(k + 1)] - strip[np.uint64(2 * sw + k + 1)]
+                a2 = strip[np.uint64(k + 2)] - strip[np.uint64(2 * sw + k + 2)]
+                a3 = strip[np.uint64(k + 3)] - strip[np.uint64(2 * sw + k + 3)]
+                b0 = strip[np.uint64(sw + k)] + strip[np.uint64(2 * sw + k)]
+                b1 = strip[np.uint64(sw + k + 1)] + strip[np.uint64(2 * sw + k + 1)]
+                b2 = strip[np.uint64(sw + k + 2)] + strip[np.uint64(2 * sw + k + 2)]
+                b3 = strip[np.uint64(sw + k + 3)] + strip[np.uint64(2 * sw + k + 3)]
+                c0 = strip[np.uint64(2 * sw + k)] - strip[np.uint64(sw + k)]
+                c1 = strip[np.uint64(2 * sw + k + 1)] - strip[np.uint64(sw + k + 1)]
+                c2 = strip[np.uint64(2 * sw + k + 2)] - strip[np.uint64(sw + k + 2)]
+                c3 = strip[np.uint64(2 * sw + k + 3)] - strip[np.uint64(sw + k + 3)]
+                d0 = strip[np.uint64(sw + k)] - strip[np.uint64(3 * sw + k)]
+                d1 = strip[np.uint64(sw + k + 1)] - strip[np.uint64(3 * sw + k + 1)]
+                d2 = strip[np.uint64(sw + k + 2)] - strip[np.uint64(3 * sw + k + 2)]
+                d3 = strip[np.uint64(sw + k + 3)] - strip[np.uint64(3 * sw + k + 3)]
+                q = np.uint64(q0 + tj)
+                p = np.uint64(plane)
+                # (t B), each row: (t0 - t2, t1 + t2, t2 - t1, t1 - t3)
+                vf[q] = a0 - a2
+                vf[q + p] = a1 + a2
+                vf[q + 2 * p] = a2 - a1
+                vf[q + 3 * p] = a1 - a3
+                vf[q + 4 * p] = b0 - b2
+                vf[q + 5 * p] = b1 + b2
+                vf[q + 6 * p] = b2 - b1
+                vf[q + 7 * p] = b1 - b3
+                vf[q + 8 * p] = c0 - c2
+                vf[q + 9 * p] = c1 + c2
+                vf[q + 10 * p] = c2 - c1
+                vf[q + 11 * p] = c1 - c3
+                vf[q + 12 * p] = d0 - d2
+                vf[q + 13 * p] = d1 + d2
+                vf[q + 14 * p] = d2 - d1
+                vf[q + 15 * p] = d1 - d3
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _output_transform(m, ra, rb, cap, y, b, geo):
+    """y[n, o, 2ti + a, 2tj + b] = (A^T M A)[a, b] + b[o] for the tiles of rows [ra, rb)
+    (entries past the output's edge dropped)."""
+    th, tw = geo[2], geo[3]
+    o_all, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    mf, yf = m.reshape(-1), y.reshape(-1)
+    plane = np.uint64(o_all * cap)
+    full = wo // 2  # tiles whose two columns are both inside
+    for o in range(o_all):
+        bo = b[o]
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat y offset of (n, o, 2ti, 0)
+            two = 2 * ti + 1 < ho
+            q0 = o * cap + (r - ra) * tw
+            for tj in range(tw):
+                q = np.uint64(q0 + tj)
+                p = plane
+                m0, m1, m2, m3 = mf[q], mf[q + p], mf[q + 2 * p], mf[q + 3 * p]
+                m4, m5, m6, m7 = mf[q + 4 * p], mf[q + 5 * p], mf[q + 6 * p], mf[q + 7 * p]
+                m8, m9, m10, m11 = mf[q + 8 * p], mf[q + 9 * p], mf[q + 10 * p], mf[q + 11 * p]
+                m12, m13, m14, m15 = (mf[q + 12 * p], mf[q + 13 * p], mf[q + 14 * p],
+                                      mf[q + 15 * p])  # fmt: skip
+                # s = A^T M (2 rows of 4), then s A
+                s0 = m0 + m4 + m8
+                s1 = m1 + m5 + m9
+                s2 = m2 + m6 + m10
+                s3 = m3 + m7 + m11
+                t0 = m4 - m8 - m12
+                t1 = m5 - m9 - m13
+                t2 = m6 - m10 - m14
+                t3 = m7 - m11 - m15
+                d = np.uint64(y0 + 2 * tj)
+                yf[d] = s0 + s1 + s2 + bo
+                if tj < full:
+                    yf[d + 1] = s1 - s2 - s3 + bo
+                if two:
+                    yf[d + wo] = t0 + t1 + t2 + bo
+                    if tj < full:
+                        yf[d + wo + 1] = t1 - t2 - t3 + bo
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
+    """Worker: y = conv3x3(x) + b over the tile rows [r0, r1), `rows` tile rows per chunk.
+
+    x (N, Ci, H, W); y (N, Co, Ho, Wo) overwritten; b (Co,) (zeros: no bias); u (16, Co, Cig)
+    the transformed filters or, when tr, (16, Ci, Cog) those of the flipped conv whose data
+    gradient this is (read transposed at FLIP[e]); v (16, Ci, rows * tw), m (16, Co, rows *
+    tw), strip (4 * (2 * tw + 2),) workspaces.
+    """
+    tw, ng = geo[3], geo[4]
+    c_all, o_all = x.shape[1], y.shape[1]
+    cig, cog = c_all // ng, o_all // ng
+    cap = rows * tw
+    uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
+    uplane = u.shape[1] * u.shape[2]
+    for ra in range(r0, r1, rows):
+        rb = min(r1, ra + rows)
+        cols = (rb - ra) * tw
+        _input_transform(x, ra, rb, v, cap, strip, geo)
+        for e in range(16):
+            for g in range(ng):
+                vo = (e * c_all + g * cig) * cap
+                mo = (e * o_all + g * cog) * cap
+                if tr:  # M[e] = U[FLIP[e]]^T @ V[e]: U's rows are this conv's input channels
+                    uo = FLIP[e] * uplane + g * cig * cog
+                    gemm(True, False, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
+                else:
+                    uo = e * uplane + g * cog * cig
+                    gemm(
+                        False, False, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap
+                    )
+        _output_transform(m, ra, rb, cap, y, b, geo)
+
+
+class Winograd:
+    """The Winograd passes of one ConvCPU layer (3x3, stride 1, dilation 1), fixed shapes.
+
+    Workspaces are views of the layer's shared Scratch under conv_cpu's own keys (col, yw,
+    xpad: every pass rewrites what it reads, so the net's conv layers share one set), sized
+    by `tile_columns` (the target GEMM width, in tiles) under `block_bytes` for V and M.
+    The transformed filters u (16, O, Cg) are this layer's own array: the forward fills it,
+    the data gradient of the same step reuses it (backward_data's `reuse`).
+    """
+
+    def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
+                 groups: int, out_hw: tuple[int, int], scratch, workers,
+                 tile_columns: int, block_bytes: int) -> None:  # fmt: skip
+        from netdsl.ops.conv import split
+
+        ho, wo = out_hw
+        self.workers, self.scratch = workers, scratch
+        self.u = np.empty((16, o, c // groups), np.float32)
+        self._u_of: object = None  # the w array u was computed from, while it is valid
+        nt = workers.n
+        self.passes = {}
+        # forward: x (c channels, h x w) -> y (o, ho x wo); data gradient: dy -> dx, the
+        # flipped filter reads rows i - (2 - ph) .. of dy
+        back = (2 - pad[0], 2 - pad[1])
+        for name, ci, co, geo_pad, hw_out in (
+            ("fwd", c, o, pad, out_hw),
+            ("bwd", o, c, back, (h, w)),
+        ):
+            th, tw = -(-hw_out[0] // 2), -(-hw_out[1] // 2)
+            fit = max(1, block_bytes // (4 * 16 * (ci + co) * tw))  # tile rows under the cap
+            rows = max(1, min(-(-n * th // nt), -(-tile_columns // tw), fit))
+            cap = rows * tw
+            shapes = {"col": (16, ci, cap), "yw": (16, co, cap), "xpad": (4 * (2 * tw + 2),)}
+            for t in range(nt):  # size the shared buffers now
+                for k, shape in shapes.items():
+                    scratch.get(f"{k}{t}", shape)
+            self.passes[name] = (split(n * th, nt), rows, shapes, (*geo_pad, th, tw, groups))
+        self.o_jobs = split(o, nt)
+        self._views: dict[str, tuple[int, list]] = {}
+
+    def _ws(self, name: str) -> list[dict[str, np.ndarray]]:
+        """Each worker's workspaces of pass `name`, kept while the scratch buffers stay."""
+        got = self._views.get(name)
+        if got is None or got[0] != self.scratch.version:
+            shapes = self.passes[name][2]
+            views = [{k: self.scratch.get(f"{k}{t}", s) for k, s in shapes.items()}
+                     for t in range(self.workers.n)]  # fmt: skip
+            got = self._views[name] = (self.scratch.version, views)
+        return got[1]
+
+    def _transform(self, w: np.ndarray) -> None:
+        jobs = [(w, self.u, o0, o1) for o0, o1 in self.o_jobs if o1 > o0]
+        self.workers.run(transform_weights, jobs)
+        self._u_of = w
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
+        """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 3, 3)."""
+        self._transform(w)
+        jobs_r, rows, _, geo = self.passes["fwd"]
+        jobs = [(r0, r1, rows, False, x, self.u, b, y, ws["col"].reshape(-1),
+                 ws["yw"].reshape(-1), ws["xpad"], geo)
+                for (r0, r1), ws in zip(jobs_r, self._ws("fwd"), strict=True)]  # fmt: skip
+        self.workers.run(conv_rows, jobs)
+
+    def backward_data(self, dy: np.ndarray, w: np.ndarray, dx: np.ndarray, reuse: bool,
+                      zeros: np.ndarray) -> None:  # fmt: skip
+        """dx = the data gradient of the conv for dy (overwritten). reuse: w is unchanged
+        since the last forward (the filters transformed there are used when it was this
+        same w array); zeros (C,) stands in for a bias."""
+        if not (reuse and self._u_of is w):
+            self._transform(w)
+        jobs_r, rows, _, geo = self.passes["bwd"]
+        jobs = [(r0, r1, rows, True, dy, self.u, zeros, dx, ws["col"].reshape(-1),
+                 ws["yw"].reshape(-1), ws["xpad"], geo)
+                for (r0, r1), ws in zip(jobs_r, self._ws("bwd"), strict=True)]  # fmt: skip
+        self.workers.run(conv_rows, jobs)
