@@ -777,6 +777,7 @@ class ConvCPURunner(Runner):
             plan.conv_cpu_scratch = Scratch()
         self.op = ConvCPU(n, c, h, w, o, *a["kernel"], a["stride"], a["pad_tl"], a["dilation"],
                           a["groups"], a["out_hw"], a["bias"], plan.conv_cpu_scratch)  # fmt: skip
+        self.op.reuse_forward_weights = True  # each backward follows a forward of the same w
         self.mask = plan.masks.get(layer.name)  # (O, C, 1, 1) for a connection table
         self.dz = np.empty_like(self.y) if self.fused_act else None
 
