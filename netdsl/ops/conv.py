@@ -310,7 +310,7 @@ class ConvCPU:
         self.no_b = np.zeros(o, np.float32)  # (O,) stands in for b without bias
         self.no_dx = np.zeros((1, 1, 1, 1), np.float32)  # stands in for dx when not wanted
         # ---- Winograd F(2x2, 3x3) for 3x3 stride-1 layers (netdsl/ops/winograd_cpu.py): the
-        # forward and the data gradient; the weight gradient stays on the path above.
+        # forward, the data gradient and the weight gradient.
         # NETDSL_CONV_ALGO=gemm|winograd|auto (read here, when the layer is built); auto uses
         # it where measured faster (use_winograd). reuse_forward_weights: the runner's promise
         # that backward's w is the forward's, unchanged (the filters are transformed once).
@@ -372,9 +372,8 @@ class ConvCPU:
         All arrays C-contiguous. Nothing from the forward is reused (any x may be passed)
         unless reuse_forward_weights is set (then w must be the forward's, unchanged).
         """
-        if self.wino is not None and dx is not None:  # Winograd data gradient (see __init__)
-            self.backward(dy, x, w, None, dw, db)
-            return self.wino.backward_data(dy, w, dx, self.reuse_forward_weights, self.no_c)
+        if self.wino is not None:  # Winograd (see __init__)
+            return self.wino.backward(dy, x, w, dx, dw, db, self.reuse_forward_weights, self.no_c)
         w3 = w.reshape(self.groups, self.og, self.k)  # (G, Og, K) view
         dw3 = dw.reshape(w3.shape)
         want = dx is not None

@@ -216,6 +216,98 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
         _output_transform(m, ra, rb, cap, y, b, geo)
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def _dy_transform(dy, ra, rb, m, cap, db, geo):
+    """m[e, o, (r - ra) * tw + tj] = (A dY A^T)[e] of the 2x2 tile (r, tj) of dy[:, o] (zero
+    past the output's edge), the adjoint of _output_transform; db[o] += the tiles' sums."""
+    th, tw = geo[2], geo[3]
+    o_all, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    mf, df = m.reshape(-1), dy.reshape(-1)
+    p = np.uint64(geo[6])  # stride of e in m
+    full = wo // 2
+    zero = np.float32(0.0)
+    for o in range(o_all):
+        acc = zero
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat dy offset of (n, o, 2ti, 0)
+            two = 2 * ti + 1 < ho
+            q0 = o * cap + (r - ra) * tw
+            for tj in range(tw):
+                d = np.uint64(y0 + 2 * tj)
+                a = df[d]
+                b = df[d + 1] if tj < full else zero
+                c = df[d + wo] if two else zero
+                e = df[d + wo + 1] if two and tj < full else zero
+                acc += a + b + c + e
+                # rows of A dY: (row0, row0 + row1, row0 - row1, -row1); then each row's
+                # (p, q) -> (p, p + q, p - q, -q)
+                q = np.uint64(q0 + tj)
+                for i in range(4):
+                    if i == 0:
+                        u, w = a, b
+                    elif i == 1:
+                        u, w = a + c, b + e
+                    elif i == 2:
+                        u, w = a - c, b - e
+                    else:
+                        u, w = -c, -e
+                    qi = q + np.uint64(4 * i) * p
+                    mf[qi] = u
+                    mf[qi + p] = u + w
+                    mf[qi + 2 * p] = u - w
+                    mf[qi + 3 * p] = -w
+        db[o] += acc
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
+    """Worker: du (16, O, Cig) = the weight gradient in the transformed domain summed over the
+    tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums.
+
+    dU[e] = sum over tiles of (A dY A^T)[e] (O, T) @ V[e]^T (T, Ci): the transpose of the
+    forward's chain, so G^T dU G is the exact gradient of the 3x3 filters. Workspaces as
+    conv_rows'.
+    """
+    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
+    c_all, o_all = x.shape[1], dy.shape[1]
+    cig, cog = c_all // ng, o_all // ng
+    cap = rows * tw
+    vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
+    duf[:] = 0.0
+    db[:] = 0.0
+    for ra in range(r0, r1, rows):
+        rb = min(r1, ra + rows)
+        cols = (rb - ra) * tw
+        _input_transform(x, ra, rb, v, cap, strip, geo)
+        _dy_transform(dy, ra, rb, m, cap, db, geo)
+        for e in range(16):
+            for g in range(ng):
+                vo = e * vplane + g * cig * cap
+                mo = e * mplane + g * cog * cap
+                uo = (e * o_all + g * cog) * cig
+                gemm(False, True, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def filter_gradient(du, dw, o0, o1):
+    """dw[o, c] = G^T du[:, o, c] G (3x3) for o in [o0, o1); du (16, O, Cg), dw (O, Cg, 3, 3)."""
+    cg = dw.shape[1]
+    h = np.float32(0.5)
+    s = np.empty((3, 4), np.float32)
+    for o in range(o0, o1):
+        for c in range(cg):
+            for b in range(4):  # s = G^T du: rows (u0 + (u1 + u2) / 2, (u1 - u2) / 2, ...)
+                u0, u1, u2, u3 = du[b, o, c], du[4 + b, o, c], du[8 + b, o, c], du[12 + b, o, c]
+                s[0, b] = u0 + h * (u1 + u2)
+                s[1, b] = h * (u1 - u2)
+                s[2, b] = h * (u1 + u2) + u3
+            for i in range(3):  # dw = s G
+                dw[o, c, i, 0] = s[i, 0] + h * (s[i, 1] + s[i, 2])
+                dw[o, c, i, 1] = h * (s[i, 1] - s[i, 2])
+                dw[o, c, i, 2] = h * (s[i, 1] + s[i, 2]) + s[i, 3]
+
+
 def _plane(size: int) -> int:
     """The stride between the 16 planes of V or M for `size` floats each: a multiple of 16
     floats (64 bytes) whose count of 64-byte lines is odd, so that the 16 streams of a
@@ -259,6 +351,8 @@ class Winograd:
             cap = rows * tw
             vplane, mplane = _plane(ci * cap), _plane(co * cap)
             shapes = {"col": (16 * vplane,), "yw": (16 * mplane,), "xpad": (4 * (2 * tw + 2),)}
+            if name == "fwd":  # the weight gradient's pass: its sums per worker
+                shapes.update(dwt=(16, o, c // groups), dbt=(o,))
             for t in range(nt):  # size the shared buffers now
                 for k, shape in shapes.items():
                     scratch.get(f"{k}{t}", shape)
@@ -289,6 +383,34 @@ class Winograd:
         jobs = [(r0, r1, rows, False, x, self.u, b, y, ws["col"], ws["yw"], ws["xpad"], geo)
                 for (r0, r1), ws in zip(jobs_r, self._ws("fwd"), strict=True)]  # fmt: skip
         self.workers.run(conv_rows, jobs)
+
+    def backward(
+        self,
+        dy: np.ndarray,
+        x: np.ndarray,
+        w: np.ndarray,
+        dx: np.ndarray | None,
+        dw: np.ndarray,
+        db: np.ndarray | None,
+        reuse: bool,
+        zeros: np.ndarray,
+    ) -> None:
+        """Overwrite dw, db (unless None) and dx (unless None) with the gradients; reuse and
+        zeros as backward_data's."""
+        jobs_r, rows, _, geo = self.passes["fwd"]
+        views = self._ws("fwd")
+        jobs = [(r0, r1, rows, x, dy, ws["col"], ws["yw"], ws["xpad"], ws["dwt"], ws["dbt"], geo)
+                for (r0, r1), ws in zip(jobs_r, views, strict=True)]  # fmt: skip
+        self.workers.run(wgrad_rows, jobs)
+        du, dbt = views[0]["dwt"], views[0]["dbt"]
+        for ws in views[1:]:  # fixed order over workers
+            du += ws["dwt"]
+            dbt += ws["dbt"]
+        self.workers.run(filter_gradient, [(du, dw, o0, o1) for o0, o1 in self.o_jobs if o1 > o0])
+        if db is not None:
+            np.copyto(db, dbt)
+        if dx is not None:
+            self.backward_data(dy, w, dx, reuse, zeros)
 
     def backward_data(self, dy: np.ndarray, w: np.ndarray, dx: np.ndarray, reuse: bool,
                       zeros: np.ndarray) -> None:  # fmt: skip
