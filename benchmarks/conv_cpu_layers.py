@@ -107,8 +107,8 @@ def time_netdsl(layer, reps: int, clock=time.perf_counter, algo: str = "") -> tu
     return fwd, bwd
 
 
-def time_torch(layer, reps: int, threads: int) -> tuple[float, float]:
-    """(forward s, backward s) of torch.nn.Conv2d on this layer, in training mode."""
+def time_torch(layer, reps: int, threads: int, clock=time.perf_counter) -> tuple[float, float]:
+    """(forward s, backward s) of torch.nn.Conv2d on this layer, in training mode, by `clock`."""
     import torch
 
     torch.set_num_threads(threads)
@@ -128,8 +128,8 @@ def time_torch(layer, reps: int, threads: int) -> tuple[float, float]:
 
     fwd()
     step()
-    f = _min_time(fwd, reps)
-    return f, max(0.0, _min_time(step, reps) - f)
+    f = _min_time(fwd, reps, clock)
+    return f, max(0.0, _min_time(step, reps, clock) - f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="calls per row; the minimum is shown")
     ap.add_argument("--torch", action="store_true", help="also time PyTorch (same threads)")
     ap.add_argument("--cpu", action="store_true",
-                    help="netdsl's process CPU time (all threads) instead of wall time: "
+                    help="process CPU time (all threads, both engines) instead of wall time: "
                          "steadier on a loaded machine, blind to idle workers")  # fmt: skip
     ap.add_argument("--algo", default="",
                     help="comma-separated NETDSL_CONV_ALGO values (gemm, winograd, auto) to "
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(head + (f" {'torch fwd':>9} {'torch bwd':>9} {'ratio':>6}" if args.torch else ""))
     clock = time.process_time if args.cpu else time.perf_counter
     for layer in layers:
-        tt = time_torch(layer, args.reps, threads) if args.torch else None
+        tt = time_torch(layer, args.reps, threads, clock) if args.torch else None
         for algo in algos:
             f, b = time_netdsl(layer, args.reps, clock, algo)
             row = {"layer": layer[0], "algo": algo or "env", "fwd_ms": f * 1e3, "bwd_ms": b * 1e3}
