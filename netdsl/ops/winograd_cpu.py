@@ -291,21 +291,39 @@ def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
 
 @njit(cache=True, nogil=True, fastmath=True)
 def filter_gradient(du, dw, o0, o1):
-    """dw[o, c] = G^T du[:, o, c] G (3x3) for o in [o0, o1); du (16, O, Cg), dw (O, Cg, 3, 3)."""
-    cg = dw.shape[1]
+    """dw[o, c] = G^T (sum over workers t of du[t, :, o, c]) G (3x3) for o in [o0, o1);
+    du (T, 16, O, Cg) the workers' sums (added here, in order), dw (O, Cg, 3, 3)."""
+    nt, cg = du.shape[0], dw.shape[1]
     h = np.float32(0.5)
-    s = np.empty((3, 4), np.float32)
+    acc = np.empty((16, cg), np.float32)
     for o in range(o0, o1):
+        acc[:] = du[0, :, o, :]
+        for t in range(1, nt):
+            acc += du[t, :, o, :]
         for c in range(cg):
             for b in range(4):  # s = G^T du: rows (u0 + (u1 + u2) / 2, (u1 - u2) / 2, ...)
-                u0, u1, u2, u3 = du[b, o, c], du[4 + b, o, c], du[8 + b, o, c], du[12 + b, o, c]
-                s[0, b] = u0 + h * (u1 + u2)
-                s[1, b] = h * (u1 - u2)
-                s[2, b] = h * (u1 + u2) + u3
-            for i in range(3):  # dw = s G
-                dw[o, c, i, 0] = s[i, 0] + h * (s[i, 1] + s[i, 2])
-                dw[o, c, i, 1] = h * (s[i, 1] - s[i, 2])
-                dw[o, c, i, 2] = h * (s[i, 1] + s[i, 2]) + s[i, 3]
+                u0, u1, u2, u3 = acc[b, c], acc[4 + b, c], acc[8 + b, c], acc[12 + b, c]
+                s0 = u0 + h * (u1 + u2)
+                s1 = h * (u1 - u2)
+                s2 = h * (u1 + u2) + u3
+                if b == 0:
+                    a0, a1, a2 = s0, s1, s2
+                elif b == 1:
+                    b0, b1, b2 = s0, s1, s2
+                elif b == 2:
+                    c0, c1, c2 = s0, s1, s2
+                else:
+                    d0, d1, d2 = s0, s1, s2
+            # dw = s G, row by row: (s0 + (s1 + s2) / 2, (s1 - s2) / 2, (s1 + s2) / 2 + s3)
+            dw[o, c, 0, 0] = a0 + h * (b0 + c0)
+            dw[o, c, 0, 1] = h * (b0 - c0)
+            dw[o, c, 0, 2] = h * (b0 + c0) + d0
+            dw[o, c, 1, 0] = a1 + h * (b1 + c1)
+            dw[o, c, 1, 1] = h * (b1 - c1)
+            dw[o, c, 1, 2] = h * (b1 + c1) + d1
+            dw[o, c, 2, 0] = a2 + h * (b2 + c2)
+            dw[o, c, 2, 1] = h * (b2 - c2)
+            dw[o, c, 2, 2] = h * (b2 + c2) + d2
 
 
 def _plane(size: int) -> int:
@@ -352,13 +370,15 @@ class Winograd:
             vplane, mplane = _plane(ci * cap), _plane(co * cap)
             shapes = {"col": (16 * vplane,), "yw": (16 * mplane,), "xpad": (4 * (2 * tw + 2),)}
             if name == "fwd":  # the weight gradient's pass: its sums per worker
-                shapes.update(dwt=(16, o, c // groups), dbt=(o,))
+                shapes.update(dbt=(o,))
             for t in range(nt):  # size the shared buffers now
                 for k, shape in shapes.items():
                     scratch.get(f"{k}{t}", shape)
             geo = (*geo_pad, th, tw, groups, vplane, mplane)
             self.passes[name] = (split(n * th, nt), rows, shapes, geo)
         self.o_jobs = split(o, nt)
+        self.du_shape = (nt, 16, o, c // groups)  # each worker's transformed dw sums
+        scratch.get("wdu", self.du_shape)
         self._views: dict[str, tuple[int, list]] = {}
 
     def _ws(self, name: str) -> list[dict[str, np.ndarray]]:
@@ -399,12 +419,12 @@ class Winograd:
         zeros as backward_data's."""
         jobs_r, rows, _, geo = self.passes["fwd"]
         views = self._ws("fwd")
-        jobs = [(r0, r1, rows, x, dy, ws["col"], ws["yw"], ws["xpad"], ws["dwt"], ws["dbt"], geo)
-                for (r0, r1), ws in zip(jobs_r, views, strict=True)]  # fmt: skip
+        du = self.scratch.get("wdu", self.du_shape)
+        jobs = [(r0, r1, rows, x, dy, ws["col"], ws["yw"], ws["xpad"], du[t], ws["dbt"], geo)
+                for t, ((r0, r1), ws) in enumerate(zip(jobs_r, views, strict=True))]  # fmt: skip
         self.workers.run(wgrad_rows, jobs)
-        du, dbt = views[0]["dwt"], views[0]["dbt"]
+        dbt = views[0]["dbt"]
         for ws in views[1:]:  # fixed order over workers
-            du += ws["dwt"]
             dbt += ws["dbt"]
         self.workers.run(filter_gradient, [(du, dw, o0, o1) for o0, o1 in self.o_jobs if o1 > o0])
         if db is not None:
