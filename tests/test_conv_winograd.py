@@ -128,6 +128,25 @@ def test_forward_filters_are_reused_only_when_promised(algo) -> None:
     assert_close(dx, conv.ref_backward(dy, x, wt, *geo)[0], TOL, "dx, w changed")
 
 
+def test_shared_filters_are_transformed_again(algo, monkeypatch) -> None:
+    """Filters over WINO_KEEP_BYTES live in the shared Scratch: another layer's forward
+    overwrites them, so the data gradient transforms them again even when promised."""
+    monkeypatch.setattr(conv, "WINO_KEEP_BYTES", 0)
+    algo("winograd")
+    scratch = conv.Scratch()
+    first, geo1 = build(2, 3, 5, 5, 4, scratch=scratch)
+    second, geo2 = build(2, 4, 6, 6, 3, scratch=scratch)
+    assert not first.wino.keep and not second.wino.keep
+    d1, d2 = data(geo1, 2, 3, 5, 5, 4), data(geo2, 2, 4, 6, 6, 3, seed=1)
+    for layer, (x, wt, b, dy) in ((first, d1), (second, d2)):
+        layer.reuse_forward_weights = True
+        layer.forward(x, wt, b, np.empty(dy.shape, np.float32))
+    x, wt, b, dy = d1
+    dx, dw, db = np.empty_like(x), np.empty_like(wt), np.empty(4, np.float32)
+    first.backward(dy, x, wt, dx, dw, db)
+    assert_close(dx, conv.ref_backward(dy, x, wt, *geo1)[0], TOL, "dx")
+
+
 def test_shares_scratch_with_gemm_layers(algo, monkeypatch) -> None:
     """A Winograd layer and an im2col layer on one Scratch, in turn: neither may depend on
     what the other left in the shared buffers."""

@@ -199,6 +199,9 @@ TRANSPOSED_DW_OG = 256
 WIDE_MAX = 16
 # Winograd (3x3 stride 1, see ConvCPU): tiles (2x2 outputs) per GEMM column block ...
 WINO_TILE_COLUMNS = 256
+# ... and its transformed filters are kept from the forward to the data gradient up to this
+# many bytes a layer (larger: transformed again, in a buffer shared by the layers)
+WINO_KEEP_BYTES = 4 << 20
 
 
 def use_winograd(cg: int, og: int, ho: int, wo: int) -> bool:
@@ -326,7 +329,7 @@ class ConvCPU:
             from netdsl.ops.winograd_cpu import Winograd
 
             self.wino = Winograd(n, c, h, w, o, pad, groups, out_hw, self.scratch, self.workers,
-                                 WINO_TILE_COLUMNS, BLOCK_BYTES)  # fmt: skip
+                                 WINO_TILE_COLUMNS, BLOCK_BYTES, WINO_KEEP_BYTES)  # fmt: skip
             self.no_c = np.zeros(c, np.float32)  # stands in for a bias in the data gradient
 
     def _workspace(self, t: int) -> dict[str, np.ndarray]:

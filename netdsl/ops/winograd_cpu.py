@@ -348,18 +348,26 @@ class Winograd:
     Workspaces are views of the layer's shared Scratch under conv_cpu's own keys (col, yw,
     xpad: every pass rewrites what it reads, so the net's conv layers share one set), sized
     by `tile_columns` (the target GEMM width, in tiles) under `block_bytes` for V and M.
-    The transformed filters u (16, O, Cg) are this layer's own array: the forward fills it,
-    the data gradient of the same step reuses it (backward_data's `reuse`).
+    The transformed filters u (16, O, Cg) are this layer's own array up to `keep_bytes`:
+    the forward fills it, the data gradient of the same step reuses it (backward_data's
+    `reuse`). Larger ones live in the shared Scratch (key wu) and are transformed again for
+    the data gradient: keeping all would add 16/9 of the 3x3 weights to the peak RSS (ResNet-18
+    67 MiB, 50 of it its 512-channel layers; VGG-16 105 MiB), to save a transform of 2-5 ms
+    a 512 x 512 layer.
     """
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
                  groups: int, out_hw: tuple[int, int], scratch, workers,
-                 tile_columns: int, block_bytes: int) -> None:  # fmt: skip
+                 tile_columns: int, block_bytes: int, keep_bytes: int) -> None:  # fmt: skip
         from netdsl.ops.conv import split
 
         ho, wo = out_hw
         self.workers, self.scratch = workers, scratch
-        self.u = np.empty((16, o, c // groups), np.float32)
+        self.u_shape = (16, o, c // groups)
+        self.keep = 4 * 16 * o * (c // groups) <= keep_bytes
+        self.u = (
+            np.empty(self.u_shape, np.float32) if self.keep else scratch.get("wu", self.u_shape)
+        )
         self._u_of: object = None  # the w array u was computed from, while it is valid
         nt = workers.n
         self.passes = {}
@@ -399,9 +407,11 @@ class Winograd:
         return got[1]
 
     def _transform(self, w: np.ndarray) -> None:
+        if not self.keep:  # a view of the shared buffer (it may have grown since)
+            self.u = self.scratch.get("wu", self.u_shape)
         jobs = [(w, self.u, o0, o1) for o0, o1 in self.o_jobs if o1 > o0]
         self.workers.run(transform_weights, jobs)
-        self._u_of = w
+        self._u_of = w if self.keep else None  # shared: other layers overwrite it
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
         """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 3, 3)."""
