@@ -17,6 +17,7 @@ from opcheck import assert_close
 
 import netdsl
 from netdsl.compiler import CompiledNet
+from netdsl.errors import NetdslError
 from netdsl.ops import conv
 
 TOL = 2e-6
@@ -175,7 +176,7 @@ def test_auto_rule_and_bad_setting(algo, monkeypatch) -> None:
     five = conv.ConvCPU(2, 4, 8, 8, 4, 5, 5, (1, 1), (2, 2), (1, 1), 1, (8, 8), True)
     assert five.wino is None  # 5x5: forced or not, only 3x3 layers
     monkeypatch.setenv("NETDSL_CONV_ALGO", "fft")
-    with pytest.raises(ValueError, match="NETDSL_CONV_ALGO='fft'"):
+    with pytest.raises(NetdslError, match="NETDSL_CONV_ALGO='fft'"):
         build(2, 4, 8, 8, 4)
 
 

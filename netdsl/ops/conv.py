@@ -322,8 +322,10 @@ class ConvCPU:
         # that backward's w is the forward's, unchanged (the filters are transformed once).
         self.wino, self.reuse_forward_weights = None, False
         algo = os.environ.get("NETDSL_CONV_ALGO", "auto").strip().lower() or "auto"
-        if algo not in ("gemm", "winograd", "auto"):
-            raise ValueError(f"NETDSL_CONV_ALGO={algo!r}: expected gemm, winograd or auto")
+        if algo not in ("gemm", "winograd", "auto"):  # a user's setting: no traceback
+            from netdsl.errors import NetdslError
+
+            raise NetdslError(f"NETDSL_CONV_ALGO={algo!r}: expected gemm, winograd or auto")
         fits = (kh, kw, *stride, *dilation) == (3, 3, 1, 1, 1, 1)
         if fits and (algo == "winograd" or (algo == "auto" and use_winograd(cg, og, ho, wo))):
             from netdsl.ops.winograd_cpu import Winograd
