@@ -151,10 +151,11 @@ def test_shared_filters_are_transformed_again(algo, monkeypatch) -> None:
 def test_shares_scratch_with_gemm_layers(algo, monkeypatch) -> None:
     """A Winograd layer and an im2col layer on one Scratch, in turn: neither may depend on
     what the other left in the shared buffers."""
-    algo("auto", 2)
     scratch = conv.Scratch()
+    algo("winograd", 2)
     wino, geo_w = build(3, 16, 6, 5, 16, scratch=scratch)
-    gemm, geo_g = build(3, 4, 7, 7, 5, scratch=scratch)  # 4 channels: auto keeps im2col
+    algo("gemm", 2)
+    gemm, geo_g = build(3, 4, 7, 7, 5, scratch=scratch)
     assert wino.wino is not None and gemm.wino is None
     cases = [(wino, geo_w, data(geo_w, 3, 16, 6, 5, 16)), (gemm, geo_g, data(geo_g, 3, 4, 7, 7, 5))]
     for _ in range(2):
@@ -164,13 +165,16 @@ def test_shares_scratch_with_gemm_layers(algo, monkeypatch) -> None:
 
 def test_auto_rule_and_bad_setting(algo, monkeypatch) -> None:
     algo("auto")
-    assert build(2, 32, 8, 8, 32)[0].wino is not None
-    assert build(2, 4, 8, 8, 32)[0].wino is None  # too few input channels
-    assert build(2, 32, 3, 3, 32)[0].wino is None  # maps under 4 px: tiles mostly overhang
-    strided = conv.ConvCPU(2, 32, 8, 8, 32, 3, 3, (2, 2), (1, 1), (1, 1), 1, (4, 4), True)
+    assert build(8, 32, 8, 8, 32)[0].wino is not None  # 4.7 M multiply-adds
+    assert build(4, 32, 8, 8, 32)[0].wino is None  # 2.4 M: too little work
+    assert build(8, 16, 16, 16, 32)[0].wino is None  # too few input channels
+    assert build(64, 32, 3, 3, 32)[0].wino is None  # maps under 4 px: tiles mostly overhang
+    grouped = build(8, 64, 8, 8, 64, g=2)[0]  # 32 channels a group in and out
+    assert grouped.wino is not None
+    strided = conv.ConvCPU(8, 32, 8, 8, 32, 3, 3, (2, 2), (1, 1), (1, 1), 1, (4, 4), True)
     assert strided.wino is None  # stride 2: not a Winograd layer
     algo("gemm")
-    assert build(2, 32, 8, 8, 32)[0].wino is None
+    assert build(8, 32, 8, 8, 32)[0].wino is None
     algo("winograd")
     assert build(2, 4, 8, 8, 32)[0].wino is not None
     five = conv.ConvCPU(2, 4, 8, 8, 4, 5, 5, (1, 1), (2, 2), (1, 1), 1, (8, 8), True)

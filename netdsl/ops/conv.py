@@ -204,12 +204,15 @@ WINO_TILE_COLUMNS = 256
 WINO_KEEP_BYTES = 4 << 20
 
 
-def use_winograd(cg: int, og: int, ho: int, wo: int) -> bool:
-    """Whether NETDSL_CONV_ALGO=auto runs a 3x3 stride-1 layer through Winograd: from 16
-    channels a group in and out, on maps from 4 px (measured, 1 thread, forward + backward:
-    1.2-1.8x faster at 16-512 channels and 4-56 px; 8 channels 0.5x, 3 in 0.3x, 3x3 maps
-    0.7x, whose 2x2 tiles overhang to 4x4)."""
-    return cg >= 16 and og >= 16 and min(ho, wo) >= 4
+def use_winograd(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> bool:
+    """Whether NETDSL_CONV_ALGO=auto runs a 3x3 stride-1 layer through Winograd: from 32
+    channels a group in and out, maps from 4 px and 4 M multiply-adds a call. Measured on 1
+    thread, forward + backward against im2col: 1.2-1.8x faster at 32-512 channels, 4-224 px
+    and 4.7 M-15 G multiply-adds; slower with 3 or 8 channels (0.3x, 0.5x), 16 channels
+    (0.6-1.1x), on 3x3 maps (0.7x: the 2x2 tiles overhang to 4x4) and below 4 M (32 channels
+    at 8 px, batch 4: 0.85x)."""
+    macs = n * groups * og * cg * ho * wo * 9
+    return cg >= 32 and og >= 32 and min(ho, wo) >= 4 and macs >= 1 << 22
 
 
 class Scratch:
@@ -327,7 +330,8 @@ class ConvCPU:
 
             raise NetdslError(f"NETDSL_CONV_ALGO={algo!r}: expected gemm, winograd or auto")
         fits = (kh, kw, *stride, *dilation) == (3, 3, 1, 1, 1, 1)
-        if fits and (algo == "winograd" or (algo == "auto" and use_winograd(cg, og, ho, wo))):
+        auto = algo == "auto" and use_winograd(n, cg, og, ho, wo, groups)
+        if fits and (algo == "winograd" or auto):
             from netdsl.ops.winograd_cpu import Winograd
 
             self.wino = Winograd(n, c, h, w, o, pad, groups, out_hw, self.scratch, self.workers,
