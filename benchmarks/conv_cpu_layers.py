@@ -3,7 +3,8 @@
 The conv layers of the issue 15 nets whose CPU time lags PyTorch's, each alone on random
 data: ResNet-18 at batch 8 (the 7x7/2 stem, 3x3 at 56/28/14/7 px, the stride-2 3x3 and 1x1
 layers), cifar10 at batch 128 (5x5 on 32 channels at 32/16/8 px), LeNet-5 at batch 128 and
-LeNet-5 (1998) at batch 32, and a 1x1 stride-1 layer (no im2col). A row is the minimum
+LeNet-5 (1998) at batch 32, a 1x1 stride-1 layer (no im2col) and VGG-16's 3x3 layers at
+batch 4 (prefix vgg; not in the default set: its 224 px layers take seconds). A row is the minimum
 over --reps calls (the least disturbed by other load: the machine this was written on was
 shared), forward and backward separately; --cpu times process CPU time instead.
 
@@ -14,6 +15,8 @@ script with PYTHONPATH set to each, alternating, e.g.
     PYTHONPATH=. python benchmarks/conv_cpu_layers.py --only r18 --json new.json
 
 BLAS gets one thread as `netdsl train` runs it; the layers use NUMBA_NUM_THREADS workers.
+--algo gemm,winograd times each layer once per convolution algorithm (NETDSL_CONV_ALGO, set
+while the layer is built; winograd applies to 3x3 stride-1 layers only, others run gemm).
 """
 
 from __future__ import annotations
@@ -51,7 +54,16 @@ LAYERS = [
     ("lenet98.c3", 32, 6, 14, 14, 16, 5, 1, 0),
     ("lenet98.c5", 32, 16, 5, 5, 120, 5, 1, 0),
     ("onebyone.s1", 8, 256, 14, 14, 512, 1, 1, 0),
+    ("vgg.c1_2", 4, 64, 224, 224, 64, 3, 1, 1),
+    ("vgg.c2_1", 4, 64, 112, 112, 128, 3, 1, 1),
+    ("vgg.c2_2", 4, 128, 112, 112, 128, 3, 1, 1),
+    ("vgg.c3_1", 4, 128, 56, 56, 256, 3, 1, 1),
+    ("vgg.c3_2", 4, 256, 56, 56, 256, 3, 1, 1),
+    ("vgg.c4_1", 4, 256, 28, 28, 512, 3, 1, 1),
+    ("vgg.c4_2", 4, 512, 28, 28, 512, 3, 1, 1),
+    ("vgg.c5", 4, 512, 14, 14, 512, 3, 1, 1),
 ]
+DEFAULT = [L for L in LAYERS if not L[0].startswith("vgg")]
 
 
 def _min_time(fn, reps: int, clock=time.perf_counter) -> float:
@@ -63,8 +75,9 @@ def _min_time(fn, reps: int, clock=time.perf_counter) -> float:
     return best
 
 
-def time_netdsl(layer, reps: int, clock=time.perf_counter) -> tuple[float, float]:
-    """(forward s, backward s) of netdsl's ConvCPU on this layer, by `clock`."""
+def time_netdsl(layer, reps: int, clock=time.perf_counter, algo: str = "") -> tuple[float, float]:
+    """(forward s, backward s) of netdsl's ConvCPU on this layer, by `clock`; algo: the
+    NETDSL_CONV_ALGO the layer is built under ("": as set in the environment)."""
     from netdsl.ops.conv import ConvCPU
 
     _, n, c, h, w, o, k, s, p = layer
@@ -76,7 +89,17 @@ def time_netdsl(layer, reps: int, clock=time.perf_counter) -> tuple[float, float
     y = np.empty((n, o, ho, wo), np.float32)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dw, db = np.empty_like(x), np.empty_like(wt), np.empty_like(b)
-    op = ConvCPU(n, c, h, w, o, k, k, (s, s), (p, p), (1, 1), 1, (ho, wo), True)
+    old = os.environ.get("NETDSL_CONV_ALGO")
+    if algo:
+        os.environ["NETDSL_CONV_ALGO"] = algo
+    try:
+        op = ConvCPU(n, c, h, w, o, k, k, (s, s), (p, p), (1, 1), 1, (ho, wo), True)
+    finally:
+        if old is None:
+            os.environ.pop("NETDSL_CONV_ALGO", None)
+        else:
+            os.environ["NETDSL_CONV_ALGO"] = old
+    op.reuse_forward_weights = True  # as the net's runner does: w is the forward's
     op.forward(x, wt, b, y)  # compile
     op.backward(dy, x, wt, dx, dw, db)
     fwd = _min_time(lambda: op.forward(x, wt, b, y), reps, clock)
@@ -84,8 +107,8 @@ def time_netdsl(layer, reps: int, clock=time.perf_counter) -> tuple[float, float
     return fwd, bwd
 
 
-def time_torch(layer, reps: int, threads: int) -> tuple[float, float]:
-    """(forward s, backward s) of torch.nn.Conv2d on this layer, in training mode."""
+def time_torch(layer, reps: int, threads: int, clock=time.perf_counter) -> tuple[float, float]:
+    """(forward s, backward s) of torch.nn.Conv2d on this layer, in training mode, by `clock`."""
     import torch
 
     torch.set_num_threads(threads)
@@ -105,8 +128,8 @@ def time_torch(layer, reps: int, threads: int) -> tuple[float, float]:
 
     fwd()
     step()
-    f = _min_time(fwd, reps)
-    return f, max(0.0, _min_time(step, reps) - f)
+    f = _min_time(fwd, reps, clock)
+    return f, max(0.0, _min_time(step, reps, clock) - f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,30 +138,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="calls per row; the minimum is shown")
     ap.add_argument("--torch", action="store_true", help="also time PyTorch (same threads)")
     ap.add_argument("--cpu", action="store_true",
-                    help="netdsl's process CPU time (all threads) instead of wall time: "
+                    help="process CPU time (all threads, both engines) instead of wall time: "
                          "steadier on a loaded machine, blind to idle workers")  # fmt: skip
+    ap.add_argument("--algo", default="",
+                    help="comma-separated NETDSL_CONV_ALGO values (gemm, winograd, auto) to "
+                         "time each layer under (default: the environment's)")  # fmt: skip
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
     prefixes = [p for p in args.only.split(",") if p]
-    layers = [L for L in LAYERS if not prefixes or any(L[0].startswith(p) for p in prefixes)]
+    layers = (
+        [L for L in LAYERS if any(L[0].startswith(p) for p in prefixes)] if prefixes else DEFAULT
+    )
+    algos = [a for a in args.algo.split(",") if a] or [""]
     import netdsl.ops.conv as conv_mod
 
     threads = conv_mod.num_threads()
     print(f"netdsl from {os.path.dirname(conv_mod.__file__)}, {threads} threads, "
           f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)  # fmt: skip
     rows = []
-    head = f"{'layer':16} {'fwd ms':>8} {'bwd ms':>8}"
+    head = f"{'layer':16} {'algo':8} {'fwd ms':>8} {'bwd ms':>8}"
     print(head + (f" {'torch fwd':>9} {'torch bwd':>9} {'ratio':>6}" if args.torch else ""))
+    clock = time.process_time if args.cpu else time.perf_counter
     for layer in layers:
-        f, b = time_netdsl(layer, args.reps, time.process_time if args.cpu else time.perf_counter)
-        row = {"layer": layer[0], "fwd_ms": f * 1e3, "bwd_ms": b * 1e3}
-        line = f"{layer[0]:16} {f * 1e3:8.2f} {b * 1e3:8.2f}"
-        if args.torch:
-            tf, tb = time_torch(layer, args.reps, threads)
-            row.update(torch_fwd_ms=tf * 1e3, torch_bwd_ms=tb * 1e3)
-            line += f" {tf * 1e3:9.2f} {tb * 1e3:9.2f} {(f + b) / (tf + tb):6.2f}"
-        print(line, flush=True)
-        rows.append(row)
+        tt = time_torch(layer, args.reps, threads, clock) if args.torch else None
+        for algo in algos:
+            f, b = time_netdsl(layer, args.reps, clock, algo)
+            row = {"layer": layer[0], "algo": algo or "env", "fwd_ms": f * 1e3, "bwd_ms": b * 1e3}
+            line = f"{layer[0]:16} {algo or 'env':8} {f * 1e3:8.2f} {b * 1e3:8.2f}"
+            if tt is not None:
+                tf, tb = tt
+                row.update(torch_fwd_ms=tf * 1e3, torch_bwd_ms=tb * 1e3)
+                line += f" {tf * 1e3:9.2f} {tb * 1e3:9.2f} {(f + b) / (tf + tb):6.2f}"
+            print(line, flush=True)
+            rows.append(row)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

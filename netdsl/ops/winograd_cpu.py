@@ -1,0 +1,462 @@
+"""Winograd F(2x2, 3x3) convolution on the CPU, for 3x3 stride-1 dilation-1 layers (used by
+netdsl.ops.conv.ConvCPU, see NETDSL_CONV_ALGO there): the forward pass, the data gradient and
+the weight gradient.
+
+Imported only when a ConvCPU picks it (numba at module level; `netdsl check` never gets here).
+
+Why: a 3x3 conv costs 9 multiply-adds per output pixel and input channel; F(2x2, 3x3) makes
+a 2x2 output tile from a 4x4 input tile with 16 multiplications, 2.25x fewer (1.7x at 7x7
+maps, whose 4x4 tiles overhang to 8x8). The multiplications are 16 independent GEMMs, one
+per element e of the 4x4 transformed tile:
+
+    V[e] (Ci, T) = (B^T d B)[e] of every input tile d (T tiles as columns)
+    U[e] (Co, Ci) = (G g G^T)[e] of every 3x3 filter g        (once per step)
+    M[e] (Co, T) = U[e] @ V[e]                                  (direct sgemm, conv_cpu.gemm)
+    y tile = A^T M A (2x2) + bias
+
+with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],
+[0,0,1]], A^T = [[1,1,1,0],[0,1,-1,-1]] (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2015).
+
+The data gradient of such a layer is the same kind of convolution of dy with the flipped,
+channel-transposed filters and top/left padding 2 - p. Flipping a filter permutes its
+transform: G J g J G^T = P (G g G^T) P^T with J the 3x3 reversal and P the swap of rows 0
+and 3 (G J = P G), so the data gradient's U[e] is the forward's U[perm(e)] transposed: the
+same U array serves both passes (a transposed sgemm), nothing is transformed again.
+
+The weight gradient is the transpose of the forward's chain (A^T (U . V) A is linear in U, U
+linear in g): dU[e] (Co, Ci) = sum over tiles of (A dY A^T)[e] (Co, T) @ V[e]^T (T, Ci), one
+GEMM per e accumulated chunk by chunk (beta = 1), then dg = G^T dU G. It is the exact
+gradient of what the forward computes (the same 2.25x fewer multiplications), not an
+approximation: tiles that overhang the output get dy = 0 there, as the forward drops them.
+
+Tiles are taken a whole tile row at a time: a worker owns the tile rows [r0, r1) of the
+batch (row r = image r // th, tile row r % th; th x tw tiles per image) and processes them
+in chunks of `rows` tile rows (tw columns each, across image boundaries at small maps, so
+the GEMMs have enough columns). Per chunk: the input transform into V, 16 (x groups) GEMMs
+into M, the output transform into y. Per worker, the workspaces V (16, Ci, cap), M (16, Co,
+cap), cap = rows * tw, and one padded 4-row strip of one input channel.
+
+geo = (ph, pw, th, tw, groups, vplane, mplane): top/left padding (any integer: output (i, j)
+reads input rows i - ph .. i - ph + 2), tiles per image, groups, and the strides between the
+16 planes of V and of M (see _plane).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from netdsl.ops.conv_cpu import gemm
+
+# index e = 4 * a + b of the transformed tile -> that of the flipped filter's (0 <-> 3 in a, b)
+FLIP = np.array([(3 - a if a in (0, 3) else a) * 4 + (3 - b if b in (0, 3) else b)
+                 for a in range(4) for b in range(4)], np.int64)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def transform_weights(w, u, o0, o1):
+    """u[:, o, :] = G w[o, c] G^T for o in [o0, o1); w (O, Cg, 3, 3), u (16, O, Cg).
+
+    One filter row o at a time into tmp (16, Cg), then 16 contiguous rows of u: writing
+    each filter's 16 values straight to u's 16 planes ran 2x slower (10 against 4.6 ms at
+    512 x 512 on a loaded machine; memory-bound: 9 MiB read, 17 MiB written).
+    """
+    cg = w.shape[1]
+    wf = w.reshape(-1)
+    tmp = np.empty((16, cg), np.float32)
+    h = np.float32(0.5)
+    for o in range(o0, o1):
+        for c in range(cg):
+            s = (o * cg + c) * 9  # flat offset of w[o, c, 0, 0]
+            g0, g1, g2 = wf[s], wf[s + 1], wf[s + 2]
+            g3, g4, g5 = wf[s + 3], wf[s + 4], wf[s + 5]
+            g6, g7, g8 = wf[s + 6], wf[s + 7], wf[s + 8]
+            # t = G g (4 rows of 3)
+            t10, t11, t12 = h * (g0 + g3 + g6), h * (g1 + g4 + g7), h * (g2 + g5 + g8)
+            t20, t21, t22 = h * (g0 - g3 + g6), h * (g1 - g4 + g7), h * (g2 - g5 + g8)
+            # u = t G^T, row by row: (t0, (t0 + t1 + t2) / 2, (t0 - t1 + t2) / 2, t2)
+            tmp[0, c], tmp[3, c] = g0, g2
+            tmp[1, c], tmp[2, c] = h * (g0 + g1 + g2), h * (g0 - g1 + g2)
+            tmp[4, c], tmp[7, c] = t10, t12
+            tmp[5, c], tmp[6, c] = h * (t10 + t11 + t12), h * (t10 - t11 + t12)
+            tmp[8, c], tmp[11, c] = t20, t22
+            tmp[9, c], tmp[10, c] = h * (t20 + t21 + t22), h * (t20 - t21 + t22)
+            tmp[12, c], tmp[15, c] = g6, g8
+            tmp[13, c], tmp[14, c] = h * (g6 + g7 + g8), h * (g6 - g7 + g8)
+        for e in range(16):
+            u[e, o, :] = tmp[e]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _input_transform(x, ra, rb, v, cap, strip, geo):
+    """v[e, c, (r - ra) * tw + tj] = (B^T d B)[e] of tile (r, tj) of channel c, r in [ra, rb)."""
+    ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
+    c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
+    xf, vf = x.reshape(-1), v.reshape(-1)
+    sw = 2 * tw + 2  # strip row length: input columns -pw .. 2 * tw + 1 - pw
+    plane = geo[5]  # stride of e in v
+    j0 = max(0, pw)  # strip columns holding input columns 0 .. w_in - 1: [j0, j1)
+    j1 = min(sw, w_in + pw)
+    for c in range(c_all):
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            base = (n * c_all + c) * h * w_in
+            for i in range(4):  # the strip: zero outside the input
+                iy = 2 * ti - ph + i
+                s = i * sw
+                if iy < 0 or iy >= h:
+                    for j in range(sw):
+                        strip[np.uint64(s + j)] = 0.0
+                    continue
+                for j in range(j0):
+                    strip[np.uint64(s + j)] = 0.0
+                src = base + iy * w_in - pw
+                for j in range(j0, j1):
+                    strip[np.uint64(s + j)] = xf[np.uint64(src + j)]
+                for j in range(j1, sw):
+                    strip[np.uint64(s + j)] = 0.0
+            # t = B^T d for the whole strip, in place, row by row (contiguous: vectorised)
+            for j in range(sw):
+                s0, s1 = strip[np.uint64(j)], strip[np.uint64(sw + j)]
+                s2, s3 = strip[np.uint64(2 * sw + j)], strip[np.uint64(3 * sw + j)]
+                strip[np.uint64(j)] = s0 - s2
+                strip[np.uint64(sw + j)] = s1 + s2
+                strip[np.uint64(2 * sw + j)] = s2 - s1
+                strip[np.uint64(3 * sw + j)] = s1 - s3
+            q0 = c * cap + (r - ra) * tw  # v offset of (e = 0, c, tile (r, 0))
+            p = np.uint64(plane)
+            for i in range(4):  # (t B) of row i: (t0 - t2, t1 + t2, t2 - t1, t1 - t3)
+                qi = np.uint64(q0) + np.uint64(4 * i) * p
+                si = i * sw
+                for tj in range(tw):
+                    k = np.uint64(si + 2 * tj)
+                    t0, t1, t2, t3 = strip[k], strip[k + 1], strip[k + 2], strip[k + 3]
+                    q = qi + np.uint64(tj)
+                    vf[q] = t0 - t2
+                    vf[q + p] = t1 + t2
+                    vf[q + 2 * p] = t2 - t1
+                    vf[q + 3 * p] = t1 - t3
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _output_transform(m, ra, rb, cap, y, b, geo):
+    """y[n, o, 2ti + a, 2tj + b] = (A^T M A)[a, b] + b[o] for the tiles of rows [ra, rb)
+    (entries past the output's edge dropped)."""
+    th, tw = geo[2], geo[3]
+    o_all, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    mf, yf = m.reshape(-1), y.reshape(-1)
+    plane = np.uint64(geo[6])  # stride of e in m
+    full = wo // 2  # tiles whose two columns are both inside (no test in their loop)
+    for o in range(o_all):
+        bo = b[o]
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat y offset of (n, o, 2ti, 0)
+            rows = min(2, ho - 2 * ti)
+            q0 = o * cap + (r - ra) * tw
+            if rows == 2:  # two loops: no test inside either
+                for tj in range(full):
+                    s0, s1, s2, s3, t0, t1, t2, t3 = _a_t_m(mf, np.uint64(q0 + tj), plane)
+                    d = np.uint64(y0 + 2 * tj)
+                    yf[d] = s0 + s1 + s2 + bo
+                    yf[d + 1] = s1 - s2 - s3 + bo
+                    yf[d + wo] = t0 + t1 + t2 + bo
+                    yf[d + wo + 1] = t1 - t2 - t3 + bo
+            else:
+                for tj in range(full):
+                    s0, s1, s2, s3, t0, t1, t2, t3 = _a_t_m(mf, np.uint64(q0 + tj), plane)
+                    d = np.uint64(y0 + 2 * tj)
+                    yf[d] = s0 + s1 + s2 + bo
+                    yf[d + 1] = s1 - s2 - s3 + bo
+            if full < tw:  # the last tile overhangs: its first column only
+                q = np.uint64(q0 + full)
+                s0, s1, s2, s3, t0, t1, t2, t3 = _a_t_m(mf, q, plane)
+                d = np.uint64(y0 + 2 * full)
+                yf[d] = s0 + s1 + s2 + bo
+                if rows == 2:
+                    yf[d + wo] = t0 + t1 + t2 + bo
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _a_t_m(mf, q, p):
+    """A^T M of the tile at q (planes p apart): its two rows of four."""
+    m0, m1, m2, m3 = mf[q], mf[q + p], mf[q + 2 * p], mf[q + 3 * p]
+    m4, m5, m6, m7 = mf[q + 4 * p], mf[q + 5 * p], mf[q + 6 * p], mf[q + 7 * p]
+    m8, m9, m10, m11 = mf[q + 8 * p], mf[q + 9 * p], mf[q + 10 * p], mf[q + 11 * p]
+    m12, m13, m14, m15 = mf[q + 12 * p], mf[q + 13 * p], mf[q + 14 * p], mf[q + 15 * p]
+    return (m0 + m4 + m8, m1 + m5 + m9, m2 + m6 + m10, m3 + m7 + m11,
+            m4 - m8 - m12, m5 - m9 - m13, m6 - m10 - m14, m7 - m11 - m15)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
+    """Worker: y = conv3x3(x) + b over the tile rows [r0, r1), `rows` tile rows per chunk.
+
+    x (N, Ci, H, W); y (N, Co, Ho, Wo) overwritten; b (Co,) (zeros: no bias); u (16, Co, Cig)
+    the transformed filters or, when tr, (16, Ci, Cog) those of the flipped conv whose data
+    gradient this is (read transposed at FLIP[e]); v (16, Ci, rows * tw), m (16, Co, rows *
+    tw), strip (4 * (2 * tw + 2),) workspaces.
+    """
+    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
+    c_all, o_all = x.shape[1], y.shape[1]
+    cig, cog = c_all // ng, o_all // ng
+    cap = rows * tw
+    uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
+    uplane = u.shape[1] * u.shape[2]
+    for ra in range(r0, r1, rows):
+        rb = min(r1, ra + rows)
+        cols = (rb - ra) * tw
+        _input_transform(x, ra, rb, v, cap, strip, geo)
+        for e in range(16):
+            for g in range(ng):
+                vo = e * vplane + g * cig * cap
+                mo = e * mplane + g * cog * cap
+                if tr:  # M[e] = U[FLIP[e]]^T @ V[e]: U's rows are this conv's input channels
+                    uo = FLIP[e] * uplane + g * cig * cog
+                    gemm(True, False, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
+                else:
+                    uo = e * uplane + g * cog * cig
+                    gemm(
+                        False, False, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap
+                    )
+        _output_transform(m, ra, rb, cap, y, b, geo)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _dy_transform(dy, ra, rb, m, cap, db, geo):
+    """m[e, o, (r - ra) * tw + tj] = (A dY A^T)[e] of the 2x2 tile (r, tj) of dy[:, o] (zero
+    past the output's edge), the adjoint of _output_transform; db[o] += the tiles' sums."""
+    th, tw = geo[2], geo[3]
+    o_all, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    mf, df = m.reshape(-1), dy.reshape(-1)
+    p = np.uint64(geo[6])  # stride of e in m
+    full = wo // 2
+    zero = np.float32(0.0)
+    for o in range(o_all):
+        acc = zero
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat dy offset of (n, o, 2ti, 0)
+            two = 2 * ti + 1 < ho
+            q0 = o * cap + (r - ra) * tw
+            for tj in range(tw):
+                d = np.uint64(y0 + 2 * tj)
+                a = df[d]
+                b = df[d + 1] if tj < full else zero
+                c = df[d + wo] if two else zero
+                e = df[d + wo + 1] if two and tj < full else zero
+                acc += a + b + c + e
+                # rows of A dY: (row0, row0 + row1, row0 - row1, -row1); then each row's
+                # (p, q) -> (p, p + q, p - q, -q)
+                q = np.uint64(q0 + tj)
+                for i in range(4):
+                    if i == 0:
+                        u, w = a, b
+                    elif i == 1:
+                        u, w = a + c, b + e
+                    elif i == 2:
+                        u, w = a - c, b - e
+                    else:
+                        u, w = -c, -e
+                    qi = q + np.uint64(4 * i) * p
+                    mf[qi] = u
+                    mf[qi + p] = u + w
+                    mf[qi + 2 * p] = u - w
+                    mf[qi + 3 * p] = -w
+        db[o] += acc
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
+    """Worker: du (16, O, Cig) = the weight gradient in the transformed domain summed over the
+    tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums.
+
+    dU[e] = sum over tiles of (A dY A^T)[e] (O, T) @ V[e]^T (T, Ci): the transpose of the
+    forward's chain, so G^T dU G is the exact gradient of the 3x3 filters. Workspaces as
+    conv_rows'.
+    """
+    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
+    c_all, o_all = x.shape[1], dy.shape[1]
+    cig, cog = c_all // ng, o_all // ng
+    cap = rows * tw
+    vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
+    duf[:] = 0.0
+    db[:] = 0.0
+    for ra in range(r0, r1, rows):
+        rb = min(r1, ra + rows)
+        cols = (rb - ra) * tw
+        _input_transform(x, ra, rb, v, cap, strip, geo)
+        _dy_transform(dy, ra, rb, m, cap, db, geo)
+        for e in range(16):
+            for g in range(ng):
+                vo = e * vplane + g * cig * cap
+                mo = e * mplane + g * cog * cap
+                uo = (e * o_all + g * cog) * cig
+                gemm(False, True, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def filter_gradient(du, dw, o0, o1):
+    """dw[o, c] = G^T (sum over workers t of du[t, :, o, c]) G (3x3) for o in [o0, o1);
+    du (T, 16, O, Cg) the workers' sums (added here, in order), dw (O, Cg, 3, 3)."""
+    nt, cg = du.shape[0], dw.shape[1]
+    h = np.float32(0.5)
+    acc = np.empty((16, cg), np.float32)
+    for o in range(o0, o1):
+        acc[:] = du[0, :, o, :]
+        for t in range(1, nt):
+            acc += du[t, :, o, :]
+        for c in range(cg):
+            for b in range(4):  # s = G^T du: rows (u0 + (u1 + u2) / 2, (u1 - u2) / 2, ...)
+                u0, u1, u2, u3 = acc[b, c], acc[4 + b, c], acc[8 + b, c], acc[12 + b, c]
+                s0 = u0 + h * (u1 + u2)
+                s1 = h * (u1 - u2)
+                s2 = h * (u1 + u2) + u3
+                if b == 0:
+                    a0, a1, a2 = s0, s1, s2
+                elif b == 1:
+                    b0, b1, b2 = s0, s1, s2
+                elif b == 2:
+                    c0, c1, c2 = s0, s1, s2
+                else:
+                    d0, d1, d2 = s0, s1, s2
+            # dw = s G, row by row: (s0 + (s1 + s2) / 2, (s1 - s2) / 2, (s1 + s2) / 2 + s3)
+            dw[o, c, 0, 0] = a0 + h * (b0 + c0)
+            dw[o, c, 0, 1] = h * (b0 - c0)
+            dw[o, c, 0, 2] = h * (b0 + c0) + d0
+            dw[o, c, 1, 0] = a1 + h * (b1 + c1)
+            dw[o, c, 1, 1] = h * (b1 - c1)
+            dw[o, c, 1, 2] = h * (b1 + c1) + d1
+            dw[o, c, 2, 0] = a2 + h * (b2 + c2)
+            dw[o, c, 2, 1] = h * (b2 - c2)
+            dw[o, c, 2, 2] = h * (b2 + c2) + d2
+
+
+def _plane(size: int) -> int:
+    """The stride between the 16 planes of V or M for `size` floats each: a multiple of 16
+    floats (64 bytes) whose count of 64-byte lines is odd, so that the 16 streams of a
+    transform fall into different L1 sets (planes a multiple of 4 KiB apart ran the input
+    transform 4x slower: 46 against 12 ns a tile at 56 px)."""
+    lines = -(-size // 16)
+    return 16 * (lines + 1 - lines % 2)
+
+
+class Winograd:
+    """The Winograd passes of one ConvCPU layer (3x3, stride 1, dilation 1), fixed shapes.
+
+    Workspaces are views of the layer's shared Scratch under conv_cpu's own keys (col, yw,
+    xpad: every pass rewrites what it reads, so the net's conv layers share one set), sized
+    by `tile_columns` (the target GEMM width, in tiles) under `block_bytes` for V and M.
+    The transformed filters u (16, O, Cg) are this layer's own array up to `keep_bytes`:
+    the forward fills it, the data gradient of the same step reuses it (backward_data's
+    `reuse`). Larger ones live in the shared Scratch (key wu) and are transformed again for
+    the data gradient: keeping all would add 16/9 of the 3x3 weights to the peak RSS (ResNet-18
+    67 MiB, 50 of it its 512-channel layers; VGG-16 105 MiB), to save a transform of 2-5 ms
+    a 512 x 512 layer.
+    """
+
+    def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
+                 groups: int, out_hw: tuple[int, int], scratch, workers,
+                 tile_columns: int, block_bytes: int, keep_bytes: int) -> None:  # fmt: skip
+        from netdsl.ops.conv import split
+
+        ho, wo = out_hw
+        self.workers, self.scratch = workers, scratch
+        self.u_shape = (16, o, c // groups)
+        self.keep = 4 * 16 * o * (c // groups) <= keep_bytes
+        self.u = (
+            np.empty(self.u_shape, np.float32) if self.keep else scratch.get("wu", self.u_shape)
+        )
+        self._u_of: object = None  # the w array u was computed from, while it is valid
+        nt = workers.n
+        self.passes = {}
+        # forward: x (c channels, h x w) -> y (o, ho x wo); data gradient: dy -> dx, the
+        # flipped filter reads rows i - (2 - ph) .. of dy
+        back = (2 - pad[0], 2 - pad[1])
+        for name, ci, co, geo_pad, hw_out in (
+            ("fwd", c, o, pad, out_hw),
+            ("bwd", o, c, back, (h, w)),
+        ):
+            th, tw = -(-hw_out[0] // 2), -(-hw_out[1] // 2)
+            fit = max(1, block_bytes // (4 * 16 * (ci + co) * tw))  # tile rows under the cap
+            rows = max(1, min(-(-n * th // nt), -(-tile_columns // tw), fit))
+            cap = rows * tw
+            vplane, mplane = _plane(ci * cap), _plane(co * cap)
+            shapes = {"col": (16 * vplane,), "yw": (16 * mplane,), "xpad": (4 * (2 * tw + 2),)}
+            if name == "fwd":  # the weight gradient's pass: its sums per worker
+                shapes.update(dbt=(o,))
+            for t in range(nt):  # size the shared buffers now
+                for k, shape in shapes.items():
+                    scratch.get(f"{k}{t}", shape)
+            geo = (*geo_pad, th, tw, groups, vplane, mplane)
+            self.passes[name] = (split(n * th, nt), rows, shapes, geo)
+        self.o_jobs = split(o, nt)
+        self.du_shape = (nt, 16, o, c // groups)  # each worker's transformed dw sums
+        scratch.get("wdu", self.du_shape)
+        self._views: dict[str, tuple[int, list]] = {}
+
+    def _ws(self, name: str) -> list[dict[str, np.ndarray]]:
+        """Each worker's workspaces of pass `name`, kept while the scratch buffers stay."""
+        got = self._views.get(name)
+        if got is None or got[0] != self.scratch.version:
+            shapes = self.passes[name][2]
+            views = [{k: self.scratch.get(f"{k}{t}", s) for k, s in shapes.items()}
+                     for t in range(self.workers.n)]  # fmt: skip
+            got = self._views[name] = (self.scratch.version, views)
+        return got[1]
+
+    def _transform(self, w: np.ndarray) -> None:
+        if not self.keep:  # a view of the shared buffer (it may have grown since)
+            self.u = self.scratch.get("wu", self.u_shape)
+        jobs = [(w, self.u, o0, o1) for o0, o1 in self.o_jobs if o1 > o0]
+        self.workers.run(transform_weights, jobs)
+        self._u_of = w if self.keep else None  # shared: other layers overwrite it
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
+        """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 3, 3)."""
+        self._transform(w)
+        jobs_r, rows, _, geo = self.passes["fwd"]
+        jobs = [(r0, r1, rows, False, x, self.u, b, y, ws["col"], ws["yw"], ws["xpad"], geo)
+                for (r0, r1), ws in zip(jobs_r, self._ws("fwd"), strict=True)]  # fmt: skip
+        self.workers.run(conv_rows, jobs)
+
+    def backward(
+        self,
+        dy: np.ndarray,
+        x: np.ndarray,
+        w: np.ndarray,
+        dx: np.ndarray | None,
+        dw: np.ndarray,
+        db: np.ndarray | None,
+        reuse: bool,
+        zeros: np.ndarray,
+    ) -> None:
+        """Overwrite dw, db (unless None) and dx (unless None) with the gradients; reuse and
+        zeros as backward_data's."""
+        jobs_r, rows, _, geo = self.passes["fwd"]
+        views = self._ws("fwd")
+        du = self.scratch.get("wdu", self.du_shape)
+        jobs = [(r0, r1, rows, x, dy, ws["col"], ws["yw"], ws["xpad"], du[t], ws["dbt"], geo)
+                for t, ((r0, r1), ws) in enumerate(zip(jobs_r, views, strict=True))]  # fmt: skip
+        self.workers.run(wgrad_rows, jobs)
+        dbt = views[0]["dbt"]
+        for ws in views[1:]:  # fixed order over workers
+            dbt += ws["dbt"]
+        self.workers.run(filter_gradient, [(du, dw, o0, o1) for o0, o1 in self.o_jobs if o1 > o0])
+        if db is not None:
+            np.copyto(db, dbt)
+        if dx is not None:
+            self.backward_data(dy, w, dx, reuse, zeros)
+
+    def backward_data(self, dy: np.ndarray, w: np.ndarray, dx: np.ndarray, reuse: bool,
+                      zeros: np.ndarray) -> None:  # fmt: skip
+        """dx = the data gradient of the conv for dy (overwritten). reuse: w is unchanged
+        since the last forward (the filters transformed there are used when it was this
+        same w array); zeros (C,) stands in for a bias."""
+        if not (reuse and self._u_of is w):
+            self._transform(w)
+        jobs_r, rows, _, geo = self.passes["bwd"]
+        jobs = [(r0, r1, rows, True, dy, self.u, zeros, dx, ws["col"], ws["yw"], ws["xpad"], geo)
+                for (r0, r1), ws in zip(jobs_r, self._ws("bwd"), strict=True)]  # fmt: skip
+        self.workers.run(conv_rows, jobs)
