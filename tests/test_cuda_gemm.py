@@ -115,13 +115,48 @@ def test_fc_kernels_match_the_reference(n, f, o):
 
 
 @pytest.mark.skipif(not simulator(), reason="the simulator picks small tiles; a GPU these")
-def test_the_gpu_128x128_tile_in_the_simulator(monkeypatch):
-    """The 256-thread 128 x 128 tile (8 x 8 per thread) once, on tiny shapes."""
-    tile = gemm_cuda.TILES[(128, 128)]
+@pytest.mark.parametrize("key,threads", [((128, 128), 256), ((64, 128), 128), ((64, 32), 64)])
+def test_the_gpu_tiles_in_the_simulator(monkeypatch, key, threads):
+    """The GPU's 128 x 128 tile (256 threads, 8 x 8 each), its 64-row tile (128 threads,
+    8 x 8) and its thin 64 x 32 (64 threads, 8 x 4) once each, on tiny shapes."""
+    tile = gemm_cuda.TILES[key]
     monkeypatch.setattr(cudakit, "pick_tile", lambda rows, cols: tile)
     op = run_conv(1, 2, 5, 5, 3, 3, 3, (2, 2), (1, 1), (1, 1), 1, act_kind="relu")
-    assert op._fwd.block == 256
+    assert op._fwd.block == threads == gemm_cuda.threads_of(tile)
     run_fc(2, 11, 3)
+
+
+def test_phases_without_taps_are_zero_filled_without_a_gemm():
+    """A 1x1 stride-2 conv: one data-gradient GEMM (the phase with the tap) and one zero fill
+    for the other three phases' pixels, which are exactly +0.0 (what an empty GEMM wrote)."""
+    n, c, h, w, o = 3, 3, 5, 5, 9
+    op = run_conv(n, c, h, w, o, 1, 1, (2, 2), (0, 0), (1, 1), 1)
+    assert len(op._bwd_data) == 1 and op._zero is not None
+    dy, x, wt = f32((n, o, 3, 3)), f32((n, c, h, w)), f32((o, c, 1, 1))
+    dx = empty((n, c, h, w))
+    op.backward(dev(dy), dev(x), dev(wt), dx, empty(wt.shape), None)
+    got = dx.copy_to_host()
+    hit = np.zeros((h, w), bool)
+    hit[::2, ::2] = True
+    assert not np.isnan(got).any()
+    assert (got[:, :, ~hit] == 0).all() and not np.signbit(got[:, :, ~hit]).any()
+    assert (got[:, :, hit] != 0).all()
+    # a layer whose every phase has a tap launches no fill
+    assert run_conv(*CONVS[0])._zero is None
+
+
+def test_weight_gradient_splits_cut_across_images(monkeypatch):
+    """Splits of the weight gradient's K that start and end inside an image (2 slices per
+    image of the 4 x 4 tile's BK 8 here, 3 per split) sum to the reference."""
+    monkeypatch.setattr(conv, "weight_splits", lambda slices, tiles, threads: (3, -(-slices // 3)))
+    op = run_conv(3, 2, 5, 4, 3, 2, 2, (1, 1), (0, 0), (1, 1), 1)
+    assert op.splits > 1 and op.chunk == 3
+
+
+def test_weight_splits_fill_the_gpu():
+    assert conv.weight_splits(128 * 6272, 1, 64) == (761, 1055)  # VGG conv1_1, 64 x 32 tile
+    assert conv.weight_splits(128 * 91, 6, 256) == (265, 44)  # 44 x 6 = 264 blocks of 256
+    assert conv.weight_splits(10, 1000, 256) == (10, 1)  # enough tiles: one split
 
 
 # --------------------------------------------------------------- index math of the real configs
@@ -198,6 +233,16 @@ def test_data_phases_cover_every_tap_once(geo):
     assert taps == kh * kw  # each tap belongs to exactly one phase
 
 
+def test_data_gradient_weights_padded_to_the_tile_rows():
+    """The permuted weights of each phase: (G, Cg padded to the data tile's BM, K padded to
+    BK), -1 (a zero) in the padding, so the kernel loads them without a bounds test."""
+    tabs = conv.conv_tables(6, 9, 9, 4, 2, 3, 3, (2, 2), (1, 1), (1, 1), (5, 5), (8, 8, 8), 8)
+    for p in tabs["phases"]:
+        idx = tabs["data_w"][p["wofs"] : p["wofs"] + 2 * 8 * p["kpp"]].reshape(2, 8, p["kpp"])
+        assert (idx[:, :3, : p["kp"]] >= 0).all()
+        assert (idx[:, 3:] == -1).all() and (idx[:, :, p["kp"] :] == -1).all()
+
+
 def test_weight_gradient_tables_pad_each_image_to_bk():
     tabs = conv.conv_tables(2, 7, 7, 3, 1, 3, 3, (2, 2), (1, 1), (1, 1), (4, 4), (8, 8, 8))
     off, dy, dx, present = gemm_cuda.unpack(tabs["w_b"])
@@ -206,7 +251,7 @@ def test_weight_gradient_tables_pad_each_image_to_bk():
     np.testing.assert_array_equal(dx[:4], [0, 2, 4, 6])
     np.testing.assert_array_equal(off[4:6], [14, 16])  # oy = 1: row 2 of the input
     tabs = conv.conv_tables(2, 5, 5, 3, 1, 3, 3, (2, 2), (1, 1), (1, 1), (3, 3), (8, 8, 8))
-    assert len(tabs["w_a"]) == 16 and gemm_cuda.unpack(tabs["w_a"])[3].sum() == 9
+    assert len(tabs["w_b"]) == 16 and gemm_cuda.unpack(tabs["w_b"])[3].sum() == 9
 
 
 def test_pack_round_trips_negative_offsets():
