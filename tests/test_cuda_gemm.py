@@ -148,7 +148,7 @@ def test_phases_without_taps_are_zero_filled_without_a_gemm():
 def test_weight_gradient_splits_cut_across_images(monkeypatch):
     """Splits of the weight gradient's K that start and end inside an image (2 slices per
     image of the 4 x 4 tile's BK 8 here, 3 per split) sum to the reference."""
-    monkeypatch.setattr(conv, "weight_splits", lambda slices, tiles, threads: (3, -(-slices // 3)))
+    monkeypatch.setattr(conv, "weight_splits", lambda slices, *_: (3, -(-slices // 3)))
     op = run_conv(3, 2, 5, 4, 3, 2, 2, (1, 1), (0, 0), (1, 1), 1)
     assert op.splits > 1 and op.chunk == 3
 
@@ -157,6 +157,7 @@ def test_weight_splits_fill_the_gpu():
     assert conv.weight_splits(128 * 6272, 1, 64) == (761, 1055)  # VGG conv1_1, 64 x 32 tile
     assert conv.weight_splits(128 * 91, 6, 256) == (265, 44)  # 44 x 6 = 264 blocks of 256
     assert conv.weight_splits(10, 1000, 256) == (10, 1)  # enough tiles: one split
+    assert conv.weight_splits(8 * 98, 1, 16, 98) == (98, 8)  # the simulator: whole images
 
 
 # --------------------------------------------------------------- index math of the real configs

@@ -671,12 +671,14 @@ def conv_tables(
     return out
 
 
-def weight_splits(slices: int, tiles: int, threads: int) -> tuple[int, int]:
+def weight_splits(slices: int, tiles: int, threads: int, unit: int = 1) -> tuple[int, int]:
     """(K slices per split, splits) of the weight gradient's `slices` (every image's Ho*Wo
     padded to BK): enough blocks of `threads` to fill the GPU, 264 blocks of 256 threads
-    (2 per SM on 132 SMs) or as many threads in smaller blocks, with `tiles` output tiles."""
+    (2 per SM on 132 SMs) or as many threads in smaller blocks, with `tiles` output tiles;
+    a split is a multiple of `unit` slices (the simulator: whole images, fewer blocks)."""
     want = -(-(264 * 256 // threads) // tiles)
     chunk = -(-slices // max(1, min(slices, want)))
+    chunk = -(-chunk // unit) * unit
     return chunk, -(-slices // chunk)
 
 
@@ -697,7 +699,7 @@ class ConvCUDA:
 
         from netdsl.ops import gemm_cuda
         from netdsl.ops.activation import LINEAR
-        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
+        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile, simulator
         from netdsl.ops.reduce_cuda import ChannelSumsCUDA
 
         if c % groups or o % groups:
@@ -716,8 +718,9 @@ class ConvCUDA:
         # weight gradient split over K (runs of slices, across images): enough blocks to fill
         # the GPU
         tiles = cdiv(kcols, t_w[1]) * cdiv(og, t_w[0]) * groups
-        chunk, self.splits = weight_splits(n * cdiv(ho * wo, t_w[2]), tiles,
-                                           gemm_cuda.threads_of(t_w))  # fmt: skip
+        spi = cdiv(ho * wo, t_w[2])  # K slices per image
+        chunk, self.splits = weight_splits(n * spi, tiles, gemm_cuda.threads_of(t_w),
+                                           spi if simulator() else 1)  # fmt: skip
         geo = tuple(int(v) for v in (n, c, h, w, o, groups, kh, kw, *stride, *pad, *dilation,
                                      ho, wo))  # fmt: skip
 
