@@ -156,6 +156,7 @@ def test_weight_gradient_splits_cut_across_images(monkeypatch):
 def test_weight_splits_fill_the_gpu():
     assert conv.weight_splits(128 * 6272, 1, 64) == (761, 1055)  # VGG conv1_1, 64 x 32 tile
     assert conv.weight_splits(128 * 91, 6, 256) == (265, 44)  # 44 x 6 = 264 blocks of 256
+    assert conv.weight_splits(128 * 91, 28, 256) == (1295, 9)  # 252 blocks: one wave, not 280
     assert conv.weight_splits(10, 1000, 256) == (10, 1)  # enough tiles: one split
     assert conv.weight_splits(8 * 98, 1, 16, 98) == (98, 8)  # the simulator: whole images
 

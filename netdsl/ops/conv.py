@@ -676,7 +676,7 @@ def weight_splits(slices: int, tiles: int, threads: int, unit: int = 1) -> tuple
     padded to BK): enough blocks of `threads` to fill the GPU, 264 blocks of 256 threads
     (2 per SM on 132 SMs) or as many threads in smaller blocks, with `tiles` output tiles;
     a split is a multiple of `unit` slices (the simulator: whole images, fewer blocks)."""
-    want = -(-(264 * 256 // threads) // tiles)
+    want = max(1, (264 * 256 // threads) // tiles)  # at most one full wave of blocks
     chunk = -(-slices // max(1, min(slices, want)))
     chunk = -(-chunk // unit) * unit
     return chunk, -(-slices // chunk)
