@@ -472,12 +472,15 @@ def _zero_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw
 @cuda.jit(cache=True)
 def zero_phases(dx):
     # dx (N, C, H, W): the pixels (iy, ix) whose phase q = ((iy + ph) % sh) * sw + (ix + pw)
-    # % sw has no tap are 0; the others are left to the phases' GEMMs
-    for e in range(cuda.grid(1), {n * c * h * wi}, cuda.gridsize(1)):
-        pix = e % {h * wi}
-        q = (((pix // {wi}) + {ph}) % {sh}) * {sw} + ((pix % {wi}) + {pw}) % {sw}
+    # % sw has no tap get 0, the others are left to the phases' GEMMs. grid.x covers one
+    # plane's pixels; the phase test is done once per pixel, then grid.y strides the planes
+    pix = int32(int32(cuda.blockIdx.x) * int32(cuda.blockDim.x) + int32(cuda.threadIdx.x))
+    if pix < {h * wi}:
+        iy = int32(pix // {wi})
+        q = int32(((iy + {ph}) % {sh}) * {sw} + ((pix - iy * {wi}) + {pw}) % {sw})
         if {hit}:
-            dx[e] = float32(0.0)
+            for plane in range(int32(cuda.blockIdx.y), {n * c}, int32(cuda.gridDim.y)):
+                dx[uint32(plane * {h * wi} + pix)] = float32(0.0)
 """
 
 
@@ -746,9 +749,10 @@ class ConvCUDA:
             if cols == 0:
                 continue  # no input pixel in this phase (an input smaller than the stride)
             if not p["taps"]:  # nothing reaches these pixels: zeros, no GEMM
-                if self._zero is None:
-                    blocks, block = grid_1d(n * c * h * w)
-                    self._zero = launch("zero_phases", blocks, t_d, block=block)
+                if self._zero is None:  # x: a plane's pixels; y: planes (strided)
+                    block = grid_1d(h * w)[1]
+                    grid = (cdiv(h * w, block), min(n * c, 4 if simulator() else 64))
+                    self._zero = launch("zero_phases", grid, t_d, block=block)
                 continue
             run = launch("conv_backward_data", (cdiv(cols, t_d[1]), cdiv(cg, t_d[0]), groups),
                          t_d, part=p["phase"])  # fmt: skip
