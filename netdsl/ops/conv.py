@@ -418,7 +418,8 @@ class ConvCPU:
 #               depend on the pixel, so each phase is a dense GEMM over only the taps that hit
 #               (a quarter of all taps at stride 2), one launch per phase;
 #   weight grad dw[o, k]     = sum_(n,p) dy[o, (n,p)] * col[k, (n,p)], split over S runs of
-#               whole images into a workspace, then summed in a fixed order (no atomics)
+#               K slices (pixels, across images) into a workspace, then summed in a fixed order
+#               (no atomics)
 # where col[k, (n,p)] is the input tap of filter element k for output pixel p of image n,
 # gathered straight from x (zero in the padding). What depends on k comes from a table
 # computed here, on the host, once per layer (gemm_cuda.pack: the element's offset and its
@@ -447,6 +448,7 @@ def _conv_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw
     kc, hw, howo = cg * kh * kw, h * wi, ho * wo
     npix = n * howo
     hwpad = G.padded(howo, bk)
+    spi = hwpad // bk  # the weight gradient's K slices per image
     fwd = G.Kernel(
         "conv_forward", "x, w, b, y, tab, has_bias, p0, p1", tile,
         G.Dense("w", True, kc, og, kc, base=f"g * {og * kc}"),
@@ -464,9 +466,9 @@ tbase = im * {c * hw} + g * {cg * hw} + y0 * {wi} + x0"""),
                "(grid z), N = the batch's output pixels, K = Cg*kh*kw; flat arrays"],
     )  # fmt: skip
     bwd_w = G.Kernel(
-        "conv_backward_weights", "dy, x, ws, ta, tb, ipb, splits", tile,
-        G.Gather("dy", "ta", True, 1, 1, ok=f"mn < {og}", istride=o * howo, setup=f"""
-tbase = (g * {og} + mn) * {howo}"""),
+        "conv_backward_weights", "dy, x, ws, tb, chunk, splits", tile,
+        # dy's rows: plain runs of Ho*Wo pixels per image (no table)
+        G.Dense("dy", True, howo, og, howo, base=f"g * {og * howo}", istride=o * howo),
         G.Gather("x", "tb", True, h, wi, ok=f"mn < {kc}", istride=c * hw, setup=f"""
 ci = mn // {kh * kw}
 y0 = ((mn % {kh * kw}) // {kw}) * {dh} - {ph}
@@ -474,9 +476,11 @@ x0 = (mn % {kw}) * {dw} - {pw}
 tbase = (g * {cg} + ci) * {hw} + y0 * {wi} + x0"""),
         G.Epilogue("ws", f"ro = sp * {o * kc} + (g * {og} + row) * {kc}\nrk = row < {og}",
                    f"co = col\nck = col < {kc}"),
-        G.Kloop(nk=f"min(ipb, {n} - sp * ipb) * {hwpad // bk}", wrap=hwpad, img0="sp * ipb"),
+        # split s: the K slices [s*chunk, (s+1)*chunk) of the batch's n * spi (spi per image)
+        G.Kloop(nk=f"min(chunk, {n * spi} - sp * chunk)", kt0=f"((sp * chunk) % {spi}) * {bk}",
+                wrap=hwpad, img0=f"(sp * chunk) // {spi}"),
         prologue="g = bz // splits\nsp = bz % splits",
-        notes=["dw partial sums ws (S, O, Cg*kh*kw) over the images [s*ipb, (s+1)*ipb): M = "
+        notes=["dw partial sums ws (S, O, Cg*kh*kw) over the K slices [s*chunk, (s+1)*chunk): M = "
                "output channels, N = filter elements, K = pixels (Ho*Wo padded to BK per image)"],
     )  # fmt: skip
     permute = """
@@ -487,7 +491,38 @@ def permute_weights(w, idx, wp):
         i = idx[e]
         wp[e] = w[i] if i >= 0 else float32(0.0)
 """
-    return G.module_text("conv", [fwd, bwd_w]) + permute
+    return (
+        G.module_text("conv", [fwd, bwd_w])
+        + permute
+        + _zero_text(n, c, h, wi, o, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+    )
+
+
+def _zero_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
+               sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, ho: int,
+               wo: int) -> str:  # fmt: skip
+    """zero_phases(dx): zeros at the input pixels of the data gradient's stride phases that
+    no tap reaches (a 1x1 stride-2 conv: 3 phases of 4), one launch instead of a GEMM per
+    such phase; "" when every phase with pixels has taps."""
+    phases = data_phases(h, wi, 1, kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo))
+    if not any(p["tp"] * p["up"] and not p["taps"] for p in phases):
+        return ""
+    # the phases with taps (at most kh*kw): a pixel of any other phase gets a zero
+    hit = " and ".join(f"q != {p['phase']}" for p in phases if p["taps"]) or "True"
+    return f"""
+@cuda.jit(cache=True)
+def zero_phases(dx):
+    # dx (N, C, H, W): the pixels (iy, ix) whose phase q = ((iy + ph) % sh) * sw + (ix + pw)
+    # % sw has no tap get 0, the others are left to the phases' GEMMs. grid.x covers one
+    # plane's pixels; the phase test is done once per pixel, then grid.y strides the planes
+    pix = int32(int32(cuda.blockIdx.x) * int32(cuda.blockDim.x) + int32(cuda.threadIdx.x))
+    if pix < {h * wi}:
+        iy = int32(pix // {wi})
+        q = int32(((iy + {ph}) % {sh}) * {sw} + ((pix - iy * {wi}) + {pw}) % {sw})
+        if {hit}:
+            for plane in range(int32(cuda.blockIdx.y), {n * c}, int32(cuda.gridDim.y)):
+                dx[uint32(plane * {h * wi} + pix)] = float32(0.0)
+"""
 
 
 def _conv_data_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int, kw: int,
@@ -500,14 +535,17 @@ def _conv_data_text(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: in
     bk = tile[2]
     cg, og = c // groups, o // groups
     hw, howo = h * wi, ho * wo
+    cgp = G.padded(cg, tile[0])  # the permuted weights' rows: every row a tile reads
     p = conv_tables(c, h, wi, o, groups, kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo),
-                    (bk, bk, bk))["phases"][part]  # fmt: skip
+                    (bk, bk, bk), tile[0])["phases"][part]  # fmt: skip
     kt0, kp, tp, up, iyf, ixf = p["kt0"], p["kp"], p["tp"], p["up"], p["iyf"], p["ixf"]
     wofs, kpp, cols = p["wofs"], p["kpp"], n * p["tp"] * p["up"]
     bwd_data = G.Kernel(
         "conv_backward_data", "dy, wp, dx, tb", tile,
-        # the phase's weights, permuted by permute_weights into (G, Cg, kpp) at wofs: A[ci, k]
-        G.Dense("wp", True, kpp, cg, kp + kt0, base=f"{wofs - kt0} + g * {kpp * cg}"),
+        # the phase's weights, permuted by permute_weights into (G, Cgp, kpp) at wofs: A[ci, k],
+        # zero in the padding rows and columns (no bounds test in the loop)
+        G.Dense("wp", True, kpp, cg, kp + kt0, base=f"{wofs - kt0} + g * {kpp * cgp}",
+                padded=True),
         G.Gather("dy", "tb", False, ho, wo, ok=f"mn < {cols}", setup=f"""
 im = mn // {tp * up}
 t = (mn % {tp * up}) // {up}
@@ -570,8 +608,8 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
     bk, tm, tn); activation `code`.
 
     `part` says which piece of the work a launch does: the data gradient's phase py*sw + px
-    (its own generated module, the phase's sizes folded in), the weight gradient's images per
-    split (for benchmarks/gpu_static.py; the same code for every split).
+    (its own generated module, the phase's sizes folded in), the weight gradient's K slices
+    per split (for benchmarks/gpu_static.py; the same code for every split).
     """
     from netdsl.ops.codegen import kernel_module
 
@@ -586,6 +624,7 @@ def _cuda_kernels(n: int, c: int, h: int, wi: int, o: int, groups: int, kh: int,
     sums = _cuda_reductions(o, (c // groups) * kh * kw)
     return _Kernels(data, conv_forward=mod.conv_forward, permute_weights=mod.permute_weights,
                     conv_backward_weights=mod.conv_backward_weights,
+                    zero_phases=getattr(mod, "zero_phases", None),
                     sum_splits=sums.sum_splits)  # fmt: skip
 
 
@@ -635,13 +674,15 @@ def conv_tables(
     dilation: Pair,
     out_hw: Pair,
     bk: tuple[int, int, int],
+    rows_d: int = 1,
 ) -> dict:
     """The host tables of the generated kernels (uint32 (K, 2), gemm_cuda.pack): forward
     `fwd`; backward data `data_b` (dy), the phases concatenated, each padded to its BK, with
     `phases` (data_phases plus kt0, kp, and wofs and kpp: where the phase's weights start in
     the permuted copy whose int32 source indices are `data_w`, -1 for zero); weight gradient
-    `w_a` (dy) and `w_b` (x) over one image's output pixels, padded to BK. bk: the BK of
-    the forward, data and weight tiles."""
+    `w_b` (x; dy needs no table) over one image's output pixels, padded to BK. bk: the BK of
+    the forward, data and weight tiles; rows_d: the data tile's BM, to which the permuted
+    weights' input channels are padded (with zeros), so that its loads need no bounds test."""
     from netdsl.ops import gemm_cuda as G
 
     (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
@@ -656,10 +697,10 @@ def conv_tables(
         size = G.padded(len(t), bk[1])
         oc, y, x, a, b = t.T
         tb.append(G.pack(oc * ho * wo + a * wo + b, a, b, size))
-        # weights of the phase, (G, Cg, size): w[g*og + oc, ci, ky, kx] at [g, ci, k]
-        idx = np.full((groups, cg, size), -1, np.int64)
+        # weights of the phase, (G, Cgp, size): w[g*og + oc, ci, ky, kx] at [g, ci, k]
+        idx = np.full((groups, G.padded(cg, rows_d), size), -1, np.int64)
         g_, ci_ = np.arange(groups)[:, None, None], np.arange(cg)[None, :, None]
-        idx[:, :, : len(t)] = (g_ * og + oc[None, None, :]) * kc + ci_ * kh * kw + y * kw + x
+        idx[:, :cg, : len(t)] = (g_ * og + oc[None, None, :]) * kc + ci_ * kh * kw + y * kw + x
         tw.append(idx.reshape(-1))
         p.update(kt0=kt, kp=len(t), wofs=wofs, kpp=size)
         kt += size
@@ -670,9 +711,19 @@ def conv_tables(
     pix = np.arange(ho * wo)
     oy, ox = pix // wo, pix % wo
     hwpad = G.padded(ho * wo, bk[2])
-    out["w_a"] = G.pack(pix, 0 * pix, 0 * pix, hwpad)
     out["w_b"] = G.pack(oy * sh * w + ox * sw, oy * sh, ox * sw, hwpad)
     return out
+
+
+def weight_splits(slices: int, tiles: int, threads: int, unit: int = 1) -> tuple[int, int]:
+    """(K slices per split, splits) of the weight gradient's `slices` (every image's Ho*Wo
+    padded to BK): enough blocks of `threads` to fill the GPU, 264 blocks of 256 threads
+    (2 per SM on 132 SMs) or as many threads in smaller blocks, with `tiles` output tiles;
+    a split is a multiple of `unit` slices (the simulator: whole images, fewer blocks)."""
+    want = max(1, (264 * 256 // threads) // tiles)  # at most one full wave of blocks
+    chunk = -(-slices // max(1, min(slices, want)))
+    chunk = -(-chunk // unit) * unit
+    return chunk, -(-slices // chunk)
 
 
 class ConvCUDA:
@@ -692,7 +743,7 @@ class ConvCUDA:
 
         from netdsl.ops import gemm_cuda
         from netdsl.ops.activation import LINEAR
-        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile
+        from netdsl.ops.cudakit import Launch, cdiv, grid_1d, pick_tile, simulator
         from netdsl.ops.reduce_cuda import ChannelSumsCUDA
 
         if c % groups or o % groups:
@@ -707,11 +758,13 @@ class ConvCUDA:
         widest = max((n * p["tp"] * p["up"] for p in phases), default=1)
         t_f, t_d, t_w = pick_tile(og, npix), pick_tile(cg, widest), pick_tile(og, kcols)
         tabs = conv_tables(c, h, w, o, groups, kh, kw, stride, pad, dilation, out_hw,
-                           (t_f[2], t_d[2], t_w[2]))  # fmt: skip
-        # weight gradient split over whole images: enough blocks to fill the GPU
+                           (t_f[2], t_d[2], t_w[2]), t_d[0])  # fmt: skip
+        # weight gradient split over K (runs of slices, across images): enough blocks to fill
+        # the GPU
         tiles = cdiv(kcols, t_w[1]) * cdiv(og, t_w[0]) * groups
-        ipb = cdiv(n, max(1, min(n, cdiv(264, tiles))))  # images per split
-        self.splits = cdiv(n, ipb)
+        spi = cdiv(ho * wo, t_w[2])  # K slices per image
+        chunk, self.splits = weight_splits(n * spi, tiles, gemm_cuda.threads_of(t_w),
+                                           spi if simulator() else 1)  # fmt: skip
         geo = tuple(int(v) for v in (n, c, h, w, o, groups, kh, kw, *stride, *pad, *dilation,
                                      ho, wo))  # fmt: skip
 
@@ -730,18 +783,25 @@ class ConvCUDA:
         self.wp = _cuda.device_array(len(tabs["data_w"]), np.float32)  # permuted weights
         blocks, block = grid_1d(len(tabs["data_w"]))
         self._permute = launch("permute_weights", blocks, t_d, block=block)
-        self._bwd_data = []  # a launch per phase
+        self._bwd_data = []  # a launch per phase with taps
+        self._zero = None  # one launch zeroing the pixels of the phases without a tap
         for p in tabs["phases"]:
             cols = n * p["tp"] * p["up"]
             if cols == 0:
                 continue  # no input pixel in this phase (an input smaller than the stride)
+            if not p["taps"]:  # nothing reaches these pixels: zeros, no GEMM
+                if self._zero is None:  # x: a plane's pixels; y: planes (strided)
+                    block = grid_1d(h * w)[1]
+                    grid = (cdiv(h * w, block), min(n * c, 4 if simulator() else 64))
+                    self._zero = launch("zero_phases", grid, t_d, block=block)
+                continue
             run = launch("conv_backward_data", (cdiv(cols, t_d[1]), cdiv(cg, t_d[0]), groups),
                          t_d, part=p["phase"])  # fmt: skip
             self._bwd_data.append(run)
-        self.tab_wa, self.tab_wb = dev(tabs["w_a"].reshape(-1)), dev(tabs["w_b"].reshape(-1))
+        self.tab_wb = dev(tabs["w_b"].reshape(-1))
         grid_w = (cdiv(kcols, t_w[1]), cdiv(og, t_w[0]), groups * self.splits)
-        self._bwd_w = launch("conv_backward_weights", grid_w, t_w, part=ipb)
-        self.ipb = ipb
+        self._bwd_w = launch("conv_backward_weights", grid_w, t_w, part=chunk)
+        self.chunk = chunk
         self.ws = _cuda.device_array(self.splits * o * kcols, np.float32)  # (S, O, Cg*kh*kw)
         blocks, block = grid_1d(o * kcols)
         self._sum = launch("sum_splits", blocks, t_w, block=block)
@@ -768,7 +828,9 @@ class ConvCUDA:
             self._permute(w.reshape(-1), self.perm, self.wp)
             for run in self._bwd_data:
                 run(dyf, self.wp, dxf, self.tab_db)
-        self._bwd_w(dyf, x.reshape(-1), self.ws, self.tab_wa, self.tab_wb, self.ipb, self.splits)
+            if self._zero is not None:
+                self._zero(dxf)
+        self._bwd_w(dyf, x.reshape(-1), self.ws, self.tab_wb, self.chunk, self.splits)
         self._sum(self.ws, dw.reshape(-1), self.mask, self.has_mask, self.splits)
         if db is not None:
             self._db(dy, db)

@@ -36,11 +36,11 @@ TILES = {
     (32, 32): (32, 32, 8, 2, 2),
     (32, 64): (32, 64, 8, 2, 4),
     (32, 128): (32, 128, 8, 2, 8),
-    (64, 32): (64, 32, 8, 4, 2),
+    (64, 32): (64, 32, 8, 8, 4),
     (64, 64): (64, 64, 8, 4, 4),
-    (64, 128): (64, 128, 8, 4, 8),
+    (64, 128): (64, 128, 8, 8, 8),
     (128, 32): (128, 32, 8, 8, 2),
-    (128, 64): (128, 64, 8, 8, 4),
+    (128, 64): (128, 64, 8, 8, 8),
     (128, 128): (128, 128, 8, 8, 8),
 }
 # The simulator runs every thread as a Python thread: 4 x 4 threads, tiles of 4 or 8. The
@@ -100,6 +100,9 @@ class Dense:
     rows: int
     kdim: int
     base: str = "0"
+    padded: bool = False  # every row and k the tile reads exists (zeros stored past the
+    # matrix, as the data gradient's permuted weights): loads without a bounds test
+    istride: int = 0  # with counters over images (Kloop.wrap): + img * istride, k per image
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ class Kernel:
     epi: Epilogue
     k: Kloop
     prologue: str = ""  # code before everything (block coordinates -> g, split, phase ...)
-    min_blocks: int = 2
+    min_blocks: int = 0  # resident blocks ptxas budgets for; 0: 512 threads per SM (below)
     notes: list[str] = field(default_factory=list)
 
 
@@ -204,7 +207,9 @@ def source(kernel: Kernel) -> str:
     ops = {"a": kernel.a, "b": kernel.b}
     L: list[str] = []
     add = L.append
-    add(f"@cuda.jit(**_options({nt}, {kernel.min_blocks}))")
+    # 512 resident threads per SM (16 warps) whatever the block size: a 128-register budget,
+    # the 64 accumulators of an 8 x 8 thread plus the prefetch and addresses
+    add(f"@cuda.jit(**_options({nt}, {kernel.min_blocks or max(1, 512 // nt)}))")
     add(f"def {kernel.name}({kernel.params}):")
     for note in kernel.notes:
         add(f"    # {note}")
@@ -228,7 +233,8 @@ def source(kernel: Kernel) -> str:
         add(f"    mn = int32({origin} + {p}mn)")
         if isinstance(op, Dense):
             # k bound of this thread: 0 for a padding row, so one compare per element
-            add(f"    {p}klim = int32({op.kdim} - {p}kq0 if mn < {op.rows} else 0)")
+            if not op.padded:
+                add(f"    {p}klim = int32({op.kdim} - {p}kq0 if mn < {op.rows} else 0)")
             if op.kfast:
                 add(f"    {p}base = int32({op.base} + mn * {op.ld} + {p}kq0)")
             else:
@@ -244,8 +250,7 @@ def source(kernel: Kernel) -> str:
             else:  # only the table says which k exist; a padding row's mask hides them all
                 add(f"    {p}y0 = uint32(0 if {op.ok} else {NO_TAP})")
         # where this thread's elements go in shared memory (buffer 0)
-        for j, q in enumerate(kq):
-            add(f"    {p}st{j} = int32(({p}kq0 + {q}) * {ld} + {p}mn)")
+        add(f"    {p}st = int32({p}kq0 * {ld} + {p}mn)")  # element j: + kq[j] * ld
         for j in range(per[p]):
             add(f"    {p}v{j} = float32(0.0)")
     add(f"    ra = int32(ty * {ga})")  # this thread's first row in As, first column in Bs
@@ -258,38 +263,52 @@ def source(kernel: Kernel) -> str:
         add(f"    img = int32({kernel.k.img0})")
 
     def loads(ind: int) -> list[str]:
+        # One 32-bit base per operand and slice; the elements' constant offsets are added
+        # outside uint32() (64-bit, no wrap-around to honour), so that they fold into the
+        # loads' immediate offsets: one address computation per slice, not per element.
         out = []
         for p, op in ops.items():
+            img = f" + img * {op.istride}" if kernel.k.wrap and op.istride else ""
+            if isinstance(op, Dense):
+                step = 1 if op.kfast else op.ld
+                out.append(f"{p}a = uint32({p}base + kt * {step}{img})" if step != 1
+                           else f"{p}a = uint32({p}base + kt{img})")  # fmt: skip
+                if not op.padded:  # k left to this thread (<= 0 for a padding row)
+                    out.append(f"{p}kr = int32({p}klim - kt)")
+                for j, q in enumerate(kqs[p]):
+                    addr = f"{p}a + {q * step}" if q else f"{p}a"
+                    if op.padded:
+                        out.append(f"{p}v{j} = {op.arr}[{addr}]")
+                    else:
+                        out.append(f"{p}v{j} = {op.arr}[{addr}] if {q} < {p}kr "
+                                   f"else float32(0.0)")  # fmt: skip
+                continue
+            out.append(f"{p}e = uint32(2 * ({p}kq0 + kt))")
+            out.append(f"{p}b = uint32({p}base{img})")
             for j, q in enumerate(kqs[p]):
-                if isinstance(op, Dense):
-                    k = f"kt + {q}" if q else "kt"
-                    off = f"kt * {op.ld if not op.kfast else 1}"
-                    stride = q if op.kfast else q * op.ld
-                    addr = f"{p}base + {off} + {stride}" if stride else f"{p}base + {off}"
-                    out.append(f"{p}v{j} = {op.arr}[uint32({addr})] if {k} < {p}klim "
-                               f"else float32(0.0)")  # fmt: skip
-                else:
-                    e = f"{p}kq0 + kt + {q}" if q else f"{p}kq0 + kt"
-                    img = f" + img * {op.istride}" if kernel.k.wrap and op.istride else ""
-                    out += [f"{p}e = uint32(2 * ({e}))", f"{p}o = int32({op.tab}[{p}e])"]
-                    if op.bounded:
-                        out += [f"{p}d = int32({op.tab}[{p}e + 1])",
-                                f"{p}ok = (uint32({p}y0 + (({p}d >> 16) & 0xFFFF)) < {op.ly}) & "
-                                f"(uint32({p}x0 + ({p}d & 0xFFFF)) < {op.lx})"]  # fmt: skip
-                    else:  # an absent entry's offset is NO_TAP (its offsets are never -1)
-                        out += [f"{p}ok = uint32({p}o | {p}y0) != {NO_TAP}"]
-                    out += [
-                            f"{p}v{j} = {op.arr}[uint32({p}base{img} + {p}o)] if {p}ok "
-                            "else float32(0.0)"]  # fmt: skip
+                e = f"{p}e + {2 * q}" if q else f"{p}e"
+                out.append(f"{p}o = int32({op.tab}[{e}])")
+                if op.bounded:
+                    out += [f"{p}d = int32({op.tab}[{p}e + {2 * q + 1}])",
+                            f"{p}ok = (uint32({p}y0 + (({p}d >> 16) & 0xFFFF)) < {op.ly}) & "
+                            f"(uint32({p}x0 + ({p}d & 0xFFFF)) < {op.lx})"]  # fmt: skip
+                else:  # an absent entry's offset is NO_TAP (its offsets are never -1)
+                    out += [f"{p}ok = uint32({p}o | {p}y0) != {NO_TAP}"]
+                out.append(f"{p}v{j} = {op.arr}[uint32({p}b + {p}o)] if {p}ok else float32(0.0)")
         return [" " * ind + s for s in out]
 
     def stores(ind: int, buf: str) -> list[str]:
+        # one shared address per operand (this thread's element 0 in buffer `buf`), the others
+        # at constant distances folded into the stores' immediates
         out = []
         for p in ops:
-            size = bk * (lda if p == "a" else ldb)
-            for j in range(per[p]):
-                dst = f"{p}st{j} + {buf} * {size}" if buf != "0" else f"{p}st{j}"
-                out.append(f"{'As' if p == 'a' else 'Bs'}[uint32({dst})] = {p}v{j}")
+            ld = lda if p == "a" else ldb
+            size = bk * ld
+            out.append(f"{p}sto = uint32({p}st + {buf} * {size})" if buf != "0"
+                       else f"{p}sto = uint32({p}st)")  # fmt: skip
+            for j, q in enumerate(kqs[p]):
+                dst = f"{p}sto + {q * ld}" if q else f"{p}sto"
+                out.append(f"{'As' if p == 'a' else 'Bs'}[{dst}] = {p}v{j}")
         return [" " * ind + s for s in out]
 
     def advance(ind: int) -> list[str]:
@@ -324,22 +343,26 @@ def source(kernel: Kernel) -> str:
     L.extend(advance(12))
     add("        cuda.syncthreads()")
     add("        cur = int32(cur ^ 1)")
-    # epilogue: rows ra + m0 + offsets, columns rb + n0 + offsets
+    # epilogue: rows ra + m0 + offsets, columns rb + n0 + offsets; one group of up to 4
+    # columns at a time (their offsets, then every row's stores), so that only that group's
+    # column offsets are live beside the accumulators, and each group frees its 8 x 4
     epi = kernel.epi
-    for j, off in enumerate(boff):
-        add(f"    col = int32(n0 + rb + {off})")
-        L.extend(_indent(epi.col, 4))
-        add(f"    co{j} = int32(co)")
-        add(f"    ck{j} = ck")
-    for i, off in enumerate(aoff):
-        add(f"    row = int32(m0 + ra + {off})")
-        L.extend(_indent(epi.row, 4))
-        add("    if rk:")
-        for j in range(tn):
-            add(f"        if ck{j}:")
-            add(f"            v = acc_{i}_{j}")
-            add(f"            col = int32(n0 + rb + {boff[j]})")
-            add(f"            {epi.out}[uint32(ro + co{j})] = {epi.value}")
+    for j0 in range(0, tn, gb):
+        group = range(j0, min(tn, j0 + gb))
+        for j in group:
+            add(f"    col = int32(n0 + rb + {boff[j]})")
+            L.extend(_indent(epi.col, 4))
+            add(f"    co{j} = int32(co)")
+            add(f"    ck{j} = ck")
+        for i, off in enumerate(aoff):
+            add(f"    row = int32(m0 + ra + {off})")
+            L.extend(_indent(epi.row, 4))
+            add("    if rk:")
+            for j in group:
+                add(f"        if ck{j}:")
+                add(f"            v = acc_{i}_{j}")
+                add(f"            col = int32(n0 + rb + {boff[j]})")
+                add(f"            {epi.out}[uint32(ro + co{j})] = {epi.value}")
     return "\n".join(L) + "\n"
 
 
