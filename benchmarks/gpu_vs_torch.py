@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,20 +383,27 @@ def main(argv: list[str] | None = None) -> int:
         # On a GPU the workers run one at a time, each timed alone, a plan's when its report
         # is next; a dry run's timings mean nothing, so all its workers (the simulator holds
         # one core each) are queued at once and run two at a time.
-        pool = ThreadPoolExecutor(2 if a.dry_run else 1)
+        pool = ThreadPoolExecutor(2) if a.dry_run else None
         try:
             for name, path in nets.items():
                 _bench_net(a, pool, name, path, batch, steps, torch_ok)
         finally:
-            pool.shutdown(cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     return 0
 
 
 def _bench_net(a, pool, name: str, path: str, batch: int, steps: int, torch_ok: bool) -> None:
-    """Run one net's workers (through `pool`) and print its report."""
+    """Run one net's workers and print its report: through `pool` (a dry run), else each
+    worker on the spot."""
 
-    def submit(engine, split, tf32=False, graphs=True):
-        return pool.submit(run_worker, engine, path, batch, steps, tf32, split, a.dry_run, graphs)
+    def submit(engine, split, tf32=False, graphs=True) -> Future:
+        args = (engine, path, batch, steps, tf32, split, a.dry_run, graphs)
+        if pool is not None:
+            return pool.submit(run_worker, *args)
+        done: Future = Future()
+        done.set_result(run_worker(*args))
+        return done
 
     def plan_jobs(i, split):
         nd = [submit("netdsl", split) for _ in range(a.runs)]
