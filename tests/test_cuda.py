@@ -538,9 +538,8 @@ train {
 
 
 def tiny_files(tmp_path, optim_spec):
-    """TINY with `optim_spec`, and its data: 2 batches to train on (2 steps an epoch, so a
-    run has a CUDA graph to replay and a resumed run crosses an epoch), 1 to test on; each
-    step costs seconds in the simulator."""
+    """TINY with `optim_spec` and its data: 2 batches to train on (2 steps an epoch), 1 to
+    test on; kept that small because each step takes seconds in the simulator."""
     (tmp_path / "tiny.net").write_text(TINY.replace("OPTIM", optim_spec))
     rng = np.random.default_rng(0)
     for name, n in (("tiny.npz", 16), ("test.npz", 8)):
