@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +143,7 @@ def worker(engine: str, net_path: str, batch: int, steps: int, tf32: bool, split
     k = net.loss.in_shapes[0][0]
     x = rng.standard_normal((batch, *net.input.out_shape)).astype(np.float32)
     y = rng.integers(0, k, batch)
-    warmup = 1 if dry else 5  # (in the simulator, compiling the net speeds up its barrier)
+    warmup = 0 if dry else 5  # (a dry run: every code path once, nothing to warm up)
     t_start = time.perf_counter()
     if engine == "netdsl":
         from netdsl.backends import compile_network
@@ -379,34 +380,62 @@ def main(argv: list[str] | None = None) -> int:
         torch_ok = have_torch(cuda_needed=not a.dry_run)
         if not torch_ok:
             print("PyTorch (with CUDA) not installed: netdsl timings only")
-        for name, path in nets.items():
-            gpus = declared_gpus(path)
-            plans = [(name, False)]  # (label, split)
-            if gpus > 1:
-                plans = {"both": [(name, True), (f"{name} as one column", False)],
-                         "declared": [(name, True)],
-                         "one": [(f"{name} as one column", False)]}[a.plan]  # fmt: skip
-            # PyTorch runs the net one way (its model has the layers' groups, no columns)
-            torch_runs: dict[bool, dict | None] = {False: None, True: None}
-            if torch_ok:
-                for tf32 in (False, True):
-                    torch_runs[tf32] = medians([run_worker("torch", path, batch, steps, tf32,
-                                                           False, a.dry_run)
-                                                for _ in range(a.runs)])  # fmt: skip
-            for i, (label, split) in enumerate(plans):
-                nd = medians([run_worker("netdsl", path, batch, steps, False, split, a.dry_run)
-                              for _ in range(a.runs)])  # fmt: skip
-                nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
-                eager = None  # (the dry run launches one by one once: the code path is the same)
-                if not (a.dry_run and i) and not a.no_eager:
-                    eager = run_worker("netdsl", path, batch, steps, False, split, a.dry_run, False)
-                if gpus > 1:
-                    print(f"{label}: " + (f"gpus {gpus} as the file declares ({nd['plan']}: "
-                                          f"{gpus} columns, logical GPUs sharing the GPUs here)"
-                                          if split else f"one column on one GPU ({nd['plan']}), "
-                                          "as PyTorch runs it"))  # fmt: skip
-                print("\n".join(report(label, nd, eager, torch_runs)))
+        # On a GPU the workers run one at a time, each timed alone, a plan's when its report
+        # is next; a dry run's timings mean nothing, so all its workers (the simulator holds
+        # one core each) are queued at once and run two at a time.
+        pool = ThreadPoolExecutor(2) if a.dry_run else None
+        try:
+            for name, path in nets.items():
+                _bench_net(a, pool, name, path, batch, steps, torch_ok)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     return 0
+
+
+def _bench_net(a, pool, name: str, path: str, batch: int, steps: int, torch_ok: bool) -> None:
+    """Run one net's workers and print its report: through `pool` (a dry run), else each
+    worker on the spot."""
+
+    def submit(engine, split, tf32=False, graphs=True) -> Future:
+        args = (engine, path, batch, steps, tf32, split, a.dry_run, graphs)
+        if pool is not None:
+            return pool.submit(run_worker, *args)
+        done: Future = Future()
+        done.set_result(run_worker(*args))
+        return done
+
+    def plan_jobs(i, split):
+        nd = [submit("netdsl", split) for _ in range(a.runs)]
+        eager = None  # (the dry run launches one by one once: the code path is the same)
+        if not (a.dry_run and i) and not a.no_eager:
+            eager = submit("netdsl", split, graphs=False)
+        return nd, eager
+
+    gpus = declared_gpus(path)
+    plans = [(name, False)]  # (label, split)
+    if gpus > 1:
+        plans = {"both": [(name, True), (f"{name} as one column", False)],
+                 "declared": [(name, True)],
+                 "one": [(f"{name} as one column", False)]}[a.plan]  # fmt: skip
+    # PyTorch runs the net one way (its model has the layers' groups, no columns)
+    torch_jobs = {tf32: [submit("torch", False, tf32) for _ in range(a.runs)]
+                  for tf32 in (False, True)} if torch_ok else {}  # fmt: skip
+    ahead = [plan_jobs(i, split) for i, (_, split) in enumerate(plans)] if a.dry_run else []
+    torch_runs: dict[bool, dict | None] = {False: None, True: None}
+    for tf32, jobs in torch_jobs.items():
+        torch_runs[tf32] = medians([j.result() for j in jobs])
+    for i, (label, split) in enumerate(plans):
+        nd_jobs, eager_job = ahead[i] if ahead else plan_jobs(i, split)
+        nd = medians([j.result() for j in nd_jobs])
+        nd["images_per_s"] = batch / (nd["step_ms"] / 1e3)
+        eager = eager_job.result() if eager_job else None
+        if gpus > 1:
+            print(f"{label}: " + (f"gpus {gpus} as the file declares ({nd['plan']}: "
+                                  f"{gpus} columns, logical GPUs sharing the GPUs here)"
+                                  if split else f"one column on one GPU ({nd['plan']}), "
+                                  "as PyTorch runs it"))  # fmt: skip
+        print("\n".join(report(label, nd, eager, torch_runs)))
 
 
 if __name__ == "__main__":
