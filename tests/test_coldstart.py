@@ -61,17 +61,26 @@ CHILD = textwrap.dedent("""\
 """)
 
 
-def run_train(tmp_path: Path, out: str) -> dict:
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
-               NETDSL_CACHE_DIR=str(tmp_path / "netdsl"), NUMBA_NUM_THREADS="1")  # fmt: skip
+def run_child(cmd: list[str], caches: Path, ahead: str | None = None) -> dict:
+    """Run a child process with its Numba and netdsl caches in `caches`, one worker thread,
+    NETDSL_COMPILE_AHEAD set to `ahead` (None: unset, as a user runs it: compile ahead where
+    it helps); returns the JSON report it prints last."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(caches / "numba"),
+               NETDSL_CACHE_DIR=str(caches / "netdsl"), NUMBA_NUM_THREADS="1")  # fmt: skip
     env.pop("NETDSL_DEBUG", None)
-    env.pop("NETDSL_COMPILE_AHEAD", None)  # as a user runs it: compile ahead where it helps
-    cmd = [sys.executable, "-c", CHILD, "train", str(tmp_path / "tiny.net"), "--data",
-           str(tmp_path / "tiny.npz"), "--validate", "4", "--out", str(tmp_path / out),
-           "--quiet"]  # fmt: skip
+    env.pop("NETDSL_COMPILE_AHEAD", None)
+    if ahead is not None:
+        env["NETDSL_COMPILE_AHEAD"] = ahead
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_train(tmp_path: Path, out: str) -> dict:
+    cmd = [sys.executable, "-c", CHILD, "train", str(tmp_path / "tiny.net"), "--data",
+           str(tmp_path / "tiny.npz"), "--validate", "4", "--out", str(tmp_path / out),
+           "--quiet"]  # fmt: skip
+    return run_child(cmd, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +181,8 @@ AHEAD_CHILD = textwrap.dedent("""\
 def run_ahead(tmp: Path, case: str, setting: str | None, caches: str) -> dict:
     """One process compiling the tiny net and taking three steps; `setting`: the value of
     NETDSL_COMPILE_AHEAD (None: unset); `caches`: the folder of its Numba and netdsl caches."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp / caches / "numba"),
-               NETDSL_CACHE_DIR=str(tmp / caches / "netdsl"), NUMBA_NUM_THREADS="1")  # fmt: skip
-    env.pop("NETDSL_DEBUG", None)
-    env.pop("NETDSL_COMPILE_AHEAD", None)
-    if setting is not None:
-        env["NETDSL_COMPILE_AHEAD"] = setting
-    cmd = [sys.executable, "-c", AHEAD_CHILD, case, str(tmp / "tiny.net")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child([sys.executable, "-c", AHEAD_CHILD, case, str(tmp / "tiny.net")],
+                     tmp / caches, setting)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
