@@ -237,13 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or bool(os.environ.get("NETDSL_DEBUG_TRACEBACK"))
     _printable_streams()
-    if any(a in KERNEL_COMMANDS for a in argv):  # before build_parser: it imports numpy
-        _one_blas_thread()  # (compile's --emit option), and then BLAS keeps its threads
+    if any(a in KERNEL_COMMANDS for a in argv):  # first thing: nothing may import numpy
+        _one_blas_thread()  # before it (OpenBLAS reads the setting once, on import)
     parser = build_parser()
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
-    if args.command in KERNEL_COMMANDS:
-        _one_blas_thread()
     try:
         return args.func(args)
     except NetdslError as e:

@@ -25,20 +25,6 @@ from typing import Any
 INDEX = "index.json"
 
 
-def add_emit_option(parser) -> None:
-    """Add --emit DIR to the `compile` parser; with it, `compile` emits instead of warming."""
-    parser.add_argument("--emit", metavar="DIR",
-                        help="write the plan's generated kernel source into DIR (with "
-                             "index.json: which layer uses which file) instead of warming "
-                             "the kernels; --device cuda needs no GPU")  # fmt: skip
-    warm = parser.get_default("func")
-
-    def run(args) -> int:
-        return cmd_emit(args) if args.emit else warm(args)
-
-    parser.set_defaults(func=run)
-
-
 def cmd_emit(args) -> int:
     """The --emit branch of `netdsl compile`."""
     from .. import load

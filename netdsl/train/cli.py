@@ -47,10 +47,11 @@ def add_commands(sub) -> None:
     c.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
     c.add_argument("--batch", type=positive_int, help="batch size (default: the file's)")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help=DEVICE_HELP)
+    c.add_argument("--emit", metavar="DIR",
+                   help="write the plan's generated kernel source into DIR (with index.json: "
+                        "which layer uses which file) instead of warming the kernels; "
+                        "--device cuda needs no GPU")  # fmt: skip
     c.set_defaults(func=cmd_compile)
-    from ..backends.emit import add_emit_option  # compile --emit DIR (backends/emit.py)
-
-    add_emit_option(c)
 
     t = sub.add_parser("train", help="train with the file's train section; flags override it")
     t.add_argument("file", metavar="FILE", type=path_arg, help="the .net file")
@@ -151,6 +152,10 @@ def add_commands(sub) -> None:
 
 
 def cmd_compile(args) -> int:
+    if args.emit:  # imported here: building the parser must not import numpy (BLAS threads)
+        from ..backends.emit import cmd_emit
+
+        return cmd_emit(args)
     import numpy as np
 
     from .. import load
