@@ -334,11 +334,19 @@ def lock_compiles() -> None:
         index = getattr(index, "_index_path", None)  # None: not cached (nothing to share)
         if index is None or tuple(sigutils.normalize_signature(sig)[0]) in self.overloads:
             return numba_compile(self, sig)
-        with global_compiler_lock, _file_lock(index + ".lock") as waited:
-            compile.wait_s += waited
-            return numba_compile(self, sig)
+        with global_compiler_lock:
+            if index in compile.held:  # this process holds it already (a nested compile)
+                return numba_compile(self, sig)
+            with _file_lock(index + ".lock") as waited:
+                compile.wait_s += waited
+                compile.held.add(index)
+                try:
+                    return numba_compile(self, sig)
+                finally:
+                    compile.held.discard(index)
 
-    compile.wait_s = 0.0
+    compile.wait_s = 0.0  # on the function: state of this patch, not of the module
+    compile.held = set()  # the lock files this process holds (flock is per open file)
     cls.compile = compile
     cls._netdsl_compile_locked = True
 
