@@ -77,25 +77,35 @@ class Ahead:
 
     def join(self, limit: float = JOIN_LIMIT_S) -> None:
         """Wait until the child has compiled the backward (or died, or `limit` s passed),
-        then end it: what it would compile next, the parent has compiled already."""
+        then end it: what it would compile next, the parent has compiled already, except
+        the optimizer's update, which it compiles right after; if it has not said that is
+        done, it is left to finish it during this process's backward (end_after_backward)."""
         if self.pid is None or self.exit is not None:
             return
         import select
 
         self.cpu_at_join = time.process_time()
         t0 = time.perf_counter()
+        words = b""
         try:
             ready, _, _ = select.select([self.done], [], [], limit)
-            # its CPU seconds: done; end of file: the child died first
-            word = os.read(self.done, 64) if ready else b""
-            if word.endswith(b"\n"):  # "<its CPU seconds> <seconds it waited for locks>"
-                cpu, wait = word.split()
+            # "<its CPU seconds> <seconds it waited for locks>\n": done; end of file: it died
+            words = os.read(self.done, 256) if ready else b""
+            lines = words.split(b"\n")
+            if len(lines) > 1:
+                cpu, wait = lines[0].split()
                 self.backward_done, self.child_cpu_s = True, float(cpu)
                 self.child_wait_s = float(wait)
         except (OSError, ValueError):
             pass
         self.waited_s = time.perf_counter() - t0
         self.parent_wait_s = compile_wait_s()
+        if not (self.backward_done and b"\nupdate\n" not in words):
+            self.kill()
+
+    def end_after_backward(self) -> None:
+        """End the child once this process's first backward is through (join left it to
+        compile the optimizer's update meanwhile; if it has not, this process will)."""
         self.kill()
 
     def two_core_estimate(self, cpu_now: float) -> float | None:
@@ -295,14 +305,17 @@ def _compile_in_child(cnet: Any, done: int) -> None:
                 cnet.accumulate_into(dst, scratch)
     # a child's CPU time starts at 0
     os.write(done, f"{time.process_time():.3f} {compile_wait_s():.3f}\n".encode())
-    # Then, until the parent ends it, what it needs later: the update `netdsl train` runs
-    # (after the signal: over VGG-16's 138 M parameters running it costs more than the
-    # parent's compiling it), then the forward from the last layer back.
+    # Then, until the parent ends it, what it needs later: the update `netdsl train` runs,
+    # compiled by a call on one-element views of the buffers (the same argument types; the
+    # kernel rejects the segments past the end before it writes anything: no pass over
+    # VGG-16's 138 M parameters and no first touch of a full-size state), then the forward
+    # from the last layer back.
     with contextlib.suppress(Exception):
         from .train.optimizer import Optimizer
 
-        opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, cnet.theta.size)
-        opt.step(cnet.theta, cnet.grad, float(cnet.net.train["optimizer"].get("lr", 0.01)))
+        opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, 1)
+        opt.step(cnet.theta[:1], cnet.grad[:1], float(cnet.net.train["optimizer"]["lr"]))
+    os.write(done, b"update\n")
     for r in reversed(cnet.runners):
         with contextlib.suppress(Exception):
             r.forward(True)
