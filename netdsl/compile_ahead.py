@@ -6,13 +6,15 @@ cache: every CPU kernel is ``cache=True`` in a real file (netdsl.ops and the gen
 modules of netdsl.ops.codegen), keyed by source and argument types.
 
 So once a CPU plan is bound, the process forks (the child shares the plan for free: the
-same runners, buffers and kernel signatures). The child runs the plan's backward, last layer
-first, says so through a pipe, and goes on with one optimizer update and the forward from
-the last layer back: each kernel it calls is compiled (or found) and saved into the cache;
-its numbers are thrown away. The parent meanwhile loads data and compiles its first forward
-(finding there what the child got to first); before its first backward it waits for the
-child's word, ends the child, and loads the backward kernels from the cache instead of
-compiling them.
+same runners, buffers and kernel signatures). The child runs the plan's backward (the
+layers without convolutions last layer first, then the convolutions first layer first: see
+_compile_in_child), says so through a pipe, compiles the optimizer's update and goes on with
+the forward from the last layer back: each kernel it calls is compiled (or found) and saved
+into the cache; its numbers are thrown away. The parent meanwhile initialises the weights,
+loads data and compiles its first forward (finding there what the child got to first);
+before its first backward it waits for the child's word and loads the backward kernels from
+the cache instead of compiling them. It ends the child then, or, if the child is still
+compiling the update, once its own backward is through.
 
 Safe by construction, and never needed for correctness:
 - The parent computes every number itself; a kernel the child did not leave in the cache
