@@ -298,8 +298,19 @@ def _compile_in_child(cnet: Any, done: int) -> None:
     whose backward shares code with forward kernels (convolutions) come last and first layer
     first, the order the parent's forward compiles that code in: this process then mostly
     finds it in the cache (lock_compiles), where the other order made the parent's forward
-    wait for this process's compiles (AlexNet: 4.7 s)."""
+    wait for this process's compiles (AlexNet: 4.7 s). Before all that, the forward of the
+    layers after the last convolution whose kind does not occur before it (fc, dropout, the
+    loss; not a last pool, whose kernel the parent compiles for the first pool): the parent
+    reaches them last and finds them compiled, and its share of the work (the forward's
+    compiles and the weights' initialisation), the longer one, gets shorter."""
     late = [r for r in cnet.runners if _shares_forward_code(r)]
+    if late:
+        cut = cnet.runners.index(late[-1]) + 1
+        seen = {type(r) for r in cnet.runners[:cut]}
+        for r in cnet.runners[cut:]:
+            if type(r) not in seen:
+                with contextlib.suppress(Exception):
+                    r.forward(True)
     for r in [r for r in reversed(cnet.runners) if r not in late] + late:
         with contextlib.suppress(Exception):
             r.backward()
