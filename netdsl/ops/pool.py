@@ -253,25 +253,42 @@ def _max_rest(xp, yp, ap, geo, h, w, hf, wf, i0, i1, j0, j1):
             ap[i, j] = at
 
 
+@kernel(inline="always")  # typed inside each caller (one separate module fewer to optimise)
+def _max2_tiles(xp, yp, ap, w, hf, wf):
+    """Outputs i < hf, j < wf of one plane of a 2x2 stride-2 unpadded max pool, whose
+    windows are whole: the max and the flat in-plane index of its first occurrence."""
+    for i in range(hf):
+        for j in range(wf):
+            a, b = xp[2 * i, 2 * j], xp[2 * i, 2 * j + 1]  # top row of the window
+            c, d = xp[2 * i + 1, 2 * j], xp[2 * i + 1, 2 * j + 1]  # bottom row
+            top, bot = max(a, b), max(c, d)
+            yp[i, j] = max(top, bot)
+            at_top = 2 * i * w + 2 * j + (1 if b > a else 0)  # first max of top row
+            at_bot = (2 * i + 1) * w + 2 * j + (1 if d > c else 0)
+            ap[i, j] = at_bot if bot > top else at_top
+
+
+@kernel(nogil=True, fastmath=True)
+def _max2_tiled_planes(p0, p1, x, y, arg):
+    """_max2_forward_planes where every output's window is whole (Ho <= H // 2 and
+    Wo <= W // 2: LeNet's and VGG's even maps): no edge code to compile."""
+    w = x.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
+    for pl in range(p0, p1):
+        _max2_tiles(x[pl], y[pl], arg[pl], w, ho, wo)
+
+
 @kernel(nogil=True, fastmath=True)
 def _max2_forward_planes(p0, p1, x, y, arg):
-    """y[p0:p1] = 2x2 stride-2 unpadded max pool of x[p0:p1] (LeNet, VGG), arg = flat
-    in-plane index of each first maximum; x (P, H, W), y (P, Ho, Wo), arg (P, Ho, Wo) int32.
-    No output of this window has a whole window the 3x3 code would take (_whole_part)."""
+    """y[p0:p1] = 2x2 stride-2 unpadded max pool of x[p0:p1] (odd sizes, ceil mode), arg =
+    flat in-plane index of each first maximum; x (P, H, W), y (P, Ho, Wo), arg (P, Ho, Wo)
+    int32. No output of this window has a whole window the 3x3 code would take."""
     h, w = x.shape[1], x.shape[2]
     ho, wo = y.shape[1], y.shape[2]
     hf, wf = min(ho, h // 2), min(wo, w // 2)  # fast_extent of this window
     for pl in range(p0, p1):
         xp, yp, ap = x[pl], y[pl], arg[pl]  # (H, W), (Ho, Wo), (Ho, Wo)
-        for i in range(hf):
-            for j in range(wf):
-                a, b = xp[2 * i, 2 * j], xp[2 * i, 2 * j + 1]  # top row of the window
-                c, d = xp[2 * i + 1, 2 * j], xp[2 * i + 1, 2 * j + 1]  # bottom row
-                top, bot = max(a, b), max(c, d)
-                yp[i, j] = max(top, bot)
-                at_top = 2 * i * w + 2 * j + (1 if b > a else 0)  # first max of top row
-                at_bot = (2 * i + 1) * w + 2 * j + (1 if d > c else 0)
-                ap[i, j] = at_bot if bot > top else at_top
+        _max2_tiles(xp, yp, ap, w, hf, wf)
         _max_rest(xp, yp, ap, (2, 2, 2, 2, 0, 0), h, w, hf, wf, 0, 0, 0, 0)
 
 
@@ -415,7 +432,8 @@ class PoolCPU:
         y3 = y.reshape(self.planes, y.shape[2], y.shape[3])  # (N*C, Ho, Wo) view
         if self.mode == 0 and self.geo == (2, 2, 2, 2, 0, 0):
             jobs = [(p0, p1, x3, y3, self.arg) for p0, p1 in self.jobs]
-            self.workers.run(_max2_forward_planes, jobs)
+            tiled = 2 * y.shape[2] <= x.shape[2] and 2 * y.shape[3] <= x.shape[3]
+            self.workers.run(_max2_tiled_planes if tiled else _max2_forward_planes, jobs)
         elif self.mode == 0:
             jobs = [(p0, p1, x3, y3, self.arg, self.geo) for p0, p1 in self.jobs]
             self.workers.run(_max_forward_planes, jobs)
