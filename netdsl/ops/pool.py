@@ -293,6 +293,16 @@ def _max2_forward_planes(p0, p1, x, y, arg):
 
 
 @kernel(nogil=True, fastmath=True)
+def _max_whole_planes(p0, p1, x, y, arg, geo):
+    """_max_forward_planes where every output's window lies inside the input (unpadded, in
+    floor mode: AlexNet's 3x3 stride-2 pools): whole-window rows only, no edge code."""
+    kh, kw, sh, sw, ph, pw = geo
+    ho, wo = y.shape[1], y.shape[2]
+    for pl in range(p0, p1):
+        _max_whole_rows(x[pl], y[pl], arg[pl], 0, ho, 0, wo, kh, kw, sh, sw, ph, pw)
+
+
+@kernel(nogil=True, fastmath=True)
 def _max_forward_planes(p0, p1, x, y, arg, geo):
     """y[p0:p1] = max pool of x[p0:p1] for any window but 2x2 stride-2 unpadded
     (_max2_forward_planes), arg = flat in-plane index of each first maximum.
@@ -395,6 +405,14 @@ def _avg_backward_planes(p0, p1, dy, dx, mode, geo):
                         dp[r, c] += g
 
 
+def _all_whole(geo: tuple, h: int, w: int, ho: int, wo: int) -> bool:
+    """Whether every output window lies inside the input, for more than one output (global
+    pooling takes the generic loop, as _whole_part decides)."""
+    kh, kw, sh, sw, ph, pw = geo
+    return (ph == 0 and pw == 0 and ho * wo > 1 and (ho - 1) * sh + kh <= h
+            and (wo - 1) * sw + kw <= w)  # fmt: skip
+
+
 class PoolCPU:
     """float32 pooling on the CPU for fixed shapes. Max keeps the argmax of the last forward."""
 
@@ -436,7 +454,8 @@ class PoolCPU:
             self.workers.run(_max2_tiled_planes if tiled else _max2_forward_planes, jobs)
         elif self.mode == 0:
             jobs = [(p0, p1, x3, y3, self.arg, self.geo) for p0, p1 in self.jobs]
-            self.workers.run(_max_forward_planes, jobs)
+            whole = _all_whole(self.geo, x.shape[2], x.shape[3], y.shape[2], y.shape[3])
+            self.workers.run(_max_whole_planes if whole else _max_forward_planes, jobs)
         else:
             jobs = [(p0, p1, x3, y3, self.mode, self.geo) for p0, p1 in self.jobs]
             self.workers.run(_avg_forward_planes, jobs)
