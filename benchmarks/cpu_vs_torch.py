@@ -22,8 +22,11 @@ step; medians of wall and CPU time. A cold netdsl start compiles on two cores (a
 compiles the backward kernels, netdsl/compile_ahead.py): its CPU column counts this process
 only, "+ helper" the helper's CPU, and "2 idle cores" what the start would take on two idle
 cores, from the CPU times of both (this process's CPU plus the time it would wait for the
-helper): the figure to compare while the machine is loaded. --in-process adds per round a
-cold start with the helper off (NETDSL_COMPILE_AHEAD=0), the "before".
+helper): the figure to compare while the machine is loaded. The two processes never compile
+one kernel twice: the second to need it waits for the first (a file lock) and loads it; those
+waits are wall time and count in the estimate as they are, so under load it errs long.
+--in-process adds per round a cold start with the helper off (NETDSL_COMPILE_AHEAD=0), the
+"before".
 
 Runs are not comparable while other programs use the CPU (they hurt the two engines
 unequally: PyTorch's spinning OpenMP threads suffer most), so before each run the CPU's
@@ -120,6 +123,11 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
                 helper_cpu_s=kids.ru_utime + kids.ru_stime,
                 waited_s=ahead.waited_s,
                 two_core_s=first_cpu if est is None else est,
+                # wall seconds each process waited for the other's compile of a shared kernel
+                lock_wait_s=[
+                    getattr(ahead, "parent_wait_s", 0.0),
+                    getattr(ahead, "child_wait_s", 0.0),
+                ],
             )
         return out
     # Warm up for 5 steps or 0.5 s, then time at least `steps` steps and 2 s: 20 steps of
@@ -246,6 +254,10 @@ def bench_startup(name: str, batch: int, runs: int, threads: int, in_process: bo
             rows[kind].append(r)
             helper = (f"; helper: {r['ahead']}, +{r['helper_cpu_s']:.2f} s CPU, 2 idle cores "
                       f"{r['two_core_s']:.2f} s" if "ahead" in r else "")  # fmt: skip
+            if any(r.get("lock_wait_s", ())):
+                helper += " (lock waits: this process {:.2f} s, helper {:.2f} s)".format(
+                    *r["lock_wait_s"]
+                )
             print(f"  {name} round {i + 1} {kind:5}: first step {r['first_s']:6.2f} s wall, "
                   f"{r['first_cpu_s']:6.2f} s CPU; {r['busy']:.2f} cores busy before "
                   f"(load {r['load1']:.2f}){helper}", flush=True)  # fmt: skip

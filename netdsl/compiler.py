@@ -388,6 +388,7 @@ class CompiledNet:
         self._backward()
         if self._ahead_pending:
             self._ahead_pending = False
+            self.ahead.end_after_backward()
             self.ahead.mark_warm()
 
     def _backward(self) -> None:

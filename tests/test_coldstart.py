@@ -109,6 +109,15 @@ def test_warm_start_compiles_nothing(two_starts):
     assert warm["kernel_sources"] and set(warm["kernel_sources"]) == {"reused"}
 
 
+def test_max_pooling_compiles_only_max_pooling_code(two_starts):
+    """pool.py's CPU kernels are one per mode and window kind: the tiny net's 2x2 stride-2
+    max pool on an even map compiles its own kernel, none of average pooling's, nor the 3x3
+    whole-window or edge code (all of it cost LeNet-5 over 2 s of its cold start)."""
+    cold, _ = two_starts
+    pool_misses = {m for m in cold["misses"] if "_planes" in m or "_whole" in m}
+    assert pool_misses == {"_max2_tiled_planes", "_max_backward_planes"}, pool_misses
+
+
 def test_train_imports_no_optional_packages(two_starts):
     for report in two_starts:
         assert report["heavy"] == [], f"netdsl train imported {report['heavy']}"
@@ -244,3 +253,61 @@ def test_no_helper_where_its_copied_pages_would_not_fit():
     assert compile_ahead._short_of_memory(plan(1 << 20)) is None
     why = compile_ahead._short_of_memory(plan(1 << 60))
     assert why is not None and why.startswith("short of memory")
+
+
+# Two processes that need the same kernel at the same moment (the parent's forward and the
+# helper's backward both call conv_cpu's fill_col and gemm): with lock_compiles one compiles
+# it and the other loads its code from the cache, whoever comes first.
+LOCK_CHILD = textwrap.dedent("""\
+    import json, os, sys
+    import numpy as np
+    from netdsl import compile_ahead
+    from netdsl.ops import pool
+    if sys.argv[1] == "locked":
+        compile_ahead.lock_numba_cache()
+        compile_ahead.lock_compiles()
+    kernel = pool._max_backward_planes
+    go_r, go_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.write(go_w, b"go")  # both call the kernel now
+    else:
+        os.read(go_r, 2)
+    dy, arg = np.ones((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.int32)
+    dx = np.zeros((1, 2, 2), np.float32)
+    kernel(0, 1, dy, arg, dx)
+    stats = kernel.dispatcher.stats
+    me = {"misses": sum(stats.cache_misses.values()), "hits": sum(stats.cache_hits.values()),
+          "dx": dx.ravel().tolist()}
+    if pid == 0:
+        os.write(out_w, json.dumps(me).encode())
+        os._exit(0)
+    os.close(out_w)
+    other = json.loads(os.read(out_r, 4096))
+    os.waitpid(pid, 0)
+    print(json.dumps([me, other]))
+""")
+
+
+@needs_fork
+def test_two_processes_compile_a_kernel_once(tmp_path):
+    """lock_compiles: of two processes calling one uncompiled kernel at once, exactly one
+    compiles it (a cache miss) and the other loads it (a hit); both compute the same."""
+    procs = run_child([sys.executable, "-c", LOCK_CHILD, "locked"], tmp_path / "caches")
+    assert sorted(p["misses"] for p in procs) == [0, 1], procs
+    assert sorted(p["hits"] for p in procs) == [0, 1], procs
+    assert procs[0]["dx"] == procs[1]["dx"] == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_compile_lock_waits_then_goes_on(tmp_path):
+    """_file_lock reports the seconds it waited; flock is per open file, so a second open
+    waits even in the same process (lock_compiles tracks what it holds for that), and after
+    its limit it goes on unlocked (a duplicate compile is only slower than a hang)."""
+    from netdsl import compile_ahead
+
+    path = str(tmp_path / "f.nbi.lock")
+    with compile_ahead._file_lock(path) as waited:
+        assert 0.0 <= waited < 1.0
+        with compile_ahead._file_lock(path, limit=0.2) as again:  # another open: it waits
+            assert again >= 0.2

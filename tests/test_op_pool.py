@@ -26,6 +26,8 @@ def out_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
 CASES = [
     ("2x2-fast", 2, 3, 6, 8, (2, 2), (2, 2), (0, 0), False),
     ("2x2-ceil-odd", 2, 3, 7, 5, (2, 2), (2, 2), (0, 0), True),
+    ("2x2-floor-odd", 1, 2, 7, 5, (2, 2), (2, 2), (0, 0), False),  # tiled, last row/col unread
+    ("3x3s2-all-whole", 2, 3, 9, 7, (3, 3), (2, 2), (0, 0), False),  # AlexNet's pools' kernel
     ("3x3s2-overlap-pad", 2, 2, 7, 6, (3, 3), (2, 2), (1, 1), False),
     ("3x3s2-ceil", 1, 2, 8, 7, (3, 3), (2, 2), (0, 1), True),
     ("asym-kernel", 2, 2, 7, 6, (3, 2), (1, 2), (1, 0), True),

@@ -842,6 +842,8 @@ class ConvCUDA:
 
 
 class ConvCPURunner(Runner):
+    shares_forward_kernels = True  # its backward compiles im2col and gemm too (compile_ahead)
+
     def __init__(self, layer, plan):
         super().__init__(layer, plan)
         a = layer.attrs

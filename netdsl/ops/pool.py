@@ -221,35 +221,122 @@ def _whole_part(geo, h, w, ho, wo, hf, mode):
     return i0, i1, j0, j1, use, scale
 
 
-@kernel(nogil=True, fastmath=True)
-def _pool_forward_planes(p0, p1, x, y, arg, mode, geo):
-    """y[p0:p1] = pool(x[p0:p1]); for max also arg = flat in-plane index of the first maximum.
+# One kernel per mode (max; avg and sum), each with only its own code: Numba types and
+# LLVM optimises every branch of a kernel whatever the arguments, so a kernel for all modes
+# made a max-pooling net compile the average-pool code too (0.6 s of LeNet-5's cold start;
+# the max backward alone is a scatter of a few lines).
 
-    x (P, H, W), y (P, Ho, Wo), arg (P, Ho, Wo) int32 (max only); mode: MODE_CODE.
+
+@kernel(inline="always")  # typed inside its one caller: only the caller in use compiles
+def _max_rest(xp, yp, ap, geo, h, w, hf, wf, i0, i1, j0, j1):
+    """The outputs of one plane that neither the 2x2 fast path (i < hf, j < wf) nor the
+    whole-window rows ([i0, i1) x [j0, j1)) covered, window by window."""
+    kh, kw, sh, sw, ph, pw = geo
+    ho, wo = yp.shape[0], yp.shape[1]
+    for i in range(ho):
+        r0, r1 = window_range(i, kh, sh, ph, h)
+        inner = i0 <= i < i1
+        for j in range(wf if i < hf else 0, wo):
+            if inner and j0 <= j < j1:
+                continue
+            c0, c1 = window_range(j, kw, sw, pw, w)
+            best, at = np.float32(0.0), -1  # stays (0, -1) for an empty window
+            if r0 < r1 and c0 < c1:
+                # start from the first tap so the inner loop has one compare
+                best, at = xp[r0, c0], r0 * w + c0
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        v = xp[r, c]
+                        if v > best:
+                            best, at = v, r * w + c
+            yp[i, j] = best
+            ap[i, j] = at
+
+
+@kernel(inline="always")  # typed inside each caller (one separate module fewer to optimise)
+def _max2_tiles(xp, yp, ap, w, hf, wf):
+    """Outputs i < hf, j < wf of one plane of a 2x2 stride-2 unpadded max pool, whose
+    windows are whole: the max and the flat in-plane index of its first occurrence."""
+    for i in range(hf):
+        for j in range(wf):
+            a, b = xp[2 * i, 2 * j], xp[2 * i, 2 * j + 1]  # top row of the window
+            c, d = xp[2 * i + 1, 2 * j], xp[2 * i + 1, 2 * j + 1]  # bottom row
+            top, bot = max(a, b), max(c, d)
+            yp[i, j] = max(top, bot)
+            at_top = 2 * i * w + 2 * j + (1 if b > a else 0)  # first max of top row
+            at_bot = (2 * i + 1) * w + 2 * j + (1 if d > c else 0)
+            ap[i, j] = at_bot if bot > top else at_top
+
+
+@kernel(nogil=True, fastmath=True)
+def _max2_tiled_planes(p0, p1, x, y, arg):
+    """_max2_forward_planes where every output's window is whole (Ho <= H // 2 and
+    Wo <= W // 2: LeNet's and VGG's even maps): no edge code to compile."""
+    w = x.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
+    for pl in range(p0, p1):
+        _max2_tiles(x[pl], y[pl], arg[pl], w, ho, wo)
+
+
+@kernel(nogil=True, fastmath=True)
+def _max2_forward_planes(p0, p1, x, y, arg):
+    """y[p0:p1] = 2x2 stride-2 unpadded max pool of x[p0:p1] (odd sizes, ceil mode), arg =
+    flat in-plane index of each first maximum; x (P, H, W), y (P, Ho, Wo), arg (P, Ho, Wo)
+    int32. No output of this window has a whole window the 3x3 code would take."""
+    h, w = x.shape[1], x.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
+    hf, wf = min(ho, h // 2), min(wo, w // 2)  # fast_extent of this window
+    for pl in range(p0, p1):
+        xp, yp, ap = x[pl], y[pl], arg[pl]  # (H, W), (Ho, Wo), (Ho, Wo)
+        _max2_tiles(xp, yp, ap, w, hf, wf)
+        _max_rest(xp, yp, ap, (2, 2, 2, 2, 0, 0), h, w, hf, wf, 0, 0, 0, 0)
+
+
+@kernel(nogil=True, fastmath=True)
+def _max_whole_planes(p0, p1, x, y, arg, geo):
+    """_max_forward_planes where every output's window lies inside the input (unpadded, in
+    floor mode: AlexNet's 3x3 stride-2 pools): whole-window rows only, no edge code."""
+    kh, kw, sh, sw, ph, pw = geo
+    ho, wo = y.shape[1], y.shape[2]
+    for pl in range(p0, p1):
+        _max_whole_rows(x[pl], y[pl], arg[pl], 0, ho, 0, wo, kh, kw, sh, sw, ph, pw)
+
+
+@kernel(nogil=True, fastmath=True)
+def _max_forward_planes(p0, p1, x, y, arg, geo):
+    """y[p0:p1] = max pool of x[p0:p1] for any window but 2x2 stride-2 unpadded
+    (_max2_forward_planes), arg = flat in-plane index of each first maximum.
+
+    x (P, H, W), y (P, Ho, Wo), arg (P, Ho, Wo) int32.
     """
+    kh, kw, sh, sw, ph, pw = geo
+    h, w = x.shape[1], x.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
+    i0, i1, j0, j1, whole, _ = _whole_part(geo, h, w, ho, wo, 0, 0)
+    for pl in range(p0, p1):
+        xp, yp, ap = x[pl], y[pl], arg[pl]  # (H, W), (Ho, Wo), (Ho, Wo)
+        if whole:  # the outputs with whole windows, tap by tap
+            _max_whole_rows(xp, yp, ap, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw)
+        _max_rest(xp, yp, ap, geo, h, w, 0, 0, i0, i1, j0, j1)
+
+
+@kernel(nogil=True, fastmath=True)
+def _avg_forward_planes(p0, p1, x, y, mode, geo):
+    """y[p0:p1] = average (mode 1) or sum (mode 2) pool of x[p0:p1]; x (P, H, W), y (P, Ho, Wo)."""
     kh, kw, sh, sw, ph, pw = geo
     h, w = x.shape[1], x.shape[2]
     ho, wo = y.shape[1], y.shape[2]
     hf, wf = fast_extent(geo, h, w, ho, wo)
     i0, i1, j0, j1, whole, scale = _whole_part(geo, h, w, ho, wo, hf, mode)
     for pl in range(p0, p1):
-        xp, yp, ap = x[pl], y[pl], arg[pl if mode == 0 else 0]  # (H, W), (Ho, Wo), (Ho, Wo)
+        xp, yp = x[pl], y[pl]  # (H, W), (Ho, Wo)
         for i in range(hf):
             for j in range(wf):
                 a, b = xp[2 * i, 2 * j], xp[2 * i, 2 * j + 1]  # top row of the window
                 c, d = xp[2 * i + 1, 2 * j], xp[2 * i + 1, 2 * j + 1]  # bottom row
-                if mode == 0:
-                    top, bot = max(a, b), max(c, d)
-                    yp[i, j] = max(top, bot)
-                    at_top = 2 * i * w + 2 * j + (1 if b > a else 0)  # first max of top row
-                    at_bot = (2 * i + 1) * w + 2 * j + (1 if d > c else 0)
-                    ap[i, j] = at_bot if bot > top else at_top
-                else:
-                    s = (a + b) + (c + d)
-                    yp[i, j] = s * np.float32(0.25) if mode == 1 else s
-        if whole and mode == 0:  # the outputs with whole windows, tap by tap
-            _max_whole_rows(xp, yp, ap, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw)
-        elif whole:
+                s = (a + b) + (c + d)
+                yp[i, j] = s * np.float32(0.25) if mode == 1 else s
+        if whole:
             _avg_whole_rows(xp, yp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale)
         for i in range(ho):
             r0, r1 = window_range(i, kh, sh, ph, h)
@@ -258,33 +345,34 @@ def _pool_forward_planes(p0, p1, x, y, arg, mode, geo):
                 if inner and j0 <= j < j1:
                     continue
                 c0, c1 = window_range(j, kw, sw, pw, w)
-                if mode == 0:
-                    best, at = np.float32(0.0), -1  # stays (0, -1) for an empty window
-                    if r0 < r1 and c0 < c1:
-                        # start from the first tap so the inner loop has one compare
-                        best, at = xp[r0, c0], r0 * w + c0
-                        for r in range(r0, r1):
-                            for c in range(c0, c1):
-                                v = xp[r, c]
-                                if v > best:
-                                    best, at = v, r * w + c
-                    yp[i, j] = best
-                    ap[i, j] = at
-                else:
-                    s = np.float32(0.0)
-                    for r in range(r0, r1):
-                        for c in range(c0, c1):
-                            s += xp[r, c]
-                    cnt = (r1 - r0) * (c1 - c0)  # taps inside the input
-                    yp[i, j] = s / np.float32(cnt) if mode == 1 and cnt > 0 else s
+                s = np.float32(0.0)
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        s += xp[r, c]
+                cnt = (r1 - r0) * (c1 - c0)  # taps inside the input
+                yp[i, j] = s / np.float32(cnt) if mode == 1 and cnt > 0 else s
 
 
 @kernel(nogil=True, fastmath=True)
-def _pool_backward_planes(p0, p1, dy, arg, dx, mode, geo):
-    """dx[p0:p1] = gradient of _pool_forward_planes (overwritten).
+def _max_backward_planes(p0, p1, dy, arg, dx):
+    """dx[p0:p1] = gradient of _max_forward_planes (overwritten): each dy to its argmax.
 
-    dy (P, Ho, Wo), arg (P, Ho, Wo) int32 from the forward (max only), dx (P, H, W).
+    dy (P, Ho, Wo), arg (P, Ho, Wo) int32 from the forward, dx (P, H, W).
     """
+    ho, wo = dy.shape[1], dy.shape[2]
+    for pl in range(p0, p1):
+        gp, dp = dy[pl], dx[pl]  # (Ho, Wo), (H, W)
+        dp[:] = 0.0
+        ap, df = arg[pl], dp.reshape(-1)  # (Ho, Wo), (H*W,) flat view of the plane
+        for i in range(ho):
+            for j in range(wo):
+                if ap[i, j] >= 0:
+                    df[ap[i, j]] += gp[i, j]
+
+
+@kernel(nogil=True, fastmath=True)
+def _avg_backward_planes(p0, p1, dy, dx, mode, geo):
+    """dx[p0:p1] = gradient of _avg_forward_planes (overwritten); dy (P, Ho, Wo), dx (P, H, W)."""
     kh, kw, sh, sw, ph, pw = geo
     h, w = dx.shape[1], dx.shape[2]
     ho, wo = dy.shape[1], dy.shape[2]
@@ -293,13 +381,6 @@ def _pool_backward_planes(p0, p1, dy, arg, dx, mode, geo):
     for pl in range(p0, p1):
         gp, dp = dy[pl], dx[pl]  # (Ho, Wo), (H, W)
         dp[:] = 0.0
-        if mode == 0:
-            ap, df = arg[pl], dp.reshape(-1)  # (Ho, Wo), (H*W,) flat view of the plane
-            for i in range(ho):
-                for j in range(wo):
-                    if ap[i, j] >= 0:
-                        df[ap[i, j]] += gp[i, j]
-            continue
         for i in range(hf):
             for j in range(wf):
                 g = gp[i, j] * np.float32(0.25) if mode == 1 else gp[i, j]
@@ -322,6 +403,14 @@ def _pool_backward_planes(p0, p1, dy, arg, dx, mode, geo):
                 for r in range(r0, r1):
                     for c in range(c0, c1):
                         dp[r, c] += g
+
+
+def _all_whole(geo: tuple, h: int, w: int, ho: int, wo: int) -> bool:
+    """Whether every output window lies inside the input, for more than one output (global
+    pooling takes the generic loop, as _whole_part decides)."""
+    kh, kw, sh, sw, ph, pw = geo
+    return (ph == 0 and pw == 0 and ho * wo > 1 and (ho - 1) * sh + kh <= h
+            and (wo - 1) * sw + kw <= w)  # fmt: skip
 
 
 class PoolCPU:
@@ -359,8 +448,17 @@ class PoolCPU:
         """y = pool(x); max pooling also records its argmax for the next backward."""
         x3 = x.reshape(self.planes, x.shape[2], x.shape[3])  # (N*C, H, W) view
         y3 = y.reshape(self.planes, y.shape[2], y.shape[3])  # (N*C, Ho, Wo) view
-        jobs = [(p0, p1, x3, y3, self.arg, self.mode, self.geo) for p0, p1 in self.jobs]
-        self.workers.run(_pool_forward_planes, jobs)
+        if self.mode == 0 and self.geo == (2, 2, 2, 2, 0, 0):
+            jobs = [(p0, p1, x3, y3, self.arg) for p0, p1 in self.jobs]
+            tiled = 2 * y.shape[2] <= x.shape[2] and 2 * y.shape[3] <= x.shape[3]
+            self.workers.run(_max2_tiled_planes if tiled else _max2_forward_planes, jobs)
+        elif self.mode == 0:
+            jobs = [(p0, p1, x3, y3, self.arg, self.geo) for p0, p1 in self.jobs]
+            whole = _all_whole(self.geo, x.shape[2], x.shape[3], y.shape[2], y.shape[3])
+            self.workers.run(_max_whole_planes if whole else _max_forward_planes, jobs)
+        else:
+            jobs = [(p0, p1, x3, y3, self.mode, self.geo) for p0, p1 in self.jobs]
+            self.workers.run(_avg_forward_planes, jobs)
 
     def backward(
         self,
@@ -372,8 +470,12 @@ class PoolCPU:
             return
         dy3 = dy.reshape(self.planes, dy.shape[2], dy.shape[3])  # (N*C, Ho, Wo) view
         dx3 = dx.reshape(self.planes, dx.shape[2], dx.shape[3])  # (N*C, H, W) view
-        jobs = [(p0, p1, dy3, self.arg, dx3, self.mode, self.geo) for p0, p1 in self.jobs]
-        self.workers.run(_pool_backward_planes, jobs)
+        if self.mode == 0:
+            jobs = [(p0, p1, dy3, self.arg, dx3) for p0, p1 in self.jobs]
+            self.workers.run(_max_backward_planes, jobs)
+        else:
+            jobs = [(p0, p1, dy3, dx3, self.mode, self.geo) for p0, p1 in self.jobs]
+            self.workers.run(_avg_backward_planes, jobs)
 
 
 # ---- CUDA kernels

@@ -84,8 +84,9 @@ def transform_weights(w, u, o0, o1):
             tmp[9, c], tmp[10, c] = h * (t20 + t21 + t22), h * (t20 - t21 + t22)
             tmp[12, c], tmp[15, c] = g6, g8
             tmp[13, c], tmp[14, c] = h * (g6 + g7 + g8), h * (g6 - g7 + g8)
-        for e in range(16):
-            u[e, o, :] = tmp[e]
+        for e in range(16):  # element loops: an array-to-slice copy compiles Numba's
+            for c in range(cg):  # shape-mismatch message (its string code, ~1 s cold)
+                u[e, o, c] = tmp[e, c]
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -304,9 +305,13 @@ def filter_gradient(du, dw, o0, o1):
     h = np.float32(0.5)
     acc = np.empty((16, cg), np.float32)
     for o in range(o0, o1):
-        acc[:] = du[0, :, o, :]
+        for e in range(16):  # element loops, not slices: see transform_weights
+            for c in range(cg):
+                acc[e, c] = du[0, e, o, c]
         for t in range(1, nt):
-            acc += du[t, :, o, :]
+            for e in range(16):
+                for c in range(cg):
+                    acc[e, c] += du[t, e, o, c]
         for c in range(cg):
             for b in range(4):  # s = G^T du: rows (u0 + (u1 + u2) / 2, (u1 - u2) / 2, ...)
                 u0, u1, u2, u3 = acc[b, c], acc[4 + b, c], acc[8 + b, c], acc[12 + b, c]
