@@ -192,8 +192,11 @@ BLOCK_BYTES = 8 << 20
 SMALL_GEMM = 1_000_000
 # The weight gradient is accumulated transposed, (K, Og), below this many output channels
 # per group and from 64 rows K on (see conv_cpu.backward_images; at Og 6, K 25 the plain
-# product ran 1.2x faster).
-TRANSPOSED_DW_OG = 256
+# product ran 1.2x faster). Measured on 1 thread (backward without dx, CPU time): transposed
+# 1.2-1.8x faster at Og 16 and 32 (LeNet c3, cifar10 conv2), slower from Og 64 on, where the
+# transposed copy of dy costs more than the GEMM saves (ResNet-18's stem 42 against 33 ms,
+# AlexNet conv1 (Og 96) 53 against 50 ms, 1x1 64 -> 128 stride 2 2.2 against 1.7 ms).
+TRANSPOSED_DW_OG = 64
 # The wide layout (stride 1; see conv_cpu) computes (Wp - Wo) garbage columns per output row
 # to copy contiguous runs instead of gathering: worth it while Og * (Wp - Wo) <= this * Wo.
 WIDE_MAX = 16

@@ -200,6 +200,14 @@ def forward_images(n0, n1, bs, direct, x, w3, b, y, col, yt, xpad, geo):
                 continue
             for i in range(m):
                 fill_col(x, nb + i, g * cg, xpad, col, i * npix, geo)
+            if m == 1 and not geo[10]:  # one image, columns in y's order: the GEMM writes y
+                yo = (nb * o_all + g * og) * hw  # flat y offset of y[nb, g*og]
+                gemm(False, False, og, hw, kk, wg, kk, col.reshape(-1), pitch, 0.0, yf[yo:], hw)
+                for o in range(og):
+                    bo = b[g * og + o]
+                    for q in range(hw):
+                        yf[np.uint64(yo + o * hw + q)] += bo
+                continue
             gemm(False, False, og, m * npix, kk, wg, kk, col.reshape(-1), pitch, 0.0, ytf, pitch)
             for i in range(m):
                 for o in range(og):
@@ -254,6 +262,14 @@ def backward_images(n0, n1, bs, direct, tr, dy, x, w3, dx, want_dx, col, dyt, dy
                     gemm(False, True, og, kk, hw, dyf[do:], hw, xf[xo:], hw, 1.0, dwg, kk)
                     if want_dx:
                         gemm(True, False, kk, hw, og, wg, kk, dyf[do:], hw, 0.0, dxf[xo:], hw)
+                continue
+            if m == 1 and not geo[10] and not tr:  # dy[nb, group] is the block's dyt itself
+                do = (nb * o_all + g * og) * hw  # flat dy offset of dy[nb, g*og]
+                fill_col(x, nb, g * cg, xpad, col, 0, geo)
+                gemm(False, True, og, kk, hw, dyf[do:], hw, colf, pitch, 1.0, dwg, kk)
+                if want_dx:
+                    gemm(True, False, kk, hw, og, wg, kk, dyf[do:], hw, 0.0, colf, pitch)
+                    add_col(col, 0, dx, nb, g * cg, dxpad, geo)
                 continue
             for i in range(m):
                 for o in range(og):
