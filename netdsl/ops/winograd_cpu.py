@@ -37,6 +37,12 @@ the GEMMs have enough columns). Per chunk: the input transform into V, 16 (x gro
 into M, the output transform into y. Per worker, the workspaces V (16, Ci, cap), M (16, Co,
 cap), cap = rows * tw, and one padded 4-row strip of one input channel.
 
+The weight gradient on several workers is split by tiles as above (each worker its own
+(16, O, Cg) sums, added by filter_gradient) or, where those sums outweigh the batch's tiles
+in V and M (512 channels at 7 px, batch 8: 16.7 MiB a worker), by planes: the team
+transforms a chunk of tile rows into one shared V and M (wgrad_transform), then each worker
+multiplies its share of the 16 planes into one set of sums (wgrad_planes).
+
 geo = (ph, pw, th, tw, groups, vplane, mplane): top/left padding (any integer: output (i, j)
 reads input rows i - ph .. i - ph + 2), tiles per image, groups, and the strides between the
 16 planes of V and of M (see _plane).
