@@ -200,8 +200,11 @@ TRANSPOSED_DW_OG = 64
 # The wide layout (stride 1; see conv_cpu) computes (Wp - Wo) garbage columns per output row
 # to copy contiguous runs instead of gathering: worth it while Og * (Wp - Wo) <= this * Wo.
 WIDE_MAX = 16
-# Winograd (3x3 stride 1, see ConvCPU): tiles (2x2 outputs) per GEMM column block ...
-WINO_TILE_COLUMNS = 256
+# Winograd (3x3 stride 1, see ConvCPU): tiles (2x2 outputs) per GEMM column block (at 64
+# channels 192 ran forward + backward 12-15% faster than 256: ResNet-18's layer1 at 56 px
+# (7 tile rows of 28 against 10) and VGG-16's conv1_2 at 224 px (2 of 112 against 3); level
+# at 128-512 channels; CPU time, 2 threads, loaded machine) ...
+WINO_TILE_COLUMNS = 192
 # ... and its transformed filters are kept from the forward to the data gradient up to this
 # many bytes a layer (larger: transformed again, in a buffer shared by the layers). 16 MiB
 # keeps 512 x 512 channels: the second transform cost 9 ms CPU a step at 7 px, batch 8 (70
