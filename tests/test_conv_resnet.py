@@ -3,7 +3,7 @@ reference, each forced through the module's thresholds and asserted taken:
 
 - one image per GEMM in the gathered layout (the stem, stride-2 layers): the GEMM writes y
   and reads dy in place, without the block's copies (conv_cpu.forward_images /
-  backward_images);
+  backward_images), the forward in bands of output rows (conv_cpu.BAND_BYTES);
 - the transposed weight gradient only below TRANSPOSED_DW_OG output channels;
 - Winograd's weight gradient split by planes over the workers (winograd_cpu.wgrad_transform
   / wgrad_planes), in one chunk or several, with more workers than a chunk's tile rows;
@@ -76,6 +76,18 @@ def test_one_image_blocks_write_y_in_place(setup, monkeypatch, workers, want_dx,
     for n, c, h, w, o, k, s, p in ((3, 2, 11, 9, 4, 7, 2, 3), (3, 4, 7, 8, 6, 3, 2, 1)):
         layer = run_layer(n, c * groups, h, w, o * groups, k, s, p, groups, want_dx=want_dx)
         assert layer.block == 1 and not layer.geo[10] and not layer.tr
+
+
+def test_stem_forward_in_bands_of_rows(setup) -> None:
+    """The stem's geometry (3 -> 7x7 stride 2, pad 3) at 222 px: 111 output rows filled and
+    multiplied in bands of BAND_BYTES (8 rows: 14 bands, the last one short)."""
+    from netdsl.ops import conv_cpu
+
+    setup("gemm", 1)
+    band = conv_cpu.BAND_BYTES // (4 * 147 * 111)
+    assert 1 < band and 111 % band  # several bands, a short last one
+    layer = run_layer(1, 3, 222, 222, 8, 7, 2, 3, want_dx=False)
+    assert layer.block == 1 and not layer.geo[10]
 
 
 def test_transposed_weight_gradient_only_below_64_channels(setup) -> None:
