@@ -30,7 +30,8 @@ b*P + i*Wv + j for output pixel (i, j):
 - otherwise Wv = Wo and the columns are gathered element by element, zero outside the input.
   A block of one image then has its columns in y's order: the forward GEMM writes y itself
   and, for the plain weight gradient, the backward reads dy itself (no copies through yt /
-  dyt: 3.2 MB each per image of ResNet-18's stem).
+  dyt: 3.2 MB each per image of ResNet-18's stem); the forward in bands of output rows
+  (BAND_BYTES).
 """
 
 from __future__ import annotations
