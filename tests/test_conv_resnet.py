@@ -86,6 +86,7 @@ def test_stem_forward_in_bands_of_rows(setup) -> None:
     setup("gemm", 1)
     band = conv_cpu.BAND_BYTES // (4 * 147 * 111)
     assert 1 < band and 111 % band  # several bands, a short last one
+    assert band * 111 >= conv_cpu.BAND_MIN_COLUMNS
     layer = run_layer(1, 3, 222, 222, 8, 7, 2, 3, want_dx=False)
     assert layer.block == 1 and not layer.geo[10]
 

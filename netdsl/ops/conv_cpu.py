@@ -75,6 +75,9 @@ def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
 # against 35 ms CPU (1 thread, 8 images, bands of 4-16 rows alike; in the module, loaded
 # machine: 34.2 against 37.6-39.5 ms).
 BAND_BYTES = 512 << 10
+# ... unless a band would have fewer columns than this: then the image is one band (at 576
+# rows, 28 px, bands of 8 rows, 224 columns, ran 1.1x slower than whole images of 784).
+BAND_MIN_COLUMNS = 512
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -221,6 +224,8 @@ def forward_images(n0, n1, bs, direct, x, w3, b, y, col, yt, xpad, geo):
             if m == 1 and not geo[10]:  # one image, columns in y's order: the GEMM writes y
                 yo = (nb * o_all + g * og) * hw  # flat y offset of y[nb, g*og]
                 band = max(1, BAND_BYTES // (4 * kk * wo))  # output rows a band
+                if band * wo < BAND_MIN_COLUMNS:  # too narrow a GEMM: the whole image
+                    band = ho
                 for i0 in range(0, ho, band):
                     i1 = min(ho, i0 + band)
                     fill_col(x, nb, g * cg, xpad, col, 0, _band(geo, i0, i1))
