@@ -5,8 +5,9 @@ reference, each forced through the module's thresholds and asserted taken:
   and reads dy in place, without the block's copies (conv_cpu.forward_images /
   backward_images), the forward in bands of output rows (conv_cpu.BAND_BYTES);
 - the transposed weight gradient only below TRANSPOSED_DW_OG output channels;
-- Winograd's weight gradient split by planes over the workers (winograd_cpu.wgrad_transform
-  / wgrad_planes), in one chunk or several, with more workers than a chunk's tile rows;
+- Winograd's weight gradient split by planes over the workers (winograd_cpu.wgrad_planes
+  after the transforms on offset views), in one chunk or several, with more workers than a
+  chunk's tile rows;
 - Winograd filters kept from the forward for the data gradient up to WINO_KEEP_BYTES.
 
 Tiny shapes: each case runs in milliseconds once compiled.

@@ -40,8 +40,9 @@ cap), cap = rows * tw, and one padded 4-row strip of one input channel.
 The weight gradient on several workers is split by tiles as above (each worker its own
 (16, O, Cg) sums, added by filter_gradient) or, where those sums outweigh the batch's tiles
 in V and M (512 channels at 7 px, batch 8: 16.7 MiB a worker), by planes: the team
-transforms a chunk of tile rows into one shared V and M (wgrad_transform), then each worker
-multiplies its share of the 16 planes into one set of sums (wgrad_planes).
+transforms a chunk of tile rows into one shared V and M (_input_transform, _dy_transform on
+offset views), then each worker multiplies its share of the 16 planes into one set of sums
+(wgrad_planes).
 
 geo = (ph, pw, th, tw, groups, vplane, mplane): top/left padding (any integer: output (i, j)
 reads input rows i - ph .. i - ph + 2), tiles per image, groups, and the strides between the
@@ -303,16 +304,6 @@ def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def wgrad_transform(x, dy, ra, rb, r0, v, m, cap, strip, db, geo):
-    """Worker, weight gradient split by planes (Winograd.backward): the tile rows [ra, rb) of
-    the team's chunk that starts at tile row r0 into the shared V (x's tiles) and M (dy's,
-    A dY A^T), columns (r - r0) * tw + tj of planes cap wide; db += dy's sums there."""
-    off = (ra - r0) * geo[3]
-    _input_transform(x, ra, rb, v[off:], cap, strip, geo)
-    _dy_transform(dy, ra, rb, m[off:], cap, db, geo)
-
-
-@njit(cache=True, nogil=True, fastmath=True)
 def wgrad_planes(e0, e1, cols, cap, v, m, du, beta, geo):
     """Worker, weight gradient split by planes: du[e] (O, Cig) = M[e] @ V[e]^T + beta * du[e]
     for e in [e0, e1), over the `cols` tiles of the chunk in the shared V and M."""
@@ -514,10 +505,16 @@ class Winograd:
         cap = crow * geo[3]
         for ws in views:
             ws["dbt"][:] = 0.0
+        tw = geo[3]
         for (ra, rb), rows in zip(chunks, rows_of, strict=True):
-            jobs = [(x, dy, a, b, ra, v, m, cap, ws["xpad"], ws["dbt"], geo)
-                    for (a, b), ws in zip(rows, views, strict=True) if b > a]  # fmt: skip
-            self.workers.run(wgrad_transform, jobs)
+            # worker t's tile rows [a, b) into columns (a - ra) * tw.. of the shared V and M:
+            # the kernels of the split by tiles, called on offset views (no new kernel to
+            # compile)
+            parts = [(a, b, ws) for (a, b), ws in zip(rows, views, strict=True) if b > a]
+            self.workers.run(_input_transform, [(x, a, b, v[(a - ra) * tw :], cap, ws["xpad"], geo)
+                                                for a, b, ws in parts])  # fmt: skip
+            self.workers.run(_dy_transform, [(dy, a, b, m[(a - ra) * tw :], cap, ws["dbt"], geo)
+                                             for a, b, ws in parts])  # fmt: skip
             beta = 0.0 if ra == 0 else 1.0
             cols = (rb - ra) * geo[3]
             self.workers.run(wgrad_planes, [(e0, e1, cols, cap, v, m, du, beta, geo)
