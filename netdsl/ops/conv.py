@@ -192,16 +192,25 @@ BLOCK_BYTES = 8 << 20
 SMALL_GEMM = 1_000_000
 # The weight gradient is accumulated transposed, (K, Og), below this many output channels
 # per group and from 64 rows K on (see conv_cpu.backward_images; at Og 6, K 25 the plain
-# product ran 1.2x faster).
-TRANSPOSED_DW_OG = 256
+# product ran 1.2x faster). Measured on 1 thread (backward without dx, CPU time): transposed
+# 1.2-1.8x faster at Og 16 and 32 (LeNet c3, cifar10 conv2), slower from Og 64 on, where the
+# transposed copy of dy costs more than the GEMM saves (ResNet-18's stem 42 against 33 ms,
+# AlexNet conv1 (Og 96) 53 against 50 ms, 1x1 64 -> 128 stride 2 2.2 against 1.7 ms).
+TRANSPOSED_DW_OG = 64
 # The wide layout (stride 1; see conv_cpu) computes (Wp - Wo) garbage columns per output row
 # to copy contiguous runs instead of gathering: worth it while Og * (Wp - Wo) <= this * Wo.
 WIDE_MAX = 16
-# Winograd (3x3 stride 1, see ConvCPU): tiles (2x2 outputs) per GEMM column block ...
-WINO_TILE_COLUMNS = 256
+# Winograd (3x3 stride 1, see ConvCPU): tiles (2x2 outputs) per GEMM column block (at 64
+# channels 192 ran forward + backward 12-15% faster than 256: ResNet-18's layer1 at 56 px
+# (7 tile rows of 28 against 10) and VGG-16's conv1_2 at 224 px (2 of 112 against 3); level
+# at 128-512 channels; CPU time, 2 threads, loaded machine) ...
+WINO_TILE_COLUMNS = 192
 # ... and its transformed filters are kept from the forward to the data gradient up to this
-# many bytes a layer (larger: transformed again, in a buffer shared by the layers)
-WINO_KEEP_BYTES = 4 << 20
+# many bytes a layer (larger: transformed again, in a buffer shared by the layers). 16 MiB
+# keeps 512 x 512 channels: the second transform cost 9 ms CPU a step at 7 px, batch 8 (70
+# against 61 ms forward + backward, 2 threads), for 16 MiB a layer (ResNet-18: 3 layers,
+# 48 MiB, less the 16 MiB shared buffer it no longer needs).
+WINO_KEEP_BYTES = 16 << 20
 
 
 def use_winograd(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> bool:
