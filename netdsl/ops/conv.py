@@ -215,6 +215,13 @@ def use_winograd(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> boo
     return cg >= 32 and og >= 32 and min(ho, wo) >= 4 and macs >= 1 << 22
 
 
+def use_winograd5(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> bool:
+    """Whether NETDSL_CONV_ALGO=auto runs a 5x5 stride-1 layer through Winograd F(2x2, 5x5)
+    (winograd5_cpu): PROVISIONAL, the same rule as use_winograd until measured."""
+    macs = n * groups * og * cg * ho * wo * 25
+    return cg >= 32 and og >= 32 and min(ho, wo) >= 4 and macs >= 1 << 22
+
+
 class Scratch:
     """Flat float32 work buffers shared by the CPU conv layers of one net.
 
@@ -336,6 +343,16 @@ class ConvCPU:
 
             self.wino = Winograd(n, c, h, w, o, pad, groups, out_hw, self.scratch, self.workers,
                                  WINO_TILE_COLUMNS, BLOCK_BYTES, WINO_KEEP_BYTES)  # fmt: skip
+            self.no_c = np.zeros(c, np.float32)  # stands in for a bias in the data gradient
+        # ---- Winograd F(2x2, 5x5) for 5x5 stride-1 layers (netdsl/ops/winograd5_cpu.py), the
+        # same passes and settings; auto where measured faster (use_winograd5)
+        fits5 = (kh, kw, *stride, *dilation) == (5, 5, 1, 1, 1, 1)
+        auto5 = algo == "auto" and use_winograd5(n, cg, og, ho, wo, groups)
+        if fits5 and (algo == "winograd" or auto5):
+            from netdsl.ops.winograd5_cpu import Winograd5
+
+            self.wino = Winograd5(n, c, h, w, o, pad, groups, out_hw, self.scratch, self.workers,
+                                  WINO_TILE_COLUMNS, BLOCK_BYTES, WINO_KEEP_BYTES)  # fmt: skip
             self.no_c = np.zeros(c, np.float32)  # stands in for a bias in the data gradient
 
     def _workspace(self, t: int) -> dict[str, np.ndarray]:

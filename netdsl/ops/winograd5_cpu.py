@@ -1,0 +1,475 @@
+"""Winograd F(2x2, 5x5) convolution on the CPU, for 5x5 stride-1 dilation-1 layers (used by
+netdsl.ops.conv.ConvCPU, see NETDSL_CONV_ALGO there): the forward pass, the data gradient and
+the weight gradient. The 5x5 sibling of winograd_cpu (F(2x2, 3x3)): the same tile rows,
+chunks, worker split and shared Scratch workspaces, with 6x6 input tiles and 36 GEMMs.
+
+Imported only when a ConvCPU picks it (numba at module level; `netdsl check` never gets here).
+
+Why: a 5x5 conv costs 25 multiply-adds per output pixel and input channel; F(2x2, 5x5) makes
+a 2x2 output tile from a 6x6 input tile with 36 multiplications, 2.78x fewer. They are 36
+independent GEMMs, one per element e of the transformed tile:
+
+    V[e] (Ci, T) = (B^T d B)[e] of every 6x6 input tile d (T tiles as columns)
+    U[e] (Co, Ci) = (G g G^T)[e] of every 5x5 filter g
+    M[e] (Co, T) = U[e] @ V[e]                                  (direct sgemm, conv_cpu.gemm)
+    y tile = A^T M A (2x2) + bias
+
+The interpolation points are 0, +-3/2, +-2/3 and infinity (Toom-Cook; Lavin & Gray 2015
+build F(2x2, 5x5)'s matrices the same way from 0, +-1, +-2, inf):
+
+    A^T = [[1, 1, 1, 3/2, 3/2, 0], [0, 3/2, -3/2, 1, -1, 1]]
+    B^T = [[36, 0, -97, 0, 36, 0], [0, -12, -8, 27, 18, 0], [0, 12, -8, -27, 18, 0],
+           [0, 18, 27, -8, -12, 0], [0, -18, 27, 8, -12, 0], [0, 36, 0, -97, 0, 36]]
+    G   = [[1/36, 0, 0, 0, 0], (a^2, a, 1, b, b^2) / 65, (a^2, -a, 1, -b, b^2) / 65,
+           (b^2, b, 1, a, a^2) / 65, (b^2, -b, 1, -a, a^2) / 65, [0, 0, 0, 0, 1/36]]
+    with a = 2/3, b = 3/2.
+
+Why these points: float32 rounding. Modelled in NumPy (float32 transforms and products
+against a float64 direct convolution, ReLU-like inputs, He-scaled filters, 32-128 channels,
+8-27 px), the textbook points 0, +-1, +-2 give 2.4-4.9e-6 of the largest output, 0, +-1,
++-1/2 2.2-4.1e-6, and 0, +-3/2, +-2/3 0.7-1.1e-6 (a direct float32 convolution: 0.4e-6; the
+search over 3,060 sets of points, /work/s6/results_wino5.md). The set is closed under
+x -> 1/x (0 <-> inf), which flipping a filter does to its evaluation points: with G's rows
+scaled to match (as above, the scale moved into A^T), G J = P G for the 5x5 reversal J and
+the permutation P = (0 5)(1 3)(2 4). So the data gradient (the same kind of convolution of dy
+with the flipped, channel-transposed filters and top/left padding 4 - p) reads the forward's
+U at FLIP[e] transposed, as winograd_cpu does; nothing is transformed again.
+
+The weight gradient is the transpose of the forward's chain: dU[e] (Co, Ci) = sum over tiles
+of (A dY A^T)[e] (Co, T) @ V[e]^T (T, Ci), then dg = G^T dU G, the exact gradient of what
+the forward computes.
+
+geo = (ph, pw, th, tw, groups, vplane, mplane) as in winograd_cpu (output (i, j) reads input
+rows i - ph .. i - ph + 4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from netdsl.ops.conv_cpu import gemm
+from netdsl.ops.winograd_cpu import _plane
+
+# flipping a filter permutes its transformed rows and columns by P = (0 5)(1 3)(2 4)
+_P = (5, 3, 4, 1, 2, 0)
+FLIP = np.array([_P[a] * 6 + _P[b] for a in range(6) for b in range(6)], np.int64)
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _bt(d0, d1, d2, d3, d4, d5):
+    """B^T d: six inputs -> six outputs (even and odd parts of the +-x pairs)."""
+    e1, o1 = np.float32(18.0) * d4 - np.float32(8.0) * d2, np.float32(27.0) * d3 - np.float32(12.0) * d1
+    e2, o2 = np.float32(27.0) * d2 - np.float32(12.0) * d4, np.float32(18.0) * d1 - np.float32(8.0) * d3
+    return (np.float32(36.0) * (d0 + d4) - np.float32(97.0) * d2, e1 + o1, e1 - o1, e2 + o2,
+            e2 - o2, np.float32(36.0) * (d1 + d5) - np.float32(97.0) * d3)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _at(m0, m1, m2, m3, m4, m5):
+    """A^T m: six inputs -> two outputs."""
+    h = np.float32(1.5)
+    return m0 + m1 + m2 + h * (m3 + m4), h * (m1 - m2) + (m3 - m4) + m5
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _a(p, q):
+    """A (p, q): two inputs -> six outputs (the adjoint of _at)."""
+    h = np.float32(1.5)
+    return p, p + h * q, p - h * q, h * p + q, h * p - q, q
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _g(g0, g1, g2, g3, g4):
+    """G g: five filter taps -> six outputs."""
+    a, b = np.float32(2.0 / 3.0), np.float32(1.5)
+    s, k = np.float32(1.0 / 36.0), np.float32(1.0 / 65.0)
+    ev1, od1 = a * a * g0 + g2 + b * b * g4, a * g1 + b * g3
+    ev2, od2 = b * b * g0 + g2 + a * a * g4, b * g1 + a * g3
+    return s * g0, k * (ev1 + od1), k * (ev1 - od1), k * (ev2 + od2), k * (ev2 - od2), s * g4
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _gt(u0, u1, u2, u3, u4, u5):
+    """G^T u: six inputs -> five filter taps (the adjoint of _g)."""
+    a, b = np.float32(2.0 / 3.0), np.float32(1.5)
+    s, k = np.float32(1.0 / 36.0), np.float32(1.0 / 65.0)
+    p1, m1, p2, m2 = u1 + u2, u1 - u2, u3 + u4, u3 - u4
+    return (s * u0 + k * (a * a * p1 + b * b * p2), k * (a * m1 + b * m2), k * (p1 + p2),
+            k * (b * m1 + a * m2), k * (b * b * p1 + a * a * p2) + s * u5)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def transform_weights(w, u, o0, o1):
+    """u[:, o, :] = G w[o, c] G^T for o in [o0, o1); w (O, Cg, 5, 5), u (36, O, Cg).
+
+    One filter row o at a time into tmp (36, Cg), then 36 contiguous rows of u (as
+    winograd_cpu.transform_weights, which measured this 2x faster than scattered writes).
+    """
+    cg = w.shape[1]
+    wf = w.reshape(-1)
+    tmp = np.empty((36, cg), np.float32)
+    t = np.empty((6, 5), np.float32)
+    for o in range(o0, o1):
+        for c in range(cg):
+            s = (o * cg + c) * 25  # flat offset of w[o, c, 0, 0]
+            for j in range(5):  # t = G g, column by column
+                q = s + j
+                t0, t1, t2, t3, t4, t5 = _g(wf[q], wf[q + 5], wf[q + 10], wf[q + 15], wf[q + 20])
+                t[0, j], t[1, j], t[2, j], t[3, j], t[4, j], t[5, j] = t0, t1, t2, t3, t4, t5
+            for i in range(6):  # u = t G^T, row by row
+                r0, r1, r2, r3, r4, r5 = _g(t[i, 0], t[i, 1], t[i, 2], t[i, 3], t[i, 4])
+                tmp[6 * i, c], tmp[6 * i + 1, c], tmp[6 * i + 2, c] = r0, r1, r2
+                tmp[6 * i + 3, c], tmp[6 * i + 4, c], tmp[6 * i + 5, c] = r3, r4, r5
+        for e in range(36):
+            u[e, o, :] = tmp[e]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _input_transform(x, ra, rb, v, cap, strip, geo):
+    """v[e, c, (r - ra) * tw + tj] = (B^T d B)[e] of tile (r, tj) of channel c, r in [ra, rb)."""
+    ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
+    c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
+    xf, vf = x.reshape(-1), v.reshape(-1)
+    sw = 2 * tw + 4  # strip row length: input columns -pw .. 2 * tw + 3 - pw
+    p = np.uint64(geo[5])  # stride of e in v
+    j0 = min(sw, max(0, pw))  # strip columns holding input columns 0 .. w_in - 1: [j0, j1)
+    j1 = max(j0, min(sw, w_in + pw))
+    for c in range(c_all):
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            base = (n * c_all + c) * h * w_in
+            for i in range(6):  # the strip: zero outside the input
+                iy = 2 * ti - ph + i
+                s = i * sw
+                if iy < 0 or iy >= h:
+                    for j in range(sw):
+                        strip[np.uint64(s + j)] = 0.0
+                    continue
+                for j in range(j0):
+                    strip[np.uint64(s + j)] = 0.0
+                src = base + iy * w_in - pw
+                for j in range(j0, j1):
+                    strip[np.uint64(s + j)] = xf[np.uint64(src + j)]
+                for j in range(j1, sw):
+                    strip[np.uint64(s + j)] = 0.0
+            # t = B^T d for the whole strip, in place, column by column (contiguous rows)
+            for j in range(sw):
+                k = np.uint64(j)
+                d0, d1, d2 = strip[k], strip[k + sw], strip[k + 2 * sw]
+                d3, d4, d5 = strip[k + 3 * sw], strip[k + 4 * sw], strip[k + 5 * sw]
+                t0, t1, t2, t3, t4, t5 = _bt(d0, d1, d2, d3, d4, d5)
+                strip[k], strip[k + sw], strip[k + 2 * sw] = t0, t1, t2
+                strip[k + 3 * sw], strip[k + 4 * sw], strip[k + 5 * sw] = t3, t4, t5
+            q0 = np.uint64(c * cap + (r - ra) * tw)  # v offset of (e = 0, c, tile (r, 0))
+            for i in range(6):  # (t B) of row i
+                qi = q0 + np.uint64(6 * i) * p
+                si = i * sw
+                for tj in range(tw):
+                    k = np.uint64(si + 2 * tj)
+                    t0, t1, t2 = strip[k], strip[k + 1], strip[k + 2]
+                    t3, t4, t5 = strip[k + 3], strip[k + 4], strip[k + 5]
+                    z0, z1, z2, z3, z4, z5 = _bt(t0, t1, t2, t3, t4, t5)
+                    q = qi + np.uint64(tj)
+                    vf[q], vf[q + p], vf[q + 2 * p] = z0, z1, z2
+                    vf[q + 3 * p], vf[q + 4 * p], vf[q + 5 * p] = z3, z4, z5
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _at_m(mf, q, p):
+    """A^T M A of the tile at q (planes p apart): its 2x2 outputs (y00, y01, y10, y11)."""
+    s0, t0 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
+    q += p
+    s1, t1 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
+    q += p
+    s2, t2 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
+    q += p
+    s3, t3 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
+    q += p
+    s4, t4 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
+    q += p
+    s5, t5 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
+    y00, y01 = _at(s0, s1, s2, s3, s4, s5)
+    y10, y11 = _at(t0, t1, t2, t3, t4, t5)
+    return y00, y01, y10, y11
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _output_transform(m, ra, rb, cap, y, b, geo):
+    """y[n, o, 2ti + a, 2tj + b] = (A^T M A)[a, b] + b[o] for the tiles of rows [ra, rb)
+    (entries past the output's edge dropped)."""
+    th, tw = geo[2], geo[3]
+    o_all, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    mf, yf = m.reshape(-1), y.reshape(-1)
+    p = np.uint64(geo[6])  # stride of e in m
+    full = wo // 2  # tiles whose two columns are both inside (no test in their loop)
+    for o in range(o_all):
+        bo = b[o]
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat y offset of (n, o, 2ti, 0)
+            two = 2 * ti + 1 < ho
+            q0 = o * cap + (r - ra) * tw
+            if two:  # two loops: no test inside either
+                for tj in range(full):
+                    y00, y01, y10, y11 = _at_m(mf, np.uint64(q0 + tj), p)
+                    d = np.uint64(y0 + 2 * tj)
+                    yf[d], yf[d + 1] = y00 + bo, y01 + bo
+                    yf[d + wo], yf[d + wo + 1] = y10 + bo, y11 + bo
+            else:
+                for tj in range(full):
+                    y00, y01, y10, y11 = _at_m(mf, np.uint64(q0 + tj), p)
+                    d = np.uint64(y0 + 2 * tj)
+                    yf[d], yf[d + 1] = y00 + bo, y01 + bo
+            if full < tw:  # the last tile overhangs: its first column only
+                y00, y01, y10, y11 = _at_m(mf, np.uint64(q0 + full), p)
+                d = np.uint64(y0 + 2 * full)
+                yf[d] = y00 + bo
+                if two:
+                    yf[d + wo] = y10 + bo
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
+    """Worker: y = conv5x5(x) + b over the tile rows [r0, r1), `rows` tile rows per chunk.
+
+    x (N, Ci, H, W); y (N, Co, Ho, Wo) overwritten; b (Co,) (zeros: no bias); u (36, Co, Cig)
+    the transformed filters or, when tr, (36, Ci, Cog) those of the flipped conv whose data
+    gradient this is (read transposed at FLIP[e]); v (36, Ci, rows * tw), m (36, Co, rows *
+    tw), strip (6 * (2 * tw + 4),) workspaces.
+    """
+    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
+    c_all, o_all = x.shape[1], y.shape[1]
+    cig, cog = c_all // ng, o_all // ng
+    cap = rows * tw
+    uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
+    uplane = u.shape[1] * u.shape[2]
+    for ra in range(r0, r1, rows):
+        rb = min(r1, ra + rows)
+        cols = (rb - ra) * tw
+        _input_transform(x, ra, rb, v, cap, strip, geo)
+        for e in range(36):
+            for g in range(ng):
+                vo = e * vplane + g * cig * cap
+                mo = e * mplane + g * cog * cap
+                if tr:  # M[e] = U[FLIP[e]]^T @ V[e]: U's rows are this conv's input channels
+                    uo = FLIP[e] * uplane + g * cig * cog
+                    gemm(True, False, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
+                else:
+                    uo = e * uplane + g * cog * cig
+                    gemm(
+                        False, False, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap
+                    )
+        _output_transform(m, ra, rb, cap, y, b, geo)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _dy_transform(dy, ra, rb, m, cap, db, geo):
+    """m[e, o, (r - ra) * tw + tj] = (A dY A^T)[e] of the 2x2 tile (r, tj) of dy[:, o] (zero
+    past the output's edge), the adjoint of _output_transform; db[o] += the tiles' sums."""
+    th, tw = geo[2], geo[3]
+    o_all, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    mf, df = m.reshape(-1), dy.reshape(-1)
+    p = np.uint64(geo[6])  # stride of e in m
+    full = wo // 2
+    zero = np.float32(0.0)
+    for o in range(o_all):
+        acc = zero
+        for r in range(ra, rb):
+            n, ti = r // th, r % th
+            y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat dy offset of (n, o, 2ti, 0)
+            two = 2 * ti + 1 < ho
+            q0 = o * cap + (r - ra) * tw
+            for tj in range(tw):
+                d = np.uint64(y0 + 2 * tj)
+                a = df[d]
+                b = df[d + 1] if tj < full else zero
+                c = df[d + wo] if two else zero
+                e = df[d + wo + 1] if two and tj < full else zero
+                acc += a + b + c + e
+                # A dY A^T: the rows of A (a, b; c, e) = _a over the two rows, then each row's
+                # pair (left, right) through _a again
+                l0, l1, l2, l3, l4, l5 = _a(a, c)
+                r0, r1, r2, r3, r4, r5 = _a(b, e)
+                q = np.uint64(q0 + tj)
+                for i in range(6):
+                    if i == 0:
+                        lo, hi = l0, r0
+                    elif i == 1:
+                        lo, hi = l1, r1
+                    elif i == 2:
+                        lo, hi = l2, r2
+                    elif i == 3:
+                        lo, hi = l3, r3
+                    elif i == 4:
+                        lo, hi = l4, r4
+                    else:
+                        lo, hi = l5, r5
+                    z0, z1, z2, z3, z4, z5 = _a(lo, hi)
+                    qi = q + np.uint64(6 * i) * p
+                    mf[qi], mf[qi + p], mf[qi + 2 * p] = z0, z1, z2
+                    mf[qi + 3 * p], mf[qi + 4 * p], mf[qi + 5 * p] = z3, z4, z5
+        db[o] += acc
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
+    """Worker: du (36, O, Cig) = the weight gradient in the transformed domain summed over the
+    tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums.
+    Workspaces as conv_rows'."""
+    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
+    c_all, o_all = x.shape[1], dy.shape[1]
+    cig, cog = c_all // ng, o_all // ng
+    cap = rows * tw
+    vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
+    duf[:] = 0.0
+    db[:] = 0.0
+    for ra in range(r0, r1, rows):
+        rb = min(r1, ra + rows)
+        cols = (rb - ra) * tw
+        _input_transform(x, ra, rb, v, cap, strip, geo)
+        _dy_transform(dy, ra, rb, m, cap, db, geo)
+        for e in range(36):
+            for g in range(ng):
+                vo = e * vplane + g * cig * cap
+                mo = e * mplane + g * cog * cap
+                uo = (e * o_all + g * cog) * cig
+                gemm(False, True, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def filter_gradient(du, dw, o0, o1):
+    """dw[o, c] = G^T (sum over workers t of du[t, :, o, c]) G (5x5) for o in [o0, o1);
+    du (T, 36, O, Cg) the workers' sums (added here, in order), dw (O, Cg, 5, 5)."""
+    nt, cg = du.shape[0], dw.shape[1]
+    acc = np.empty((36, cg), np.float32)
+    s = np.empty((5, 6), np.float32)
+    for o in range(o0, o1):
+        acc[:] = du[0, :, o, :]
+        for t in range(1, nt):
+            acc += du[t, :, o, :]
+        for c in range(cg):
+            for j in range(6):  # s = G^T acc, column by column
+                g0, g1, g2, g3, g4 = _gt(acc[j, c], acc[6 + j, c], acc[12 + j, c],
+                                         acc[18 + j, c], acc[24 + j, c], acc[30 + j, c])  # fmt: skip
+                s[0, j], s[1, j], s[2, j], s[3, j], s[4, j] = g0, g1, g2, g3, g4
+            for i in range(5):  # dw = s G, row by row
+                g0, g1, g2, g3, g4 = _gt(s[i, 0], s[i, 1], s[i, 2], s[i, 3], s[i, 4], s[i, 5])
+                dw[o, c, i, 0], dw[o, c, i, 1], dw[o, c, i, 2] = g0, g1, g2
+                dw[o, c, i, 3], dw[o, c, i, 4] = g3, g4
+
+
+class Winograd5:
+    """The F(2x2, 5x5) passes of one ConvCPU layer (5x5, stride 1, dilation 1), fixed shapes.
+
+    Works as winograd_cpu.Winograd: workspaces are views of the layer's shared Scratch under
+    conv_cpu's keys (col, yw, xpad, dbt; every pass rewrites what it reads), sized by
+    `tile_columns` (the target GEMM width, in tiles) under `block_bytes` for V and M. The
+    transformed filters u (36, O, Cg) are this layer's own array up to `keep_bytes` (the
+    forward fills it, the data gradient of the same step reuses it), larger ones live in the
+    shared Scratch (key wu5) and are transformed again for the data gradient.
+    """
+
+    def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
+                 groups: int, out_hw: tuple[int, int], scratch, workers,
+                 tile_columns: int, block_bytes: int, keep_bytes: int) -> None:  # fmt: skip
+        from netdsl.ops.conv import split
+
+        self.workers, self.scratch = workers, scratch
+        self.u_shape = (36, o, c // groups)
+        self.keep = 4 * 36 * o * (c // groups) <= keep_bytes
+        self.u = (
+            np.empty(self.u_shape, np.float32) if self.keep else scratch.get("wu5", self.u_shape)
+        )
+        self._u_of: object = None  # the w array u was computed from, while it is valid
+        nt = workers.n
+        self.passes = {}
+        # forward: x (c channels, h x w) -> y (o, ho x wo); data gradient: dy -> dx, the
+        # flipped filter reads rows i - (4 - ph) .. of dy
+        back = (4 - pad[0], 4 - pad[1])
+        for name, ci, co, geo_pad, hw_out in (
+            ("fwd", c, o, pad, out_hw),
+            ("bwd", o, c, back, (h, w)),
+        ):
+            th, tw = -(-hw_out[0] // 2), -(-hw_out[1] // 2)
+            fit = max(1, block_bytes // (4 * 36 * (ci + co) * tw))  # tile rows under the cap
+            rows = max(1, min(-(-n * th // nt), -(-tile_columns // tw), fit))
+            cap = rows * tw
+            vplane, mplane = _plane(ci * cap), _plane(co * cap)
+            shapes = {"col": (36 * vplane,), "yw": (36 * mplane,), "xpad": (6 * (2 * tw + 4),)}
+            if name == "fwd":  # the weight gradient's pass: its sums per worker
+                shapes.update(dbt=(o,))
+            for t in range(nt):  # size the shared buffers now
+                for k, shape in shapes.items():
+                    scratch.get(f"{k}{t}", shape)
+            geo = (*geo_pad, th, tw, groups, vplane, mplane)
+            self.passes[name] = (split(n * th, nt), rows, shapes, geo)
+        self.o_jobs = split(o, nt)
+        self.du_shape = (nt, 36, o, c // groups)  # each worker's transformed dw sums
+        scratch.get("wdu", self.du_shape)
+        self._views: dict[str, tuple[int, list]] = {}
+
+    def _ws(self, name: str) -> list[dict[str, np.ndarray]]:
+        """Each worker's workspaces of pass `name`, kept while the scratch buffers stay."""
+        got = self._views.get(name)
+        if got is None or got[0] != self.scratch.version:
+            shapes = self.passes[name][2]
+            views = [{k: self.scratch.get(f"{k}{t}", s) for k, s in shapes.items()}
+                     for t in range(self.workers.n)]  # fmt: skip
+            got = self._views[name] = (self.scratch.version, views)
+        return got[1]
+
+    def _transform(self, w: np.ndarray) -> None:
+        if not self.keep:  # a view of the shared buffer (it may have grown since)
+            self.u = self.scratch.get("wu5", self.u_shape)
+        jobs = [(w, self.u, o0, o1) for o0, o1 in self.o_jobs if o1 > o0]
+        self.workers.run(transform_weights, jobs)
+        self._u_of = w if self.keep else None  # shared: other layers overwrite it
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
+        """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 5, 5)."""
+        self._transform(w)
+        jobs_r, rows, _, geo = self.passes["fwd"]
+        jobs = [(r0, r1, rows, False, x, self.u, b, y, ws["col"], ws["yw"], ws["xpad"], geo)
+                for (r0, r1), ws in zip(jobs_r, self._ws("fwd"), strict=True)]  # fmt: skip
+        self.workers.run(conv_rows, jobs)
+
+    def backward(
+        self,
+        dy: np.ndarray,
+        x: np.ndarray,
+        w: np.ndarray,
+        dx: np.ndarray | None,
+        dw: np.ndarray,
+        db: np.ndarray | None,
+        reuse: bool,
+        zeros: np.ndarray,
+    ) -> None:
+        """Overwrite dw, db (unless None) and dx (unless None) with the gradients; reuse and
+        zeros as backward_data's."""
+        jobs_r, rows, _, geo = self.passes["fwd"]
+        views = self._ws("fwd")
+        du = self.scratch.get("wdu", self.du_shape)
+        jobs = [(r0, r1, rows, x, dy, ws["col"], ws["yw"], ws["xpad"], du[t], ws["dbt"], geo)
+                for t, ((r0, r1), ws) in enumerate(zip(jobs_r, views, strict=True))]  # fmt: skip
+        self.workers.run(wgrad_rows, jobs)
+        dbt = views[0]["dbt"]
+        for ws in views[1:]:  # fixed order over workers
+            dbt += ws["dbt"]
+        self.workers.run(filter_gradient, [(du, dw, o0, o1) for o0, o1 in self.o_jobs if o1 > o0])
+        if db is not None:
+            np.copyto(db, dbt)
+        if dx is not None:
+            self.backward_data(dy, w, dx, reuse, zeros)
+
+    def backward_data(self, dy: np.ndarray, w: np.ndarray, dx: np.ndarray, reuse: bool,
+                      zeros: np.ndarray) -> None:  # fmt: skip
+        """dx = the data gradient of the conv for dy (overwritten). reuse: w is unchanged
+        since the last forward (the filters transformed there are used when it was this
+        same w array); zeros (C,) stands in for a bias."""
+        if not (reuse and self._u_of is w):
+            self._transform(w)
+        jobs_r, rows, _, geo = self.passes["bwd"]
+        jobs = [(r0, r1, rows, True, dy, self.u, zeros, dx, ws["col"], ws["yw"], ws["xpad"], geo)
+                for (r0, r1), ws in zip(jobs_r, self._ws("bwd"), strict=True)]  # fmt: skip
+        self.workers.run(conv_rows, jobs)
