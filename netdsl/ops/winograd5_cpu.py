@@ -125,16 +125,104 @@ def transform_weights(w, u, o0, o1):
             u[e, o, :] = tmp[e]
 
 
+# The transforms below run along the tiles: a chunk's tiles are columns (as in V and M), and
+# every loop computes ONE output plane from at most five input planes, contiguous, so LLVM
+# vectorises it (its runtime aliasing checks stay under their limit). Per tile, with all 36
+# values of a tile in flight (36 load or store streams), nothing vectorised: 37-48 ns a tile
+# and channel for the input transform, 17-20 ns for the output transform (128 x 32 -> 32 at
+# 16 px, 1 thread), several times the GEMMs' share. Offsets are np.uint64: a signed index
+# gets a wrap-around test that stops the vectoriser (conv_cpu's note).
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _bt_planes(dst, d0, ds, src, s0, ss, n):
+    """dst[d0 + a * ds + q] = (B^T (src[s0 + i * ss + q] for i in 0..5))[a], q < n."""
+    ds1, ss1 = ds, ss
+    for a in range(6):
+        da = d0 + np.uint64(a) * ds1
+        p0, p1, p2 = s0, s0 + ss1, s0 + np.uint64(2) * ss1
+        p3, p4, p5 = s0 + np.uint64(3) * ss1, s0 + np.uint64(4) * ss1, s0 + np.uint64(5) * ss1
+        if a == 0:
+            for q in range(n):
+                k = np.uint64(q)
+                dst[da + k] = np.float32(36.0) * (src[p0 + k] + src[p4 + k]) - np.float32(97.0) * src[p2 + k]
+        elif a == 5:
+            for q in range(n):
+                k = np.uint64(q)
+                dst[da + k] = np.float32(36.0) * (src[p1 + k] + src[p5 + k]) - np.float32(97.0) * src[p3 + k]
+        else:
+            # rows 1-4: (c1 d1 + c2 d2 + c3 d3 + c4 d4)
+            if a == 1:
+                c1, c2, c3, c4 = -12.0, -8.0, 27.0, 18.0
+            elif a == 2:
+                c1, c2, c3, c4 = 12.0, -8.0, -27.0, 18.0
+            elif a == 3:
+                c1, c2, c3, c4 = 18.0, 27.0, -8.0, -12.0
+            else:
+                c1, c2, c3, c4 = -18.0, 27.0, 8.0, -12.0
+            f1, f2, f3, f4 = np.float32(c1), np.float32(c2), np.float32(c3), np.float32(c4)
+            for q in range(n):
+                k = np.uint64(q)
+                dst[da + k] = f1 * src[p1 + k] + f2 * src[p2 + k] + f3 * src[p3 + k] + f4 * src[p4 + k]
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _at_planes(dst, d0, ds, src, s0, ss, n, bias):
+    """(dst[d0 + q], dst[d0 + ds + q]) = A^T (src[s0 + i * ss + q] for i in 0..5) + bias."""
+    h = np.float32(1.5)
+    p0, p1, p2 = s0, s0 + ss, s0 + np.uint64(2) * ss
+    p3, p4, p5 = s0 + np.uint64(3) * ss, s0 + np.uint64(4) * ss, s0 + np.uint64(5) * ss
+    d1 = d0 + ds
+    for q in range(n):
+        k = np.uint64(q)
+        dst[d0 + k] = src[p0 + k] + src[p1 + k] + src[p2 + k] + h * (src[p3 + k] + src[p4 + k]) + bias
+    for q in range(n):
+        k = np.uint64(q)
+        dst[d1 + k] = h * (src[p1 + k] - src[p2 + k]) + (src[p3 + k] - src[p4 + k]) + src[p5 + k] + bias
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _a_planes(dst, d0, ds, src, s0, s1, n):
+    """dst[d0 + i * ds + q] = (A (src[s0 + q], src[s1 + q]))[i] for i in 0..5."""
+    h = np.float32(1.5)
+    for i in range(6):
+        di = d0 + np.uint64(i) * ds
+        if i == 0:
+            f0, f1 = np.float32(1.0), np.float32(0.0)
+        elif i == 1:
+            f0, f1 = np.float32(1.0), h
+        elif i == 2:
+            f0, f1 = np.float32(1.0), -h
+        elif i == 3:
+            f0, f1 = h, np.float32(1.0)
+        elif i == 4:
+            f0, f1 = h, np.float32(-1.0)
+        else:
+            f0, f1 = np.float32(0.0), np.float32(1.0)
+        for q in range(n):
+            k = np.uint64(q)
+            dst[di + k] = f0 * src[s0 + k] + f1 * src[s1 + k]
+
+
 @njit(cache=True, nogil=True, fastmath=True)
-def _input_transform(x, ra, rb, v, cap, strip, geo):
-    """v[e, c, (r - ra) * tw + tj] = (B^T d B)[e] of tile (r, tj) of channel c, r in [ra, rb)."""
+def _input_transform(x, ra, rb, v, cap, work, geo):
+    """v[e, c, (r - ra) * tw + tj] = (B^T d B)[e] of tile (r, tj) of channel c, r in [ra, rb).
+
+    Per channel: each tile row's 6 input rows into a zero-bordered strip, B^T down its
+    columns into a second strip, the 6 x 6 values of each tile into t (36, cap), then B
+    along the rows of all the chunk's tiles into v. work: (12 * (2 * tw + 4) + 36 * cap,)
+    floats, the two strips then t.
+    """
     ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
     c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
     xf, vf = x.reshape(-1), v.reshape(-1)
     sw = 2 * tw + 4  # strip row length: input columns -pw .. 2 * tw + 3 - pw
+    swu, capu = np.uint64(sw), np.uint64(cap)
+    s2, t0 = np.uint64(6 * sw), np.uint64(12 * sw)  # offsets of the second strip and of t
     p = np.uint64(geo[5])  # stride of e in v
     j0 = min(sw, max(0, pw))  # strip columns holding input columns 0 .. w_in - 1: [j0, j1)
     j1 = max(j0, min(sw, w_in + pw))
+    cols = (rb - ra) * tw
     for c in range(c_all):
         for r in range(ra, rb):
             n, ti = r // th, r % th
@@ -144,99 +232,76 @@ def _input_transform(x, ra, rb, v, cap, strip, geo):
                 s = i * sw
                 if iy < 0 or iy >= h:
                     for j in range(sw):
-                        strip[np.uint64(s + j)] = 0.0
+                        work[np.uint64(s + j)] = 0.0
                     continue
                 for j in range(j0):
-                    strip[np.uint64(s + j)] = 0.0
+                    work[np.uint64(s + j)] = 0.0
                 src = base + iy * w_in - pw
                 for j in range(j0, j1):
-                    strip[np.uint64(s + j)] = xf[np.uint64(src + j)]
+                    work[np.uint64(s + j)] = xf[np.uint64(src + j)]
                 for j in range(j1, sw):
-                    strip[np.uint64(s + j)] = 0.0
-            # t = B^T d for the whole strip, in place, column by column (contiguous rows)
-            for j in range(sw):
-                k = np.uint64(j)
-                d0, d1, d2 = strip[k], strip[k + sw], strip[k + 2 * sw]
-                d3, d4, d5 = strip[k + 3 * sw], strip[k + 4 * sw], strip[k + 5 * sw]
-                t0, t1, t2, t3, t4, t5 = _bt(d0, d1, d2, d3, d4, d5)
-                strip[k], strip[k + sw], strip[k + 2 * sw] = t0, t1, t2
-                strip[k + 3 * sw], strip[k + 4 * sw], strip[k + 5 * sw] = t3, t4, t5
-            q0 = np.uint64(c * cap + (r - ra) * tw)  # v offset of (e = 0, c, tile (r, 0))
-            for i in range(6):  # (t B) of row i
-                qi = q0 + np.uint64(6 * i) * p
-                si = i * sw
-                for tj in range(tw):
-                    k = np.uint64(si + 2 * tj)
-                    t0, t1, t2 = strip[k], strip[k + 1], strip[k + 2]
-                    t3, t4, t5 = strip[k + 3], strip[k + 4], strip[k + 5]
-                    z0, z1, z2, z3, z4, z5 = _bt(t0, t1, t2, t3, t4, t5)
-                    q = qi + np.uint64(tj)
-                    vf[q], vf[q + p], vf[q + 2 * p] = z0, z1, z2
-                    vf[q + 3 * p], vf[q + 4 * p], vf[q + 5 * p] = z3, z4, z5
-
-
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _at_m(mf, q, p):
-    """A^T M A of the tile at q (planes p apart): its 2x2 outputs (y00, y01, y10, y11)."""
-    s0, t0 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
-    q += p
-    s1, t1 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
-    q += p
-    s2, t2 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
-    q += p
-    s3, t3 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
-    q += p
-    s4, t4 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
-    q += p
-    s5, t5 = _at(mf[q], mf[q + 6 * p], mf[q + 12 * p], mf[q + 18 * p], mf[q + 24 * p], mf[q + 30 * p])
-    y00, y01 = _at(s0, s1, s2, s3, s4, s5)
-    y10, y11 = _at(t0, t1, t2, t3, t4, t5)
-    return y00, y01, y10, y11
+                    work[np.uint64(s + j)] = 0.0
+            _bt_planes(work, s2, swu, work, np.uint64(0), swu, sw)  # B^T d, down the columns
+            q0 = (r - ra) * tw
+            for i in range(6):  # t[6i + k, tile] = (B^T d)[i, 2 tj + k]
+                for k in range(6):
+                    dst = t0 + np.uint64((6 * i + k) * cap + q0)
+                    src = s2 + np.uint64(i * sw + k)
+                    for tj in range(tw):
+                        work[dst + np.uint64(tj)] = work[src + np.uint64(2 * tj)]
+        qc = np.uint64(c * cap)  # v offset of (e = 0, c, column 0)
+        for i in range(6):  # (B^T d) B along the rows: v[6i + b] from t[6i + k]
+            _bt_planes(vf, qc + np.uint64(6 * i) * p, p, work, t0 + np.uint64(6 * i) * capu, capu, cols)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _output_transform(m, ra, rb, cap, y, b, geo):
+def _output_transform(m, ra, rb, cap, y, b, work, geo):
     """y[n, o, 2ti + a, 2tj + b] = (A^T M A)[a, b] + b[o] for the tiles of rows [ra, rb)
-    (entries past the output's edge dropped)."""
+    (entries past the output's edge dropped). Per output channel: A^T M into work's first 12
+    planes (of cap), A^T M A + b into the next 4, then each tile's 2x2 outputs to y."""
     th, tw = geo[2], geo[3]
     o_all, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     mf, yf = m.reshape(-1), y.reshape(-1)
     p = np.uint64(geo[6])  # stride of e in m
     full = wo // 2  # tiles whose two columns are both inside (no test in their loop)
+    cols = (rb - ra) * tw
+    capu = np.uint64(cap)
+    c12, c13, c14, c15 = np.uint64(12 * cap), np.uint64(13 * cap), np.uint64(14 * cap), np.uint64(15 * cap)
+    zero = np.float32(0.0)
     for o in range(o_all):
+        qo = np.uint64(o * cap)
+        for j in range(6):  # rows (A^T M)[0, j] and [1, j]: planes j and 6 + j of work
+            _at_planes(work, np.uint64(j) * capu, np.uint64(6) * capu, mf, qo + np.uint64(j) * p,
+                       np.uint64(6) * p, cols, zero)  # fmt: skip
         bo = b[o]
+        _at_planes(work, c12, capu, work, np.uint64(0), capu, cols, bo)  # y00, y01
+        _at_planes(work, c14, capu, work, np.uint64(6) * capu, capu, cols, bo)  # y10, y11
         for r in range(ra, rb):
             n, ti = r // th, r % th
             y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat y offset of (n, o, 2ti, 0)
             two = 2 * ti + 1 < ho
-            q0 = o * cap + (r - ra) * tw
-            if two:  # two loops: no test inside either
-                for tj in range(full):
-                    y00, y01, y10, y11 = _at_m(mf, np.uint64(q0 + tj), p)
-                    d = np.uint64(y0 + 2 * tj)
-                    yf[d], yf[d + 1] = y00 + bo, y01 + bo
-                    yf[d + wo], yf[d + wo + 1] = y10 + bo, y11 + bo
-            else:
-                for tj in range(full):
-                    y00, y01, y10, y11 = _at_m(mf, np.uint64(q0 + tj), p)
-                    d = np.uint64(y0 + 2 * tj)
-                    yf[d], yf[d + 1] = y00 + bo, y01 + bo
+            q0 = np.uint64((r - ra) * tw)
+            for tj in range(full):
+                k, d = q0 + np.uint64(tj), np.uint64(y0 + 2 * tj)
+                yf[d], yf[d + 1] = work[k + c12], work[k + c13]
             if full < tw:  # the last tile overhangs: its first column only
-                y00, y01, y10, y11 = _at_m(mf, np.uint64(q0 + full), p)
-                d = np.uint64(y0 + 2 * full)
-                yf[d] = y00 + bo
-                if two:
-                    yf[d + wo] = y10 + bo
+                yf[np.uint64(y0 + 2 * full)] = work[q0 + np.uint64(full) + c12]
+            if two:
+                for tj in range(full):
+                    k, d = q0 + np.uint64(tj), np.uint64(y0 + wo + 2 * tj)
+                    yf[d], yf[d + 1] = work[k + c14], work[k + c15]
+                if full < tw:
+                    yf[np.uint64(y0 + wo + 2 * full)] = work[q0 + np.uint64(full) + c14]
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
+def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo):
     """Worker: y = conv5x5(x) + b over the tile rows [r0, r1), `rows` tile rows per chunk.
 
     x (N, Ci, H, W); y (N, Co, Ho, Wo) overwritten; b (Co,) (zeros: no bias); u (36, Co, Cig)
     the transformed filters or, when tr, (36, Ci, Cog) those of the flipped conv whose data
     gradient this is (read transposed at FLIP[e]); v (36, Ci, rows * tw), m (36, Co, rows *
-    tw), strip (6 * (2 * tw + 4),) workspaces.
+    tw), work (12 * (2 * tw + 4) + 36 * rows * tw,) workspaces.
     """
     tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
     c_all, o_all = x.shape[1], y.shape[1]
@@ -247,7 +312,7 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
         cols = (rb - ra) * tw
-        _input_transform(x, ra, rb, v, cap, strip, geo)
+        _input_transform(x, ra, rb, v, cap, work, geo)
         for e in range(36):
             for g in range(ng):
                 vo = e * vplane + g * cig * cap
@@ -260,60 +325,65 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
                     gemm(
                         False, False, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap
                     )
-        _output_transform(m, ra, rb, cap, y, b, geo)
+        _output_transform(m, ra, rb, cap, y, b, work, geo)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _dy_transform(dy, ra, rb, m, cap, db, geo):
+def _dy_transform(dy, ra, rb, m, cap, db, work, geo):
     """m[e, o, (r - ra) * tw + tj] = (A dY A^T)[e] of the 2x2 tile (r, tj) of dy[:, o] (zero
-    past the output's edge), the adjoint of _output_transform; db[o] += the tiles' sums."""
+    past the output's edge), the adjoint of _output_transform; db[o] += the tiles' sums.
+    Per output channel: the tiles' 2x2 values into work's first 4 planes (of cap), A down
+    the tiles' columns into the next 12, then A along the 6 rows into m."""
     th, tw = geo[2], geo[3]
     o_all, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     mf, df = m.reshape(-1), dy.reshape(-1)
     p = np.uint64(geo[6])  # stride of e in m
     full = wo // 2
-    zero = np.float32(0.0)
+    cols = (rb - ra) * tw
+    capu = np.uint64(cap)
+    c1, c2, c3 = capu, np.uint64(2 * cap), np.uint64(3 * cap)
+    lo, hi = np.uint64(4 * cap), np.uint64(10 * cap)  # A (a, c) and A (b, e): 6 planes each
     for o in range(o_all):
-        acc = zero
         for r in range(ra, rb):
             n, ti = r // th, r % th
             y0 = ((n * o_all + o) * ho + 2 * ti) * wo  # flat dy offset of (n, o, 2ti, 0)
             two = 2 * ti + 1 < ho
-            q0 = o * cap + (r - ra) * tw
-            for tj in range(tw):
-                d = np.uint64(y0 + 2 * tj)
-                a = df[d]
-                b = df[d + 1] if tj < full else zero
-                c = df[d + wo] if two else zero
-                e = df[d + wo + 1] if two and tj < full else zero
-                acc += a + b + c + e
-                # A dY A^T: the rows of A (a, b; c, e) = _a over the two rows, then each row's
-                # pair (left, right) through _a again
-                l0, l1, l2, l3, l4, l5 = _a(a, c)
-                r0, r1, r2, r3, r4, r5 = _a(b, e)
-                q = np.uint64(q0 + tj)
-                for i in range(6):
-                    if i == 0:
-                        lo, hi = l0, r0
-                    elif i == 1:
-                        lo, hi = l1, r1
-                    elif i == 2:
-                        lo, hi = l2, r2
-                    elif i == 3:
-                        lo, hi = l3, r3
-                    elif i == 4:
-                        lo, hi = l4, r4
-                    else:
-                        lo, hi = l5, r5
-                    z0, z1, z2, z3, z4, z5 = _a(lo, hi)
-                    qi = q + np.uint64(6 * i) * p
-                    mf[qi], mf[qi + p], mf[qi + 2 * p] = z0, z1, z2
-                    mf[qi + 3 * p], mf[qi + 4 * p], mf[qi + 5 * p] = z3, z4, z5
+            q0 = np.uint64((r - ra) * tw)
+            for tj in range(full):
+                k, d = q0 + np.uint64(tj), np.uint64(y0 + 2 * tj)
+                work[k], work[k + c1] = df[d], df[d + 1]
+            if full < tw:
+                k = q0 + np.uint64(full)
+                work[k], work[k + c1] = df[np.uint64(y0 + 2 * full)], 0.0
+            if two:
+                for tj in range(full):
+                    k, d = q0 + np.uint64(tj), np.uint64(y0 + wo + 2 * tj)
+                    work[k + c2], work[k + c3] = df[d], df[d + 1]
+                if full < tw:
+                    k = q0 + np.uint64(full)
+                    work[k + c2], work[k + c3] = df[np.uint64(y0 + wo + 2 * full)], 0.0
+            else:
+                for tj in range(tw):
+                    k = q0 + np.uint64(tj)
+                    work[k + c2], work[k + c3] = 0.0, 0.0
+        acc = np.float32(0.0)
+        for q in range(4 * cols if cols == cap else 0):  # all four planes in one run
+            acc += work[np.uint64(q)]
+        if cols < cap:
+            for j in range(4):
+                for q in range(cols):
+                    acc += work[np.uint64(j * cap + q)]
         db[o] += acc
+        _a_planes(work, lo, capu, work, np.uint64(0), c2, cols)  # A (a, c): column 0
+        _a_planes(work, hi, capu, work, c1, c3, cols)  # A (b, e): column 1
+        qo = np.uint64(o * cap)
+        for i in range(6):  # m[6i + j] = (A (l_i, r_i))[j]
+            _a_planes(mf, qo + np.uint64(6 * i) * p, p, work, lo + np.uint64(i) * capu,
+                      hi + np.uint64(i) * capu, cols)  # fmt: skip
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
+def wgrad_rows(r0, r1, rows, x, dy, v, m, work, du, db, geo):
     """Worker: du (36, O, Cig) = the weight gradient in the transformed domain summed over the
     tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums.
     Workspaces as conv_rows'."""
@@ -327,8 +397,8 @@ def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
         cols = (rb - ra) * tw
-        _input_transform(x, ra, rb, v, cap, strip, geo)
-        _dy_transform(dy, ra, rb, m, cap, db, geo)
+        _input_transform(x, ra, rb, v, cap, work, geo)
+        _dy_transform(dy, ra, rb, m, cap, db, work, geo)
         for e in range(36):
             for g in range(ng):
                 vo = e * vplane + g * cig * cap
@@ -396,7 +466,8 @@ class Winograd5:
             rows = max(1, min(-(-n * th // nt), -(-tile_columns // tw), fit))
             cap = rows * tw
             vplane, mplane = _plane(ci * cap), _plane(co * cap)
-            shapes = {"col": (36 * vplane,), "yw": (36 * mplane,), "xpad": (6 * (2 * tw + 4),)}
+            work = 12 * (2 * tw + 4) + 36 * cap  # the input transform's strips and tiles
+            shapes = {"col": (36 * vplane,), "yw": (36 * mplane,), "xpad": (work,)}
             if name == "fwd":  # the weight gradient's pass: its sums per worker
                 shapes.update(dbt=(o,))
             for t in range(nt):  # size the shared buffers now
