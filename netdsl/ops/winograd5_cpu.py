@@ -59,8 +59,14 @@ FLIP = np.array([_P[a] * 6 + _P[b] for a in range(6) for b in range(6)], np.int6
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
 def _bt(d0, d1, d2, d3, d4, d5):
     """B^T d: six inputs -> six outputs (even and odd parts of the +-x pairs)."""
-    e1, o1 = np.float32(18.0) * d4 - np.float32(8.0) * d2, np.float32(27.0) * d3 - np.float32(12.0) * d1
-    e2, o2 = np.float32(27.0) * d2 - np.float32(12.0) * d4, np.float32(18.0) * d1 - np.float32(8.0) * d3
+    e1, o1 = (
+        np.float32(18.0) * d4 - np.float32(8.0) * d2,
+        np.float32(27.0) * d3 - np.float32(12.0) * d1,
+    )
+    e2, o2 = (
+        np.float32(27.0) * d2 - np.float32(12.0) * d4,
+        np.float32(18.0) * d1 - np.float32(8.0) * d3,
+    )
     return (np.float32(36.0) * (d0 + d4) - np.float32(97.0) * d2, e1 + o1, e1 - o1, e2 + o2,
             e2 - o2, np.float32(36.0) * (d1 + d5) - np.float32(97.0) * d3)  # fmt: skip
 
@@ -142,11 +148,15 @@ def _bt_planes(dst, d0, ds, src, p0, p1, p2, p3, p4, p5, n):
         if a == 0:
             for q in range(n):
                 k = np.uint64(q)
-                dst[da + k] = np.float32(36.0) * (src[p0 + k] + src[p4 + k]) - np.float32(97.0) * src[p2 + k]
+                dst[da + k] = (
+                    np.float32(36.0) * (src[p0 + k] + src[p4 + k]) - np.float32(97.0) * src[p2 + k]
+                )
         elif a == 5:
             for q in range(n):
                 k = np.uint64(q)
-                dst[da + k] = np.float32(36.0) * (src[p1 + k] + src[p5 + k]) - np.float32(97.0) * src[p3 + k]
+                dst[da + k] = (
+                    np.float32(36.0) * (src[p1 + k] + src[p5 + k]) - np.float32(97.0) * src[p3 + k]
+                )
         else:  # rows 1-4: c1 d1 + c2 d2 + c3 d3 + c4 d4
             if a == 1:
                 c1, c2, c3, c4 = -12.0, -8.0, 27.0, 18.0
@@ -159,7 +169,9 @@ def _bt_planes(dst, d0, ds, src, p0, p1, p2, p3, p4, p5, n):
             f1, f2, f3, f4 = np.float32(c1), np.float32(c2), np.float32(c3), np.float32(c4)
             for q in range(n):
                 k = np.uint64(q)
-                dst[da + k] = f1 * src[p1 + k] + f2 * src[p2 + k] + f3 * src[p3 + k] + f4 * src[p4 + k]
+                dst[da + k] = (
+                    f1 * src[p1 + k] + f2 * src[p2 + k] + f3 * src[p3 + k] + f4 * src[p4 + k]
+                )
 
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
@@ -171,10 +183,14 @@ def _at_planes(dst, d0, ds, src, s0, ss, n, bias):
     d1 = d0 + ds
     for q in range(n):
         k = np.uint64(q)
-        dst[d0 + k] = src[p0 + k] + src[p1 + k] + src[p2 + k] + h * (src[p3 + k] + src[p4 + k]) + bias
+        dst[d0 + k] = (
+            src[p0 + k] + src[p1 + k] + src[p2 + k] + h * (src[p3 + k] + src[p4 + k]) + bias
+        )
     for q in range(n):
         k = np.uint64(q)
-        dst[d1 + k] = h * (src[p1 + k] - src[p2 + k]) + (src[p3 + k] - src[p4 + k]) + src[p5 + k] + bias
+        dst[d1 + k] = (
+            h * (src[p1 + k] - src[p2 + k]) + (src[p3 + k] - src[p4 + k]) + src[p5 + k] + bias
+        )
 
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
@@ -247,13 +263,17 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
             cols = nr * tw
             for rx in range(2):  # C[(a, rx, s)] = B^T down the columns: tap row i from
                 for sh in range(3):  # Q[(i % 2, rx, s)] shifted by i // 2 rows
-                    q0 = np.uint64((rx * 3 + sh)) * qpu  # Q[(0, rx, s)]
-                    q1 = np.uint64(((2 + rx) * 3 + sh)) * qpu  # Q[(1, rx, s)]
+                    q0 = np.uint64(rx * 3 + sh) * qpu  # Q[(0, rx, s)]
+                    q1 = np.uint64((2 + rx) * 3 + sh) * qpu  # Q[(1, rx, s)]
                     _bt_planes(work, c0 + np.uint64(rx * 3 + sh) * capu, np.uint64(6) * capu, work,
                                q0, q1, q0 + twu, q1 + twu, q0 + np.uint64(2) * twu,
                                q1 + np.uint64(2) * twu, cols)  # fmt: skip
-            qc = np.uint64(c * cap + (r - ra) * tw)  # v offset of (e = 0, c, this image's first tile)
-            for a in range(6):  # v[6a + b] = B along the rows: tap column k from C[(a, k % 2, k // 2)]
+            qc = np.uint64(
+                c * cap + (r - ra) * tw
+            )  # v offset of (e = 0, c, this image's first tile)
+            for a in range(
+                6
+            ):  # v[6a + b] = B along the rows: tap column k from C[(a, k % 2, k // 2)]
                 ca = c0 + np.uint64(6 * a) * capu
                 _bt_planes(vf, qc + np.uint64(6 * a) * p, p, work, ca, ca + np.uint64(3) * capu,
                            ca + capu, ca + np.uint64(4) * capu, ca + np.uint64(2) * capu,
@@ -273,7 +293,12 @@ def _output_transform(m, ra, rb, cap, y, b, work, geo):
     full = wo // 2  # tiles whose two columns are both inside (no test in their loop)
     cols = (rb - ra) * tw
     capu = np.uint64(cap)
-    c12, c13, c14, c15 = np.uint64(12 * cap), np.uint64(13 * cap), np.uint64(14 * cap), np.uint64(15 * cap)
+    c12, c13, c14, c15 = (
+        np.uint64(12 * cap),
+        np.uint64(13 * cap),
+        np.uint64(14 * cap),
+        np.uint64(15 * cap),
+    )
     zero = np.float32(0.0)
     for o in range(o_all):
         qo = np.uint64(o * cap)
@@ -427,8 +452,14 @@ def filter_gradient(du, dw, o0, o1):
             acc += du[t, :, o, :]
         for c in range(cg):
             for j in range(6):  # s = G^T acc, column by column
-                g0, g1, g2, g3, g4 = _gt(acc[j, c], acc[6 + j, c], acc[12 + j, c],
-                                         acc[18 + j, c], acc[24 + j, c], acc[30 + j, c])  # fmt: skip
+                g0, g1, g2, g3, g4 = _gt(
+                    acc[j, c],
+                    acc[6 + j, c],
+                    acc[12 + j, c],
+                    acc[18 + j, c],
+                    acc[24 + j, c],
+                    acc[30 + j, c],
+                )
                 s[0, j], s[1, j], s[2, j], s[3, j], s[4, j] = g0, g1, g2, g3, g4
             for i in range(5):  # dw = s G, row by row
                 g0, g1, g2, g3, g4 = _gt(s[i, 0], s[i, 1], s[i, 2], s[i, 3], s[i, 4], s[i, 5])
