@@ -2,10 +2,10 @@
 
 The conv layers of the issue 15 nets whose CPU time lags PyTorch's, each alone on random
 data: ResNet-18 at batch 8 (the 7x7/2 stem, 3x3 at 56/28/14/7 px, the stride-2 3x3 and 1x1
-layers), cifar10 at batch 128 (5x5 on 32 channels at 32/16/8 px), AlexNet's 5x5 conv2 at batch
-16 (groups 2), LeNet-5 at batch 128 and
-LeNet-5 (1998) at batch 32, a 1x1 stride-1 layer (no im2col) and VGG-16's 3x3 layers at
-batch 4 (prefix vgg; not in the default set: its 224 px layers take seconds). A row is the minimum
+layers), cifar10 at batch 128 (5x5 on 32 channels at 32/16/8 px), AlexNet's 5x5 conv2 at
+batch 16 (48 -> 128 per group), LeNet-5 at batch 128 and LeNet-5 (1998) at batch 32, a 1x1
+stride-1 layer (no im2col) and VGG-16's 3x3 layers at batch 4 (prefix vgg; not in the
+default set: its 224 px layers take seconds). A row is the minimum
 over --reps calls (the least disturbed by other load: the machine this was written on was
 shared), forward and backward separately; --cpu times process CPU time instead.
 
