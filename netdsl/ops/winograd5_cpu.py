@@ -263,25 +263,23 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
                                 work[dst + np.uint64(tj)] = xf[np.uint64(src + 2 * tj)]
                             for tj in range(hi, tw):
                                 work[dst + np.uint64(tj)] = 0.0
-            cols = nr * tw
+            cols, cq = nr * tw, np.uint64((r - ra) * tw)  # C's columns of these tiles
             for rx in range(2):  # C[(a, rx, s)] = B^T down the columns: tap row i from
                 for sh in range(3):  # Q[(i % 2, rx, s)] shifted by i // 2 rows
                     q0 = np.uint64(rx * 3 + sh) * qpu  # Q[(0, rx, s)]
                     q1 = np.uint64((2 + rx) * 3 + sh) * qpu  # Q[(1, rx, s)]
-                    _bt_planes(work, c0 + np.uint64(rx * 3 + sh) * capu, np.uint64(6) * capu, work,
-                               q0, q1, q0 + twu, q1 + twu, q0 + np.uint64(2) * twu,
+                    _bt_planes(work, c0 + np.uint64(rx * 3 + sh) * capu + cq, np.uint64(6) * capu,
+                               work, q0, q1, q0 + twu, q1 + twu, q0 + np.uint64(2) * twu,
                                q1 + np.uint64(2) * twu, cols)  # fmt: skip
-            qc = np.uint64(
-                c * cap + (r - ra) * tw
-            )  # v offset of (e = 0, c, this image's first tile)
-            for a in range(
-                6
-            ):  # v[6a + b] = B along the rows: tap column k from C[(a, k % 2, k // 2)]
-                ca = c0 + np.uint64(6 * a) * capu
-                _bt_planes(vf, qc + np.uint64(6 * a) * p, p, work, ca, ca + np.uint64(3) * capu,
-                           ca + capu, ca + np.uint64(4) * capu, ca + np.uint64(2) * capu,
-                           ca + np.uint64(5) * capu, cols)  # fmt: skip
             r += nr
+        # v[6a + b] = B along the rows, all the chunk's tiles at once: tap column k from
+        # C[(a, k % 2, k // 2)] (the shift by k // 2 is in Q already)
+        qc, cols = np.uint64(c * cap), (rb - ra) * tw  # v offset of (e = 0, c, column 0)
+        for a in range(6):
+            ca = c0 + np.uint64(6 * a) * capu
+            _bt_planes(vf, qc + np.uint64(6 * a) * p, p, work, ca, ca + np.uint64(3) * capu,
+                       ca + capu, ca + np.uint64(4) * capu, ca + np.uint64(2) * capu,
+                       ca + np.uint64(5) * capu, cols)  # fmt: skip
 
 
 @njit(cache=True, nogil=True, fastmath=True)
