@@ -14,8 +14,8 @@ independent GEMMs, one per element e of the transformed tile:
     M[e] (Co, T) = U[e] @ V[e]                                  (direct sgemm, conv_cpu.gemm)
     y tile = A^T M A (2x2) + bias
 
-The interpolation points are 0, +-3/2, +-2/3 and infinity (Toom-Cook; Lavin & Gray 2015
-build F(2x2, 5x5)'s matrices the same way from 0, +-1, +-2, inf):
+The interpolation points are 0, +-3/2, +-2/3 and infinity (the matrices built by Toom-Cook
+as in Lavin & Gray, 2015; the usual points for six-point transforms are 0, +-1, +-2, inf):
 
     A^T = [[1, 1, 1, 3/2, 3/2, 0], [0, 3/2, -3/2, 1, -1, 1]]
     B^T = [[36, 0, -97, 0, 36, 0], [0, -12, -8, 27, 18, 0], [0, 12, -8, -27, 18, 0],
@@ -27,14 +27,18 @@ build F(2x2, 5x5)'s matrices the same way from 0, +-1, +-2, inf):
 Why these points: float32 rounding. Modelled in NumPy (float32 transforms and products
 against a float64 direct convolution, ReLU-like inputs, He-scaled filters, 32-128 channels,
 8-27 px), the textbook points 0, +-1, +-2 give 2.4-4.9e-6 of the largest output, 0, +-1,
-+-1/2 2.2-4.1e-6, and 0, +-3/2, +-2/3 0.7-1.1e-6 (a direct float32 convolution: 0.4e-6; the
-best of the 3,060 sets of 0 and four of +-1, +-2, +-1/2, +-3/2, +-2/3, +-3, +-1/3,
-+-3/4, +-4/3). The set is closed under
-x -> 1/x (0 <-> inf), which flipping a filter does to its evaluation points: with G's rows
-scaled to match (as above, the scale moved into A^T), G J = P G for the 5x5 reversal J and
-the permutation P = (0 5)(1 3)(2 4). So the data gradient (the same kind of convolution of dy
-with the flipped, channel-transposed filters and top/left padding 4 - p) reads the forward's
-U at FLIP[e] transposed, as winograd_cpu does; nothing is transformed again.
++-1/2 2.2-4.1e-6, and 0, +-3/2, +-2/3 0.7-1.1e-6 (a direct float32 convolution: 0.4e-6).
+Among the 3,060 sets of 0 and four of +-1, +-2, +-1/2, +-3/2, +-2/3, +-3, +-1/3, +-3/4,
++-4/3, it is the best symmetric one (the best of all, 0, -3/2, 2/3, -3/4, 4/3, is 7 %
+better). Through a whole cifar10 forward (tests/test_torch_nets.py's measure, limit 1.5e-6)
+either set stays under 0.8e-6: pooling and the fc layer average the errors.
+
+The set is closed under x -> 1/x (0 <-> inf), which flipping a filter does to its
+evaluation points: with G's rows scaled to match (as above, the scale moved into A^T),
+G J = P G for the 5x5 reversal J and the permutation P = (0 5)(1 3)(2 4). So the data
+gradient (the same kind of convolution of dy with the flipped, channel-transposed filters
+and top/left padding 4 - p) reads the forward's U at FLIP[e] transposed, as winograd_cpu
+does; nothing is transformed again.
 
 The weight gradient is the transpose of the forward's chain: dU[e] (Co, Ci) = sum over tiles
 of (A dY A^T)[e] (Co, T) @ V[e]^T (T, Ci), then dg = G^T dU G, the exact gradient of what
@@ -226,10 +230,9 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
     rows and k // 2 columns. Per channel and image: 12 planes Q[(ry, rx, s)][Y, tj] = x[2Y +
     ry - ph, 2 (tj + s) + rx - pw] (zero outside; tw columns a row, the only strided and
     short loops), then B^T down the tiles' columns into 36 planes C[(a, rx, s)] and B along
-    their rows into v, both as long loops along the tiles (tile row after tile row). Copying
-    each tile's 36 taps one
-    tile row at a time instead took 27 against 22 ns a tile and channel at 16 px (8 px:
-    39 ns either way, the loops along one image's 16 tiles being too short to vectorise).
+    their rows into v, as loops along the tiles: one image's for C (its rows overlap), the
+    whole chunk's for v. Copying each tile's 36 taps a tile row at a time instead took 27
+    against 22-24 ns a tile and channel at 16 px, 39 against 30 at 8 px (1 thread).
     work: (12 * (cap + 2 * tw) + 36 * cap,) floats, Q then C.
     """
     ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
