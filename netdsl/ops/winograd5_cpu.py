@@ -62,35 +62,6 @@ FLIP = np.array([_P[a] * 6 + _P[b] for a in range(6) for b in range(6)], np.int6
 
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _bt(d0, d1, d2, d3, d4, d5):
-    """B^T d: six inputs -> six outputs (even and odd parts of the +-x pairs)."""
-    e1, o1 = (
-        np.float32(18.0) * d4 - np.float32(8.0) * d2,
-        np.float32(27.0) * d3 - np.float32(12.0) * d1,
-    )
-    e2, o2 = (
-        np.float32(27.0) * d2 - np.float32(12.0) * d4,
-        np.float32(18.0) * d1 - np.float32(8.0) * d3,
-    )
-    return (np.float32(36.0) * (d0 + d4) - np.float32(97.0) * d2, e1 + o1, e1 - o1, e2 + o2,
-            e2 - o2, np.float32(36.0) * (d1 + d5) - np.float32(97.0) * d3)  # fmt: skip
-
-
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _at(m0, m1, m2, m3, m4, m5):
-    """A^T m: six inputs -> two outputs."""
-    h = np.float32(1.5)
-    return m0 + m1 + m2 + h * (m3 + m4), h * (m1 - m2) + (m3 - m4) + m5
-
-
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _a(p, q):
-    """A (p, q): two inputs -> six outputs (the adjoint of _at)."""
-    h = np.float32(1.5)
-    return p, p + h * q, p - h * q, h * p + q, h * p - q, q
-
-
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
 def _g(g0, g1, g2, g3, g4):
     """G g: five filter taps -> six outputs."""
     a, b = np.float32(2.0 / 3.0), np.float32(1.5)
