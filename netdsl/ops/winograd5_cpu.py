@@ -61,6 +61,15 @@ _P = (5, 3, 4, 1, 2, 0)
 FLIP = np.array([_P[a] * 6 + _P[b] for a in range(6) for b in range(6)], np.int64)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _odd_lines(size):
+    """winograd_cpu._plane inside the kernels: the stride for planes of `size` floats, an
+    odd number of 64-byte lines, so that the planes of work, V and M that a loop reads and
+    writes together do not sit a multiple of 4 KiB apart."""
+    lines = (size + 15) // 16
+    return 16 * (lines + 1 - lines % 2)
+
+
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
 def _g(g0, g1, g2, g3, g4):
     """G g: five filter taps -> six outputs."""
@@ -206,13 +215,13 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
     their rows into v, as loops along the tiles: one image's for C (its rows overlap), the
     whole chunk's for v. Copying each tile's 36 taps a tile row at a time instead took 27
     against 22-24 ns a tile and channel at 16 px, 39 against 30 at 8 px (1 thread).
-    work: (12 * (cap + 2 * tw) + 36 * cap,) floats, Q then C.
+    work: (12 * _plane(cap + 2 * tw) + 36 * _plane(cap),) floats, Q then C.
     """
     ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
     c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
     xf, vf = x.reshape(-1), v.reshape(-1)
-    twu, capu = np.uint64(tw), np.uint64(cap)
-    qp = cap + 2 * tw  # plane size of Q: up to cap // tw + 2 rows of tw
+    twu, capu = np.uint64(tw), np.uint64(_odd_lines(cap))  # capu: C's plane stride
+    qp = _odd_lines(cap + 2 * tw)  # Q's plane stride: up to cap // tw + 2 rows of tw
     qpu = np.uint64(qp)
     c0 = np.uint64(12 * qp)  # offset of C
     p = np.uint64(geo[5])  # stride of e in v
@@ -262,20 +271,16 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
 def _output_transform(m, ra, rb, cap, y, b, work, geo):
     """y[n, o, 2ti + a, 2tj + b] = (A^T M A)[a, b] + b[o] for the tiles of rows [ra, rb)
     (entries past the output's edge dropped). Per output channel: A^T M into work's first 12
-    planes (of cap), A^T M A + b into the next 4, then each tile's 2x2 outputs to y."""
+    planes, A^T M A + b into the next 4, then each tile's 2x2 outputs to y."""
     th, tw = geo[2], geo[3]
     o_all, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     mf, yf = m.reshape(-1), y.reshape(-1)
     p = np.uint64(geo[6])  # stride of e in m
     full = wo // 2  # tiles whose two columns are both inside (no test in their loop)
     cols = (rb - ra) * tw
-    capu = np.uint64(cap)
-    c12, c13, c14, c15 = (
-        np.uint64(12 * cap),
-        np.uint64(13 * cap),
-        np.uint64(14 * cap),
-        np.uint64(15 * cap),
-    )
+    capu = np.uint64(_odd_lines(cap))  # the stride of work's planes
+    c12, c13 = np.uint64(12) * capu, np.uint64(13) * capu
+    c14, c15 = np.uint64(14) * capu, np.uint64(15) * capu
     zero = np.float32(0.0)
     for o in range(o_all):
         qo = np.uint64(o * cap)
@@ -310,7 +315,7 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo):
     x (N, Ci, H, W); y (N, Co, Ho, Wo) overwritten; b (Co,) (zeros: no bias); u (36, Co, Cig)
     the transformed filters or, when tr, (36, Ci, Cog) those of the flipped conv whose data
     gradient this is (read transposed at FLIP[e]); v (36, Ci, rows * tw), m (36, Co, rows *
-    tw), work (12 * (cap + 2 * tw) + 36 * cap,) workspaces, cap = rows * tw.
+    tw), work (12 * _plane(cap + 2 * tw) + 36 * _plane(cap),) workspaces, cap = rows * tw.
     """
     tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
     c_all, o_all = x.shape[1], y.shape[1]
@@ -341,7 +346,7 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo):
 def _dy_transform(dy, ra, rb, m, cap, db, work, geo):
     """m[e, o, (r - ra) * tw + tj] = (A dY A^T)[e] of the 2x2 tile (r, tj) of dy[:, o] (zero
     past the output's edge), the adjoint of _output_transform; db[o] += the tiles' sums.
-    Per output channel: the tiles' 2x2 values into work's first 4 planes (of cap), A down
+    Per output channel: the tiles' 2x2 values into work's first 4 planes, A down
     the tiles' columns into the next 12, then A along the 6 rows into m."""
     th, tw = geo[2], geo[3]
     o_all, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
@@ -349,9 +354,9 @@ def _dy_transform(dy, ra, rb, m, cap, db, work, geo):
     p = np.uint64(geo[6])  # stride of e in m
     full = wo // 2
     cols = (rb - ra) * tw
-    capu = np.uint64(cap)
-    c1, c2, c3 = capu, np.uint64(2 * cap), np.uint64(3 * cap)
-    lo, hi = np.uint64(4 * cap), np.uint64(10 * cap)  # A (a, c) and A (b, e): 6 planes each
+    capu = np.uint64(_odd_lines(cap))  # the stride of work's planes
+    c1, c2, c3 = capu, np.uint64(2) * capu, np.uint64(3) * capu
+    lo, hi = np.uint64(4) * capu, np.uint64(10) * capu  # A (a, c) and A (b, e): 6 planes each
     for o in range(o_all):
         for r in range(ra, rb):
             n, ti = r // th, r % th
@@ -376,12 +381,10 @@ def _dy_transform(dy, ra, rb, m, cap, db, work, geo):
                     k = q0 + np.uint64(tj)
                     work[k + c2], work[k + c3] = 0.0, 0.0
         acc = np.float32(0.0)
-        for q in range(4 * cols if cols == cap else 0):  # all four planes in one run
-            acc += work[np.uint64(q)]
-        if cols < cap:
-            for j in range(4):
-                for q in range(cols):
-                    acc += work[np.uint64(j * cap + q)]
+        for j in range(4):
+            pj = np.uint64(j) * capu
+            for q in range(cols):
+                acc += work[pj + np.uint64(q)]
         db[o] += acc
         _a_planes(work, lo, capu, work, np.uint64(0), c2, cols)  # A (a, c): column 0
         _a_planes(work, hi, capu, work, c1, c3, cols)  # A (b, e): column 1
@@ -481,7 +484,8 @@ class Winograd5:
             rows = max(1, min(-(-n * th // nt), -(-tile_columns // tw), fit))
             cap = rows * tw
             vplane, mplane = _plane(ci * cap), _plane(co * cap)
-            work = 12 * (cap + 2 * tw) + 36 * cap  # the input transform's Q and C
+            # the input transform's Q and C (the output and dy transforms use 16 planes)
+            work = 12 * _plane(cap + 2 * tw) + 36 * _plane(cap)
             shapes = {"col": (36 * vplane,), "yw": (36 * mplane,), "xpad": (work,)}
             if name == "fwd":  # the weight gradient's pass: its sums per worker
                 shapes.update(dbt=(o,))
