@@ -219,8 +219,8 @@ def use_winograd5(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> bo
     """Whether NETDSL_CONV_ALGO=auto runs a 5x5 stride-1 layer through Winograd F(2x2, 5x5)
     (winograd5_cpu): from 16 channels a group in and out, maps from 8 px and 2 M
     multiply-adds a call. Measured on 1 thread, forward + backward against im2col: 1.25-2.1x
-    faster at 16-128 channels, 8-27 px and 3.3-640 M multiply-adds (cifar10's conv2 2.1x,
-    conv3 1.9x, AlexNet's conv2 1.5x); level at 4 px (1.0x), slower at 3 px (0.8x) and with
+    faster at 16-128 channels, 8-27 px and 3.3-640 M multiply-adds (cifar10's conv2 1.9-2.1x,
+    conv3 1.75-1.9x, AlexNet's conv2 1.5x); level at 4 px, slower at 3 px (0.8x) and with
     3 or 6 input channels (0.7x, 0.5x)."""
     macs = n * groups * og * cg * ho * wo * 25
     return cg >= 16 and og >= 16 and min(ho, wo) >= 8 and macs >= 1 << 21
