@@ -112,8 +112,9 @@ def transform_weights(w, u, o0, o1):
                 r0, r1, r2, r3, r4, r5 = _g(t[i, 0], t[i, 1], t[i, 2], t[i, 3], t[i, 4])
                 tmp[6 * i, c], tmp[6 * i + 1, c], tmp[6 * i + 2, c] = r0, r1, r2
                 tmp[6 * i + 3, c], tmp[6 * i + 4, c], tmp[6 * i + 5, c] = r3, r4, r5
-        for e in range(36):
-            u[e, o, :] = tmp[e]
+        for e in range(36):  # element loops: an array-to-slice copy compiles Numba's
+            for c in range(cg):  # shape-mismatch message (its string code, ~1 s cold)
+                u[e, o, c] = tmp[e, c]
 
 
 # The transforms below run along the tiles: a chunk's tiles are columns (as in V and M), and
@@ -427,9 +428,13 @@ def filter_gradient(du, dw, o0, o1):
     acc = np.empty((36, cg), np.float32)
     s = np.empty((5, 6), np.float32)
     for o in range(o0, o1):
-        acc[:] = du[0, :, o, :]
+        for e in range(36):  # element loops, not slices: see transform_weights
+            for c in range(cg):
+                acc[e, c] = du[0, e, o, c]
         for t in range(1, nt):
-            acc += du[t, :, o, :]
+            for e in range(36):
+                for c in range(cg):
+                    acc[e, c] += du[t, e, o, c]
         for c in range(cg):
             for j in range(6):  # s = G^T acc, column by column
                 g0, g1, g2, g3, g4 = _gt(
