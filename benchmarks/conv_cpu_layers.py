@@ -2,9 +2,10 @@
 
 The conv layers of the issue 15 nets whose CPU time lags PyTorch's, each alone on random
 data: ResNet-18 at batch 8 (the 7x7/2 stem, 3x3 at 56/28/14/7 px, the stride-2 3x3 and 1x1
-layers), cifar10 at batch 128 (5x5 on 32 channels at 32/16/8 px), LeNet-5 at batch 128 and
-LeNet-5 (1998) at batch 32, a 1x1 stride-1 layer (no im2col) and VGG-16's 3x3 layers at
-batch 4 (prefix vgg; not in the default set: its 224 px layers take seconds). A row is the minimum
+layers), cifar10 at batch 128 (5x5 on 32 channels at 32/16/8 px), AlexNet's 5x5 conv2 at
+batch 16 (48 -> 128 per group), LeNet-5 at batch 128 and LeNet-5 (1998) at batch 32, a 1x1
+stride-1 layer (no im2col) and VGG-16's 3x3 layers at batch 4 (prefix vgg; not in the
+default set: its 224 px layers take seconds). A row is the minimum
 over --reps calls (the least disturbed by other load: the machine this was written on was
 shared), forward and backward separately; --cpu times process CPU time instead.
 
@@ -16,7 +17,7 @@ script with PYTHONPATH set to each, alternating, e.g.
 
 BLAS gets one thread as `netdsl train` runs it; the layers use NUMBA_NUM_THREADS workers.
 --algo gemm,winograd times each layer once per convolution algorithm (NETDSL_CONV_ALGO, set
-while the layer is built; winograd applies to 3x3 stride-1 layers only, others run gemm).
+while the layer is built; winograd applies to 3x3 and 5x5 stride-1 layers only, others run gemm).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-# (name, batch, C, H, W, O, k, stride, pad): pad symmetric, floor-mode output
+# (name, batch, C, H, W, O, k, stride, pad[, groups]): pad symmetric, floor-mode output
 LAYERS = [
     ("r18.stem", 8, 3, 224, 224, 64, 7, 2, 3),
     ("r18.l1", 8, 64, 56, 56, 64, 3, 1, 1),
@@ -48,6 +49,7 @@ LAYERS = [
     ("cifar.conv1", 128, 3, 32, 32, 32, 5, 1, 2),
     ("cifar.conv2", 128, 32, 16, 16, 32, 5, 1, 2),
     ("cifar.conv3", 128, 32, 8, 8, 64, 5, 1, 2),
+    ("alex.conv2", 16, 96, 27, 27, 256, 5, 1, 2, 2),  # 48 -> 128 per group
     ("lenet5.c1", 128, 1, 28, 28, 6, 5, 1, 2),
     ("lenet5.c3", 128, 6, 14, 14, 16, 5, 1, 0),
     ("lenet98.c1", 32, 1, 32, 32, 6, 5, 1, 0),
@@ -80,11 +82,12 @@ def time_netdsl(layer, reps: int, clock=time.perf_counter, algo: str = "") -> tu
     NETDSL_CONV_ALGO the layer is built under ("": as set in the environment)."""
     from netdsl.ops.conv import ConvCPU
 
-    _, n, c, h, w, o, k, s, p = layer
+    _, n, c, h, w, o, k, s, p, *rest = layer
+    g = rest[0] if rest else 1
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    wt = rng.standard_normal((o, c // g, k, k)).astype(np.float32)
     b = rng.standard_normal(o).astype(np.float32)
     y = np.empty((n, o, ho, wo), np.float32)
     dy = rng.standard_normal(y.shape).astype(np.float32)
@@ -93,7 +96,7 @@ def time_netdsl(layer, reps: int, clock=time.perf_counter, algo: str = "") -> tu
     if algo:
         os.environ["NETDSL_CONV_ALGO"] = algo
     try:
-        op = ConvCPU(n, c, h, w, o, k, k, (s, s), (p, p), (1, 1), 1, (ho, wo), True)
+        op = ConvCPU(n, c, h, w, o, k, k, (s, s), (p, p), (1, 1), g, (ho, wo), True)
     finally:
         if old is None:
             os.environ.pop("NETDSL_CONV_ALGO", None)
@@ -112,8 +115,8 @@ def time_torch(layer, reps: int, threads: int, clock=time.perf_counter) -> tuple
     import torch
 
     torch.set_num_threads(threads)
-    _, n, c, h, w, o, k, s, p = layer
-    conv = torch.nn.Conv2d(c, o, k, stride=s, padding=p)
+    _, n, c, h, w, o, k, s, p, *rest = layer
+    conv = torch.nn.Conv2d(c, o, k, stride=s, padding=p, groups=rest[0] if rest else 1)
     x = torch.randn(n, c, h, w, requires_grad=True)
     y = conv(x)
     dy = torch.randn_like(y)

@@ -178,7 +178,7 @@ def test_auto_rule_and_bad_setting(algo, monkeypatch) -> None:
     algo("winograd")
     assert build(2, 4, 8, 8, 32)[0].wino is not None
     five = conv.ConvCPU(2, 4, 8, 8, 4, 5, 5, (1, 1), (2, 2), (1, 1), 1, (8, 8), True)
-    assert five.wino is None  # 5x5: forced or not, only 3x3 layers
+    assert type(five.wino).__name__ == "Winograd5"  # 5x5: F(2x2, 5x5), test_conv_winograd5
     monkeypatch.setenv("NETDSL_CONV_ALGO", "fft")
     with pytest.raises(NetdslError, match="NETDSL_CONV_ALGO='fft'"):
         build(2, 4, 8, 8, 4)
