@@ -275,7 +275,9 @@ def _copy_dy(dyf, dytf, dyttf, tr, nb, i, g, og, o_all, ho, wo, wv, pitch, npix)
                     dyttf[np.uint64((i * npix + r * wv + j) * og + o)] = v
 
 
-def forward_images(n0, n1, bs, direct, x, w3, b, y, col, yt, xpad, geo):  # noqa: ANN001, ANN201
+def forward_images(n0: int, n1: int, bs: int, direct: bool, x: np.ndarray, w3: np.ndarray,
+                   b: np.ndarray, y: np.ndarray, col: np.ndarray, yt: np.ndarray,
+                   xpad: np.ndarray, geo: tuple[int, ...]) -> None:  # fmt: skip
     """Worker: y[n0:n1] = conv(x[n0:n1]) + b, `bs` images per GEMM: calls the kernel of the
     layer's path (forward_direct, forward_wide or forward_gather).
 
@@ -368,8 +370,11 @@ def forward_gather(n0, n1, bs, x, w3, b, y, col, yt, geo):
             _store_block(ytf, pitch, npix, wo, yf, nb, m, g, og, o_all, ho, wo, b)
 
 
-def backward_images(n0, n1, bs, direct, tr, dy, x, w3, dx, want_dx, col, dyt, dytt, xpad,  # noqa: ANN001, ANN201
-                    dxpad, dwt, dbt, geo):  # fmt: skip
+def backward_images(n0: int, n1: int, bs: int, direct: bool, tr: bool, dy: np.ndarray,
+                    x: np.ndarray, w3: np.ndarray, dx: np.ndarray, want_dx: bool,
+                    col: np.ndarray, dyt: np.ndarray, dytt: np.ndarray, xpad: np.ndarray,
+                    dxpad: np.ndarray, dwt: np.ndarray, dbt: np.ndarray,
+                    geo: tuple[int, ...]) -> None:  # fmt: skip
     """Worker: the weight gradient summed over images n0..n1 into dwt, overwritten: (G, Og, K)
     or, when tr, its transpose (G, K, Og); dbt (O,) likewise; dx[n0:n1] when want_dx. Calls
     the kernel of the layer's path (backward_direct, backward_wide or backward_gather).
