@@ -129,9 +129,9 @@ def test_winograd_weight_gradient_by_planes(setup, monkeypatch, case, workers, c
     assert wino is not None and wino.by_planes and wino.du_shape[0] == 1
     chunks = wino.wplanes[4]
     assert len(chunks) == (n * -(-hw // 2) if chunk_rows else 1)
-    # the forward and the data gradient split by planes too (run_layer checked y and dx)
-    assert set(wino.cplanes) == {"fwd", "bwd"}
-    assert [len(wino.cplanes[k][4]) for k in ("fwd", "bwd")] == [len(chunks)] * 2
+    # the forward and the data gradient split by planes too (run_layer checked y and dx),
+    # only when the batch's tiles fit one chunk
+    assert set(wino.cplanes) == (set() if chunk_rows and n * -(-hw // 2) > 1 else {"fwd", "bwd"})
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -142,7 +142,7 @@ def test_winograd_conv_by_planes_unpadded(setup, reuse) -> None:
     setup("winograd", 2)
     layer = run_layer(2, 32, 6, 6, 32, 3, 1, 0, reuse=reuse)
     cp = layer.wino.cplanes
-    assert cp["fwd"][6][2:4] == (2, 2) and cp["bwd"][6][2:4] == (3, 3)
+    assert cp["fwd"][5][2:4] == (2, 2) and cp["bwd"][5][2:4] == (3, 3)
 
 
 def test_winograd_weight_gradient_by_tiles_where_the_sums_are_small(setup) -> None:

@@ -463,27 +463,27 @@ class Winograd:
             scratch.get("col0", self.wplanes[1])
             scratch.get("yw0", self.wplanes[2])
         # The forward and the data gradient split by planes too, where the weight gradient is
-        # (U outweighs V and M): the team transforms a chunk of tile rows into one shared V,
-        # each worker multiplies its share of the 16 planes over ALL the chunk's tiles
-        # (conv_planes), then the team transforms the shared M back, by tile rows. Split by
-        # tiles, each worker read all of U (16 MiB at 512 x 512) for GEMMs half as wide
-        # (512 x 512 x 64 ran 7.1 ms for 16 planes against 12.1 ms for 16 of x 128, 1 thread).
+        # (U outweighs V and M) and all the batch's tiles fit one chunk: the team transforms
+        # them into one shared V, each worker multiplies its share of the 16 planes over all
+        # the tiles (conv_planes), then the team transforms the shared M back, by tile rows.
+        # Split by tiles, each worker read all of U (16 MiB at 512 x 512) for GEMMs half as
+        # wide (16 planes of 512 x 512 x 64 ran 7.1 ms against 12.1 ms for 16 of x 128, 1
+        # thread; ResNet-18's layer4 at 2 threads 21 / 39 -> 19.3 / 35.7 ms CPU forward /
+        # backward). In several chunks each reads U again: VGG-16's conv5 (4 x 7 tile rows
+        # at 14 px, chunks of 18) ran 8% slower than split by tiles, so not there.
         self.cplanes = {}
         for name, ci, co, geo_pad, hw_out in (
             ("fwd", c, o, pad, out_hw),
             ("bwd", o, c, back, (h, w)),
         ):
-            if not self.by_planes:
-                break
             th, tw = -(-hw_out[0] // 2), -(-hw_out[1] // 2)
-            fit = max(1, block_bytes // (4 * 16 * (ci + co) * tw))
-            crow = max(1, min(n * th, fit))
-            vplane, mplane = _plane(ci * crow * tw), _plane(co * crow * tw)
-            chunks = [(ra, min(n * th, ra + crow)) for ra in range(0, n * th, crow)]
-            rows_of = [[(ra + a, ra + b) for a, b in split(rb - ra, nt)] for ra, rb in chunks]
+            fit = max(1, block_bytes // (4 * 16 * (ci + co) * tw))  # tile rows under the cap
+            if not self.by_planes or n * th > fit:
+                continue
+            vplane, mplane = _plane(ci * n * th * tw), _plane(co * n * th * tw)
             geo = (*geo_pad, th, tw, groups, vplane, mplane)
-            self.cplanes[name] = (crow * tw, (16 * vplane,), (16 * mplane,), split(16, nt),
-                                  chunks, rows_of, geo, ci // groups, co // groups)  # fmt: skip
+            self.cplanes[name] = (n * th * tw, (16 * vplane,), (16 * mplane,), split(16, nt),
+                                  split(n * th, nt), geo, ci // groups, co // groups)  # fmt: skip
             scratch.get("col0", (16 * vplane,))
             scratch.get("yw0", (16 * mplane,))
         # the transformed dw sums: one, or each worker's (split by tiles)
@@ -511,7 +511,7 @@ class Winograd:
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
         """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 3, 3)."""
         self._transform(w)
-        if self.cplanes:
+        if "fwd" in self.cplanes:
             return self._conv_by_planes("fwd", x, self.u, b, y, False)
         jobs_r, rows, _, geo = self.passes["fwd"]
         jobs = [(r0, r1, rows, False, x, self.u, b, y, ws["col"], ws["yw"], ws["xpad"], geo)
@@ -581,7 +581,7 @@ class Winograd:
         same w array); zeros (C,) stands in for a bias."""
         if not (reuse and self._u_of is w):
             self._transform(w)
-        if self.cplanes:
+        if "bwd" in self.cplanes:
             return self._conv_by_planes("bwd", dy, self.u, zeros, dx, True)
         jobs_r, rows, _, geo = self.passes["bwd"]
         jobs = [(r0, r1, rows, True, dy, self.u, zeros, dx, ws["col"], ws["yw"], ws["xpad"], geo)
@@ -591,17 +591,15 @@ class Winograd:
     def _conv_by_planes(self, name: str, x: np.ndarray, u: np.ndarray, b: np.ndarray,
                         y: np.ndarray, tr: bool) -> None:  # fmt: skip
         """y = pass `name` (fwd, or bwd: the data gradient, tr) of x split by planes (see
-        __init__), chunk by chunk of tile rows; b (Co,) the bias (zeros: none)."""
-        cap, vshape, mshape, e_jobs, chunks, rows_of, geo, cig, cog = self.cplanes[name]
+        __init__): all the batch's tiles in one chunk; b (Co,) the bias (zeros: none)."""
+        cap, vshape, mshape, e_jobs, rows, geo, cig, cog = self.cplanes[name]
         v, m = self.scratch.get("col0", vshape), self.scratch.get("yw0", mshape)
-        views, tw = self._ws(name), geo[3]
-        for (ra, rb), rows in zip(chunks, rows_of, strict=True):
-            # the kernels of the split by tiles on offset views, as _wgrad_by_planes
-            parts = [(a, e, ws) for (a, e), ws in zip(rows, views, strict=True) if e > a]
-            self.workers.run(_input_transform, [(x, a, e, v[(a - ra) * tw :], cap, ws["xpad"], geo)
-                                                for a, e, ws in parts])  # fmt: skip
-            cols = (rb - ra) * tw
-            self.workers.run(conv_planes, [(e0, e1, cols, cap, tr, u, v, m, cig, cog, geo)
-                                           for e0, e1 in e_jobs])  # fmt: skip
-            self.workers.run(_output_transform, [(m[(a - ra) * tw :], a, e, cap, y, b, geo)
-                                                 for a, e, _ in parts])  # fmt: skip
+        tw = geo[3]
+        # the kernels of the split by tiles, on offset views (as _wgrad_by_planes)
+        parts = [(a, e, ws) for (a, e), ws in zip(rows, self._ws(name), strict=True) if e > a]
+        self.workers.run(_input_transform, [(x, a, e, v[a * tw :], cap, ws["xpad"], geo)
+                                            for a, e, ws in parts])  # fmt: skip
+        self.workers.run(conv_planes, [(e0, e1, cap, cap, tr, u, v, m, cig, cog, geo)
+                                       for e0, e1 in e_jobs])  # fmt: skip
+        self.workers.run(_output_transform, [(m[a * tw :], a, e, cap, y, b, geo)
+                                             for a, e, _ in parts])  # fmt: skip
