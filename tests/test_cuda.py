@@ -824,6 +824,20 @@ def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
     print(f"{summary}; PTX in {time.perf_counter() - t0:.1f}s")
 
 
+def test_ptx_jobs_take_the_gemm_kernels_first():
+    """`cuda_ptx --jobs N` hands its workers the costliest kernels first: the 128 x 128 GEMMs
+    (conv's and fc's) take most of the PTX test's time, and a split by kernel name put them
+    mostly into one job."""
+    from netdsl.backends.cuda_ptx import estimated_cost
+
+    tile = gemm_cuda.TILES[(128, 128)]
+    fc_gemm = (fc.__name__, "_cuda_kernels", (2, 5, 3, *tile, True, False, 0, 1), "gemm", ())
+    small = (fc.__name__, "_cuda_kernels", (2, 5, 3, *gemm_cuda.TILES[(32, 32)], True, False, 0,
+                                            1), "gemm", ())  # fmt: skip
+    fill = ("netdsl.ops.concat", "_cuda_fill", (), "fill", ())
+    assert estimated_cost(fc_gemm) == 64 > estimated_cost(small) == 4 > estimated_cost(fill) == 1
+
+
 # -------------------------------------------------------------------------------- real GPU only
 
 
