@@ -49,7 +49,7 @@ N, C, H, W = 2, 3, 5, 5
 RNG = np.random.default_rng(0)
 TOL = 1e-4
 # compiled for sm_90 by the PTX test; the thin tiles (LeNet's 32-row ones) are compiled
-# through ptxas by tests/test_gpu_static.py's LeNet-5 plan, so only the largest here
+# through ptxas by tests/test_gpu_static.py (LeNet-5's tiles), so only the largest here
 GPU_TILES = [(128, 128)]
 
 gpu = pytest.mark.gpu
