@@ -8,7 +8,9 @@ reference, each forced through the module's thresholds and asserted taken:
 - Winograd's weight gradient split by planes over the workers (winograd_cpu.wgrad_planes
   after the transforms on offset views), in one chunk or several, with more workers than a
   chunk's tile rows;
-- Winograd filters kept from the forward for the data gradient up to WINO_KEEP_BYTES.
+- Winograd filters kept from the forward for the data gradient up to WINO_KEEP_BYTES;
+- Winograd's forward and data gradient split by planes where its weight gradient is
+  (winograd_cpu.conv_planes between the transforms on offset views).
 
 Tiny shapes: each case runs in milliseconds once compiled.
 """
@@ -127,6 +129,20 @@ def test_winograd_weight_gradient_by_planes(setup, monkeypatch, case, workers, c
     assert wino is not None and wino.by_planes and wino.du_shape[0] == 1
     chunks = wino.wplanes[4]
     assert len(chunks) == (n * -(-hw // 2) if chunk_rows else 1)
+    # the forward and the data gradient split by planes too (run_layer checked y and dx),
+    # only when the batch's tiles fit one chunk
+    assert set(wino.cplanes) == (set() if chunk_rows and n * -(-hw // 2) > 1 else {"fwd", "bwd"})
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_winograd_conv_by_planes_unpadded(setup, reuse) -> None:
+    """Padding 0: the data gradient's tiles (6 x 6 dx, 3 x 3 tiles, padding 2) differ from
+    the forward's (4 x 4 y, 2 x 2): each pass its own chunks and plane strides; filters
+    kept from the forward or transformed again."""
+    setup("winograd", 2)
+    layer = run_layer(2, 32, 6, 6, 32, 3, 1, 0, reuse=reuse)
+    cp = layer.wino.cplanes
+    assert cp["fwd"][5][2:4] == (2, 2) and cp["bwd"][5][2:4] == (3, 3)
 
 
 def test_winograd_weight_gradient_by_tiles_where_the_sums_are_small(setup) -> None:

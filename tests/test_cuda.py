@@ -49,7 +49,7 @@ N, C, H, W = 2, 3, 5, 5
 RNG = np.random.default_rng(0)
 TOL = 1e-4
 # compiled for sm_90 by the PTX test; the thin tiles (LeNet's 32-row ones) are compiled
-# through ptxas by tests/test_gpu_static.py's LeNet-5 plan, so only the largest here
+# through ptxas by tests/test_gpu_static.py (LeNet-5's tiles), so only the largest here
 GPU_TILES = [(128, 128)]
 
 gpu = pytest.mark.gpu
@@ -822,6 +822,20 @@ def test_every_kernel_compiles_for_a_real_gpu(tmp_path):
         tiles = {tuple(cfg[geo : geo + 5]) for cfg in cfgs}
         assert all(gemm_cuda.TILES[key] in tiles for key in GPU_TILES), (short, tiles)
     print(f"{summary}; PTX in {time.perf_counter() - t0:.1f}s")
+
+
+def test_ptx_jobs_take_the_gemm_kernels_first():
+    """`cuda_ptx --jobs N` hands its workers the costliest kernels first: the 128 x 128 GEMMs
+    (conv's and fc's) take most of the PTX test's time, and a split by kernel name put them
+    mostly into one job."""
+    from netdsl.backends.cuda_ptx import estimated_cost
+
+    tile = gemm_cuda.TILES[(128, 128)]
+    fc_gemm = (fc.__name__, "_cuda_kernels", (2, 5, 3, *tile, True, False, 0, 1), "gemm", ())
+    small = (fc.__name__, "_cuda_kernels", (2, 5, 3, *gemm_cuda.TILES[(32, 32)], True, False, 0,
+                                            1), "gemm", ())  # fmt: skip
+    fill = ("netdsl.ops.concat", "_cuda_fill", (), "fill", ())
+    assert estimated_cost(fc_gemm) == 64 > estimated_cost(small) == 4 > estimated_cost(fill) == 1
 
 
 # -------------------------------------------------------------------------------- real GPU only

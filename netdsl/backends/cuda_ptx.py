@@ -18,9 +18,6 @@ import argparse
 import contextlib
 import importlib
 import pickle
-import subprocess
-import sys
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,16 +53,20 @@ def compile_records(records: list[tuple], cc: tuple[int, int] = (9, 0),
     activation code selects other code, and those stay in the family's key. Every kernel,
     and each of its tile configs, layouts and activations, is still compiled at least once.
     """
-    from numba import cuda
-    from numba.cuda import dispatcher
+    units, skipped = select_records(records, per_family)
+    _pretend_device(cc)
+    lines = [compile_unit(unit, cc) for unit in units]
+    lines.append(f"compiled {len(lines)} distinct kernels, skipped {skipped} more geometries "
+                 f"of their families (per_family={per_family})")  # fmt: skip
+    return lines
 
-    class _Device:  # device functions ask the current device for its compute capability
-        compute_capability = cc
 
-    dispatcher.get_current_device = lambda: _Device()  # no driver here: pretend to be `cc`
+def select_records(records: list[tuple], per_family: int = 1) -> tuple[list[tuple], int]:
+    """The records compile_records compiles, in their order, and how many geometries it skips:
+    each distinct (kernel, argument types) once, at most `per_family` geometries of a family."""
     done: set[tuple] = set()
     family_size: dict[tuple, int] = {}
-    lines, skipped = [], 0
+    units, skipped = [], 0
     for module, factory, cfg, name, args in records:
         key = (module, factory, cfg, name, args)
         if key in done:
@@ -78,18 +79,35 @@ def compile_records(records: list[tuple], cc: tuple[int, int] = (9, 0),
         if geo and per_family and family_size[family] > per_family:
             skipped += 1
             continue
-        kern = getattr(make(*cfg), name)
-        sig = tuple(_type(a) for a in args)
-        label = f"{module.rsplit('.', 1)[-1]}.{name}{list(cfg) if cfg else ''}"
-        try:
-            cuda.compile_ptx(kern.py_func, sig, cc=cc)
-            lines.append(f"ok   {label}")
-        except Exception as e:  # report every kernel, not just the first failure
-            first = str(e).strip().splitlines()
-            lines.append(f"FAIL {label}: {type(e).__name__}: {first[0] if first else ''}")
-    lines.append(f"compiled {len(lines)} distinct kernels, skipped {skipped} more geometries "
-                 f"of their families (per_family={per_family})")  # fmt: skip
-    return lines
+        units.append(key)
+    return units, skipped
+
+
+def _pretend_device(cc: tuple[int, int]) -> None:
+    """No driver here: device functions that ask the current device for its compute
+    capability are told `cc` (this process compiles, it never launches)."""
+    from numba.cuda import dispatcher
+
+    class _Device:
+        compute_capability = cc
+
+    dispatcher.get_current_device = lambda: _Device()
+
+
+def compile_unit(record: tuple, cc: tuple[int, int] = (9, 0)) -> str:
+    """Compile one record's kernel to PTX: an 'ok LABEL' or 'FAIL LABEL: error' line."""
+    from numba import cuda
+
+    module, factory, cfg, name, args = record
+    kern = getattr(getattr(importlib.import_module(module), factory)(*cfg), name)
+    sig = tuple(_type(a) for a in args)
+    label = f"{module.rsplit('.', 1)[-1]}.{name}{list(cfg) if cfg else ''}"
+    try:
+        cuda.compile_ptx(kern.py_func, sig, cc=cc)
+        return f"ok   {label}"
+    except Exception as e:  # report every kernel, not just the first failure
+        first = str(e).strip().splitlines()
+        return f"FAIL {label}: {type(e).__name__}: {first[0] if first else ''}"
 
 
 @contextlib.contextmanager
@@ -138,46 +156,53 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="compile in N processes (NVVM holds one core each)",
     )
-    parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "i/N": one job's part
     opts = parser.parse_args(argv)
     with open(opts.records, "rb") as f:
         records = pickle.load(f)
-    if opts.jobs > 1 and opts.shard is None:
-        return _run_jobs(opts)
-    if opts.shard is not None:
-        i, n = (int(v) for v in opts.shard.split("/"))
-        records = [r for r in records if _shard_of(r, n) == i]
-    lines = compile_records(records, per_family=opts.per_family)
+    if opts.jobs > 1:
+        lines = _compile_in_jobs(records, opts.per_family, opts.jobs)
+    else:
+        lines = compile_records(records, per_family=opts.per_family)
     print("\n".join(lines))
     return 1 if any(line.startswith("FAIL") for line in lines) else 0
 
 
-def _shard_of(record: tuple, n: int) -> int:
-    """The job compiling a record: by kernel (module, factory, name), so a kernel's whole
-    family is in one job and is still compiled once."""
-    module, factory, _, name, _ = record
-    return zlib.crc32(f"{module}:{factory}:{name}".encode()) % n
+def estimated_cost(record: tuple) -> int:
+    """A record's compile time, roughly, in units of a small kernel's: the GEMM kernels of conv
+    and fc unroll a TM x TN block of accumulators per thread (Numba's time goes into inlining
+    and SSA-renaming those multiply-adds), so a kernel whose config holds a GEMM tile costs
+    TM * TN (64 for the GPU's 128 x 128 tiles), any other 1. Measured single-process under
+    load: a 128 x 128 GEMM kernel 19-64 s, the ~45 others 22 s together."""
+    from netdsl.ops import gemm_cuda
+
+    cfg = tuple(record[2])
+    for tile in {*gemm_cuda.TILES.values(), *gemm_cuda.SIM_TILES.values()}:
+        if any(cfg[i : i + 5] == tile for i in range(len(cfg) - 4)):
+            return tile[3] * tile[4]
+    return 1
 
 
-def _run_jobs(opts) -> int:
-    """Run `opts.jobs` shards of this command at once; print their lines and one summary."""
-    cmd = [sys.executable, "-m", "netdsl.backends.cuda_ptx", opts.records,
-           "--per-family", str(opts.per_family)]  # fmt: skip
-    procs = [subprocess.Popen([*cmd, "--shard", f"{i}/{opts.jobs}"], stdout=subprocess.PIPE,
-                              text=True) for i in range(opts.jobs)]  # fmt: skip
-    lines, compiled, skipped, failed = [], 0, 0, False
-    for p in procs:
-        out, _ = p.communicate()
-        failed |= p.returncode != 0
-        *body, summary = out.splitlines() or [""]
-        lines += body
-        nums = [int(w) for w in summary.split() if w.isdigit()]
-        if len(nums) >= 2:
-            compiled, skipped = compiled + nums[0], skipped + nums[1]
-    lines.append(f"compiled {compiled} distinct kernels, skipped {skipped} more geometries "
-                 f"of their families (per_family={opts.per_family}, {opts.jobs} jobs)")  # fmt: skip
-    print("\n".join(lines))
-    return 1 if failed or any(line.startswith("FAIL") for line in lines) else 0
+def _compile_in_jobs(records: list[tuple], per_family: int, jobs: int) -> list[str]:
+    """compile_records' lines, in its order, from `jobs` worker processes.
+
+    The workers take the next kernel as they finish one, the costliest first (estimated_cost),
+    so a few long GEMM compiles are spread over the workers instead of landing in one of them
+    (a fixed split by kernel name put conv's and fc's GEMMs, most of the time, into one job).
+    Workers are spawned: a fork of a process that imported Numba is not a clean compiler.
+    """
+    import multiprocessing
+
+    units, skipped = select_records(records, per_family)
+    order = sorted(range(len(units)), key=lambda i: -estimated_cost(units[i]))  # stable
+    lines: list[str] = [""] * len(units)
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_pretend_device,
+                                                   initargs=((9, 0),)) as pool:  # fmt: skip
+        done = pool.imap(compile_unit, [units[i] for i in order], chunksize=1)
+        for i, line in zip(order, done):
+            lines[i] = line
+    lines.append(f"compiled {len(units)} distinct kernels, skipped {skipped} more geometries "
+                 f"of their families (per_family={per_family}, {jobs} jobs)")  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ the device too and a step is one kernel launch (netdsl.ops.optim.OptimCUDA). A g
 spread over several devices shards theta and grad by owner
 (netdsl.backends.cuda_devices.ShardedBuffer): pass it as `like` and the state is sharded the
 same way, one kernel per device. SGD and Adam are elementwise, so the result is the same.
+On the CPU an update of at least optim.PARALLEL_MIN_PARAMS parameters runs on the layers'
+thread count (NUMBA_NUM_THREADS), each thread on a fixed slice: the same bits as one thread.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ class Optimizer:
         self.t = 0  # steps taken
         self._gpu = None
         self._shards = None  # per device: (domain, OptimCUDA over that device's shard)
+        self._workers, self._slices = None, []  # CPU: threads, each one's slice of segments
+        if device == "cpu" and size >= optim.PARALLEL_MIN_PARAMS:
+            from ..ops.conv import Workers, num_threads
+
+            nt = num_threads()
+            if nt > 1:
+                self._workers = Workers(nt)
+                self._slices = optim.split_segments(self.segments, size, nt)
         if device == "cuda" and hasattr(like, "shards"):
             self.v = like.zeros_like()
             if self.kind == "adam":
@@ -65,13 +75,24 @@ class Optimizer:
             self._gpu_step(self._gpu, w, g, self.m, self.v, lr)
             return
         s = self.spec
+        # Threads take fixed slices of the buffers (see optim.split_segments): elementwise, so
+        # the same bits as one call, whatever the thread count.
+        threaded = self._workers is not None and w.size == self.v.size
+        parts = self._slices if threaded else [self.segments]
         if self.kind == "sgd":
-            optim.sgd_update(w, g, self.v, *self.segments, float(lr), float(s["momentum"]),
-                             float(s["weight_decay"]), bool(s["nesterov"]))  # fmt: skip
+            hyper = (float(lr), float(s["momentum"]), float(s["weight_decay"]),
+                     bool(s["nesterov"]))  # fmt: skip
+            jobs = [(w, g, self.v, *seg, *hyper) for seg in parts]
+            fn = optim.sgd_update
         else:
-            optim.adam_update(w, g, self.m, self.v, *self.segments, float(lr), float(s["beta1"]),
-                              float(s["beta2"]), float(s["eps"]), float(s["weight_decay"]),
-                              self.t)  # fmt: skip
+            hyper = (float(lr), float(s["beta1"]), float(s["beta2"]), float(s["eps"]),
+                     float(s["weight_decay"]), self.t)  # fmt: skip
+            jobs = [(w, g, self.m, self.v, *seg, *hyper) for seg in parts]
+            fn = optim.adam_update
+        if threaded:
+            self._workers.run(fn, jobs)
+        else:
+            fn(*jobs[0])
 
     def _gpu_step(self, op: optim.OptimCUDA, w, g, m, v, lr: float) -> None:
         s = self.spec
