@@ -332,16 +332,17 @@ def conv_planes(e0, e1, cols, cap, tr, u, v, m, cig, cog, geo):
     ng, vplane, mplane = geo[4], geo[5], geo[6]
     uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
     uplane = u.shape[1] * u.shape[2]
+    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
     for e in range(e0, e1):
         for g in range(ng):
             vo = e * vplane + g * cig * cap
             mo = e * mplane + g * cog * cap
             if tr:
                 uo = FLIP[e] * uplane + g * cig * cog
-                gemm(True, False, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
+                gemm(yes, no, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
             else:
                 uo = e * uplane + g * cog * cig
-                gemm(False, False, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
+                gemm(no, no, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
