@@ -23,13 +23,14 @@ Safe by construction, and never needed for correctness:
   two processes saving different signatures of one function could both name their data
   ``<fn>.1.nbc`` and leave an index entry pointing at the other's code. lock_numba_cache()
   makes that step one critical section per cache folder (flock), data before index.
-- Both processes need some kernels (conv_cpu's fill_col and gemm are compiled into the
-  forward and the backward kernels alike): each compile of a cached function holds an flock
-  on a lock file beside its index, so the second process to need it waits for the first
-  and loads its code from the cache instead of compiling it again (LeNet-5: fill_col, 0.8 s
-  of the helper's CPU). The helper runs the backward of the layers without such kernels
-  first, then theirs in forward order, so that by the time it needs shared code the parent
-  has usually saved it (the parent's forward should not wait for the helper).
+- Both processes need some kernels (conv_cpu's fill_col_wide / fill_col_gather and gemm
+  are compiled into the forward and the backward kernels alike): each compile of a cached
+  function holds an flock on a lock file beside its index, so the second process to need
+  it waits for the first and loads its code from the cache instead of compiling it again
+  (LeNet-5: the im2col kernel, 0.5-0.8 s of the helper's CPU). The helper runs the
+  backward of the layers without such kernels first, then theirs in forward order, so that
+  by the time it needs shared code the parent has usually saved it (the parent's forward
+  should not wait for the helper).
 - Forking is only done where it is safe and useful: Linux, two or more cores and one of them
   idle (by the 1-minute load average), twice the memory the child may copy available, this
   process single-threaded (no thread can hold a lock across the fork; no MPI), a writable

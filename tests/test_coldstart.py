@@ -49,14 +49,17 @@ CHILD = textwrap.dedent("""\
     status = main(sys.argv[1:])
     from numba.core.dispatcher import Dispatcher
     from netdsl.ops import codegen
-    misses, hits = [], 0
+    misses, hits, conv_misses = [], 0, []
     for d in gc.get_objects():
         if isinstance(d, Dispatcher):
             misses += [d.py_func.__qualname__] * sum(d.stats.cache_misses.values())
             hits += sum(d.stats.cache_hits.values())
+            if d.py_func.__module__ == "netdsl.ops.conv_cpu":
+                conv_misses += [d.py_func.__qualname__] * sum(d.stats.cache_misses.values())
     heavy = sorted(m for m in ("torch", "matplotlib", "tensorboardX", "onnx", "onnxruntime",
                                "mpi4py", "PIL") if m in sys.modules)
     print(json.dumps({"status": status, "misses": misses, "hits": hits, "heavy": heavy,
+                      "conv_misses": sorted(conv_misses),
                       "kernel_sources": [how for _, _, how in codegen.EVENTS]}))
 """)
 
@@ -80,7 +83,9 @@ def run_train(tmp_path: Path, out: str) -> dict:
     cmd = [sys.executable, "-c", CHILD, "train", str(tmp_path / "tiny.net"), "--data",
            str(tmp_path / "tiny.npz"), "--validate", "4", "--out", str(tmp_path / out),
            "--quiet"]  # fmt: skip
-    return run_child(cmd, tmp_path)
+    # no compile-ahead helper: the tests below count what THIS process compiled (on an idle
+    # machine a helper would compile the backward kernels, found here as cache hits)
+    return run_child(cmd, tmp_path, ahead="0")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,17 @@ def test_max_pooling_compiles_only_max_pooling_code(two_starts):
     cold, _ = two_starts
     pool_misses = {m for m in cold["misses"] if "_planes" in m or "_whole" in m}
     assert pool_misses == {"_max2_tiled_planes", "_max_backward_planes"}, pool_misses
+
+
+def test_convolution_compiles_only_its_path_and_one_gemm(two_starts):
+    """conv_cpu's kernels are one per data path (direct / wide / gather, picked in Python):
+    the tiny net's 3x3 pad-1 conv (the wide layout) compiles the wide kernels alone, and
+    gemm once (one signature: a literal True / False at a call site compiled it per value;
+    a kernel with every path cost LeNet-5 2 s more of its cold start)."""
+    cold, _ = two_starts
+    assert cold["conv_misses"] == [
+        "add_col_wide", "backward_wide", "fill_col_wide", "forward_wide", "gemm"
+    ], cold["conv_misses"]  # fmt: skip
 
 
 def test_train_imports_no_optional_packages(two_starts):

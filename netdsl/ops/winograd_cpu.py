@@ -212,6 +212,7 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
     c_all, o_all = x.shape[1], y.shape[1]
     cig, cog = c_all // ng, o_all // ng
     cap = rows * tw
+    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
     uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
     uplane = u.shape[1] * u.shape[2]
     for ra in range(r0, r1, rows):
@@ -224,12 +225,10 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
                 mo = e * mplane + g * cog * cap
                 if tr:  # M[e] = U[FLIP[e]]^T @ V[e]: U's rows are this conv's input channels
                     uo = FLIP[e] * uplane + g * cig * cog
-                    gemm(True, False, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
+                    gemm(yes, no, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
                 else:
                     uo = e * uplane + g * cog * cig
-                    gemm(
-                        False, False, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap
-                    )
+                    gemm(no, no, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
         _output_transform(m, ra, rb, cap, y, b, geo)
 
 
@@ -290,6 +289,7 @@ def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
     c_all, o_all = x.shape[1], dy.shape[1]
     cig, cog = c_all // ng, o_all // ng
     cap = rows * tw
+    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
     vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
     duf[:] = 0.0
     db[:] = 0.0
@@ -303,7 +303,7 @@ def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
                 vo = e * vplane + g * cig * cap
                 mo = e * mplane + g * cog * cap
                 uo = (e * o_all + g * cog) * cig
-                gemm(False, True, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
+                gemm(no, yes, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -313,13 +313,14 @@ def wgrad_planes(e0, e1, cols, cap, v, m, du, beta, geo):
     ng, vplane, mplane = geo[4], geo[5], geo[6]
     o_all, cig = du.shape[1], du.shape[2]
     cog = o_all // ng
+    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
     vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
     for e in range(e0, e1):
         for g in range(ng):
             vo = e * vplane + g * cig * cap
             mo = e * mplane + g * cog * cap
             uo = (e * o_all + g * cog) * cig
-            gemm(False, True, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, beta, duf[uo:], cig)
+            gemm(no, yes, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, beta, duf[uo:], cig)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -331,16 +332,17 @@ def conv_planes(e0, e1, cols, cap, tr, u, v, m, cig, cog, geo):
     ng, vplane, mplane = geo[4], geo[5], geo[6]
     uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
     uplane = u.shape[1] * u.shape[2]
+    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
     for e in range(e0, e1):
         for g in range(ng):
             vo = e * vplane + g * cig * cap
             mo = e * mplane + g * cog * cap
             if tr:
                 uo = FLIP[e] * uplane + g * cig * cog
-                gemm(True, False, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
+                gemm(yes, no, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
             else:
                 uo = e * uplane + g * cog * cig
-                gemm(False, False, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
+                gemm(no, no, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
