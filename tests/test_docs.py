@@ -303,7 +303,7 @@ def test_ci_runs_the_readmes_setup_commands():
     mod = _readme_commands()
     commands = mod.setup_commands((ROOT / "README.md").read_text(encoding="utf-8"))
     assert commands == ["pip install . && netdsl train nets/lenet5.net",
-                        "pip install '.[test]' && pytest"]  # fmt: skip
+                        "pip install '.[test]' && pytest -n 2 --dist loadfile"]  # fmt: skip
     run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert ".ci/readme_commands.py README.md" in run
     assert run.rstrip().endswith('bash -c "${readme[1]}"')  # the test command comes last
