@@ -54,7 +54,7 @@ import numpy as np
 from numba import njit
 
 from netdsl.ops.conv_cpu import gemm
-from netdsl.ops.winograd_cpu import _plane
+from netdsl.ops.winograd_cpu import Winograd, _plane
 
 # flipping a filter permutes its transformed rows and columns by P = (0 5)(1 3)(2 4)
 _P = (5, 3, 4, 1, 2, 0)
@@ -452,7 +452,7 @@ def filter_gradient(du, dw, o0, o1):
                 dw[o, c, i, 3], dw[o, c, i, 4] = g3, g4
 
 
-class Winograd5:
+class Winograd5(Winograd):
     """The F(2x2, 5x5) passes of one ConvCPU layer (5x5, stride 1, dilation 1), fixed shapes.
 
     Works as winograd_cpu.Winograd: workspaces are views of the layer's shared Scratch under
@@ -460,8 +460,15 @@ class Winograd5:
     `tile_columns` (the target GEMM width, in tiles) under `block_bytes` for V and M. The
     transformed filters u (36, O, Cg) are this layer's own array up to `keep_bytes` (the
     forward fills it, the data gradient of the same step reuses it), larger ones live in the
-    shared Scratch (key wu5) and are transformed again for the data gradient.
+    shared Scratch (key wu5) and are transformed again for the data gradient. The passes
+    (forward, backward, backward_data) are Winograd's, with this module's kernels.
     """
+
+    _transform_weights = staticmethod(transform_weights)
+    _conv_rows = staticmethod(conv_rows)
+    _wgrad_rows = staticmethod(wgrad_rows)
+    _filter_gradient = staticmethod(filter_gradient)
+    _u_key = "wu5"
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
                  groups: int, out_hw: tuple[int, int], scratch, workers,
@@ -503,68 +510,4 @@ class Winograd5:
         self.du_shape = (nt, 36, o, c // groups)  # each worker's transformed dw sums
         scratch.get("wdu", self.du_shape)
         self._views: dict[str, tuple[int, list]] = {}
-
-    def _ws(self, name: str) -> list[dict[str, np.ndarray]]:
-        """Each worker's workspaces of pass `name`, kept while the scratch buffers stay."""
-        got = self._views.get(name)
-        if got is None or got[0] != self.scratch.version:
-            shapes = self.passes[name][2]
-            views = [{k: self.scratch.get(f"{k}{t}", s) for k, s in shapes.items()}
-                     for t in range(self.workers.n)]  # fmt: skip
-            got = self._views[name] = (self.scratch.version, views)
-        return got[1]
-
-    def _transform(self, w: np.ndarray) -> None:
-        if not self.keep:  # a view of the shared buffer (it may have grown since)
-            self.u = self.scratch.get("wu5", self.u_shape)
-        jobs = [(w, self.u, o0, o1) for o0, o1 in self.o_jobs if o1 > o0]
-        self.workers.run(transform_weights, jobs)
-        self._u_of = w if self.keep else None  # shared: other layers overwrite it
-
-    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
-        """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 5, 5)."""
-        self._transform(w)
-        jobs_r, rows, _, geo = self.passes["fwd"]
-        jobs = [(r0, r1, rows, False, x, self.u, b, y, ws["col"], ws["yw"], ws["xpad"], geo)
-                for (r0, r1), ws in zip(jobs_r, self._ws("fwd"), strict=True)]  # fmt: skip
-        self.workers.run(conv_rows, jobs)
-
-    def backward(
-        self,
-        dy: np.ndarray,
-        x: np.ndarray,
-        w: np.ndarray,
-        dx: np.ndarray | None,
-        dw: np.ndarray,
-        db: np.ndarray | None,
-        reuse: bool,
-        zeros: np.ndarray,
-    ) -> None:
-        """Overwrite dw, db (unless None) and dx (unless None) with the gradients; reuse and
-        zeros as backward_data's."""
-        jobs_r, rows, _, geo = self.passes["fwd"]
-        views = self._ws("fwd")
-        du = self.scratch.get("wdu", self.du_shape)
-        jobs = [(r0, r1, rows, x, dy, ws["col"], ws["yw"], ws["xpad"], du[t], ws["dbt"], geo)
-                for t, ((r0, r1), ws) in enumerate(zip(jobs_r, views, strict=True))]  # fmt: skip
-        self.workers.run(wgrad_rows, jobs)
-        dbt = views[0]["dbt"]
-        for ws in views[1:]:  # fixed order over workers
-            dbt += ws["dbt"]
-        self.workers.run(filter_gradient, [(du, dw, o0, o1) for o0, o1 in self.o_jobs if o1 > o0])
-        if db is not None:
-            np.copyto(db, dbt)
-        if dx is not None:
-            self.backward_data(dy, w, dx, reuse, zeros)
-
-    def backward_data(self, dy: np.ndarray, w: np.ndarray, dx: np.ndarray, reuse: bool,
-                      zeros: np.ndarray) -> None:  # fmt: skip
-        """dx = the data gradient of the conv for dy (overwritten). reuse: w is unchanged
-        since the last forward (the filters transformed there are used when it was this
-        same w array); zeros (C,) stands in for a bias."""
-        if not (reuse and self._u_of is w):
-            self._transform(w)
-        jobs_r, rows, _, geo = self.passes["bwd"]
-        jobs = [(r0, r1, rows, True, dy, self.u, zeros, dx, ws["col"], ws["yw"], ws["xpad"], geo)
-                for (r0, r1), ws in zip(jobs_r, self._ws("bwd"), strict=True)]  # fmt: skip
-        self.workers.run(conv_rows, jobs)
+        self.by_planes, self.cplanes = False, {}  # Winograd's split by planes: 3x3 only

@@ -407,7 +407,17 @@ class Winograd:
     the data gradient: keeping all would add 16/9 of the 3x3 weights to the peak RSS (ResNet-18
     67 MiB, 50 of it its 512-channel layers; VGG-16 105 MiB), to save a transform of 2-5 ms
     a 512 x 512 layer.
+
+    winograd5_cpu.Winograd5 is this class with F(2x2, 5x5)'s kernels and its own sizes (no
+    split by planes): the passes below call the kernels through these class attributes
+    (staticmethod: a Numba dispatcher would otherwise bind as a method).
     """
+
+    _transform_weights = staticmethod(transform_weights)
+    _conv_rows = staticmethod(conv_rows)
+    _wgrad_rows = staticmethod(wgrad_rows)
+    _filter_gradient = staticmethod(filter_gradient)
+    _u_key = "wu"  # the shared Scratch's key of filters not kept
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
                  groups: int, out_hw: tuple[int, int], scratch, workers,
@@ -505,20 +515,20 @@ class Winograd:
 
     def _transform(self, w: np.ndarray) -> None:
         if not self.keep:  # a view of the shared buffer (it may have grown since)
-            self.u = self.scratch.get("wu", self.u_shape)
+            self.u = self.scratch.get(self._u_key, self.u_shape)
         jobs = [(w, self.u, o0, o1) for o0, o1 in self.o_jobs if o1 > o0]
-        self.workers.run(transform_weights, jobs)
+        self.workers.run(self._transform_weights, jobs)
         self._u_of = w if self.keep else None  # shared: other layers overwrite it
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
-        """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 3, 3)."""
+        """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 3, 3), or 5x5 (Winograd5)."""
         self._transform(w)
         if "fwd" in self.cplanes:
             return self._conv_by_planes("fwd", x, self.u, b, y, False)
         jobs_r, rows, _, geo = self.passes["fwd"]
         jobs = [(r0, r1, rows, False, x, self.u, b, y, ws["col"], ws["yw"], ws["xpad"], geo)
                 for (r0, r1), ws in zip(jobs_r, self._ws("fwd"), strict=True)]  # fmt: skip
-        self.workers.run(conv_rows, jobs)
+        self.workers.run(self._conv_rows, jobs)
 
     def backward(
         self,
@@ -541,11 +551,12 @@ class Winograd:
         else:
             jobs = [(r0, r1, rows, x, dy, s["col"], s["yw"], s["xpad"], du[t], s["dbt"], geo)
                     for t, ((r0, r1), s) in enumerate(zip(jobs_r, views, strict=True))]  # fmt: skip
-            self.workers.run(wgrad_rows, jobs)
+            self.workers.run(self._wgrad_rows, jobs)
         dbt = views[0]["dbt"]
         for ws in views[1:]:  # fixed order over workers
             dbt += ws["dbt"]
-        self.workers.run(filter_gradient, [(du, dw, o0, o1) for o0, o1 in self.o_jobs if o1 > o0])
+        jobs = [(du, dw, o0, o1) for o0, o1 in self.o_jobs if o1 > o0]
+        self.workers.run(self._filter_gradient, jobs)
         if db is not None:
             np.copyto(db, dbt)
         if dx is not None:
@@ -588,7 +599,7 @@ class Winograd:
         jobs_r, rows, _, geo = self.passes["bwd"]
         jobs = [(r0, r1, rows, True, dy, self.u, zeros, dx, ws["col"], ws["yw"], ws["xpad"], geo)
                 for (r0, r1), ws in zip(jobs_r, self._ws("bwd"), strict=True)]  # fmt: skip
-        self.workers.run(conv_rows, jobs)
+        self.workers.run(self._conv_rows, jobs)
 
     def _conv_by_planes(self, name: str, x: np.ndarray, u: np.ndarray, b: np.ndarray,
                         y: np.ndarray, tr: bool) -> None:  # fmt: skip
