@@ -49,6 +49,27 @@ def assert_close(a: np.ndarray, b: np.ndarray, tol: float, what: str = "") -> No
     assert err < tol, f"{what}: relative error {err:.3g} >= {tol:.3g}"
 
 
+def check_conv_layer(layer, geo, x, wt, b, dy, tol: float, want_dx: bool = True) -> None:
+    """A CPU conv layer (netdsl.ops.conv.ConvCPU) against the float64 reference: forward,
+    then backward twice (no workspace may carry state); geo = conv.ref_forward's geometry."""
+    from netdsl.ops import conv
+
+    y = np.full(dy.shape, np.nan, np.float32)  # NaN: every element must be written
+    layer.forward(x, wt, b, y)
+    assert_close(y, conv.ref_forward(x, wt, b, *geo), tol, "forward")
+    dx_ref, dw_ref, db_ref = conv.ref_backward(dy, x, wt, *geo)
+    for _ in range(2):
+        dx = np.full_like(x, np.nan) if want_dx else None
+        dw = np.full_like(wt, np.nan)
+        db = np.full(wt.shape[0], np.nan, np.float32) if b is not None else None
+        layer.backward(dy, x, wt, dx, dw, db)
+        assert_close(dw, dw_ref, tol, "dw")
+        if dx is not None:
+            assert_close(dx, dx_ref, tol, "dx")
+        if db is not None:
+            assert_close(db, db_ref, tol, "db")
+
+
 def check_reference_grad(
     forward: Callable[..., np.ndarray],
     backward: Callable[[np.ndarray], tuple[np.ndarray, ...]],

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from opcheck import assert_close
+from opcheck import check_conv_layer
 
 from netdsl.ops import conv
 
@@ -50,20 +50,7 @@ def run_layer(n, c, h, w, o, k, s, p, g=1, bias=True, want_dx=True, seed=0, reus
     dy = rng.standard_normal((n, o, ho, wo)).astype(np.float32)
     layer = conv.ConvCPU(n, c, h, w, o, k, k, (s, s), (p, p), (1, 1), g, (ho, wo), bias)
     layer.reuse_forward_weights = reuse
-    y = np.full(dy.shape, np.nan, np.float32)  # NaN: every element must be written
-    layer.forward(x, wt, b, y)
-    assert_close(y, conv.ref_forward(x, wt, b, *geo), TOL, "forward")
-    dx_ref, dw_ref, db_ref = conv.ref_backward(dy, x, wt, *geo)
-    for _ in range(2):
-        dx = np.full_like(x, np.nan) if want_dx else None
-        dw = np.full_like(wt, np.nan)
-        db = np.full(o, np.nan, np.float32) if bias else None
-        layer.backward(dy, x, wt, dx, dw, db)
-        assert_close(dw, dw_ref, TOL, "dw")
-        if dx is not None:
-            assert_close(dx, dx_ref, TOL, "dx")
-        if db is not None:
-            assert_close(db, db_ref, TOL, "db")
+    check_conv_layer(layer, geo, x, wt, b, dy, TOL, want_dx)
     return layer
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from opcheck import assert_close
+from opcheck import assert_close, check_conv_layer
 
 import netdsl
 from netdsl.compiler import CompiledNet
@@ -50,21 +50,7 @@ def data(geo, n, c, h, w, o, g=1, bias=True, seed=0):
 
 
 def check_layer(layer, geo, x, wt, b, dy, want_dx=True) -> None:
-    """Forward, then backward twice (no workspace may carry state), against the reference."""
-    y = np.full(dy.shape, np.nan, np.float32)  # NaN: every element must be written
-    layer.forward(x, wt, b, y)
-    assert_close(y, conv.ref_forward(x, wt, b, *geo), TOL, "forward")
-    dx_ref, dw_ref, db_ref = conv.ref_backward(dy, x, wt, *geo)
-    for _ in range(2):
-        dx = np.full_like(x, np.nan) if want_dx else None
-        dw = np.full_like(wt, np.nan)
-        db = np.full(wt.shape[0], np.nan, np.float32) if b is not None else None
-        layer.backward(dy, x, wt, dx, dw, db)
-        assert_close(dw, dw_ref, TOL, "dw")
-        if dx is not None:
-            assert_close(dx, dx_ref, TOL, "dx")
-        if db is not None:
-            assert_close(db, db_ref, TOL, "db")
+    check_conv_layer(layer, geo, x, wt, b, dy, TOL, want_dx)
 
 
 # (n, c, h, w, o, pad top/left, pad bottom/right, groups): odd sizes overhang the 2x2 tiles
