@@ -338,34 +338,31 @@ class ConvCPU:
         self._views: tuple[int, list[dict[str, np.ndarray]]] = (-1, [])  # (version, views)
         self.no_b = np.zeros(o, np.float32)  # (O,) stands in for b without bias
         self.no_dx = np.zeros((1, 1, 1, 1), np.float32)  # stands in for dx when not wanted
-        # ---- Winograd F(2x2, 3x3) for 3x3 stride-1 layers (netdsl/ops/winograd_cpu.py): the
-        # forward, the data gradient and the weight gradient.
+        # ---- Winograd for the forward, the data gradient and the weight gradient of stride-1
+        # 3x3 layers (F(2x2, 3x3), netdsl/ops/winograd_cpu.py) and 5x5 layers (F(2x2, 5x5),
+        # winograd5_cpu.py: the same passes and settings).
         # NETDSL_CONV_ALGO=gemm|winograd|auto (read here, when the layer is built); auto uses
-        # it where measured faster (use_winograd). reuse_forward_weights: the runner's promise
-        # that backward's w is the forward's, unchanged (the filters are transformed once).
+        # it where measured faster (use_winograd, use_winograd5). reuse_forward_weights: the
+        # runner's promise that backward's w is the forward's, unchanged (the filters are
+        # transformed once).
         self.wino, self.reuse_forward_weights = None, False
         algo = os.environ.get("NETDSL_CONV_ALGO", "auto").strip().lower() or "auto"
         if algo not in ("gemm", "winograd", "auto"):  # a user's setting: no traceback
             from netdsl.errors import NetdslError
 
             raise NetdslError(f"NETDSL_CONV_ALGO={algo!r}: expected gemm, winograd or auto")
-        fits = (kh, kw, *stride, *dilation) == (3, 3, 1, 1, 1, 1)
-        auto = algo == "auto" and use_winograd(n, cg, og, ho, wo, groups)
-        if fits and (algo == "winograd" or auto):
-            from netdsl.ops.winograd_cpu import Winograd
-
-            self.wino = Winograd(n, c, h, w, o, pad, groups, out_hw, self.scratch, self.workers,
-                                 WINO_TILE_COLUMNS, BLOCK_BYTES, WINO_KEEP_BYTES)  # fmt: skip
-            self.no_c = np.zeros(c, np.float32)  # stands in for a bias in the data gradient
-        # ---- Winograd F(2x2, 5x5) for 5x5 stride-1 layers (netdsl/ops/winograd5_cpu.py), the
-        # same passes and settings; auto where measured faster (use_winograd5)
-        fits5 = (kh, kw, *stride, *dilation) == (5, 5, 1, 1, 1, 1)
-        auto5 = algo == "auto" and use_winograd5(n, cg, og, ho, wo, groups)
-        if fits5 and (algo == "winograd" or auto5):
-            from netdsl.ops.winograd5_cpu import Winograd5
-
-            self.wino = Winograd5(n, c, h, w, o, pad, groups, out_hw, self.scratch, self.workers,
-                                  WINO_TILE_COLUMNS, BLOCK_BYTES, WINO_KEEP_BYTES)  # fmt: skip
+        square_unit = (kh, *stride, *dilation) == (kw, 1, 1, 1, 1)
+        rule = {3: use_winograd, 5: use_winograd5}.get(kh) if square_unit else None
+        if rule is not None and (
+            algo == "winograd" or (algo == "auto" and rule(n, cg, og, ho, wo, groups))
+        ):
+            if kh == 3:
+                from netdsl.ops.winograd_cpu import Winograd as wino_class
+            else:
+                from netdsl.ops.winograd5_cpu import Winograd5 as wino_class
+            self.wino = wino_class(n, c, h, w, o, pad, groups, out_hw, self.scratch,
+                                   self.workers, WINO_TILE_COLUMNS, BLOCK_BYTES,
+                                   WINO_KEEP_BYTES)  # fmt: skip
             self.no_c = np.zeros(c, np.float32)  # stands in for a bias in the data gradient
 
     def _workspace(self, t: int) -> dict[str, np.ndarray]:
