@@ -39,6 +39,7 @@ unflagged runs exist, and the table says so.
     python benchmarks/cpu_vs_torch.py --nets cifar10 --batch 64 --steps 20 --json out.json
     python benchmarks/cpu_vs_torch.py --startup --nets lenet5 alexnet --runs 3  # first step
     python benchmarks/cpu_vs_torch.py --startup --in-process --nets lenet5 --runs 3
+    python benchmarks/cpu_vs_torch.py --combine r1.json r2.json r3.json  # 3 invocations
 """
 
 from __future__ import annotations
@@ -314,6 +315,48 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def combine(invocations: list[list[dict]]) -> list[dict]:
+    """One record per net from the records of several invocations (`--json` files) of the
+    same nets: each engine's step time, first steps and runs are the medians over the
+    invocations' summaries, peak RSS the largest; `invocations` and `steps_s` keep every
+    invocation's step times so the table can show the spread."""
+    by_net: dict[tuple[str, int], list[dict]] = {}
+    for records in invocations:
+        for rec in records:
+            by_net.setdefault((rec["net"], rec["batch"]), []).append(rec)
+    out = []
+    for (name, batch), recs in by_net.items():
+        summary = {}
+        for eng in ("netdsl", "torch"):
+            ss = [r["summary"][eng] for r in recs]
+            med = lambda k, ss=ss: statistics.median(s[k] for s in ss)  # noqa: E731
+            summary[eng] = {
+                "step_s": med("step_s"), "rss_mib": max(s["rss_mib"] for s in ss),
+                "first_cold_s": med("first_cold_s"), "first_warm_s": med("first_warm_s"),
+                "first_cold_cpu_s": med("first_cold_cpu_s"),
+                "first_warm_cpu_s": med("first_warm_cpu_s"),
+                "runs_used": sum(s["runs_used"] for s in ss),
+                "runs_loaded": sum(s["runs_loaded"] for s in ss),
+                "loss_finite": all(s["loss_finite"] for s in ss),
+                "steps_s": [s["step_s"] for s in ss],
+            }  # fmt: skip
+        out.append({"net": name, "batch": batch, "threads": recs[0]["threads"],
+                    "invocations": len(recs), "summary": summary})  # fmt: skip
+    return out
+
+
+def spread_table(records: list[dict]) -> str:
+    """Each invocation's step times and ratio, for a table made by `combine`."""
+    lines = ["| net, batch | netdsl step per invocation | PyTorch step per invocation | "
+             "ratio per invocation |", "|---|---|---|---|"]  # fmt: skip
+    for rec in records:
+        n, t = rec["summary"]["netdsl"]["steps_s"], rec["summary"]["torch"]["steps_s"]
+        ms = lambda v: ", ".join(f"{1e3 * s:.1f}" for s in v) + " ms"  # noqa: E731
+        ratios = ", ".join(f"{b / a:.2f}x" for a, b in zip(n, t))
+        lines.append(f"| {rec['net']}, {rec['batch']} | {ms(n)} | {ms(t)} | {ratios} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nets", nargs="+", default=["lenet5"],
@@ -337,12 +380,28 @@ def main() -> None:
     ap.add_argument("--in-process", action="store_true",
                     help="with --startup: also a cold start with the compile-ahead helper off "
                          "(NETDSL_COMPILE_AHEAD=0)")  # fmt: skip
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="print the table of several invocations' --json files (medians over "
+                         "the invocations) and each one's step times; runs nothing")  # fmt: skip
     ap.add_argument("--worker", choices=["netdsl", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         spec = json.loads(a.spec)
         print(json.dumps(worker(a.worker, a.nets[0], a.batch, a.steps, a.threads, spec)))
+        return
+    if a.combine:
+        invocations = []
+        for path in a.combine:
+            try:
+                invocations.append(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as e:
+                ap.error(f"{path}: not a --json file of this script ({e})")
+        records = combine(invocations)
+        print(f"{len(invocations)} invocations: " + ", ".join(a.combine) + "\n")
+        print(table(records))
+        print()
+        print(spread_table(records))
         return
     names = ALL if a.nets == ["all"] else a.nets
     unknown = [n for n in names if n not in BATCH]
