@@ -92,24 +92,36 @@ def _gt(u0, u1, u2, u3, u4, u5):
     return s * u0 + k * (b * p1 + a * p2), k * (u1 - u2 + u3 - u4), k * (a * p1 + b * p2) + s * u5
 
 
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _put(tmp, e, c, t0, t1, t2):
+    """tmp[e + j, c] = (G (t0, t1, t2))[j] for j < 6: one row of a transformed filter."""
+    r0, r1, r2, r3, r4, r5 = _g(t0, t1, t2)
+    tmp[e, c], tmp[e + 1, c], tmp[e + 2, c] = r0, r1, r2
+    tmp[e + 3, c], tmp[e + 4, c], tmp[e + 5, c] = r3, r4, r5
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def transform_weights(w, u, o0, o1):
     """u[:, o, :] = G w[o, c] G^T for o in [o0, o1); w (O, Cg, 3, 3), u (36, O, Cg); one
-    filter row o at a time into tmp (36, Cg), then 36 contiguous rows of u (as winograd_cpu)."""
+    filter row o at a time into tmp (36, Cg), then 36 contiguous rows of u (as winograd_cpu).
+    tmp's rows are an odd number of 64-byte lines apart: 256 or 512 floats apart, its 36
+    store streams fell into 2-4 L1 sets (3.3 ms at 256 x 256, F(2x2, 3x3)'s 16: 0.4 ms)."""
     cg = w.shape[1]
     wf = w.reshape(-1)
-    tmp = np.empty((36, cg), np.float32)
-    t = np.empty((6, 3), np.float32)
+    tmp = np.empty((36, _odd_lines(cg)), np.float32)
     for o in range(o0, o1):
         for c in range(cg):
             s = (o * cg + c) * 9  # flat offset of w[o, c, 0, 0]
-            for j in range(3):  # t = G g, column by column
-                t0, t1, t2, t3, t4, t5 = _g(wf[s + j], wf[s + j + 3], wf[s + j + 6])
-                t[0, j], t[1, j], t[2, j], t[3, j], t[4, j], t[5, j] = t0, t1, t2, t3, t4, t5
-            for i in range(6):  # u = t G^T, row by row
-                r0, r1, r2, r3, r4, r5 = _g(t[i, 0], t[i, 1], t[i, 2])
-                tmp[6 * i, c], tmp[6 * i + 1, c], tmp[6 * i + 2, c] = r0, r1, r2
-                tmp[6 * i + 3, c], tmp[6 * i + 4, c], tmp[6 * i + 5, c] = r3, r4, r5
+            # G g, column by column (a: column 0, b: 1, d: 2), then each row times G^T
+            a0, a1, a2, a3, a4, a5 = _g(wf[s], wf[s + 3], wf[s + 6])
+            b0, b1, b2, b3, b4, b5 = _g(wf[s + 1], wf[s + 4], wf[s + 7])
+            d0, d1, d2, d3, d4, d5 = _g(wf[s + 2], wf[s + 5], wf[s + 8])
+            _put(tmp, 0, c, a0, b0, d0)
+            _put(tmp, 6, c, a1, b1, d1)
+            _put(tmp, 12, c, a2, b2, d2)
+            _put(tmp, 18, c, a3, b3, d3)
+            _put(tmp, 24, c, a4, b4, d4)
+            _put(tmp, 30, c, a5, b5, d5)
         for e in range(36):  # element loops, not a slice copy (winograd_cpu's note)
             for c in range(cg):
                 u[e, o, c] = tmp[e, c]
@@ -410,13 +422,19 @@ def wgrad_rows(r0, r1, rows, x, dy, v, m, work, du, db, geo):
                 gemm(no, yes, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
 
 
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _col(acc, j, c):
+    """G^T of column j of the transformed filter acc[:, c] (rows 6i + j)."""
+    return _gt(acc[j, c], acc[6 + j, c], acc[12 + j, c], acc[18 + j, c], acc[24 + j, c],
+               acc[30 + j, c])  # fmt: skip
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def filter_gradient(du, dw, o0, o1):
     """dw[o, c] = G^T (sum over workers t of du[t, :, o, c]) G (3x3) for o in [o0, o1);
     du (T, 36, O, Cg) the workers' sums (added here, in order), dw (O, Cg, 3, 3)."""
     nt, cg = du.shape[0], dw.shape[1]
-    acc = np.empty((36, cg), np.float32)
-    s = np.empty((3, 6), np.float32)
+    acc = np.empty((36, _odd_lines(cg)), np.float32)  # rows apart as transform_weights' tmp
     for o in range(o0, o1):
         for e in range(36):  # element loops, not slices: see transform_weights
             for c in range(cg):
@@ -425,14 +443,17 @@ def filter_gradient(du, dw, o0, o1):
             for e in range(36):
                 for c in range(cg):
                     acc[e, c] += du[t, e, o, c]
-        for c in range(cg):
-            for j in range(6):  # s = G^T acc, column by column
-                g0, g1, g2 = _gt(acc[j, c], acc[6 + j, c], acc[12 + j, c], acc[18 + j, c],
-                                 acc[24 + j, c], acc[30 + j, c])  # fmt: skip
-                s[0, j], s[1, j], s[2, j] = g0, g1, g2
-            for i in range(3):  # dw = s G, row by row
-                g0, g1, g2 = _gt(s[i, 0], s[i, 1], s[i, 2], s[i, 3], s[i, 4], s[i, 5])
-                dw[o, c, i, 0], dw[o, c, i, 1], dw[o, c, i, 2] = g0, g1, g2
+        for c in range(cg):  # in scalars, as transform_weights
+            # G^T acc, column j -> (a_j, b_j, d_j), then each of the 3 rows times G
+            a0, b0, d0 = _col(acc, 0, c)
+            a1, b1, d1 = _col(acc, 1, c)
+            a2, b2, d2 = _col(acc, 2, c)
+            a3, b3, d3 = _col(acc, 3, c)
+            a4, b4, d4 = _col(acc, 4, c)
+            a5, b5, d5 = _col(acc, 5, c)
+            dw[o, c, 0, 0], dw[o, c, 0, 1], dw[o, c, 0, 2] = _gt(a0, a1, a2, a3, a4, a5)
+            dw[o, c, 1, 0], dw[o, c, 1, 1], dw[o, c, 1, 2] = _gt(b0, b1, b2, b3, b4, b5)
+            dw[o, c, 2, 0], dw[o, c, 2, 1], dw[o, c, 2, 2] = _gt(d0, d1, d2, d3, d4, d5)
 
 
 def _work_size(cap: int, tw: int) -> int:
