@@ -217,24 +217,46 @@ def _a_planes(dst, d0, ds, src, s0, ss, n):
             )
 
 
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _bt6(d0, d1, d2, d3, d4, d5):
+    """B^T d: six taps -> six values (rows 1-4 as even and odd parts)."""
+    e1 = np.float32(-27.0) * d2 + np.float32(48.0) * d4
+    f1 = np.float32(-36.0) * d1 + np.float32(64.0) * d3
+    e3 = np.float32(64.0) * d2 + np.float32(-36.0) * d4
+    f3 = np.float32(48.0) * d1 + np.float32(-27.0) * d3
+    t, h = np.float32(144.0), np.float32(-337.0)
+    return t * (d0 + d4) + h * d2, e1 + f1, e1 - f1, e3 + f3, e3 - f3, t * (d1 + d5) + h * d3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tap(xf, row, col, w_in):
+    """x at column col of the row at flat offset row (zero outside the input)."""
+    return xf[np.uint64(row + col)] if 0 <= col < w_in else np.float32(0.0)
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def _input_transform(x, ra, rb, v, cap, work, geo):
     """v[e, c, (r - ra) * tw + tj] = (B^T d B)[e] of tile (r, tj) of channel c, r in [ra, rb).
 
     Tap (i, k) of tile (ti, tj) is input pixel (4 ti + i - ph, 4 tj + k - pw). Per channel and
-    image: 24 planes Q[(ry, k)][Y, tj] = x[4 Y + ry - ph, 4 tj + k - pw] (zero outside), then
-    B^T down the tiles' columns into 36 planes C[(a, k)] (tap row i from Q[(i % 4, k)] shifted
-    by i // 4 rows) and B along their rows into v, the whole chunk at once.
-    work: (24 * _plane(cap + tw) + 36 * _plane(cap),) floats, Q then C.
+    image: B along each input row that a tile reads, straight from x (its six taps a tile
+    in registers), into 24 planes R[(b, ry)][Y, tj] for the rows 4 Y + ry - ph (zero
+    outside the input); then B^T down the tiles' columns into v, the tap row i from
+    R[(b, i % 4)] shifted by i // 4 rows: contiguous planes, vectorised. Gathering the 36
+    taps into planes first and transforming them in two passes took 5.5 against 3.6 ms at
+    64 channels, 56 px, batch 8 (1 thread).
+    work: at least 24 * _plane(cap + tw) floats.
     """
     ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
     c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
     xf, vf = x.reshape(-1), v.reshape(-1)
-    twu, capu = np.uint64(tw), np.uint64(_odd_lines(cap))  # capu: C's plane stride
-    qp = _odd_lines(cap + tw)  # Q's plane stride: up to cap // tw + 1 rows of tw
+    twu = np.uint64(tw)
+    qp = _odd_lines(cap + tw)  # R's plane stride: up to cap // tw + 1 rows of tw
     qpu = np.uint64(qp)
-    c0 = np.uint64(24 * qp)  # offset of C
     p = np.uint64(geo[5])  # stride of e in v
+    # tiles whose six taps are all inside the row: [lo, hi)
+    lo = min(tw, (pw + 3) // 4)
+    hi = max(lo, min(tw, (w_in - 6 + pw) // 4 + 1))
     for c in range(c_all):
         r = ra
         while r < rb:  # the chunk's tile rows of one image at a time
@@ -244,32 +266,43 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
             for ry in range(4):
                 for yy in range(nr + 1):
                     iy = 4 * (tia + yy) + ry - ph
-                    inside = 0 <= iy < h
-                    for kk in range(6):
-                        dst = np.uint64((ry * 6 + kk) * qp + yy * tw)
-                        off = kk - pw  # input column of tj = 0
-                        lo = min(tw, max(0, (3 - off) // 4)) if inside else tw
-                        hi = max(lo, min(tw, (w_in - 1 - off) // 4 + 1)) if inside else tw
-                        for tj in range(lo):
-                            work[dst + np.uint64(tj)] = 0.0
-                        src = base + iy * w_in + off
-                        for tj in range(lo, hi):
-                            work[dst + np.uint64(tj)] = xf[np.uint64(src + 4 * tj)]
-                        for tj in range(hi, tw):
-                            work[dst + np.uint64(tj)] = 0.0
-            cols, cq = nr * tw, np.uint64((r - ra) * tw)  # C's columns of these tiles
-            for kk in range(6):  # C[(a, k)] = B^T down the columns
-                q0, q1 = np.uint64(kk) * qpu, np.uint64(6 + kk) * qpu  # Q[(0, k)], Q[(1, k)]
-                q2, q3 = np.uint64(12 + kk) * qpu, np.uint64(18 + kk) * qpu
-                _bt_planes(work, c0 + np.uint64(kk) * capu + cq, np.uint64(6) * capu, work,
-                           q0, q1, q2, q3, q0 + twu, q1 + twu, cols)  # fmt: skip
+                    d = np.uint64(ry * qp + yy * tw)  # R[(0, ry)] row yy; b: 4 planes apart
+                    q4 = np.uint64(4) * qpu
+                    if not 0 <= iy < h:
+                        for b in range(6):
+                            for tj in range(tw):
+                                work[d + np.uint64(b) * q4 + np.uint64(tj)] = 0.0
+                        continue
+                    row = base + iy * w_in - pw  # flat offset of column pw (tap 0 of tile 0)
+                    for tj in range(lo, hi):  # the tiles inside: no tests
+                        k = np.uint64(row + 4 * tj)
+                        o0, o1, o2, o3, o4, o5 = _bt6(xf[k], xf[k + np.uint64(1)],
+                            xf[k + np.uint64(2)], xf[k + np.uint64(3)], xf[k + np.uint64(4)],
+                            xf[k + np.uint64(5)])  # fmt: skip
+                        q = d + np.uint64(tj)
+                        work[q], work[q + q4] = o0, o1
+                        work[q + np.uint64(2) * q4], work[q + np.uint64(3) * q4] = o2, o3
+                        work[q + np.uint64(4) * q4], work[q + np.uint64(5) * q4] = o4, o5
+                    for tj in range(tw):  # the edge tiles: taps outside are zero
+                        if lo <= tj < hi:
+                            continue
+                        rw, col = row + pw, 4 * tj - pw
+                        o0, o1, o2, o3, o4, o5 = _bt6(_tap(xf, rw, col, w_in),
+                            _tap(xf, rw, col + 1, w_in), _tap(xf, rw, col + 2, w_in),
+                            _tap(xf, rw, col + 3, w_in), _tap(xf, rw, col + 4, w_in),
+                            _tap(xf, rw, col + 5, w_in))  # fmt: skip
+                        q = d + np.uint64(tj)
+                        work[q], work[q + q4] = o0, o1
+                        work[q + np.uint64(2) * q4], work[q + np.uint64(3) * q4] = o2, o3
+                        work[q + np.uint64(4) * q4], work[q + np.uint64(5) * q4] = o4, o5
+            cols = nr * tw
+            qv = np.uint64(c * cap + (r - ra) * tw)  # v offset of (e = 0, c, tile (r, 0))
+            for b in range(6):  # v[6a + b] = B^T down the columns of R[(b, .)]
+                r0 = np.uint64(4 * b) * qpu
+                r1, r2, r3 = r0 + qpu, r0 + np.uint64(2) * qpu, r0 + np.uint64(3) * qpu
+                _bt_planes(vf, qv + np.uint64(b) * p, np.uint64(6) * p, work, r0, r1, r2, r3,
+                           r0 + twu, r1 + twu, cols)  # fmt: skip
             r += nr
-        qc, cols = np.uint64(c * cap), (rb - ra) * tw  # v offset of (e = 0, c, column 0)
-        for a in range(6):  # v[6a + b] = B along the rows of C[(a, k)]
-            ca = c0 + np.uint64(6 * a) * capu
-            _bt_planes(vf, qc + np.uint64(6 * a) * p, p, work, ca, ca + capu,
-                       ca + np.uint64(2) * capu, ca + np.uint64(3) * capu,
-                       ca + np.uint64(4) * capu, ca + np.uint64(5) * capu, cols)  # fmt: skip
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -459,8 +492,9 @@ def filter_gradient(du, dw, o0, o1):
 
 
 def _work_size(cap: int, tw: int) -> int:
-    """Floats of the transforms' workspace for chunks of `cap` tile columns (Q then C)."""
-    return 24 * _plane(cap + tw) + 36 * _plane(cap)
+    """Floats of the transforms' workspace for chunks of `cap` tile columns: the input
+    transform's 24 planes R, the output and dy transforms' 40 planes."""
+    return max(24 * _plane(cap + tw), 40 * _plane(cap))
 
 
 class Winograd43(Winograd):
@@ -536,7 +570,6 @@ class Winograd43(Winograd):
             rows = max(1, min(-(-n * th_ // nt), -(-tile_columns // tw_), fit))
             cap = rows * tw_
             vplane, mplane = _plane(ci * cap), _plane(co * cap)
-            # the input transform's Q and C (the output and dy transforms use 40 planes)
             work = max(big, _work_size(cap, tw_))
             shapes = {"col": (36 * vplane,), "yw": (36 * mplane,), "xpad": (work,)}
             if name == "fwd":  # the weight gradient's pass: its sums per worker
