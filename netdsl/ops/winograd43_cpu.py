@@ -228,24 +228,19 @@ def _bt6(d0, d1, d2, d3, d4, d5):
     return t * (d0 + d4) + h * d2, e1 + f1, e1 - f1, e3 + f3, e3 - f3, t * (d1 + d5) + h * d3
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _tap(xf, row, col, w_in):
-    """x at column col of the row at flat offset row (zero outside the input)."""
-    return xf[np.uint64(row + col)] if 0 <= col < w_in else np.float32(0.0)
-
-
 @njit(cache=True, nogil=True, fastmath=True)
 def _input_transform(x, ra, rb, v, cap, work, geo):
     """v[e, c, (r - ra) * tw + tj] = (B^T d B)[e] of tile (r, tj) of channel c, r in [ra, rb).
 
     Tap (i, k) of tile (ti, tj) is input pixel (4 ti + i - ph, 4 tj + k - pw). Per channel and
-    image: B along each input row that a tile reads, straight from x (its six taps a tile
-    in registers), into 24 planes R[(b, ry)][Y, tj] for the rows 4 Y + ry - ph (zero
-    outside the input); then B^T down the tiles' columns into v, the tap row i from
-    R[(b, i % 4)] shifted by i // 4 rows: contiguous planes, vectorised. Gathering the 36
-    taps into planes first and transforming them in two passes took 5.5 against 3.6 ms at
-    64 channels, 56 px, batch 8 (1 thread).
-    work: at least 24 * _plane(cap + tw) floats.
+    image: B along each input row that a tile reads (the row copied with its zero padding
+    into a line first, then each tile's six taps in registers) into 24 planes R[(b, ry)][Y,
+    tj] for the rows 4 Y + ry - ph (zero outside the input); then B^T down the tiles'
+    columns into v, the tap row i from R[(b, i % 4)] shifted by i // 4 rows: contiguous
+    planes, vectorised. At 64 channels, 56 px, batch 8 (1 thread) this took 1.8 ms; the
+    same with each tile's taps read from x (tests at the edges) 3.6 ms, and gathering the
+    36 taps into planes first, then two passes of B along the planes, 5.5 ms.
+    work: at least 24 * _plane(cap + tw) + 4 * tw + 2 floats (R, then the line).
     """
     ph, pw, th, tw = geo[0], geo[1], geo[2], geo[3]
     c_all, h, w_in = x.shape[1], x.shape[2], x.shape[3]
@@ -254,9 +249,10 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
     qp = _odd_lines(cap + tw)  # R's plane stride: up to cap // tw + 1 rows of tw
     qpu = np.uint64(qp)
     p = np.uint64(geo[5])  # stride of e in v
-    # tiles whose six taps are all inside the row: [lo, hi)
-    lo = min(tw, (pw + 3) // 4)
-    hi = max(lo, min(tw, (w_in - 6 + pw) // 4 + 1))
+    line = np.uint64(24 * qp)  # one input row, padded: sw floats after R
+    sw = 4 * tw + 2
+    j0 = min(sw, max(0, pw))  # the line's columns inside the input: [j0, j1)
+    j1 = max(j0, min(sw, w_in + pw))
     for c in range(c_all):
         r = ra
         while r < rb:  # the chunk's tile rows of one image at a time
@@ -273,24 +269,20 @@ def _input_transform(x, ra, rb, v, cap, work, geo):
                             for tj in range(tw):
                                 work[d + np.uint64(b) * q4 + np.uint64(tj)] = 0.0
                         continue
-                    row = base + iy * w_in - pw  # flat offset of column pw (tap 0 of tile 0)
-                    for tj in range(lo, hi):  # the tiles inside: no tests
-                        k = np.uint64(row + 4 * tj)
-                        o0, o1, o2, o3, o4, o5 = _bt6(xf[k], xf[k + np.uint64(1)],
-                            xf[k + np.uint64(2)], xf[k + np.uint64(3)], xf[k + np.uint64(4)],
-                            xf[k + np.uint64(5)])  # fmt: skip
-                        q = d + np.uint64(tj)
-                        work[q], work[q + q4] = o0, o1
-                        work[q + np.uint64(2) * q4], work[q + np.uint64(3) * q4] = o2, o3
-                        work[q + np.uint64(4) * q4], work[q + np.uint64(5) * q4] = o4, o5
-                    for tj in range(tw):  # the edge tiles: taps outside are zero
-                        if lo <= tj < hi:
-                            continue
-                        rw, col = row + pw, 4 * tj - pw
-                        o0, o1, o2, o3, o4, o5 = _bt6(_tap(xf, rw, col, w_in),
-                            _tap(xf, rw, col + 1, w_in), _tap(xf, rw, col + 2, w_in),
-                            _tap(xf, rw, col + 3, w_in), _tap(xf, rw, col + 4, w_in),
-                            _tap(xf, rw, col + 5, w_in))  # fmt: skip
+                    # the row's columns -pw .. 4 tw + 1 - pw into the line (zero outside),
+                    # then each tile's six taps from there: no tests in the tiles' loop
+                    src = base + iy * w_in - pw
+                    for j in range(j0):
+                        work[line + np.uint64(j)] = 0.0
+                    for j in range(j0, j1):
+                        work[line + np.uint64(j)] = xf[np.uint64(src + j)]
+                    for j in range(j1, sw):
+                        work[line + np.uint64(j)] = 0.0
+                    for tj in range(tw):
+                        k = line + np.uint64(4 * tj)
+                        o0, o1, o2, o3, o4, o5 = _bt6(work[k], work[k + np.uint64(1)],
+                            work[k + np.uint64(2)], work[k + np.uint64(3)],
+                            work[k + np.uint64(4)], work[k + np.uint64(5)])  # fmt: skip
                         q = d + np.uint64(tj)
                         work[q], work[q + q4] = o0, o1
                         work[q + np.uint64(2) * q4], work[q + np.uint64(3) * q4] = o2, o3
@@ -494,7 +486,7 @@ def filter_gradient(du, dw, o0, o1):
 def _work_size(cap: int, tw: int) -> int:
     """Floats of the transforms' workspace for chunks of `cap` tile columns: the input
     transform's 24 planes R, the output and dy transforms' 40 planes."""
-    return max(24 * _plane(cap + tw), 40 * _plane(cap))
+    return max(24 * _plane(cap + tw) + 4 * tw + 2, 40 * _plane(cap))
 
 
 class Winograd43(Winograd):
