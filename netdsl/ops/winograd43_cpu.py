@@ -336,14 +336,14 @@ def _output_transform(m, ra, rb, cap, y, b, work, geo):
                     yf[np.uint64(y0 + 4 * full + j)] = work[k + np.uint64(24 + 4 * i + j) * capu]
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo):
+def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo) -> None:
     """Worker: y = conv3x3(x) + b over the tile rows [r0, r1), `rows` tile rows per chunk;
-    as winograd5_cpu.conv_rows with this module's transforms (u (36, Co, Cig), or when tr
-    the flipped conv's (36, Ci, Cog) read transposed at FLIP[e])."""
+    as winograd5_cpu.conv_rows (u (36, Co, Cig), or when tr the flipped conv's (36, Ci, Cog)
+    read transposed at FLIP[e]). A Python loop over the chunks calling the kernels (which
+    release the GIL): a Numba one links and optimises again the code of every kernel it
+    calls, 1.3 s of a cold compile (and 1.8 s for wgrad_rows), for a few calls a pass."""
     tw, ng = geo[3], geo[4]
-    c_all, o_all = x.shape[1], y.shape[1]
-    cig, cog = c_all // ng, o_all // ng
+    cig, cog = x.shape[1] // ng, y.shape[1] // ng
     cap = rows * tw
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
@@ -424,29 +424,20 @@ def _dy_transform(dy, ra, rb, m, cap, db, work, geo):
                       capu, cols)  # fmt: skip
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def wgrad_rows(r0, r1, rows, x, dy, v, m, work, du, db, geo):
+def wgrad_rows(r0, r1, rows, x, dy, v, m, work, du, db, geo) -> None:
     """Worker: du (36, O, Cig) = the weight gradient in the transformed domain summed over the
-    tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums."""
-    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
-    c_all, o_all = x.shape[1], dy.shape[1]
-    cig, cog = c_all // ng, o_all // ng
+    tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums. A
+    Python loop over the chunks, as conv_rows; the GEMMs are winograd_cpu.wgrad_planes'."""
+    tw = geo[3]
     cap = rows * tw
-    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
-    vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
-    duf[:] = 0.0
     db[:] = 0.0
+    if r1 <= r0:  # no tiles: the sums are still read
+        du[:] = 0.0
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
-        cols = (rb - ra) * tw
         _input_transform(x, ra, rb, v, cap, work, geo)
         _dy_transform(dy, ra, rb, m, cap, db, work, geo)
-        for e in range(36):
-            for g in range(ng):
-                vo = e * vplane + g * cig * cap
-                mo = e * mplane + g * cog * cap
-                uo = (e * o_all + g * cog) * cig
-                gemm(no, yes, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
+        wgrad_planes(0, 36, (rb - ra) * tw, cap, v, m, du, 0.0 if ra == r0 else 1.0, geo)
 
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
