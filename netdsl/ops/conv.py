@@ -228,11 +228,11 @@ def use_winograd43(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> b
     """Whether a 3x3 layer that runs Winograd (use_winograd, or NETDSL_CONV_ALGO=winograd)
     takes F(4x4, 3x3) (winograd43_cpu) rather than F(2x2, 3x3): maps from 28 px. Measured
     forward + backward, 1 thread, CPU time (benchmarks/conv_cpu_layers.py --algo wino2,wino4):
-    1.15-1.5x faster at 28-224 px and 64-512 channels (ResNet-18's layer1 and layer2 at batch
-    8, VGG-16's conv1_2 to conv4_2 at batch 4), slower at 14 px (ResNet-18's layer3 0.9x,
-    VGG-16's conv5 0.8x) and 7 px (layer4 0.83x), level to 0.93x on AlexNet's conv3-5 at 13 px:
-    with few tiles an image, the 36 planes of filters (2.25x F(2x2, 3x3)'s) and their
-    transforms cost more than the GEMM work saved."""
+    1.2-1.75x faster at 28-224 px and 64-512 channels (ResNet-18's layer1 1.5x and layer2
+    1.2x at batch 8, VGG-16's conv1_2 to conv4_2 at batch 4), slower at 14 px (ResNet-18's
+    layer3 0.88x, VGG-16's conv5 0.78x) and 7 px (layer4 0.82x), 0.89-1.0x on AlexNet's
+    conv3-5 at 13 px: with few tiles an image, the 36 planes of filters (2.25x F(2x2, 3x3)'s)
+    and their transforms cost more than the GEMM work saved."""
     return min(ho, wo) >= 28
 
 
