@@ -38,7 +38,8 @@ measure max |y - ref| / max |ref|; scripts in the session notes, /work/s7/w43_da
 +-1/2 and 0, +-1, 2, 1/2 were at 4-13e-6). So F(4x4, 3x3) in float32 is 3-5x less accurate
 than F(2x2, 3x3) a layer, 5x a direct float32 convolution. Through whole nets
 (tests/test_torch_nets.py's measure, limit 1.5e-6) with it on every 3x3 Winograd layer:
-ResNet-18 7.4e-7 (F(2x2, 3x3): 5.6e-7), VGG-16 1.15e-6 (8.6e-7), AlexNet 4.7e-7 (4.8e-7).
+ResNet-18 7.8e-7 (F(2x2, 3x3): 5.6e-7), VGG-16 1.23e-6 (8.6e-7), AlexNet 5.4e-7 (4.8e-7);
+by use_winograd43's rule ResNet-18 7.0e-7, VGG-16 1.0e-6.
 use_winograd43 picks it only where it measured faster; NETDSL_WINO_TILE=2 turns it off.
 
 The set is closed under x -> 1/x (0 <-> inf, 4/3 <-> 3/4), which flipping a filter does to its
