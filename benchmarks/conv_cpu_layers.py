@@ -17,7 +17,8 @@ script with PYTHONPATH set to each, alternating, e.g.
 
 BLAS gets one thread as `netdsl train` runs it; the layers use NUMBA_NUM_THREADS workers.
 --algo gemm,winograd times each layer once per convolution algorithm (NETDSL_CONV_ALGO, set
-while the layer is built; winograd applies to 3x3 and 5x5 stride-1 layers only, others run gemm).
+while the layer is built; winograd applies to 3x3 and 5x5 stride-1 layers only, others run gemm);
+wino2,wino4 compares F(2x2, 3x3) with F(4x4, 3x3) on the 3x3 stride-1 layers.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ LAYERS = [
     ("cifar.conv2", 128, 32, 16, 16, 32, 5, 1, 2),
     ("cifar.conv3", 128, 32, 8, 8, 64, 5, 1, 2),
     ("alex.conv2", 16, 96, 27, 27, 256, 5, 1, 2, 2),  # 48 -> 128 per group
+    ("alex.conv3", 16, 256, 13, 13, 384, 3, 1, 1),
+    ("alex.conv4", 16, 384, 13, 13, 384, 3, 1, 1, 2),  # 192 -> 192 per group
+    ("alex.conv5", 16, 384, 13, 13, 256, 3, 1, 1, 2),  # 192 -> 128 per group
     ("lenet5.c1", 128, 1, 28, 28, 6, 5, 1, 2),
     ("lenet5.c3", 128, 6, 14, 14, 16, 5, 1, 0),
     ("lenet98.c1", 32, 1, 32, 32, 6, 5, 1, 0),
@@ -92,16 +96,20 @@ def time_netdsl(layer, reps: int, clock=time.perf_counter, algo: str = "") -> tu
     y = np.empty((n, o, ho, wo), np.float32)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dw, db = np.empty_like(x), np.empty_like(wt), np.empty_like(b)
-    old = os.environ.get("NETDSL_CONV_ALGO")
-    if algo:
-        os.environ["NETDSL_CONV_ALGO"] = algo
+    # wino2 / wino4: Winograd with F(2x2, 3x3) / F(4x4, 3x3) tiles (NETDSL_WINO_TILE)
+    env = {"NETDSL_CONV_ALGO": algo} if algo else {}
+    if algo in ("wino2", "wino4"):
+        env = {"NETDSL_CONV_ALGO": "winograd", "NETDSL_WINO_TILE": algo[-1]}
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
         op = ConvCPU(n, c, h, w, o, k, k, (s, s), (p, p), (1, 1), g, (ho, wo), True)
     finally:
-        if old is None:
-            os.environ.pop("NETDSL_CONV_ALGO", None)
-        else:
-            os.environ["NETDSL_CONV_ALGO"] = old
+        for key, val in old.items():
+            if val is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = val
     op.reuse_forward_weights = True  # as the net's runner does: w is the forward's
     op.forward(x, wt, b, y)  # compile
     op.backward(dy, x, wt, dx, dw, db)
@@ -144,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="process CPU time (all threads, both engines) instead of wall time: "
                          "steadier on a loaded machine, blind to idle workers")  # fmt: skip
     ap.add_argument("--algo", default="",
-                    help="comma-separated NETDSL_CONV_ALGO values (gemm, winograd, auto) to "
-                         "time each layer under (default: the environment's)")  # fmt: skip
+                    help="comma-separated NETDSL_CONV_ALGO values (gemm, winograd, auto; "
+                         "wino2, wino4: winograd with NETDSL_WINO_TILE=2 or 4) to time each "
+                         "layer under (default: the environment's)")  # fmt: skip
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
     prefixes = [p for p in args.only.split(",") if p]

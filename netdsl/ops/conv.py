@@ -224,6 +224,18 @@ def use_winograd(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> boo
     return cg >= 32 and og >= 32 and min(ho, wo) >= 4 and macs >= 1 << 22
 
 
+def use_winograd43(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> bool:
+    """Whether a 3x3 layer that runs Winograd (use_winograd, or NETDSL_CONV_ALGO=winograd)
+    takes F(4x4, 3x3) (winograd43_cpu) rather than F(2x2, 3x3): maps from 28 px. Measured
+    forward + backward, 1 thread, CPU time (benchmarks/conv_cpu_layers.py --algo wino2,wino4):
+    1.2-1.75x faster at 28-224 px and 64-512 channels (ResNet-18's layer1 1.5x and layer2
+    1.2x at batch 8, VGG-16's conv1_2 to conv4_2 at batch 4), slower at 14 px (ResNet-18's
+    layer3 0.88x, VGG-16's conv5 0.78x) and 7 px (layer4 0.82x), 0.89-1.0x on AlexNet's
+    conv3-5 at 13 px: with few tiles an image, the 36 planes of filters (2.25x F(2x2, 3x3)'s)
+    and their transforms cost more than the GEMM work saved."""
+    return min(ho, wo) >= 28
+
+
 def use_winograd5(n: int, cg: int, og: int, ho: int, wo: int, groups: int) -> bool:
     """Whether NETDSL_CONV_ALGO=auto runs a 5x5 stride-1 layer through Winograd F(2x2, 5x5)
     (winograd5_cpu): from 16 channels a group in and out, maps from 8 px and 2 M
@@ -356,10 +368,19 @@ class ConvCPU:
         if rule is not None and (
             algo == "winograd" or (algo == "auto" and rule(n, cg, og, ho, wo, groups))
         ):
-            if kh == 3:
-                from netdsl.ops.winograd_cpu import Winograd as wino_class
-            else:
+            # 3x3: F(4x4, 3x3) (winograd43_cpu) where use_winograd43 measured it faster, else
+            # F(2x2, 3x3); NETDSL_WINO_TILE=2|4 forces one (tests, comparisons)
+            tile = os.environ.get("NETDSL_WINO_TILE", "auto").strip().lower() or "auto"
+            if tile not in ("2", "4", "auto"):
+                from netdsl.errors import NetdslError
+
+                raise NetdslError(f"NETDSL_WINO_TILE={tile!r}: expected 2, 4 or auto")
+            if kh == 5:
                 from netdsl.ops.winograd5_cpu import Winograd5 as wino_class
+            elif tile == "4" or (tile == "auto" and use_winograd43(n, cg, og, ho, wo, groups)):
+                from netdsl.ops.winograd43_cpu import Winograd43 as wino_class
+            else:
+                from netdsl.ops.winograd_cpu import Winograd as wino_class
             self.wino = wino_class(n, c, h, w, o, pad, groups, out_hw, self.scratch,
                                    self.workers, WINO_TILE_COLUMNS, BLOCK_BYTES,
                                    WINO_KEEP_BYTES)  # fmt: skip
