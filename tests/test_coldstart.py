@@ -438,3 +438,30 @@ def test_parameter_thread_hands_its_error_to_the_waiter():
     init = InitInThread(net, [slot], np.zeros(2, np.float32), np.random.default_rng(0), {})
     with pytest.raises(ValueError, match="no layer f"):
         init.wait_for("f")
+
+
+def test_optimizer_state_touched_in_a_thread_steps_the_same(monkeypatch):
+    """From TOUCH_MIN_PARAMS on, a thread touches the optimizer state's pages (writing zeros
+    over zeros); every use of the state waits for it: the state starts at zero and a step
+    gives the bits of a step without the thread."""
+    import types
+
+    from netdsl.train import optimizer as optmod
+
+    size = optmod.TOUCH_MIN_PARAMS + 5
+    slots = [types.SimpleNamespace(size=size, lr_mult=1.0, decay_mult=1.0)]
+    spec = {"kind": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal(size).astype(np.float32)
+    g = rng.standard_normal(size).astype(np.float32)
+    touched = optmod.Optimizer(spec, slots, size)
+    assert touched._touching is not None
+    monkeypatch.setattr(optmod, "TOUCH_MIN_PARAMS", size + 1)
+    plain = optmod.Optimizer(spec, slots, size)
+    assert plain._touching is None
+    w1, w2 = w0.copy(), w0.copy()
+    for _ in range(2):
+        touched.step(w1, g, 0.01)
+        plain.step(w2, g, 0.01)
+    assert touched._touching is None
+    assert w1.tobytes() == w2.tobytes() and touched.v.tobytes() == plain.v.tobytes()
