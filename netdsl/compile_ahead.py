@@ -334,13 +334,16 @@ def _compile_in_child(cnet: Any, done: int) -> None:
     1. The optimizer's update `netdsl train` runs (the parent needs it last), compiled by a
        call on one-element views of the buffers (the same argument types; the kernel rejects
        the segments past the end before it writes anything: no pass over VGG-16's 138 M
-       parameters and no first touch of a full-size state).
+       parameters and no first touch of a full-size state). Then the forward of the first
+       layer of the last convolution family (_late_family), where the parent's forward
+       compiling is the longer share (AlexNet).
     2. The backward, first layer first (the parent's runs last layer first). A layer whose
        backward calls code its forward calls too (a convolution's im2col and GEMM wrapper)
        goes after the next layer that does not: the parent's forward compiles that shared
        code first thing, and this process would otherwise wait for it (LeNet-5's first
        convolution: 0.3 s).
-    3. Then, until the parent ends it, the forward from the last layer back.
+    3. Then, until the parent ends it, the forward from the last layer back, and (waiting
+       now) what was put off.
     A runner that fails here (say, on buffers no forward filled) is skipped: the parent
     compiles what it needs. `done` hears "update" after 1 and "<CPU s> <lock wait s>" after
     2."""
@@ -350,26 +353,29 @@ def _compile_in_child(cnet: Any, done: int) -> None:
         opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, 1)
         opt.step(cnet.theta[:1], cnet.grad[:1], float(cnet.net.train["optimizer"]["lr"]))
     os.write(done, b"update\n")
+    late = _run_all([lambda r=r: r.forward(True) for r in _late_family(cnet.runners)], wait=False)
 
     def backward(r):
         r.backward()
         for scratch, dst in r.adds:
             cnet.accumulate_into(dst, scratch)
 
-    _run_all([lambda r=r: backward(r) for r in backward_order(cnet.runners)])
+    late = _run_all(late + [lambda r=r: backward(r) for r in backward_order(cnet.runners)],
+                    wait=False)  # fmt: skip
     from numba.core import dispatcher
 
     # a child's CPU time starts at 0
     busy = getattr(dispatcher.Dispatcher.compile, "busy", 0)
     os.write(done, f"{time.process_time():.3f} {compile_wait_s():.3f} {busy}\n".encode())
-    _run_all([lambda r=r: r.forward(True) for r in reversed(cnet.runners)])
+    _run_all(late + [lambda r=r: r.forward(True) for r in reversed(cnet.runners)])
 
 
-def _run_all(calls: list) -> None:
+def _run_all(calls: list, wait: bool = True) -> list:
     """Call each of `calls` (a runner's pass), errors ignored. One that needs a function the
     parent is compiling right now is put off (lock_compiles raises Busy instead of waiting)
-    and tried again after the next call that goes through, and at the end waiting: the
-    helper does other work meanwhile, where waiting cost AlexNet's helper 0.5-0.9 s."""
+    and tried again after the next call that goes through, and at the end waiting (`wait`)
+    or not: then the calls still put off are returned, for the next list. The helper does
+    other work meanwhile, where waiting cost AlexNet's helper 0.5-0.9 s."""
     from numba.core import dispatcher
 
     patch = dispatcher.Dispatcher.compile
@@ -394,8 +400,31 @@ def _run_all(calls: list) -> None:
             first = later.pop(0)
             if not attempt(first, True):
                 later.append(first)
+    if not wait:
+        return later
     for call in later:
         attempt(call, False)
+    return []
+
+
+def _family(runner: Any) -> tuple:
+    """What tells a runner's forward kernels apart: its class, its op's class and the op's
+    Winograd pass if any (ConvCPU.wino: AlexNet's conv2 is F(2x2,5x5), conv3-5 F(2x2,3x3))."""
+    op = getattr(runner, "op", None)
+    return (type(runner), type(op), type(getattr(op, "wino", None)))
+
+
+def _late_family(runners: list) -> list:
+    """[the first runner of the last kernel family among the runners sharing code with the
+    backward], or [] where that is the first such runner (the parent compiles it first
+    thing): the last big stretch of the parent's forward compiling (AlexNet: the 3x3
+    Winograd forward of conv3-5, 2.7 s), which the helper takes right after the update."""
+    shared = [r for r in runners if _shares_forward_code(r)]
+    firsts: dict = {}
+    for r in shared:
+        firsts.setdefault(_family(r), r)
+    last = list(firsts.values())[-1] if firsts else None
+    return [last] if last is not None and last is not shared[0] else []
 
 
 def backward_order(runners: list) -> list:
