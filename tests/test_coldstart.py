@@ -465,3 +465,31 @@ def test_optimizer_state_touched_in_a_thread_steps_the_same(monkeypatch):
         plain.step(w2, g, 0.01)
     assert touched._touching is None
     assert w1.tobytes() == w2.tobytes() and touched.v.tobytes() == plain.v.tobytes()
+
+
+def test_helper_takes_the_last_convolution_family_forward():
+    """_late_family: the first runner of the last kernel family among the runners whose
+    backward shares code with forward kernels (AlexNet: conv3, the first 3x3 Winograd
+    layer), none where that family is the first runner's (the parent compiles it first)."""
+    import types
+
+    from netdsl.compile_ahead import _late_family
+
+    class Gemm:
+        wino = None
+
+    class Wino5:
+        wino = 5
+
+    class Wino3:
+        wino = 3.0
+
+    def conv(name, op):
+        return types.SimpleNamespace(name=name, shares_forward_kernels=True, op=op)
+
+    pool = types.SimpleNamespace(name="p", shares_forward_kernels=False)
+    alex = [conv("c1", Gemm()), pool, conv("c2", Wino5()), conv("c3", Wino3()),
+            conv("c4", Wino3()), pool]  # fmt: skip
+    assert [r.name for r in _late_family(alex)] == ["c3"]
+    assert _late_family([conv("c1", Gemm()), pool, conv("c2", Gemm())]) == []
+    assert _late_family([pool]) == []
