@@ -81,7 +81,8 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
 
         net = netdsl.load(str(ROOT / "nets" / f"{name}.net"))
         cnet = compile_network(net, batch=batch, seed=0)
-        opt = Optimizer(dict(net.train["optimizer"]), cnet.slots, cnet.theta.size)
+        # as netdsl train does: theta.size would wait for the parameters' drawing thread
+        opt = Optimizer(dict(net.train["optimizer"]), cnet.slots, cnet.grad.size)
 
         def step() -> float:
             loss = cnet.step_grads(x, y)

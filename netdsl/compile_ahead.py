@@ -1,4 +1,4 @@
-"""Compile ahead: a forked helper compiles the backward kernels while this process does the rest.
+"""Compile ahead: a forked helper compiles the kernels this process needs last, meanwhile.
 
 A cold start (empty Numba cache) is almost all compiling, and Numba compiles under one lock
 per process, so a second thread cannot help; a second process can, through the on-disk
@@ -6,15 +6,16 @@ cache: every CPU kernel is ``cache=True`` in a real file (netdsl.ops and the gen
 modules of netdsl.ops.codegen), keyed by source and argument types.
 
 So once a CPU plan is bound, the process forks (the child shares the plan for free: the
-same runners, buffers and kernel signatures). The child runs the plan's backward (the
-layers without convolutions last layer first, then the convolutions first layer first: see
-_compile_in_child), says so through a pipe, compiles the optimizer's update and goes on with
-the forward from the last layer back: each kernel it calls is compiled (or found) and saved
-into the cache; its numbers are thrown away. The parent meanwhile initialises the weights,
-loads data and compiles its first forward (finding there what the child got to first);
-before its first backward it waits for the child's word and loads the backward kernels from
-the cache instead of compiling them. It ends the child then, or, if the child is still
-compiling the update, once its own backward is through.
+same runners, buffers and kernel signatures). The child calls the plan's kernels in about
+the reverse of the order the parent needs them (the optimizer's update, the backward first
+layer first, then the forward last layer first: see _compile_in_child); each kernel it calls
+is compiled (or found) and saved into the cache; its numbers are thrown away. The parent
+meanwhile draws the weights (a thread), loads data and compiles its first forward, then runs
+its first backward without waiting for the child: what the child compiled loads from the
+cache, a kernel the child is compiling is waited for (lock_compiles), the rest the parent
+compiles itself (and the child, coming to it, loads it). So the parent never sits idle
+while the child works on something it does not need yet (the join this replaced left
+LeNet-5's parent 0.6-0.8 s idle). It ends the child after that backward.
 
 Safe by construction, and never needed for correctness:
 - The parent computes every number itself; a kernel the child did not leave in the cache
@@ -24,13 +25,12 @@ Safe by construction, and never needed for correctness:
   ``<fn>.1.nbc`` and leave an index entry pointing at the other's code. lock_numba_cache()
   makes that step one critical section per cache folder (flock), data before index.
 - Both processes need some kernels (conv_cpu's fill_col_wide / fill_col_gather and gemm
-  are compiled into the forward and the backward kernels alike): each compile of a cached
-  function holds an flock on a lock file beside its index, so the second process to need
-  it waits for the first and loads its code from the cache instead of compiling it again
-  (LeNet-5: the im2col kernel, 0.5-0.8 s of the helper's CPU). The helper runs the
-  backward of the layers without such kernels first, then theirs in forward order, so that
-  by the time it needs shared code the parent has usually saved it (the parent's forward
-  should not wait for the helper).
+  are compiled into the forward and the backward kernels alike, and each process may come
+  to any kernel first): each compile of a cached function holds an flock on a lock file
+  beside its index, so the second process to need it waits for the first and loads its
+  code from the cache instead of compiling it again (LeNet-5: the im2col kernel, 0.5-0.8 s
+  of the helper's CPU). The helper does not wait: it puts that layer off (Busy) and comes
+  back to it after the next one.
 - Forking is only done where it is safe and useful: Linux, two or more cores and one of them
   idle (by the 1-minute load average), twice the memory the child may copy available, this
   process single-threaded (no thread can hold a lock across the fork; no MPI), a writable
@@ -76,52 +76,83 @@ class Ahead:
     child_cpu_s: float | None = None
     child_wait_s: float = 0.0  # how long the child waited for compiles of this process
     parent_wait_s: float = 0.0  # how long this process waited for the child's (fork to join)
+    update_done: bool = False  # the child said the optimizer's update is compiled
+    child_put_off: int = 0  # compiles the child put off: the parent was compiling the function
+    _said: bytes = field(default=b"", repr=False)  # what the child wrote so far
     marker: Path | None = field(default=None, repr=False)  # the plan's warm marker
 
-    def join(self, limit: float = JOIN_LIMIT_S) -> None:
-        """Wait until the child has compiled the backward (or died, or `limit` s passed),
-        then end it: what it would compile next, the parent has compiled already, except
-        the optimizer's update, which it compiles right after; if it has not said that is
-        done, it is left to finish it during this process's backward (end_after_backward)."""
-        if self.pid is None or self.exit is not None:
+    def poll(self, limit: float = 0.0) -> None:
+        """Read what the child has said so far, waiting at most `limit` s for its next word:
+        "update" once the optimizer's update is compiled, then "<its CPU seconds> <seconds
+        it waited for locks> <compiles put off>" once its backward is through. End of file:
+        it died."""
+        if self.pid is None or self.exit is not None or self.done is None:
             return
         import select
 
-        self.cpu_at_join = time.process_time()
-        t0 = time.perf_counter()
-        words = b""
         try:
-            ready, _, _ = select.select([self.done], [], [], limit)
-            # "<its CPU seconds> <seconds it waited for locks>\n": done; end of file: it died
-            words = os.read(self.done, 256) if ready else b""
-            lines = words.split(b"\n")
-            if len(lines) > 1:
-                cpu, wait = lines[0].split()
-                self.backward_done, self.child_cpu_s = True, float(cpu)
-                self.child_wait_s = float(wait)
+            while True:
+                ready, _, _ = select.select([self.done], [], [], limit)
+                chunk = os.read(self.done, 256) if ready else b""
+                if not chunk:
+                    break
+                self._said += chunk
+                limit = 0.0
         except (OSError, ValueError):
             pass
+        *lines, _ = self._said.split(b"\n")  # complete lines only
+        for line in lines:
+            if line == b"update":
+                self.update_done = True
+            elif not self.backward_done:
+                with contextlib.suppress(ValueError):
+                    cpu, wait, busy = line.split()
+                    self.child_cpu_s, self.child_wait_s = float(cpu), float(wait)
+                    self.child_put_off = int(busy)
+                    self.backward_done = True
+
+    def join(self, limit: float = JOIN_LIMIT_S) -> None:
+        """Wait until the child has compiled the backward (or died, or `limit` s passed),
+        then end it. The first training step does not call this (it never waits idle for
+        the child: see end_after_backward); tests and tools that want the helper's whole
+        work in the cache do."""
+        if self.pid is None or self.exit is not None:
+            return
+        self.cpu_at_join = time.process_time()
+        t0 = time.perf_counter()
+        while not self.backward_done and self.done is not None:
+            left = limit - (time.perf_counter() - t0)
+            if left <= 0:
+                break
+            said = len(self._said)
+            self.poll(left)
+            if len(self._said) == said:  # nothing more: it died (end of file) or time is up
+                break
         self.waited_s = time.perf_counter() - t0
         self.parent_wait_s = compile_wait_s()
-        if not (self.backward_done and b"\nupdate\n" not in words):
-            self.kill()
+        self.kill()
 
     def end_after_backward(self) -> None:
-        """End the child once this process's first backward is through (join left it to
-        compile the optimizer's update meanwhile; if it has not, this process will)."""
+        """End the child once this process's first backward is through. This process did not
+        wait for it: each kernel the child had compiled, it loaded from the cache; one the
+        child was compiling, it waited for (lock_compiles: parent_wait_s); the rest it
+        compiled itself. What the child says by now is recorded (poll), then it is ended."""
+        if self.pid is None or self.exit is not None:
+            return
+        self.cpu_at_join = time.process_time()
+        self.poll()
+        self.parent_wait_s = compile_wait_s()
         self.kill()
 
     def two_core_estimate(self, cpu_now: float) -> float | None:
         """The seconds this process would have needed up to `cpu_now` (its process_time at
-        the end of the first step) on two idle cores: from the fork to the join, the longer
-        of its own CPU time and the child's, each plus the time it waited for the other's
-        compile locks. Those waits are wall time, which load inflates: the estimate errs
-        long."""
-        if self.child_cpu_s is None:
+        the end of the first step) on two idle cores: its CPU time plus the time it waited
+        for the child's compile locks (it waits for nothing else; the child works on the
+        other core meanwhile). Those waits are wall time, which load inflates: the estimate
+        errs long. None where no child was forked."""
+        if self.pid is None:
             return None
-        own = self.cpu_at_join - self.cpu_at_fork + self.parent_wait_s
-        child = self.child_cpu_s + self.child_wait_s
-        return cpu_now + self.parent_wait_s + max(0.0, child - own)
+        return cpu_now + self.parent_wait_s
 
     def kill(self) -> None:
         """End the child now (it leaves at most Numba's uniquely named temporary files)."""
@@ -293,46 +324,122 @@ def _quiet() -> None:
 
 
 def _compile_in_child(cnet: Any, done: int) -> None:
-    """Call every kernel of the plan once, backward first (the parent starts with the
-    forward), writing to `done` when the backward is through; a runner that fails here (say,
-    on buffers no forward filled) is skipped: the parent compiles what it needs. The layers
-    whose backward shares code with forward kernels (convolutions) come last and first layer
-    first, the order the parent's forward compiles that code in: this process then mostly
-    finds it in the cache (lock_compiles), where the other order made the parent's forward
-    wait for this process's compiles (AlexNet: 4.7 s). Before all that, the forward of the
-    layers after the last convolution whose kind does not occur before it (fc, dropout, the
-    loss; not a last pool, whose kernel the parent compiles for the first pool): the parent
-    reaches them last and finds them compiled, and its share of the work (the forward's
-    compiles and the weights' initialisation), the longer one, gets shorter."""
-    late = [r for r in cnet.runners if _shares_forward_code(r)]
-    if late:
-        cut = cnet.runners.index(late[-1]) + 1
-        seen = {type(r) for r in cnet.runners[:cut]}
-        for r in cnet.runners[cut:]:
-            if type(r) not in seen:
-                with contextlib.suppress(Exception):
-                    r.forward(True)
-    for r in [r for r in reversed(cnet.runners) if r not in late] + late:
-        with contextlib.suppress(Exception):
-            r.backward()
-            for scratch, dst in r.adds:
-                cnet.accumulate_into(dst, scratch)
-    # a child's CPU time starts at 0
-    os.write(done, f"{time.process_time():.3f} {compile_wait_s():.3f}\n".encode())
-    # Then, until the parent ends it, what it needs later: the update `netdsl train` runs,
-    # compiled by a call on one-element views of the buffers (the same argument types; the
-    # kernel rejects the segments past the end before it writes anything: no pass over
-    # VGG-16's 138 M parameters and no first touch of a full-size state), then the forward
-    # from the last layer back.
+    """Call every kernel of the plan once, in about the reverse of the order the parent
+    needs them (forward first layer first, backward last layer first, then the update), so
+    that the two processes meet in the middle with little waiting: the parent does not
+    wait for this process (it compiles what it finds neither compiled nor being compiled:
+    lock_compiles), so whatever this process compiles that the parent reaches late saves
+    the parent that compile, and the parent's own work is never delayed.
+
+    1. The optimizer's update `netdsl train` runs (the parent needs it last), compiled by a
+       call on one-element views of the buffers (the same argument types; the kernel rejects
+       the segments past the end before it writes anything: no pass over VGG-16's 138 M
+       parameters and no first touch of a full-size state). Then the forward of the first
+       layer of the last convolution family (_late_family), where the parent's forward
+       compiling is the longer share (AlexNet).
+    2. The backward, first layer first (the parent's runs last layer first). A layer whose
+       backward calls code its forward calls too (a convolution's im2col and GEMM wrapper)
+       goes after the next layer that does not: the parent's forward compiles that shared
+       code first thing, and this process would otherwise wait for it (LeNet-5's first
+       convolution: 0.3 s).
+    3. Then, until the parent ends it, the forward from the last layer back, and (waiting
+       now) what was put off.
+    A runner that fails here (say, on buffers no forward filled) is skipped: the parent
+    compiles what it needs. `done` hears "update" after 1 and "<CPU s> <lock wait s>" after
+    2."""
     with contextlib.suppress(Exception):
         from .train.optimizer import Optimizer
 
         opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, 1)
         opt.step(cnet.theta[:1], cnet.grad[:1], float(cnet.net.train["optimizer"]["lr"]))
     os.write(done, b"update\n")
-    for r in reversed(cnet.runners):
-        with contextlib.suppress(Exception):
-            r.forward(True)
+    late = _run_all([lambda r=r: r.forward(True) for r in _late_family(cnet.runners)], wait=False)
+
+    def backward(r):
+        r.backward()
+        for scratch, dst in r.adds:
+            cnet.accumulate_into(dst, scratch)
+
+    late = _run_all(late + [lambda r=r: backward(r) for r in backward_order(cnet.runners)],
+                    wait=False)  # fmt: skip
+    from numba.core import dispatcher
+
+    # a child's CPU time starts at 0
+    busy = getattr(dispatcher.Dispatcher.compile, "busy", 0)
+    os.write(done, f"{time.process_time():.3f} {compile_wait_s():.3f} {busy}\n".encode())
+    _run_all(late + [lambda r=r: r.forward(True) for r in reversed(cnet.runners)])
+
+
+def _run_all(calls: list, wait: bool = True) -> list:
+    """Call each of `calls` (a runner's pass), errors ignored. One that needs a function the
+    parent is compiling right now is put off (lock_compiles raises Busy instead of waiting)
+    and tried again after the next call that goes through, and at the end waiting (`wait`)
+    or not: then the calls still put off are returned, for the next list. The helper does
+    other work meanwhile, where waiting cost AlexNet's helper 0.5-0.9 s."""
+    from numba.core import dispatcher
+
+    patch = dispatcher.Dispatcher.compile
+
+    def attempt(call, skip: bool) -> bool:  # False: put off (met a function being compiled)
+        before = getattr(patch, "busy", 0)
+        patch.skip_busy = skip and hasattr(patch, "busy")
+        try:
+            call()
+        except Exception:
+            pass
+        finally:
+            patch.skip_busy = False
+        return getattr(patch, "busy", 0) == before
+
+    later: list = []
+    for call in calls:
+        if not attempt(call, True):
+            later.append(call)
+            continue
+        if later:  # one went through: try the oldest put-off call again
+            first = later.pop(0)
+            if not attempt(first, True):
+                later.append(first)
+    if not wait:
+        return later
+    for call in later:
+        attempt(call, False)
+    return []
+
+
+def _family(runner: Any) -> tuple:
+    """What tells a runner's forward kernels apart: its class, its op's class and the op's
+    Winograd pass if any (ConvCPU.wino: AlexNet's conv2 is F(2x2,5x5), conv3-5 F(2x2,3x3))."""
+    op = getattr(runner, "op", None)
+    return (type(runner), type(op), type(getattr(op, "wino", None)))
+
+
+def _late_family(runners: list) -> list:
+    """[the first runner of the last kernel family among the runners sharing code with the
+    backward], or [] where that is the first such runner (the parent compiles it first
+    thing): the last big stretch of the parent's forward compiling (AlexNet: the 3x3
+    Winograd forward of conv3-5, 2.7 s), which the helper takes right after the update."""
+    shared = [r for r in runners if _shares_forward_code(r)]
+    firsts: dict = {}
+    for r in shared:
+        firsts.setdefault(_family(r), r)
+    last = list(firsts.values())[-1] if firsts else None
+    return [last] if last is not None and last is not shared[0] else []
+
+
+def backward_order(runners: list) -> list:
+    """The order the helper runs the backward of `runners` (forward order) in: first layer
+    first, each runner whose backward shares code with forward kernels moved after the next
+    runner that does not (see _compile_in_child)."""
+    order, held = [], []
+    for r in runners:
+        if _shares_forward_code(r):
+            held.append(r)
+        else:
+            order.append(r)
+            order += held
+            held = []
+    return order + held
 
 
 def _shares_forward_code(runner: Any) -> bool:
@@ -364,18 +471,43 @@ def lock_compiles() -> None:
         with global_compiler_lock:
             if index in compile.held:  # this process holds it already (a nested compile)
                 return numba_compile(self, sig)
-            with _file_lock(index + ".lock") as waited:
+            try:
+                lock = _file_lock(index + ".lock", busy=compile.skip_busy)
+                waited = lock.__enter__()
+            except Busy:
+                compile.busy += 1
+                raise
+            try:
                 compile.wait_s += waited
+                if waited > 0.001:
+                    name = getattr(self.py_func, "__qualname__", "?")
+                    compile.waits[name] = compile.waits.get(name, 0.0) + waited
                 compile.held.add(index)
-                try:
-                    return numba_compile(self, sig)
-                finally:
-                    compile.held.discard(index)
+                return numba_compile(self, sig)
+            finally:
+                compile.held.discard(index)
+                lock.__exit__(None, None, None)
 
-    compile.wait_s = 0.0  # on the function: state of this patch, not of the module
+    # on the function: state of this patch, not of the module
+    compile.wait_s = 0.0
+    compile.waits = {}  # kernel name -> seconds waited for another process's compile of it
     compile.held = set()  # the lock files this process holds (flock is per open file)
+    compile.skip_busy = False  # the helper sets it: raise Busy rather than wait
+    compile.busy = 0  # how many times Busy was raised
     cls.compile = compile
     cls._netdsl_compile_locked = True
+
+
+class Busy(Exception):
+    """Another process is compiling this function (lock_compiles in the helper, which then
+    does other work first and comes back to it)."""
+
+
+def compile_waits() -> dict[str, float]:
+    """{kernel: seconds} this process waited for other processes' compiles of each."""
+    from numba.core import dispatcher
+
+    return dict(getattr(dispatcher.Dispatcher.compile, "waits", {}))
 
 
 def compile_wait_s() -> float:
@@ -386,10 +518,10 @@ def compile_wait_s() -> float:
 
 
 @contextlib.contextmanager
-def _file_lock(path: str, limit: float = JOIN_LIMIT_S):
+def _file_lock(path: str, limit: float = JOIN_LIMIT_S, busy: bool = False):
     """An exclusive flock on `path` (created), yielding the seconds waited for it; after
     `limit` seconds, or where no lock can be had, it goes on unlocked (a duplicate compile
-    is only slower)."""
+    is only slower). `busy`: raise Busy instead of waiting when another holds it."""
     try:
         import fcntl
 
@@ -404,6 +536,8 @@ def _file_lock(path: str, limit: float = JOIN_LIMIT_S):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if busy:
+                    raise Busy(path) from None
                 if time.perf_counter() - t0 > limit:
                     break
                 time.sleep(0.005)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NetError
-from .init import init_params
+from .init import InitInThread, init_params
 from .ir import Network
 from .ops import registry
 
@@ -74,6 +74,7 @@ class CompiledNet:
         self.rng = np.random.default_rng(seed)  # dropout masks
         self.labels = np.zeros(self.batch, np.int64)
         self._pending: list = []  # results of queued training steps (start_step)
+        self._init: InitInThread | None = None  # the parameters' drawing while under way
         self._layout()
         self.masks = _table_masks(net)
         ahead_first = self.device_kind == "cpu"  # CudaNet's _allocate uploads the weights
@@ -82,8 +83,12 @@ class CompiledNet:
         self._allocate()
         self._bind()
         self._start_compile_ahead()
-        if ahead_first:  # runners hold views of theta: the helper starts before this (AlexNet 1 s)
-            init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
+        if ahead_first:  # runners hold views of theta: the helper starts before this (AlexNet
+            # 0.65 s), and the drawing goes on in a thread while this one loads or compiles
+            # kernels: the forward waits for each layer's parameters (theta and runners, for
+            # everything else, wait for all of them)
+            self._init = InitInThread(net, self.slots, self._theta, np.random.default_rng(seed),
+                                      self.masks)  # fmt: skip
         if os.environ.get("NETDSL_DEBUG"):
             print(self.describe(), file=sys.stderr)
 
@@ -91,7 +96,7 @@ class CompiledNet:
     def _start_compile_ahead(self) -> None:
         """Fork the helper that compiles the backward kernels into the cache (CPU plans)."""
         self.ahead = None  # compile_ahead.Ahead: what became of the helper (tests read it)
-        self._ahead_pending = False  # the first training step has yet to wait for it
+        self._ahead_pending = False  # the first training step has yet to end it
         if self.device_kind == "cpu":
             import weakref
 
@@ -100,6 +105,36 @@ class CompiledNet:
             self.ahead = start(self)
             self._ahead_pending = True
             weakref.finalize(self, self.ahead.kill)  # never outlive the plan (eval-only use)
+
+    # ---- the parameters, drawn in a thread on the CPU (InitInThread)
+    @property
+    def theta(self) -> np.ndarray:
+        """(P,) every trainable parameter, in one flat buffer (all drawn by the time it is
+        returned)."""
+        if self._init is not None:
+            self._wait_init()
+        return self._theta
+
+    @theta.setter
+    def theta(self, value) -> None:
+        self._theta = value
+
+    @property
+    def runners(self) -> list:
+        """The layers' runners in forward order (the parameters they read all drawn)."""
+        if self._init is not None:
+            self._wait_init()
+        return self._runners
+
+    @runners.setter
+    def runners(self, value: list) -> None:
+        self._runners = value
+
+    def _wait_init(self, layer: str | None = None) -> None:
+        """Wait until `layer`'s parameters (None: all) are drawn."""
+        init = self._init
+        if init is not None and init.wait_for(layer):
+            self._init = None  # all drawn: nothing to wait for any more
 
     # ---- planning
     def _layout(self) -> None:
@@ -318,9 +353,11 @@ class CompiledNet:
         draws dropout masks as it runs)."""
 
     def _forward(self, train: bool) -> None:
-        for r in self.runners:
+        for r in self._runners:
             if not train and r is self.loss_runner:  # evaluation stops before the loss
                 break
+            if self._init is not None:  # the first forward: this layer's parameters drawn?
+                self._wait_init(r.layer.name)
             r.forward(train)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -383,8 +420,8 @@ class CompiledNet:
     def _train_step(self) -> None:
         """Forward in train mode and backward over the loaded batch (a backend may replay it)."""
         self._forward(train=True)
-        if self._ahead_pending:  # the first backward: wait for the helper's kernels
-            self.ahead.join()
+        # the first backward does not wait for the helper: what it compiled loads from the
+        # cache, what it is compiling is waited for kernel by kernel, the rest compiles here
         self._backward()
         if self._ahead_pending:
             self._ahead_pending = False
@@ -392,7 +429,7 @@ class CompiledNet:
             self.ahead.mark_warm()
 
     def _backward(self) -> None:
-        for r in reversed(self.runners):
+        for r in reversed(self._runners):
             r.backward()
             for scratch, dst in r.adds:
                 self.accumulate_into(dst, scratch)

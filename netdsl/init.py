@@ -68,18 +68,73 @@ def sample_into(out: np.ndarray, spec: dict[str, Any], fan_in: float, fan_out: f
 def init_params(net: Network, slots, theta: np.ndarray, rng: np.random.Generator,
                 masks: dict[str, np.ndarray]) -> None:  # fmt: skip
     """Fill the flat parameter buffer in layer order, reproducibly from `rng`."""
-    defaults = net.train["init"]
     for s in slots:
-        layer = net.layer(s.layer)
-        pname = s.key.split(".")[-1]
-        view = theta[s.offset : s.offset + s.size].reshape(s.shape)
-        lt = registry.of(layer)
-        if pname == "bias":
-            spec = layer.attrs.get("bias_init") or defaults["bias"]
-        else:
-            spec = layer.attrs.get("init") or defaults["weight"]
-        fan_in, fan_out = lt.fans(layer, layer.params["weight"])
-        spec = lt.init_spec(layer, pname, spec, fan_in)  # bn: gamma 1, beta 0
-        sample_into(view, spec, fan_in, fan_out, rng)
-        if pname == "weight" and layer.name in masks:
-            view[...] *= masks[layer.name]
+        init_slot(net, s, theta, rng, masks)
+
+
+def init_slot(net: Network, s, theta: np.ndarray, rng: np.random.Generator,
+              masks: dict[str, np.ndarray]) -> None:  # fmt: skip
+    """Fill one parameter tensor (a compiler.Slot) of theta from `rng`: init_params calls it
+    for each slot in order."""
+    defaults = net.train["init"]
+    layer = net.layer(s.layer)
+    pname = s.key.split(".")[-1]
+    view = theta[s.offset : s.offset + s.size].reshape(s.shape)
+    lt = registry.of(layer)
+    if pname == "bias":
+        spec = layer.attrs.get("bias_init") or defaults["bias"]
+    else:
+        spec = layer.attrs.get("init") or defaults["weight"]
+    fan_in, fan_out = lt.fans(layer, layer.params["weight"])
+    spec = lt.init_spec(layer, pname, spec, fan_in)  # bn: gamma 1, beta 0
+    sample_into(view, spec, fan_in, fan_out, rng)
+    if pname == "weight" and layer.name in masks:
+        view[...] *= masks[layer.name]
+
+
+class InitInThread:
+    """init_params in a thread of its own: the same draws from the same generator in the same
+    order, so the same values. A plan starts it once its buffers are bound and goes on
+    (loading or compiling kernels, allocating the optimizer's state); whatever reads a
+    layer's parameters first calls wait_for(layer), whatever reads them all wait_for().
+    AlexNet's 61 M draws take 0.65 s, of which the forward of its convolutions (the
+    parameters it needs first: 6 % of them) then hides most. NumPy's generator and
+    arithmetic release the GIL on chunks this size (sample_into: 1 M values)."""
+
+    def __init__(self, net: Network, slots, theta: np.ndarray, rng: np.random.Generator,
+                 masks: dict[str, np.ndarray]) -> None:  # fmt: skip
+        import threading
+
+        # layer -> how many slots must be drawn before it may run: its last one and all before
+        self._need = {s.layer: i + 1 for i, s in enumerate(slots)}
+        self._all = len(slots)
+        self.done = 0  # slots drawn so far (written by the thread only)
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, args=(net, slots, theta, rng, masks),
+                                        name="netdsl-init", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _run(self, net, slots, theta, rng, masks) -> None:
+        try:
+            for i, s in enumerate(slots):
+                init_slot(net, s, theta, rng, masks)
+                with self._cond:
+                    self.done = i + 1
+                    self._cond.notify_all()
+        except BaseException as e:  # handed to the thread that waits (wait_for raises it)
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def wait_for(self, layer: str | None = None) -> bool:
+        """Block until `layer`'s parameters (None: all) are drawn; True once all are. An
+        error in the drawing is raised here."""
+        need = self._all if layer is None else self._need.get(layer, 0)
+        if self.done < need:
+            with self._cond:
+                while self.done < need and self._error is None:
+                    self._cond.wait()
+        if self.done < need and self._error is not None:
+            raise self._error
+        return self.done >= self._all

@@ -183,7 +183,10 @@ AHEAD_CHILD = textwrap.dedent("""\
     cnet = netdsl.compile(net_path, device="cpu", batch=4, seed=0)
     if case == "killed":  # the helper dies before it could finish
         cnet.ahead.kill()
-    opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, cnet.theta.size)
+    if case == "plain":  # the helper's backward all in the cache before the first step
+        cnet.ahead.join()
+    # "nowait": the first step does not wait for the helper, as netdsl train runs
+    opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, cnet.grad.size)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, 4)
@@ -234,6 +237,16 @@ def test_compile_ahead_same_losses_and_a_warm_start_forks_nothing(in_process):
     warm = run_ahead(tmp, "plain", None, "shared")  # as a user runs it, load or not
     assert warm["reason"] == "warm (compiled before)", warm
     assert warm["misses"] == 0 and warm["losses"] == ref["losses"]
+
+
+@needs_fork
+def test_first_step_that_does_not_wait_for_the_helper_computes_the_same(in_process):
+    """The first backward goes on without waiting for the helper (kernels it compiled load,
+    one it is compiling is waited for, the rest compile here): the same losses."""
+    tmp, ref = in_process
+    r = run_ahead(tmp, "nowait", "1", "nowait")
+    assert r["reason"] == "forked", r
+    assert r["losses"] == ref["losses"]
 
 
 @needs_fork
@@ -327,3 +340,156 @@ def test_compile_lock_waits_then_goes_on(tmp_path):
         assert 0.0 <= waited < 1.0
         with compile_ahead._file_lock(path, limit=0.2) as again:  # another open: it waits
             assert again >= 0.2
+
+
+def test_helper_backward_order():
+    """First layer first, each runner that shares code with forward kernels after the next
+    one that does not (the parent's forward compiles that code first)."""
+    import types
+
+    from netdsl.compile_ahead import backward_order
+
+    def runner(name, shares):
+        return types.SimpleNamespace(name=name, shares_forward_kernels=shares)
+
+    names = [("c1", True), ("n1", False), ("p1", False), ("c2", True), ("c3", True),
+             ("p3", False), ("fc", False), ("c9", True)]  # fmt: skip
+    order = backward_order([runner(n, s) for n, s in names])
+    assert [r.name for r in order] == ["n1", "c1", "p1", "p3", "c2", "c3", "fc", "c9"]
+
+
+def test_helper_puts_off_what_the_parent_is_compiling(monkeypatch):
+    """_run_all: a call that met a function being compiled elsewhere (Busy counted by
+    lock_compiles) is tried again after the next one that went through; what is still put
+    off at the end is run waiting (skip_busy off)."""
+    from numba.core import dispatcher
+
+    from netdsl import compile_ahead
+
+    def patch(self, sig):  # stands in for lock_compiles' patched Dispatcher.compile
+        raise AssertionError("not called")
+
+    patch.busy, patch.skip_busy = 0, False
+    monkeypatch.setattr(dispatcher.Dispatcher, "compile", patch)
+    log, tries = [], {"a": 2, "b": 0, "c": 0, "d": 9}  # busy that many times while skipping
+
+    def call(name):
+        def run():
+            if patch.skip_busy and tries[name] > 0:
+                tries[name] -= 1
+                patch.busy += 1
+                raise compile_ahead.Busy(name)
+            log.append((name, patch.skip_busy))
+
+        return run
+
+    compile_ahead._run_all([call(n) for n in "abcd"])
+    assert log == [("b", True), ("c", True), ("a", True), ("d", False)]
+    assert not patch.skip_busy
+
+
+def test_compile_lock_busy_raises_instead_of_waiting(tmp_path):
+    from netdsl import compile_ahead
+
+    path = str(tmp_path / "g.nbi.lock")
+    with compile_ahead._file_lock(path):
+        with pytest.raises(compile_ahead.Busy):
+            with compile_ahead._file_lock(path, busy=True):
+                pass
+    with compile_ahead._file_lock(path, busy=True) as waited:  # free: taken at once
+        assert waited < 1.0
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-1998", "alexnet"])
+def test_parameters_drawn_in_a_thread_are_the_same(name):
+    """A CPU plan draws its parameters in a thread (InitInThread) while the first forward
+    starts: theta (which waits for all of them) holds init_params' values bit for bit, for
+    a connection-table net too (masks) and the 61 M of AlexNet; the forward waits for each
+    layer's parameters, so its first output is the same as from a fully drawn theta."""
+    import netdsl
+    from netdsl.backends import compile_network
+    from netdsl.init import init_params
+
+    net = netdsl.load(str(ROOT / "nets" / f"{name}.net"))
+    cnet = compile_network(net, batch=1, seed=3)
+    expected = np.zeros_like(cnet._theta)
+    init_params(net, cnet.slots, expected, np.random.default_rng(3), cnet.masks)
+    if name == "lenet5":  # the forward waits layer by layer, then theta is complete
+        x = np.random.default_rng(0).standard_normal((1, *net.input.out_shape))
+        first = cnet.forward(x.astype(np.float32))
+        assert cnet._init is None
+        assert np.array_equal(first, cnet.forward(x.astype(np.float32)))
+    assert cnet.theta.tobytes() == expected.tobytes()
+    assert cnet._init is None
+
+
+def test_parameter_thread_hands_its_error_to_the_waiter():
+    """An error while drawing (here a spec no initialiser knows) is raised where a layer's
+    parameters are waited for, not lost in the thread."""
+    import types
+
+    from netdsl.init import InitInThread
+
+    net = types.SimpleNamespace(
+        train={"init": {"weight": {"kind": "nope"}, "bias": {"kind": "nope"}}},
+        layer=lambda name: (_ for _ in ()).throw(ValueError("no layer " + name)),
+    )
+    slot = types.SimpleNamespace(layer="f", key="f.weight", shape=(2,), offset=0, size=2)
+    init = InitInThread(net, [slot], np.zeros(2, np.float32), np.random.default_rng(0), {})
+    with pytest.raises(ValueError, match="no layer f"):
+        init.wait_for("f")
+
+
+def test_optimizer_state_touched_in_a_thread_steps_the_same(monkeypatch):
+    """From TOUCH_MIN_PARAMS on, a thread touches the optimizer state's pages (writing zeros
+    over zeros); every use of the state waits for it: the state starts at zero and a step
+    gives the bits of a step without the thread."""
+    import types
+
+    from netdsl.train import optimizer as optmod
+
+    size = optmod.TOUCH_MIN_PARAMS + 5
+    slots = [types.SimpleNamespace(size=size, lr_mult=1.0, decay_mult=1.0)]
+    spec = {"kind": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal(size).astype(np.float32)
+    g = rng.standard_normal(size).astype(np.float32)
+    touched = optmod.Optimizer(spec, slots, size)
+    assert touched._touching is not None
+    monkeypatch.setattr(optmod, "TOUCH_MIN_PARAMS", size + 1)
+    plain = optmod.Optimizer(spec, slots, size)
+    assert plain._touching is None
+    w1, w2 = w0.copy(), w0.copy()
+    for _ in range(2):
+        touched.step(w1, g, 0.01)
+        plain.step(w2, g, 0.01)
+    assert touched._touching is None
+    assert w1.tobytes() == w2.tobytes() and touched.v.tobytes() == plain.v.tobytes()
+
+
+def test_helper_takes_the_last_convolution_family_forward():
+    """_late_family: the first runner of the last kernel family among the runners whose
+    backward shares code with forward kernels (AlexNet: conv3, the first 3x3 Winograd
+    layer), none where that family is the first runner's (the parent compiles it first)."""
+    import types
+
+    from netdsl.compile_ahead import _late_family
+
+    class Gemm:
+        wino = None
+
+    class Wino5:
+        wino = 5
+
+    class Wino3:
+        wino = 3.0
+
+    def conv(name, op):
+        return types.SimpleNamespace(name=name, shares_forward_kernels=True, op=op)
+
+    pool = types.SimpleNamespace(name="p", shares_forward_kernels=False)
+    alex = [conv("c1", Gemm()), pool, conv("c2", Wino5()), conv("c3", Wino3()),
+            conv("c4", Wino3()), pool]  # fmt: skip
+    assert [r.name for r in _late_family(alex)] == ["c3"]
+    assert _late_family([conv("c1", Gemm()), pool, conv("c2", Gemm())]) == []
+    assert _late_family([pool]) == []

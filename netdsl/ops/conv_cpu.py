@@ -36,11 +36,42 @@ b*P + i*Wv + j for output pixel (i, j):
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 from numba import njit, types
 from numba.np.linalg import ensure_blas
 
-ensure_blas()  # SciPy's BLAS, which numba_xxgemm loads on its first call
+
+def _load_cython_blas() -> None:
+    """Import scipy.linalg.cython_blas (the module numba_xxgemm takes sgemm from on its first
+    call) as its extension module alone: ``import scipy.linalg.cython_blas`` runs the whole
+    scipy.linalg package first (array API compat layer, numpy.f2py, numpy.testing, ...),
+    about 0.09 s of every start, cold or warm, for one function pointer. The module is
+    the same file either way, so is sgemm. Anything unexpected: the plain import does it."""
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules:
+        return
+    try:
+        import scipy  # light: numba has imported it
+
+        folder = Path(scipy.__file__).parent / "linalg"
+        found = sorted(p for p in folder.glob("cython_blas.*") if p.suffix in (".so", ".pyd"))
+        spec = importlib.util.spec_from_file_location(name, found[0]) if found else None
+        if spec is None or spec.loader is None:
+            return
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if "sgemm" in getattr(module, "__pyx_capi__", {}):
+            sys.modules.setdefault(name, module)
+    except Exception:
+        return
+
+
+_load_cython_blas()
+ensure_blas()  # SciPy's BLAS (and Numba's check of its integer width)
 
 _F32P = types.CPointer(types.float32)
 # numba_xxgemm(kind, transa, transb, m, n, k, alpha*, a*, lda, b*, ldb, beta*, c*, ldc): a

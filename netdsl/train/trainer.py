@@ -382,9 +382,10 @@ class Trainer:
         opt = dict(t["optimizer"])
         if lr is not None:
             opt["lr"] = lr
-        self.optimizer = Optimizer(
-            opt, cnet.slots, cnet.theta.size, device=cnet.device, like=cnet.theta
-        )
+        # grad.size, not theta.size: on the CPU theta waits until the parameters are drawn
+        # (a thread: compiler.InitInThread), which the first step's forward overlaps
+        like = None if cnet.device_kind == "cpu" else cnet.theta  # sharded CUDA state only
+        self.optimizer = Optimizer(opt, cnet.slots, cnet.grad.size, device=cnet.device, like=like)
         self.schedule = Schedule(t["schedule"], opt["lr"], epochs)
         self.rng = np.random.default_rng(cnet.seed)  # shuffling
         # augmentation: a generator per batch from (seed, epoch, batch), loader.py
