@@ -493,3 +493,37 @@ def test_helper_takes_the_last_convolution_family_forward():
     assert [r.name for r in _late_family(alex)] == ["c3"]
     assert _late_family([conv("c1", Gemm()), pool, conv("c2", Gemm())]) == []
     assert _late_family([pool]) == []
+
+
+def test_winograd_families_share_their_chunk_loops_and_gemm_kernels(monkeypatch):
+    """The Winograd families' chunk loops (conv_rows, wgrad_rows) are Python: as Numba kernels
+    each linked and optimised again every transform it called (AlexNet: 3.6 s of its cold
+    compile). Their GEMM passes are winograd_cpu's conv_planes and wgrad_planes, one compiled
+    signature for F(2x2, 3x3), F(2x2, 5x5) and F(4x4, 3x3) alike (FLIP is an argument)."""
+    from numba.core.dispatcher import Dispatcher
+
+    from netdsl.ops import conv, winograd5_cpu, winograd43_cpu, winograd_cpu
+
+    for mod in (winograd_cpu, winograd5_cpu, winograd43_cpu):
+        for name in ("conv_rows", "wgrad_rows"):
+            assert not isinstance(getattr(mod, name), Dispatcher), f"{mod.__name__}.{name}"
+    for mod in (winograd5_cpu, winograd43_cpu):
+        assert mod.conv_planes is winograd_cpu.conv_planes
+        assert mod.wgrad_planes is winograd_cpu.wgrad_planes
+    monkeypatch.setenv("NETDSL_CONV_ALGO", "winograd")
+    monkeypatch.setattr(conv, "num_threads", lambda: 1)
+    rng = np.random.default_rng(0)
+    for k, tile, family in ((3, "2", "Winograd"), (5, "2", "Winograd5"), (3, "4", "Winograd43")):
+        monkeypatch.setenv("NETDSL_WINO_TILE", tile)
+        p = k // 2
+        layer = conv.ConvCPU(2, 4, 8, 8, 4, k, k, (1, 1), (p, p), (1, 1), 1, (8, 8), True)
+        assert type(layer.wino).__name__ == family
+        x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+        w = rng.standard_normal((4, 4, k, k)).astype(np.float32)
+        b = rng.standard_normal(4).astype(np.float32)
+        dy = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+        y, dx, dw, db = (np.empty_like(a) for a in (dy, x, w, b))
+        layer.forward(x, w, b, y)
+        layer.backward(dy, x, w, dx, dw, db)
+    assert len(winograd_cpu.conv_planes.signatures) == 1, winograd_cpu.conv_planes.signatures
+    assert len(winograd_cpu.wgrad_planes.signatures) == 1, winograd_cpu.wgrad_planes.signatures

@@ -62,8 +62,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from netdsl.ops.conv_cpu import gemm
-from netdsl.ops.winograd_cpu import Winograd, _plane, wgrad_planes
+from netdsl.ops.winograd_cpu import Winograd, _plane, conv_planes, wgrad_planes
 
 # flipping a filter permutes its transformed rows and columns by P = (0 5)(1 3)(2 4)
 _P = (5, 3, 4, 1, 2, 0)
@@ -349,28 +348,8 @@ def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo) -> None:
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
         _input_transform(x, ra, rb, v, cap, work, geo)
-        conv_planes(0, 36, (rb - ra) * tw, cap, tr, u, v, m, cig, cog, geo)
+        conv_planes(0, 36, (rb - ra) * tw, cap, tr, u, v, m, cig, cog, geo, FLIP)
         _output_transform(m, ra, rb, cap, y, b, work, geo)
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def conv_planes(e0, e1, cols, cap, tr, u, v, m, cig, cog, geo):
-    """M[e] = U[e] @ V[e] (when tr, U[FLIP[e]]^T @ V[e]) for e in [e0, e1), per group, over
-    `cols` tiles of V (36, Ci, cap) and M (36, Co, cap) (winograd_cpu.conv_planes, 36 planes)."""
-    ng, vplane, mplane = geo[4], geo[5], geo[6]
-    uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
-    uplane = u.shape[1] * u.shape[2]
-    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
-    for e in range(e0, e1):
-        for g in range(ng):
-            vo = e * vplane + g * cig * cap
-            mo = e * mplane + g * cog * cap
-            if tr:
-                uo = FLIP[e] * uplane + g * cig * cog
-                gemm(yes, no, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
-            else:
-                uo = e * uplane + g * cog * cig
-                gemm(no, no, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -598,7 +577,7 @@ class Winograd43(Winograd):
         parts = [(a, e, ws) for (a, e), ws in zip(rows, self._ws(name), strict=True) if e > a]
         self.workers.run(_input_transform, [(x, a, e, v[a * tw :], cap, ws["xpad"], geo)
                                             for a, e, ws in parts])  # fmt: skip
-        self.workers.run(conv_planes, [(e0, e1, cap, cap, tr, u, v, m, cig, cog, geo)
+        self.workers.run(conv_planes, [(e0, e1, cap, cap, tr, u, v, m, cig, cog, geo, FLIP)
                                        for e0, e1 in e_jobs])  # fmt: skip
         self.workers.run(_output_transform, [(m[a * tw :], a, e, cap, y, b, ws["xpad"], geo)
                                              for a, e, ws in parts])  # fmt: skip

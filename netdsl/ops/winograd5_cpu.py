@@ -53,8 +53,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from netdsl.ops.conv_cpu import gemm
-from netdsl.ops.winograd_cpu import Winograd, _plane
+from netdsl.ops.winograd_cpu import Winograd, _plane, conv_planes, wgrad_planes
 
 # flipping a filter permutes its transformed rows and columns by P = (0 5)(1 3)(2 4)
 _P = (5, 3, 4, 1, 2, 0)
@@ -309,36 +308,25 @@ def _output_transform(m, ra, rb, cap, y, b, work, geo):
                     yf[np.uint64(y0 + wo + 2 * full)] = work[q0 + np.uint64(full) + c14]
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo):
+def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, work, geo) -> None:
     """Worker: y = conv5x5(x) + b over the tile rows [r0, r1), `rows` tile rows per chunk.
 
     x (N, Ci, H, W); y (N, Co, Ho, Wo) overwritten; b (Co,) (zeros: no bias); u (36, Co, Cig)
     the transformed filters or, when tr, (36, Ci, Cog) those of the flipped conv whose data
     gradient this is (read transposed at FLIP[e]); v (36, Ci, rows * tw), m (36, Co, rows *
     tw), work (12 * _plane(cap + 2 * tw) + 36 * _plane(cap),) workspaces, cap = rows * tw.
+
+    A Python loop over the chunks calling the kernels (which release the GIL), as
+    winograd_cpu.conv_rows; the GEMMs are winograd_cpu.conv_planes' (shared by the three
+    families). As one Numba kernel it cost 0.91 s of a cold compile (wgrad_rows 1.15 s).
     """
-    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
-    c_all, o_all = x.shape[1], y.shape[1]
-    cig, cog = c_all // ng, o_all // ng
+    tw, ng = geo[3], geo[4]
+    cig, cog = x.shape[1] // ng, y.shape[1] // ng
     cap = rows * tw
-    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
-    uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
-    uplane = u.shape[1] * u.shape[2]
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
-        cols = (rb - ra) * tw
         _input_transform(x, ra, rb, v, cap, work, geo)
-        for e in range(36):
-            for g in range(ng):
-                vo = e * vplane + g * cig * cap
-                mo = e * mplane + g * cog * cap
-                if tr:  # M[e] = U[FLIP[e]]^T @ V[e]: U's rows are this conv's input channels
-                    uo = FLIP[e] * uplane + g * cig * cog
-                    gemm(yes, no, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
-                else:
-                    uo = e * uplane + g * cog * cig
-                    gemm(no, no, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
+        conv_planes(0, 36, (rb - ra) * tw, cap, tr, u, v, m, cig, cog, geo, FLIP)
         _output_transform(m, ra, rb, cap, y, b, work, geo)
 
 
@@ -394,30 +382,19 @@ def _dy_transform(dy, ra, rb, m, cap, db, work, geo):
                       hi + np.uint64(i) * capu, cols)  # fmt: skip
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def wgrad_rows(r0, r1, rows, x, dy, v, m, work, du, db, geo):
+def wgrad_rows(r0, r1, rows, x, dy, v, m, work, du, db, geo) -> None:
     """Worker: du (36, O, Cig) = the weight gradient in the transformed domain summed over the
     tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums.
-    Workspaces as conv_rows'."""
-    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
-    c_all, o_all = x.shape[1], dy.shape[1]
-    cig, cog = c_all // ng, o_all // ng
-    cap = rows * tw
-    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
-    vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
-    duf[:] = 0.0
+    Workspaces as conv_rows'. A Python loop over the chunks, as conv_rows; the GEMMs are
+    winograd_cpu.wgrad_planes' (du zeroed first, every chunk added with beta = 1)."""
+    cap = rows * geo[3]
+    du[:] = 0.0
     db[:] = 0.0
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
-        cols = (rb - ra) * tw
         _input_transform(x, ra, rb, v, cap, work, geo)
         _dy_transform(dy, ra, rb, m, cap, db, work, geo)
-        for e in range(36):
-            for g in range(ng):
-                vo = e * vplane + g * cig * cap
-                mo = e * mplane + g * cog * cap
-                uo = (e * o_all + g * cog) * cig
-                gemm(no, yes, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
+        wgrad_planes(0, 36, (rb - ra) * geo[3], cap, v, m, du, 1.0, geo)
 
 
 @njit(cache=True, nogil=True, fastmath=True)

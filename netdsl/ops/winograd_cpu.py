@@ -199,36 +199,25 @@ def _a_t_m(mf, q, p):
             m4 - m8 - m12, m5 - m9 - m13, m6 - m10 - m14, m7 - m11 - m15)  # fmt: skip
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo):
+def conv_rows(r0, r1, rows, tr, x, u, b, y, v, m, strip, geo) -> None:
     """Worker: y = conv3x3(x) + b over the tile rows [r0, r1), `rows` tile rows per chunk.
 
     x (N, Ci, H, W); y (N, Co, Ho, Wo) overwritten; b (Co,) (zeros: no bias); u (16, Co, Cig)
     the transformed filters or, when tr, (16, Ci, Cog) those of the flipped conv whose data
     gradient this is (read transposed at FLIP[e]); v (16, Ci, rows * tw), m (16, Co, rows *
     tw), strip (4 * (2 * tw + 2),) workspaces.
+
+    A Python loop over the chunks calling the kernels (which release the GIL), as
+    winograd43_cpu's: a Numba one links and optimises again the code of every kernel it
+    calls (0.77 s of a cold compile, and 0.69 s for wgrad_rows), for a few calls a pass.
     """
-    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
-    c_all, o_all = x.shape[1], y.shape[1]
-    cig, cog = c_all // ng, o_all // ng
+    tw, ng = geo[3], geo[4]
+    cig, cog = x.shape[1] // ng, y.shape[1] // ng
     cap = rows * tw
-    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
-    uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
-    uplane = u.shape[1] * u.shape[2]
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
-        cols = (rb - ra) * tw
         _input_transform(x, ra, rb, v, cap, strip, geo)
-        for e in range(16):
-            for g in range(ng):
-                vo = e * vplane + g * cig * cap
-                mo = e * mplane + g * cog * cap
-                if tr:  # M[e] = U[FLIP[e]]^T @ V[e]: U's rows are this conv's input channels
-                    uo = FLIP[e] * uplane + g * cig * cog
-                    gemm(yes, no, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
-                else:
-                    uo = e * uplane + g * cog * cig
-                    gemm(no, no, cog, cols, cig, uf[uo:], cig, vf[vo:], cap, 0.0, mf[mo:], cap)
+        conv_planes(0, 16, (rb - ra) * tw, cap, tr, u, v, m, cig, cog, geo, FLIP)
         _output_transform(m, ra, rb, cap, y, b, geo)
 
 
@@ -276,34 +265,23 @@ def _dy_transform(dy, ra, rb, m, cap, db, geo):
         db[o] += acc
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo):
+def wgrad_rows(r0, r1, rows, x, dy, v, m, strip, du, db, geo) -> None:
     """Worker: du (16, O, Cig) = the weight gradient in the transformed domain summed over the
     tile rows [r0, r1) (overwritten; filter_gradient maps it back), db (O,) = dy's sums.
 
     dU[e] = sum over tiles of (A dY A^T)[e] (O, T) @ V[e]^T (T, Ci): the transpose of the
     forward's chain, so G^T dU G is the exact gradient of the 3x3 filters. Workspaces as
-    conv_rows'.
+    conv_rows'. A Python loop over the chunks, as conv_rows (du zeroed first and every
+    chunk added with beta = 1, as the Numba loop did: the same bits).
     """
-    tw, ng, vplane, mplane = geo[3], geo[4], geo[5], geo[6]
-    c_all, o_all = x.shape[1], dy.shape[1]
-    cig, cog = c_all // ng, o_all // ng
-    cap = rows * tw
-    no, yes = np.bool_(False), np.bool_(True)  # not literals: ONE gemm signature
-    vf, mf, duf = v.reshape(-1), m.reshape(-1), du.reshape(-1)
-    duf[:] = 0.0
+    cap = rows * geo[3]
+    du[:] = 0.0
     db[:] = 0.0
     for ra in range(r0, r1, rows):
         rb = min(r1, ra + rows)
-        cols = (rb - ra) * tw
         _input_transform(x, ra, rb, v, cap, strip, geo)
         _dy_transform(dy, ra, rb, m, cap, db, geo)
-        for e in range(16):
-            for g in range(ng):
-                vo = e * vplane + g * cig * cap
-                mo = e * mplane + g * cog * cap
-                uo = (e * o_all + g * cog) * cig
-                gemm(no, yes, cog, cig, cols, mf[mo:], cap, vf[vo:], cap, 1.0, duf[uo:], cig)
+        wgrad_planes(0, 16, (rb - ra) * geo[3], cap, v, m, du, 1.0, geo)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -324,11 +302,12 @@ def wgrad_planes(e0, e1, cols, cap, v, m, du, beta, geo):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def conv_planes(e0, e1, cols, cap, tr, u, v, m, cig, cog, geo):
+def conv_planes(e0, e1, cols, cap, tr, u, v, m, cig, cog, geo, flip):
     """Worker, forward or data gradient split by planes: M[e] = U[e] @ V[e] (when tr, the
-    flipped conv's U[FLIP[e]]^T @ V[e], as conv_rows) for e in [e0, e1), per group, over the
-    `cols` tiles of the chunk in the shared V (16, Ci, cap) and M (16, Co, cap); cig, cog:
-    this pass's input and output channels a group."""
+    flipped conv's U[flip[e]]^T @ V[e], as conv_rows) for e in [e0, e1), per group, over the
+    `cols` tiles of the chunk in the shared V (E, Ci, cap) and M (E, Co, cap); cig, cog:
+    this pass's input and output channels a group. flip: the family's FLIP (an argument,
+    not a global, so that all three Winograd families share this one compiled kernel)."""
     ng, vplane, mplane = geo[4], geo[5], geo[6]
     uf, vf, mf = u.reshape(-1), v.reshape(-1), m.reshape(-1)
     uplane = u.shape[1] * u.shape[2]
@@ -338,7 +317,7 @@ def conv_planes(e0, e1, cols, cap, tr, u, v, m, cig, cog, geo):
             vo = e * vplane + g * cig * cap
             mo = e * mplane + g * cog * cap
             if tr:
-                uo = FLIP[e] * uplane + g * cig * cog
+                uo = flip[e] * uplane + g * cig * cog
                 gemm(yes, no, cog, cols, cig, uf[uo:], cog, vf[vo:], cap, 0.0, mf[mo:], cap)
             else:
                 uo = e * uplane + g * cog * cig
@@ -612,7 +591,7 @@ class Winograd:
         parts = [(a, e, ws) for (a, e), ws in zip(rows, self._ws(name), strict=True) if e > a]
         self.workers.run(_input_transform, [(x, a, e, v[a * tw :], cap, ws["xpad"], geo)
                                             for a, e, ws in parts])  # fmt: skip
-        self.workers.run(conv_planes, [(e0, e1, cap, cap, tr, u, v, m, cig, cog, geo)
+        self.workers.run(conv_planes, [(e0, e1, cap, cap, tr, u, v, m, cig, cog, geo, FLIP)
                                        for e0, e1 in e_jobs])  # fmt: skip
         self.workers.run(_output_transform, [(m[a * tw :], a, e, cap, y, b, geo)
                                              for a, e, _ in parts])  # fmt: skip
