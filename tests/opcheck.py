@@ -49,6 +49,29 @@ def assert_close(a: np.ndarray, b: np.ndarray, tol: float, what: str = "") -> No
     assert err < tol, f"{what}: relative error {err:.3g} >= {tol:.3g}"
 
 
+def square_conv(k: int, n, c, h, w, o, p=None, extra=None, g=1, bias=True, scratch=None):
+    """A k x k stride-1 CPU conv layer (netdsl.ops.conv.ConvCPU) with top/left padding p and
+    bottom/right padding extra (both k // 2 unless given), and its geometry for
+    conv.ref_forward / check_conv_layer."""
+    from netdsl.ops import conv
+
+    p = (k // 2, k // 2) if p is None else p
+    extra = (k // 2, k // 2) if extra is None else extra
+    out_hw = (h + p[0] + extra[0] - (k - 1), w + p[1] + extra[1] - (k - 1))
+    layer = conv.ConvCPU(n, c, h, w, o, k, k, (1, 1), p, (1, 1), g, out_hw, bias, scratch)
+    return layer, ((1, 1), p, (1, 1), g, out_hw)
+
+
+def square_conv_data(k: int, geo, n, c, h, w, o, g=1, bias=True, seed=0):
+    """Random x, k x k filters, bias (or None) and dy for a layer of square_conv."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c // g, k, k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    dy = rng.standard_normal((n, o, *geo[4])).astype(np.float32)
+    return x, wt, b, dy
+
+
 def check_conv_layer(layer, geo, x, wt, b, dy, tol: float, want_dx: bool = True) -> None:
     """A CPU conv layer (netdsl.ops.conv.ConvCPU) against the float64 reference: forward,
     then backward twice (no workspace may carry state); geo = conv.ref_forward's geometry."""

@@ -10,9 +10,11 @@ catches any wrong tap, tile or transform entry (those give errors of order 1e-2 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
-from opcheck import assert_close, check_conv_layer
+from opcheck import assert_close, check_conv_layer, square_conv, square_conv_data
 
 import netdsl
 from netdsl.compiler import CompiledNet
@@ -33,20 +35,9 @@ def algo(monkeypatch):
     return use
 
 
-def build(n, c, h, w, o, p=(2, 2), extra=(2, 2), g=1, bias=True, scratch=None):
-    """A 5x5 stride-1 ConvCPU with top/left padding p and bottom/right padding extra."""
-    out_hw = (h + p[0] + extra[0] - 4, w + p[1] + extra[1] - 4)
-    layer = conv.ConvCPU(n, c, h, w, o, 5, 5, (1, 1), p, (1, 1), g, out_hw, bias, scratch)
-    return layer, ((1, 1), p, (1, 1), g, out_hw)
-
-
-def data(geo, n, c, h, w, o, g=1, bias=True, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = rng.standard_normal((o, c // g, 5, 5)).astype(np.float32)
-    b = rng.standard_normal(o).astype(np.float32) if bias else None
-    dy = rng.standard_normal((n, o, *geo[4])).astype(np.float32)
-    return x, wt, b, dy
+# 5x5 layers and their random inputs (opcheck)
+build = partial(square_conv, 5)
+data = partial(square_conv_data, 5)
 
 
 def check_layer(layer, geo, x, wt, b, dy, want_dx=True) -> None:
