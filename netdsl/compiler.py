@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import buffers
 from .errors import NetError
 from .init import InitInThread, init_params
 from .ir import Network
@@ -147,8 +148,8 @@ class CompiledNet:
                                   float(lr), float(decay)))  # fmt: skip
                 offset += size
         self.slots = slots
-        self.theta = np.zeros(offset, np.float32)  # (P,) every trainable parameter
-        self.grad = np.zeros(offset, np.float32)  # (P,) their gradients
+        self.theta = buffers.zeros(offset)  # (P,) every trainable parameter (huge pages)
+        self.grad = buffers.zeros(offset)  # (P,) their gradients
         self.state = {}
         for layer in self.net.layers:
             for sname, shape in layer.state.items():
@@ -513,7 +514,7 @@ def parameter_text(net: Network, stored: int, where: str) -> str:
 
 
 def _host_zeros(shape) -> np.ndarray:
-    return np.zeros(shape, np.float32)
+    return buffers.zeros(shape)  # from 2 MiB on huge pages (netdsl/buffers.py)
 
 
 def gradient_buffers(net: Network, consumers: dict[str, list[str]], batch: int,

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from netdsl import buffers
 from netdsl.backends import cuda_runner
 from netdsl.backends.cpu import Runner
 from netdsl.ops import activations
@@ -267,7 +268,7 @@ class Scratch:
         size = int(np.prod(shape))
         buf = self._bufs.get(key)
         if buf is None or buf.size < size:
-            buf = self._bufs[key] = np.zeros(max(size, 1), np.float32)
+            buf = self._bufs[key] = buffers.zeros(max(size, 1))  # huge pages from 2 MiB
             self.version += 1
         return buf[:size].reshape(shape)
 

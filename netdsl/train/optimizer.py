@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import buffers
 from ..ops import optim
 
 
@@ -32,8 +33,9 @@ class Optimizer:
             [s.size for s in slots], [s.lr_mult for s in slots], [s.decay_mult for s in slots]
         )
         self._touching = None  # the thread touching the state's pages (_touch_in_thread)
-        self.v = np.zeros(size, np.float32)  # (P,) velocity (SGD) or second moment (Adam)
-        self.m = np.zeros(size if self.kind == "adam" else 0, np.float32)  # (P,) Adam's first
+        # (P,) velocity (SGD) or second moment (Adam); Adam's first; huge pages when large
+        self.v = buffers.zeros(size)
+        self.m = buffers.zeros(size if self.kind == "adam" else 0)
         self.t = 0  # steps taken
         self._gpu = None
         self._shards = None  # per device: (domain, OptimCUDA over that device's shard)
