@@ -32,10 +32,11 @@ Safe by construction, and never needed for correctness:
   of the helper's CPU). The helper does not wait: it puts that layer off (Busy) and comes
   back to it after the next one.
 - Forking is only done where it is safe and useful: Linux, two or more cores and one of them
-  idle (by the 1-minute load average), twice the memory the child may copy available, this
-  process single-threaded (no thread can hold a lock across the fork; no MPI), a writable
-  Numba cache, and a plan not seen warm before (a marker in the netdsl cache folder, written
-  after the first backward), so a warm start forks nothing.
+  idle (by the 1-minute load average and the tasks runnable now, see _busy), twice the
+  memory the child may copy available, this process single-threaded (no thread can hold a
+  lock across the fork; no MPI), a writable Numba cache, and a plan not seen warm before (a
+  marker in the netdsl cache folder, written after the first backward), so a warm start
+  forks nothing.
 
 ``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks on a busy machine too (still only where
 it is safe, and never for a plan marked warm).
@@ -248,15 +249,27 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _busy() -> str | None:
-    """Why no core is idle for the helper (by the 1-minute load average), or None."""
+def _busy(loadavg: str | None = None) -> str | None:
+    """Why no core is idle for the helper, or None. `loadavg`: /proc/loadavg's text (read
+    when None). Busy only when both the 1-minute load average and the tasks runnable right
+    now (its fourth field, this process included) leave no idle core: the average alone
+    lags a minute behind, so a start right after another job (a benchmark's previous
+    process, a test run) read "busy" on an idle machine and compiled on one core (LeNet-5
+    4.8 s instead of 2.8); the snapshot alone would miss a loaded machine's processes that
+    happen to wait at that instant."""
     try:
-        with open("/proc/loadavg") as f:
-            load = float(f.read().split()[0])
+        if loadavg is None:
+            with open("/proc/loadavg") as f:
+                loadavg = f.read()
+        fields = loadavg.split()
+        load = float(fields[0])
+        others = int(fields[3].split("/")[0]) - 1  # runnable now, this process excluded
     except (OSError, ValueError, IndexError):
         return None
-    if load > _cores() - 0.5:  # a helper would only add CPU time to a full machine
-        return f"no idle core (load average {load:.2f} on {_cores()} cores)"
+    cores = _cores()
+    if load > cores - 0.5 and others > cores - 1:  # a helper would only add CPU time
+        return (f"no idle core (load average {load:.2f}, {others} other tasks running, "
+                f"on {cores} cores)")  # fmt: skip
     return None
 
 

@@ -527,3 +527,20 @@ def test_winograd_families_share_their_chunk_loops_and_gemm_kernels(monkeypatch)
         layer.backward(dy, x, w, dx, dw, db)
     assert len(winograd_cpu.conv_planes.signatures) == 1, winograd_cpu.conv_planes.signatures
     assert len(winograd_cpu.wgrad_planes.signatures) == 1, winograd_cpu.wgrad_planes.signatures
+
+
+def test_busy_needs_the_load_average_and_the_tasks_running_now(monkeypatch):
+    """The helper is kept off only when the 1-minute load average AND the tasks runnable now
+    leave no idle core: the average lags, so a start right after another job must still
+    fork on an idle machine."""
+    from netdsl import compile_ahead
+
+    monkeypatch.setattr(compile_ahead, "_cores", lambda: 2)
+    busy = compile_ahead._busy
+    assert busy("0.20 0.50 0.70 1/80 123") is None  # idle
+    assert busy("1.90 1.70 2.20 1/80 123") is None  # lagging average, nothing else running
+    assert busy("0.40 0.60 0.90 3/80 123") is None  # a burst now, idle on average
+    why = busy("1.90 1.70 2.20 3/80 123")  # both: two other tasks on two cores
+    assert why is not None and "no idle core" in why and "2 other tasks" in why
+    assert busy("1.40 1.70 2.20 2/80 123") is None  # one other task: a core is idle
+    assert busy("garbage") is None  # unreadable: no opinion (the other checks apply)
