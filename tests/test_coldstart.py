@@ -544,3 +544,55 @@ def test_busy_needs_the_load_average_and_the_tasks_running_now(monkeypatch):
     assert why is not None and "no idle core" in why and "2 other tasks" in why
     assert busy("1.40 1.70 2.20 2/80 123") is None  # one other task: a core is idle
     assert busy("garbage") is None  # unreadable: no opinion (the other checks apply)
+
+
+# a 5x5 and a 3x3 layer forced through Winograd: F(2x2, 5x5) and (28 px) F(4x4, 3x3), whose
+# kernels call plane helpers (winograd5_cpu.bind_plane_helpers)
+WINO_NET = """\
+network wbind
+input image: 2x28x28
+conv c1: 4 filters 5x5, pad 2, relu
+conv c2: 4 filters 3x3, pad 1
+fc   f1: 3
+loss cross_entropy
+
+train {
+  batch 2
+  epochs 1
+  optimizer sgd(lr=0.001, momentum=0.9)
+}
+"""
+
+STEPS_CHILD = textwrap.dedent("""\
+    import hashlib, json, sys
+    import numpy as np
+    import netdsl
+    from netdsl.train.optimizer import Optimizer
+    cnet = netdsl.compile(sys.argv[1], device="cpu", batch=2, seed=0)
+    opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, cnet.grad.size)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 2, 28, 28)).astype(np.float32)
+    y = np.array([0, 2])
+    losses = []
+    for _ in range(3):
+        losses.append(repr(cnet.step_grads(x, y)))
+        opt.step(cnet.theta, cnet.grad, 0.001)
+    print(json.dumps({"losses": losses,
+                      "theta": hashlib.sha256(cnet.theta.tobytes()).hexdigest()}))
+""")
+
+
+def test_winograd_plane_helpers_give_cold_and_warm_starts_the_same_bits(tmp_path, monkeypatch):
+    """A kernel loaded from Numba's cache bound its plane-helper calls to its own copy of the
+    helper, a freshly compiled one to the helper's own code, and the two rounded apart: one
+    seed's cold and warm starts of cifar10 differed from its first 5x5 Winograd layer on.
+    Both starts, and one with the compile-ahead helper, must give the same bits."""
+    monkeypatch.setenv("NETDSL_CONV_ALGO", "winograd")
+    (tmp_path / "w.net").write_text(WINO_NET)
+    cmd = [sys.executable, "-c", STEPS_CHILD, str(tmp_path / "w.net")]
+    cold = run_child(cmd, tmp_path / "a", ahead="0")
+    warm = run_child(cmd, tmp_path / "a", ahead="0")
+    ahead = run_child(cmd, tmp_path / "b", ahead="1")
+    assert len(set(cold["losses"])) == 3  # it trained
+    assert warm == cold
+    assert ahead == cold

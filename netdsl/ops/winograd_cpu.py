@@ -397,6 +397,17 @@ class Winograd:
     _wgrad_rows = staticmethod(wgrad_rows)
     _filter_gradient = staticmethod(filter_gradient)
     _u_key = "wu"  # the shared Scratch's key of filters not kept
+    # Winograd5 / Winograd43: load their plane helpers before the first kernel that calls
+    # them (winograd5_cpu.bind_plane_helpers says why); F(2x2, 3x3) has none
+    _bind_helpers = None
+    _helpers_bound = False
+
+    def _bind(self) -> None:
+        """Once per layer object, before its first pass: the plane helpers (see above)."""
+        if not self._helpers_bound:
+            if self._bind_helpers is not None:
+                self._bind_helpers()
+            self._helpers_bound = True
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
                  groups: int, out_hw: tuple[int, int], scratch, workers,
@@ -501,6 +512,7 @@ class Winograd:
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
         """y = conv(x, w) + b (b: zeros without bias); w (O, Cg, 3, 3), or 5x5 (Winograd5)."""
+        self._bind()
         self._transform(w)
         if "fwd" in self.cplanes:
             return self._conv_by_planes("fwd", x, self.u, b, y, False)
@@ -522,6 +534,7 @@ class Winograd:
     ) -> None:
         """Overwrite dw, db (unless None) and dx (unless None) with the gradients; reuse and
         zeros as backward_data's."""
+        self._bind()
         jobs_r, rows, _, geo = self.passes["fwd"]
         views = self._ws("fwd")
         du = self.scratch.get("wdu", self.du_shape)
@@ -571,6 +584,7 @@ class Winograd:
         """dx = the data gradient of the conv for dy (overwritten). reuse: w is unchanged
         since the last forward (the filters transformed there are used when it was this
         same w array); zeros (C,) stands in for a bias."""
+        self._bind()
         if not (reuse and self._u_of is w):
             self._transform(w)
         if "bwd" in self.cplanes:
