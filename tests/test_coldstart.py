@@ -547,7 +547,7 @@ def test_busy_needs_the_load_average_and_the_tasks_running_now(monkeypatch):
 
 
 # a 5x5 and a 3x3 layer forced through Winograd: F(2x2, 5x5) and (28 px) F(4x4, 3x3), whose
-# kernels call plane helpers (winograd5_cpu.bind_plane_helpers)
+# kernels call plane helpers (winograd_cpu.bind_plane_helpers)
 WINO_NET = """\
 network wbind
 input image: 2x28x28

@@ -460,25 +460,6 @@ def _work_size(cap: int, tw: int) -> int:
     return max(24 * _plane(cap + tw) + 4 * tw + 2, 40 * _plane(cap))
 
 
-def bind_plane_helpers() -> None:
-    """Load (or compile) _bt_planes, _at_planes and _a_planes before any kernel that calls
-    them; Winograd._bind runs this before a layer's first pass.
-
-    Why: a kernel compiled in this process calls a helper through a symbol that binds to
-    the first definition the process loaded, and a cold compile loads the helper's own
-    first (Numba compiles callees first). A kernel loaded from Numba's cache carries a copy
-    of the helper as a weak symbol and, with no definition loaded before it, binds to that
-    copy instead, which rounded differently: one seed's cold and warm starts of cifar10
-    differed in the last bits from conv2 on (its _output_transform calling _at_planes).
-    Loading the helpers first makes every process bind as a cold one does. n = 0: nothing
-    is read or written; the argument types are the callers' (float32 1-D C arrays, uint64
-    offsets, an int count, a float32 bias)."""
-    a, u = np.zeros(1, np.float32), np.uint64(0)
-    _bt_planes(a, u, u, a, u, u, u, u, u, u, 0)
-    _at_planes(a, u, u, a, u, u, 0, np.float32(0.0))
-    _a_planes(a, u, u, a, u, u, 0)
-
-
 class Winograd43(Winograd):
     """The F(4x4, 3x3) passes of one ConvCPU layer (3x3, stride 1, dilation 1), fixed shapes.
 
@@ -493,7 +474,7 @@ class Winograd43(Winograd):
     _conv_rows = staticmethod(conv_rows)
     _wgrad_rows = staticmethod(wgrad_rows)
     _filter_gradient = staticmethod(filter_gradient)
-    _bind_helpers = staticmethod(bind_plane_helpers)
+    _plane_helpers = (_bt_planes, _at_planes, _a_planes)  # Winograd._bind
     _u_key = "wu43"
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],

@@ -374,6 +374,25 @@ def _plane(size: int) -> int:
     return 16 * (lines + 1 - lines % 2)
 
 
+def bind_plane_helpers(bt_planes, at_planes, a_planes) -> None:
+    """Load (or compile) a Winograd module's plane helpers before any kernel that calls them
+    (Winograd._bind runs this before a layer's first pass).
+
+    Why: a kernel compiled in this process calls a helper through a symbol that binds to
+    the first definition the process loaded, and a cold compile loads the helper's own
+    first (Numba compiles callees first). A kernel loaded from Numba's cache carries a copy
+    of the helper as a weak symbol and, with no definition loaded before it, binds to that
+    copy instead, which rounded differently: one seed's cold and warm starts of cifar10
+    differed in the last bits from conv2 on (winograd5_cpu's _output_transform calling
+    _at_planes). Loading the helpers first makes every process bind as a cold one does.
+    n = 0: nothing is read or written; the argument types are the callers' (float32 1-D C
+    arrays, uint64 offsets, an int count, a float32 bias)."""
+    a, u = np.zeros(1, np.float32), np.uint64(0)
+    bt_planes(a, u, u, a, u, u, u, u, u, u, 0)
+    at_planes(a, u, u, a, u, u, 0, np.float32(0.0))
+    a_planes(a, u, u, a, u, u, 0)
+
+
 class Winograd:
     """The Winograd passes of one ConvCPU layer (3x3, stride 1, dilation 1), fixed shapes.
 
@@ -397,16 +416,16 @@ class Winograd:
     _wgrad_rows = staticmethod(wgrad_rows)
     _filter_gradient = staticmethod(filter_gradient)
     _u_key = "wu"  # the shared Scratch's key of filters not kept
-    # Winograd5 / Winograd43: load their plane helpers before the first kernel that calls
-    # them (winograd5_cpu.bind_plane_helpers says why); F(2x2, 3x3) has none
-    _bind_helpers = None
+    # Winograd5 / Winograd43: their plane helpers (_bt_planes, _at_planes, _a_planes),
+    # loaded before the first kernel that calls them (bind_plane_helpers); F(2x2, 3x3) has none
+    _plane_helpers: tuple = ()
     _helpers_bound = False
 
     def _bind(self) -> None:
         """Once per layer object, before its first pass: the plane helpers (see above)."""
         if not self._helpers_bound:
-            if self._bind_helpers is not None:
-                self._bind_helpers()
+            if self._plane_helpers:
+                bind_plane_helpers(*self._plane_helpers)
             self._helpers_bound = True
 
     def __init__(self, n: int, c: int, h: int, w: int, o: int, pad: tuple[int, int],
