@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import buffers
+from .background import WaitsFirst
 from .errors import NetError
 from .init import InitInThread, init_params
 from .ir import Network
@@ -108,28 +109,10 @@ class CompiledNet:
             weakref.finalize(self, self.ahead.kill)  # never outlive the plan (eval-only use)
 
     # ---- the parameters, drawn in a thread on the CPU (InitInThread)
-    @property
-    def theta(self) -> np.ndarray:
-        """(P,) every trainable parameter, in one flat buffer (all drawn by the time it is
-        returned)."""
-        if self._init is not None:
-            self._wait_init()
-        return self._theta
-
-    @theta.setter
-    def theta(self, value) -> None:
-        self._theta = value
-
-    @property
-    def runners(self) -> list:
-        """The layers' runners in forward order (the parameters they read all drawn)."""
-        if self._init is not None:
-            self._wait_init()
-        return self._runners
-
-    @runners.setter
-    def runners(self, value: list) -> None:
-        self._runners = value
+    # theta (P,): every trainable parameter in one flat buffer; runners: the layers' runners in
+    # forward order. Both are read only once all parameters are drawn.
+    theta = WaitsFirst("_wait_init", "_init")
+    runners = WaitsFirst("_wait_init", "_init")
 
     def _wait_init(self, layer: str | None = None) -> None:
         """Wait until `layer`'s parameters (None: all) are drawn."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import buffers
+from ..background import WaitsFirst
 from ..ops import optim
 
 
@@ -68,25 +69,8 @@ class Optimizer:
             self.v, self.m = cuda.to_device(self.v), cuda.to_device(self.m)
 
     # The state, once its pages are touched (every use, reading or writing, waits for that).
-    @property
-    def v(self):
-        if self._touching is not None:
-            self._touched()
-        return self._v
-
-    @v.setter
-    def v(self, value) -> None:
-        self._v = value
-
-    @property
-    def m(self):
-        if self._touching is not None:
-            self._touched()
-        return self._m
-
-    @m.setter
-    def m(self, value) -> None:
-        self._m = value
+    v = WaitsFirst("_touched", "_touching")
+    m = WaitsFirst("_touched", "_touching")
 
     def _touched(self) -> None:
         """Wait for the thread touching the state's pages (it only writes zeros over zeros:
