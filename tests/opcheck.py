@@ -19,6 +19,18 @@ import numpy as np
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
+def load_script(path, name: str):
+    """The module of a script that is not a package module (benchmarks/*.py, .ci/*.py),
+    registered in sys.modules under `name` (dataclasses look their module up there)."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central-difference gradient of the scalar f() with respect to x (modified in place)."""
     g = np.zeros_like(x, dtype=np.float64)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from opcheck import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location(
-        "cpu_vs_torch", ROOT / "benchmarks" / "cpu_vs_torch.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "benchmarks" / "cpu_vs_torch.py", "cpu_vs_torch")
 
 
 def _record(net: str, step: float, torch_step: float, rss: float, loaded: int = 0) -> dict:

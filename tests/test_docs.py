@@ -27,7 +27,6 @@ No other kind of block is allowed, so a new listing cannot go unchecked.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from opcheck import load_script
 
 import netdsl
 from netdsl.errors import NetError
@@ -290,12 +290,7 @@ def test_training_sample_matches_its_listing(block, path, shown):
 
 
 def _readme_commands():
-    spec = importlib.util.spec_from_file_location(
-        "readme_commands", ROOT / ".ci" / "readme_commands.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / ".ci" / "readme_commands.py", "readme_commands")
 
 
 def test_ci_runs_the_readmes_setup_commands():

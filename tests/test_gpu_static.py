@@ -7,7 +7,6 @@ whole script runs on a small LeNet-like net where NVVM, ptxas, cuobjdump and nvd
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,20 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from opcheck import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_static.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("gpu_static", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_static"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gs = _module()
+gs = load_script(SCRIPT, "gpu_static")
 
 
 @pytest.mark.parametrize(
