@@ -81,6 +81,7 @@ class Ahead:
     child_put_off: int = 0  # compiles the child put off: the parent was compiling the function
     _said: bytes = field(default=b"", repr=False)  # what the child wrote so far
     marker: Path | None = field(default=None, repr=False)  # the plan's warm marker
+    early: Path | None = field(default=None, repr=False)  # the net's (no_helper reads it)
 
     def poll(self, limit: float = 0.0) -> None:
         """Read what the child has said so far, waiting at most `limit` s for its next word:
@@ -172,14 +173,16 @@ class Ahead:
             self.exit = -9
 
     def mark_warm(self) -> None:
-        """Record that this plan's kernels are in the cache (the next start forks nothing)."""
-        if self.marker is None or self.marker.exists():
-            return
-        with contextlib.suppress(OSError):
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.marker.with_name(f".{self.marker.name}.{os.getpid()}.tmp")
-            tmp.write_text("warm\n")
-            os.replace(tmp, self.marker)
+        """Record that this plan's kernels are in the cache (the next start forks nothing,
+        and draws its parameters before binding: no_helper)."""
+        for marker in (self.marker, self.early):
+            if marker is None or marker.exists():
+                continue
+            with contextlib.suppress(OSError):
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+                tmp.write_text("warm\n")
+                os.replace(tmp, marker)
 
 
 def start(cnet: Any) -> Ahead:
@@ -189,6 +192,59 @@ def start(cnet: Any) -> Ahead:
         return _start(cnet)
     except Exception as e:
         return Ahead(None, f"not started: {type(e).__name__}: {e}")
+
+
+def no_helper(cnet: Any) -> Ahead | None:
+    """Before a CPU plan is bound: an Ahead saying why no helper will be forked for it, or
+    None where one may be (start decides, once the plan is bound). Where none will be, the
+    plan draws its parameters at once, before binding (a thread: nothing may be forked after
+    that). Warm here means this net, at this batch, under the same code, versions, cache
+    folders and settings, was compiled before (_early_marker); never raises."""
+    try:
+        if os.environ.get("NETDSL_COMPILE_AHEAD", "") == "0":
+            return Ahead(None, "off (NETDSL_COMPILE_AHEAD=0)")
+        early = _early_marker(cnet)
+        why_not = _unsafe()
+        if why_not is not None:
+            return Ahead(None, why_not, early=early)
+        if early is not None and early.exists():
+            return Ahead(None, "warm (compiled before)")
+    except Exception:  # start decides after the binding, as before
+        pass
+    return None
+
+
+def _early_marker(cnet: Any) -> Path | None:
+    """The file saying this net was compiled before at this batch (mark_warm writes it with
+    the plan's marker): what the plan will be is known from these before binding it (the
+    code, the versions, the cache folders, the net's layers with their shapes and
+    attributes, the batch, the settings that choose kernels or threads, the cores)."""
+    try:
+        from .ops import codegen
+
+        settings = sorted((k, v) for k, v in os.environ.items()
+                          if k.startswith(("NETDSL_", "NUMBA_", "OMP_", "OPENBLAS_")))  # fmt: skip
+        parts = [codegen.code_version(), _installed(), sys.version,
+                 sys.executable, str(codegen.cache_folder()), str(cnet.batch),
+                 str(os.cpu_count()), repr(settings), repr(cnet.net.layers)]  # fmt: skip
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+        return codegen.cache_folder() / "warm" / f"net_{digest}"
+    except Exception:
+        return None
+
+
+def _installed() -> str:
+    """The plan's own code (netdsl's modules outside netdsl.ops, which code_version covers)
+    and Numba's version, by their files' sizes and modification times: cheaper than reading
+    them, and numba is not imported yet (binding the plan does that)."""
+    import importlib.util
+
+    root = Path(__file__).parent
+    files = sorted(root.glob("*.py")) + sorted((root / "backends").glob("*.py"))
+    spec = importlib.util.find_spec("numba")
+    if spec is not None and spec.origin:
+        files.append(Path(spec.origin).parent / "_version.py")
+    return repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
 def _start(cnet: Any) -> Ahead:
@@ -205,8 +261,9 @@ def _start(cnet: Any) -> Ahead:
         why_not = _cache_unwritable()
     if why_not is None:
         why_not = _short_of_memory(cnet)
+    early = _early_marker(cnet)
     if why_not is not None:
-        return Ahead(None, why_not, marker=marker)
+        return Ahead(None, why_not, marker=marker, early=early)
     lock_numba_cache()
     lock_compiles()
     sys.stdout.flush()
@@ -224,7 +281,7 @@ def _start(cnet: Any) -> Ahead:
         finally:
             os._exit(code)
     os.close(done_w)
-    return Ahead(pid, "forked", done=done_r, marker=marker, cpu_at_fork=cpu_at_fork)
+    return Ahead(pid, "forked", done=done_r, marker=marker, cpu_at_fork=cpu_at_fork, early=early)
 
 
 def _unsafe() -> str | None:

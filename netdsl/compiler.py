@@ -82,15 +82,20 @@ class CompiledNet:
         ahead_first = self.device_kind == "cpu"  # CudaNet's _allocate uploads the weights
         if not ahead_first:
             init_params(net, self.slots, self.theta, np.random.default_rng(seed), self.masks)
+        # CPU: the drawing goes on in a thread while this one binds, loads or compiles kernels
+        # (AlexNet: 61 M draws, 0.65 s); the forward waits for each layer's parameters, theta
+        # and runners for all of them. It starts after the fork of the compile-ahead helper
+        # (no thread may run across a fork), or before the binding (0.1-0.3 s sooner: the op
+        # modules' imports, numba's among them) where no helper will be forked
+        draw_now = ahead_first and self._no_helper_first()
+        if draw_now:
+            self._draw_params()
         self._allocate()
         self._bind()
-        self._start_compile_ahead()
-        if ahead_first:  # runners hold views of theta: the helper starts before this (AlexNet
-            # 0.65 s), and the drawing goes on in a thread while this one loads or compiles
-            # kernels: the forward waits for each layer's parameters (theta and runners, for
-            # everything else, wait for all of them)
-            self._init = InitInThread(net, self.slots, self._theta, np.random.default_rng(seed),
-                                      self.masks)  # fmt: skip
+        if not draw_now:
+            self._start_compile_ahead()
+        if ahead_first and not draw_now:
+            self._draw_params()
         if os.environ.get("NETDSL_DEBUG"):
             print(self.describe(), file=sys.stderr)
 
@@ -107,6 +112,22 @@ class CompiledNet:
             self.ahead = start(self)
             self._ahead_pending = True
             weakref.finalize(self, self.ahead.kill)  # never outlive the plan (eval-only use)
+
+    def _no_helper_first(self) -> bool:
+        """Before the binding: True where no helper will be forked (compile_ahead.no_helper:
+        turned off, unsafe, or this net compiled before); self.ahead then says why."""
+        self.ahead = None
+        self._ahead_pending = False
+        from .compile_ahead import no_helper
+
+        self.ahead = no_helper(self)
+        self._ahead_pending = self.ahead is not None  # the first step marks the net warm
+        return self.ahead is not None
+
+    def _draw_params(self) -> None:
+        """Start drawing the parameters in a thread (the runners hold views of theta)."""
+        self._init = InitInThread(self.net, self.slots, self._theta,
+                                  np.random.default_rng(self.seed), self.masks)  # fmt: skip
 
     # ---- the parameters, drawn in a thread on the CPU (InitInThread)
     # theta (P,): every trainable parameter in one flat buffer; runners: the layers' runners in
@@ -201,7 +222,7 @@ class CompiledNet:
         return registry.of(layer).cpu_runner()
 
     def _bind(self) -> None:
-        self.runners = []
+        runners = []  # the drawing may be under way: self.runners would wait for it
         pending = {name: len(c) for name, c in self.consumers.items()}
         self.accumulate: list[tuple[int, np.ndarray, np.ndarray]] = []  # (runner, scratch, dst)
         # backward runs in reverse: the LAST consumer of a producer writes first, directly
@@ -242,8 +263,9 @@ class CompiledNet:
             r.dy = self.dout.get(lyr.name)
             if not self.consumers[lyr.name]:  # a dead end: its dy must stay zero
                 r.act_grad_in_place = False
-            self.runners.append(r)
-        self.loss_runner = self.runners[-1] if registry.of(order[-1]).is_loss else None
+            runners.append(r)
+        self.runners = runners
+        self.loss_runner = runners[-1] if registry.of(order[-1]).is_loss else None
 
     def _place_fanout_scratch(self, fanout: dict[str, list[tuple[int, str]]],
                               plans: dict[str, list[Any]]) -> None:  # fmt: skip
@@ -270,7 +292,9 @@ class CompiledNet:
 
     # ---- views
     def layer_params(self, layer: str) -> dict[str, np.ndarray]:
-        return {s.key.split(".")[-1]: self.param_view(s, self.theta)
+        """name -> a view of `layer`'s parameters in theta, for its runner: the values are
+        there once the layer's parameters are drawn (the forward waits for that)."""
+        return {s.key.split(".")[-1]: self.param_view(s, self._theta)
                 for s in self.slots if s.layer == layer}  # fmt: skip
 
     def layer_grads(self, layer: str) -> dict[str, np.ndarray]:

@@ -596,3 +596,41 @@ def test_winograd_plane_helpers_give_cold_and_warm_starts_the_same_bits(tmp_path
     assert len(set(cold["losses"])) == 3  # it trained
     assert warm == cold
     assert ahead == cold
+
+
+def test_a_net_compiled_before_draws_its_parameters_before_binding(tmp_path, monkeypatch):
+    """Where no helper will be forked (here: the net was compiled before, the early marker
+    that the first step wrote says so), the plan starts drawing before it binds its runners
+    (no_helper); the values are init_params' bit for bit, and another batch is another net."""
+    import netdsl
+    from netdsl import compile_ahead, compiler
+    from netdsl.backends import compile_network
+    from netdsl.init import init_params
+
+    monkeypatch.setenv("NETDSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NETDSL_COMPILE_AHEAD", "1")
+    monkeypatch.setattr(compile_ahead, "_unsafe", lambda: None)  # pytest may run threads
+    monkeypatch.setattr(compile_ahead, "_short_of_memory", lambda cnet: "no fork (test)")
+    drawing_at_bind = []
+    bind = compiler.CompiledNet._bind
+
+    def spy(self):
+        drawing_at_bind.append(self._init is not None)
+        bind(self)
+
+    monkeypatch.setattr(compiler.CompiledNet, "_bind", spy)
+    net = netdsl.loads(TINY_NET)
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+    first = compile_network(net, batch=4, seed=3)
+    assert first.ahead.reason == "no fork (test)"  # decided after binding, as before
+    first.step_grads(x, y)  # the first step marks the plan and the net warm
+    again = compile_network(net, batch=4, seed=3)
+    assert again.ahead.reason == "warm (compiled before)"
+    other = compile_network(net, batch=2, seed=3)
+    assert other.ahead.reason == "no fork (test)"
+    assert drawing_at_bind == [False, True, False]
+    expected = np.zeros_like(again._theta)
+    init_params(net, again.slots, expected, np.random.default_rng(3), again.masks)
+    assert again.theta.tobytes() == expected.tobytes()
+    assert again.step_grads(x, y) == compile_network(net, batch=4, seed=3).step_grads(x, y)
