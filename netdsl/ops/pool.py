@@ -128,7 +128,7 @@ def fast_extent(geo, h, w, ho, wo):  # -> (hf, wf)
     return 0, 0
 
 
-@kernel
+@kernel(no_cpython_wrapper=True)  # njit callers only: no CPython entry point (kernels.md)
 def whole_range(k, s, p, size, out):  # ints -> (lo, hi)
     """Outputs [lo, hi) along one axis whose window lies wholly inside the input."""
     lo = min((p + s - 1) // s, out)  # first i with i*s - p >= 0
@@ -136,7 +136,7 @@ def whole_range(k, s, p, size, out):  # ints -> (lo, hi)
     return lo, hi
 
 
-@kernel
+@kernel(no_cpython_wrapper=True)  # njit callers only: no CPython entry point (kernels.md)
 def _avg_whole_rows(xp, yp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale):
     """yp[i, j] = scale * (sum of the window) for outputs [i0, i1) x [j0, j1), all of whose
     windows lie inside the input: no per-output window bounds, no division, 3x3 windows with
@@ -159,7 +159,7 @@ def _avg_whole_rows(xp, yp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale):
             yp[i, j] = s * scale
 
 
-@kernel
+@kernel(no_cpython_wrapper=True)  # njit callers only: no CPython entry point (kernels.md)
 def _max_whole_rows(xp, yp, ap, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw):
     """yp[i, j] = max of the window and ap[i, j] the flat in-plane index of its first maximum
     (row-major tap order, as the generic loop) for outputs [i0, i1) x [j0, j1), all of whose
@@ -192,7 +192,7 @@ def _max_whole_rows(xp, yp, ap, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw):
             ap[i, j] = at
 
 
-@kernel
+@kernel(no_cpython_wrapper=True)  # njit callers only: no CPython entry point (kernels.md)
 def _avg_whole_rows_backward(gp, dp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, scale):
     """dp[window of (i, j)] += scale * gp[i, j] for outputs [i0, i1) x [j0, j1) whose windows
     lie inside the input (the backward of _avg_whole_rows), tap by tap."""
@@ -206,7 +206,7 @@ def _avg_whole_rows_backward(gp, dp, i0, i1, j0, j1, kh, kw, sh, sw, ph, pw, sca
                     ds[np.uint64(j * sw)] += scale * gs[np.uint64(j)]
 
 
-@kernel
+@kernel(no_cpython_wrapper=True)  # njit callers only: no CPython entry point (kernels.md)
 def _whole_part(geo, h, w, ho, wo, hf, mode):
     """(i0, i1, j0, j1, use, scale): the outputs with whole windows that the forward
     computes tap by tap (use False for global pooling, whose one window the generic loop
