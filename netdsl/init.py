@@ -34,8 +34,13 @@ def sample(spec: dict[str, Any], shape, fan_in: float, fan_out: float,
 
 
 # Values drawn per chunk: AlexNet's 61M float64 draws at once were a 488 MB temporary,
-# written three times (draw, scale, shift) before the cast; chunks stay in the cache.
-CHUNK = 1 << 20
+# written three times (draw, scale, shift) before the cast. The drawing runs in a thread
+# (InitInThread) beside a main thread busy with Python (binding the plan, loading kernels),
+# and each NumPy call of a chunk must take the GIL back, which a thread running Python
+# hands over only every 5 ms (sys.getswitchinterval()): with 1 M values a chunk and four
+# calls, AlexNet's drawing took 1.9-2.1 s of wall time for 0.7 s of CPU; with 4 M (a 32 MB
+# temporary) and three calls, 0.90-0.93 s.
+CHUNK = 1 << 22
 
 
 def sample_into(out: np.ndarray, spec: dict[str, Any], fan_in: float, fan_out: float,
@@ -60,9 +65,9 @@ def sample_into(out: np.ndarray, spec: dict[str, Any], fan_in: float, fan_out: f
     for lo in range(0, flat.size, chunk):
         part = buf[: min(chunk, flat.size - lo)]
         draw(out=part)
-        part *= scale
-        part += loc
-        flat[lo : lo + part.size] = part
+        np.multiply(part, scale, out=part)
+        # the shift in float64, cast once into out (what the assignment did): one call less
+        np.add(part, loc, out=flat[lo : lo + part.size], casting="same_kind")
 
 
 def init_params(net: Network, slots, theta: np.ndarray, rng: np.random.Generator,
@@ -99,7 +104,7 @@ class InitInThread:
     layer's parameters first calls wait_for(layer), whatever reads them all wait_for().
     AlexNet's 61 M draws take 0.65 s, of which the forward of its convolutions (the
     parameters it needs first: 6 % of them) then hides most. NumPy's generator and
-    arithmetic release the GIL on chunks this size (sample_into: 1 M values)."""
+    arithmetic release the GIL on chunks this size (sample_into: 4 M values)."""
 
     def __init__(self, net: Network, slots, theta: np.ndarray, rng: np.random.Generator,
                  masks: dict[str, np.ndarray]) -> None:  # fmt: skip
