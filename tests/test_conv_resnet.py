@@ -152,3 +152,17 @@ def test_winograd_keeps_filters_up_to_the_cap(setup, monkeypatch) -> None:
     assert not run_layer(n, c, 4, 4, o, 3, 1, 1, reuse=True).wino.keep
     monkeypatch.undo()  # the module's own cap keeps ResNet-18's 512 x 512 filters
     assert 4 * 16 * 512 * 512 <= conv.WINO_KEEP_BYTES
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_gathered_one_image_from_one_image_columns(setup, workers) -> None:
+    """Gathered layout (stride 2): one image per GEMM, in place, from ONE_IMAGE_COLUMNS
+    columns (ResNet-18's layer3a.conv1 and proj at 14 px: 196); below, blocks of images
+    as BLOCK_COLUMNS says (layer4a at 7 px); both exact."""
+    setup("gemm", workers)
+    big = run_layer(3, 4, 28, 28, 8, 3, 2, 1)  # 14 x 14 = 196 columns an image
+    assert not big.geo[10] and big.block == 1 and 196 >= conv.ONE_IMAGE_COLUMNS
+    proj = run_layer(3, 4, 28, 28, 8, 1, 2, 0)
+    assert proj.block == 1
+    small = run_layer(4, 4, 14, 14, 8, 3, 2, 1)  # 7 x 7 = 49 columns
+    assert small.block == min(-(-4 // workers), conv.BLOCK_COLUMNS // 49) > 1

@@ -183,6 +183,13 @@ def ref_backward(
 # hundred columns on; one 7x7 image has 49, where blocks of 4 ran the data-gradient GEMM
 # 1.65x faster; one image of 320 columns ran 5% faster alone than two side by side) ...
 BLOCK_COLUMNS = 512
+# ... but in the gathered layout one image alone from this many columns on, its GEMM writing
+# y and reading dy in place (conv_cpu.forward_gather / backward_gather): ResNet-18's
+# layer3a.conv1 (3x3 stride 2, 196 columns) ran 32.2-34.0 against 33.1-35.8 ms CPU forward +
+# backward in blocks of 2 (batch 8, 2 threads; level in a later A/B against the commit
+# before), its 1x1 projection 4.15 against 4.38 ms; layer4a.conv1 (49 columns) stays faster
+# in blocks of 4 (37.9 against 44.1 ms one by one)
+ONE_IMAGE_COLUMNS = 192
 # ... while a worker's column matrix stays under this many bytes (its dy / output block is
 # smaller by K / Og): the net's shared workspace (Scratch) is sized by its largest layer, so
 # the cap bounds what blocks add to it (one image's columns can be larger: VGG's first
@@ -330,6 +337,8 @@ class ConvCPU:
         if mnk <= SMALL_GEMM:
             fit = min(fit, SMALL_GEMM // mnk)
         self.block = 1 if self.direct else max(1, min(per_worker, BLOCK_COLUMNS // npix, fit))
+        if not wide and npix >= ONE_IMAGE_COLUMNS:  # gathered: in place (ONE_IMAGE_COLUMNS)
+            self.block = 1
         self.tr = og < TRANSPOSED_DW_OG and self.k >= 64 and not self.direct
         cols = 1 if self.direct else self.block * npix  # workspace columns
         npad = hp * wp + (kw - 1) * dilation[1] if wide else 1  # slack: last row's taps
