@@ -218,7 +218,18 @@ def _early_marker(cnet: Any) -> Path | None:
     """The file saying this net was compiled before at this batch (mark_warm writes it with
     the plan's marker): what the plan will be is known from these before binding it (the
     code, the versions, the cache folders, the net's layers with their shapes and
-    attributes, the batch, the settings that choose kernels or threads, the cores)."""
+    attributes, the batch, the settings that choose kernels or threads, the cores). Kept on
+    the plan: no_helper and, where it let a helper be forked, _start both ask for it."""
+    known = getattr(cnet, "_early_marker", ())
+    if known:
+        return known[0]
+    path = _early_marker_path(cnet)
+    with contextlib.suppress(AttributeError):  # a plan that takes no attributes: ask again
+        cnet._early_marker = (path,)
+    return path
+
+
+def _early_marker_path(cnet: Any) -> Path | None:
     try:
         from .ops import codegen
 

@@ -116,8 +116,6 @@ class CompiledNet:
     def _no_helper_first(self) -> bool:
         """Before the binding: True where no helper will be forked (compile_ahead.no_helper:
         turned off, unsafe, or this net compiled before); self.ahead then says why."""
-        self.ahead = None
-        self._ahead_pending = False
         from .compile_ahead import no_helper
 
         self.ahead = no_helper(self)

@@ -146,15 +146,13 @@ def _save_parser(parser: lark.Lark, path: Path) -> None:
     be written only means building them again next time."""
     import io
 
-    from .errors import DataError
     from .files import write_atomic
 
     buf = io.BytesIO()
-    with contextlib.suppress(Exception):  # never fails a parse
+    with contextlib.suppress(Exception):  # never fails a parse (OSError, DataError, Lark's)
         parser.save(buf, exclude_options=("postlex",))  # code: given again when loading
         path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError, DataError):
-            write_atomic(path, buf.getvalue())
+        write_atomic(path, buf.getvalue())
 
 
 def _parser_file(grammar: str) -> Path | None:

@@ -94,7 +94,8 @@ _ONE_ZERO_ONE = np.array([1.0, 0.0, 1.0], np.float32)
 # no_cpython_wrapper (gemm and the fill_col / add_col kernels): only other kernels call them,
 # so Numba need not build the CPython entry point each standalone compile adds (gemm's 12
 # arguments: 35 of its 105 ms; LeNet-5 cold, the five: 0.94 -> 0.78 s CPU). The callers'
-# machine code is the same instruction for instruction. Called from Python, they raise.
+# machine code is the same instruction for instruction. Called from Python, one would crash
+# the interpreter: tests/test_no_wrapper.py checks that only compiled kernels call them.
 @njit(cache=True, nogil=True, no_cpython_wrapper=True)  # njit callers only
 def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     """Row-major C = op(A) @ op(B) + beta * C, C (m, n) with row pitch ldc; beta is 0.0 (C
