@@ -119,9 +119,10 @@ def worker(engine: str, name: str, batch: int, steps: int, threads: int, spec: d
         ahead = getattr(cnet, "ahead", None) if engine == "netdsl" else None
         if ahead is not None:  # the compile-ahead helper (ended by now: joined or never forked)
             kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-            est = ahead.two_core_estimate(first_cpu)
+            est = ahead.idle_cores_estimate(first_cpu)
             out.update(
                 ahead=ahead.reason,
+                helpers=len(ahead.helpers),
                 helper_cpu_s=kids.ru_utime + kids.ru_stime,
                 waited_s=ahead.waited_s,
                 two_core_s=first_cpu if est is None else est,
@@ -254,7 +255,9 @@ def bench_startup(name: str, batch: int, runs: int, threads: int, in_process: bo
                 cache = tempfile.TemporaryDirectory(prefix="netdsl-cache-")
             r = run_worker(eng, name, batch, 0, threads, cache.name, env)
             rows[kind].append(r)
-            helper = (f"; helper: {r['ahead']}, +{r['helper_cpu_s']:.2f} s CPU, 2 idle cores "
+            n = r.get("helpers", 1)
+            helper = (f"; helper: {r['ahead']}" + (f" ({n} helpers)" if n > 1 else "")
+                      + f", +{r['helper_cpu_s']:.2f} s CPU, {max(n, 1) + 1} idle cores "
                       f"{r['two_core_s']:.2f} s" if "ahead" in r else "")  # fmt: skip
             if any(r.get("lock_wait_s", ())):
                 helper += " (lock waits: this process {:.2f} s, helper {:.2f} s)".format(

@@ -51,6 +51,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,119 +59,169 @@ from typing import Any
 # The parent stops waiting for the child after this long (a hung child costs at most this)
 # and compiles what is left itself.
 JOIN_LIMIT_S = 300.0
+# At most this many helpers (one per idle core): AlexNet's cold start compiles ~30 kernels,
+# the largest ~1 s of CPU, so more would mostly wait; each may copy the plan's pages.
+MAX_HELPERS = 7
 
 
 @dataclass
-class Ahead:
-    """The helper process of one plan, as the parent sees it."""
+class Helper:
+    """One forked helper process, as the parent sees it."""
 
-    pid: int | None  # None: no helper (see reason)
-    reason: str  # why there is none, or "forked"
-    done: int | None = None  # read end of the pipe the child writes to when its backward is done
-    backward_done: bool = False  # the child said so (else it died or ran out of time first)
-    exit: int | None = None  # the child's exit status once ended (negative: killed by signal)
-    waited_s: float = 0.0  # how long the parent's first backward waited for it
-    # CPU seconds, to tell what a start costs on two idle cores whatever the load now: this
-    # process's at the fork and when it began to wait, the child's when its backward was done
-    cpu_at_fork: float = 0.0
-    cpu_at_join: float = 0.0
-    child_cpu_s: float | None = None
-    child_wait_s: float = 0.0  # how long the child waited for compiles of this process
-    parent_wait_s: float = 0.0  # how long this process waited for the child's (fork to join)
-    update_done: bool = False  # the child said the optimizer's update is compiled
-    child_put_off: int = 0  # compiles the child put off: the parent was compiling the function
-    _said: bytes = field(default=b"", repr=False)  # what the child wrote so far
-    marker: Path | None = field(default=None, repr=False)  # the plan's warm marker
-    early: Path | None = field(default=None, repr=False)  # the net's (no_helper reads it)
+    pid: int
+    pipe: int | None  # read end of the pipe it writes to (None once closed)
+    said: bytes = b""  # what it wrote so far
+    ended: bool = False  # end of file on its pipe: it exited or died
+    update_done: bool = False  # it said the optimizer's update is compiled
+    backward_done: bool = False  # it said its share of the backward is through
+    cpu_s: float | None = None  # its CPU seconds then
+    wait_s: float = 0.0  # how long it waited for other processes' compiles
+    put_off: int = 0  # compiles it put off: another process was compiling the function
+    taken: int = 0  # the calls it had taken then (_helper_calls: the update, late, backward)
+    exit: int | None = None  # its exit status once reaped (negative: killed by a signal)
 
-    def poll(self, limit: float = 0.0) -> None:
-        """Read what the child has said so far, waiting at most `limit` s for its next word:
-        "update" once the optimizer's update is compiled, then "<its CPU seconds> <seconds
-        it waited for locks> <compiles put off>" once its backward is through. End of file:
-        it died."""
-        if self.pid is None or self.exit is not None or self.done is None:
-            return
-        import select
-
-        try:
-            while True:
-                ready, _, _ = select.select([self.done], [], [], limit)
-                chunk = os.read(self.done, 256) if ready else b""
-                if not chunk:
-                    break
-                self._said += chunk
-                limit = 0.0
-        except (OSError, ValueError):
-            pass
-        *lines, _ = self._said.split(b"\n")  # complete lines only
+    def hear(self) -> None:
+        """Parse what it said: "update", then "<CPU s> <lock wait s> <compiles put off>
+        <calls taken>"."""
+        *lines, _ = self.said.split(b"\n")  # complete lines only
         for line in lines:
             if line == b"update":
                 self.update_done = True
             elif not self.backward_done:
                 with contextlib.suppress(ValueError):
-                    cpu, wait, busy = line.split()
-                    self.child_cpu_s, self.child_wait_s = float(cpu), float(wait)
-                    self.child_put_off = int(busy)
+                    cpu, wait, busy, taken = line.split()
+                    self.cpu_s, self.wait_s = float(cpu), float(wait)
+                    self.put_off, self.taken = int(busy), int(taken)
                     self.backward_done = True
 
+
+@dataclass
+class Ahead:
+    """The helper processes of one plan, as the parent sees them."""
+
+    pid: int | None  # the first helper's (None: no helper, see reason)
+    reason: str  # why there is none, or "forked"
+    helpers: list[Helper] = field(default_factory=list)
+    waited_s: float = 0.0  # how long the parent's first backward waited for them
+    # CPU seconds, to tell what a start costs on idle cores whatever the load now: this
+    # process's at the fork and when it began to wait
+    cpu_at_fork: float = 0.0
+    cpu_at_join: float = 0.0
+    parent_wait_s: float = 0.0  # how long this process waited for the helpers' compiles
+    marker: Path | None = field(default=None, repr=False)  # the plan's warm marker
+    early: Path | None = field(default=None, repr=False)  # the net's (no_helper reads it)
+
+    @property
+    def backward_done(self) -> bool:
+        """Every helper said its share of the backward is through (else one died or ran out
+        of time first)."""
+        return bool(self.helpers) and all(h.backward_done for h in self.helpers)
+
+    @property
+    def update_done(self) -> bool:
+        """A helper said the optimizer's update is compiled."""
+        return any(h.update_done for h in self.helpers)
+
+    @property
+    def exit(self) -> int | None:
+        """The first helper's exit status once ended (negative: killed by a signal)."""
+        return self.helpers[0].exit if self.helpers else None
+
+    @property
+    def child_cpu_s(self) -> float | None:
+        """The helpers' CPU seconds when their backward was through (None: none said so)."""
+        said = [h.cpu_s for h in self.helpers if h.cpu_s is not None]
+        return sum(said) if said else None
+
+    @property
+    def child_wait_s(self) -> float:
+        """How long the helpers waited for other processes' compiles, summed."""
+        return sum(h.wait_s for h in self.helpers)
+
+    @property
+    def child_put_off(self) -> int:
+        return sum(h.put_off for h in self.helpers)
+
+    def poll(self, limit: float = 0.0) -> None:
+        """Read what the helpers have said so far, waiting at most `limit` s for the next
+        word of one whose backward is not through yet (see Helper.hear). End of file: it
+        exited or died."""
+        import select
+
+        live = {h.pipe: h for h in self.helpers if h.pipe is not None and not h.ended}
+        try:
+            while live:
+                ready, _, _ = select.select(list(live), [], [], limit)
+                if not ready:
+                    break
+                for fd in ready:
+                    chunk = os.read(fd, 256)
+                    if chunk:
+                        live[fd].said += chunk
+                    else:
+                        live.pop(fd).ended = True
+                limit = 0.0
+        except (OSError, ValueError):
+            pass
+        for h in self.helpers:
+            h.hear()
+
     def join(self, limit: float = JOIN_LIMIT_S) -> None:
-        """Wait until the child has compiled the backward (or died, or `limit` s passed),
-        then end it. The first training step does not call this (it never waits idle for
-        the child: see end_after_backward); tests and tools that want the helper's whole
-        work in the cache do."""
-        if self.pid is None or self.exit is not None:
+        """Wait until every helper has compiled its share of the backward (or died, or
+        `limit` s passed), then end them. The first training step does not call this (it
+        never waits idle for a helper: see end_after_backward); tests and tools that want
+        the helpers' whole work in the cache do."""
+        if not self.helpers or all(h.exit is not None for h in self.helpers):
             return
         self.cpu_at_join = time.process_time()
         t0 = time.perf_counter()
-        while not self.backward_done and self.done is not None:
+        while not all(h.backward_done or h.ended for h in self.helpers):
             left = limit - (time.perf_counter() - t0)
             if left <= 0:
                 break
-            said = len(self._said)
             self.poll(left)
-            if len(self._said) == said:  # nothing more: it died (end of file) or time is up
-                break
         self.waited_s = time.perf_counter() - t0
         self.parent_wait_s = compile_wait_s()
         self.kill()
 
     def end_after_backward(self) -> None:
-        """End the child once this process's first backward is through. This process did not
-        wait for it: each kernel the child had compiled, it loaded from the cache; one the
-        child was compiling, it waited for (lock_compiles: parent_wait_s); the rest it
-        compiled itself. What the child says by now is recorded (poll), then it is ended."""
-        if self.pid is None or self.exit is not None:
+        """End the helpers once this process's first backward is through. This process did
+        not wait for them: each kernel a helper had compiled, it loaded from the cache; one
+        a helper was compiling, it waited for (lock_compiles: parent_wait_s); the rest it
+        compiled itself. What the helpers say by now is recorded (poll), then they end."""
+        if not self.helpers or all(h.exit is not None for h in self.helpers):
             return
         self.cpu_at_join = time.process_time()
         self.poll()
         self.parent_wait_s = compile_wait_s()
         self.kill()
 
-    def two_core_estimate(self, cpu_now: float) -> float | None:
+    def idle_cores_estimate(self, cpu_now: float) -> float | None:
         """The seconds this process would have needed up to `cpu_now` (its process_time at
-        the end of the first step) on two idle cores: its CPU time plus the time it waited
-        for the child's compile locks (it waits for nothing else; the child works on the
-        other core meanwhile). Those waits are wall time, which load inflates: the estimate
-        errs long. None where no child was forked."""
-        if self.pid is None:
+        the end of the first step) with an idle core for it and for each helper: its CPU
+        time plus the time it waited for the helpers' compile locks (it waits for nothing
+        else; the helpers work on the other cores meanwhile). Those waits are wall time,
+        which load inflates: the estimate errs long. None where no helper was forked."""
+        if not self.helpers:
             return None
         return cpu_now + self.parent_wait_s
 
     def kill(self) -> None:
-        """End the child now (it leaves at most Numba's uniquely named temporary files)."""
-        if self.done is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.done)
-            self.done = None
-        if self.pid is None or self.exit is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, 9)
-        with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(self.pid, 0)
-            self.exit = os.waitstatus_to_exitcode(status)
-        if self.exit is None:
-            self.exit = -9
+        """End the helpers now (each leaves at most Numba's uniquely named temporary files)."""
+        for h in self.helpers:
+            if h.pipe is not None:
+                with contextlib.suppress(OSError):
+                    os.close(h.pipe)
+                h.pipe = None
+            if h.exit is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(h.pid, 9)
+            with contextlib.suppress(ChildProcessError):
+                _, status = os.waitpid(h.pid, 0)
+                h.exit = os.waitstatus_to_exitcode(status)
+            if h.exit is None:
+                h.exit = -9
 
     def mark_warm(self) -> None:
         """Record that this plan's kernels are in the cache (the next start forks nothing,
@@ -279,20 +330,41 @@ def _start(cnet: Any) -> Ahead:
     lock_compiles()
     sys.stdout.flush()
     sys.stderr.flush()
-    done_r, done_w = os.pipe()
-    cpu_at_fork = time.process_time()
-    pid = os.fork()
-    if pid == 0:  # the child: compile, and leave without running the parent's exit handlers
-        code = 1
+    n = _helper_count(cnet, setting)
+    # The first helper goes through _helper_calls (the parent's needs about reversed); where
+    # there are more, they go through _parent_order_calls (the parent's needs in order, past
+    # its first layer), each call to the first of them free to take it (the queue)
+    orders = [(calls, _queue(len(calls))) for calls in
+              ([_helper_calls(cnet)] + ([_parent_order_calls(cnet)] if n > 1 else []))]  # fmt: skip
+    ahead = Ahead(None, "forked", marker=marker, early=early, cpu_at_fork=time.process_time())
+    for i in range(n):
+        calls, queue = orders[min(i, len(orders) - 1)]
+        done_r, done_w = os.pipe()
         try:
+            pid = os.fork()
+        except OSError:  # no more processes: those forked so far do the work
             os.close(done_r)
-            _quiet()
-            _compile_in_child(cnet, done_w)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(done_w)
-    return Ahead(pid, "forked", done=done_r, marker=marker, cpu_at_fork=cpu_at_fork, early=early)
+            os.close(done_w)
+            break
+        if pid == 0:  # a helper: compile, and leave without running the parent's exit handlers
+            code = 1
+            try:
+                os.close(done_r)
+                for h in ahead.helpers:  # the pipes of the helpers forked before this one
+                    os.close(h.pipe)
+                _quiet()
+                _compile_in_child(calls, queue, done_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(done_w)
+        ahead.helpers.append(Helper(pid, done_r))
+    for _, queue in orders:
+        os.close(queue)
+    if not ahead.helpers:
+        return Ahead(None, "not started: fork failed", marker=marker, early=early)
+    ahead.pid = ahead.helpers[0].pid
+    return ahead
 
 
 def _unsafe() -> str | None:
@@ -342,20 +414,31 @@ def _busy(loadavg: str | None = None) -> str | None:
 
 
 def _short_of_memory(cnet: Any) -> str | None:
-    """Why the child's copied pages might not fit, or None. The child writes the plan's
+    """Why a helper's copied pages might not fit, or None. A helper writes the plan's
     activations, gradients and the parameters' update: copy-on-write turns those pages into
     its own, up to about the plan's bytes plus three copies of the parameters (VGG-16 at
     batch 4: ~2.5 GiB). Fork only where that fits twice into the memory still available."""
+    if _fits(cnet) == 0:
+        need, avail = _memory(cnet)
+        return f"short of memory ({need / 2**20:.0f} MiB to copy, {avail / 2**20:.0f} available)"
+    return None
+
+
+def _fits(cnet: Any) -> int | None:
+    """How many helpers' copied pages fit twice into the memory available (None: unknown)."""
+    got = _memory(cnet)
+    return None if got is None else got[1] // (2 * max(1, got[0]))
+
+
+def _memory(cnet: Any) -> tuple[int, int] | None:
+    """(the bytes a helper may copy, the bytes available), or None where unknown."""
     try:
         need = sum(cnet.plan_bytes().values()) + 3 * cnet.theta.nbytes
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)
-        avail = int(fields["MemAvailable"].split()[0]) * 1024
+        return need, int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError, AttributeError, TypeError):
         return None  # unknown: the load and safety checks still apply
-    if 2 * need > avail:
-        return f"short of memory ({need / 2**20:.0f} MiB to copy, {avail / 2**20:.0f} available)"
-    return None
 
 
 def _cache_unwritable() -> str | None:
@@ -404,54 +487,149 @@ def _quiet() -> None:
     os.dup2(devnull, 2)
 
 
-def _compile_in_child(cnet: Any, done: int) -> None:
-    """Call every kernel of the plan once, in about the reverse of the order the parent
-    needs them (forward first layer first, backward last layer first, then the update), so
-    that the two processes meet in the middle with little waiting: the parent does not
-    wait for this process (it compiles what it finds neither compiled nor being compiled:
-    lock_compiles), so whatever this process compiles that the parent reaches late saves
-    the parent that compile, and the parent's own work is never delayed.
+def _helper_calls(cnet: Any) -> list[tuple[str, Any]]:
+    """The calls the helpers make, (phase, call), in about the reverse of the order the
+    parent needs them, so that they meet it in the middle with little waiting: the parent
+    does not wait for a helper (it compiles what it finds neither compiled nor being
+    compiled: lock_compiles), so whatever a helper compiles that the parent reaches late
+    saves the parent that compile, and the parent's own work is never delayed.
 
-    1. The optimizer's update `netdsl train` runs (the parent needs it last), compiled by a
-       call on one-element views of the buffers (the same argument types; the kernel rejects
-       the segments past the end before it writes anything: no pass over VGG-16's 138 M
-       parameters and no first touch of a full-size state). Then the forward of the first
-       layer of the last convolution family (_late_family), where the parent's forward
-       compiling is the longer share (AlexNet).
-    2. The backward, first layer first (the parent's runs last layer first). A layer whose
-       backward calls code its forward calls too (a convolution's im2col and GEMM wrapper)
-       goes after the next layer that does not: the parent's forward compiles that shared
-       code first thing, and this process would otherwise wait for it (LeNet-5's first
-       convolution: 0.3 s).
-    3. Then, until the parent ends it, the forward from the last layer back, and (waiting
-       now) what was put off.
-    A runner that fails here (say, on buffers no forward filled) is skipped: the parent
-    compiles what it needs. `done` hears "update" after 1 and "<CPU s> <lock wait s>" after
-    2."""
-    with contextlib.suppress(Exception):
-        from .train.optimizer import Optimizer
+    1. "update": the optimizer's update `netdsl train` runs (the parent needs it last),
+       compiled by a call on one-element views of the buffers (the same argument types; the
+       kernel rejects the segments past the end before it writes anything: no pass over
+       VGG-16's 138 M parameters and no first touch of a full-size state).
+    2. "late": the forward of the first layer of the last convolution family
+       (_late_family), where the parent's forward compiling is the longer share (AlexNet).
+    3. "backward": the backward, first layer first (the parent's runs last layer first). A
+       layer whose backward calls code its forward calls too (a convolution's im2col and
+       GEMM wrapper) goes after the next layer that does not: the parent's forward compiles
+       that shared code first thing, and a helper would otherwise wait for it (LeNet-5's
+       first convolution: 0.3 s).
+    4. "forward": until the parent ends the helpers, the forward from the last layer back.
+    A call that fails in a helper (say, on buffers no forward filled) is skipped: the parent
+    compiles what it needs."""
+    calls: list[tuple[str, Any]] = [("update", lambda: _update(cnet))]
+    calls += [("late", lambda r=r: r.forward(True)) for r in _late_family(cnet.runners)]
+    calls += [("backward", lambda r=r: _backward(cnet, r)) for r in backward_order(cnet.runners)]
+    calls += [("forward", lambda r=r: r.forward(True)) for r in reversed(cnet.runners)]
+    return calls
 
-        opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, 1)
-        opt.step(cnet.theta[:1], cnet.grad[:1], float(cnet.net.train["optimizer"]["lr"]))
-    os.write(done, b"update\n")
-    late = _run_all([lambda r=r: r.forward(True) for r in _late_family(cnet.runners)], wait=False)
 
-    def backward(r):
-        r.backward()
-        for scratch, dst in r.adds:
-            cnet.accumulate_into(dst, scratch)
+def _update(cnet: Any) -> None:
+    from .train.optimizer import Optimizer
 
-    late = _run_all(late + [lambda r=r: backward(r) for r in backward_order(cnet.runners)],
-                    wait=False)  # fmt: skip
+    opt = Optimizer(dict(cnet.net.train["optimizer"]), cnet.slots, 1)
+    opt.step(cnet.theta[:1], cnet.grad[:1], float(cnet.net.train["optimizer"]["lr"]))
+
+
+def _backward(cnet: Any, r: Any) -> None:
+    r.backward()
+    for scratch, dst in r.adds:
+        cnet.accumulate_into(dst, scratch)
+
+
+def _parent_order_calls(cnet: Any) -> list[tuple[str, Any]]:
+    """The calls of the second and further helpers (phases as _helper_calls'): the forward
+    from the parent's second layer on ("late": the parent compiles its first layer itself
+    and reaches the next ones later), then the backward in the parent's order (last layer
+    first), then the update. With the first helper going about the other way, the helpers
+    compile ahead of the parent at both ends of its first step."""
+    calls = [("late", lambda r=r: r.forward(True)) for r in cnet.runners[1:]]
+    calls += [("backward", lambda r=r: _backward(cnet, r)) for r in reversed(cnet.runners)]
+    return calls + [("forward", lambda: _update(cnet))]
+
+
+def _queue(n: int) -> int:
+    """A pipe holding the records 0 .. n-1 (4 bytes each), its read end. Read by several
+    helpers, a read of 4 bytes takes one whole record (the pipe's lock serialises readers),
+    so each call goes to the first helper free to take it. Written in full and closed before
+    any fork: a helper that finds it empty reads end of file, and has had its whole share."""
+    queue_r, queue_w = os.pipe()
+    os.set_blocking(queue_w, False)
+    records = b"".join(i.to_bytes(4, "little") for i in range(n))
+    try:  # 4 KiB at a time (atomic): a pipe that holds fewer queues the first calls only
+        for at in range(0, len(records), 4096):
+            os.write(queue_w, records[at : at + 4096])
+    except OSError:
+        pass
+    finally:
+        os.close(queue_w)
+    return queue_r
+
+
+class _Share:
+    """A helper's share of the calls: the next one no helper has taken yet (its index, read
+    from the queue pipe all the helpers share), phase after phase."""
+
+    def __init__(self, calls: list[tuple[str, Any]], queue: int) -> None:
+        self.calls, self.queue = calls, queue
+        self._next: int | None = None  # read, not yet handed out (the next phase's first)
+        self.taken = 0  # calls handed out so far
+
+    def _peek(self) -> int:
+        if self._next is None:
+            try:
+                record = os.read(self.queue, 4)
+            except OSError:
+                record = b""
+            self._next = int.from_bytes(record, "little") if len(record) == 4 else -1
+        return self._next
+
+    def phase(self, *names: str):
+        """Yield this helper's calls of phases `names`, up to the first call of another."""
+        while True:
+            i = self._peek()
+            if i < 0 or i >= len(self.calls) or self.calls[i][0] not in names:
+                return
+            self._next = None
+            self.taken += 1
+            yield self.calls[i][1]
+
+
+def _compile_in_child(calls: list[tuple[str, Any]], queue: int, done: int) -> None:
+    """A helper: make its share of `calls` (_helper_calls: each call goes to the first
+    helper free to take it, through the `queue` pipe), say "update" on `done` once it made
+    the update, and "<CPU s> <lock wait s> <compiles put off> <calls taken>" once no
+    backward call is left to take. What it put off (another process was compiling a
+    function the call needs) it makes after its next call that went through, or at the end,
+    waiting."""
+    share = _Share(calls, queue)
+    for update in share.phase("update"):
+        with contextlib.suppress(Exception):
+            update()
+        os.write(done, b"update\n")
+    later = _run_all(share.phase("late", "backward"), wait=False)
     from numba.core import dispatcher
 
     # a child's CPU time starts at 0
     busy = getattr(dispatcher.Dispatcher.compile, "busy", 0)
-    os.write(done, f"{time.process_time():.3f} {compile_wait_s():.3f} {busy}\n".encode())
-    _run_all(late + [lambda r=r: r.forward(True) for r in reversed(cnet.runners)])
+    said = f"{time.process_time():.3f} {compile_wait_s():.3f} {busy} {share.taken}\n"
+    os.write(done, said.encode())
+    _run_all(itertools.chain(later, share.phase("forward")))
 
 
-def _run_all(calls: list, wait: bool = True) -> list:
+def _helper_count(cnet: Any, setting: str) -> int:
+    """How many helpers to fork: one for each core that is idle besides this process's (by
+    the load average and the tasks running now, the lesser: see _busy), at most
+    MAX_HELPERS, as many as the memory they may copy fits twice (_short_of_memory), and at
+    least one. ``NETDSL_COMPILE_HELPERS=N`` asks for N (still at most MAX_HELPERS)."""
+    asked = os.environ.get("NETDSL_COMPILE_HELPERS", "")
+    if asked.strip().isdigit() and int(asked) > 0:
+        return min(int(asked), MAX_HELPERS)
+    try:
+        with open("/proc/loadavg") as f:
+            fields = f.read().split()
+        busy = min(float(fields[0]), int(fields[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        busy = 0.0
+    n = int(_cores() - max(0.0, busy)) - 1
+    fit = _fits(cnet)
+    if fit is not None:
+        n = min(n, fit)
+    return max(1, min(n, MAX_HELPERS))
+
+
+def _run_all(calls: Iterable, wait: bool = True) -> list:
     """Call each of `calls` (a runner's pass), errors ignored. One that needs a function the
     parent is compiling right now is put off (lock_compiles raises Busy instead of waiting)
     and tried again after the next call that goes through, and at the end waiting (`wait`)

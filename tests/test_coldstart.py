@@ -64,16 +64,20 @@ CHILD = textwrap.dedent("""\
 """)
 
 
-def run_child(cmd: list[str], caches: Path, ahead: str | None = None) -> dict:
+def run_child(cmd: list[str], caches: Path, ahead: str | None = None,
+              helpers: int | None = None) -> dict:  # fmt: skip
     """Run a child process with its Numba and netdsl caches in `caches`, one worker thread,
     NETDSL_COMPILE_AHEAD set to `ahead` (None: unset, as a user runs it: compile ahead where
-    it helps); returns the JSON report it prints last."""
+    it helps) and NETDSL_COMPILE_HELPERS to `helpers` (None: unset, one a core idle besides
+    the process's); returns the JSON report it prints last."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(caches / "numba"),
                NETDSL_CACHE_DIR=str(caches / "netdsl"), NUMBA_NUM_THREADS="1")  # fmt: skip
-    env.pop("NETDSL_DEBUG", None)
-    env.pop("NETDSL_COMPILE_AHEAD", None)
+    for name in ("NETDSL_DEBUG", "NETDSL_COMPILE_AHEAD", "NETDSL_COMPILE_HELPERS"):
+        env.pop(name, None)
     if ahead is not None:
         env["NETDSL_COMPILE_AHEAD"] = ahead
+    if helpers is not None:
+        env["NETDSL_COMPILE_HELPERS"] = str(helpers)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -201,16 +205,23 @@ AHEAD_CHILD = textwrap.dedent("""\
             misses += sum(d.stats.cache_misses.values())
             hits += sum(d.stats.cache_hits.values())
     a = cnet.ahead
+    from netdsl.compile_ahead import _helper_calls, _parent_order_calls
+    calls = [sum(p != "forward" for p, _ in f(cnet))
+             for f in (_helper_calls, _parent_order_calls)]  # before the forward phase
     print(json.dumps({"losses": losses, "reason": a.reason, "backward_done": a.backward_done,
-                      "exit": a.exit, "misses": misses, "hits": hits}))
+                      "exit": a.exit, "misses": misses, "hits": hits, "calls": calls,
+                      "taken": [h.taken for h in a.helpers],
+                      "exits": [h.exit for h in a.helpers]}))
 """)
 
 
-def run_ahead(tmp: Path, case: str, setting: str | None, caches: str) -> dict:
+def run_ahead(tmp: Path, case: str, setting: str | None, caches: str,
+              helpers: int | None = None) -> dict:  # fmt: skip
     """One process compiling the tiny net and taking three steps; `setting`: the value of
-    NETDSL_COMPILE_AHEAD (None: unset); `caches`: the folder of its Numba and netdsl caches."""
+    NETDSL_COMPILE_AHEAD (None: unset); `caches`: the folder of its Numba and netdsl caches;
+    `helpers`: NETDSL_COMPILE_HELPERS."""
     return run_child([sys.executable, "-c", AHEAD_CHILD, case, str(tmp / "tiny.net")],
-                     tmp / caches, setting)  # fmt: skip
+                     tmp / caches, setting, helpers)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +248,25 @@ def test_compile_ahead_same_losses_and_a_warm_start_forks_nothing(in_process):
     warm = run_ahead(tmp, "plain", None, "shared")  # as a user runs it, load or not
     assert warm["reason"] == "warm (compiled before)", warm
     assert warm["misses"] == 0 and warm["losses"] == ref["losses"]
+
+
+@needs_fork
+@pytest.mark.parametrize("case", ["plain", "nowait"])
+def test_several_helpers_share_the_calls_and_compute_the_same(in_process, case):
+    """Three helpers (as a machine with four idle cores forks): the first goes through the
+    parent's needs about reversed, the other two share the parent's order, each call before
+    the forward phase going to exactly one of them (the queue pipe); the losses are those
+    of compiling everything in-process, whether the first step waits for them or not."""
+    tmp, ref = in_process
+    r = run_ahead(tmp, case, "1", f"three_{case}", helpers=3)
+    assert r["reason"] == "forked" and len(r["exits"]) == 3, r
+    assert r["losses"] == ref["losses"]
+    if case == "plain":  # all three said their share: the shares add up to every call
+        first, rest = r["calls"]
+        assert r["backward_done"] and r["taken"] == [first, *r["taken"][1:]], r
+        assert sum(r["taken"][1:]) == rest and min(r["taken"][1:]) > 0, r
+        assert r["hits"] > 0, "the helpers left nothing in the cache that this process used"
+    assert all(e is not None for e in r["exits"]), "a helper outlived the first step"
 
 
 @needs_fork
