@@ -1,4 +1,4 @@
-"""Compile ahead: a forked helper compiles the kernels this process needs last, meanwhile.
+"""Compile ahead: forked helpers compile the kernels this process needs later, meanwhile.
 
 A cold start (empty Numba cache) is almost all compiling, and Numba compiles under one lock
 per process, so a second thread cannot help; a second process can, through the on-disk
@@ -16,6 +16,14 @@ cache, a kernel the child is compiling is waited for (lock_compiles), the rest t
 compiles itself (and the child, coming to it, loads it). So the parent never sits idle
 while the child works on something it does not need yet (the join this replaced left
 LeNet-5's parent 0.6-0.8 s idle). It ends the child after that backward.
+
+Where more cores are idle, more helpers are forked, one a core (at most MAX_HELPERS; see
+_helper_count). The first goes about the parent's reverse order as above; the others share
+the parent's own order from its second layer on (_parent_order_calls), so that the kernels
+it reaches next are compiled, or being compiled, by the time it gets there. Each call goes
+to the first helper free to take it: a queue pipe of call indices that the helpers of one
+order read (_queue). A second-order helper that meets a kernel the first one compiled loads
+it from the cache; neither compiles what another process is compiling (lock_compiles).
 
 Safe by construction, and never needed for correctness:
 - The parent computes every number itself; a kernel the child did not leave in the cache
@@ -39,7 +47,8 @@ Safe by construction, and never needed for correctness:
   forks nothing.
 
 ``NETDSL_COMPILE_AHEAD=0`` turns it off; ``=1`` forks on a busy machine too (still only where
-it is safe, and never for a plan marked warm).
+it is safe, and never for a plan marked warm). ``NETDSL_COMPILE_HELPERS=N`` forks N helpers
+whatever the cores (at most MAX_HELPERS).
 """
 
 from __future__ import annotations

@@ -607,7 +607,8 @@ STEPS_CHILD = textwrap.dedent("""\
     for _ in range(3):
         losses.append(repr(cnet.step_grads(x, y)))
         opt.step(cnet.theta, cnet.grad, 0.001)
-    print(json.dumps({"losses": losses,
+    from netdsl.ops import jit
+    print(json.dumps({"losses": losses, "llvm_tuned": jit._llvm_tuned,
                       "theta": hashlib.sha256(cnet.theta.tobytes()).hexdigest()}))
 """)
 
@@ -626,6 +627,23 @@ def test_winograd_plane_helpers_give_cold_and_warm_starts_the_same_bits(tmp_path
     assert len(set(cold["losses"])) == 3  # it trained
     assert warm == cold
     assert ahead == cold
+
+
+@pytest.mark.parametrize("algo", ["winograd", "gemm"])
+def test_compiled_without_loop_strength_reduction_the_same_bits(tmp_path, monkeypatch, algo):
+    """netdsl compiles its CPU kernels without LLVM's loop strength reduction (jit.tune_llvm:
+    a sixth less compiling); the pass only rewrites integer address arithmetic, so the
+    kernels compute the same bits as with it (NETDSL_LLVM_LSR=1), each from its own cache:
+    the Winograd families and the im2col path, forward, backward and update."""
+    monkeypatch.setenv("NETDSL_CONV_ALGO", algo)
+    (tmp_path / "w.net").write_text(WINO_NET)
+    cmd = [sys.executable, "-c", STEPS_CHILD, str(tmp_path / "w.net")]
+    without = run_child(cmd, tmp_path / "without", ahead="0")
+    monkeypatch.setenv("NETDSL_LLVM_LSR", "1")
+    kept = run_child(cmd, tmp_path / "kept", ahead="0")
+    assert len(set(without["losses"])) == 3  # it trained
+    assert without["llvm_tuned"] and kept["llvm_tuned"]
+    assert (without["losses"], without["theta"]) == (kept["losses"], kept["theta"])
 
 
 def test_a_net_compiled_before_draws_its_parameters_before_binding(tmp_path, monkeypatch):

@@ -44,6 +44,8 @@ import numpy as np
 from numba import njit, types
 from numba.np.linalg import ensure_blas
 
+from netdsl.ops.jit import tune_llvm
+
 
 def _load_cython_blas() -> None:
     """Import scipy.linalg.cython_blas (the module numba_xxgemm takes sgemm from on its first
@@ -72,6 +74,7 @@ def _load_cython_blas() -> None:
 
 _load_cython_blas()
 ensure_blas()  # SciPy's BLAS (and Numba's check of its integer width)
+tune_llvm()  # before any kernel of this module, or of the Winograd modules importing it, compiles
 
 _F32P = types.CPointer(types.float32)
 # numba_xxgemm(kind, transa, transb, m, n, k, alpha*, a*, lda, b*, ldb, beta*, c*, ldc): a
