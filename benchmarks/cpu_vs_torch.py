@@ -18,11 +18,12 @@ interpreter's start included), which other load inflates much less than the wall
 
 --startup measures only that: `--runs` rounds per net of a cold netdsl process (fresh empty
 caches), a warm one (the caches it left) and a PyTorch process, each stopping after its first
-step; medians of wall and CPU time. A cold netdsl start compiles on two cores (a forked helper
-compiles the backward kernels, netdsl/compile_ahead.py): its CPU column counts this process
-only, "+ helper" the helper's CPU, and "2 idle cores" what the start would take on two idle
-cores, from the CPU times of both (this process's CPU plus the time it would wait for the
-helper): the figure to compare while the machine is loaded. The two processes never compile
+step; medians of wall and CPU time. A cold netdsl start compiles on the idle cores (forked
+helpers, one an idle core, on two cores one, compile the backward kernels,
+netdsl/compile_ahead.py): its CPU column counts this process only, "+ helper" the helpers'
+CPU, and "2 idle cores" what the start would take with an idle core for each process (two
+with one helper), from this process's CPU plus the time it waited for the helpers'
+compiles: the figure to compare while the machine is loaded. The processes never compile
 one kernel twice: the second to need it waits for the first (a file lock) and loads it; those
 waits are wall time and count in the estimate as they are, so under load it errs long.
 --in-process adds per round a cold start with the helper off (NETDSL_COMPILE_AHEAD=0), the

@@ -339,7 +339,7 @@ def _start(cnet: Any) -> Ahead:
     lock_compiles()
     sys.stdout.flush()
     sys.stderr.flush()
-    n = _helper_count(cnet, setting)
+    n = _helper_count(cnet)
     # The first helper goes through _helper_calls (the parent's needs about reversed); where
     # there are more, they go through _parent_order_calls (the parent's needs in order, past
     # its first layer), each call to the first of them free to take it (the queue)
@@ -617,17 +617,20 @@ def _compile_in_child(calls: list[tuple[str, Any]], queue: int, done: int) -> No
     _run_all(itertools.chain(later, share.phase("forward")))
 
 
-def _helper_count(cnet: Any, setting: str) -> int:
+def _helper_count(cnet: Any, loadavg: str | None = None) -> int:
     """How many helpers to fork: one for each core that is idle besides this process's (by
     the load average and the tasks running now, the lesser: see _busy), at most
     MAX_HELPERS, as many as the memory they may copy fits twice (_short_of_memory), and at
-    least one. ``NETDSL_COMPILE_HELPERS=N`` asks for N (still at most MAX_HELPERS)."""
+    least one. ``NETDSL_COMPILE_HELPERS=N`` asks for N (still at most MAX_HELPERS).
+    `loadavg`: /proc/loadavg's text (read when None)."""
     asked = os.environ.get("NETDSL_COMPILE_HELPERS", "")
     if asked.strip().isdigit() and int(asked) > 0:
         return min(int(asked), MAX_HELPERS)
     try:
-        with open("/proc/loadavg") as f:
-            fields = f.read().split()
+        if loadavg is None:
+            with open("/proc/loadavg") as f:
+                loadavg = f.read()
+        fields = loadavg.split()
         busy = min(float(fields[0]), int(fields[3].split("/")[0]) - 1)
     except (OSError, ValueError, IndexError):
         busy = 0.0

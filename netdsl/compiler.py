@@ -99,9 +99,9 @@ class CompiledNet:
         if os.environ.get("NETDSL_DEBUG"):
             print(self.describe(), file=sys.stderr)
 
-    # ---- compile ahead (netdsl/compile_ahead.py): a cold CPU start compiles on two cores
+    # ---- compile ahead (netdsl/compile_ahead.py): a cold CPU start compiles on the idle cores
     def _start_compile_ahead(self) -> None:
-        """Fork the helper that compiles the backward kernels into the cache (CPU plans)."""
+        """Fork the helpers that compile kernels ahead into the cache (CPU plans)."""
         self.ahead = None  # compile_ahead.Ahead: what became of the helper (tests read it)
         self._ahead_pending = False  # the first training step has yet to end it
         if self.device_kind == "cpu":

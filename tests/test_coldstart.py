@@ -269,6 +269,35 @@ def test_several_helpers_share_the_calls_and_compute_the_same(in_process, case):
     assert all(e is not None for e in r["exits"]), "a helper outlived the first step"
 
 
+def test_one_helper_for_each_idle_core(monkeypatch):
+    """_helper_count: a helper for each core idle besides the process's own (the lesser of
+    the load average and the tasks running now counts as busy), at least one, at most
+    MAX_HELPERS, no more than the memory fits; NETDSL_COMPILE_HELPERS overrides."""
+    from netdsl import compile_ahead
+
+    monkeypatch.delenv("NETDSL_COMPILE_HELPERS", raising=False)
+    count = compile_ahead._helper_count
+    monkeypatch.setattr(compile_ahead, "_fits", lambda cnet: None)  # memory unknown
+    monkeypatch.setattr(compile_ahead, "_cores", lambda: 2)
+    assert count(None, "0.10 0.20 0.30 1/80 123") == 1
+    assert count(None, "1.60 1.70 2.00 3/80 123") == 1  # busy: still one (_busy decides)
+    monkeypatch.setattr(compile_ahead, "_cores", lambda: 4)
+    assert count(None, "0.05 0.20 0.30 1/80 123") == 3
+    assert count(None, "1.20 1.00 1.00 2/80 123") == 2  # one other task running
+    assert count(None, "2.50 1.00 1.00 1/80 123") == 3  # the average lags: nothing runs now
+    monkeypatch.setattr(compile_ahead, "_cores", lambda: 64)
+    assert count(None, "0.00 0.00 0.00 1/80 123") == compile_ahead.MAX_HELPERS
+    assert count(None, "garbage") == compile_ahead.MAX_HELPERS  # unreadable: all idle
+    monkeypatch.setattr(compile_ahead, "_fits", lambda cnet: 2)
+    assert count(None, "0.00 0.00 0.00 1/80 123") == 2
+    monkeypatch.setattr(compile_ahead, "_fits", lambda cnet: 0)  # _start said why already
+    assert count(None, "0.00 0.00 0.00 1/80 123") == 1
+    monkeypatch.setenv("NETDSL_COMPILE_HELPERS", "5")
+    assert count(None, "0.00 0.00 0.00 1/80 123") == 5
+    monkeypatch.setenv("NETDSL_COMPILE_HELPERS", "99")
+    assert count(None, "0.00 0.00 0.00 1/80 123") == compile_ahead.MAX_HELPERS
+
+
 @needs_fork
 def test_first_step_that_does_not_wait_for_the_helper_computes_the_same(in_process):
     """The first backward goes on without waiting for the helper (kernels it compiled load,
