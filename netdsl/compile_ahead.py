@@ -108,7 +108,6 @@ class Helper:
 class Ahead:
     """The helper processes of one plan, as the parent sees them."""
 
-    pid: int | None  # the first helper's (None: no helper, see reason)
     reason: str  # why there is none, or "forked"
     helpers: list[Helper] = field(default_factory=list)
     waited_s: float = 0.0  # how long the parent's first backward waited for them
@@ -119,6 +118,11 @@ class Ahead:
     parent_wait_s: float = 0.0  # how long this process waited for the helpers' compiles
     marker: Path | None = field(default=None, repr=False)  # the plan's warm marker
     early: Path | None = field(default=None, repr=False)  # the net's (no_helper reads it)
+
+    @property
+    def pid(self) -> int | None:
+        """The first helper's process id (None: no helper, see reason)."""
+        return self.helpers[0].pid if self.helpers else None
 
     @property
     def backward_done(self) -> bool:
@@ -251,7 +255,7 @@ def start(cnet: Any) -> Ahead:
     try:
         return _start(cnet)
     except Exception as e:
-        return Ahead(None, f"not started: {type(e).__name__}: {e}")
+        return Ahead(f"not started: {type(e).__name__}: {e}")
 
 
 def no_helper(cnet: Any) -> Ahead | None:
@@ -262,13 +266,13 @@ def no_helper(cnet: Any) -> Ahead | None:
     folders and settings, was compiled before (_early_marker); never raises."""
     try:
         if os.environ.get("NETDSL_COMPILE_AHEAD", "") == "0":
-            return Ahead(None, "off (NETDSL_COMPILE_AHEAD=0)")
+            return Ahead("off (NETDSL_COMPILE_AHEAD=0)")
         early = _early_marker(cnet)
         why_not = _unsafe()
         if why_not is not None:
-            return Ahead(None, why_not, early=early)
+            return Ahead(why_not, early=early)
         if early is not None and early.exists():
-            return Ahead(None, "warm (compiled before)")
+            return Ahead("warm (compiled before)")
     except Exception:  # start decides after the binding, as before
         pass
     return None
@@ -321,7 +325,7 @@ def _installed() -> str:
 def _start(cnet: Any) -> Ahead:
     setting = os.environ.get("NETDSL_COMPILE_AHEAD", "")
     if setting == "0":
-        return Ahead(None, "off (NETDSL_COMPILE_AHEAD=0)")
+        return Ahead("off (NETDSL_COMPILE_AHEAD=0)")
     marker = _warm_marker(cnet)
     why_not = _unsafe()
     if why_not is None and marker is not None and marker.exists():
@@ -334,7 +338,7 @@ def _start(cnet: Any) -> Ahead:
         why_not = _short_of_memory(cnet)
     early = _early_marker(cnet)
     if why_not is not None:
-        return Ahead(None, why_not, marker=marker, early=early)
+        return Ahead(why_not, marker=marker, early=early)
     lock_numba_cache()
     lock_compiles()
     sys.stdout.flush()
@@ -345,7 +349,7 @@ def _start(cnet: Any) -> Ahead:
     # its first layer), each call to the first of them free to take it (the queue)
     orders = [(calls, _queue(len(calls))) for calls in
               ([_helper_calls(cnet)] + ([_parent_order_calls(cnet)] if n > 1 else []))]  # fmt: skip
-    ahead = Ahead(None, "forked", marker=marker, early=early, cpu_at_fork=time.process_time())
+    ahead = Ahead("forked", marker=marker, early=early, cpu_at_fork=time.process_time())
     for i in range(n):
         calls, queue = orders[min(i, len(orders) - 1)]
         done_r, done_w = os.pipe()
@@ -371,8 +375,7 @@ def _start(cnet: Any) -> Ahead:
     for _, queue in orders:
         os.close(queue)
     if not ahead.helpers:
-        return Ahead(None, "not started: fork failed", marker=marker, early=early)
-    ahead.pid = ahead.helpers[0].pid
+        return Ahead("not started: fork failed", marker=marker, early=early)
     return ahead
 
 
@@ -406,20 +409,28 @@ def _busy(loadavg: str | None = None) -> str | None:
     process, a test run) read "busy" on an idle machine and compiled on one core (LeNet-5
     4.8 s instead of 2.8); the snapshot alone would miss a loaded machine's processes that
     happen to wait at that instant."""
-    try:
-        if loadavg is None:
-            with open("/proc/loadavg") as f:
-                loadavg = f.read()
-        fields = loadavg.split()
-        load = float(fields[0])
-        others = int(fields[3].split("/")[0]) - 1  # runnable now, this process excluded
-    except (OSError, ValueError, IndexError):
+    got = _load(loadavg)
+    if got is None:
         return None
+    load, others = got
     cores = _cores()
     if load > cores - 0.5 and others > cores - 1:  # a helper would only add CPU time
         return (f"no idle core (load average {load:.2f}, {others} other tasks running, "
                 f"on {cores} cores)")  # fmt: skip
     return None
+
+
+def _load(loadavg: str | None = None) -> tuple[float, int] | None:
+    """(the 1-minute load average, the tasks runnable now besides this process) from
+    /proc/loadavg's text (`loadavg`, read when None), or None where unreadable."""
+    try:
+        if loadavg is None:
+            with open("/proc/loadavg") as f:
+                loadavg = f.read()
+        fields = loadavg.split()
+        return float(fields[0]), int(fields[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _short_of_memory(cnet: Any) -> str | None:
@@ -626,14 +637,8 @@ def _helper_count(cnet: Any, loadavg: str | None = None) -> int:
     asked = os.environ.get("NETDSL_COMPILE_HELPERS", "")
     if asked.strip().isdigit() and int(asked) > 0:
         return min(int(asked), MAX_HELPERS)
-    try:
-        if loadavg is None:
-            with open("/proc/loadavg") as f:
-                loadavg = f.read()
-        fields = loadavg.split()
-        busy = min(float(fields[0]), int(fields[3].split("/")[0]) - 1)
-    except (OSError, ValueError, IndexError):
-        busy = 0.0
+    got = _load(loadavg)
+    busy = 0.0 if got is None else min(got)
     n = int(_cores() - max(0.0, busy)) - 1
     fit = _fits(cnet)
     if fit is not None:
